@@ -1,0 +1,5 @@
+import sys
+
+from medimg.cli import main
+
+sys.exit(main())

@@ -1,0 +1,61 @@
+"""`AugmentConfig` → Keras preprocessing layers, and a preview that uses the very same layers."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medimg.config import AugmentConfig
+
+if TYPE_CHECKING:
+    import keras
+
+
+def build_augmenter(config: AugmentConfig, image_size: int, seed: int | None = None) -> keras.Sequential | None:
+    """A Sequential of random layers for batches of float images in 0..1, or None when nothing is on."""
+    if config.is_identity:
+        return None
+    import keras
+
+    layers: list[keras.layers.Layer] = []
+    flips = [name for name, on in (("horizontal", config.flip_horizontal), ("vertical", config.flip_vertical)) if on]
+    if flips:
+        layers.append(keras.layers.RandomFlip("_and_".join(flips), seed=seed))
+    if config.rotation:
+        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed))
+    if config.zoom:
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed))
+    if config.translation:
+        layers.append(
+            keras.layers.RandomTranslation(config.translation, config.translation, fill_mode="reflect", seed=seed)
+        )
+    if config.crop:
+        side = max(1, round(image_size * (1 - config.crop)))
+        layers += [keras.layers.RandomCrop(side, side, seed=seed), keras.layers.Resizing(image_size, image_size)]
+    if config.brightness:
+        layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 1), seed=seed))
+    if config.contrast:
+        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 1), seed=seed))
+    if config.noise:
+        layers.append(keras.layers.GaussianNoise(config.noise, seed=seed))
+    return keras.Sequential(layers, name="augment")
+
+
+def apply(augmenter: keras.Sequential, batch):
+    """Augment a batch in 0..255 (the layers work in 0..1) and keep values in range (noise can push them out)."""
+    import tensorflow as tf
+
+    return tf.clip_by_value(augmenter(batch / 255.0, training=True), 0.0, 1.0) * 255.0
+
+
+def preview(image: np.ndarray, config: AugmentConfig, n: int = 8, seed: int = 0) -> list[np.ndarray]:
+    """`n` augmented copies of one H×W×C uint8 image, made by the layers training uses."""
+    augmenter = build_augmenter(config, image.shape[0], seed=seed)
+    if augmenter is None:
+        return [image.copy() for _ in range(n)]
+    import tensorflow as tf
+
+    batch = tf.constant(np.repeat(image[np.newaxis].astype(np.float32), n, axis=0))
+    out = apply(augmenter, batch).numpy()
+    return [np.round(x).astype(np.uint8) for x in out]

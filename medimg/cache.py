@@ -1,0 +1,128 @@
+"""Decode each image once per (file set, size, channel mode) into a memory-mapped array on disk.
+
+Every epoch, trial and later run on the same files reads the cache instead of decoding JPEG/PNG/DICOM again.
+The key covers each file's path, size and modification time, so a changed file makes a new cache entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from medimg import images
+from medimg.errors import ImageReadError
+
+CACHE_VERSION = 1
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclasses.dataclass
+class CachedArrays:
+    """Decoded images (N×H×W×C uint8, memory-mapped) with their labels and the files that failed."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    paths: list[str]
+    failures: list[dict[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def cache_dir() -> Path:
+    """Where arrays are cached: $MEDIMG_CACHE_DIR, else ~/.cache/medimg."""
+    return Path(os.environ.get("MEDIMG_CACHE_DIR") or Path.home() / ".cache" / "medimg")
+
+
+def cache_key(paths: list[str], size: int, color: str) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}".encode())
+    for path in paths:
+        try:
+            stat = os.stat(path)
+            digest.update(f"|{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        except OSError:
+            digest.update(f"|{path}|missing".encode())
+    return digest.hexdigest()[:32]
+
+
+def _decode_one(args: tuple[str, int, str]) -> np.ndarray | str:
+    path, size, color = args
+    try:
+        return images.load_image(path, size, color)
+    except ImageReadError as error:
+        return str(error)
+
+
+def load_arrays(
+    paths: list[str],
+    labels: list[int],
+    size: int,
+    color: str,
+    on_progress: ProgressCallback | None = None,
+    directory: Path | None = None,
+) -> CachedArrays:
+    """The decoded arrays for these files, from the cache or decoded now (once) and cached."""
+    directory = Path(directory or cache_dir())
+    key = cache_key(paths, size, color)
+    meta_path, array_path = directory / f"{key}.json", directory / f"{key}.npy"
+    if meta_path.exists() and array_path.exists():
+        try:
+            return _read_entry(meta_path, array_path, paths, labels)
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry is rebuilt below
+    directory.mkdir(parents=True, exist_ok=True)
+    return _build_entry(meta_path, array_path, paths, labels, size, color, on_progress)
+
+
+def _read_entry(meta_path: Path, array_path: Path, paths: list[str], labels: list[int]) -> CachedArrays:
+    meta = json.loads(meta_path.read_text())
+    array = np.load(array_path, mmap_mode="r")[: meta["count"]]
+    kept = meta["kept"]
+    label_array = np.asarray([labels[i] for i in kept], dtype=np.int32)
+    return CachedArrays(array, label_array, [paths[i] for i in kept], meta["failures"])
+
+
+def _build_entry(
+    meta_path: Path,
+    array_path: Path,
+    paths: list[str],
+    labels: list[int],
+    size: int,
+    color: str,
+    on_progress: ProgressCallback | None,
+) -> CachedArrays:
+    channels = 1 if color == "gray" else 3
+    handle, temporary = tempfile.mkstemp(dir=meta_path.parent, suffix=".npy.tmp")
+    os.close(handle)
+    array = np.lib.format.open_memmap(
+        temporary, mode="w+", dtype=np.uint8, shape=(max(1, len(paths)), size, size, channels)
+    )
+    kept: list[int] = []
+    failures: list[dict[str, str]] = []
+    workers = min(4, (os.cpu_count() or 2) + 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        jobs = ((path, size, color) for path in paths)
+        for index, result in enumerate(pool.map(_decode_one, jobs, chunksize=16)):
+            if isinstance(result, str):
+                failures.append({"path": paths[index], "reason": result})
+            else:
+                array[len(kept)] = result
+                kept.append(index)
+            if on_progress and ((index + 1) % 100 == 0 or index + 1 == len(paths)):
+                on_progress(index + 1, len(paths), "decoding images into the cache")
+    array.flush()
+    del array
+    os.replace(temporary, array_path)
+    meta = {"count": len(kept), "kept": kept, "failures": failures, "size": size, "color": color}
+    temporary_meta = meta_path.with_suffix(".json.tmp")
+    temporary_meta.write_text(json.dumps(meta))
+    os.replace(temporary_meta, meta_path)
+    return _read_entry(meta_path, array_path, paths, labels)

@@ -1,0 +1,158 @@
+"""Pure Plotly figure builders: data in, `go.Figure` out. No Streamlit, no TensorFlow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def _layout(fig: go.Figure, title: str, **extra: Any) -> go.Figure:
+    fig.update_layout(
+        title=title,
+        margin={"l": 40, "r": 20, "t": 50, "b": 40},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+        **extra,
+    )
+    return fig
+
+
+def class_counts_figure(
+    counts: dict[str, int] | dict[str, dict[str, int]], title: str = "Images per class"
+) -> go.Figure:
+    """Bars per class; with split → class → count, grouped bars per split."""
+    fig = go.Figure()
+    if counts and isinstance(next(iter(counts.values())), dict):
+        for split, per_class in counts.items():
+            fig.add_bar(name=split, x=list(per_class), y=list(per_class.values()), text=list(per_class.values()))
+        fig.update_layout(barmode="group")
+    else:
+        fig.add_bar(x=list(counts), y=list(counts.values()), text=list(counts.values()), marker_color=PALETTE[0])
+    return _layout(fig, title, yaxis_title="images")
+
+
+def history_figure(history: dict[str, list[float]], metric: str, title: str | None = None) -> go.Figure:
+    """Train and validation curves of one metric by epoch (`loss`, `accuracy`, `auc`)."""
+    fig = go.Figure()
+    epochs = history.get("epoch") or list(range(1, len(history.get(metric, [])) + 1))
+    for name, dash in ((metric, "solid"), (f"val_{metric}", "dash")):
+        if history.get(name):
+            label = "validation" if name.startswith("val_") else "train"
+            fig.add_scatter(x=epochs, y=history[name], mode="lines+markers", name=label, line={"dash": dash})
+    return _layout(fig, title or metric.replace("_", " "), xaxis_title="epoch", yaxis_title=metric)
+
+
+def trials_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
+    """Objective by trial (dots) with the best-so-far line."""
+    done = [t for t in trials if t.get("score") is not None]
+    maximize = not objective.endswith("loss")
+    xs = [int(t["trial_id"]) + 1 for t in done]
+    ys = [float(t["score"]) for t in done]
+    best, best_line = None, []
+    for y in ys:
+        best = y if best is None else (max(best, y) if maximize else min(best, y))
+        best_line.append(best)
+    fig = go.Figure()
+    fig.add_scatter(x=xs, y=ys, mode="markers", name="trial", marker={"size": 10})
+    fig.add_scatter(x=xs, y=best_line, mode="lines", name="best so far", line={"shape": "hv"})
+    return _layout(fig, f"{objective} by trial", xaxis_title="trial", yaxis_title=objective)
+
+
+def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
+    """Each completed trial as a line through its hyperparameters, coloured by the objective."""
+    done = [t for t in trials if t.get("score") is not None]
+    fig = go.Figure()
+    if not done:
+        return _layout(fig, "hyperparameters vs objective (no completed trial yet)")
+    names = sorted({k for t in done for k in t["hyperparameters"] if not k.startswith("tuner/")})
+    dimensions = []
+    for name in names:
+        values = [t["hyperparameters"].get(name) for t in done]
+        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values if v is not None):
+            dimensions.append({"label": name, "values": [v if v is not None else 0 for v in values]})
+        else:
+            labels = sorted({str(v) for v in values})
+            dimensions.append(
+                {
+                    "label": name,
+                    "values": [labels.index(str(v)) for v in values],
+                    "tickvals": list(range(len(labels))),
+                    "ticktext": labels,
+                }
+            )
+    scores = [float(t["score"]) for t in done]
+    dimensions.append({"label": objective, "values": scores})
+    fig.add_trace(
+        go.Parcoords(line={"color": scores, "colorscale": "Viridis", "showscale": True}, dimensions=dimensions)
+    )
+    return _layout(fig, "hyperparameters vs objective")
+
+
+def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str]) -> go.Figure:
+    """Counts with row-normalised colour (rows: true class, columns: predicted)."""
+    totals = [max(1, sum(row)) for row in matrix]
+    share = [[value / totals[i] for value in row] for i, row in enumerate(matrix)]
+    text = [[f"{value}<br>({share[i][j]:.0%})" for j, value in enumerate(row)] for i, row in enumerate(matrix)]
+    fig = go.Figure(
+        go.Heatmap(
+            z=share,
+            x=class_names,
+            y=class_names,
+            text=text,
+            texttemplate="%{text}",
+            colorscale="Blues",
+            zmin=0,
+            zmax=1,
+            showscale=False,
+        )
+    )
+    fig.update_yaxes(autorange="reversed", title="true class")
+    fig.update_xaxes(title="predicted class")
+    return _layout(fig, "Confusion matrix")
+
+
+def roc_figure(curves: dict[str, dict[str, list]]) -> go.Figure:
+    """ROC curve per class with its AUC, and the chance diagonal."""
+    fig = go.Figure()
+    for name, curve in curves.items():
+        fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name} (AUC {curve['auc']:.3f})")
+    fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "grey"})
+    return _layout(
+        fig,
+        "ROC curve",
+        xaxis_title="1 - specificity (false positive rate)",
+        yaxis_title="sensitivity (true positive rate)",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1.02],
+    )
+
+
+def probabilities_figure(probabilities: dict[str, float], top_k: int = 5) -> go.Figure:
+    """Horizontal bars of the top-k class probabilities."""
+    ranked = sorted(probabilities.items(), key=lambda item: item[1])[-top_k:]
+    fig = go.Figure(
+        go.Bar(
+            x=[p for _, p in ranked],
+            y=[c for c, _ in ranked],
+            orientation="h",
+            text=[f"{p:.1%}" for _, p in ranked],
+            marker_color=PALETTE[0],
+        )
+    )
+    fig.update_xaxes(range=[0, 1], tickformat=".0%")
+    return _layout(fig, "Class probabilities", height=80 + 40 * len(ranked))
+
+
+def runs_comparison_figure(histories: dict[str, dict[str, list[float]]], metric: str) -> go.Figure:
+    """One validation curve per run, for comparing runs side by side."""
+    fig = go.Figure()
+    for run_id, history in histories.items():
+        values = history.get(f"val_{metric}") or history.get(metric)
+        if values:
+            fig.add_scatter(
+                x=history.get("epoch") or list(range(1, len(values) + 1)), y=values, mode="lines+markers", name=run_id
+            )
+    return _layout(fig, f"validation {metric} by run", xaxis_title="epoch", yaxis_title=metric)

@@ -1,0 +1,361 @@
+"""`python -m medimg scan | tune | train | evaluate | predict | runs | resume | stop`.
+
+Long commands print progress to standard error and the run directory as the last line of standard output, so
+scripts can capture it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from medimg.errors import MedimgError
+
+DEMO_DATASET = Path(__file__).parent / "demo" / "chest_xray_mini"
+
+
+def _err(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class ProgressBar:
+    """A one-line text progress bar on standard error (redrawn in place on a terminal)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, message: str) -> None:
+        width = 30
+        filled = int(width * done / max(1, total))
+        line = f"{message}: [{'#' * filled}{'.' * (width - filled)}] {done}/{total}"
+        if self.tty:
+            sys.stderr.write("\r" + line + ("\n" if done >= total else ""))
+            sys.stderr.flush()
+        elif done >= total:
+            _err(line)
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data", nargs="?", help="dataset folder or CSV manifest (default: the bundled demo)")
+    parser.add_argument("--runs", help="folder holding run directories (default: $MEDIMG_RUNS_DIR or ./runs)")
+    parser.add_argument("--image-size", type=int, help="square input size in pixels (default 64)")
+    parser.add_argument("--color", choices=["gray", "rgb"], help="channel mode (default gray)")
+    parser.add_argument("--seed", type=int, help="seed for splits, initialisation and shuffling (default 42)")
+    parser.add_argument("--val-fraction", type=float, help="validation fraction when the data has no split folders")
+    parser.add_argument("--test-fraction", type=float, help="test fraction when the data has no split folders")
+    parser.add_argument("--group-regex", help=r"regex with one group giving the patient ID, e.g. 'person(\d+)_'")
+    parser.add_argument("--epochs", type=int, help="epochs per trial (tune) or for the final fit (train)")
+    parser.add_argument("--spec", help="JSON or TOML file with sections dataset, augment, search, tune, train, params")
+    parser.add_argument("--augment", help="augmentations as name=value pairs, e.g. 'flip_horizontal=1,rotation=0.05'")
+    parser.add_argument("--distribution", choices=["none", "mirrored"], help="tf.distribute strategy")
+    parser.add_argument("--background", action="store_true", help="start the run as its own process and return")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m medimg", description="Medical image classification workbench.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    scan = commands.add_parser("scan", help="what is in a dataset folder")
+    scan.add_argument("data", nargs="?")
+    scan.add_argument("--json", action="store_true", help="print one JSON object")
+    scan.add_argument("--group-regex", default="")
+
+    tune = commands.add_parser("tune", help="KerasTuner search over the given ranges")
+    _add_data_options(tune)
+    tune.add_argument("--max-trials", type=int)
+    tune.add_argument("--max-minutes", type=float, help="wall-time budget for the whole search")
+    tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"])
+    tune.add_argument("--objective", choices=["val_auc", "val_accuracy", "val_loss"])
+    tune.add_argument("--executions-per-trial", type=int)
+    tune.add_argument(
+        "--space",
+        choices=["seed", "quick"],
+        default="quick",
+        help="preset search space: the seed tutorial's ranges, or a small one for 2 cores",
+    )
+
+    train = commands.add_parser("train", help="final training with the best (or given) hyperparameters")
+    _add_data_options(train)
+    train.add_argument("--from-run", help="take this tune run's best hyperparameters (and its dataset settings)")
+    train.add_argument("--params", help="model parameters as JSON, e.g. '{\"filters\": [32, 64]}'")
+
+    evaluate = commands.add_parser("evaluate", help="test-split metrics of a run")
+    evaluate.add_argument("run")
+    evaluate.add_argument("--runs")
+    evaluate.add_argument("--json", action="store_true")
+
+    predict = commands.add_parser("predict", help="class probabilities for image files, CSV out")
+    predict.add_argument("run")
+    predict.add_argument("images", nargs="+")
+    predict.add_argument("--runs")
+    predict.add_argument("--out", help="write the CSV here instead of standard output")
+
+    listing = commands.add_parser("runs", help="list runs with status and headline metrics")
+    listing.add_argument("--runs")
+    listing.add_argument("--json", action="store_true")
+
+    for name, text in (
+        ("resume", "carry out or resume a run from its run directory"),
+        ("stop", "ask a running run to stop at its next batch"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("run")
+        command.add_argument("--runs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    handler = globals()[f"command_{args.command}"]
+    try:
+        return handler(args) or 0
+    except MedimgError as error:
+        _err(f"error: {error}")
+        return 2
+    except KeyboardInterrupt:
+        _err("interrupted")
+        return 130
+
+
+def command_scan(args: argparse.Namespace) -> int:
+    from medimg import dataset
+
+    report = dataset.scan(args.data or DEMO_DATASET, args.group_regex, on_progress=ProgressBar())
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+        return 0
+    print(format_scan(report))
+    return 0
+
+
+def format_scan(report: Any) -> str:
+    lines = [
+        f"{report.root}  ({report.layout.replace('_', ' ')}, {report.image_count} readable images)",
+        "",
+        "classes:",
+    ]
+    lines += [f"  {name:<24} {count:>7}" for name, count in report.classes.items()]
+    if report.splits:
+        names = list(report.classes)
+        lines += ["", "splits:    " + "".join(f"{n[:12]:>13}" for n in names)]
+        lines += [
+            f"  {split:<8} " + "".join(f"{counts.get(n, 0):>13}" for n in names)
+            for split, counts in report.splits.items()
+        ]
+    lines += ["", "image sizes: " + ", ".join(f"{s} ({n})" for s, n in list(report.sizes.items())[:6])]
+    lines += ["formats:     " + ", ".join(f"{m} ({n})" for m, n in report.modes.items())]
+    if report.duplicates:
+        lines += ["", f"exact duplicates: {len(report.duplicates)} groups"]
+        lines += ["  " + "  ==  ".join(group) for group in report.duplicates[:10]]
+    if report.leakage:
+        lines += [f"LEAKAGE: {len(report.leakage)} identical images appear in more than one split"]
+    lines += ["", f"unreadable or skipped: {len(report.unreadable)}"]
+    lines += [f"  {item['path']}: {item['reason']}" for item in report.unreadable[:50]]
+    if len(report.unreadable) > 50:
+        lines.append(f"  ... and {len(report.unreadable) - 50} more (use --json for all)")
+    return "\n".join(lines)
+
+
+def _pairs(text: str | None) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for item in filter(None, (text or "").split(",")):
+        name, _, value = item.partition("=")
+        try:
+            result[name.strip()] = json.loads(value)
+        except ValueError:
+            result[name.strip()] = value.strip()
+    return result
+
+
+def build_spec(args: argparse.Namespace, kind: str) -> Any:
+    """A RunSpec from the spec file (if any) overridden by the flags given."""
+    from medimg.config import RunSpec, SearchSpace, load_spec_file
+
+    sections = load_spec_file(args.spec) if args.spec else {}
+    dataset = dict(sections.get("dataset", {}))
+    flags = {
+        "path": args.data,
+        "image_size": args.image_size,
+        "color": args.color,
+        "seed": args.seed,
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        "group_regex": args.group_regex,
+    }
+    dataset.update({k: v for k, v in flags.items() if v is not None})
+    dataset["path"] = str(Path(dataset.get("path") or DEMO_DATASET).resolve())
+    train = dict(sections.get("train", {"epochs": 10 if kind == "tune" else 30}))
+    if args.epochs:
+        train["epochs"] = args.epochs
+    if args.seed is not None:
+        train["seed"] = args.seed
+    augment = {**sections.get("augment", {}), **_pairs(args.augment)}
+    spec: dict[str, Any] = {
+        "kind": kind,
+        "dataset": dataset,
+        "train": train,
+        "augment": augment,
+        "params": sections.get("params", {}),
+        "distribution": args.distribution or "none",
+    }
+    if kind == "tune":
+        search = sections.get("search") or (
+            SearchSpace().to_dict() if args.space == "seed" else SearchSpace.quick().to_dict()
+        )
+        tune = dict(sections.get("tune", {}))
+        for flag, key in (
+            ("max_trials", "max_trials"),
+            ("max_minutes", "max_minutes"),
+            ("tuner", "tuner"),
+            ("objective", "objective"),
+            ("executions_per_trial", "executions_per_trial"),
+        ):
+            if getattr(args, flag) is not None:
+                tune[key] = getattr(args, flag)
+        spec.update(search=search, tune=tune)
+        train.setdefault("monitor", tune.get("objective", "val_auc"))
+    return RunSpec.from_dict(spec)
+
+
+def _run_and_report(spec: Any, args: argparse.Namespace) -> int:
+    from medimg import jobs, runs
+
+    if args.background:
+        run = jobs.launch(spec, args.runs)
+        _err(f"started {run.id} in the background (pid {run.record['pid']}); watch it with `python -m medimg runs`")
+        print(run.path)
+        return 0
+    run = runs.create_run(spec, args.runs)
+    _err(f"run {run.id}: {spec.kind} on {spec.dataset.path}")
+    try:
+        metrics = jobs.execute(run, echo=_err)
+    except KeyboardInterrupt:
+        _err(f"stopped; resume with: python -m medimg resume {run.path}")
+        print(run.path)
+        return 130
+    except MedimgError:
+        print(run.path)
+        raise
+    if metrics:
+        _err(
+            f"test: accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  "
+            f"AUC {metrics['auc'] if metrics['auc'] is None else round(metrics['auc'], 4)}"
+        )
+    print(run.path)
+    return 0
+
+
+def command_tune(args: argparse.Namespace) -> int:
+    return _run_and_report(build_spec(args, "tune"), args)
+
+
+def command_train(args: argparse.Namespace) -> int:
+    from medimg import runs
+    from medimg.config import ModelParams
+
+    spec = build_spec(args, "train")
+    if args.from_run:
+        source = runs.find_run(args.from_run, args.runs)
+        record = source.record
+        if not record.get("best_params"):
+            raise MedimgError(
+                f"run {source.id} has no best hyperparameters (status: {source.status}); pick a completed tune run."
+            )
+        source_spec = source.spec
+        dataset = source_spec.dataset if args.data is None else spec.dataset
+        spec = spec.replace(
+            params=ModelParams.from_dict(record["best_params"]),
+            dataset=dataset,
+            augment=spec.augment if args.augment or args.spec else source_spec.augment,
+        )
+    if args.params:
+        try:
+            given = json.loads(args.params)
+        except ValueError as error:
+            raise MedimgError(f"--params is not valid JSON: {error}") from error
+        spec = spec.replace(params=ModelParams.from_dict({**spec.params.to_dict(), **given}))
+    return _run_and_report(spec, args)
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    from medimg import evaluation, runs
+
+    run = runs.find_run(args.run, args.runs)
+    result = evaluation.evaluate_run(run)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=2))
+        return 0
+    print(f"run {run.id}: test split, {result['count']} images")
+    print(
+        f"accuracy {result['accuracy']:.4f}  balanced accuracy {result['balanced_accuracy']:.4f}  AUC {result['auc']}"
+    )
+    print(f"{'class':<20}{'sensitivity':>12}{'specificity':>12}{'precision':>11}{'F1':>8}{'n':>6}")
+    for name, row in result["per_class"].items():
+        print(
+            f"{name:<20}{row['sensitivity']:>12.3f}{row['specificity']:>12.3f}{row['precision']:>11.3f}"
+            f"{row['f1']:>8.3f}{row['support']:>6}"
+        )
+    print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
+    return 0
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    from medimg import runs
+    from medimg.predict import Predictor, predictions_csv
+
+    predictor = Predictor(runs.find_run(args.run, args.runs))
+    results = predictor.predict([(path, path) for path in args.images])
+    text = predictions_csv(results, predictor.class_names)
+    if args.out:
+        Path(args.out).write_text(text)
+        _err(f"wrote {len(results)} rows to {args.out}")
+    else:
+        sys.stdout.write(text)
+    failed = [r for r in results if r.error]
+    for result in failed:
+        _err(f"skipped {result.name}: {result.error}")
+    return 1 if failed and len(failed) == len(results) else 0
+
+
+def command_runs(args: argparse.Namespace) -> int:
+    from medimg import runs
+
+    rows = [run.summary() for run in runs.list_runs(args.runs)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print(f"no runs under {runs.runs_root(args.runs)}")
+        return 0
+    print(f"{'run':<32}{'kind':<7}{'status':<11}{'test AUC':>9}{'test acc':>9}{'seconds':>9}")
+    for row in rows:
+        auc = "" if row["test_auc"] is None else f"{row['test_auc']:.3f}"
+        accuracy = "" if row["test_accuracy"] is None else f"{row['test_accuracy']:.3f}"
+        print(f"{row['id']:<32}{row['kind']:<7}{row['status']:<11}{auc:>9}{accuracy:>9}{row['duration_s'] or '':>9}")
+    return 0
+
+
+def command_resume(args: argparse.Namespace) -> int:
+    from medimg import jobs, runs
+
+    run = runs.find_run(args.run, args.runs)
+    jobs.execute(run, echo=_err)
+    print(run.path)
+    return 0
+
+
+def command_stop(args: argparse.Namespace) -> int:
+    from medimg import jobs, runs
+
+    run = runs.find_run(args.run, args.runs)
+    jobs.stop(run)
+    _err(f"asked {run.id} to stop at its next batch")
+    return 0

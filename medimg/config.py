@@ -1,0 +1,363 @@
+"""Configurations as data: frozen dataclasses with plain-typed fields, validated, JSON round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, TypeVar
+
+from medimg.errors import ConfigError
+
+COLOR_MODES = ("gray", "rgb")
+ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "swish")
+OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
+HEADS = ("flatten", "global_average")
+TUNERS = ("random", "bayesian", "hyperband")
+OBJECTIVES = ("val_auc", "val_accuracy", "val_loss")
+
+T = TypeVar("T", bound="_Config")
+
+
+class _Config:
+    """Mixin: `to_dict`/`from_dict`/JSON for a frozen dataclass, unknown keys refused."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any] | None) -> T:
+        data = dict(data or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(
+                f"{cls.__name__} has no setting {', '.join(unknown)}; known settings: {', '.join(fields)}."
+            )
+        for name, value in data.items():
+            if isinstance(value, list):
+                data[name] = tuple(value)
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls: type[T], text: str) -> T:
+        return cls.from_dict(json.loads(text))
+
+    def replace(self: T, **changes: Any) -> T:
+        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
+    _check(len(values) > 0, f"{name} needs at least one value.")
+    bad = [v for v in values if v not in allowed]
+    _check(not bad, f"{name}: {bad} not supported; choose from {list(allowed)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConfig(_Config):
+    """Where the images are and how they become model inputs.
+
+    `path` is a folder with class folders, or train/val/test folders of class folders,
+    or a CSV manifest (`path,label[,group]`). Fractions apply only when the dataset has no split folders.
+    """
+
+    path: str = ""
+    image_size: int = 64
+    color: str = "gray"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    seed: int = 42
+    group_regex: str = ""
+
+    def __post_init__(self) -> None:
+        _check(8 <= self.image_size <= 1024, f"image_size {self.image_size} must be between 8 and 1024 pixels.")
+        _check(self.color in COLOR_MODES, f"color '{self.color}' must be one of {list(COLOR_MODES)}.")
+        _check(0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1, "split fractions must be in [0, 1).")
+        _check(
+            self.val_fraction + self.test_fraction < 0.9,
+            f"val_fraction + test_fraction = {self.val_fraction + self.test_fraction:.2f} leaves too little to "
+            "train on; keep it under 0.9.",
+        )
+        if self.group_regex:
+            import re
+
+            try:
+                pattern = re.compile(self.group_regex)
+            except re.error as error:
+                raise ConfigError(
+                    f"group_regex '{self.group_regex}' is not a valid regular expression: {error}"
+                ) from error
+            _check(
+                pattern.groups >= 1, f"group_regex '{self.group_regex}' needs one capture group, e.g. 'person(\\d+)_'."
+            )
+
+    @property
+    def channels(self) -> int:
+        return 1 if self.color == "gray" else 3
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig(_Config):
+    """Training-time augmentation; every strength 0 (or False) means off.
+
+    Rotation is a fraction of a full turn (Keras convention), zoom/translation/crop fractions of the
+    image size, brightness/contrast fractions of the value range, noise a standard deviation as a fraction of
+    the value range (0.02 is about 5 grey levels).
+    """
+
+    flip_horizontal: bool = False
+    flip_vertical: bool = False
+    rotation: float = 0.0
+    zoom: float = 0.0
+    translation: float = 0.0
+    crop: float = 0.0
+    brightness: float = 0.0
+    contrast: float = 0.0
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name in ("rotation", "zoom", "translation", "crop", "brightness", "contrast", "noise"):
+            value = getattr(self, name)
+            _check(0.0 <= value <= 0.5, f"augmentation {name}={value} must be between 0 and 0.5.")
+
+    @property
+    def is_identity(self) -> bool:
+        return self == AugmentConfig()
+
+    def scaled(self, strength: float) -> AugmentConfig:
+        """The same augmentations with every strength multiplied by `strength` (flips stay as they are)."""
+        if strength == 1.0:
+            return self
+        clip = lambda v: min(0.5, v * strength)
+        return self.replace(
+            rotation=clip(self.rotation),
+            zoom=clip(self.zoom),
+            translation=clip(self.translation),
+            crop=clip(self.crop),
+            brightness=clip(self.brightness),
+            contrast=clip(self.contrast),
+            noise=clip(self.noise),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams(_Config):
+    """One point of the configurable CNN. `filters` has one entry per conv block."""
+
+    filters: tuple[int, ...] = (32, 64)
+    kernel_size: int = 3
+    activation: str = "relu"
+    batch_norm: bool = True
+    dropout: float = 0.25
+    dense_units: int = 64
+    l1: float = 0.0
+    l2: float = 1e-4
+    head: str = "global_average"
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    batch_size: int = 32
+    augment_strength: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(1 <= len(self.filters) <= 6, f"{len(self.filters)} conv blocks; use 1 to 6.")
+        _check(all(1 <= int(f) <= 1024 for f in self.filters), f"filters {list(self.filters)} must be in 1..1024.")
+        _check(self.kernel_size in (1, 3, 5, 7), f"kernel_size {self.kernel_size} must be 1, 3, 5 or 7.")
+        _check(self.activation in ACTIVATIONS, f"activation '{self.activation}' must be one of {list(ACTIVATIONS)}.")
+        _check(0.0 <= self.dropout < 1.0, f"dropout {self.dropout} must be in [0, 1).")
+        _check(self.dense_units >= 0, "dense_units must be >= 0 (0 means no hidden dense layer).")
+        _check(self.l1 >= 0 and self.l2 >= 0, "l1 and l2 weight decay must be >= 0.")
+        _check(self.head in HEADS, f"head '{self.head}' must be one of {list(HEADS)}.")
+        _check(self.optimizer in OPTIMIZERS, f"optimizer '{self.optimizer}' must be one of {list(OPTIMIZERS)}.")
+        _check(0 < self.learning_rate < 1, f"learning_rate {self.learning_rate} must be in (0, 1).")
+        _check(1 <= self.batch_size <= 1024, f"batch_size {self.batch_size} must be in 1..1024.")
+        _check(0 <= self.augment_strength <= 3, f"augment_strength {self.augment_strength} must be in [0, 3].")
+
+    @classmethod
+    def seed_tutorial(cls) -> ModelParams:
+        """The tutorial's CNN: conv blocks without batch norm, flatten head, no hidden dense layer."""
+        return cls(
+            filters=(32, 64),
+            activation="relu",
+            batch_norm=False,
+            dropout=0.25,
+            dense_units=0,
+            l2=0.0,
+            head="flatten",
+            learning_rate=1e-3,
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace(_Config):
+    """Ranges KerasTuner searches. The defaults are the seed tutorial's ranges."""
+
+    learning_rate_min: float = 1e-4
+    learning_rate_max: float = 1e-2
+    conv_blocks: tuple[int, ...] = (2, 3)
+    filters_min: int = 32
+    filters_max: int = 512
+    filters_step: int = 32
+    kernel_sizes: tuple[int, ...] = (3,)
+    activations: tuple[str, ...] = ("relu", "tanh", "sigmoid")
+    dropouts: tuple[float, ...] = (0.0, 0.25, 0.5)
+    dense_units: tuple[int, ...] = (64,)
+    batch_norm: tuple[bool, ...] = (True,)
+    l1: tuple[float, ...] = (0.0,)
+    l2: tuple[float, ...] = (1e-4,)
+    heads: tuple[str, ...] = ("global_average",)
+    optimizers: tuple[str, ...] = ("adam",)
+    batch_sizes: tuple[int, ...] = (32,)
+    augment_strengths: tuple[float, ...] = (1.0,)
+
+    def __post_init__(self) -> None:
+        _check(
+            0 < self.learning_rate_min <= self.learning_rate_max < 1,
+            "learning rate range must satisfy 0 < min <= max < 1.",
+        )
+        _check(all(1 <= b <= 6 for b in self.conv_blocks) and self.conv_blocks, "conv_blocks must be in 1..6.")
+        _check(1 <= self.filters_min <= self.filters_max <= 1024, "filters range must satisfy 1 <= min <= max <= 1024.")
+        _check(self.filters_step >= 1, "filters_step must be >= 1.")
+        _check_choices("activations", self.activations, ACTIVATIONS)
+        _check_choices("heads", self.heads, HEADS)
+        _check_choices("optimizers", self.optimizers, OPTIMIZERS)
+        _check_choices("kernel_sizes", self.kernel_sizes, (1, 3, 5, 7))
+        _check(bool(self.dropouts) and all(0 <= d < 1 for d in self.dropouts), "dropouts must be in [0, 1).")
+        _check(bool(self.dense_units) and all(u >= 0 for u in self.dense_units), "dense_units must be >= 0.")
+        _check(
+            bool(self.batch_sizes) and all(1 <= b <= 1024 for b in self.batch_sizes), "batch_sizes must be in 1..1024."
+        )
+        _check(
+            bool(self.batch_norm) and bool(self.l1) and bool(self.l2), "batch_norm, l1 and l2 need at least one value."
+        )
+        _check(
+            bool(self.augment_strengths) and all(0 <= s <= 3 for s in self.augment_strengths),
+            "augment_strengths must be in [0, 3].",
+        )
+
+    @classmethod
+    def quick(cls) -> SearchSpace:
+        """A small space for 2-core machines and demos: few filters, relu/tanh, modest dropout."""
+        return cls(
+            conv_blocks=(2, 3),
+            filters_min=16,
+            filters_max=64,
+            filters_step=16,
+            activations=("relu", "tanh"),
+            dropouts=(0.0, 0.25),
+            dense_units=(32, 64),
+        )
+
+    def size_estimate(self) -> float:
+        """Rough count of distinct points (log10 not taken), for showing the user how big the space is."""
+        filters = max(1, (self.filters_max - self.filters_min) // self.filters_step + 1)
+        per_model = sum(filters**b for b in self.conv_blocks)
+        choices = [
+            self.kernel_sizes,
+            self.activations,
+            self.dropouts,
+            self.dense_units,
+            self.batch_norm,
+            self.l1,
+            self.l2,
+            self.heads,
+            self.optimizers,
+            self.batch_sizes,
+            self.augment_strengths,
+        ]
+        return per_model * math.prod(len(c) for c in choices)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Config):
+    """How one model is fitted (and how each trial is fitted during a search)."""
+
+    epochs: int = 20
+    early_stopping_patience: int = 5
+    reduce_lr_patience: int = 3
+    class_weights: str = "auto"
+    seed: int = 42
+    monitor: str = "val_auc"
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.epochs <= 10000, f"epochs {self.epochs} must be in 1..10000.")
+        _check(self.early_stopping_patience >= 0, "early_stopping_patience must be >= 0 (0 turns it off).")
+        _check(self.reduce_lr_patience >= 0, "reduce_lr_patience must be >= 0 (0 turns it off).")
+        _check(self.class_weights in ("auto", "balanced", "none"), "class_weights must be auto, balanced or none.")
+        _check(self.monitor in OBJECTIVES, f"monitor '{self.monitor}' must be one of {list(OBJECTIVES)}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig(_Config):
+    """The search itself: which tuner, how many trials, what to optimise, how long at most."""
+
+    tuner: str = "random"
+    objective: str = "val_auc"
+    max_trials: int = 10
+    executions_per_trial: int = 1
+    max_minutes: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.tuner in TUNERS, f"tuner '{self.tuner}' must be one of {list(TUNERS)}.")
+        _check(self.objective in OBJECTIVES, f"objective '{self.objective}' must be one of {list(OBJECTIVES)}.")
+        _check(self.max_trials >= 1, "max_trials must be >= 1.")
+        _check(self.executions_per_trial >= 1, "executions_per_trial must be >= 1.")
+        _check(self.max_minutes >= 0, "max_minutes must be >= 0 (0 means no time limit).")
+
+
+def _nested(cls: type[T], value: Any) -> T:
+    return value if isinstance(value, cls) else cls.from_dict(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec(_Config):
+    """Everything that defines a run; rerunning from this record gives the same model (seeded)."""
+
+    kind: str = "train"
+    dataset: DatasetConfig = dataclasses.field(default_factory=DatasetConfig)
+    augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    params: ModelParams = dataclasses.field(default_factory=ModelParams)
+    search: SearchSpace = dataclasses.field(default_factory=SearchSpace)
+    tune: TuneConfig = dataclasses.field(default_factory=TuneConfig)
+    distribution: str = "none"
+
+    def __post_init__(self) -> None:
+        _check(self.kind in ("tune", "train"), f"run kind '{self.kind}' must be tune or train.")
+        _check(self.distribution in ("none", "mirrored"), "distribution must be none or mirrored.")
+        for name, cls in (
+            ("dataset", DatasetConfig),
+            ("augment", AugmentConfig),
+            ("train", TrainConfig),
+            ("params", ModelParams),
+            ("search", SearchSpace),
+            ("tune", TuneConfig),
+        ):
+            object.__setattr__(self, name, _nested(cls, getattr(self, name)))
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or TOML spec file into a plain dict of sections (dataset, augment, search, ...)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise ConfigError(f"cannot read spec file {path}: {error.strerror}") from error
+    try:
+        if path.suffix.lower() == ".toml":
+            import tomllib
+
+            return tomllib.loads(text)
+        return json.loads(text)
+    except ValueError as error:
+        raise ConfigError(
+            f"spec file {path} is not valid {path.suffix.lstrip('.').upper() or 'JSON'}: {error}"
+        ) from error

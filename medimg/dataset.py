@@ -1,0 +1,360 @@
+"""Dataset layouts, the scan report and the train/val/test split.
+
+Three layouts are understood: one folder per class; `train/`, `val/`, `test/` folders each holding class
+folders; a CSV manifest with `path,label[,group][,split]` columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+import re
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from medimg import images
+from medimg.errors import DatasetError, ImageReadError
+
+SPLIT_NAMES = ("train", "val", "test")
+SPLIT_ALIASES = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+    "testing": "test",
+}
+ProgressCallback = Callable[[int, int, str], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFile:
+    """One labelled file of the dataset. `split` is '' when the dataset has no split folders."""
+
+    path: str
+    label: str
+    split: str = ""
+    group: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class FileProblem:
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class Listing:
+    """What a layout yields before any pixel is read."""
+
+    root: str
+    layout: str
+    files: list[ImageFile]
+    problems: list[FileProblem]
+
+
+@dataclasses.dataclass
+class ScanReport:
+    """What is in a dataset: the JSON shape `medimg scan --json` prints."""
+
+    root: str
+    layout: str
+    classes: dict[str, int]
+    splits: dict[str, dict[str, int]]
+    sizes: dict[str, int]
+    modes: dict[str, int]
+    unreadable: list[dict[str, str]]
+    duplicates: list[list[str]]
+    leakage: list[list[str]]
+    files: list[ImageFile] = dataclasses.field(repr=False, default_factory=list)
+
+    @property
+    def class_names(self) -> list[str]:
+        return sorted(self.classes)
+
+    @property
+    def image_count(self) -> int:
+        return sum(self.classes.values())
+
+    def to_dict(self, include_files: bool = False) -> dict:
+        data = dataclasses.asdict(self)
+        data["images"] = self.image_count
+        if not include_files:
+            data.pop("files")
+        return data
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _walk_images(folder: Path, root: str, problems: list[FileProblem]) -> list[str]:
+    """Image candidates under `folder` (recursively), refusing symlinks that leave the data root."""
+    found: list[str] = []
+    for current, dirs, names in os.walk(folder, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not images.is_ignored(d))
+        for directory in list(dirs):
+            full = os.path.join(current, directory)
+            if os.path.islink(full):
+                dirs.remove(directory)
+                problems.append(FileProblem(full, "symbolic link to a folder: not followed"))
+        for name in sorted(names):
+            if images.is_ignored(name):
+                continue
+            full = os.path.join(current, name)
+            real = os.path.realpath(full)
+            if os.path.islink(full) and not _within(real, root):
+                problems.append(FileProblem(full, "symbolic link pointing outside the dataset folder: refused"))
+            elif os.path.islink(full) and not os.path.exists(real):
+                problems.append(FileProblem(full, "broken or looping symbolic link"))
+            else:
+                found.append(full)
+    return found
+
+
+def _class_dirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink() and not images.is_ignored(p.name))
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    found = {}
+    for child in _class_dirs(root):
+        split = SPLIT_ALIASES.get(child.name.lower())
+        if split and split not in found:
+            found[split] = child
+    return found if "train" in found and len(found) >= 2 else {}
+
+
+def list_files(path: str | Path, group_regex: str = "") -> Listing:
+    """List the labelled files of a dataset folder or CSV manifest, without decoding anything."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"dataset path {path} does not exist; give a folder of class folders or a CSV manifest.")
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise DatasetError(f"{path} is a file; give a folder of class folders or a CSV manifest (.csv).")
+        listing = _list_manifest(path)
+    else:
+        listing = _list_folders(path)
+    if group_regex:
+        pattern = re.compile(group_regex)
+        listing.files = [dataclasses.replace(f, group=f.group or _match_group(pattern, f.path)) for f in listing.files]
+    if not listing.files:
+        raise DatasetError(
+            f"no image files found in {path}. Expected one sub-folder per class (e.g. NORMAL/, PNEUMONIA/), "
+            "or train/, val/, test/ folders holding class folders, or a CSV manifest."
+        )
+    return listing
+
+
+def _match_group(pattern: re.Pattern, path: str) -> str:
+    match = pattern.search(os.path.basename(path))
+    return match.group(1) if match else ""
+
+
+def _list_folders(root_path: Path) -> Listing:
+    root = os.path.realpath(root_path)
+    problems: list[FileProblem] = []
+    files: list[ImageFile] = []
+    splits = _split_dirs(root_path)
+    layout = "split_folders" if splits else "class_folders"
+    for split, split_dir in splits.items() if splits else [("", root_path)]:
+        for class_dir in _class_dirs(split_dir):
+            for file in _walk_images(class_dir, root, problems):
+                files.append(ImageFile(file, class_dir.name, split))
+        for loose in sorted(p for p in split_dir.iterdir() if p.is_file() and not images.is_ignored(p.name)):
+            if not (loose.suffix.lower() in (".csv", ".md", ".txt", ".json") and split_dir == root_path):
+                problems.append(FileProblem(str(loose), "file outside any class folder: ignored"))
+    return Listing(str(root_path), layout, files, problems)
+
+
+def _list_manifest(manifest: Path) -> Listing:
+    base = manifest.parent
+    root = os.path.realpath(base)
+    try:
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            rows = list(csv.DictReader(handle))
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DatasetError(f"cannot read manifest {manifest}: {error}") from error
+    if not rows or not {"path", "label"} <= set(rows[0]):
+        raise DatasetError(f"manifest {manifest} needs a header with at least 'path' and 'label' columns.")
+    files, problems = [], []
+    for row in rows:
+        relative = (row.get("path") or "").strip()
+        full = os.path.realpath(base / relative)
+        if not relative or not _within(full, root):
+            problems.append(
+                FileProblem(relative or "(empty path)", "manifest path outside the manifest's folder: refused")
+            )
+            continue
+        split = SPLIT_ALIASES.get((row.get("split") or "").strip().lower(), "")
+        files.append(
+            ImageFile(str(base / relative), (row.get("label") or "").strip(), split, (row.get("group") or "").strip())
+        )
+    if any(not f.label for f in files):
+        raise DatasetError(f"manifest {manifest} has rows without a label; every row needs one.")
+    layout = "manifest"
+    if files and any(f.split for f in files) and not all(f.split for f in files):
+        raise DatasetError(f"manifest {manifest}: the split column must be filled for every row or for none.")
+    return Listing(str(manifest), layout, files, problems)
+
+
+def inspect_file(path: str) -> tuple[images.ImageInfo, str]:
+    """Decode a file once: its info and a hash of its decoded pixels (for exact-duplicate detection)."""
+    pixels, info = images.decode(images.read_bytes(path))
+    digest = hashlib.blake2b(pixels.tobytes(), digest_size=16)
+    digest.update(str(pixels.shape).encode())
+    return info, digest.hexdigest()
+
+
+def _inspect_safely(path: str) -> tuple[images.ImageInfo | None, str]:
+    try:
+        return inspect_file(path)
+    except ImageReadError as error:
+        return None, str(error)
+
+
+def scan(
+    path: str | Path, group_regex: str = "", on_progress: ProgressCallback | None = None, workers: int | None = None
+) -> ScanReport:
+    """Decode every file once (in threads: OpenCV releases the GIL) and report what the dataset holds."""
+    listing = list_files(path, group_regex)
+    total = len(listing.files)
+    results: list[tuple[images.ImageInfo | None, str]] = []
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 1)) as pool:
+        for done, result in enumerate(pool.map(_inspect_safely, [f.path for f in listing.files]), 1):
+            results.append(result)
+            if on_progress and (done % 50 == 0 or done == total):
+                on_progress(done, total, "scanning images")
+    return _report(listing, results)
+
+
+def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]) -> ScanReport:
+    classes: Counter[str] = Counter()
+    splits: dict[str, Counter[str]] = defaultdict(Counter)
+    sizes: Counter[str] = Counter()
+    modes: Counter[str] = Counter()
+    by_hash: dict[str, list[ImageFile]] = defaultdict(list)
+    good: list[ImageFile] = []
+    unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems]
+    for file, (info, detail) in zip(listing.files, results, strict=True):
+        if info is None:
+            unreadable.append({"path": file.path, "reason": detail})
+            continue
+        good.append(file)
+        classes[file.label] += 1
+        if file.split:
+            splits[file.split][file.label] += 1
+        sizes[f"{info.width}x{info.height}"] += 1
+        modes[f"{info.format} {_mode_name(info.channels)} {info.bit_depth}-bit"] += 1
+        by_hash[detail].append(file)
+    duplicates = [[f.path for f in group] for group in by_hash.values() if len(group) > 1]
+    leakage = [
+        [f"{f.split}:{f.path}" for f in group] for group in by_hash.values() if len({f.split for f in group}) > 1
+    ]
+    return ScanReport(
+        root=listing.root,
+        layout=listing.layout,
+        classes=dict(sorted(classes.items())),
+        splits={s: dict(sorted(c.items())) for s, c in sorted(splits.items(), key=lambda kv: SPLIT_NAMES.index(kv[0]))},
+        sizes=dict(sizes.most_common()),
+        modes=dict(modes.most_common()),
+        unreadable=unreadable,
+        duplicates=duplicates,
+        leakage=leakage,
+        files=good,
+    )
+
+
+def _mode_name(channels: int) -> str:
+    return {1: "gray", 2: "gray+alpha", 3: "RGB", 4: "RGBA"}.get(channels, f"{channels}-channel")
+
+
+@dataclasses.dataclass
+class Splits:
+    """Train/val/test file lists. Labels index into `class_names` (sorted, as Keras' loader does)."""
+
+    class_names: list[str]
+    train: list[ImageFile]
+    val: list[ImageFile]
+    test: list[ImageFile]
+    source: str
+
+    def items(self) -> list[tuple[str, list[ImageFile]]]:
+        return [("train", self.train), ("val", self.val), ("test", self.test)]
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        return {name: {c: sum(f.label == c for f in files) for c in self.class_names} for name, files in self.items()}
+
+    def labels(self, split: str) -> list[int]:
+        index = {name: i for i, name in enumerate(self.class_names)}
+        return [index[f.label] for f in dict(self.items())[split]]
+
+    def group_overlap(self) -> set[str]:
+        """Groups (patients) present in more than one split: must be empty when groups are known."""
+        seen = [{f.group for f in files if f.group} for _, files in self.items()]
+        return (seen[0] & seen[1]) | (seen[0] & seen[2]) | (seen[1] & seen[2])
+
+
+def make_splits(
+    files: list[ImageFile], val_fraction: float = 0.15, test_fraction: float = 0.15, seed: int = 42
+) -> Splits:
+    """Seeded, stratified, group-aware split; a dataset's own split folders are used as they are."""
+    class_names = sorted({f.label for f in files})
+    if len(class_names) < 2:
+        only = class_names[0] if class_names else "none"
+        raise DatasetError(
+            f"only one class ({only}) has readable images; a classifier needs at least two class folders."
+        )
+    given = {f.split for f in files}
+    if given and "" not in given:
+        train = [f for f in files if f.split == "train"]
+        val = [f for f in files if f.split == "val"]
+        test = [f for f in files if f.split == "test"]
+        source = "dataset"
+        if not test:
+            train, test = _carve(train, test_fraction, seed)
+            source = "dataset + test carved from train"
+        if not val:
+            train, val = _carve(train, val_fraction, seed)
+            source = "dataset + val carved from train"
+    else:
+        rest, test = _carve(files, test_fraction, seed)
+        train, val = _carve(rest, val_fraction / max(1e-9, 1 - test_fraction), seed + 1)
+        source = "seeded stratified split" + (" by group" if any(f.group for f in files) else "")
+    splits = Splits(class_names, train, val, test, source)
+    missing = [c for c in class_names if not any(f.label == c for f in train)]
+    if missing:
+        raise DatasetError(f"class {', '.join(missing)} has no training images; add images or remove the class folder.")
+    if not val:
+        raise DatasetError("the validation split is empty; use a val_fraction above 0 or add a val/ folder.")
+    return splits
+
+
+def _carve(files: list[ImageFile], fraction: float, seed: int) -> tuple[list[ImageFile], list[ImageFile]]:
+    """Take about `fraction` of files out, stratified by label and never splitting a group."""
+    if fraction <= 0 or len(files) < 2:
+        return list(files), []
+    labels = [f.label for f in files]
+    if any(f.group for f in files):
+        from sklearn.model_selection import StratifiedGroupKFold
+
+        groups = [f.group or f.path for f in files]
+        n_splits = max(2, min(round(1 / fraction), len(set(groups))))
+        folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        keep, take = next(folds.split(files, labels, groups))
+    else:
+        from sklearn.model_selection import train_test_split
+
+        counts = Counter(labels)
+        stratify = labels if min(counts.values()) >= 2 else None
+        count = max(len(counts) if stratify else 1, round(fraction * len(files)))
+        if count >= len(files):
+            return list(files), []
+        keep, take = train_test_split(range(len(files)), test_size=count, random_state=seed, stratify=stratify)
+    return [files[i] for i in sorted(keep)], [files[i] for i in sorted(take)]

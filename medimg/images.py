@@ -1,0 +1,263 @@
+"""Read one image file of any supported kind into a uint8 array with a fixed channel mode.
+
+Decoding goes through OpenCV (PNG, JPEG, BMP, TIFF) or pydicom (DICOM). The format is decided from the
+file's first bytes, never from its extension, and OpenCV's pixel-count limit is set before its first import
+so that a decompression bomb is refused by the decoder instead of filling memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medimg.errors import ImageReadError
+
+if TYPE_CHECKING:
+    import pydicom
+
+# 64 megapixels: far above any radiograph we resize to <= 1024 px, far below a decompression bomb.
+MAX_IMAGE_PIXELS = 1 << 26
+MAX_FILE_BYTES = 512 * 1024 * 1024
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """What a file held before conversion: shown in the scan report."""
+
+    format: str
+    width: int
+    height: int
+    channels: int
+    bit_depth: int
+    note: str = ""
+
+
+def is_ignored(name: str) -> bool:
+    """Hidden and operating-system files that are never images (`.DS_Store`, `Thumbs.db`, `._x`)."""
+    return name.startswith(".") or name.lower() in IGNORED_NAMES
+
+
+def sniff_format(head: bytes) -> str:
+    """The image format from a file's first 132 bytes: png, jpeg, bmp, tiff, dicom, or '' if none of them."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "tiff"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if head.startswith(b"GIF8"):
+        return "gif"
+    return ""
+
+
+def _looks_like_headerless_dicom(head: bytes) -> bool:
+    # DICOM without the 128-byte preamble starts with a group 0x0002 or 0x0008 tag, little endian.
+    return len(head) >= 8 and head[1:2] == b"\x00" and head[0:1] in (b"\x02", b"\x08") and head[2:4] != b"\x00\x00"
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The file's bytes, with the reasons a file cannot be read phrased for people."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            raise ImageReadError("empty file (0 bytes)")
+        if size > MAX_FILE_BYTES:
+            raise ImageReadError(f"file is {size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit")
+        return path.read_bytes()
+    except IsADirectoryError as error:
+        raise ImageReadError("is a folder, not a file") from error
+    except PermissionError as error:
+        raise ImageReadError("permission denied") from error
+    except OSError as error:
+        raise ImageReadError(f"cannot read file: {error.strerror or error}") from error
+
+
+def decode(data: bytes, *, frame: int = 0) -> tuple[np.ndarray, ImageInfo]:
+    """Decode image bytes to the stored pixels (H×W or H×W×C, uint8/uint16/float) and what they were.
+
+    Colour images come back in RGB/RGBA order (OpenCV's BGR is converted here, once).
+    """
+    if not data:
+        raise ImageReadError("empty file (0 bytes)")
+    kind = sniff_format(data[:132])
+    if not kind and _looks_like_headerless_dicom(data[:8]):
+        kind = "dicom"
+    if kind == "dicom":
+        return _decode_dicom(data, frame)
+    if kind == "gif":
+        raise ImageReadError("GIF is not a supported image format; export the image as PNG")
+    if not kind:
+        raise ImageReadError("not an image: the content is not PNG, JPEG, BMP, TIFF or DICOM")
+    return _decode_opencv(data, kind)
+
+
+def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:
+    import cv2
+
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    try:
+        # IMREAD_UNCHANGED keeps 16-bit depth and alpha; the EXIF orientation is applied below on our own.
+        pixels = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as error:
+        raise ImageReadError(f"corrupt or unsupported {kind.upper()}: {str(error).strip().splitlines()[-1]}") from error
+    if pixels is None or pixels.size == 0:
+        raise ImageReadError(
+            f"corrupt, truncated or too large {kind.upper()} (the decoder refused it; the limit is "
+            f"{MAX_IMAGE_PIXELS // 2**20} megapixels)"
+        )
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
+        code = cv2.COLOR_BGR2RGB if pixels.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
+        pixels = cv2.cvtColor(pixels, code)
+    if kind == "jpeg":
+        pixels = _apply_exif_orientation(pixels, data)
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    info = ImageInfo(kind, pixels.shape[1], pixels.shape[0], channels, pixels.dtype.itemsize * 8)
+    return pixels, info
+
+
+def _apply_exif_orientation(pixels: np.ndarray, data: bytes) -> np.ndarray:
+    # OpenCV ignores EXIF orientation with IMREAD_UNCHANGED; a phone photo of a film would come out rotated.
+    if b"Exif" not in data[:65536]:
+        return pixels
+    try:
+        from PIL import Image
+
+        orientation = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+    except Exception:
+        return pixels
+    turns = {3: 2, 6: 3, 8: 1}.get(orientation, 0)
+    pixels = np.rot90(pixels, turns) if turns else pixels
+    if orientation in (2, 4, 5, 7):
+        pixels = np.fliplr(np.rot90(pixels, {2: 0, 4: 2, 5: 3, 7: 1}[orientation]))
+    return np.ascontiguousarray(pixels)
+
+
+def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
+    """Parse DICOM bytes (with or without the preamble)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(io.BytesIO(data), force=True)
+    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OSError) as error:
+        raise ImageReadError(f"corrupt DICOM: {error}") from error
+
+
+def _decode_dicom(data: bytes, frame: int) -> tuple[np.ndarray, ImageInfo]:
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    dataset = read_dicom_dataset(data)
+    if "PixelData" not in dataset and "FloatPixelData" not in dataset:
+        raise ImageReadError("DICOM file has no pixel data (a report or structured document, not an image)")
+    rows, columns = int(dataset.get("Rows", 0)), int(dataset.get("Columns", 0))
+    if rows * columns > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            f"DICOM image of {columns}x{rows} pixels is over the {MAX_IMAGE_PIXELS // 2**20} megapixel limit"
+        )
+    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    note = ""
+    if frames > 1:
+        if not 0 <= frame < frames:
+            raise ImageReadError(f"frame {frame} does not exist; this DICOM has {frames} frames (0..{frames - 1})")
+        note = f"multi-frame DICOM ({frames} frames): frame {frame} used"
+    try:
+        pixels = dataset.pixel_array if frames == 1 else dataset.pixel_array[frame]
+    except (RuntimeError, NotImplementedError) as error:
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        raise ImageReadError(
+            f"DICOM compressed as '{name}' and no decoder for it is installed; install pylibjpeg and "
+            f"pylibjpeg-libjpeg (or python-gdcm) to read it. Decoder said: {str(error).splitlines()[0]}"
+        ) from error
+    except (ValueError, AttributeError, KeyError, TypeError, IndexError) as error:
+        raise ImageReadError(f"DICOM pixel data is unreadable: {error}") from error
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    if pixels.ndim == 2 or photometric.startswith("MONOCHROME"):
+        pixels = apply_modality_lut(pixels, dataset)
+        if "WindowCenter" in dataset and "WindowWidth" in dataset:
+            pixels = apply_voi_lut(pixels, dataset, index=0)
+        if photometric == "MONOCHROME1":
+            pixels = pixels.max() - pixels
+    elif photometric not in ("RGB",):
+        from pydicom.pixels import convert_color_space
+
+        pixels = convert_color_space(pixels, photometric, "RGB")
+    channels = 1 if pixels.ndim == 2 else pixels.shape[-1]
+    bits = int(dataset.get("BitsStored", 8) or 8)
+    return np.asarray(pixels), ImageInfo("dicom", columns, rows, channels, bits, note)
+
+
+def to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Scale any depth to uint8: 8-bit is kept as is, higher depths and floats are min-max stretched."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    values = pixels.astype(np.float32)
+    finite = np.isfinite(values)
+    if not finite.all():
+        values = np.where(finite, values, 0.0)
+    low, high = float(values.min()), float(values.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def convert_channels(pixels: np.ndarray, color: str) -> np.ndarray:
+    """The tutorial's channel rules: gray → RGB when RGB is wanted, RGBA → RGB, more than 4 channels → first 3.
+
+    Always returns H×W×C with C = 1 for gray and 3 for rgb.
+    """
+    import cv2
+
+    if pixels.ndim == 3 and pixels.shape[2] > 4:
+        pixels = pixels[:, :, :3]
+    if pixels.ndim == 3 and pixels.shape[2] == 4:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_RGBA2RGB)
+    if pixels.ndim == 3 and pixels.shape[2] == 2:  # gray + alpha
+        pixels = pixels[:, :, 0]
+    if color == "gray":
+        if pixels.ndim == 3:
+            pixels = cv2.cvtColor(pixels, cv2.COLOR_RGB2GRAY)
+        return pixels[:, :, np.newaxis]
+    if pixels.ndim == 2:
+        pixels = cv2.cvtColor(pixels, cv2.COLOR_GRAY2RGB)
+    return pixels
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """Resize H×W×C to size×size×C (area interpolation when shrinking, which avoids aliasing)."""
+    import cv2
+
+    height, width = pixels.shape[:2]
+    if (height, width) == (size, size):
+        return pixels
+    interpolation = cv2.INTER_AREA if height >= size and width >= size else cv2.INTER_LINEAR
+    resized = cv2.resize(pixels, (size, size), interpolation=interpolation)
+    return resized[:, :, np.newaxis] if resized.ndim == 2 else resized
+
+
+def prepare(pixels: np.ndarray, size: int, color: str) -> np.ndarray:
+    """Stored pixels → the model's input: uint8, size×size×(1|3)."""
+    return resize(convert_channels(to_uint8(pixels), color), size)
+
+
+def load_image(source: str | Path | bytes, size: int, color: str, *, frame: int = 0) -> np.ndarray:
+    """Read a file (or its bytes) into a size×size×C uint8 array. Raises ImageReadError with the reason."""
+    data = source if isinstance(source, bytes) else read_bytes(source)
+    pixels, _ = decode(data, frame=frame)
+    return prepare(pixels, size, color)

@@ -1,0 +1,57 @@
+"""`tf.data` datasets over the cached arrays: shuffle, batch, augment (training only), prefetch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medimg import augment as augment_module
+from medimg.cache import CachedArrays
+from medimg.config import AugmentConfig
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+
+def make_dataset(
+    arrays: CachedArrays,
+    batch_size: int,
+    num_classes: int,
+    *,
+    training: bool = False,
+    augment: AugmentConfig | None = None,
+    seed: int = 42,
+) -> tf.data.Dataset:
+    """Batches of (float32 images in 0..255, labels); labels are (B, 1) floats for two classes, ints otherwise.
+
+    Only index batches flow through tf.data; pixels are gathered from the memory map per batch, so memory stays
+    bounded by the batch, not the dataset.
+    """
+    import tensorflow as tf
+
+    images, labels = arrays.images, arrays.labels
+    height, width, channels = images.shape[1:]
+    binary = num_classes == 2
+
+    def gather(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        indices = np.sort(indices)  # sequential reads from the memory map
+        batch_labels = labels[indices]
+        if binary:
+            return images[indices], batch_labels.astype(np.float32).reshape(-1, 1)
+        return images[indices], batch_labels.astype(np.int32)
+
+    def load(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch, batch_labels = tf.numpy_function(gather, [indices], [tf.uint8, tf.float32 if binary else tf.int32])
+        batch.set_shape([None, height, width, channels])
+        batch_labels.set_shape([None, 1] if binary else [None])
+        return tf.cast(batch, tf.float32), batch_labels
+
+    dataset = tf.data.Dataset.range(len(labels))
+    if training:
+        dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    augmenter = augment_module.build_augmenter(augment, height, seed=seed) if (training and augment) else None
+    if augmenter is not None:
+        dataset = dataset.map(lambda x, y: (augment_module.apply(augmenter, x), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)

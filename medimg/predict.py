@@ -1,0 +1,92 @@
+"""Prediction for any supported file through a run's input contract (size, channel mode, class names)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from pathlib import Path
+
+import numpy as np
+
+from medimg import images
+from medimg.errors import ImageReadError, RunError
+from medimg.runs import Run
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One file's result: probabilities by class, or the reason it could not be read."""
+
+    name: str
+    probabilities: dict[str, float]
+    predicted: str = ""
+    error: str = ""
+    image: np.ndarray | None = dataclasses.field(default=None, repr=False)
+
+
+class Predictor:
+    """A run's model with its preprocessing contract, loaded once and reused for many files."""
+
+    def __init__(self, run: Run) -> None:
+        record = run.record
+        if "input" not in record or "class_names" not in record:
+            raise RunError(f"run {run.id} has no input contract yet; it has not trained a model.")
+        self.run = run
+        self.size = int(record["input"]["image_size"])
+        self.color = str(record["input"]["color"])
+        self.class_names = list(record["class_names"])
+        self.model = run.load_model()
+
+    def prepare(self, source: str | Path | bytes, frame: int = 0) -> np.ndarray:
+        return images.load_image(source, self.size, self.color, frame=frame)
+
+    def predict_images(self, batch: np.ndarray) -> np.ndarray:
+        from medimg.evaluation import predict_arrays
+
+        return predict_arrays(self.model, batch)
+
+    def predict(self, sources: list[tuple[str, str | Path | bytes]]) -> list[Prediction]:
+        """Predict named sources (path or bytes); unreadable ones come back with their reason, the rest go on."""
+        results: list[Prediction] = []
+        ready: list[tuple[int, np.ndarray]] = []
+        for name, source in sources:
+            try:
+                pixels = self.prepare(source)
+                ready.append((len(results), pixels))
+                results.append(Prediction(name, {}, image=pixels))
+            except ImageReadError as error:
+                results.append(Prediction(name, {}, error=str(error)))
+        if ready:
+            probs = self.predict_images(np.stack([pixels for _, pixels in ready]))
+            for (index, _), row in zip(ready, probs, strict=True):
+                results[index].probabilities = {c: float(p) for c, p in zip(self.class_names, row, strict=True)}
+                results[index].predicted = self.class_names[int(np.argmax(row))]
+        return results
+
+    def gradcam(self, pixels: np.ndarray, class_index: int | None = None) -> np.ndarray:
+        from medimg.explain import gradcam_heatmap
+
+        heatmap, _ = gradcam_heatmap(self.model, pixels, class_index)
+        return heatmap
+
+
+def predictions_csv(predictions: list[Prediction], class_names: list[str]) -> str:
+    """All predictions as CSV text: file, predicted class, one probability column per class, error."""
+    stream = io.StringIO()
+    writer = csv.writer(stream)
+    writer.writerow(["file", "predicted", *[f"p_{c}" for c in class_names], "error"])
+    for p in predictions:
+        writer.writerow(
+            [
+                p.name,
+                p.predicted,
+                *[f"{p.probabilities[c]:.6f}" if p.probabilities else "" for c in class_names],
+                p.error,
+            ]
+        )
+    return stream.getvalue()
+
+
+def top_k(prediction: Prediction, k: int = 3) -> list[tuple[str, float]]:
+    return sorted(prediction.probabilities.items(), key=lambda item: -item[1])[:k]

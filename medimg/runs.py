@@ -1,0 +1,269 @@
+"""The run directory: the single source of truth for a tune or train run.
+
+run.json        spec, status, class names, input contract, best parameters, headline metrics
+events.jsonl    one JSON line per epoch / batch tick / trial / status change, appended and flushed
+history.json    per-epoch metrics of the final training
+metrics.json    test-split evaluation
+model.keras     the model (its SHA-256 is recorded in run.json and checked on load)
+tuner/          KerasTuner's project folder;  logs/  TensorBoard;  log.txt  the process's output
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from medimg.config import RunSpec
+from medimg.errors import RunError
+
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("completed", "stopped", "failed")
+
+
+def runs_root(path: str | Path | None = None) -> Path:
+    """Where runs live: the given path, else $MEDIMG_RUNS_DIR, else ./runs."""
+    return Path(path or os.environ.get("MEDIMG_RUNS_DIR") or "runs")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder and rename it over the target (never half-written)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=2, default=str)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        # A zombie (exited, not yet reaped by its parent) is not a live run.
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+class Run:
+    """One run directory. Cheap to construct; every property reads the disk (another process writes it)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def record(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "run.json").read_text(encoding="utf-8"))
+        except FileNotFoundError as error:
+            raise RunError(
+                f"{self.path} is not a medimg run (no run.json); pick a folder from `medimg runs`."
+            ) from error
+        except json.JSONDecodeError as error:
+            raise RunError(f"{self.path}/run.json is damaged: {error}") from error
+
+    @property
+    def spec(self) -> RunSpec:
+        return RunSpec.from_dict(self.record["spec"])
+
+    @property
+    def status(self) -> str:
+        record = self.record
+        status = record.get("status", "failed")
+        if status in ACTIVE_STATUSES and not pid_alive(record.get("pid")) and record.get("pid"):
+            return "failed"
+        return status
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        record = self.record
+        record.update(fields)
+        write_json_atomic(self.path / "run.json", record)
+        return record
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        now = time.time()
+        extra = {"started": now} if status == "running" else {}
+        if status in FINAL_STATUSES:
+            extra = {"finished": now}
+        self.update(status=status, **extra, **fields)
+        self.append_event("status", status=status, **{k: v for k, v in fields.items() if k in ("message", "error")})
+
+    def append_event(self, kind: str, **data: Any) -> None:
+        line = json.dumps({"t": round(time.time(), 3), "type": kind, **data}, default=str)
+        with open(self.path / "events.jsonl", "a", encoding="utf-8") as stream:
+            stream.write(line + "\n")
+            stream.flush()
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = (self.path / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
+                event = json.loads(line)
+                if kind is None or event.get("type") == kind:
+                    events.append(event)
+        return events
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_json_atomic(self.path / name, data)
+
+    def epoch_history(self, trial: str | None = None) -> dict[str, list[float]]:
+        """Per-epoch metrics from the event log (continues across a resume), for the final fit or one trial."""
+        by_epoch: dict[int, dict[str, float]] = {}
+        for event in self.events("epoch"):
+            if event.get("trial") == trial:
+                by_epoch[int(event["epoch"])] = event["logs"]
+        history: dict[str, list[float]] = {"epoch": []}
+        for epoch in sorted(by_epoch):
+            history["epoch"].append(epoch + 1)
+            for name, value in by_epoch[epoch].items():
+                history.setdefault(name, []).append(value)
+        return history
+
+    def request_stop(self) -> None:
+        (self.path / "STOP").touch()
+        self.append_event("stop_requested")
+
+    def stop_requested(self) -> bool:
+        return (self.path / "STOP").exists()
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.keras"
+
+    def save_model(self, model: Any) -> None:
+        """Save model.keras atomically and record its hash, which `load_model` checks."""
+        temporary = self.path / ".model.tmp.keras"
+        model.save(temporary)
+        os.replace(temporary, self.model_path)
+        self.update(model_sha256=file_sha256(self.model_path))
+
+    def load_model(self) -> Any:
+        """Load this run's model: `.keras` from this run only, hash checked, Keras safe mode on."""
+        if not self.model_path.is_file():
+            raise RunError(f"run {self.id} has no model yet (status: {self.status}); train it first.")
+        expected = self.record.get("model_sha256")
+        if not expected or file_sha256(self.model_path) != expected:
+            raise RunError(
+                f"run {self.id}: model.keras does not match the hash recorded when it was saved; "
+                "it was changed outside medimg and will not be loaded."
+            )
+        import keras
+
+        from medimg import models
+
+        models.sparse_auc(3)  # registers the custom metric class for deserialisation
+        return keras.saving.load_model(self.model_path, compile=False, safe_mode=True)
+
+    def summary(self) -> dict[str, Any]:
+        record = self.record
+        metrics = record.get("metrics") or {}
+        finished = record.get("finished") or (time.time() if record.get("status") in ACTIVE_STATUSES else None)
+        started = record.get("started") or record.get("created")
+        return {
+            "id": self.id,
+            "kind": record.get("spec", {}).get("kind", "?"),
+            "status": self.status,
+            "dataset": record.get("spec", {}).get("dataset", {}).get("path", ""),
+            "created": record.get("created"),
+            "duration_s": round(finished - started, 1) if finished and started else None,
+            "test_auc": metrics.get("auc"),
+            "test_accuracy": metrics.get("accuracy"),
+            "best_score": record.get("best_score"),
+        }
+
+
+def new_run_id(kind: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{kind}-{stamp}-{secrets.token_hex(2)}"
+
+
+def create_run(spec: RunSpec, root: str | Path | None = None, status: str = "queued") -> Run:
+    """A new, uniquely named run directory holding the spec (`mkdir` fails rather than share a folder)."""
+    root = runs_root(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        path = root / new_run_id(spec.kind)
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RunError(f"could not create a new run folder under {root}.")
+    write_json_atomic(
+        path / "run.json",
+        {"id": path.name, "spec": spec.to_dict(), "status": status, "created": time.time(), "pid": None},
+    )
+    run = Run(path)
+    run.append_event("status", status=status)
+    return run
+
+
+def list_runs(root: str | Path | None = None) -> list[Run]:
+    """Runs under root, newest first."""
+    root = runs_root(root)
+    if not root.is_dir():
+        return []
+    found = [Run(p) for p in root.iterdir() if (p / "run.json").is_file()]
+    # Ids are "<kind>-<YYYYmmdd-HHMMSS>-<random>": the part after the kind sorts by creation time.
+    return sorted(found, key=lambda run: run.id.split("-", 1)[-1], reverse=True)
+
+
+def find_run(reference: str | Path, root: str | Path | None = None) -> Run:
+    """A run by folder path or by id under the runs root."""
+    candidate = Path(reference)
+    if (candidate / "run.json").is_file():
+        return Run(candidate)
+    by_id = runs_root(root) / str(reference)
+    if (by_id / "run.json").is_file():
+        return Run(by_id)
+    raise RunError(f"no run '{reference}' (looked for {candidate} and {by_id}); `python -m medimg runs` lists them.")
+
+
+def delete_run(run: Run) -> None:
+    if run.status in ACTIVE_STATUSES:
+        raise RunError(f"run {run.id} is still {run.status}; stop it before deleting it.")
+    shutil.rmtree(run.path)

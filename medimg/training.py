@@ -1,0 +1,275 @@
+"""Prepare data for a run and fit a model with the callbacks a run needs (events, stop, resume, early stop)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medimg import cache, dataset
+from medimg.cache import CachedArrays
+from medimg.config import AugmentConfig, DatasetConfig, ModelParams, TrainConfig
+from medimg.errors import DatasetError
+from medimg.runs import Run
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+Echo = Callable[[str], None]
+
+
+@dataclasses.dataclass
+class PreparedData:
+    """Decoded arrays per split, the class names they index, and what could not be read."""
+
+    class_names: list[str]
+    arrays: dict[str, CachedArrays]
+    splits: dataset.Splits
+    unreadable: list[dict[str, str]]
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return tuple(self.arrays["train"].images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> dict[str, Any]:
+        counts = {
+            name: {c: int(np.sum(a.labels == i)) for i, c in enumerate(self.class_names)}
+            for name, a in self.arrays.items()
+        }
+        return {
+            "class_names": self.class_names,
+            "split_counts": counts,
+            "split_source": self.splits.source,
+            "unreadable": self.unreadable,
+            "group_overlap": sorted(self.splits.group_overlap()),
+        }
+
+
+def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], None] | None = None) -> PreparedData:
+    """List, split and decode (once, cached) the dataset a run uses."""
+    listing = dataset.list_files(config.path, config.group_regex)
+    splits = dataset.make_splits(listing.files, config.val_fraction, config.test_fraction, config.seed)
+    arrays = {}
+    unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems]
+    for name, files in splits.items():
+        arrays[name] = cache.load_arrays(
+            [f.path for f in files], splits.labels(name), config.image_size, config.color, on_progress
+        )
+        unreadable += arrays[name].failures
+    for name in ("train", "val"):
+        present = set(np.unique(arrays[name].labels).tolist())
+        if name == "train" and len(present) < len(splits.class_names):
+            missing = [c for i, c in enumerate(splits.class_names) if i not in present]
+            raise DatasetError(
+                f"no readable training images for class {', '.join(missing)}; "
+                f"{len(unreadable)} files were unreadable (see the scan report)."
+            )
+        if len(arrays[name]) == 0:
+            raise DatasetError(f"no readable images in the {name} split; check the scan report.")
+    return PreparedData(splits.class_names, arrays, splits, unreadable)
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
+    """Balanced weights (n / (k * count)) when asked, or in 'auto' mode when classes differ by more than 1.5×."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    if mode == "none" or counts.min() == 0:
+        return None
+    if mode == "auto" and counts.max() / counts.min() <= 1.5:
+        return None
+    weights = counts.sum() / (num_classes * counts)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def make_progress_callback(
+    run: Run | None, trial: str | None = None, echo: Echo | None = None, deadline: float | None = None
+) -> keras.callbacks.Callback:
+    """Events per epoch and (throttled) per batch; a stop request or a deadline ends the fit at the next batch."""
+    import keras
+
+    class ProgressEvents(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.last_tick = 0.0
+            self.steps: int | None = None
+            self.epoch = 0
+            self.stopped_by_request = False
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.steps = self.params.get("steps")
+            self.epochs = self.params.get("epochs")
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch = epoch
+            self.epoch_start = time.time()
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            now = time.time()
+            if now - self.last_tick < 0.5:
+                return
+            self.last_tick = now
+            if run is not None:
+                if run.stop_requested():
+                    self.stopped_by_request = True
+                    self.model.stop_training = True
+                run.append_event(
+                    "batch", trial=trial, epoch=self.epoch, batch=batch + 1, steps=self.steps, epochs=self.epochs
+                )
+            if deadline and now > deadline:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+            seconds = round(time.time() - self.epoch_start, 3)
+            if run is not None:
+                run.append_event("epoch", trial=trial, epoch=epoch, epochs=self.epochs, logs=values, seconds=seconds)
+            if echo:
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "learning_rate")
+                prefix = f"trial {trial} " if trial else ""
+                echo(f"{prefix}epoch {epoch + 1}/{self.epochs} ({seconds:.1f}s)  {shown}")
+            if any(math.isnan(v) for v in values.values()):
+                self.model.stop_training = True
+
+    return ProgressEvents()
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def fit_callbacks(config: TrainConfig, monitor: str, mode: str) -> list:
+    """Early stopping with best weights restored, learning-rate reduction on plateau, NaN guard."""
+    import keras
+
+    callbacks: list = [keras.callbacks.TerminateOnNaN()]
+    if config.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=mode, restore_best_weights=True, patience=config.early_stopping_patience
+            )
+        )
+    if config.reduce_lr_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, mode=mode, factor=0.5, min_lr=1e-6, patience=config.reduce_lr_patience
+            )
+        )
+    return callbacks
+
+
+def monitor_mode(monitor: str) -> str:
+    return "min" if monitor.endswith("loss") else "max"
+
+
+@contextlib.contextmanager
+def distribution_scope(distribution: str):
+    """`tf.distribute.MirroredStrategy` scope when asked for (every visible device), else nothing."""
+    if distribution != "mirrored":
+        yield None
+        return
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy()
+    with strategy.scope():
+        yield strategy
+
+
+def fit_model(
+    params: ModelParams,
+    data: PreparedData,
+    augment: AugmentConfig,
+    config: TrainConfig,
+    callbacks: list,
+    epochs: int | None = None,
+    distribution: str = "none",
+) -> tuple[Any, Any]:
+    """Build and fit one model on prepared data; returns (model, keras History)."""
+    import keras
+
+    from medimg import models, pipeline
+
+    keras.utils.set_random_seed(config.seed)
+    with distribution_scope(distribution):
+        model = models.build_model(params, data.input_shape, data.num_classes)
+    train = pipeline.make_dataset(
+        data.arrays["train"],
+        params.batch_size,
+        data.num_classes,
+        training=True,
+        augment=augment.scaled(params.augment_strength),
+        seed=config.seed,
+    )
+    val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
+    weights = class_weights(data.arrays["train"].labels, data.num_classes, config.class_weights)
+    history = model.fit(
+        train,
+        validation_data=val,
+        epochs=epochs or config.epochs,
+        callbacks=callbacks,
+        class_weight=weights,
+        verbose=0,
+        shuffle=False,
+    )
+    return model, history
+
+
+def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
+    """Carry out a train run from its record: prepare, fit (resumable), save, evaluate. Returns test metrics."""
+    import keras
+
+    from medimg import evaluation
+
+    spec = run.spec
+    data = prepare_data(spec.dataset, _echo_progress(echo))
+    run.update(
+        data=data.summary(),
+        class_names=data.class_names,
+        input={"image_size": spec.dataset.image_size, "color": spec.dataset.color, "channels": spec.dataset.channels},
+    )
+    monitor = spec.train.monitor
+    progress = make_progress_callback(run, echo=echo)
+    callbacks = [
+        progress,
+        *fit_callbacks(spec.train, monitor, monitor_mode(monitor)),
+        keras.callbacks.BackupAndRestore(str(run.path / "backup")),
+        keras.callbacks.TensorBoard(str(run.path / "logs"), profile_batch=0, write_graph=False),
+    ]
+    model, _ = fit_model(spec.params, data, spec.augment, spec.train, callbacks, distribution=spec.distribution)
+    history = run.epoch_history()
+    run.write_json("history.json", history)
+    losses = history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        raise _nan_error(len(losses))
+    run.save_model(model)
+    metrics = evaluation.evaluate_run(run, data, model)
+    if progress.stopped_by_request:
+        run.set_status("stopped", message=f"stopped on request after {len(losses)} epochs; model saved")
+    return metrics
+
+
+def _nan_error(epoch: int) -> Exception:
+    from medimg.errors import MedimgError
+
+    return MedimgError(
+        f"the loss became NaN at epoch {epoch}; lower the learning rate or turn off batch norm and try again."
+    )
+
+
+def _echo_progress(echo: Echo | None) -> Callable[[int, int, str], None] | None:
+    if echo is None:
+        return None
+    return lambda done, total, message: echo(f"{message}: {done}/{total}")

@@ -1,0 +1,85 @@
+"""The command line end to end on the bundled real demo data: scan → tune → train → evaluate → predict → runs."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DEMO, PROJECT
+
+
+def medimg(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [sys.executable, "-m", "medimg", *args],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        timeout=600,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"medimg {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return result
+
+
+def test_scan_json_contract() -> None:
+    report = json.loads(medimg("scan", str(DEMO), "--json").stdout)
+    assert report["classes"] == {"NORMAL": 70, "PNEUMONIA": 70}
+    assert report["splits"]["train"] == {"NORMAL": 40, "PNEUMONIA": 40}
+    assert report["splits"]["test"] == {"NORMAL": 15, "PNEUMONIA": 15}
+    assert report["unreadable"] == []
+    assert report["layout"] == "split_folders"
+
+
+def test_scan_missing_folder_is_a_message_not_a_traceback(tmp_path: Path) -> None:
+    result = medimg("scan", str(tmp_path / "nope"), check=False)
+    assert result.returncode == 2
+    assert "does not exist" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.slow
+def test_tune_train_evaluate_predict_end_to_end(tmp_path: Path) -> None:
+    runs = str(tmp_path / "runs")
+    common = ["--runs", runs, "--image-size", "32", "--color", "gray", "--seed", "7"]
+    tune = medimg("tune", str(DEMO), *common, "--max-trials", "2", "--epochs", "1", "--tuner", "random")
+    tune_dir = Path(tune.stdout.strip().splitlines()[-1])
+    record = json.loads((tune_dir / "run.json").read_text())
+    assert record["status"] == "completed"
+    assert record["trials_completed"] == 2
+    assert (tune_dir / "tuner").is_dir() and (tune_dir / "model.keras").is_file()
+
+    train = medimg("train", *common, "--from-run", str(tune_dir), "--epochs", "2")
+    train_dir = Path(train.stdout.strip().splitlines()[-1])
+    trained = json.loads((train_dir / "run.json").read_text())
+    assert trained["status"] == "completed"
+    assert trained["spec"]["params"] == record["best_params"]
+    history = json.loads((train_dir / "history.json").read_text())
+    assert history["epoch"] == [1, 2] and len(history["val_auc"]) == 2
+
+    metrics = json.loads(medimg("evaluate", str(train_dir), "--json").stdout)
+    assert set(metrics) >= {"accuracy", "balanced_accuracy", "auc", "per_class"}
+    assert set(metrics["per_class"]) == {"NORMAL", "PNEUMONIA"}
+    assert sum(map(sum, metrics["confusion_matrix"])) == 30
+
+    images = sorted((DEMO / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    predicted = medimg("predict", str(train_dir), *map(str, images), str(bad))
+    rows = list(csv.DictReader(io.StringIO(predicted.stdout)))
+    assert len(rows) == 4
+    for row in rows[:3]:
+        assert row["predicted"] in ("NORMAL", "PNEUMONIA")
+        assert abs(float(row["p_NORMAL"]) + float(row["p_PNEUMONIA"]) - 1) < 1e-4
+    assert "not an image" in rows[3]["error"]
+
+    listing = json.loads(medimg("runs", "--runs", runs, "--json").stdout)
+    assert {row["id"] for row in listing} == {tune_dir.name, train_dir.name}
+    assert all(row["status"] == "completed" for row in listing)
