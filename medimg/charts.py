@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -71,7 +72,12 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
     dimensions = []
     for name in names:
         values = [t["hyperparameters"].get(name) for t in done]
-        if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values if v is not None):
+        if len({str(v) for v in values}) < 2 and len(done) > 1:
+            continue  # a fixed parameter only adds an axis with one tick
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values if v is not None)
+        if numeric and name == "learning_rate":
+            dimensions.append({"label": "log10 learning rate", "values": [math.log10(v) for v in values]})
+        elif numeric:
             dimensions.append({"label": name, "values": [v if v is not None else 0 for v in values]})
         else:
             labels = sorted({str(v) for v in values})

@@ -48,6 +48,9 @@ def is_ignored(name: str) -> bool:
 
 def sniff_format(head: bytes) -> str:
     """The image format from a file's first 132 bytes: png, jpeg, bmp, tiff, dicom, or '' if none of them."""
+    # DICOM first: its 128-byte preamble may legally hold another format's header (often TIFF's "II*\0").
+    if head[128:132] == b"DICM":
+        return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if head.startswith(b"\xff\xd8\xff"):
@@ -56,8 +59,6 @@ def sniff_format(head: bytes) -> str:
         return "bmp"
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "tiff"
-    if head[128:132] == b"DICM":
-        return "dicom"
     if head.startswith(b"GIF8"):
         return "gif"
     return ""

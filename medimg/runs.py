@@ -267,3 +267,51 @@ def delete_run(run: Run) -> None:
     if run.status in ACTIVE_STATUSES:
         raise RunError(f"run {run.id} is still {run.status}; stop it before deleting it.")
     shutil.rmtree(run.path)
+
+
+def progress(run: Run) -> dict[str, Any]:
+    """What a watcher shows: status, trials done of N, current epoch and batch, elapsed time and an ETA."""
+    record = run.record
+    spec = record.get("spec", {})
+    events = run.events()
+    trials_done = sum(1 for e in events if e["type"] == "trial_end")
+    batches = [e for e in events if e["type"] == "batch"]
+    epochs = [e for e in events if e["type"] == "epoch"]
+    last = (batches or epochs or [{}])[-1]
+    if epochs and batches and epochs[-1]["t"] >= batches[-1]["t"]:
+        last = {**epochs[-1], "batch": batches[-1].get("steps"), "steps": batches[-1].get("steps")}
+    started = record.get("started")
+    end = record.get("finished") or time.time()
+    elapsed = end - started if started else 0.0
+    kind = spec.get("kind", "train")
+    total_trials = spec.get("tune", {}).get("max_trials") if kind == "tune" else None
+    if kind == "tune":
+        fraction = trials_done / total_trials if total_trials else 0.0
+    else:
+        total_epochs = spec.get("train", {}).get("epochs") or 1
+        done_epochs = len({e["epoch"] for e in epochs if e.get("trial") is None})
+        fraction = done_epochs / total_epochs
+    eta = elapsed / fraction * (1 - fraction) if 0 < fraction < 1 and record.get("status") == "running" else None
+    return {
+        "status": run.status,
+        "kind": kind,
+        "trials_done": trials_done,
+        "max_trials": total_trials,
+        "trial": last.get("trial"),
+        "epoch": last.get("epoch"),
+        "epochs": last.get("epochs"),
+        "batch": last.get("batch"),
+        "steps": last.get("steps"),
+        "elapsed_s": elapsed,
+        "eta_s": eta,
+        "fraction": min(1.0, fraction),
+        "error": record.get("error"),
+        "message": _last_message(events),
+    }
+
+
+def _last_message(events: list[dict[str, Any]]) -> str:
+    for event in reversed(events):
+        if event.get("type") == "status" and (event.get("message") or event.get("error")):
+            return event.get("message") or event.get("error")
+    return ""

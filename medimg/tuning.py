@@ -309,3 +309,24 @@ def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any)
     if ended.startswith("stopped"):
         run.set_status("stopped", message=f"{ended} after {len(completed)} completed trials")
     return metrics
+
+
+def trial_table(run: Run) -> list[dict[str, Any]]:
+    """One row per trial (finished ones from KerasTuner's folder, the running one from the event log)."""
+    rows = {t["trial_id"]: t for t in read_trials(run.path / TUNER_FOLDER)}
+    for event in run.events("trial_begin"):
+        rows.setdefault(
+            event["trial"],
+            {
+                "trial_id": event["trial"],
+                "status": "RUNNING",
+                "score": None,
+                "hyperparameters": event.get("hyperparameters", {}),
+            },
+        )
+    table = []
+    for trial_id in sorted(rows):
+        trial = rows[trial_id]
+        values = {k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")}
+        table.append({"trial": trial_id, "status": trial["status"], "score": trial["score"], **values})
+    return table

@@ -1,0 +1,89 @@
+"""Augment: choose training-time augmentations and see one image augmented many times by the same layers."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from medimg import dataset, images
+from medimg.config import AugmentConfig
+from medimg.errors import MedimgError
+from pages import common
+
+st.title("Augment")
+config: AugmentConfig = common.get("augment")
+data = common.get("dataset")
+
+if st.button("Reset to none", help="Turn every augmentation off."):
+    common.put("augment", AugmentConfig())
+    for field in AugmentConfig.__dataclass_fields__:
+        st.session_state.pop(f"aug_{field}", None)
+    st.rerun()
+
+left, right = st.columns([1, 2])
+with left:
+    st.caption(
+        "Strengths are fractions: of a full turn (rotation), of the image size (zoom, shift, crop), of the "
+        "value range (brightness, contrast, noise). Augmentation applies to the training split only."
+    )
+    values = {
+        "flip_horizontal": st.checkbox(
+            "Horizontal flip", key=common.seed_widget("aug_flip_horizontal", config.flip_horizontal)
+        ),
+        "flip_vertical": st.checkbox(
+            "Vertical flip", key=common.seed_widget("aug_flip_vertical", config.flip_vertical)
+        ),
+    }
+    for field, label in (
+        ("rotation", "Rotation"),
+        ("zoom", "Zoom / scale"),
+        ("translation", "Translation"),
+        ("crop", "Random crop"),
+        ("brightness", "Brightness"),
+        ("contrast", "Contrast"),
+        ("noise", "Gaussian noise"),
+    ):
+        values[field] = st.slider(
+            label, 0.0, 0.5, step=0.01, key=common.seed_widget(f"aug_{field}", float(getattr(config, field)))
+        )
+    try:
+        config = AugmentConfig(**values)
+        common.put("augment", config)
+    except MedimgError as error:
+        common.show_error(error)
+        st.stop()
+    copies = st.select_slider("Preview copies", [4, 8, 12, 16], value=12)
+
+
+@st.cache_data(show_spinner=False, max_entries=4, ttl=600)
+def listed_files(path: str, group_regex: str) -> list[dataset.ImageFile]:
+    return dataset.list_files(path, group_regex).files
+
+
+with right:
+    try:
+        files = listed_files(data.path, data.group_regex)
+    except MedimgError as error:
+        common.show_error(error)
+        st.stop()
+    names = [f.path for f in files]
+    chosen = st.selectbox("Image", names, format_func=lambda p: "/".join(p.rsplit("/", 3)[-3:]), key="aug_image")
+    try:
+        image = images.load_image(chosen, data.image_size, data.color)
+    except MedimgError as error:
+        st.error(f"{chosen}: {error}")
+        st.stop()
+    if config.is_identity:
+        st.info("No augmentation is on: training sees the images as they are.")
+    from medimg import augment  # TensorFlow is loaded here, only for the preview
+
+    with st.spinner("Augmenting…"):
+        previews = augment.preview(image, config, n=copies, seed=int(st.session_state.get("aug_seed", 0)))
+    st.image(
+        [image, *previews],
+        caption=["original", *[f"#{i + 1}" for i in range(len(previews))]],
+        width=112,
+        clamp=True,
+    )
+    if st.button("New random draw"):
+        st.session_state["aug_seed"] = int(st.session_state.get("aug_seed", 0)) + 1
+        st.rerun()

@@ -1,0 +1,162 @@
+"""What every page shares: the choices kept across pages, run pickers and error display. Not a page itself."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from medimg import runs, sources
+from medimg.config import AugmentConfig, DatasetConfig, ModelParams, SearchSpace, TrainConfig, TuneConfig
+from medimg.errors import MedimgError
+
+log = logging.getLogger("medimg.app")
+POLL_SECONDS = 1.5
+
+
+# Choices live in plain session-state keys (not widget keys), so they survive moving between pages.
+DEFAULTS: dict[str, Any] = {
+    "dataset": DatasetConfig(path=str(sources.DEMO_DATASET)),
+    "augment": AugmentConfig(),
+    "search": SearchSpace.quick(),
+    "tune": TuneConfig(max_trials=4),
+    "train": TrainConfig(epochs=10),
+    "params": ModelParams(),
+}
+
+
+def get(name: str) -> Any:
+    if name not in st.session_state:
+        st.session_state[name] = DEFAULTS[name]
+    return st.session_state[name]
+
+
+def put(name: str, value: Any) -> None:
+    st.session_state[name] = value
+
+
+def runs_root() -> Path:
+    return runs.runs_root()
+
+
+def allowed_roots() -> list[Path]:
+    try:
+        extra = list(st.secrets.get("data_roots", []))
+    except (FileNotFoundError, KeyError, AttributeError, Exception):  # no secrets.toml is the common case
+        extra = []
+    return sources.data_roots(extra)
+
+
+def show_error(error: Exception) -> None:
+    """A friendly message for the user; a MedimgError is expected, anything else is logged with its traceback."""
+    if isinstance(error, MedimgError):
+        st.error(str(error), icon=":material/warning:")
+    else:
+        log.exception("unexpected error in a page")
+        st.error("Something went wrong inside medimg; the details are in the server log.", icon=":material/error:")
+
+
+def format_seconds(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else (f"{seconds // 60}:{seconds % 60:02d}")
+    )
+
+
+def run_label(run: runs.Run) -> str:
+    try:
+        summary = run.summary()
+    except MedimgError:
+        return run.id
+    auc = summary.get("test_auc")
+    extra = f" · test AUC {auc:.3f}" if isinstance(auc, float) else ""
+    return f"{run.id} · {summary['status']}{extra}"
+
+
+def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, key: str) -> runs.Run | None:
+    """A run selectbox kept in the URL (`?run=ID`), so a refresh or a second tab reattaches to the same run."""
+    candidates = []
+    for run in runs.list_runs(runs_root()):
+        try:
+            record = run.record
+        except MedimgError:
+            continue
+        if kind and record.get("spec", {}).get("kind") != kind:
+            continue
+        if needs and not (run.path / needs).exists():
+            continue
+        candidates.append(run)
+    if not candidates:
+        return None
+    ids = [run.id for run in candidates]
+    wanted = st.query_params.get("run")
+    index = ids.index(wanted) if wanted in ids else 0
+    chosen = st.selectbox(
+        label, ids, index=index, key=key, format_func=lambda run_id: run_label(candidates[ids.index(run_id)])
+    )
+    if chosen and st.query_params.get("run") != chosen:
+        st.query_params["run"] = chosen
+    return candidates[ids.index(chosen)] if chosen else None
+
+
+def attached_run(kind: str) -> runs.Run | None:
+    """The run named in the URL, if it exists and is of this kind."""
+    run_id = st.query_params.get("run")
+    if not run_id:
+        return None
+    try:
+        run = runs.find_run(run_id, runs_root())
+        return run if run.record.get("spec", {}).get("kind") == kind else None
+    except MedimgError:
+        return None
+
+
+def progress_header(progress: dict[str, Any]) -> None:
+    """Status line, progress bar (per trial or per epoch, with the batch inside the epoch) and timing."""
+    status = progress["status"]
+    cols = st.columns(4)
+    cols[0].metric("Status", status)
+    if progress["kind"] == "tune":
+        cols[1].metric("Trials", f"{progress['trials_done']} of {progress['max_trials']}")
+    else:
+        cols[1].metric(
+            "Epoch",
+            f"{(progress['epoch'] or 0) + 1 if progress['epoch'] is not None else 0} of {progress['epochs'] or '?'}",
+        )
+    cols[2].metric("Elapsed", format_seconds(progress["elapsed_s"]))
+    cols[3].metric("ETA", format_seconds(progress["eta_s"]))
+    st.progress(progress["fraction"], text=f"{progress['fraction']:.0%} of the run")
+    if status == "running" and progress.get("steps"):
+        batch, steps = progress.get("batch") or 0, progress["steps"]
+        trial = f"trial {progress['trial']} · " if progress.get("trial") else ""
+        st.progress(
+            min(1.0, batch / steps), text=f"{trial}epoch {(progress['epoch'] or 0) + 1}: batch {batch} of {steps}"
+        )
+    if status == "failed" and progress.get("error"):
+        st.error(progress["error"])
+    elif progress.get("message") and status in ("stopped", "completed"):
+        st.info(progress["message"])
+
+
+def wait_until_visible(path: Path, seconds: float = 0.5) -> None:
+    # The launched process writes its first event a moment after launch; a short wait avoids an empty first frame.
+    deadline = time.time() + seconds
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+
+
+def seed_widget(key: str, value: Any) -> str:
+    """Give a widget its starting value from the kept choices the first time it is drawn on this visit.
+
+    Widgets then take only `key=` (no `value=`), so changing a value never changes the widget's identity.
+    """
+    if key not in st.session_state:
+        st.session_state[key] = value
+    return key

@@ -1,0 +1,191 @@
+"""Dataset: pick a dataset, see what is in it, choose splits, image size and channel mode."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from medimg import charts, dataset, images, sources
+from medimg.config import DatasetConfig
+from medimg.errors import ConfigError, MedimgError
+from pages import common
+
+st.title("Dataset")
+config: DatasetConfig = common.get("dataset")
+
+
+@st.cache_data(show_spinner="Scanning images…", max_entries=8, ttl=600)
+def scan_cached(path: str, group_regex: str) -> dataset.ScanReport:
+    return dataset.scan(path, group_regex)
+
+
+@st.cache_data(max_entries=256)
+def thumbnail(path: str) -> bytes | None:
+    import cv2
+
+    try:
+        pixels = images.load_image(path, 128, "rgb")
+    except MedimgError:
+        return None
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
+    return encoded.tobytes() if ok else None
+
+
+source = st.radio(
+    "Source",
+    ["Bundled demo", "Folder on the server", "Upload a zip"],
+    horizontal=True,
+    index=0 if config.path == str(sources.DEMO_DATASET) else 1,
+    key="dataset_source",
+)
+path = config.path
+if source == "Bundled demo":
+    path = str(sources.DEMO_DATASET)
+    st.caption(
+        "140 paediatric chest X-rays (NORMAL / PNEUMONIA), patient-disjoint train/val/test. CC BY 4.0, "
+        "Kermany et al. 2018. Not for clinical use."
+    )
+elif source == "Folder on the server":
+    roots = common.allowed_roots()
+    if not roots:
+        st.info(
+            "No data roots are configured. Set `MEDIMG_DATA_ROOTS` (folders separated by `:`) or `data_roots` "
+            "in `.streamlit/secrets.toml`; only folders inside them can be opened."
+        )
+        st.stop()
+    folders = [str(p) for p in sources.list_dataset_folders(roots)]
+    typed = st.selectbox(
+        "Folder",
+        folders,
+        index=folders.index(path) if path in folders else None,
+        placeholder="Choose a folder under the data roots",
+        accept_new_options=True,
+    )
+    if not typed:
+        st.stop()
+    try:
+        path = str(sources.resolve_in_roots(typed, roots))
+    except MedimgError as error:
+        common.show_error(error)
+        st.stop()
+else:
+    upload = st.file_uploader("Zip of class folders (or train/val/test folders)", type=["zip"])
+    if upload is None and not st.session_state.get("uploaded_dataset"):
+        st.info("Upload a zip to continue.")
+        st.stop()
+    if upload is not None and st.session_state.get("uploaded_name") != upload.file_id:
+        try:
+            sources.remove_old_uploads()
+            st.session_state["uploaded_dataset"] = str(sources.extract_zip(upload.getvalue()))
+            st.session_state["uploaded_name"] = upload.file_id
+        except MedimgError as error:
+            common.show_error(error)
+            st.stop()
+    path = st.session_state["uploaded_dataset"]
+
+group_regex = st.text_input(
+    "Patient ID pattern (optional regex with one group, over file names)",
+    key=common.seed_widget("ds_group", config.group_regex),
+    placeholder=r"^(person\d+|IM-\d+)",
+    help="Images with the same patient ID are kept in the same split.",
+)
+if st.button("Rescan", help="Read the folder again (after adding or changing files)."):
+    scan_cached.clear()
+try:
+    DatasetConfig(path=path, group_regex=group_regex)
+    report = scan_cached(path, group_regex)
+except MedimgError as error:
+    common.show_error(error)
+    st.stop()
+
+cols = st.columns(4)
+cols[0].metric("Readable images", report.image_count)
+cols[1].metric("Classes", len(report.classes))
+cols[2].metric("Unreadable / skipped", len(report.unreadable))
+cols[3].metric("Layout", report.layout.replace("_", " "))
+if report.leakage:
+    st.warning(
+        f"Leakage: {len(report.leakage)} identical image(s) appear in more than one split. "
+        "Test metrics will be optimistic until they are removed.",
+        icon=":material/warning:",
+    )
+left, right = st.columns(2)
+left.plotly_chart(charts.class_counts_figure(report.splits or report.classes), key="class_counts")
+with right:
+    st.markdown("**Image sizes** (width × height)")
+    st.dataframe(pd.DataFrame(list(report.sizes.items()), columns=["size", "images"]), hide_index=True)
+    st.markdown("**Formats and channel modes**")
+    st.dataframe(pd.DataFrame(list(report.modes.items()), columns=["format", "images"]), hide_index=True)
+
+st.subheader("Samples")
+for name in report.class_names:
+    files = [f for f in report.files if f.label == name][:8]
+    st.markdown(f"**{name}** ({report.classes[name]} images)")
+    thumbs = st.columns(8)
+    for column, file in zip(thumbs, files, strict=False):
+        data = thumbnail(file.path)
+        if data:
+            column.image(data, caption=file.path.rsplit("/", 1)[-1][:22], width="stretch")
+
+if report.unreadable:
+    with st.expander(f"Unreadable or skipped files ({len(report.unreadable)})", expanded=len(report.unreadable) < 20):
+        st.dataframe(pd.DataFrame(report.unreadable), hide_index=True)
+if report.duplicates:
+    with st.expander(f"Exact duplicates ({len(report.duplicates)} groups)"):
+        st.dataframe(pd.DataFrame({"identical files": [" == ".join(g) for g in report.duplicates]}), hide_index=True)
+
+st.subheader("Splits and model input")
+has_split_folders = bool(report.splits) and set(report.splits) >= {"train", "val"}
+c1, c2, c3 = st.columns(3)
+sizes = [16, 28, 32, 48, 64, 96, 128, 160, 224, 256]
+val_fraction = c1.slider(
+    "Validation fraction",
+    0.05,
+    0.4,
+    step=0.05,
+    disabled=has_split_folders,
+    key=common.seed_widget("ds_val", float(config.val_fraction)),
+)
+test_fraction = c2.slider(
+    "Test fraction",
+    0.0,
+    0.4,
+    step=0.05,
+    disabled=has_split_folders and "test" in report.splits,
+    key=common.seed_widget("ds_test", float(config.test_fraction)),
+)
+seed = c3.number_input("Seed", 0, 2**31 - 1, key=common.seed_widget("ds_seed", int(config.seed)))
+c4, c5 = st.columns(2)
+image_size = c4.select_slider(
+    "Image size (pixels, square)",
+    sizes,
+    key=common.seed_widget("ds_size", config.image_size if config.image_size in sizes else 64),
+    help="Small sizes train fast on a CPU: 64 px is a good start for X-rays.",
+)
+color = c5.radio("Channel mode", ["gray", "rgb"], horizontal=True, key=common.seed_widget("ds_color", config.color))
+try:
+    new_config = DatasetConfig(
+        path=path,
+        image_size=int(image_size),
+        color=color,
+        val_fraction=float(val_fraction),
+        test_fraction=float(test_fraction),
+        seed=int(seed),
+        group_regex=group_regex,
+    )
+    splits = dataset.make_splits(report.files, new_config.val_fraction, new_config.test_fraction, new_config.seed)
+except (ConfigError, MedimgError) as error:
+    common.show_error(error)
+    st.stop()
+common.put("dataset", new_config)
+if has_split_folders:
+    st.caption(f"Split: the dataset's own folders ({splits.source}).")
+else:
+    st.caption(f"Split: {splits.source}, seed {new_config.seed}.")
+table = pd.DataFrame(splits.counts()).T
+table["total"] = table.sum(axis=1)
+st.dataframe(table)
+overlap = splits.group_overlap()
+if overlap:
+    st.warning(f"{len(overlap)} patient(s) appear in more than one split: {', '.join(sorted(overlap)[:10])}")
+st.success(f"Runs will use {new_config.path} at {new_config.image_size} px, {new_config.color}.")

@@ -1,0 +1,49 @@
+"""Runs: every run with kind, status, dataset, headline metrics and duration; compare; delete."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from medimg import charts, runs
+from medimg.errors import MedimgError
+from pages import common
+
+st.title("Runs")
+all_runs = runs.list_runs(common.runs_root())
+if not all_runs:
+    st.info(f"No runs yet under {common.runs_root()}. Start a search on the Tune page or training on the Train page.")
+    st.stop()
+rows = []
+for run in all_runs:
+    try:
+        rows.append(run.summary())
+    except MedimgError:
+        rows.append({"id": run.id, "status": "damaged"})
+table = pd.DataFrame(rows)
+st.dataframe(
+    table.drop(columns=["created"], errors="ignore"),
+    hide_index=True,
+    column_config={"dataset": st.column_config.TextColumn(width="medium")},
+)
+
+st.subheader("Compare")
+ids = [run.id for run in all_runs]
+chosen = st.multiselect("Runs to compare", ids, default=ids[: min(2, len(ids))])
+if chosen:
+    selected = [all_runs[ids.index(run_id)] for run_id in chosen]
+    metric = st.radio("Metric", ["auc", "accuracy", "loss"], horizontal=True)
+    histories = {run.id: run.epoch_history() for run in selected}
+    st.plotly_chart(charts.runs_comparison_figure(histories, metric), key="compare")
+    st.dataframe(pd.DataFrame([run.summary() for run in selected]).set_index("id"))
+
+st.subheader("Delete")
+doomed = st.selectbox("Run to delete", ids, index=None, placeholder="Choose a run")
+confirm = st.checkbox("Yes, delete this run folder and everything in it")
+if st.button("Delete", disabled=not (doomed and confirm)):
+    try:
+        runs.delete_run(all_runs[ids.index(doomed)])
+        st.toast(f"Deleted {doomed}.")
+        st.rerun()
+    except MedimgError as error:
+        common.show_error(error)

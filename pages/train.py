@@ -1,0 +1,174 @@
+"""Train: the final model with the best parameters of a search (or your own), with live curves and Stop."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from medimg import charts, jobs, runs
+from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, ModelParams, RunSpec, TrainConfig
+from medimg.errors import MedimgError
+from pages import common
+
+st.title("Train")
+train: TrainConfig = common.get("train")
+params: ModelParams = common.get("params")
+attached = common.attached_run("train")
+busy = attached is not None and attached.status in runs.ACTIVE_STATUSES
+
+searches = [
+    r
+    for r in runs.list_runs(common.runs_root())
+    if r.record.get("spec", {}).get("kind") == "tune" and r.record.get("best_params")
+]
+source = st.radio(
+    "Hyperparameters",
+    ["Best of a search", "Manual"],
+    horizontal=True,
+    disabled=busy,
+    index=0 if searches else 1,
+    key="train_source",
+)
+dataset_config = common.get("dataset")
+augment = common.get("augment")
+if source == "Best of a search":
+    if not searches:
+        st.info("No finished search yet. Run one on the Tune page, or choose Manual.")
+        st.stop()
+    ids = [r.id for r in searches]
+    preferred = st.session_state.get("train_from_run")
+    chosen = st.selectbox(
+        "Search run",
+        ids,
+        index=ids.index(preferred) if preferred in ids else 0,
+        disabled=busy,
+        format_func=lambda i: common.run_label(searches[ids.index(i)]),
+    )
+    search = searches[ids.index(chosen)]
+    params = ModelParams.from_dict(search.record["best_params"])
+    dataset_config, augment = search.spec.dataset, search.spec.augment
+    st.caption(
+        f"Dataset and augmentation of {search.id}: {dataset_config.path}, {dataset_config.image_size} px "
+        f"{dataset_config.color}."
+    )
+    st.json(params.to_dict(), expanded=False)
+else:
+    c1, c2, c3, c4 = st.columns(4)
+    filters_text = c1.text_input(
+        "Filters per block",
+        key=common.seed_widget("tr_filters", ", ".join(map(str, params.filters))),
+        disabled=busy,
+        help="Comma-separated, one number per conv block.",
+    )
+    kernel = c2.selectbox(
+        "Kernel size", [3, 5, 7], key=common.seed_widget("tr_kernel", params.kernel_size), disabled=busy
+    )
+    activation = c3.selectbox(
+        "Activation", list(ACTIVATIONS), key=common.seed_widget("tr_act", params.activation), disabled=busy
+    )
+    batch_norm = c4.checkbox("Batch norm", key=common.seed_widget("tr_bn", params.batch_norm), disabled=busy)
+    c5, c6, c7, c8 = st.columns(4)
+    dropout = c5.slider(
+        "Dropout", 0.0, 0.8, step=0.05, key=common.seed_widget("tr_dropout", params.dropout), disabled=busy
+    )
+    dense_units = c6.number_input(
+        "Dense units", 0, 2048, key=common.seed_widget("tr_dense", params.dense_units), disabled=busy
+    )
+    l2 = c7.number_input("L2", 0.0, 0.1, format="%.5f", key=common.seed_widget("tr_l2", params.l2), disabled=busy)
+    head = c8.selectbox("Head", list(HEADS), key=common.seed_widget("tr_head", params.head), disabled=busy)
+    c9, c10, c11 = st.columns(3)
+    optimizer = c9.selectbox(
+        "Optimizer", list(OPTIMIZERS), key=common.seed_widget("tr_opt", params.optimizer), disabled=busy
+    )
+    learning_rate = c10.number_input(
+        "Learning rate", 1e-6, 0.5, format="%.5f", key=common.seed_widget("tr_lr", params.learning_rate), disabled=busy
+    )
+    batch_size = c11.selectbox(
+        "Batch size", [8, 16, 32, 64, 128], key=common.seed_widget("tr_bs", params.batch_size), disabled=busy
+    )
+    try:
+        filters = tuple(int(x) for x in filters_text.replace(" ", "").split(",") if x)
+        params = ModelParams(
+            filters=filters,
+            kernel_size=kernel,
+            activation=activation,
+            batch_norm=batch_norm,
+            dropout=dropout,
+            dense_units=int(dense_units),
+            l2=float(l2),
+            head=head,
+            optimizer=optimizer,
+            learning_rate=float(learning_rate),
+            batch_size=int(batch_size),
+        )
+        common.put("params", params)
+    except ValueError as error:
+        common.show_error(
+            error
+            if isinstance(error, MedimgError)
+            else MedimgError(f"filters must be whole numbers separated by commas, e.g. 32, 64 ({error}).")
+        )
+        st.stop()
+
+t1, t2, t3 = st.columns(3)
+epochs = t1.number_input("Epochs", 1, 1000, key=common.seed_widget("tr_epochs", train.epochs), disabled=busy)
+patience = t2.number_input(
+    "Early-stopping patience (0 = off)",
+    0,
+    100,
+    key=common.seed_widget("tr_patience", train.early_stopping_patience),
+    disabled=busy,
+)
+weights = t3.selectbox(
+    "Class weights",
+    ["auto", "balanced", "none"],
+    disabled=busy,
+    key=common.seed_widget("tr_weights", train.class_weights),
+    help="auto: balanced weights when the classes differ by more than 1.5×.",
+)
+train = train.replace(epochs=int(epochs), early_stopping_patience=int(patience), class_weights=weights)
+common.put("train", train)
+
+if st.button("Start training", type="primary", disabled=busy):
+    spec = RunSpec(kind="train", dataset=dataset_config, augment=augment, train=train, params=params)
+    try:
+        run = jobs.launch(spec, common.runs_root())
+        st.query_params["run"] = run.id
+        common.wait_until_visible(run.path / "events.jsonl")
+        st.rerun()
+    except MedimgError as error:
+        common.show_error(error)
+
+run = common.pick_run("Training run", kind="train", key="train_run")
+if run is None:
+    st.info("No training run yet: press Start training.")
+    st.stop()
+active = run.status in runs.ACTIVE_STATUSES
+
+
+@st.fragment(run_every=common.POLL_SECONDS if active else None)
+def live() -> None:
+    try:
+        progress = runs.progress(run)
+        common.progress_header(progress)
+        if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
+            jobs.stop(run)
+            st.toast("Stop requested: training ends at the next batch and saves the model it has.")
+        history = run.epoch_history()
+        if history.get("epoch"):
+            cols = st.columns(3)
+            for column, metric in zip(cols, ("loss", "accuracy", "auc"), strict=True):
+                column.plotly_chart(charts.history_figure(history, metric), key=f"train_{run.id}_{metric}")
+        metrics = run.record.get("metrics")
+        if metrics and run.status not in runs.ACTIVE_STATUSES:
+            m1, m2, m3 = st.columns(3)
+            m1.metric("Test accuracy", f"{metrics['accuracy']:.3f}")
+            m2.metric("Test balanced accuracy", f"{metrics['balanced_accuracy']:.3f}")
+            m3.metric("Test AUC", "–" if metrics["auc"] is None else f"{metrics['auc']:.3f}")
+            st.page_link("pages/evaluate.py", label="Evaluate this model", icon=":material/analytics:")
+    except MedimgError as error:
+        common.show_error(error)
+    if active and run.status not in runs.ACTIVE_STATUSES:
+        st.rerun()
+
+
+live()
