@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,26 +20,32 @@ def build_augmenter(config: AugmentConfig, image_size: int, seed: int | None = N
     import keras
 
     layers: list[keras.layers.Layer] = []
-    flips = [name for name, on in (("horizontal", config.flip_horizontal), ("vertical", config.flip_vertical)) if on]
-    if flips:
-        layers.append(keras.layers.RandomFlip("_and_".join(flips), seed=seed))
+    # One seed per layer: layers sharing a seed draw the same random numbers, so their choices would be tied.
+    seeds = itertools.count(seed) if seed is not None else itertools.repeat(None)
+    # Two flip layers, not RandomFlip("horizontal_and_vertical"), which makes one draw for both axes.
+    if config.flip_horizontal:
+        layers.append(keras.layers.RandomFlip("horizontal", seed=next(seeds)))
+    if config.flip_vertical:
+        layers.append(keras.layers.RandomFlip("vertical", seed=next(seeds)))
     if config.rotation:
-        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed))
+        layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=next(seeds)))
     if config.zoom:
-        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=seed))
+        layers.append(keras.layers.RandomZoom(config.zoom, fill_mode="reflect", seed=next(seeds)))
     if config.translation:
         layers.append(
-            keras.layers.RandomTranslation(config.translation, config.translation, fill_mode="reflect", seed=seed)
+            keras.layers.RandomTranslation(
+                config.translation, config.translation, fill_mode="reflect", seed=next(seeds)
+            )
         )
     if config.crop:
         side = max(1, round(image_size * (1 - config.crop)))
-        layers += [keras.layers.RandomCrop(side, side, seed=seed), keras.layers.Resizing(image_size, image_size)]
+        layers += [keras.layers.RandomCrop(side, side, seed=next(seeds)), keras.layers.Resizing(image_size, image_size)]
     if config.brightness:
-        layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 1), seed=seed))
+        layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 1), seed=next(seeds)))
     if config.contrast:
-        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 1), seed=seed))
+        layers.append(keras.layers.RandomContrast(config.contrast, value_range=(0, 1), seed=next(seeds)))
     if config.noise:
-        layers.append(keras.layers.GaussianNoise(config.noise, seed=seed))
+        layers.append(keras.layers.GaussianNoise(config.noise, seed=next(seeds)))
     return keras.Sequential(layers, name="augment")
 
 

@@ -314,7 +314,10 @@ class TuneConfig(_Config):
 
 
 def _nested(cls: type[T], value: Any) -> T:
-    return value if isinstance(value, cls) else cls.from_dict(value)
+    if isinstance(value, cls):
+        return value
+    # An instance of a reloaded copy of the class (e.g. kept in a UI session across a code reload) is data too.
+    return cls.from_dict(value.to_dict() if hasattr(value, "to_dict") else value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,8 +66,11 @@ def sniff_format(head: bytes) -> str:
 
 
 def _looks_like_headerless_dicom(head: bytes) -> bool:
-    # DICOM without the 128-byte preamble starts with a group 0x0002 or 0x0008 tag, little endian.
-    return len(head) >= 8 and head[1:2] == b"\x00" and head[0:1] in (b"\x02", b"\x08") and head[2:4] != b"\x00\x00"
+    # DICOM without the 128-byte preamble starts with a group 0x0002 or 0x0008 tag, little endian; element 0000 is
+    # the group length, accepted only as such (VR UL, or implicit VR with length 4), the usual first element.
+    if len(head) < 8 or head[1:2] != b"\x00" or head[0:1] not in (b"\x02", b"\x08"):
+        return False
+    return head[2:4] != b"\x00\x00" or head[4:6] == b"UL" or head[4:8] == b"\x04\x00\x00\x00"
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -109,6 +113,9 @@ def decode(data: bytes, *, frame: int = 0) -> tuple[np.ndarray, ImageInfo]:
 def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:
     import cv2
 
+    if kind == "png" and data[12:16] == b"IHDR":
+        # Checked before decoding: OpenCV fixes its own limit when cv2 is first imported, maybe before this module.
+        _check_pixel_limit(*struct.unpack(">II", data[16:24]), kind)
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         # IMREAD_UNCHANGED keeps 16-bit depth and alpha; the EXIF orientation is applied below on our own.
@@ -120,6 +127,7 @@ def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:
             f"corrupt, truncated or too large {kind.upper()} (the decoder refused it; the limit is "
             f"{MAX_IMAGE_PIXELS // 2**20} megapixels)"
         )
+    _check_pixel_limit(pixels.shape[1], pixels.shape[0], kind)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
@@ -130,6 +138,13 @@ def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     info = ImageInfo(kind, pixels.shape[1], pixels.shape[0], channels, pixels.dtype.itemsize * 8)
     return pixels, info
+
+
+def _check_pixel_limit(width: int, height: int, kind: str) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            f"{kind.upper()} image of {width}x{height} pixels is over the {MAX_IMAGE_PIXELS // 2**20} megapixel limit"
+        )
 
 
 def _apply_exif_orientation(pixels: np.ndarray, data: bytes) -> np.ndarray:
@@ -153,11 +168,18 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
     """Parse DICOM bytes (with or without the preamble)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     try:
-        return pydicom.dcmread(io.BytesIO(data), force=True)
+        dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OSError) as error:
         raise ImageReadError(f"corrupt DICOM: {error}") from error
+    if "TransferSyntaxUID" not in dataset.file_meta:
+        # A bare dataset (no preamble, no file meta): pydicom needs the transfer syntax it was read with to decode.
+        implicit, little = dataset.original_encoding
+        syntaxes = {(True, True): ImplicitVRLittleEndian, (False, False): ExplicitVRBigEndian}
+        dataset.file_meta.TransferSyntaxUID = syntaxes.get((implicit, little), ExplicitVRLittleEndian)
+    return dataset
 
 
 def _decode_dicom(data: bytes, frame: int) -> tuple[np.ndarray, ImageInfo]:
@@ -192,9 +214,9 @@ def _decode_dicom(data: bytes, frame: int) -> tuple[np.ndarray, ImageInfo]:
     if pixels.ndim == 2 or photometric.startswith("MONOCHROME"):
         pixels = apply_modality_lut(pixels, dataset)
         if "WindowCenter" in dataset and "WindowWidth" in dataset:
-            pixels = apply_voi_lut(pixels, dataset, index=0)
+            pixels = _window_to_uint8(apply_voi_lut(pixels, dataset, index=0), dataset)
         if photometric == "MONOCHROME1":
-            pixels = pixels.max() - pixels
+            pixels = 255 - pixels if pixels.dtype == np.uint8 else pixels.max() - pixels
     elif photometric not in ("RGB",):
         from pydicom.pixels import convert_color_space
 
@@ -202,6 +224,17 @@ def _decode_dicom(data: bytes, frame: int) -> tuple[np.ndarray, ImageInfo]:
     channels = 1 if pixels.ndim == 2 else pixels.shape[-1]
     bits = int(dataset.get("BitsStored", 8) or 8)
     return np.asarray(pixels), ImageInfo("dicom", columns, rows, channels, bits, note)
+
+
+def _window_to_uint8(pixels: np.ndarray, dataset: pydicom.Dataset) -> np.ndarray:
+    """The window's output range (not the image's own min/max) mapped to 0..255, as a DICOM viewer shows it."""
+    from pydicom.pixels import apply_voi_lut
+
+    with np.errstate(over="ignore"):
+        low, high = apply_voi_lut(np.array([-1e12, 1e12]), dataset, index=0)
+    if not high > low:
+        return pixels
+    return np.round(np.clip((pixels - low) / (high - low), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:

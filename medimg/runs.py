@@ -299,7 +299,7 @@ def progress(run: Run) -> dict[str, Any]:
         "max_trials": total_trials,
         "trial": last.get("trial"),
         "epoch": last.get("epoch"),
-        "epochs": last.get("epochs"),
+        "epochs": last.get("epochs") or spec.get("train", {}).get("epochs"),
         "batch": last.get("batch"),
         "steps": last.get("steps"),
         "elapsed_s": elapsed,

@@ -47,7 +47,7 @@ def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
         activation=choice("activation", space.activations),
         dropout=choice("dropout", space.dropouts),
         dense_units=choice("dense_units", space.dense_units),
-        batch_norm=choice("batch_norm", space.batch_norm),
+        batch_norm=bool(choice("batch_norm", space.batch_norm)),
         l1=choice("l1", space.l1),
         l2=choice("l2", space.l2),
         head=choice("head", space.heads),

@@ -14,6 +14,8 @@ train: TrainConfig = common.get("train")
 params: ModelParams = common.get("params")
 attached = common.attached_run("train")
 busy = attached is not None and attached.status in runs.ACTIVE_STATUSES
+if busy:  # show the settings of the run in progress (after a refresh the session has none of its own)
+    train, params = attached.spec.train, attached.spec.params
 
 searches = [
     r

@@ -18,26 +18,24 @@ tune: TuneConfig = common.get("tune")
 train = common.get("train")
 attached = common.attached_run("tune")
 busy = attached is not None and attached.status in runs.ACTIVE_STATUSES
-
-LEARNING_RATES = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
-
-
-def nearest(values: list[float], target: float) -> float:
-    return min(values, key=lambda v: abs(math.log10(v) - math.log10(target)))
-
+if busy:  # show the settings of the search in progress (after a refresh the session has none of its own)
+    space, tune, train = attached.spec.search, attached.spec.tune, attached.spec.train
 
 with st.expander("Search ranges", expanded=not busy):
     c1, c2, c3 = st.columns(3)
-    lr_low, lr_high = c1.select_slider(
-        "Learning rate (log scale)",
-        LEARNING_RATES,
-        format_func=lambda v: f"{v:g}",
+    lr_exponents = c1.slider(
+        "Learning rate, log10 (−4 = 1e-4)",
+        -6.0,
+        -1.0,
+        step=0.5,
+        format="%.1f",
         disabled=busy,
         key=common.seed_widget(
             "tn_lr",
-            (nearest(LEARNING_RATES, space.learning_rate_min), nearest(LEARNING_RATES, space.learning_rate_max)),
+            (round(math.log10(space.learning_rate_min) * 2) / 2, round(math.log10(space.learning_rate_max) * 2) / 2),
         ),
     )
+    lr_low, lr_high = (10.0 ** lr_exponents[0], 10.0 ** lr_exponents[1])
     blocks = c2.multiselect(
         "Conv blocks", [1, 2, 3, 4, 5], disabled=busy, key=common.seed_widget("tn_blocks", list(space.conv_blocks))
     )
