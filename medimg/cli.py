@@ -73,10 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"])
     tune.add_argument("--objective", choices=["val_auc", "val_accuracy", "val_loss"])
     tune.add_argument("--executions-per-trial", type=int)
+    tune.add_argument("--resume", metavar="RUN", help="continue this search (completed trials are kept)")
+    tune.add_argument("--run-name", help="fixed run folder name, shared by the chief and workers of one search")
+    role = tune.add_mutually_exclusive_group()
+    role.add_argument("--chief", metavar="HOST:PORT", help="run KerasTuner's oracle here (distributed search)")
+    role.add_argument("--worker", metavar="HOST:PORT", help="run trials for the chief at HOST:PORT")
     tune.add_argument(
         "--space",
         choices=["seed", "quick"],
-        default="quick",
         help="preset search space: the seed tutorial's ranges, or a small one for 2 cores",
     )
 
@@ -254,7 +258,61 @@ def _run_and_report(spec: Any, args: argparse.Namespace) -> int:
 
 
 def command_tune(args: argparse.Namespace) -> int:
-    return _run_and_report(build_spec(args, "tune"), args)
+    from medimg import runs, tuning
+
+    spec = build_spec(args, "tune")
+    if args.resume:
+        run = runs.find_run(args.resume, args.runs)
+        saved = run.spec
+        if args.space is None and not (args.spec and "search" in load_sections(args.spec)):
+            spec = spec.replace(search=saved.search)
+        if args.data is None:
+            spec = spec.replace(dataset=saved.dataset)
+        tuning.check_search_space(run.path / tuning.TUNER_FOLDER, spec.search, record=False)
+        run.update(spec=spec.to_dict())
+        return _execute_existing(run)
+    if args.chief or args.worker:
+        return _distributed_tune(spec, args)
+    return _run_and_report(spec, args)
+
+
+def load_sections(path: str) -> dict[str, Any]:
+    from medimg.config import load_spec_file
+
+    return load_spec_file(path)
+
+
+def _execute_existing(run: Any) -> int:
+    from medimg import jobs
+
+    jobs.execute(run, echo=_err)
+    print(run.path)
+    return 0
+
+
+def _distributed_tune(spec: Any, args: argparse.Namespace) -> int:
+    """Chief: create the shared run folder and serve the oracle. Worker: join that folder and run trials."""
+    import time
+
+    from medimg import runs, tuning
+
+    if not args.run_name:
+        raise MedimgError("a distributed search needs --run-name NAME, the same for the chief and every worker.")
+    tuning.set_distributed_role("chief" if args.chief else "worker", args.chief or args.worker)
+    path = runs.runs_root(args.runs) / args.run_name
+    if args.chief:
+        run = runs.create_named_run(spec, path)
+        _err(f"chief of {run.id}: oracle on {args.chief} (no authentication: keep it on a private network)")
+        return _execute_existing(run)
+    deadline = time.time() + 120
+    while not (path / "run.json").is_file():  # the chief creates the folder; workers may start first
+        if time.time() > deadline:
+            raise MedimgError(f"no chief created {path} within 2 minutes; start the chief with the same --run-name.")
+        time.sleep(0.5)
+    run = runs.Run(path)
+    tuning.execute_tune(run, echo=_err)
+    print(run.path)
+    return 0
 
 
 def command_train(args: argparse.Namespace) -> int:

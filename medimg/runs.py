@@ -233,6 +233,19 @@ def create_run(spec: RunSpec, root: str | Path | None = None, status: str = "que
             continue
     else:
         raise RunError(f"could not create a new run folder under {root}.")
+    return _start_record(path, spec, status)
+
+
+def create_named_run(spec: RunSpec, path: str | Path, status: str = "queued") -> Run:
+    """A run in a folder of a fixed name (a distributed search's shared folder); an existing one is resumed."""
+    path = Path(path)
+    if (path / "run.json").is_file():
+        return Run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return _start_record(path, spec, status)
+
+
+def _start_record(path: Path, spec: RunSpec, status: str) -> Run:
     write_json_atomic(
         path / "run.json",
         {"id": path.name, "spec": spec.to_dict(), "status": status, "created": time.time(), "pid": None},

@@ -251,6 +251,8 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
     model, _ = fit_model(spec.params, data, spec.augment, spec.train, callbacks, distribution=spec.distribution)
     history = run.epoch_history()
     run.write_json("history.json", history)
+    strategy = getattr(model, "distribute_strategy", None)
+    run.update(replicas=int(getattr(strategy, "num_replicas_in_sync", 1)))
     losses = history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
         raise _nan_error(len(losses))

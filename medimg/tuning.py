@@ -167,7 +167,7 @@ def build_tuner(
     return MedimgTuner(**arguments)
 
 
-def check_search_space(tuner_dir: Path, space: SearchSpace) -> None:
+def check_search_space(tuner_dir: Path, space: SearchSpace, record: bool = True) -> None:
     """Refuse to resume a tuner folder made with a different search space; record the space otherwise."""
     path = tuner_dir / SPACE_FILE
     if path.exists():
@@ -178,8 +178,9 @@ def check_search_space(tuner_dir: Path, space: SearchSpace) -> None:
                 f"the search in {tuner_dir} was started with a different search space (changed: {', '.join(changed)}). "
                 "Start a new run for the new ranges, or resume with the original ranges."
             )
-    tuner_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(space.to_json())
+    if record:
+        tuner_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(space.to_json())
 
 
 def read_trials(tuner_dir: Path) -> list[dict[str, Any]]:
@@ -210,14 +211,20 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
     from medimg import evaluation, training
 
     spec = run.spec
+    worker = is_distributed_worker()
     data = training.prepare_data(spec.dataset, training._echo_progress(echo))
-    run.update(
-        data=data.summary(),
-        class_names=data.class_names,
-        input={"image_size": spec.dataset.image_size, "color": spec.dataset.color, "channels": spec.dataset.channels},
-    )
+    if not worker:  # the chief (or a lone process) owns run.json; workers only add events and trials
+        run.update(
+            data=data.summary(),
+            class_names=data.class_names,
+            input={
+                "image_size": spec.dataset.image_size,
+                "color": spec.dataset.color,
+                "channels": spec.dataset.channels,
+            },
+        )
     tuner_dir = run.path / TUNER_FOLDER
-    check_search_space(tuner_dir, spec.search)
+    check_search_space(tuner_dir, spec.search, record=not worker)
     deadline = time.time() + spec.tune.max_minutes * 60 if spec.tune.max_minutes else None
     objective = spec.tune.objective
 
@@ -227,6 +234,9 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
             progress,
             *training.fit_callbacks(
                 spec.train.replace(reduce_lr_patience=0), objective, training.monitor_mode(objective)
+            ),
+            keras.callbacks.TensorBoard(
+                str(run.path / "logs" / f"trial_{trial_id}"), profile_batch=0, write_graph=False
             ),
         ]
 
@@ -246,9 +256,11 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
             score=trial.score,
             status=str(trial.status),
             max_trials=spec.tune.max_trials,
+            tuner_id=os.environ.get("KERASTUNER_TUNER_ID", "local"),
         )
         if echo and kind == "trial_end":
-            echo(f"trial {trial.trial_id} {trial.status}: {objective} = {trial.score}")
+            score = "reported to the chief" if trial.score is None else f"{objective} = {trial.score:.4f}"
+            echo(f"trial {trial.trial_id} {trial.status}: {score}")
 
     hypermodel = build_hypermodel(spec.search, data, spec.augment, spec.train, trial_callbacks)
     strategy = _strategy(spec.distribution)
@@ -271,7 +283,27 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
         tuner.search(epochs=spec.train.epochs, verbose=0)
     except SearchEnded as reason:
         ended = str(reason)
+    if worker:
+        return {}
     return _finish_search(run, tuner, data, ended, evaluation)
+
+
+def is_distributed_worker() -> bool:
+    """True in a KerasTuner distributed worker process (KERASTUNER_TUNER_ID set, and not 'chief')."""
+    role = os.environ.get("KERASTUNER_TUNER_ID")
+    return bool(role) and role != "chief"
+
+
+def set_distributed_role(role: str, address: str, worker_id: str | None = None) -> None:
+    """Set KerasTuner's environment for this process: `role` is 'chief' or 'worker', `address` HOST:PORT."""
+    from medimg.errors import ConfigError
+
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"'{address}' is not HOST:PORT (e.g. 127.0.0.1:8000).")
+    os.environ["KERASTUNER_ORACLE_IP"] = host
+    os.environ["KERASTUNER_ORACLE_PORT"] = port
+    os.environ["KERASTUNER_TUNER_ID"] = "chief" if role == "chief" else (worker_id or f"tuner{os.getpid()}")
 
 
 def _strategy(distribution: str) -> Any:
@@ -291,8 +323,6 @@ def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any)
         from medimg.errors import MedimgError
 
         raise MedimgError(f"no trial completed ({ended or 'every trial failed'}); see log.txt in {run.path}.")
-    if os.environ.get("KERASTUNER_TUNER_ID", "chief") != "chief":
-        return {}
     best_hp = tuner.get_best_hyperparameters(1)[0]
     best = params_from_values(best_hp.values, spec.search)
     best_trial = tuner.oracle.get_best_trials(1)[0]
