@@ -38,8 +38,8 @@ def build_augmenter(config: AugmentConfig, image_size: int, seed: int | None = N
             )
         )
     if config.crop:
-        side = max(1, round(image_size * (1 - config.crop)))
-        layers += [keras.layers.RandomCrop(side, side, seed=next(seeds)), keras.layers.Resizing(image_size, image_size)]
+        # Not keras.layers.RandomCrop: in Keras 3 it draws one offset per batch, so a batch shares one crop.
+        layers.append(random_crop_layer(config.crop, seed=next(seeds)))
     if config.brightness:
         layers.append(keras.layers.RandomBrightness(config.brightness, value_range=(0, 1), seed=next(seeds)))
     if config.contrast:
@@ -47,6 +47,24 @@ def build_augmenter(config: AugmentConfig, image_size: int, seed: int | None = N
     if config.noise:
         layers.append(keras.layers.GaussianNoise(config.noise, seed=next(seeds)))
     return keras.Sequential(layers, name="augment")
+
+
+def random_crop_layer(fraction: float, seed: int | None = None) -> keras.layers.Layer:
+    """A layer cropping each image of a batch at its own random place to (1 - fraction) of its side, then resizing
+    back to the input size (so a crop never changes the model's input shape)."""
+    import keras
+    import tensorflow as tf
+
+    class RandomCropResize(keras.layers.Layer):
+        def call(self, images, training=True):
+            if not training:
+                return images
+            count = tf.shape(images)[0]
+            starts = tf.random.uniform((count, 2), 0.0, fraction, seed=seed)
+            boxes = tf.concat([starts, starts + (1.0 - fraction)], axis=1)  # y1, x1, y2, x2 per image
+            return tf.image.crop_and_resize(images, boxes, tf.range(count), tf.shape(images)[1:3])
+
+    return RandomCropResize(name="random_crop")
 
 
 def apply(augmenter: keras.Sequential, batch):

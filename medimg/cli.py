@@ -327,12 +327,17 @@ def command_train(args: argparse.Namespace) -> int:
             raise MedimgError(
                 f"run {source.id} has no best hyperparameters (status: {source.status}); pick a completed tune run."
             )
+        # The search's own dataset, augmentation and training settings, unless given again here.
         source_spec = source.spec
-        dataset = source_spec.dataset if args.data is None else spec.dataset
+        sections = load_sections(args.spec) if args.spec else {}
+        train = spec.train if "train" in sections else source_spec.train
+        if args.epochs:
+            train = train.replace(epochs=args.epochs)
         spec = spec.replace(
             params=ModelParams.from_dict(record["best_params"]),
-            dataset=dataset,
-            augment=spec.augment if args.augment or args.spec else source_spec.augment,
+            dataset=spec.dataset if args.data or "dataset" in sections else source_spec.dataset,
+            augment=spec.augment if args.augment or "augment" in sections else source_spec.augment,
+            train=train,
         )
     if args.params:
         try:

@@ -306,10 +306,11 @@ def make_splits(
 ) -> Splits:
     """Seeded, stratified, group-aware split; a dataset's own split folders are used as they are."""
     class_names = sorted({f.label for f in files})
+    if not class_names:
+        raise DatasetError("no readable images in this dataset; the scan report lists each file and why.")
     if len(class_names) < 2:
-        only = class_names[0] if class_names else "none"
         raise DatasetError(
-            f"only one class ({only}) has readable images; a classifier needs at least two class folders."
+            f"only one class ({class_names[0]}) has readable images; a classifier needs at least two class folders."
         )
     given = {f.split for f in files}
     if given and "" not in given:

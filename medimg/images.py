@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 MAX_IMAGE_PIXELS = 1 << 26
 MAX_FILE_BYTES = 512 * 1024 * 1024
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+# Refusals are reported per file by medimg; OpenCV's own warnings would only repeat them on stderr.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
@@ -50,7 +52,7 @@ def is_ignored(name: str) -> bool:
 def sniff_format(head: bytes) -> str:
     """The image format from a file's first 132 bytes: png, jpeg, bmp, tiff, dicom, or '' if none of them."""
     # DICOM first: its 128-byte preamble may legally hold another format's header (often TIFF's "II*\0").
-    if head[128:132] == b"DICM":
+    if head[128:132] == b"DICM" or head.startswith(b"DICM"):  # with or without the 128-byte preamble
         return "dicom"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
@@ -113,7 +115,7 @@ def decode(data: bytes, *, frame: int = 0) -> tuple[np.ndarray, ImageInfo]:
 def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:
     import cv2
 
-    if kind == "png" and data[12:16] == b"IHDR":
+    if kind == "png" and data[12:16] == b"IHDR" and len(data) >= 24:
         # Checked before decoding: OpenCV fixes its own limit when cv2 is first imported, maybe before this module.
         _check_pixel_limit(*struct.unpack(">II", data[16:24]), kind)
     buffer = np.frombuffer(data, dtype=np.uint8)
@@ -170,6 +172,8 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+    if data.startswith(b"DICM"):  # preamble stripped but marker kept: what follows is the file meta group
+        data = data[4:]
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OSError) as error:
@@ -195,9 +199,11 @@ def _decode_dicom(data: bytes, frame: int) -> tuple[np.ndarray, ImageInfo]:
         )
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     note = ""
+    if not 0 <= frame < frames:
+        raise ImageReadError(
+            f"frame {frame} does not exist; this DICOM has {frames} frame{'s' if frames != 1 else ''} (0..{frames - 1})"
+        )
     if frames > 1:
-        if not 0 <= frame < frames:
-            raise ImageReadError(f"frame {frame} does not exist; this DICOM has {frames} frames (0..{frames - 1})")
         note = f"multi-frame DICOM ({frames} frames): frame {frame} used"
     try:
         pixels = dataset.pixel_array if frames == 1 else dataset.pixel_array[frame]

@@ -34,6 +34,9 @@ def execute(run: runs.Run, echo: Callable[[str], None] | None = None) -> dict[st
     """Carry out a run in this process; the run record ends completed, stopped or failed, never 'running'."""
     from medimg import training, tuning
 
+    if run.stop_requested() and not run.record.get("started"):
+        run.set_status("stopped", message="stopped before it started")  # Stop pressed while it was queued
+        return {}
     (run.path / "STOP").unlink(missing_ok=True)  # a resumed run starts without the old stop request
     run.set_status("running", pid=os.getpid(), error=None)
     try:

@@ -27,6 +27,7 @@ from medimg.errors import RunError
 
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
+QUEUED_GRACE_S = 120.0
 
 
 def runs_root(path: str | Path | None = None) -> Path:
@@ -103,8 +104,10 @@ class Run:
     def status(self) -> str:
         record = self.record
         status = record.get("status", "failed")
-        if status in ACTIVE_STATUSES and not pid_alive(record.get("pid")) and record.get("pid"):
+        if status in ACTIVE_STATUSES and record.get("pid") and not pid_alive(record.get("pid")):
             return "failed"
+        if status == "queued" and not record.get("pid") and time.time() - record.get("created", 0) > QUEUED_GRACE_S:
+            return "failed"  # its process never started; do not let it hold the concurrency limit forever
         return status
 
     def update(self, **fields: Any) -> dict[str, Any]:
@@ -277,8 +280,12 @@ def find_run(reference: str | Path, root: str | Path | None = None) -> Run:
 
 
 def delete_run(run: Run) -> None:
-    if run.status in ACTIVE_STATUSES:
-        raise RunError(f"run {run.id} is still {run.status}; stop it before deleting it.")
+    try:
+        status = run.status
+    except RunError:
+        status = "damaged"  # an unreadable run.json must still be removable
+    if status in ACTIVE_STATUSES:
+        raise RunError(f"run {run.id} is still {status}; stop it before deleting it.")
     shutil.rmtree(run.path)
 
 

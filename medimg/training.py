@@ -6,8 +6,11 @@ import contextlib
 import dataclasses
 import logging
 import math
+import os
+import shutil
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -242,10 +245,13 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
     )
     monitor = spec.train.monitor
     progress = make_progress_callback(run, echo=echo)
+    best = best_weights_keeper(monitor, monitor_mode(monitor))
     callbacks = [
         progress,
+        best,
         *fit_callbacks(spec.train, monitor, monitor_mode(monitor)),
-        keras.callbacks.BackupAndRestore(str(run.path / "backup")),
+        # Kept after a stop so `resume` continues from the last epoch; removed below once the run completes.
+        backup_and_restore(run.path / "backup"),
         keras.callbacks.TensorBoard(str(run.path / "logs"), profile_batch=0, write_graph=False),
     ]
     model, _ = fit_model(spec.params, data, spec.augment, spec.train, callbacks, distribution=spec.distribution)
@@ -255,20 +261,77 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
     run.update(replicas=int(getattr(strategy, "num_replicas_in_sync", 1)))
     losses = history.get("loss", [])
     if losses and not math.isfinite(losses[-1]):
-        raise _nan_error(len(losses))
+        if best.weights is None:
+            raise _nan_error(len(losses))
+        # Keep what was learnt before the loss diverged: the best epoch's weights become the run's model.
+        model.set_weights(best.weights)
+        run.save_model(model)
+        evaluation.evaluate_run(run, data, model)
+        raise _nan_error(
+            len(losses),
+            kept=f"the best model so far (epoch {best.epoch + 1}, {monitor} {best.value:.4f}) was saved and evaluated",
+        )
     run.save_model(model)
     metrics = evaluation.evaluate_run(run, data, model)
     if progress.stopped_by_request:
-        run.set_status("stopped", message=f"stopped on request after {len(losses)} epochs; model saved")
+        run.set_status(
+            "stopped",
+            message=f"stopped on request after {len(losses)} epochs; model saved; "
+            f"continue with: python -m medimg resume {run.path}",
+        )
+    else:
+        shutil.rmtree(run.path / "backup", ignore_errors=True)
     return metrics
 
 
-def _nan_error(epoch: int) -> Exception:
+def backup_and_restore(folder: Path) -> keras.callbacks.Callback:
+    """Keras' BackupAndRestore, but each checkpoint is written to a temporary file and renamed: a process killed
+    mid-write leaves the previous epoch's checkpoint intact instead of a corrupt file that cannot be resumed."""
+    import keras
+
+    from medimg.runs import write_json_atomic
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self) -> None:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            temporary = os.path.join(self.backup_dir, ".partial.weights.h5")
+            self.model.save_weights(filepath=temporary, overwrite=True)
+            os.replace(temporary, self._weights_path)
+            write_json_atomic(
+                Path(self._training_metadata_path), {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+            )
+
+    # Kept after a stop so `resume` continues from the last epoch; execute_train removes it once the run completes.
+    return AtomicBackupAndRestore(str(folder), delete_checkpoint=False)
+
+
+def _nan_error(epoch: int, kept: str = "no epoch finished before it, so no model was saved") -> Exception:
     from medimg.errors import MedimgError
 
     return MedimgError(
-        f"the loss became NaN at epoch {epoch}; lower the learning rate or turn off batch norm and try again."
+        f"the loss became NaN at epoch {epoch}; {kept}. Lower the learning rate or the weight decay and try again."
     )
+
+
+def best_weights_keeper(monitor: str, mode: str) -> keras.callbacks.Callback:
+    """Holds (in memory) the weights of the best epoch by `monitor`, ignoring epochs whose value is not finite."""
+    import keras
+
+    class BestWeights(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights: list | None = None
+            self.value = math.inf if mode == "min" else -math.inf
+            self.epoch = -1
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            value = float((logs or {}).get(monitor, math.nan))
+            if not math.isfinite(value) or not math.isfinite(float((logs or {}).get("loss", math.nan))):
+                return
+            if (value < self.value) if mode == "min" else (value > self.value):
+                self.value, self.epoch, self.weights = value, epoch, self.model.get_weights()
+
+    return BestWeights()
 
 
 def _echo_progress(echo: Echo | None) -> Callable[[int, int, str], None] | None:

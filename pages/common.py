@@ -80,19 +80,25 @@ def run_label(run: runs.Run) -> str:
     return f"{run.id} · {summary['status']}{extra}"
 
 
-def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, key: str) -> runs.Run | None:
-    """A run selectbox kept in the URL (`?run=ID`), so a refresh or a second tab reattaches to the same run."""
-    candidates = []
+def readable_runs(kind: str | None = None, needs: str | None = None) -> list[runs.Run]:
+    """Runs (newest first) whose run.json can be read, of one kind and holding a given file if asked."""
+    found = []
     for run in runs.list_runs(runs_root()):
         try:
             record = run.record
         except MedimgError:
-            continue
+            continue  # a damaged run is listed (and deletable) on the Runs page, not offered here
         if kind and record.get("spec", {}).get("kind") != kind:
             continue
         if needs and not (run.path / needs).exists():
             continue
-        candidates.append(run)
+        found.append(run)
+    return found
+
+
+def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, key: str) -> runs.Run | None:
+    """A run selectbox kept in the URL (`?run=ID`), so a refresh or a second tab reattaches to the same run."""
+    candidates = readable_runs(kind, needs)
     if not candidates:
         return None
     ids = [run.id for run in candidates]
@@ -107,15 +113,13 @@ def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, k
 
 
 def attached_run(kind: str) -> runs.Run | None:
-    """The run named in the URL, if it exists and is of this kind."""
-    run_id = st.query_params.get("run")
-    if not run_id:
-        return None
-    try:
-        run = runs.find_run(run_id, runs_root())
-        return run if run.record.get("spec", {}).get("kind") == kind else None
-    except MedimgError:
-        return None
+    """The run this page shows: the one named in the URL, else the newest of this kind (what `pick_run` selects)."""
+    candidates = readable_runs(kind)
+    wanted = st.query_params.get("run")
+    for run in candidates:
+        if run.id == wanted:
+            return run
+    return candidates[0] if candidates else None
 
 
 def progress_header(progress: dict[str, Any]) -> None:

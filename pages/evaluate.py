@@ -39,7 +39,7 @@ wrong = [row for row in evaluation.read_predictions(run) if row["true"] != row["
 if not wrong:
     st.success("Every test image is classified correctly.")
     st.stop()
-shown = st.slider("How many", 1, min(48, len(wrong)), min(12, len(wrong)))
+shown = 1 if len(wrong) == 1 else st.slider("How many", 1, min(48, len(wrong)), min(12, len(wrong)))
 grid = st.columns(6)
 for index, row in enumerate(wrong[:shown]):
     probability = float(row[f"p_{row['predicted']}"])

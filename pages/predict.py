@@ -58,7 +58,7 @@ st.download_button(
     mime="text/csv",
 )
 show_cam = st.toggle("Grad-CAM overlay", value=True)
-for result in results:
+for index, result in enumerate(results):
     st.markdown(f"#### {result.name}")
     if result.error:
         st.error(f"Skipped: {result.error}")
@@ -71,4 +71,4 @@ for result in results:
             middle.image(overlay(result.image, heatmap), caption=f"Grad-CAM for {result.predicted}", width="stretch")
         except MedimgError as error:
             middle.caption(str(error))
-    right.plotly_chart(charts.probabilities_figure(result.probabilities), key=f"probs_{result.name}")
+    right.plotly_chart(charts.probabilities_figure(result.probabilities), key=f"probs_{index}_{result.name}")

@@ -29,13 +29,14 @@ st.dataframe(
 
 st.subheader("Compare")
 ids = [run.id for run in all_runs]
-chosen = st.multiselect("Runs to compare", ids, default=ids[: min(2, len(ids))])
+with_curves = [run.id for run in all_runs if (run.path / "history.json").is_file()]
+chosen = st.multiselect("Runs to compare", ids, default=(with_curves or ids)[:2])
 if chosen:
     selected = [all_runs[ids.index(run_id)] for run_id in chosen]
     metric = st.radio("Metric", ["auc", "accuracy", "loss"], horizontal=True)
     histories = {run.id: run.epoch_history() for run in selected}
     st.plotly_chart(charts.runs_comparison_figure(histories, metric), key="compare")
-    st.dataframe(pd.DataFrame([run.summary() for run in selected]).set_index("id"))
+    st.dataframe(pd.DataFrame([row for row in rows if row["id"] in chosen]).set_index("id"))
 
 st.subheader("Delete")
 doomed = st.selectbox("Run to delete", ids, index=None, placeholder="Choose a run")

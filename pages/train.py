@@ -17,11 +17,7 @@ busy = attached is not None and attached.status in runs.ACTIVE_STATUSES
 if busy:  # show the settings of the run in progress (after a refresh the session has none of its own)
     train, params = attached.spec.train, attached.spec.params
 
-searches = [
-    r
-    for r in runs.list_runs(common.runs_root())
-    if r.record.get("spec", {}).get("kind") == "tune" and r.record.get("best_params")
-]
+searches = [r for r in common.readable_runs("tune") if r.record.get("best_params")]
 source = st.radio(
     "Hyperparameters",
     ["Best of a search", "Manual"],

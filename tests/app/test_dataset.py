@@ -1,0 +1,231 @@
+"""Dataset page: the bundled demo, folders under the data roots (and nothing outside them), uploaded zips."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from medimg.config import DatasetConfig
+
+from .conftest import DEMO, by_label, no_exception, open_page, values
+
+ZIP_LABEL = "Zip of class folders (or train/val/test folders)"
+SERVER = "Folder on the server"
+
+
+def metrics(at) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def zip_bytes(
+    entries: dict[str, bytes], symlinks: tuple[str, ...] = (), compression: int = zipfile.ZIP_STORED
+) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        for name in symlinks:
+            info = zipfile.ZipInfo(name)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return buffer.getvalue()
+
+
+def demo_images(per_class: int) -> dict[str, bytes]:
+    """Real demo X-rays laid out as class folders inside one top folder, as people zip them."""
+    entries = {}
+    for label in ("NORMAL", "PNEUMONIA"):
+        for path in sorted((DEMO / "train" / label).glob("*.jpeg"))[:per_class]:
+            entries[f"mydata/{label}/{path.name}"] = path.read_bytes()
+    return entries
+
+
+def test_bundled_demo_is_scanned_and_becomes_the_dataset_of_the_runs() -> None:
+    at = open_page("dataset")
+    no_exception(at)
+    source = at.radio(key="dataset_source")
+    assert source.options == ["Bundled demo", SERVER, "Upload a zip"] and source.value == "Bundled demo"
+    assert metrics(at) == {
+        "Readable images": "140",
+        "Classes": "2",
+        "Unreadable / skipped": "0",
+        "Layout": "split folders",
+    }
+    assert [markdown for markdown in values(at.markdown) if markdown.startswith("**NORMAL")] == [
+        "**NORMAL** (70 images)"
+    ]
+    assert len([caption for image in at.image for caption in image.captions]) == 16  # 8 samples per class
+    # The demo has its own train/val/test folders, so the fractions do not apply.
+    assert at.slider(key="ds_val").disabled and at.slider(key="ds_test").disabled
+    assert "Split: the dataset's own folders" in " ".join(values(at.caption))
+    assert values(at.success) == [f"Runs will use {DEMO} at 64 px, gray."]
+    assert at.session_state["dataset"] == DatasetConfig(path=str(DEMO))
+
+
+def test_image_size_and_channel_mode_are_kept_for_the_runs() -> None:
+    at = open_page("dataset")
+    at.select_slider(key="ds_size").set_value(16)
+    at.radio(key="ds_color").set_value("rgb").run()
+    no_exception(at)
+    assert values(at.success) == [f"Runs will use {DEMO} at 16 px, rgb."]
+    assert at.session_state["dataset"] == DatasetConfig(path=str(DEMO), image_size=16, color="rgb")
+    at.switch_page("pages/augment.py").run()
+    at.switch_page("pages/dataset.py").run()
+    assert at.select_slider(key="ds_size").value == 16, "the choice must survive a visit to another page"
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        ("person(", "group_regex 'person(' is not a valid regular expression"),
+        ("person", "group_regex 'person' needs one capture group"),
+    ],
+)
+def test_a_bad_patient_id_pattern_is_explained(pattern: str, message: str) -> None:
+    at = open_page("dataset")
+    at.text_input(key="ds_group").input(pattern).run()
+    no_exception(at)
+    assert len(at.error) == 1 and at.error[0].value.startswith(message)
+    assert not at.success
+
+
+def test_patient_id_pattern_groups_images_by_patient() -> None:
+    at = open_page("dataset")
+    at.text_input(key="ds_group").input(r"^(person\d+|IM-\d+)").run()
+    no_exception(at)
+    assert at.session_state["dataset"].group_regex == r"^(person\d+|IM-\d+)"
+    assert not at.warning, "the demo is patient-disjoint: no patient may appear in two splits"
+
+
+def test_server_folders_need_configured_data_roots() -> None:
+    at = open_page("dataset")
+    at.secrets["data_roots"] = []  # whatever a local secrets.toml says
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    no_exception(at)
+    assert values(at.info) == [
+        "No data roots are configured. Set `MEDIMG_DATA_ROOTS` (folders separated by `:`) or `data_roots` "
+        "in `.streamlit/secrets.toml`; only folders inside them can be opened."
+    ]
+    assert not at.metric and not at.selectbox
+
+
+def choose_folder(at, folder: str) -> None:
+    box = by_label(at.selectbox, "Folder")
+    if folder not in box.options:
+        box.options.append(folder)  # typed by the user: the selectbox accepts new options
+    box.set_value(folder).run()
+
+
+def test_a_folder_inside_the_data_roots_is_scanned(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDIMG_DATA_ROOTS", str(DEMO.parent))
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    no_exception(at)
+    box = by_label(at.selectbox, "Folder")
+    assert str(DEMO) in box.options and str(DEMO / "train") in box.options
+    assert box.value == str(DEMO), "the dataset already chosen is preselected"
+    assert metrics(at)["Readable images"] == "140"
+    choose_folder(at, str(DEMO / "train"))
+    no_exception(at)
+    assert metrics(at)["Readable images"] == "80"
+    assert metrics(at)["Layout"] == "class folders"
+    assert not at.slider(key="ds_val").disabled, "without split folders the fractions apply"
+    assert at.session_state["dataset"].path == str(DEMO / "train")
+
+
+@pytest.mark.parametrize("how", ["absolute", "relative"])
+def test_a_folder_outside_the_data_roots_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
+    root = tmp_path / "roots"
+    root.mkdir()
+    (root / "empty").mkdir()
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(DEMO / "val", outside)  # a real dataset, so only the location can be the reason
+    monkeypatch.setenv("MEDIMG_DATA_ROOTS", str(root))
+    typed = str(outside) if how == "absolute" else "../elsewhere"
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    choose_folder(at, typed)
+    no_exception(at)
+    assert values(at.error) == [f"{typed} is outside the allowed data roots ({root}); refused."]
+    assert not at.metric
+    assert at.session_state["dataset"].path == str(DEMO)
+
+
+def test_a_missing_folder_inside_the_roots_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDIMG_DATA_ROOTS", str(tmp_path))
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    choose_folder(at, "no-such-folder")
+    no_exception(at)
+    assert values(at.error) == ["no-such-folder does not exist inside the data roots."]
+
+
+def test_upload_asks_for_a_zip_first() -> None:
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value("Upload a zip").run()
+    no_exception(at)
+    uploader = by_label(at.file_uploader, ZIP_LABEL)
+    assert uploader.allowed_type == [".zip"]
+    assert values(at.info) == ["Upload a zip to continue."]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"PK\x03\x04 but not really a zip", "the upload is not a valid zip file: "),
+        (zip_bytes({"../escape.jpeg": b"x"}), "the zip entry '../escape.jpeg' points outside the archive folder"),
+        (zip_bytes({"data/a/x.png": b"x"}, symlinks=("data/a/link.png",)), "the zip entry 'data/a/link.png' is a "),
+        (
+            zip_bytes({"data/a/zeros.png": bytes(2_000_000)}, compression=zipfile.ZIP_DEFLATED),
+            "the zip entry 'data/a/zeros.png' is compressed 1024:1 (limit 200:1), which looks like a zip bomb",
+        ),
+    ],
+    ids=["not-a-zip", "dot-dot-entry", "symlink-entry", "zip-bomb"],
+)
+def test_a_bad_upload_is_refused_with_the_reason(data: bytes, message: str) -> None:
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value("Upload a zip").run()
+    by_label(at.file_uploader, ZIP_LABEL).set_value(("dataset.zip", data, "application/zip")).run()
+    no_exception(at)
+    assert len(at.error) == 1 and at.error[0].value.startswith(message)
+    assert not at.metric
+    assert "uploaded_dataset" not in at.session_state
+
+
+def test_an_uploaded_zip_of_class_folders_is_extracted_and_scanned() -> None:
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value("Upload a zip").run()
+    by_label(at.file_uploader, ZIP_LABEL).set_value(("xrays.zip", zip_bytes(demo_images(10)), "application/zip")).run()
+    no_exception(at)
+    assert metrics(at)["Readable images"] == "20" and metrics(at)["Classes"] == "2"
+    extracted = Path(at.session_state["uploaded_dataset"])
+    assert extracted.name == "mydata" and sorted(p.name for p in extracted.iterdir()) == ["NORMAL", "PNEUMONIA"]
+    assert at.session_state["dataset"].path == str(extracted)
+
+
+def test_an_upload_without_images_says_what_layout_is_expected() -> None:
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value("Upload a zip").run()
+    by_label(at.file_uploader, ZIP_LABEL).set_value(("notes.zip", zip_bytes({"readme.txt": b"hi"}), "application/zip"))
+    at.run()
+    no_exception(at)
+    assert len(at.error) == 1 and at.error[0].value.startswith("no image files found in ")
+    assert "Expected one sub-folder per class" in at.error[0].value
+
+
+def test_an_upload_with_a_single_class_is_scanned_but_not_accepted() -> None:
+    one_class = {name: data for name, data in demo_images(5).items() if "/NORMAL/" in name}
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value("Upload a zip").run()
+    by_label(at.file_uploader, ZIP_LABEL).set_value(("one.zip", zip_bytes(one_class), "application/zip")).run()
+    no_exception(at)
+    assert metrics(at)["Classes"] == "1"
+    assert values(at.error) == [
+        "only one class (NORMAL) has readable images; a classifier needs at least two class folders."
+    ]
+    assert not at.success and at.session_state["dataset"].path == str(DEMO)

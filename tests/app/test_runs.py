@@ -1,0 +1,105 @@
+"""Runs page: the list of runs, comparing them, deleting one (and refusing to delete an active one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from medimg import runs
+from medimg.config import DatasetConfig, RunSpec
+
+from .conftest import TINY_DATASET, FinishedRuns, by_label, charts, no_exception, open_page, values
+
+
+def test_empty_runs_folder_says_how_to_start(runs_dir: Path) -> None:
+    at = open_page("runs")
+    no_exception(at)
+    assert values(at.info) == [
+        f"No runs yet under {runs_dir}. Start a search on the Tune page or training on the Train page."
+    ]
+    assert not at.dataframe and not at.multiselect and not at.button
+
+
+def test_lists_every_run_with_its_kind_status_and_metrics(finished_runs: FinishedRuns) -> None:
+    at = open_page("runs")
+    no_exception(at)
+    table = at.dataframe[0].value.set_index("id")
+    assert sorted(table.index) == sorted([finished_runs.train_id, finished_runs.tune_id])
+    assert table.loc[finished_runs.train_id, "kind"] == "train"
+    assert table.loc[finished_runs.tune_id, "kind"] == "tune"
+    assert set(table["status"]) == {"completed"}
+    trained = runs.Run(finished_runs.root / finished_runs.train_id).record["metrics"]
+    assert table.loc[finished_runs.train_id, "test_auc"] == pytest.approx(trained["auc"])
+    assert "created" not in table.columns
+
+
+def test_compare_draws_the_chosen_metric_per_run(finished_runs: FinishedRuns) -> None:
+    at = open_page("runs")
+    compare = by_label(at.multiselect, "Runs to compare")
+    assert compare.value == [finished_runs.train_id]  # runs with training curves are preselected
+    figure = charts(at)["compare"]
+    # Only the train run has a final fit; a search's epochs belong to its trials.
+    assert [trace["name"] for trace in figure["data"]] == [finished_runs.train_id]
+    assert figure["layout"]["yaxis"]["title"]["text"] == "auc"
+
+    by_label(at.radio, "Metric").set_value("loss").run()
+    no_exception(at)
+    figure = charts(at)["compare"]
+    assert figure["layout"]["yaxis"]["title"]["text"] == "loss"
+    history = runs.Run(finished_runs.root / finished_runs.train_id).epoch_history()
+    assert figure["data"][0]["y"] == pytest.approx(history["val_loss"])
+
+
+def test_delete_needs_a_choice_and_a_confirmation_then_removes_the_folder(finished_runs: FinishedRuns) -> None:
+    at = open_page("runs")
+    delete = by_label(at.button, "Delete")
+    assert delete.disabled
+    by_label(at.selectbox, "Run to delete").set_value(finished_runs.tune_id).run()
+    assert by_label(at.button, "Delete").disabled, "deleting must need the confirmation too"
+    by_label(at.checkbox, "Yes, delete this run folder and everything in it").check().run()
+    by_label(at.button, "Delete").click().run()
+    no_exception(at)
+    assert not (finished_runs.root / finished_runs.tune_id).exists()
+    assert (finished_runs.root / finished_runs.train_id).is_dir()
+    assert list(at.dataframe[0].value["id"]) == [finished_runs.train_id]
+
+
+def test_an_active_run_is_not_deleted(runs_dir: Path) -> None:
+    queued = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(**TINY_DATASET)), runs_dir)
+    at = open_page("runs")
+    assert list(at.dataframe[0].value["status"]) == ["queued"]
+    by_label(at.selectbox, "Run to delete").set_value(queued.id)
+    by_label(at.checkbox, "Yes, delete this run folder and everything in it").check().run()
+    by_label(at.button, "Delete").click().run()
+    no_exception(at)
+    assert values(at.error) == [f"run {queued.id} is still queued; stop it before deleting it."]
+    assert (runs_dir / queued.id / "run.json").is_file()
+
+
+def test_a_damaged_run_is_listed_as_damaged_and_does_not_break_the_page(finished_runs: FinishedRuns) -> None:
+    # A run whose run.json was cut short (disk full, killed editor): newest, so it is compared by default.
+    damaged = finished_runs.root / "train-29991231-235959-dead"
+    damaged.mkdir()
+    (damaged / "run.json").write_text('{"id": "train-29991231-235959-dead", "spec": {')
+    at = open_page("runs")
+    no_exception(at)
+    table = at.dataframe[0].value.set_index("id")
+    assert table.loc[damaged.name, "status"] == "damaged"
+    assert finished_runs.train_id in [trace["name"] for trace in charts(at)["compare"]["data"]]
+
+
+def test_a_damaged_run_can_be_deleted(finished_runs: FinishedRuns) -> None:
+    # Oldest, so it is not among the runs compared by default.
+    damaged = finished_runs.root / "train-20200101-000000-dead"
+    damaged.mkdir()
+    (damaged / "run.json").write_text('{"id": "train-20200101-000000-dead", "spec": {')
+    at = open_page("runs")
+    no_exception(at)
+    assert at.dataframe[0].value.set_index("id").loc[damaged.name, "status"] == "damaged"
+    by_label(at.selectbox, "Run to delete").set_value(damaged.name)
+    by_label(at.checkbox, "Yes, delete this run folder and everything in it").check().run()
+    by_label(at.button, "Delete").click().run()
+    no_exception(at)
+    assert not at.error, values(at.error)
+    assert not damaged.exists()

@@ -1,0 +1,193 @@
+"""Train page: manual or best-of-a-search parameters, launching a real training process, the run limit, Stop."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medimg import jobs, runs
+from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+
+from .conftest import TINY_DATASET, FinishedRuns, by_label, charts, no_exception, open_page, values, wait_for
+
+TINY_PARAMS = ModelParams(filters=(8,), dense_units=8)
+MANUAL_KEYS = ["tr_filters", "tr_kernel", "tr_act", "tr_bn", "tr_dropout", "tr_dense", "tr_l2", "tr_head", "tr_opt"]
+MANUAL_KEYS += ["tr_lr", "tr_bs", "tr_epochs", "tr_patience", "tr_weights"]
+LIMIT = "the limit is 1. Wait for it to finish or stop it; the limit is set by MEDIMG_MAX_CONCURRENT_RUNS."
+
+
+def shown_metrics(at) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def test_without_a_search_the_manual_parameters_are_offered(runs_dir: Path) -> None:
+    at = open_page("train")
+    no_exception(at)
+    source = at.radio(key="train_source")
+    assert source.options == ["Best of a search", "Manual"] and source.value == "Manual"
+    for key in MANUAL_KEYS:
+        assert at.get_by_key(key).disabled is False, key
+    assert at.text_input(key="tr_filters").value == "32, 64"  # ModelParams() defaults
+    assert not by_label(at.button, "Start training").disabled
+    assert values(at.info) == ["No training run yet: press Start training."]
+
+
+def test_best_of_a_search_without_a_finished_search_says_where_to_get_one(runs_dir: Path) -> None:
+    at = open_page("train")
+    at.radio(key="train_source").set_value("Best of a search").run()
+    no_exception(at)
+    assert values(at.info) == ["No finished search yet. Run one on the Tune page, or choose Manual."]
+    assert "Start training" not in [button.label for button in at.button]
+
+
+@pytest.mark.parametrize(
+    ("filters", "message"),
+    [
+        ("32, sixty-four", "filters must be whole numbers separated by commas, e.g. 32, 64 ("),
+        ("", "0 conv blocks; use 1 to 6."),
+        ("8, 8, 8, 8, 8, 8, 8", "7 conv blocks; use 1 to 6."),
+    ],
+    ids=["not-a-number", "empty", "too-many-blocks"],
+)
+def test_bad_filters_are_explained_and_nothing_can_be_started(runs_dir: Path, filters: str, message: str) -> None:
+    at = open_page("train")
+    at.text_input(key="tr_filters").input(filters).run()
+    no_exception(at)
+    assert len(at.error) == 1 and at.error[0].value.startswith(message)
+    assert "Start training" not in [button.label for button in at.button]
+
+
+def test_manual_choices_become_the_parameters_of_the_next_run(runs_dir: Path) -> None:
+    at = open_page("train")
+    at.text_input(key="tr_filters").input("16, 32, 64")
+    at.selectbox(key="tr_act").set_value("gelu")
+    at.number_input(key="tr_epochs").set_value(3).run()
+    no_exception(at)
+    assert at.session_state["params"] == ModelParams(filters=(16, 32, 64), activation="gelu")
+    assert at.session_state["train"].epochs == 3
+
+
+def test_a_finished_search_supplies_the_parameters_and_the_dataset(finished_runs: FinishedRuns) -> None:
+    at = open_page("train")
+    no_exception(at)
+    search = runs.Run(finished_runs.root / finished_runs.tune_id)
+    assert at.radio(key="train_source").value == "Best of a search"
+    assert by_label(at.selectbox, "Search run").value == search.id
+    assert ModelParams.from_dict(json.loads(at.json[0].value)) == ModelParams.from_dict(search.record["best_params"])
+    assert f"Dataset and augmentation of {search.id}: {DatasetConfig(**TINY_DATASET).path}, 16 px gray." in values(
+        at.caption
+    )
+    assert "tr_filters" not in [widget.key for widget in at.text_input]
+
+
+def test_a_finished_training_run_shows_curves_and_test_metrics(finished_runs: FinishedRuns) -> None:
+    at = open_page("train")
+    no_exception(at)
+    run = runs.Run(finished_runs.root / finished_runs.train_id)
+    assert at.selectbox(key="train_run").value == run.id
+    metrics = run.record["metrics"]
+    shown = shown_metrics(at)
+    assert shown["Status"] == "completed" and shown["Epoch"] == "1 of 1"
+    assert shown["Test accuracy"] == f"{metrics['accuracy']:.3f}"
+    assert shown["Test AUC"] == f"{metrics['auc']:.3f}"
+    assert {f"train_{run.id}_{metric}" for metric in ("loss", "accuracy", "auc")} <= set(charts(at))
+    assert [link.label for link in at.get("page_link")] == ["Evaluate this model"]
+
+
+def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_dir: Path) -> None:
+    state = {"dataset": DatasetConfig(**TINY_DATASET), "params": TINY_PARAMS}
+    at = open_page("train", **state)
+    at.number_input(key="tr_epochs").set_value(500)
+    at.number_input(key="tr_patience").set_value(0).run()
+    by_label(at.button, "Start training").click().run()
+    no_exception(at)
+    run_id = at.query_params["run"]
+    run = runs.Run(runs_dir / run_id)
+    spec = run.spec
+    assert spec.kind == "train" and spec.params == TINY_PARAMS and spec.dataset == DatasetConfig(**TINY_DATASET)
+    assert spec.train.epochs == 500 and spec.train.early_stopping_patience == 0
+    assert runs.pid_alive(run.record["pid"]), "training runs in its own process"
+    assert at.selectbox(key="train_run").value == run_id
+    assert shown_metrics(at)["Status"] in ("queued", "running")
+    assert by_label(at.button, "Start training").disabled and at.get_by_key("tr_epochs").disabled
+
+    # Meanwhile a search started from another tab is refused.
+    tune_tab = open_page(
+        "tune",
+        dataset=DatasetConfig(**TINY_DATASET),
+        search=SearchSpace(conv_blocks=(1,), filters_min=8, filters_max=16, filters_step=8, dense_units=(0,)),
+        tune=TuneConfig(max_trials=1),
+        train=TrainConfig(epochs=1),
+    )
+    by_label(tune_tab.button, "Start search").click().run()
+    no_exception(tune_tab)
+    assert values(tune_tab.error) == [f"1 run(s) already in progress ({run_id}) and {LIMIT}"]
+    assert [r.id for r in runs.list_runs(runs_dir)] == [run_id]
+
+    wait_for(lambda: run.events("epoch"), 90, "the first epoch to finish")
+    watcher = open_page("train", run=run_id)  # a refresh: the URL reattaches to the running training
+    no_exception(watcher)
+    assert shown_metrics(watcher)["Status"] == "running"
+    assert by_label(watcher.button, "Start training").disabled
+    assert f"train_{run_id}_loss" in charts(watcher)
+    seen = len(charts(watcher)[f"train_{run_id}_loss"]["data"][0]["x"])
+    wait_for(lambda: len(run.epoch_history()["epoch"]) > seen + 1, 60, "more epochs")
+    watcher.run()  # the fragment's timer does not fire in AppTest: redraw by hand
+    no_exception(watcher)
+    assert len(charts(watcher)[f"train_{run_id}_loss"]["data"][0]["x"]) > seen
+    watcher.button(key=f"stop_{run_id}").click().run()
+    no_exception(watcher)
+    assert run.stop_requested()
+    assert values(watcher.toast) == ["Stop requested: training ends at the next batch and saves the model it has."]
+
+    wait_for(lambda: run.status not in runs.ACTIVE_STATUSES, 90, "the training to stop")
+    ended = open_page("train", run=run_id)
+    no_exception(ended)
+    shown = shown_metrics(ended)
+    assert shown["Status"] == "stopped"
+    epochs = len(run.epoch_history()["epoch"])
+    assert 1 <= epochs < 500
+    [message] = values(ended.info)
+    assert message.startswith(f"stopped on request after {epochs} epochs; model saved; continue with: ")
+    assert shown["Test accuracy"] == f"{run.record['metrics']['accuracy']:.3f}"
+    assert (run.path / "model.keras").is_file()
+    assert not by_label(ended.button, "Start training").disabled
+
+
+def test_a_damaged_run_in_the_folder_does_not_break_the_page(finished_runs: FinishedRuns) -> None:
+    damaged = finished_runs.root / "tune-20200101-000000-dead"
+    damaged.mkdir()
+    (damaged / "run.json").write_text('{"id": "tune-20200101-000000-dead", "spec": {')
+    at = open_page("train")
+    no_exception(at)
+    assert by_label(at.selectbox, "Search run").value == finished_runs.tune_id
+    assert at.selectbox(key="train_run").value == finished_runs.train_id
+
+
+def test_a_new_tab_shows_start_disabled_while_training_is_in_progress(runs_dir: Path) -> None:
+    queued = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(**TINY_DATASET), params=TINY_PARAMS), runs_dir)
+    at = open_page("train", dataset=DatasetConfig(**TINY_DATASET), params=TINY_PARAMS)
+    no_exception(at)
+    assert at.selectbox(key="train_run").value == queued.id
+    assert shown_metrics(at)["Status"] == "queued"
+    assert by_label(at.button, "Start training").disabled
+
+
+def test_stop_pressed_while_queued_is_honoured(runs_dir: Path) -> None:
+    spec = RunSpec(
+        kind="train",
+        dataset=DatasetConfig(**TINY_DATASET),
+        train=TrainConfig(epochs=3, early_stopping_patience=0),
+        params=TINY_PARAMS,
+    )
+    run = runs.create_run(spec, runs_dir)  # what jobs.launch writes before its process starts
+    at = open_page("train", run=run.id)
+    assert shown_metrics(at)["Status"] == "queued"
+    at.button(key=f"stop_{run.id}").click().run()
+    no_exception(at)
+    assert run.stop_requested()
+    jobs.start_process(run)  # the process picks the run up a moment after the press
+    wait_for(lambda: run.status not in runs.ACTIVE_STATUSES, 90, "the run to end")
+    assert run.status == "stopped"

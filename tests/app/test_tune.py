@@ -1,0 +1,177 @@
+"""Tune page: search ranges, launching a real search process, the run limit, watching and stopping it, the best."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from medimg import runs
+from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+
+from .conftest import (
+    TINY_DATASET,
+    FinishedRuns,
+    by_label,
+    charts,
+    no_exception,
+    open_page,
+    values,
+    wait_for,
+)
+
+TINY_SEARCH = SearchSpace(
+    conv_blocks=(1,),
+    filters_min=8,
+    filters_max=16,
+    filters_step=8,
+    activations=("relu",),
+    dropouts=(0.0,),
+    dense_units=(0,),
+)
+TINY_PARAMS = ModelParams(filters=(8,), dense_units=8)
+WIDGET_KEYS = [
+    "tn_lr",
+    "tn_blocks",
+    "tn_filters",
+    "tn_step",
+    "tn_kernels",
+    "tn_act",
+    "tn_dropout",
+    "tn_dense",
+    "tn_bn",
+    "tn_l2",
+    "tn_l1",
+    "tn_heads",
+    "tn_opt",
+    "tn_bs",
+    "tn_aug",
+    "tn_tuner",
+    "tn_objective",
+    "tn_minutes",
+    "tn_trials",
+    "tn_epochs",
+    "tn_exec",
+]
+
+
+def tiny_state(max_trials: int) -> dict:
+    return {
+        "dataset": DatasetConfig(**TINY_DATASET),
+        "search": TINY_SEARCH,
+        "tune": TuneConfig(max_trials=max_trials),
+        "train": TrainConfig(epochs=1),
+    }
+
+
+def shown_metrics(at) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def test_no_search_yet_shows_every_range_and_how_to_start(runs_dir: Path) -> None:
+    at = open_page("tune")
+    no_exception(at)
+    for key in WIDGET_KEYS:
+        assert at.get_by_key(key).disabled is False, key
+    assert at.multiselect(key="tn_blocks").value == [2, 3]  # SearchSpace.quick(), the dashboard's default
+    assert not by_label(at.button, "Start search").disabled
+    assert values(at.info) == ["No search yet: set the ranges and press Start search."]
+    assert "augmentation: none" in values(at.caption)[0]
+
+
+def test_an_empty_choice_is_explained_and_nothing_can_be_started(runs_dir: Path) -> None:
+    at = open_page("tune")
+    at.multiselect(key="tn_act").set_value([]).run()
+    no_exception(at)
+    assert values(at.error) == ["activations needs at least one value."]
+    assert "Start search" not in [button.label for button in at.button]
+
+
+def test_the_ranges_become_the_search_of_the_next_run(runs_dir: Path) -> None:
+    at = open_page("tune", **tiny_state(3))
+    at.slider(key="tn_filters").set_value((8, 32))
+    at.number_input(key="tn_trials").set_value(5).run()
+    no_exception(at)
+    assert at.session_state["search"] == TINY_SEARCH.replace(filters_max=32)
+    assert at.session_state["tune"] == TuneConfig(max_trials=5)
+
+
+def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_dir: Path) -> None:
+    at = open_page("tune", **tiny_state(20))
+    by_label(at.button, "Start search").click().run()
+    no_exception(at)
+    run_id = at.query_params["run"]
+    run = runs.Run(runs_dir / run_id)
+    assert run.spec.kind == "tune" and run.spec.search == TINY_SEARCH and run.spec.tune.max_trials == 20
+    assert runs.pid_alive(run.record["pid"]), "the search runs in its own process"
+    assert at.selectbox(key="tune_run").value == run_id
+    assert shown_metrics(at)["Status"] in ("queued", "running")
+    assert by_label(at.button, "Start search").disabled, "one search per session while it runs"
+    assert at.get_by_key("tn_trials").disabled
+
+    # Meanwhile, training started from another tab is refused: 2 cores run one job at a time.
+    train_tab = open_page("train", dataset=DatasetConfig(**TINY_DATASET), params=TINY_PARAMS)
+    by_label(train_tab.button, "Start training").click().run()
+    no_exception(train_tab)
+    assert values(train_tab.error) == [
+        f"1 run(s) already in progress ({run_id}) and the limit is 1. "
+        "Wait for it to finish or stop it; the limit is set by MEDIMG_MAX_CONCURRENT_RUNS."
+    ]
+    assert [r.id for r in runs.list_runs(runs_dir)] == [run_id]
+
+    wait_for(lambda: run.events("trial_end"), 90, "the first trial to finish")
+    watcher = open_page("tune", run=run_id)  # a refresh: the URL reattaches to the running search
+    no_exception(watcher)
+    assert watcher.selectbox(key="tune_run").value == run_id
+    assert shown_metrics(watcher)["Status"] == "running"
+    assert by_label(watcher.button, "Start search").disabled
+    trials = watcher.dataframe[0].value
+    assert "COMPLETED" in trials["status"].tolist() and trials["score"].notna().any()
+    assert f"trials_{run_id}" in charts(watcher)
+    done = len(run.events("trial_end"))
+    wait_for(lambda: len(run.events("trial_end")) > done, 60, "another trial to finish")
+    watcher.run()  # the fragment's timer does not fire in AppTest: redraw by hand
+    no_exception(watcher)
+    assert int(shown_metrics(watcher)["Trials"].split(" of ")[0]) > done
+    watcher.button(key=f"stop_{run_id}").click().run()
+    no_exception(watcher)
+    assert run.stop_requested()
+    assert values(watcher.toast) == [
+        "Stop requested: the search ends at the next batch and keeps its completed trials."
+    ]
+
+    wait_for(lambda: run.status not in runs.ACTIVE_STATUSES, 90, "the search to stop")
+    ended = open_page("tune", run=run_id)
+    no_exception(ended)
+    assert shown_metrics(ended)["Status"] == "stopped"
+    assert values(ended.info)[0].startswith("stopped on request after ")
+    assert values(ended.success)[0].startswith(f"Best trial {run.record['best_trial']}: val_auc = ")
+    assert not by_label(ended.button, "Start search").disabled
+    assert "Stop" not in [button.label for button in ended.button]
+
+
+def test_a_finished_search_shows_trials_and_hands_its_best_to_train(finished_runs: FinishedRuns) -> None:
+    at = open_page("tune")
+    assert at.selectbox(key="tune_run").value == finished_runs.tune_id
+    no_exception(at)
+    run = runs.Run(finished_runs.root / finished_runs.tune_id)
+    assert shown_metrics(at)["Status"] == "completed" and shown_metrics(at)["Trials"] == "1 of 1"
+    trials = at.dataframe[0].value
+    assert len(trials) == 1 and trials["score"].iloc[0] == run.record["best_score"]
+    figures = charts(at)
+    assert {f"trials_{run.id}", f"parallel_{run.id}"} <= set(figures)
+    assert values(at.success) == [f"Best trial {run.record['best_trial']}: val_auc = {run.record['best_score']:.4f}"]
+
+    at.button(key=f"train_with_{run.id}").click().run()
+    no_exception(at)
+    assert [title.value for title in at.title] == ["Train"]
+    assert at.radio(key="train_source").value == "Best of a search"
+    assert by_label(at.selectbox, "Search run").value == run.id
+
+
+def test_a_new_tab_shows_start_disabled_while_a_search_is_in_progress(runs_dir: Path) -> None:
+    # Queued is what jobs.launch leaves before the process picks the run up; it counts against the limit.
+    queued = runs.create_run(RunSpec(kind="tune", dataset=DatasetConfig(**TINY_DATASET), search=TINY_SEARCH), runs_dir)
+    at = open_page("tune", **tiny_state(1))
+    no_exception(at)
+    assert at.selectbox(key="tune_run").value == queued.id
+    assert shown_metrics(at)["Status"] == "queued"
+    assert by_label(at.button, "Start search").disabled
