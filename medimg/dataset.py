@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import json
 import os
 import re
 from collections import Counter, defaultdict
@@ -222,16 +223,71 @@ def _inspect_safely(path: str) -> tuple[images.ImageInfo | None, str]:
 def scan(
     path: str | Path, group_regex: str = "", on_progress: ProgressCallback | None = None, workers: int | None = None
 ) -> ScanReport:
-    """Decode every file once (in threads: OpenCV releases the GIL) and report what the dataset holds."""
+    """Decode every new or changed file once (in threads: OpenCV releases the GIL) and report what the dataset
+    holds. Results are cached by path, size and modification time, so scanning an unchanged folder again decodes
+    nothing."""
     listing = list_files(path, group_regex)
-    total = len(listing.files)
-    results: list[tuple[images.ImageInfo | None, str]] = []
+    paths = [f.path for f in listing.files]
+    cache = _ScanCache(listing.root)
+    results: list[tuple[images.ImageInfo | None, str] | None] = [cache.get(p) for p in paths]
+    todo = [i for i, result in enumerate(results) if result is None]
     with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 1)) as pool:
-        for done, result in enumerate(pool.map(_inspect_safely, [f.path for f in listing.files]), 1):
-            results.append(result)
-            if on_progress and (done % 50 == 0 or done == total):
-                on_progress(done, total, "scanning images")
-    return _report(listing, results)
+        for done, (index, result) in enumerate(
+            zip(todo, pool.map(_inspect_safely, [paths[i] for i in todo]), strict=True), 1
+        ):
+            results[index] = result
+            cache.put(paths[index], result)
+            if on_progress and (done % 50 == 0 or done == len(todo)):
+                on_progress(done, len(todo), "scanning images")
+    cache.save()
+    return _report(listing, results)  # type: ignore[arg-type]
+
+
+class _ScanCache:
+    """Per-dataset cache of `inspect_file` results keyed by (path, size, mtime), in the array cache's folder."""
+
+    VERSION = 1
+
+    def __init__(self, root: str) -> None:
+        from medimg.cache import cache_dir
+
+        key = hashlib.sha256(f"{self.VERSION}|{os.path.realpath(root)}".encode()).hexdigest()[:24]
+        self.path = cache_dir() / "scans" / f"{key}.json"
+        try:
+            self.entries: dict[str, list] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+        self.fresh: dict[str, list] = {}
+
+    @staticmethod
+    def _stamp(path: str) -> list[int] | None:
+        try:
+            stat = os.stat(path)
+        except OSError:
+            return None
+        return [stat.st_size, stat.st_mtime_ns]
+
+    def get(self, path: str) -> tuple[images.ImageInfo | None, str] | None:
+        entry, stamp = self.entries.get(path), self._stamp(path)
+        if not entry or stamp is None or entry[0] != stamp:
+            return None
+        self.fresh[path] = entry
+        return (images.ImageInfo(**entry[1]) if entry[1] else None), entry[2]
+
+    def put(self, path: str, result: tuple[images.ImageInfo | None, str]) -> None:
+        info, detail = result
+        stamp = self._stamp(path)
+        if stamp is not None:
+            self.fresh[path] = [stamp, dataclasses.asdict(info) if info else None, detail]
+
+    def save(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(f".{os.getpid()}.tmp")
+            temporary.write_text(json.dumps(self.fresh))
+            os.replace(temporary, self.path)
+        except OSError:
+            pass  # a read-only cache folder only costs the next scan its speed
 
 
 def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]) -> ScanReport:

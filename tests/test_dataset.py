@@ -16,6 +16,7 @@ import pytest
 
 from medimg import dataset
 from medimg.errors import DatasetError
+from tests.conftest import DEMO
 
 GROUP_REGEX = r"^(person\d+|IM-\d+)"
 
@@ -338,3 +339,31 @@ def test_empty_validation_split_is_a_dataset_error(tmp_path: Path) -> None:
     files = dataset.list_files(make_class_folders(tmp_path / "data", {"a": 5, "b": 5})).files
     with pytest.raises(DatasetError, match="the validation split is empty"):
         dataset.make_splits(files, val_fraction=0.0)
+
+
+def test_second_scan_of_an_unchanged_folder_decodes_nothing_and_a_changed_file_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDIMG_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (root / label).mkdir(parents=True)
+        for image in sorted((DEMO / "train" / label).glob("*.jpeg"))[:5]:
+            (root / label / image.name).write_bytes(image.read_bytes())
+    decoded: list[str] = []
+    original = dataset.inspect_file
+    monkeypatch.setattr(dataset, "inspect_file", lambda path: decoded.append(path) or original(path))
+
+    first = dataset.scan(root)
+    assert len(decoded) == 10
+    decoded.clear()
+    second = dataset.scan(root)
+    assert decoded == []  # every result came from the cache
+    assert second.to_dict() == first.to_dict()
+
+    changed = next((root / "NORMAL").iterdir())
+    changed.write_bytes(b"overwritten with text")
+    third = dataset.scan(root)
+    assert decoded == [str(changed)]
+    assert [item["path"] for item in third.unreadable] == [str(changed)]
+    assert third.classes == {"NORMAL": 4, "PNEUMONIA": 5}

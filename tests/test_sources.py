@@ -1,0 +1,110 @@
+"""Where the app may read datasets from: data roots (realpath-checked) and uploaded zips (checked before extraction)."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from medimg import sources
+from medimg.errors import DatasetError
+from tests.conftest import DEMO
+
+
+def make_zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
+    stream = io.BytesIO()
+    with zipfile.ZipFile(stream, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, "/etc/passwd")
+    return stream.getvalue()
+
+
+@pytest.fixture()
+def root(tmp_path: Path) -> Path:
+    (tmp_path / "data" / "study" / "NORMAL").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    return tmp_path / "data"
+
+
+def test_roots_come_from_the_environment_and_extra_entries(root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDIMG_DATA_ROOTS", f"{root}{os.pathsep}{root / 'missing'}")
+    assert sources.data_roots() == [root.resolve()]  # a root that does not exist is dropped
+    assert sources.data_roots([str(DEMO)]) == [root.resolve(), DEMO.resolve()]
+
+
+def test_paths_inside_a_root_resolve_and_everything_else_is_refused(root: Path) -> None:
+    roots = [root.resolve()]
+    assert sources.resolve_in_roots("study", roots) == (root / "study").resolve()
+    assert sources.resolve_in_roots(str(root / "study" / "NORMAL"), roots) == (root / "study" / "NORMAL").resolve()
+    for hostile in ("../secret", "study/../../secret", "/etc", str(root.parent / "secret")):
+        with pytest.raises(DatasetError, match="outside the allowed data roots"):
+            sources.resolve_in_roots(hostile, roots)
+    os.symlink(root.parent / "secret", root / "escape")
+    with pytest.raises(DatasetError, match="outside the allowed data roots"):
+        sources.resolve_in_roots("escape", roots)
+    with pytest.raises(DatasetError, match="no data roots are configured"):
+        sources.resolve_in_roots("study", [])
+    with pytest.raises(DatasetError, match="does not exist"):
+        sources.resolve_in_roots("nothing-here", roots)
+
+
+def test_dataset_folders_are_listed_only_under_the_roots(root: Path) -> None:
+    found = sources.list_dataset_folders([root.resolve()])
+    assert (root / "study").resolve() in found
+    assert all(root.resolve() in [p, *p.parents] for p in found)
+
+
+def test_a_clean_zip_extracts_into_a_fresh_folder(tmp_path: Path) -> None:
+    image = next((DEMO / "train" / "NORMAL").glob("*.jpeg")).read_bytes()
+    data = make_zip({"mydata/NORMAL/a.jpeg": image, "mydata/PNEUMONIA/b.jpeg": image})
+    first = sources.extract_zip(data, parent=tmp_path)
+    second = sources.extract_zip(data, parent=tmp_path)
+    assert first.name == "mydata" and first != second  # a single top folder is the dataset root; never shared
+    assert (first / "NORMAL" / "a.jpeg").read_bytes() == image
+
+
+@pytest.mark.parametrize(
+    ("entries", "symlink", "message"),
+    [
+        ({"../evil.png": b"x"}, None, "points outside the archive folder"),
+        ({"/abs/evil.png": b"x"}, None, "points outside the archive folder"),
+        ({"a/../../evil.png": b"x"}, None, "points outside the archive folder"),
+        ({"ok.png": b"x"}, "link.png", "symbolic link"),
+        ({"bomb.png": b"\x00" * 5_000_000}, None, "zip bomb"),
+    ],
+)
+def test_hostile_zips_are_refused_before_anything_is_written(
+    tmp_path: Path, entries: dict[str, bytes], symlink: str | None, message: str
+) -> None:
+    with pytest.raises(DatasetError, match=message):
+        sources.extract_zip(make_zip(entries, symlink=symlink), parent=tmp_path)
+    assert not list(tmp_path.glob(f"{sources.UPLOAD_PREFIX}*"))
+
+
+def test_zip_limits_on_entries_and_total_size(tmp_path: Path) -> None:
+    many = make_zip({f"f{i}.png": b"x" for i in range(30)})
+    with pytest.raises(DatasetError, match="30 entries; the limit is 20"):
+        sources.extract_zip(many, sources.ZipLimits(max_entries=20), parent=tmp_path)
+    big = make_zip({"a.png": os.urandom(4096)})
+    with pytest.raises(DatasetError, match="the limit is 0 MB"):
+        sources.extract_zip(big, sources.ZipLimits(max_total_bytes=1000), parent=tmp_path)
+    with pytest.raises(DatasetError, match="not a valid zip"):
+        sources.extract_zip(b"PK\x03\x04 broken", parent=tmp_path)
+
+
+def test_old_uploads_are_removed(tmp_path: Path) -> None:
+    old = tmp_path / f"{sources.UPLOAD_PREFIX}old"
+    new = tmp_path / f"{sources.UPLOAD_PREFIX}new"
+    old.mkdir()
+    new.mkdir()
+    os.utime(old, (0, 0))
+    assert sources.remove_old_uploads(24, parent=tmp_path) == 1
+    assert not old.exists() and new.exists()
