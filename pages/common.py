@@ -9,8 +9,8 @@ from typing import Any
 
 import streamlit as st
 
-from medimg import runs, sources
-from medimg.config import AugmentConfig, DatasetConfig, ModelParams, SearchSpace, TrainConfig, TuneConfig
+from medimg import jobs, runs, sources
+from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
 from medimg.errors import MedimgError
 
 log = logging.getLogger("medimg.app")
@@ -149,11 +149,19 @@ def progress_header(progress: dict[str, Any]) -> None:
         st.info(progress["message"])
 
 
-def wait_until_visible(path: Path, seconds: float = 0.5) -> None:
-    # The launched process writes its first event a moment after launch; a short wait avoids an empty first frame.
-    deadline = time.time() + seconds
-    while not path.exists() and time.time() < deadline:
+def launch(spec: RunSpec) -> None:
+    """Start a run as its own process and attach this page to it (URL `?run=ID`), or say why it cannot start."""
+    try:
+        run = jobs.launch(spec, runs_root())
+    except MedimgError as error:
+        show_error(error)
+        return
+    st.query_params["run"] = run.id
+    # The new process writes its first event a moment after launch; a short wait avoids an empty first frame.
+    deadline = time.time() + 0.5
+    while not (run.path / "events.jsonl").exists() and time.time() < deadline:
         time.sleep(0.05)
+    st.rerun()
 
 
 def seed_widget(key: str, value: Any) -> str:

@@ -127,14 +127,7 @@ train = train.replace(epochs=int(epochs), early_stopping_patience=int(patience),
 common.put("train", train)
 
 if st.button("Start training", type="primary", disabled=busy):
-    spec = RunSpec(kind="train", dataset=dataset_config, augment=augment, train=train, params=params)
-    try:
-        run = jobs.launch(spec, common.runs_root())
-        st.query_params["run"] = run.id
-        common.wait_until_visible(run.path / "events.jsonl")
-        st.rerun()
-    except MedimgError as error:
-        common.show_error(error)
+    common.launch(RunSpec(kind="train", dataset=dataset_config, augment=augment, train=train, params=params))
 
 run = common.pick_run("Training run", kind="train", key="train_run")
 if run is None:

@@ -170,14 +170,9 @@ st.caption(
     "points in this space"
 )
 if st.button("Start search", type="primary", disabled=busy):
-    spec = RunSpec(kind="tune", dataset=data, augment=common.get("augment"), train=train, search=space, tune=tune)
-    try:
-        run = jobs.launch(spec, common.runs_root())
-        st.query_params["run"] = run.id
-        common.wait_until_visible(run.path / "events.jsonl")
-        st.rerun()
-    except MedimgError as error:
-        common.show_error(error)
+    common.launch(
+        RunSpec(kind="tune", dataset=data, augment=common.get("augment"), train=train, search=space, tune=tune)
+    )
 
 run = common.pick_run("Search run", kind="tune", key="tune_run")
 if run is None:
