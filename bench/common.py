@@ -37,8 +37,20 @@ def bench_home() -> Path:
     return path
 
 
+def isolate_caches() -> Path:
+    """medimg's caches (decoded arrays, scan results) go under the bench folder, never into the user's own.
+
+    A folder already under the bench folder (set by a parent benchmark for its child process) is kept.
+    """
+    current = os.environ.get("MEDIMG_CACHE_DIR", "")
+    if not current.startswith(str(bench_home())):
+        os.environ["MEDIMG_CACHE_DIR"] = str(bench_home() / "medimg-cache")
+    return Path(os.environ["MEDIMG_CACHE_DIR"])
+
+
 def base_parser(description: str) -> argparse.ArgumentParser:
-    """A parser with the options every benchmark takes: --data, --quick, --intra, --inter."""
+    """A parser with the options every benchmark takes (--data, --quick, --intra, --inter); isolates the caches."""
+    isolate_caches()
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="real dataset (split or class folders)")
     parser.add_argument("--quick", action="store_true", help="small sizes: finishes in about two minutes")
@@ -87,7 +99,8 @@ def print_table(title: str, headers: list[str], rows: list[list[Any]]) -> None:
     """A Markdown table (pastes into the README as is), columns padded to line up in a terminal."""
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    print(f"\n### {title}\n")
+    load = os.getloadavg()[0]
+    print(f"\n### {title} (1-min load average {load:.1f} on {os.cpu_count()} cores)\n")
     print("| " + " | ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:

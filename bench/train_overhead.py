@@ -178,7 +178,6 @@ def main() -> None:
         args.n, args.epochs, args.pairs, args.cli_pairs = 0, 3, 2, 1
     work = Path(tempfile.mkdtemp(prefix="train-overhead-", dir=common.bench_home()))
     atexit.register(lambda: shutil.rmtree(work, ignore_errors=True))
-    os.environ["MEDIMG_CACHE_DIR"] = str(common.bench_home() / "medimg-cache")
     root = synth.synthesize(args.n, args.size, args.data) if args.n else args.data
     spec = make_spec(root, args)
     entries = cached_files(spec)

@@ -38,7 +38,8 @@ def class_counts_figure(
 def history_figure(history: dict[str, list[float]], metric: str, title: str | None = None) -> go.Figure:
     """Train and validation curves of one metric by epoch (`loss`, `accuracy`, `auc`)."""
     fig = go.Figure()
-    epochs = history.get("epoch") or list(range(1, len(history.get(metric, [])) + 1))
+    longest = max(len(history.get(metric) or []), len(history.get(f"val_{metric}") or []))
+    epochs = history.get("epoch") or list(range(1, longest + 1))
     for name, dash in ((metric, "solid"), (f"val_{metric}", "dash")):
         if history.get(name):
             label = "validation" if name.startswith("val_") else "train"
@@ -97,8 +98,18 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
     return _layout(fig, "hyperparameters vs objective")
 
 
-def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str]) -> go.Figure:
-    """Counts with row-normalised colour (rows: true class, columns: predicted)."""
+def confusion_matrix_figure(
+    matrix: list[list[int]],
+    class_names: list[str],
+    clickable: bool = False,
+    selected: tuple[int, int] | None = None,
+    title: str = "Confusion matrix",
+) -> go.Figure:
+    """Counts with row-normalised colour (rows: true class, columns: predicted).
+
+    `clickable` adds one transparent marker per cell (customdata = [true index, predicted index]) so a click on a
+    cell is a point selection; `selected` outlines one cell.
+    """
     totals = [max(1, sum(row)) for row in matrix]
     share = [[value / totals[i] for value in row] for i, row in enumerate(matrix)]
     text = [[f"{value}<br>({share[i][j]:.0%})" for j, value in enumerate(row)] for i, row in enumerate(matrix)]
@@ -115,22 +126,146 @@ def confusion_matrix_figure(matrix: list[list[int]], class_names: list[str]) -> 
             showscale=False,
         )
     )
+    if clickable:
+        cells = [(i, j) for i in range(len(class_names)) for j in range(len(class_names))]
+        fig.add_scatter(
+            x=[class_names[j] for _, j in cells],
+            y=[class_names[i] for i, _ in cells],
+            customdata=[[i, j] for i, j in cells],
+            mode="markers",
+            # Transparent but clickable; kept transparent when Plotly restyles selected and unselected points.
+            marker={"size": 60, "color": "rgba(0,0,0,0)", "symbol": "square"},
+            selected={"marker": {"opacity": 0}},
+            unselected={"marker": {"opacity": 0}},
+            hovertemplate="true %{y} → predicted %{x}<br>click to show these images<extra></extra>",
+            name="cells",
+            showlegend=False,
+        )
+        fig.update_layout(clickmode="event+select", dragmode=False)
+    if selected is not None:
+        i, j = selected
+        fig.add_shape(
+            type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5, line={"color": PALETTE[3], "width": 4}
+        )
     fig.update_yaxes(autorange="reversed", title="true class")
     fig.update_xaxes(title="predicted class")
-    return _layout(fig, "Confusion matrix")
+    return _layout(fig, title)
 
 
-def roc_figure(curves: dict[str, dict[str, list]]) -> go.Figure:
-    """ROC curve per class with its AUC, and the chance diagonal."""
+def selected_cell(points: list[dict[str, Any]], class_names: list[str]) -> tuple[int, int] | None:
+    """The (true, predicted) cell of a Plotly click on `confusion_matrix_figure`, or None for no usable point."""
+    for point in points:
+        data = point.get("customdata")
+        if isinstance(data, list | tuple) and len(data) == 2:
+            return int(data[0]), int(data[1])
+        if point.get("y") in class_names and point.get("x") in class_names:
+            return class_names.index(point["y"]), class_names.index(point["x"])
+    return None
+
+
+def roc_figure(
+    curves: dict[str, dict[str, list]], operating_point: dict[str, Any] | None = None, title: str = "ROC curve"
+) -> go.Figure:
+    """ROC curve per class with its AUC, and the chance diagonal; `operating_point` (sensitivity, specificity,
+    threshold) is marked on the curve."""
     fig = go.Figure()
     for name, curve in curves.items():
         fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name} (AUC {curve['auc']:.3f})")
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "grey"})
+    if (
+        operating_point
+        and operating_point.get("sensitivity") is not None
+        and operating_point.get("specificity") is not None
+    ):
+        _mark_operating_point(fig, 1 - operating_point["specificity"], operating_point["sensitivity"], operating_point)
     return _layout(
         fig,
-        "ROC curve",
+        title,
         xaxis_title="1 - specificity (false positive rate)",
         yaxis_title="sensitivity (true positive rate)",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1.02],
+    )
+
+
+def _mark_operating_point(fig: go.Figure, x: float, y: float, point: dict[str, Any]) -> None:
+    fig.add_scatter(
+        x=[x],
+        y=[y],
+        mode="markers",
+        name=f"operating point (threshold {point['threshold']:.3f})",
+        marker={"size": 14, "color": PALETTE[1], "symbol": "x", "line": {"width": 1}},
+        hovertemplate=(
+            f"threshold {point['threshold']:.3f}<br>sensitivity {point['sensitivity']:.3f}<br>"
+            f"specificity {_fmt(point.get('specificity'))}<br>PPV {_fmt(point.get('ppv'))}<extra></extra>"
+        ),
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def precision_recall_figure(
+    curves: dict[str, dict[str, Any]], operating_point: dict[str, Any] | None = None
+) -> go.Figure:
+    """Precision-recall curve per class with its average precision and prevalence line; the operating point
+    (sensitivity = recall, PPV = precision) marked."""
+    fig = go.Figure()
+    for index, (name, curve) in enumerate(curves.items()):
+        color = PALETTE[index % len(PALETTE)]
+        fig.add_scatter(
+            x=curve["recall"],
+            y=curve["precision"],
+            mode="lines",
+            name=f"{name} (AP {curve['average_precision']:.3f})",
+            line={"shape": "hv", "color": color},
+        )
+        fig.add_scatter(
+            x=[0, 1],
+            y=[curve["prevalence"]] * 2,
+            mode="lines",
+            name=f"{name} prevalence {curve['prevalence']:.2f}",
+            line={"dash": "dot", "color": color},
+        )
+    if operating_point and operating_point.get("sensitivity") is not None and operating_point.get("ppv") is not None:
+        _mark_operating_point(fig, operating_point["sensitivity"], operating_point["ppv"], operating_point)
+    return _layout(
+        fig,
+        "Precision-recall curve",
+        xaxis_title="recall (sensitivity)",
+        yaxis_title="precision (PPV)",
+        xaxis_range=[0, 1],
+        yaxis_range=[0, 1.02],
+    )
+
+
+def reliability_figure(before: dict[str, Any], after: dict[str, Any] | None = None) -> go.Figure:
+    """Reliability diagram: observed frequency against mean confidence per bin (marker size ~ count), the
+    diagonal of perfect calibration, and the temperature-scaled version when given; ECE in the legend."""
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated", line={"dash": "dot", "color": "grey"}
+    )
+    for label, data, color in (("before", before, PALETTE[0]), ("after temperature scaling", after, PALETTE[2])):
+        if not data:
+            continue
+        largest = max(data["count"] or [1])
+        fig.add_scatter(
+            x=data["confidence"],
+            y=data["frequency"],
+            mode="lines+markers",
+            name=f"{label} (ECE {data['ece']:.3f})",
+            marker={"size": [8 + 16 * (c / largest) ** 0.5 for c in data["count"]], "color": color},
+            line={"color": color},
+            customdata=data["count"],
+            hovertemplate="mean confidence %{x:.3f}<br>observed %{y:.3f}<br>%{customdata} images<extra></extra>",
+        )
+    return _layout(
+        fig,
+        f"Reliability ({before['kind']})",
+        xaxis_title="mean predicted probability in bin",
+        yaxis_title="observed frequency",
         xaxis_range=[0, 1],
         yaxis_range=[0, 1.02],
     )

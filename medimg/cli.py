@@ -1,4 +1,4 @@
-"""`python -m medimg scan | tune | train | evaluate | predict | runs | resume | stop`.
+"""`python -m medimg scan | tune | train | evaluate | predict | report | runs | resume | stop`.
 
 Long commands print progress to standard error and the run directory as the last line of standard output, so
 scripts can capture it.
@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+")
     predict.add_argument("--runs")
     predict.add_argument("--out", help="write the CSV here instead of standard output")
+
+    report = commands.add_parser("report", help="one self-contained HTML report (model card) of an evaluated run")
+    report.add_argument("run")
+    report.add_argument("--runs")
+    report.add_argument("--out", help="HTML file to write (default: report.html in the run's folder)")
+    report.add_argument("--threshold", type=float, default=0.5, help="call positive when p(positive) >= T (0.5)")
+    report.add_argument("--positive", help="positive class of a two-class task (default: the not-normal class)")
 
     listing = commands.add_parser("runs", help="list runs with status and headline metrics")
     listing.add_argument("--runs")
@@ -386,6 +393,18 @@ def command_predict(args: argparse.Namespace) -> int:
     for result in failed:
         _err(f"skipped {result.name}: {result.error}")
     return 1 if failed and len(failed) == len(results) else 0
+
+
+def command_report(args: argparse.Namespace) -> int:
+    from medimg import report, runs
+
+    if not 0.0 <= args.threshold <= 1.0:
+        raise MedimgError(f"--threshold {args.threshold} is not a probability; give a value between 0 and 1.")
+    run = runs.find_run(args.run, args.runs)
+    path = report.write_report(run, args.out or run.path / "report.html", args.threshold, args.positive)
+    _err(f"wrote the report of {run.id} ({path.stat().st_size / 2**20:.1f} MB, opens offline)")
+    print(path)
+    return 0
 
 
 def command_runs(args: argparse.Namespace) -> int:

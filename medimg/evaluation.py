@@ -1,13 +1,21 @@
-"""Test-split metrics a clinician-reviewer expects, computed with scikit-learn, and the curves behind them."""
+"""Evaluate a run: predictions on val and test, metrics from scikit-learn, the clinical summary, the leakage check."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 from typing import Any
 
 import numpy as np
 
+from medimg import bootstrap, clinical
+from medimg.clinical import Scored
+from medimg.errors import RunError
 from medimg.runs import Run
+
+SPLITS = ("val", "test")
+# 2: predictions.csv holds val and test (a `split` column), metrics.json the clinical summary and leakage check.
+EVALUATION_VERSION = 2
 
 
 def predict_arrays(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -88,7 +96,12 @@ def roc_curves(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) ->
 
 
 def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any]:
-    """Evaluate a run's model on its test split; writes metrics.json and predictions.csv, updates run.json."""
+    """Evaluate a run's model on its validation and test splits.
+
+    Writes predictions.csv (both splits, a `split` column) and metrics.json (test metrics at the arg-max, the
+    clinical summary at threshold 0.5 with bootstrap intervals, calibration with a temperature fitted on validation,
+    the leakage check), and the headline metrics in run.json.
+    """
     from medimg import training
 
     spec = run.spec
@@ -99,30 +112,148 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
         from medimg.errors import DatasetError
 
         raise DatasetError("the test split is empty; use a test_fraction above 0 or add a test/ folder.")
-    probs = predict_arrays(model, test.images)
-    result = classification_metrics(test.labels, probs, data.class_names)
-    result["roc"] = roc_curves(test.labels, probs, data.class_names)
+    scored = {}
+    for split in SPLITS:
+        arrays = data.arrays[split]
+        if len(arrays):
+            probs = predict_arrays(model, arrays.images)
+            scored[split] = Scored(np.asarray(arrays.labels, int), probs, list(data.class_names), list(arrays.paths))
+    result = classification_metrics(scored["test"].labels, scored["test"].probs, data.class_names)
+    result["roc"] = roc_curves(scored["test"].labels, scored["test"].probs, data.class_names)
+    summary = clinical_summary(scored["test"], scored.get("val"))
+    kept = ("positive_class", "operating_point", "intervals", "presets", "presets_split")
+    result["clinical"] = {k: summary[k] for k in kept}
+    result["calibration"] = {k: v for k, v in summary["calibration"].items() if k not in ("before", "after")}
+    result["calibration"]["ece_before"] = summary["calibration"]["before"]["ece"]
+    after = summary["calibration"]["after"]
+    result["calibration"]["ece_after"] = after["ece"] if after else None
+    result["leakage"] = leakage_check(data)
+    result["evaluation_version"] = EVALUATION_VERSION
     run.write_json("metrics.json", result)
-    _write_predictions(run, test.paths, test.labels, probs, data.class_names)
+    _write_predictions(run, scored)
     run.update(metrics={k: result[k] for k in ("accuracy", "balanced_accuracy", "auc")})
     return result
 
 
-def _write_predictions(
-    run: Run, paths: list[str], labels: np.ndarray, probs: np.ndarray, class_names: list[str]
-) -> None:
+def clinical_summary(
+    test: Scored,
+    val: Scored | None = None,
+    threshold: float = 0.5,
+    positive: str | int | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Everything the Evaluate page and the report show at one operating point, from predictions alone."""
+    from medimg import calibration
+
+    binary = test.binary
+    index = clinical.positive_index(test.class_names, positive) if binary else None
+    presets, presets_split = preset_thresholds(test, val, index) if binary else ({}, None)
+    return {
+        "class_names": list(test.class_names),
+        "count": len(test),
+        "positive_class": test.class_names[index] if binary else None,
+        "threshold": float(threshold) if binary else None,
+        "operating_point": clinical.operating_point(test, threshold, index).to_dict() if binary else None,
+        "presets": presets,
+        "presets_split": presets_split,
+        "preset_points": {
+            name: clinical.operating_point(test, value, index).to_dict() for name, value in presets.items()
+        },
+        "confusion_matrix": clinical.confusion_matrix(test, threshold, index),
+        "intervals": bootstrap.bootstrap_intervals(test, threshold, index, n_resamples, seed),
+        "curves": clinical.curves(test, index),
+        "calibration": calibration.calibration_summary(test, val, index),
+    }
+
+
+def preset_thresholds(
+    test: Scored,
+    val: Scored | None,
+    positive: str | int | None = None,
+    target_sensitivity: float = 0.95,
+    target_specificity: float = 0.95,
+) -> tuple[dict[str, float], str | None]:
+    """Preset thresholds and the split they were chosen on: validation, never test (choosing on test flatters it);
+    test only when there are no validation predictions with both classes. ({}, None) when neither has both."""
+    index = clinical.positive_index(test.class_names, positive)
+    for name, split in (("val", val), ("test", test)):
+        if split is not None and 0 < int(np.sum(split.labels == index)) < len(split):
+            return clinical.threshold_presets(split, index, target_sensitivity, target_specificity), name
+    return {}, None
+
+
+def leakage_check(data: Any) -> dict[str, Any]:
+    """Identical model inputs in two splits (exact duplicates at the run's image size) and patients in two splits.
+
+    Also counts duplicate groups whose copies carry different labels, a labelling problem either way.
+    """
+    by_hash: dict[str, list[tuple[str, str, int]]] = {}
+    for split, arrays in data.arrays.items():
+        for path, image, label in zip(arrays.paths, arrays.images, arrays.labels, strict=True):
+            digest = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
+            by_hash.setdefault(digest, []).append((split, path, int(label)))
+    groups = [group for group in by_hash.values() if len(group) > 1]
+    cross = [[f"{split}:{path}" for split, path, _ in g] for g in groups if len({s for s, _, _ in g}) > 1]
+    groups_known = any(f.group for _, files in data.splits.items() for f in files)
+    overlap = sorted(data.splits.group_overlap())
+    image_shape = "x".join(str(v) for v in data.input_shape)
+    return {
+        "method": f"exact pixel match of the decoded model inputs ({image_shape}) across train, val and test",
+        "images": int(sum(len(a) for a in data.arrays.values())),
+        "cross_split_duplicates": cross,
+        "within_split_duplicate_groups": sum(1 for g in groups if len({s for s, _, _ in g}) == 1),
+        "conflicting_label_groups": sum(1 for g in groups if len({label for _, _, label in g}) > 1),
+        "groups_known": groups_known,
+        "group_overlap": overlap,
+        "passed": not cross and not overlap,
+    }
+
+
+def _write_predictions(run: Run, scored: dict[str, Scored]) -> None:
+    class_names = next(iter(scored.values())).class_names
     temporary = run.path / ".predictions.csv.tmp"
     with open(temporary, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["path", "true", "predicted", *[f"p_{c}" for c in class_names]])
-        for path, label, row in zip(paths, labels, probs, strict=True):
-            writer.writerow([path, class_names[label], class_names[int(row.argmax())], *[f"{p:.6f}" for p in row]])
+        writer.writerow(["path", "true", "predicted", *[f"p_{c}" for c in class_names], "split"])
+        for split in ("test", "val"):
+            if split not in scored:
+                continue
+            part = scored[split]
+            for path, label, row in zip(part.paths, part.labels, part.probs, strict=True):
+                cells = [f"{p:.6f}" for p in row]
+                writer.writerow([path, class_names[label], class_names[int(row.argmax())], *cells, split])
     temporary.replace(run.path / "predictions.csv")
 
 
-def read_predictions(run: Run) -> list[dict[str, str]]:
+def read_predictions(run: Run, split: str = "test") -> list[dict[str, str]]:
+    """Rows of predictions.csv for one split (a run evaluated before val was saved has test rows only)."""
     try:
         with open(run.path / "predictions.csv", newline="", encoding="utf-8") as stream:
-            return list(csv.DictReader(stream))
+            return [row for row in csv.DictReader(stream) if (row.get("split") or "test") == split]
     except FileNotFoundError:
         return []
+
+
+def load_scored(run: Run) -> dict[str, Scored]:
+    """A run's saved predictions as `Scored` per split ('test', and 'val' when it was saved)."""
+    class_names = list((run.read_json("metrics.json") or {}).get("class_names") or run.record.get("class_names") or [])
+    if not class_names:
+        raise RunError(f"run {run.id} has no class names; it has not been evaluated yet.")
+    found = {}
+    for split in SPLITS:
+        rows = read_predictions(run, split)
+        if not rows:
+            continue
+        try:
+            labels = np.array([class_names.index(row["true"]) for row in rows])
+            probs = np.array([[float(row[f"p_{c}"]) for c in class_names] for row in rows])
+        except (KeyError, ValueError) as error:
+            raise RunError(
+                f"run {run.id}: predictions.csv does not match its classes ({error}); "
+                f"re-evaluate with `python -m medimg evaluate {run.id}`."
+            ) from error
+        found[split] = Scored(labels, probs, class_names, [row["path"] for row in rows])
+    if "test" not in found:
+        raise RunError(f"run {run.id} has no test predictions; evaluate it with `python -m medimg evaluate {run.id}`.")
+    return found

@@ -29,26 +29,43 @@ def gradcam_heatmap(
     `class_index` defaults to the predicted class. For a one-unit sigmoid output, class 0's evidence is the
     gradient of (1 - p).
     """
+    heatmaps, probs = gradcam_heatmaps(
+        model, image[np.newaxis], None if class_index is None else [class_index], layer_name
+    )
+    return heatmaps[0], probs[0]
+
+
+def gradcam_heatmaps(
+    model: Any, images: np.ndarray, class_indices: list[int] | None = None, layer_name: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM for a batch of N×H×W×C uint8 images in one pass: (heatmaps N×H×W in 0..1, probabilities N×K).
+
+    Each image's map is its own (inference mode, so no image influences another's gradients); `class_indices`
+    gives the class to explain per image and defaults to each image's predicted class.
+    """
     import cv2
     import keras
     import tensorflow as tf
 
     layer = model.get_layer(layer_name or last_conv_layer_name(model))
     grad_model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
-    batch = tf.convert_to_tensor(image[np.newaxis].astype(np.float32))
+    batch = tf.convert_to_tensor(np.asarray(images).astype(np.float32))
     with tf.GradientTape() as tape:
         feature_maps, output = grad_model(batch, training=False)
         probs = tf.concat([1.0 - output, output], axis=-1) if output.shape[-1] == 1 else output
-        if class_index is None:
-            class_index = int(tf.argmax(probs[0]))
-        score = probs[:, class_index]
+        chosen = tf.argmax(probs, axis=-1) if class_indices is None else tf.constant(class_indices, tf.int64)
+        score = tf.gather(probs, chosen, axis=1, batch_dims=1)
     gradients = tape.gradient(score, feature_maps)
-    weights = tf.reduce_mean(gradients, axis=(0, 1, 2))
-    cam = tf.nn.relu(tf.reduce_sum(feature_maps[0] * weights, axis=-1)).numpy()
-    if cam.max() > 0:
-        cam = cam / cam.max()
-    heatmap = cv2.resize(cam.astype(np.float32), (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    return np.clip(heatmap, 0.0, 1.0), probs.numpy()[0]
+    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+    cams = tf.nn.relu(tf.reduce_sum(feature_maps * weights, axis=-1)).numpy()
+    height, width = batch.shape[1], batch.shape[2]
+    heatmaps = np.zeros((len(cams), height, width), np.float32)
+    for i, cam in enumerate(cams):
+        if cam.max() > 0:
+            cam = cam / cam.max()
+        resized = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+        heatmaps[i] = np.clip(resized, 0.0, 1.0)
+    return heatmaps, probs.numpy()
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -61,3 +78,21 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.nd
     colored = cv2.applyColorMap(np.uint8(np.round(heatmap * 255)), cv2.COLORMAP_JET)
     colored = cv2.cvtColor(colored, cv2.COLOR_BGR2RGB)
     return np.uint8(np.round((1 - alpha) * base.astype(np.float32) + alpha * colored.astype(np.float32)))
+
+
+def for_display(image: np.ndarray, size: int = 160) -> np.ndarray:
+    """An H×W, H×W×1 or H×W×3 uint8 image as size×size RGB for display; small inputs keep visible pixels."""
+    import cv2
+
+    rgb = image if image.ndim == 3 and image.shape[2] == 3 else np.repeat(image.reshape(*image.shape[:2], 1), 3, axis=2)
+    if max(image.shape[:2]) > size:
+        interpolation = cv2.INTER_AREA
+    else:
+        interpolation = cv2.INTER_NEAREST if max(image.shape[:2]) * 4 <= size else cv2.INTER_LINEAR
+    return cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=interpolation)
+
+
+def side_by_side(image: np.ndarray, heatmap: np.ndarray, size: int = 160, gap: int = 4) -> np.ndarray:
+    """The image and its Grad-CAM overlay next to each other (RGB, size × (2·size + gap)), for a gallery."""
+    spacer = np.full((size, gap, 3), 255, np.uint8)
+    return np.hstack([for_display(image, size), spacer, for_display(overlay(image, heatmap), size)])

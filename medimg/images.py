@@ -75,6 +75,12 @@ def _looks_like_headerless_dicom(head: bytes) -> bool:
     return head[2:4] != b"\x00\x00" or head[4:6] == b"UL" or head[4:8] == b"\x04\x00\x00\x00"
 
 
+def is_dicom(data: bytes) -> bool:
+    """Whether bytes hold DICOM, with or without the 128-byte preamble (the test `decode` uses)."""
+    kind = sniff_format(data[:132])
+    return kind == "dicom" or (not kind and _looks_like_headerless_dicom(data[:8]))
+
+
 def read_bytes(path: str | Path) -> bytes:
     """The file's bytes, with the reasons a file cannot be read phrased for people."""
     path = Path(path)
@@ -93,10 +99,11 @@ def read_bytes(path: str | Path) -> bytes:
         raise ImageReadError(f"cannot read file: {error.strerror or error}") from error
 
 
-def decode(data: bytes, *, frame: int = 0) -> tuple[np.ndarray, ImageInfo]:
+def decode(data: bytes, *, frame: int = 0, window: DicomWindow | None = None) -> tuple[np.ndarray, ImageInfo]:
     """Decode image bytes to the stored pixels (H×W or H×W×C, uint8/uint16/float) and what they were.
 
-    Colour images come back in RGB/RGBA order (OpenCV's BGR is converted here, once).
+    Colour images come back in RGB/RGBA order (OpenCV's BGR is converted here, once). `frame` and `window` apply to
+    DICOM only: the frame of a multi-frame file, and a window replacing the header's (monochrome images).
     """
     if not data:
         raise ImageReadError("empty file (0 bytes)")
@@ -104,7 +111,7 @@ def decode(data: bytes, *, frame: int = 0) -> tuple[np.ndarray, ImageInfo]:
     if not kind and _looks_like_headerless_dicom(data[:8]):
         kind = "dicom"
     if kind == "dicom":
-        return _decode_dicom(data, frame)
+        return _decode_dicom(data, frame, window)
     if kind == "gif":
         raise ImageReadError("GIF is not a supported image format; export the image as PNG")
     if not kind:
@@ -167,7 +174,10 @@ def _apply_exif_orientation(pixels: np.ndarray, data: bytes) -> np.ndarray:
 
 
 def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
-    """Parse DICOM bytes (with or without the preamble)."""
+    """Parse DICOM bytes (with or without the preamble), keeping only the elements that describe the pixels.
+
+    Patient, study and institution identifiers never leave this function: see `_keep_pixel_elements`.
+    """
     import pydicom
     from pydicom.errors import InvalidDicomError
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -183,10 +193,97 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
         implicit, little = dataset.original_encoding
         syntaxes = {(True, True): ImplicitVRLittleEndian, (False, False): ExplicitVRBigEndian}
         dataset.file_meta.TransferSyntaxUID = syntaxes.get((implicit, little), ExplicitVRLittleEndian)
+    _keep_pixel_elements(dataset)
     return dataset
 
 
-def _decode_dicom(data: bytes, frame: int) -> tuple[np.ndarray, ImageInfo]:
+# Everything medimg needs from a DICOM file: the Image Pixel, Modality LUT and VOI LUT modules (group 0028), the
+# pixel data (group 7FE0) and these four elements. An allow-list rather than a deny-list of identifiers, so that
+# names, IDs, dates, addresses, private tags and free text (PS3.15 Annex E) cannot reach a log, a run or a page.
+DICOM_KEPT_GROUPS = (0x0028, 0x7FE0)
+DICOM_KEPT_ELEMENTS = frozenset({0x00080005, 0x00080008, 0x00080016, 0x00080060})  # charset, type, SOP class, modality
+
+
+def _keep_pixel_elements(dataset: pydicom.Dataset) -> None:
+    # Deleting by tag never converts a raw element, so an identifier's value is not even decoded.
+    for tag in list(dataset.keys()):
+        if tag.group not in DICOM_KEPT_GROUPS and int(tag) not in DICOM_KEPT_ELEMENTS:
+            del dataset[tag]
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomWindow:
+    """A display window in the modality's units (Hounsfield units for CT): centre (level) and width."""
+
+    center: float
+    width: float
+
+    def __post_init__(self) -> None:
+        if not self.width > 1:
+            raise ImageReadError(f"window width {self.width} is too small; use a width above 1 (e.g. 400 for CT).")
+
+
+# The usual CT windows (centre, width) in Hounsfield units.
+CT_WINDOWS = {
+    "lung": DicomWindow(-600, 1500),
+    "mediastinum": DicomWindow(50, 350),
+    "bone": DicomWindow(400, 1800),
+    "brain": DicomWindow(40, 80),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DicomSummary:
+    """What the Predict page may show about a DICOM file: pixel facts only, never an identifier."""
+
+    modality: str
+    rows: int
+    columns: int
+    frames: int
+    photometric: str
+    bits_stored: int
+    window: DicomWindow | None
+    rescale_slope: float
+    rescale_intercept: float
+
+    @property
+    def monochrome(self) -> bool:
+        return self.photometric.startswith("MONOCHROME")
+
+
+def dicom_summary(data: bytes) -> DicomSummary:
+    """Frames, size, photometric interpretation, the header's first window and the rescale of DICOM bytes."""
+    dataset = read_dicom_dataset(data)
+    window = None
+    if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        center, width = (_first_value(dataset[name].value) for name in ("WindowCenter", "WindowWidth"))
+        window = DicomWindow(center, width) if width > 1 else None
+    return DicomSummary(
+        modality=str(dataset.get("Modality", "") or ""),
+        rows=int(dataset.get("Rows", 0) or 0),
+        columns=int(dataset.get("Columns", 0) or 0),
+        frames=int(dataset.get("NumberOfFrames", 1) or 1),
+        photometric=str(dataset.get("PhotometricInterpretation", "MONOCHROME2")),
+        bits_stored=int(dataset.get("BitsStored", 8) or 8),
+        window=window,
+        rescale_slope=float(dataset.get("RescaleSlope", 1) or 1),
+        rescale_intercept=float(dataset.get("RescaleIntercept", 0) or 0),
+    )
+
+
+def _first_value(value: object) -> float:
+    from pydicom.multival import MultiValue
+
+    return float(value[0] if isinstance(value, MultiValue | list | tuple) else value)  # several windows: the first
+
+
+def apply_window(values: np.ndarray, window: DicomWindow) -> np.ndarray:
+    """DICOM's linear window (PS3.3 C.11.2.1.2.1) onto 0..255: below the window black, above it white."""
+    scaled = (np.asarray(values, np.float64) - (window.center - 0.5)) / (window.width - 1) + 0.5
+    return np.round(np.clip(scaled, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _decode_dicom(data: bytes, frame: int, window: DicomWindow | None = None) -> tuple[np.ndarray, ImageInfo]:
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     dataset = read_dicom_dataset(data)
@@ -219,7 +316,9 @@ def _decode_dicom(data: bytes, frame: int) -> tuple[np.ndarray, ImageInfo]:
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
     if pixels.ndim == 2 or photometric.startswith("MONOCHROME"):
         pixels = apply_modality_lut(pixels, dataset)
-        if "WindowCenter" in dataset and "WindowWidth" in dataset:
+        if window is not None:
+            pixels = apply_window(pixels, window)
+        elif "WindowCenter" in dataset and "WindowWidth" in dataset:
             pixels = _window_to_uint8(apply_voi_lut(pixels, dataset, index=0), dataset)
         if photometric == "MONOCHROME1":
             pixels = 255 - pixels if pixels.dtype == np.uint8 else pixels.max() - pixels
@@ -296,8 +395,13 @@ def prepare(pixels: np.ndarray, size: int, color: str) -> np.ndarray:
     return resize(convert_channels(to_uint8(pixels), color), size)
 
 
-def load_image(source: str | Path | bytes, size: int, color: str, *, frame: int = 0) -> np.ndarray:
-    """Read a file (or its bytes) into a size×size×C uint8 array. Raises ImageReadError with the reason."""
+def load_image(
+    source: str | Path | bytes, size: int, color: str, *, frame: int = 0, window: DicomWindow | None = None
+) -> np.ndarray:
+    """Read a file (or its bytes) into a size×size×C uint8 array. Raises ImageReadError with the reason.
+
+    `frame` and `window` apply to DICOM (see `decode`); the header's window is used when `window` is None.
+    """
     data = source if isinstance(source, bytes) else read_bytes(source)
-    pixels, _ = decode(data, frame=frame)
+    pixels, _ = decode(data, frame=frame, window=window)
     return prepare(pixels, size, color)

@@ -38,21 +38,33 @@ class Predictor:
         self.class_names = list(record["class_names"])
         self.model = run.load_model()
 
-    def prepare(self, source: str | Path | bytes, frame: int = 0) -> np.ndarray:
-        return images.load_image(source, self.size, self.color, frame=frame)
+    def prepare(
+        self, source: str | Path | bytes, frame: int = 0, window: images.DicomWindow | None = None
+    ) -> np.ndarray:
+        return images.load_image(source, self.size, self.color, frame=frame, window=window)
 
     def predict_images(self, batch: np.ndarray) -> np.ndarray:
         from medimg.evaluation import predict_arrays
 
         return predict_arrays(self.model, batch)
 
-    def predict(self, sources: list[tuple[str, str | Path | bytes]]) -> list[Prediction]:
-        """Predict named sources (path or bytes); unreadable ones come back with their reason, the rest go on."""
+    def predict(
+        self,
+        sources: list[tuple[str, str | Path | bytes]],
+        *,
+        window: images.DicomWindow | None = None,
+        frames: dict[int, int] | None = None,
+    ) -> list[Prediction]:
+        """Predict named sources (path or bytes); unreadable ones come back with their reason, the rest go on.
+
+        For DICOM sources, `window` replaces the header's window and `frames` maps a source's position in the list
+        to the frame to read (default 0); both are ignored for other formats.
+        """
         results: list[Prediction] = []
         ready: list[tuple[int, np.ndarray]] = []
-        for name, source in sources:
+        for position, (name, source) in enumerate(sources):
             try:
-                pixels = self.prepare(source)
+                pixels = self.prepare(source, (frames or {}).get(position, 0), window)
                 ready.append((len(results), pixels))
                 results.append(Prediction(name, {}, image=pixels))
             except ImageReadError as error:
@@ -69,6 +81,14 @@ class Predictor:
 
         heatmap, _ = gradcam_heatmap(self.model, pixels, class_index)
         return heatmap
+
+
+def dicom_summary(source: str | Path | bytes) -> images.DicomSummary | None:
+    """Pixel facts of a DICOM source (frames, window, modality), or None for any other format."""
+    data = source if isinstance(source, bytes) else images.read_bytes(source)
+    if not images.is_dicom(data):
+        return None
+    return images.dicom_summary(data)
 
 
 def predictions_csv(predictions: list[Prediction], class_names: list[str]) -> str:

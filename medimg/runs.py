@@ -3,7 +3,8 @@
 run.json        spec, status, class names, input contract, best parameters, headline metrics
 events.jsonl    one JSON line per epoch / batch tick / trial / status change, appended and flushed
 history.json    per-epoch metrics of the final training
-metrics.json    test-split evaluation
+metrics.json    test-split evaluation (headline metrics, per class, ROC)
+predictions.csv per-image probabilities for the val and test splits (`split` column)
 model.keras     the model (its SHA-256 is recorded in run.json and checked on load)
 tuner/          KerasTuner's project folder;  logs/  TensorBoard;  log.txt  the process's output
 """

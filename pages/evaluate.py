@@ -1,13 +1,66 @@
-"""Evaluate: confusion matrix, ROC, per-class sensitivity/specificity/precision/F1, misclassified test images."""
+"""Evaluate: operating point with intervals, ROC / PR, calibration, a clickable confusion matrix with Grad-CAMs,
+subgroups, the leakage check, and the report and model exports."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
-from medimg import charts, evaluation, images
+from medimg import charts, clinical, evaluation, images, subgroups
 from medimg.errors import MedimgError
 from pages import common
+
+RESAMPLES = 2000
+MAX_CELL_IMAGES = 48
+PRESET_LABELS = {
+    "default": "0.5",
+    "youden": "Youden's J",
+    "sensitivity": "Sens ≥ target",
+    "specificity": "Spec ≥ target",
+}
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def load_scored(run_path: str, stamp: float) -> dict[str, clinical.Scored]:
+    from medimg.runs import Run
+
+    return evaluation.load_scored(Run(run_path))
+
+
+@st.cache_data(max_entries=32, show_spinner="Bootstrapping intervals…")
+def summarize(run_path: str, stamp: float, threshold: float, positive: str | None) -> dict:
+    scored = load_scored(run_path, stamp)
+    return evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive, RESAMPLES)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def presets(run_path: str, stamp: float, positive: str, target: float) -> tuple[dict, str | None]:
+    scored = load_scored(run_path, stamp)
+    return evaluation.preset_thresholds(scored["test"], scored.get("val"), positive, target, target)
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def load_model(run_path: str, model_hash: str):
+    from medimg.runs import Run
+
+    return Run(run_path).load_model()
+
+
+def set_threshold(value: float) -> None:
+    st.session_state["evaluate_threshold"] = round(float(value), 3)
+
+
+def interval_text(value: dict, with_estimate: bool = True) -> str:
+    """'0.833 (0.714–0.952)', or only the interval."""
+    if value["estimate"] is None:
+        return "–"
+    if value["low"] is None:
+        return f"{value['estimate']:.3f}" if with_estimate else "–"
+    interval = f"{value['low']:.3f}–{value['high']:.3f}"
+    return f"{value['estimate']:.3f} ({interval})" if with_estimate else interval
+
 
 st.title("Evaluate")
 run = common.pick_run("Run", needs="metrics.json", key="evaluate_run")
@@ -18,36 +71,263 @@ metrics = run.read_json("metrics.json")
 if not metrics:
     st.error(f"{run.id}: metrics.json is missing or damaged; run `python -m medimg evaluate {run.id}`.")
     st.stop()
+stamp = (run.path / "predictions.csv").stat().st_mtime if (run.path / "predictions.csv").exists() else 0.0
+try:
+    scored = load_scored(str(run.path), stamp)
+except MedimgError as error:
+    common.show_error(error)
+    st.stop()
+test = scored["test"]
+names = test.class_names
 
-cols = st.columns(4)
-cols[0].metric("Accuracy", f"{metrics['accuracy']:.3f}")
-cols[1].metric("Balanced accuracy", f"{metrics['balanced_accuracy']:.3f}")
-cols[2].metric("ROC AUC", "–" if metrics["auc"] is None else f"{metrics['auc']:.3f}")
-cols[3].metric("Test images", metrics["count"])
-st.caption("Test split only. Not for clinical use.")
+if "val" not in scored or metrics.get("evaluation_version", 0) < evaluation.EVALUATION_VERSION:
+    st.info(
+        "This run was evaluated by an older medimg: without validation predictions there is no temperature scaling, "
+        "and preset thresholds fall back to the test split. Re-evaluating keeps the model and rescores both splits."
+    )
+    if st.button("Re-evaluate this run"):
+        try:
+            with st.spinner("Scoring the validation and test splits…"):
+                evaluation.evaluate_run(run)
+            st.rerun()  # predictions.csv changed, so every cached result keyed on its time is recomputed
+        except MedimgError as error:
+            common.show_error(error)
+
+# ------------------------------------------------------------------------------------------- operating point
+threshold, positive = 0.5, None
+if test.binary:
+    left, middle, right = st.columns([2, 1, 3])
+    positive = left.selectbox(
+        "Positive class",
+        names,
+        index=clinical.default_positive(names),
+        key=f"evaluate_positive_{run.id}",
+        help="The finding the test is looking for: sensitivity is measured on it.",
+    )
+    target = middle.number_input("Target", 0.5, 0.999, 0.95, 0.01, format="%.2f", help="For the two target presets.")
+    choices, chosen_on = presets(str(run.path), stamp, positive, target)
+    right.caption(
+        f"Operating-point presets, chosen on the {'validation' if chosen_on == 'val' else 'test'} split and "
+        "measured on test. A preset moves the slider."
+    )
+    buttons = right.columns(len(PRESET_LABELS))
+    for column, (name, label) in zip(buttons, PRESET_LABELS.items(), strict=True):
+        value = choices.get(name)
+        column.button(
+            label,
+            key=f"preset_{name}",
+            on_click=set_threshold,
+            args=(value,),
+            disabled=value is None,
+            help=None if value is None else f"threshold {value:.3f}",
+            width="stretch",
+        )
+    threshold = st.slider(
+        f"Threshold: call {positive} when p({positive}) ≥",
+        0.0,
+        1.0,
+        step=0.001,
+        format="%.3f",
+        key=common.seed_widget("evaluate_threshold", 0.5),
+    )
+summary = summarize(str(run.path), stamp, float(threshold), positive)
+intervals = summary["intervals"]["metrics"]
+
+if test.binary:
+    tiles = [
+        ("Sensitivity", "sensitivity"),
+        ("Specificity", "specificity"),
+        ("PPV", "ppv"),
+        ("NPV", "npv"),
+        ("ROC AUC", "auc"),
+    ]
+else:
+    tiles = [("Accuracy", "accuracy"), ("Balanced accuracy", "balanced_accuracy"), ("ROC AUC", "auc")]
+cols = st.columns(len(tiles) + 1)
+for column, (label, key) in zip(cols, tiles, strict=False):
+    value = intervals[key]
+    ci = "" if value["low"] is None else f"95% CI {value['low']:.3f}–{value['high']:.3f}"
+    column.metric(label, "–" if value["estimate"] is None else f"{value['estimate']:.3f}", help=ci or None)
+cols[-1].metric("Test images", summary["count"])
+rows = [
+    {"metric": clinical.metric_label(name), "estimate": value["estimate"], "95% CI": interval_text(value, False)}
+    for name, value in intervals.items()
+]
+st.table(
+    pd.DataFrame(rows)
+    .set_index("metric")
+    .style.format({"estimate": lambda v: "–" if v is None or v != v else f"{v:.3f}"})
+)
+st.caption(
+    f"Test split only. 95% intervals: stratified percentile bootstrap, {RESAMPLES} resamples. Not for clinical use."
+)
+
+# ------------------------------------------------------------------------------------------------------ charts
+cell_key = f"evaluate_cell_{run.id}"
+cells = [(i, j) for i in range(len(names)) for j in range(len(names))]
+matrix = summary["confusion_matrix"]
+
+
+def take_clicked_cell() -> None:
+    event = st.session_state.get("confusion") or {}
+    cell = charts.selected_cell((event.get("selection") or {}).get("points", []), names)
+    if cell is not None:
+        st.session_state[cell_key] = f"{cell[0]},{cell[1]}"
+
+
+options = [f"{i},{j}" for i, j in cells]
+if st.session_state.get(cell_key) not in options:
+    wrong = [(i, j) for i, j in cells if i != j and matrix[i][j]]
+    if test.binary:  # false negatives first: the misses a reviewer asks about before anything else
+        missed = names.index(positive)
+        wrong.sort(key=lambda cell: cell != (missed, 1 - missed))
+    first = (wrong or [(0, 0)])[0]
+    st.session_state[cell_key] = f"{first[0]},{first[1]}"
+chosen = tuple(int(v) for v in st.session_state[cell_key].split(","))
 
 left, right = st.columns(2)
-left.plotly_chart(charts.confusion_matrix_figure(metrics["confusion_matrix"], metrics["class_names"]), key="confusion")
-if metrics.get("roc"):
-    right.plotly_chart(charts.roc_figure(metrics["roc"]), key="roc")
-table = pd.DataFrame(metrics["per_class"]).T
-table.index.name = "class"
-st.dataframe(table.style.format({c: "{:.3f}" for c in ("sensitivity", "specificity", "precision", "f1")}))
+left.plotly_chart(
+    charts.confusion_matrix_figure(matrix, names, clickable=True, selected=chosen),
+    key="confusion",
+    on_select=take_clicked_cell,
+    selection_mode="points",
+)
+right.plotly_chart(charts.roc_figure(summary["curves"]["roc"], summary["operating_point"]), key="roc")
+left, right = st.columns(2)
+left.plotly_chart(charts.precision_recall_figure(summary["curves"]["pr"], summary["operating_point"]), key="pr")
+calibration = summary["calibration"]
+right.plotly_chart(charts.reliability_figure(calibration["before"], calibration["after"]), key="calibration")
+if calibration["temperature"]:
+    right.caption(
+        f"Temperature scaling fitted on validation: T = {calibration['temperature']:.3f}; test ECE "
+        f"{calibration['before']['ece']:.3f} → {calibration['after']['ece']:.3f}."
+    )
+else:
+    right.caption(f"Test ECE {calibration['before']['ece']:.3f}; no validation predictions to fit a temperature.")
 
-st.subheader("Misclassified test images")
-wrong = [row for row in evaluation.read_predictions(run) if row["true"] != row["predicted"]]
-if not wrong:
-    st.success("Every test image is classified correctly.")
-    st.stop()
-shown = 1 if len(wrong) == 1 else st.slider("How many", 1, min(48, len(wrong)), min(12, len(wrong)))
-grid = st.columns(6)
-for index, row in enumerate(wrong[:shown]):
-    probability = float(row[f"p_{row['predicted']}"])
-    with grid[index % 6]:
+if not test.binary:
+    per_class = pd.DataFrame(metrics["per_class"]).T
+    per_class.index.name = "class"
+    st.caption("Per class, one-vs-rest at the arg-max prediction (intervals for sensitivity and specificity above).")
+    st.dataframe(
+        per_class.style.format({c: "{:.3f}" for c in ("sensitivity", "specificity", "precision", "f1")}),
+        key="per_class",
+    )
+
+# ---------------------------------------------------------------------------------------- subgroups, leakage
+attributes = subgroups.manifest_attributes(run.spec.dataset.path)
+if attributes:
+    st.subheader("Subgroups")
+    column = st.selectbox("Manifest column", list(attributes), key="evaluate_subgroup")
+    rows = subgroups.subgroup_metrics(test, attributes[column], float(threshold), positive)
+    shown = [
+        {
+            column: row["value"],
+            "images": row["count"],
+            **({"positives": row["positives"]} if "positives" in row else {}),
+            **{key: interval_text(row[key]) for key in ("auc", "sensitivity", "specificity", "accuracy") if key in row},
+        }
+        for row in rows
+    ]
+    st.dataframe(pd.DataFrame(shown).set_index(column), key="subgroups")
+
+leakage = metrics.get("leakage")
+if leakage:
+    duplicates = leakage["cross_split_duplicates"]
+    if leakage["passed"]:
+        st.success(f"Leakage check passed: no identical images across splits ({leakage['images']} checked).")
+    else:
+        conflicts = leakage.get("conflicting_label_groups", 0)
+        st.warning(
+            f"Leakage check failed: {len(duplicates)} identical image group(s) across splits"
+            f"{f' ({conflicts} with different labels)' if conflicts else ''}, "
+            f"{len(leakage['group_overlap'])} patient(s) in more than one split. The test metrics may be optimistic."
+        )
+        with st.expander("Identical images across splits"):
+            st.write("\n".join(f"- {' = '.join(group)}" for group in duplicates[:50]))
+
+# ------------------------------------------------------------------------------------------ cell drill-down
+st.subheader("Images in a confusion-matrix cell")
+
+
+def cell_label(option: str) -> str:
+    # No count in the label: the browser keeps an option's first label while the threshold moves the counts.
+    i, j = (int(v) for v in option.split(","))
+    return f"true {names[i]} → called {names[j]}"
+
+
+st.selectbox("Cell (or click one in the confusion matrix)", options, key=cell_key, format_func=cell_label)
+true, called = chosen
+members = clinical.cell_indices(test, true, called, float(threshold), positive)
+where = f" at threshold {float(threshold):.3f}" if test.binary else ""
+st.caption(f"{len(members)} test image(s) in this cell{where}, the most confident call first.")
+if len(members) == 0:
+    st.info("No test images in this cell.")
+else:
+    count = min(MAX_CELL_IMAGES, len(members))
+    shown_count = 1 if count == 1 else st.slider("How many", 1, count, min(12, count))
+    show_cam = st.toggle("Grad-CAM overlay", value=True)
+    size, color = int(run.record["input"]["image_size"]), run.record["input"]["color"]
+    picked = members[:shown_count]
+    loaded, failures = [], []
+    for i in picked:
         try:
-            st.image(
-                images.load_image(row["path"], 128, "rgb"),
-                caption=f"true {row['true']} → {row['predicted']} ({probability:.0%})",
-            )
+            loaded.append((i, images.load_image(test.paths[i], size, color)))
         except MedimgError as error:
-            st.caption(f"{row['path']}: {error}")
+            failures.append(f"{test.paths[i]}: {error}")
+    heatmaps = None
+    if show_cam and loaded:
+        from medimg.explain import gradcam_heatmaps
+
+        try:
+            model = load_model(str(run.path), run.record.get("model_sha256", ""))
+            heatmaps, _ = gradcam_heatmaps(model, [pixels for _, pixels in loaded], [called] * len(loaded))
+        except MedimgError as error:
+            common.show_error(error)
+    from medimg.explain import for_display, side_by_side
+
+    grid = st.columns(3)
+    for position, (i, pixels) in enumerate(loaded):
+        caption = f"{Path(test.paths[i]).name}: p({names[called]}) = {test.probs[i, called]:.2f}"
+        with grid[position % 3]:
+            if heatmaps is not None:
+                st.image(side_by_side(pixels, heatmaps[position]), caption=f"{caption} · Grad-CAM for {names[called]}")
+            else:
+                st.image(for_display(pixels), caption=caption)
+    for failure in failures:
+        st.caption(failure)
+
+# --------------------------------------------------------------------------------------------------- exports
+st.subheader("Export")
+left, right = st.columns(2)
+
+
+def report_bytes() -> bytes:
+    from medimg import report
+
+    return report.build_report(run, float(threshold), positive).encode("utf-8")
+
+
+def bundle_bytes() -> bytes:
+    from medimg import bundle
+
+    return bundle.model_bundle(run, float(threshold), positive)
+
+
+left.download_button(
+    "Export report (HTML)",
+    report_bytes,
+    file_name=f"report-{run.id}.html",
+    mime="text/html",
+    on_click="ignore",
+    help="One self-contained file (opens offline): model card, metrics with intervals at this operating point, "
+    "curves, calibration, Grad-CAM examples.",
+)
+right.download_button(
+    "Download model + preprocessing contract (zip)",
+    bundle_bytes,
+    file_name=f"model-{run.id}.zip",
+    mime="application/zip",
+    on_click="ignore",
+    help="model.keras with contract.json: image size, channel mode, class names, positive class and threshold.",
+)

@@ -46,11 +46,76 @@ if len(uploads) > MAX_FILES:
     st.warning(f"{len(uploads)} files uploaded; only the first {MAX_FILES} are predicted.")
     uploads = uploads[:MAX_FILES]
 
+from medimg import images  # noqa: E402
 from medimg.explain import overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
-from medimg.predict import predictions_csv  # noqa: E402
+from medimg.predict import dicom_summary, predictions_csv  # noqa: E402
+
+WINDOW_CHOICES = ["Header window", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
+
+
+def describe(data: bytes) -> images.DicomSummary | None:
+    try:
+        return dicom_summary(data)
+    except MedimgError:
+        return None  # unreadable: the prediction below reports why
+
+
+def window_inputs() -> images.DicomWindow | None:
+    """The window for every DICOM upload: None keeps each file's own header window."""
+    choice = st.selectbox(
+        "Window (monochrome DICOM)",
+        WINDOW_CHOICES,
+        key="predict_window",
+        help="CT presets in Hounsfield units (centre / width): lung -600 / 1500, mediastinum 50 / 350, "
+        "bone 400 / 1800, brain 40 / 80. The model was trained with each file's header window.",
+    )
+    if choice == "Header window":
+        return None
+    if choice != "Custom":
+        return images.CT_WINDOWS[choice.lower()]
+    left, right = st.columns(2)
+    center = left.number_input("Window centre", value=40.0, step=10.0, key="predict_window_center")
+    width = right.number_input("Window width", min_value=2.0, value=400.0, step=10.0, key="predict_window_width")
+    return images.DicomWindow(center, width)
+
+
+def header_text(summary: images.DicomSummary) -> str:
+    window = (
+        f"header window centre {summary.window.center:g} / width {summary.window.width:g}"
+        if summary.window
+        else "no window in the header (full range shown)"
+    )
+    return (
+        f"DICOM {summary.modality or '?'} · {summary.columns}×{summary.rows} · {summary.photometric} · "
+        f"{summary.bits_stored}-bit · {window}"
+    )
+
+
+sources = [(upload.name, upload.getvalue()) for upload in uploads]
+dicoms = {index: describe(data) for index, (_, data) in enumerate(sources)}
+dicoms = {index: summary for index, summary in dicoms.items() if summary is not None}
+window, frames = None, {}
+if dicoms:
+    with st.expander(f"DICOM display ({len(dicoms)} file(s))", expanded=True):
+        window = window_inputs()
+        for index, summary in dicoms.items():
+            name = sources[index][0]
+            st.caption(f"{name}: {header_text(summary)}")
+            if summary.frames > 1:
+                frames[index] = st.number_input(
+                    f"Frame of {name} (0–{summary.frames - 1})",
+                    min_value=0,
+                    max_value=summary.frames - 1,
+                    value=0,
+                    key=f"predict_frame_{index}_{name}",
+                )
+                st.info(
+                    f"{name} is a multi-frame DICOM ({summary.frames} frames): only frame {frames[index]} is "
+                    "predicted; choose another frame above."
+                )
 
 with st.spinner("Predicting…"):
-    results = predictor.predict([(upload.name, upload.getvalue()) for upload in uploads])
+    results = predictor.predict(sources, window=window, frames=frames)
 st.download_button(
     "Download all predictions (CSV)",
     predictions_csv(results, predictor.class_names),

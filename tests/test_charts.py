@@ -49,11 +49,6 @@ def test_history_without_epoch_numbers_counts_from_one() -> None:
     assert fig.layout.title.text == "Accuracy"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="charts.history_figure numbers the epochs from the train metric only: a history with validation values "
-    "but no train values and no 'epoch' list gets x=[] and plotly draws nothing (charts.py is not ours to change).",
-)
 def test_history_with_only_validation_values_still_has_epochs() -> None:
     fig = charts.history_figure({"val_accuracy": [0.5, 0.6]}, "accuracy")
     assert list(fig.data[0].x) == [1, 2]

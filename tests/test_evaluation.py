@@ -1,10 +1,12 @@
-"""Test-split metrics: checked against hand counts and scikit-learn; ROC curves; evaluate_run's files."""
+"""Test-split metrics: checked against hand counts and scikit-learn; ROC curves; evaluate_run's files: val and test
+predictions, the clinical summary, calibration fitted on val, the leakage check."""
 
 from __future__ import annotations
 
 import csv
 import dataclasses
 import json
+import shutil
 from itertools import product
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from medimg import evaluation, runs
+from medimg import calibration, clinical, evaluation, runs, training
 from medimg.config import DatasetConfig, ModelParams, RunSpec
 from medimg.errors import DatasetError
 from tests.conftest import DEMO
@@ -153,7 +155,8 @@ def test_evaluate_run_writes_metrics_predictions_and_headline(evaluated) -> None
     assert run.record["metrics"] == {k: result[k] for k in ("accuracy", "balanced_accuracy", "auc")}
     rows = evaluation.read_predictions(run)
     assert len(rows) == 30
-    assert list(rows[0]) == ["path", "true", "predicted", "p_NORMAL", "p_PNEUMONIA"]
+    assert list(rows[0]) == ["path", "true", "predicted", "p_NORMAL", "p_PNEUMONIA", "split"]
+    assert {row["split"] for row in rows} == {"test"}
     probs = evaluation.predict_arrays(model, data.arrays["test"].images)
     for row, path, label, p in zip(rows, data.arrays["test"].paths, data.arrays["test"].labels, probs, strict=True):
         assert row["path"] == path and row["true"] == data.class_names[label]
@@ -185,3 +188,91 @@ def test_read_predictions_of_a_run_without_any(tmp_path: Path) -> None:
     with open(run.path / "predictions.csv", "w", newline="") as stream:
         csv.writer(stream).writerows([["path", "true"], ["a.png", "x"]])
     assert evaluation.read_predictions(run) == [{"path": "a.png", "true": "x"}]
+
+
+def test_val_predictions_are_saved_and_load_back(evaluated) -> None:
+    run, data, model, _ = evaluated
+    val_rows = evaluation.read_predictions(run, "val")
+    assert len(val_rows) == len(data.arrays["val"]) == 30 and {row["split"] for row in val_rows} == {"val"}
+    scored = evaluation.load_scored(run)
+    assert sorted(scored) == ["test", "val"]
+    for split in ("val", "test"):
+        arrays = data.arrays[split]
+        assert scored[split].paths == list(arrays.paths)
+        np.testing.assert_array_equal(scored[split].labels, arrays.labels)
+        np.testing.assert_allclose(scored[split].probs, evaluation.predict_arrays(model, arrays.images), atol=1e-6)
+
+
+def test_metrics_json_holds_the_clinical_summary_at_one_half(evaluated) -> None:
+    run, data, model, result = evaluated
+    scored = evaluation.load_scored(run)
+    test, val = scored["test"], scored["val"]
+    summary = result["clinical"]
+    assert summary["positive_class"] == "PNEUMONIA"
+    point = clinical.operating_point(test, 0.5, "PNEUMONIA")
+    assert summary["operating_point"] == point.to_dict()
+    intervals = summary["intervals"]
+    assert intervals["resamples"] == 2000 and intervals["metrics"]["auc"]["estimate"] == pytest.approx(result["auc"])
+    assert intervals["metrics"]["sensitivity"]["estimate"] == pytest.approx(point.sensitivity)
+    assert summary["presets_split"] == "val"  # thresholds are chosen on validation, never on test
+    youden = clinical.youden_threshold(val.labels == 1, val.probs[:, 1])
+    assert summary["presets"]["youden"] == pytest.approx(youden)
+    val_probs = evaluation.predict_arrays(model, data.arrays["val"].images)  # unrounded, as evaluate_run had them
+    assert result["calibration"]["temperature"] == pytest.approx(calibration.fit_temperature(val.labels, val_probs))
+    assert result["calibration"]["ece_before"] == pytest.approx(calibration.expected_calibration_error(test))
+    assert result["evaluation_version"] == evaluation.EVALUATION_VERSION
+    leakage = result["leakage"]
+    assert leakage["images"] == 140 and leakage["groups_known"] is False
+    assert leakage["passed"] is True and leakage["cross_split_duplicates"] == []
+
+
+def test_clinical_summary_presets_fall_back_to_test_without_val(evaluated) -> None:
+    run, _, _, _ = evaluated
+    test = evaluation.load_scored(run)["test"]
+    summary = evaluation.clinical_summary(test, None, threshold=0.3, positive="NORMAL", n_resamples=200)
+    assert summary["presets_split"] == "test" and summary["calibration"]["after"] is None
+    assert summary["threshold"] == 0.3 and summary["positive_class"] == "NORMAL"
+    assert summary["confusion_matrix"] == clinical.confusion_matrix(test, 0.3, "NORMAL")
+    assert list(summary["curves"]["roc"]) == ["NORMAL"]
+    assert summary["preset_points"]["default"] == clinical.operating_point(test, 0.5, "NORMAL").to_dict()
+
+
+def test_leakage_check_finds_copies_across_splits_and_their_labels(tmp_path: Path) -> None:
+    data_dir = tmp_path / "leaky"
+    shutil.copytree(DEMO, data_dir)
+    train_normal = sorted((data_dir / "train" / "NORMAL").glob("*.jpeg"))
+    shutil.copy(train_normal[0], data_dir / "test" / "NORMAL" / "copy-same-label.jpeg")
+    shutil.copy(train_normal[1], data_dir / "val" / "PNEUMONIA" / "copy-other-label.jpeg")
+    data = training.prepare_data(DatasetConfig(path=str(data_dir), image_size=16))
+    leakage = evaluation.leakage_check(data)
+    assert leakage["passed"] is False and leakage["images"] == 142
+    groups = sorted(sorted(group) for group in leakage["cross_split_duplicates"])
+    assert groups == sorted(
+        [
+            sorted([f"train:{train_normal[0]}", f"test:{data_dir / 'test' / 'NORMAL' / 'copy-same-label.jpeg'}"]),
+            sorted([f"train:{train_normal[1]}", f"val:{data_dir / 'val' / 'PNEUMONIA' / 'copy-other-label.jpeg'}"]),
+        ]
+    )
+    assert leakage["conflicting_label_groups"] == 1 and leakage["within_split_duplicate_groups"] == 0
+    assert "16x16x1" in leakage["method"]
+
+
+def test_leakage_check_reports_a_patient_in_two_splits(tmp_path: Path) -> None:
+    files = (
+        sorted((DEMO / "train" / "NORMAL").glob("*.jpeg"))[:6]
+        + sorted((DEMO / "train" / "PNEUMONIA").glob("*.jpeg"))[:6]
+    )
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "group", "split"])
+        for i, path in enumerate(files):
+            shutil.copy(path, tmp_path / path.name)
+            split = ("train", "train", "val", "test")[i % 4]
+            # Patient "shared" has one image in train and one in test: the split column put them there.
+            group = "shared" if i in (0, 3) else f"p{i}"
+            writer.writerow([path.name, path.parent.name, group, split])
+    data = training.prepare_data(DatasetConfig(path=str(manifest), image_size=16))
+    leakage = evaluation.leakage_check(data)
+    assert leakage["groups_known"] is True and leakage["group_overlap"] == ["shared"]
+    assert leakage["passed"] is False and leakage["cross_split_duplicates"] == []

@@ -116,3 +116,26 @@ def test_overlay_shape_dtype_and_colours() -> None:
     rgb = np.zeros((5, 5, 3), np.uint8)
     assert explain.overlay(rgb, np.zeros((5, 5), np.float32)).shape == (5, 5, 3)
     assert explain.overlay(gray[..., 0], heatmap).shape == (4, 6, 3)  # plain H×W gray too
+
+
+def test_a_batch_gives_each_image_its_own_map(square_detector) -> None:
+    model, test_images, _ = square_detector
+    batch = test_images[:5]
+    heatmaps, probs = explain.gradcam_heatmaps(model, batch)
+    assert heatmaps.shape == (5, SIZE, SIZE) and heatmaps.dtype == np.float32 and probs.shape == (5, 2)
+    for image, heatmap, row in zip(batch, heatmaps, probs, strict=True):
+        alone, alone_probs = explain.gradcam_heatmap(model, image)
+        np.testing.assert_allclose(heatmap, alone, atol=1e-5)
+        np.testing.assert_allclose(row, alone_probs, atol=1e-6)
+    # A class per image: class 0 for the first two, class 1 for the rest.
+    chosen, _ = explain.gradcam_heatmaps(model, batch, [0, 0, 1, 1, 1])
+    np.testing.assert_allclose(chosen[0], explain.gradcam_heatmap(model, batch[0], class_index=0)[0], atol=1e-5)
+    np.testing.assert_allclose(chosen[4], heatmaps[4], atol=1e-5)
+
+
+def test_display_helpers_scale_to_rgb() -> None:
+    tiny = np.arange(16, dtype=np.uint8).reshape(4, 4, 1)
+    shown = explain.for_display(tiny, 16)
+    assert shown.shape == (16, 16, 3) and (shown[:4, :4] == 0).all() and (shown[12:, 12:] == 15).all()  # blocks
+    pair = explain.side_by_side(tiny, np.ones((4, 4), np.float32), size=16, gap=2)
+    assert pair.shape == (16, 34, 3) and (pair[:, 16:18] == 255).all()

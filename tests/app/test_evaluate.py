@@ -1,16 +1,41 @@
-"""Evaluate page: headline metrics, confusion matrix and ROC charts, per-class table, misclassified test images."""
+"""Evaluate page: operating point (threshold, presets, positive class) with bootstrap intervals, ROC / PR with the
+operating point, calibration, the clickable confusion matrix and its images with Grad-CAM, subgroups, the leakage
+check, re-evaluation of an old run, and the export buttons."""
 
 from __future__ import annotations
 
+import csv
 import shutil
 from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from medimg import evaluation, runs
+from medimg import clinical, evaluation, runs, subgroups
 
 from .conftest import APP, DEMO, TIMEOUT, FinishedRuns, by_label, charts, no_exception, open_page, values
+
+TILES = ["Sensitivity", "Specificity", "PPV", "NPV", "ROC AUC", "Test images"]
+TILE_KEYS = ["sensitivity", "specificity", "ppv", "npv", "auc"]
+
+
+def shown(at: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def expected_tiles(run: runs.Run, threshold: float, positive: str) -> dict[str, str]:
+    scored = evaluation.load_scored(run)
+    summary = evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive)
+    metrics = summary["intervals"]["metrics"]
+    tiles = {
+        label: "–" if metrics[key]["estimate"] is None else f"{metrics[key]['estimate']:.3f}"
+        for label, key in zip(TILES, TILE_KEYS, strict=False)
+    }
+    return {**tiles, "Test images": str(summary["count"])}
+
+
+def cell_captions(at: AppTest) -> list[str]:
+    return [caption for image in at.image for caption in image.captions]
 
 
 def test_empty_runs_folder_asks_for_a_trained_model(runs_dir: Path) -> None:
@@ -20,60 +45,128 @@ def test_empty_runs_folder_asks_for_a_trained_model(runs_dir: Path) -> None:
     assert not at.metric and not at.get("plotly_chart")
 
 
-def test_a_finished_run_shows_its_metrics_and_charts(finished_runs: FinishedRuns) -> None:
+def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(finished_runs: FinishedRuns) -> None:
     at = open_page("evaluate")
     picker = at.selectbox(key="evaluate_run")
     # Both runs have a test evaluation; each is labelled "<id> · <status> · test AUC <auc>".
     assert sorted(option.split(" · ")[:2] for option in picker.options) == sorted(
         [[finished_runs.train_id, "completed"], [finished_runs.tune_id, "completed"]]
     )
-    assert all(" · test AUC " in option for option in picker.options)
     picker.set_value(finished_runs.train_id).run()
     no_exception(at)
     assert at.query_params["run"] == finished_runs.train_id
-
     run = runs.Run(finished_runs.root / finished_runs.train_id)
-    metrics = run.read_json("metrics.json")
-    shown = {metric.label: metric.value for metric in at.metric}
-    assert shown == {
-        "Accuracy": f"{metrics['accuracy']:.3f}",
-        "Balanced accuracy": f"{metrics['balanced_accuracy']:.3f}",
-        "ROC AUC": f"{metrics['auc']:.3f}",
-        "Test images": "30",
-    }
+
+    positive = by_label(at.selectbox, "Positive class")
+    assert positive.options == ["NORMAL", "PNEUMONIA"] and positive.value == "PNEUMONIA"
+    assert at.slider(key="evaluate_threshold").value == 0.5
+    assert shown(at) == expected_tiles(run, 0.5, "PNEUMONIA")
+
+    scored = evaluation.load_scored(run)
+    summary = evaluation.clinical_summary(scored["test"], scored["val"], 0.5, "PNEUMONIA")
+    (table,) = at.table
+    frame = table.value
+    assert list(frame.index) == [clinical.metric_label(k) for k in summary["intervals"]["metrics"]]
+    sensitivity = summary["intervals"]["metrics"]["sensitivity"]
+    row = frame.loc["Sensitivity (recall)"]
+    assert row["estimate"] == pytest.approx(sensitivity["estimate"])
+    assert row["95% CI"] == f"{sensitivity['low']:.3f}–{sensitivity['high']:.3f}"
+    assert "95% intervals: stratified percentile bootstrap, 2000 resamples" in " ".join(values(at.caption))
+
     figures = charts(at)
-    confusion = figures["confusion"]["data"][0]
-    assert confusion["type"] == "heatmap"
-    assert confusion["x"] == ["NORMAL", "PNEUMONIA"] and confusion["y"] == ["NORMAL", "PNEUMONIA"]
-    assert confusion["text"][0][0].startswith(f"{metrics['confusion_matrix'][0][0]}<br>")
-    roc_names = [trace["name"] for trace in figures["roc"]["data"]]
-    assert roc_names[-1] == "chance" and len(roc_names) >= 2
-    assert all("AUC" in name for name in roc_names[:-1])
+    assert {"confusion", "roc", "pr", "calibration"} <= set(figures)
+    heatmap, cells = figures["confusion"]["data"][:2]
+    matrix = clinical.confusion_matrix(scored["test"], 0.5, "PNEUMONIA")
+    assert heatmap["type"] == "heatmap" and heatmap["text"][1][0].startswith(f"{matrix[1][0]}<br>")
+    assert cells["type"] == "scatter" and cells["customdata"] == [[0, 0], [0, 1], [1, 0], [1, 1]]
+    point = figures["roc"]["data"][-1]
+    assert point["name"] == "operating point (threshold 0.500)"
+    assert point["x"][0] == pytest.approx(1 - summary["operating_point"]["specificity"])
+    assert point["y"][0] == pytest.approx(summary["operating_point"]["sensitivity"])
+    assert figures["pr"]["data"][-1]["name"] == "operating point (threshold 0.500)"
+    calibration = summary["calibration"]
+    names = [trace["name"] for trace in figures["calibration"]["data"]]
+    assert names == [
+        "perfectly calibrated",
+        f"before (ECE {calibration['before']['ece']:.3f})",
+        f"after temperature scaling (ECE {calibration['after']['ece']:.3f})",
+    ]
+    expected = f"Temperature scaling fitted on validation: T = {calibration['temperature']:.3f}"
+    assert [text for text in values(at.caption) if text.startswith(expected)]
+    assert values(at.success) == ["Leakage check passed: no identical images across splits (140 checked)."]
+    assert not by_label(at.download_button, "Export report (HTML)").disabled
+    assert not by_label(at.download_button, "Download model + preprocessing contract (zip)").disabled
 
-    per_class = at.dataframe[0].value
-    assert sorted(per_class.index) == ["NORMAL", "PNEUMONIA"]
-    assert {"sensitivity", "specificity", "precision", "f1"} <= set(per_class.columns)
 
-
-def test_misclassified_test_images_are_shown_with_their_labels(finished_runs: FinishedRuns) -> None:
-    at = open_page("evaluate")
-    at.selectbox(key="evaluate_run").set_value(finished_runs.train_id).run()
+def test_threshold_slider_and_presets_move_the_operating_point(finished_runs: FinishedRuns) -> None:
+    at = open_page("evaluate", run=finished_runs.train_id)
     run = runs.Run(finished_runs.root / finished_runs.train_id)
-    wrong = [row for row in evaluation.read_predictions(run) if row["true"] != row["predicted"]]
-    assert "Misclassified test images" in values(at.subheader)
-    if not wrong:
-        assert values(at.success) == ["Every test image is classified correctly."]
-        return
-    how_many = by_label(at.slider, "How many")
-    assert how_many.value == min(12, len(wrong)) and how_many.max == min(48, len(wrong))
-    captions = [caption for image in at.image for caption in image.captions]
-    assert len(captions) == min(12, len(wrong))
-    first = wrong[0]
-    assert captions[0].startswith(f"true {first['true']} → {first['predicted']} (")
-
-    how_many.set_value(1).run()
+    scored = evaluation.load_scored(run)
+    at.slider(key="evaluate_threshold").set_value(0.3).run()
     no_exception(at)
-    assert len([caption for image in at.image for caption in image.captions]) == 1
+    assert shown(at) == expected_tiles(run, 0.3, "PNEUMONIA")
+    matrix = clinical.confusion_matrix(scored["test"], 0.3, "PNEUMONIA")
+    texts = charts(at)["confusion"]["data"][0]["text"]
+    assert [[int(cell.split("<br>")[0]) for cell in row] for row in texts] == matrix
+    assert charts(at)["roc"]["data"][-1]["name"] == "operating point (threshold 0.300)"
+
+    # Presets are chosen on validation and move the slider; the metrics follow.
+    val = scored["val"]
+    youden = clinical.youden_threshold(val.labels == 1, val.probs[:, 1])
+    at.button(key="preset_youden").click().run()
+    no_exception(at)
+    assert at.slider(key="evaluate_threshold").value == pytest.approx(round(youden, 3))
+    assert shown(at) == expected_tiles(run, round(youden, 3), "PNEUMONIA")
+    target = clinical.threshold_for_sensitivity(val.labels == 1, val.probs[:, 1], 0.9)
+    by_label(at.number_input, "Target").set_value(0.9).run()
+    at.button(key="preset_sensitivity").click().run()
+    assert at.slider(key="evaluate_threshold").value == pytest.approx(round(target, 3))
+    at.button(key="preset_default").click().run()
+    assert at.slider(key="evaluate_threshold").value == 0.5
+
+
+def test_the_positive_class_can_be_switched(finished_runs: FinishedRuns) -> None:
+    at = open_page("evaluate", run=finished_runs.train_id)
+    run = runs.Run(finished_runs.root / finished_runs.train_id)
+    by_label(at.selectbox, "Positive class").set_value("NORMAL").run()
+    no_exception(at)
+    assert shown(at) == expected_tiles(run, 0.5, "NORMAL")
+    assert by_label(at.slider, "Threshold: call NORMAL when p(NORMAL) ≥").value == 0.5
+    assert charts(at)["roc"]["data"][0]["name"].startswith("NORMAL (AUC ")
+
+
+def test_a_confusion_matrix_cell_shows_its_images_with_probabilities_and_gradcam(finished_runs: FinishedRuns) -> None:
+    at = open_page("evaluate", run=finished_runs.train_id)
+    run = runs.Run(finished_runs.root / finished_runs.train_id)
+    test = evaluation.load_scored(run)["test"]
+    matrix = clinical.confusion_matrix(test, 0.5, "PNEUMONIA")
+    cell = at.selectbox(key=f"evaluate_cell_{run.id}")
+    names = test.class_names
+    assert cell.options == [f"true {names[i]} → called {names[j]}" for i in (0, 1) for j in (0, 1)]
+    # Each cell (true, called) in turn: most confident first, Grad-CAM for the called class.
+    for true, called in ((0, 0), (0, 1), (1, 0), (1, 1)):
+        at.selectbox(key=f"evaluate_cell_{run.id}").set_value(f"{true},{called}").run()
+        no_exception(at)
+        members = clinical.cell_indices(test, true, called, 0.5, "PNEUMONIA")
+        outline = charts(at)["confusion"]["layout"]["shapes"][0]
+        assert (outline["x0"], outline["y0"]) == (called - 0.5, true - 0.5)
+        assert (
+            f"{matrix[true][called]} test image(s) in this cell at threshold 0.500, the most confident call first."
+            in (values(at.caption))
+        )
+        if len(members) == 0:
+            assert values(at.info)[-1] == "No test images in this cell."
+            continue
+        captions = cell_captions(at)
+        assert len(members) == matrix[true][called] and len(captions) == min(12, len(members))
+        name = test.class_names[called]
+        first = members[0]
+        assert captions[0] == (
+            f"{Path(test.paths[first]).name}: p({name}) = {test.probs[first, called]:.2f} · Grad-CAM for {name}"
+        )
+    by_label(at.toggle, "Grad-CAM overlay").set_value(False).run()
+    no_exception(at)
+    assert all("Grad-CAM" not in caption for caption in cell_captions(at))
 
 
 def test_the_run_in_the_url_is_the_one_shown(finished_runs: FinishedRuns) -> None:
@@ -84,8 +177,7 @@ def test_the_run_in_the_url_is_the_one_shown(finished_runs: FinishedRuns) -> Non
     at.switch_page("pages/evaluate.py").run()
     no_exception(at)
     assert at.selectbox(key="evaluate_run").value == finished_runs.tune_id
-    tune_metrics = runs.Run(finished_runs.root / finished_runs.tune_id).read_json("metrics.json")
-    assert {m.label: m.value for m in at.metric}["Accuracy"] == f"{tune_metrics['accuracy']:.3f}"
+    assert shown(at) == expected_tiles(runs.Run(finished_runs.root / finished_runs.tune_id), 0.5, "PNEUMONIA")
 
 
 def test_damaged_metrics_file_is_reported_with_the_command_that_recomputes_it(finished_runs: FinishedRuns) -> None:
@@ -98,6 +190,30 @@ def test_damaged_metrics_file_is_reported_with_the_command_that_recomputes_it(fi
         f"run `python -m medimg evaluate {finished_runs.train_id}`."
     ]
     assert not at.metric and not at.get("plotly_chart")
+
+
+def test_an_old_evaluation_is_offered_a_re_evaluation(finished_runs: FinishedRuns) -> None:
+    run = runs.Run(finished_runs.root / finished_runs.train_id)
+    predictions = run.path / "predictions.csv"
+    with predictions.open(newline="") as stream:
+        rows = [row for row in csv.DictReader(stream) if row["split"] == "test"]
+    with predictions.open("w", newline="") as stream:  # the old format: test rows, no split column
+        writer = csv.DictWriter(stream, fieldnames=[k for k in rows[0] if k != "split"])
+        writer.writeheader()
+        writer.writerows({k: v for k, v in row.items() if k != "split"} for row in rows)
+    metrics = run.read_json("metrics.json")
+    run.write_json("metrics.json", {k: v for k, v in metrics.items() if k not in ("evaluation_version", "leakage")})
+
+    at = open_page("evaluate", run=run.id)
+    no_exception(at)
+    assert values(at.info)[0].startswith("This run was evaluated by an older medimg")
+    assert "Operating-point presets, chosen on the test split" in values(at.caption)[0]
+    assert "no validation predictions to fit a temperature" in " ".join(values(at.caption))
+    by_label(at.button, "Re-evaluate this run").click().run()
+    no_exception(at)
+    assert not [text for text in values(at.info) if text.startswith("This run was evaluated by an older")]
+    assert len(evaluation.read_predictions(run, "val")) == 30
+    assert "Operating-point presets, chosen on the validation split" in values(at.caption)[0]
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +251,71 @@ def test_the_two_image_run_has_exactly_one_misclassified_image(one_wrong_run: ru
     assert len([row for row in predictions if row["true"] != row["predicted"]]) == 1
 
 
-def test_a_single_misclassified_image_is_shown(one_wrong_run: runs.Run, runs_dir: Path) -> None:
+def test_the_misclassified_image_is_the_cell_shown_first(one_wrong_run: runs.Run, runs_dir: Path) -> None:
     shutil.copytree(one_wrong_run.path, runs_dir / one_wrong_run.id)
     at = open_page("evaluate")
     no_exception(at)
-    assert {m.label: m.value for m in at.metric}["Test images"] == "2"
+    assert shown(at)["Test images"] == "2"
     [wrong] = [row for row in evaluation.read_predictions(one_wrong_run) if row["true"] != row["predicted"]]
-    captions = [caption for image in at.image for caption in image.captions]
-    assert len(captions) == 1 and captions[0].startswith(f"true {wrong['true']} → {wrong['predicted']} (")
+    names = ["NORMAL", "PNEUMONIA"]
+    cell = at.selectbox(key=f"evaluate_cell_{one_wrong_run.id}")
+    assert cell.value == f"{names.index(wrong['true'])},{names.index(wrong['predicted'])}"
+    assert not [s for s in at.slider if s.label == "How many"]  # one image: nothing to choose
+    [caption] = cell_captions(at)
+    assert caption.startswith(f"{Path(wrong['path']).name}: p({wrong['predicted']}) = ")
+
+
+@pytest.fixture(scope="module")
+def three_class_manifest_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path) -> runs.Run:
+    """A real run on a CSV manifest: NORMAL, BACTERIA and VIRUS X-rays from the demo, with a `site` column."""
+    from medimg import jobs
+    from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+
+    folder = tmp_path_factory.mktemp("manifest")
+    with (folder / "manifest.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "split", "site"])
+        for index, path in enumerate(sorted(DEMO.rglob("*.jpeg"))):
+            label = "NORMAL" if path.parent.name == "NORMAL" else path.name.split("_")[1].upper()
+            writer.writerow([str(path.relative_to(DEMO)), label, path.parts[-3], "north" if index % 3 else "south"])
+            target = folder / path.relative_to(DEMO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+    spec = RunSpec(
+        kind="train",
+        dataset=DatasetConfig(path=str(folder / "manifest.csv"), image_size=16),
+        train=TrainConfig(epochs=1),
+        params=ModelParams(filters=(8,), dense_units=8),
+    )
+    run = runs.create_run(spec, tmp_path_factory.mktemp("manifest-runs"))
+    jobs.execute(run)
+    assert run.record["class_names"] == ["BACTERIA", "NORMAL", "VIRUS"]
+    return run
+
+
+def test_multi_class_run_with_subgroups(three_class_manifest_run: runs.Run, runs_dir: Path) -> None:
+    run = three_class_manifest_run
+    shutil.copytree(run.path, runs_dir / run.id)
+    at = open_page("evaluate")
+    no_exception(at)
+    # No threshold for three classes: arg-max, macro one-vs-rest AUC, per-class intervals.
+    assert not [slider for slider in at.slider if slider.key == "evaluate_threshold"]
+    assert [m.label for m in at.metric] == ["Accuracy", "Balanced accuracy", "ROC AUC", "Test images"]
+    index = list(at.table[0].value.index)
+    assert "Sensitivity (recall) · VIRUS" in index and "Specificity · BACTERIA" in index
+    assert [trace["name"].split(" (")[0] for trace in charts(at)["roc"]["data"][:3]] == ["BACTERIA", "NORMAL", "VIRUS"]
+    assert sorted(at.dataframe[0].value.index) == ["BACTERIA", "NORMAL", "VIRUS"]  # per class, arg-max
+
+    assert "Subgroups" in values(at.subheader)
+    assert by_label(at.selectbox, "Manifest column").options == ["site"]
+    table = at.dataframe[1].value
+    assert list(table.index) == ["north", "south"]
+    test = evaluation.load_scored(run)["test"]
+    south = [i for i, p in enumerate(test.paths) if p in {k for k, v in _sites(run).items() if v == "south"}]
+    assert table.loc["south", "images"] == len(south)
+    accuracy = sum(test.probs[i].argmax() == test.labels[i] for i in south) / len(south)
+    assert table.loc["south", "accuracy"].startswith(f"{accuracy:.3f} (")
+
+
+def _sites(run: runs.Run) -> dict[str, str]:
+    return subgroups.manifest_attributes(run.spec.dataset.path)["site"]

@@ -1,16 +1,35 @@
-"""Predict page: pick a trained run, upload images, get probabilities, Grad-CAM and a CSV; bad files are skipped."""
+"""Predict page: pick a trained run, upload images, get probabilities, Grad-CAM and a CSV; bad files are skipped.
+DICOM: the header's window by default, CT presets and a custom window, a chosen frame of a multi-frame file, and no
+patient identifier anywhere on the page."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from medimg import images, runs
 
 from .conftest import DEMO, FinishedRuns, by_label, charts, no_exception, open_page, values
 
 UPLOADER = "Images (PNG, JPEG, BMP, TIFF, DICOM)"
 XRAY = sorted((DEMO / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
 OTHER_XRAY = sorted((DEMO / "test" / "NORMAL").glob("*.jpeg"))[0]
+IDENTIFIERS = {
+    "PatientName": "Quixotic^Zebulon",
+    "PatientID": "MRN-PHI-77310",
+    "PatientBirthDate": "19310415",
+    "OtherPatientIDs": "OTHERID-PHI-5512",
+    "AccessionNumber": "ACC99120PHI",
+    "InstitutionName": "Saint Quetzalcoatl Infirmary",
+    "ReferringPhysicianName": "Rutherford^Phineas",
+}
 
 
 def upload(at, *files: tuple[str, bytes, str]) -> None:
@@ -100,3 +119,125 @@ def test_two_uploads_with_the_same_name_are_both_predicted(finished_runs: Finish
     upload(at, jpeg(XRAY, "image.jpeg"), jpeg(OTHER_XRAY, "image.jpeg"))
     no_exception(at)
     assert len(at.get("plotly_chart")) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------- DICOM
+def dicom_bytes(dataset: pydicom.Dataset) -> bytes:
+    stream = io.BytesIO()
+    dataset.save_as(stream, enforce_file_format=True)
+    return stream.getvalue()
+
+
+def ct_with_identifiers() -> bytes:
+    """pydicom's own CT_small.dcm (128×128 CT, rescale, no window) with identifiers written into it."""
+    dataset = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    for keyword, value in IDENTIFIERS.items():
+        setattr(dataset, keyword, value)
+    return dicom_bytes(dataset)
+
+
+def multi_frame_dicom() -> bytes:
+    """Three 24×24 frames of different brightness (dark, middle, bright), MONOCHROME2, 8-bit."""
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.SOPClassUID = SecondaryCaptureImageStorage
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    dataset.PatientName = IDENTIFIERS["PatientName"]
+    rng = np.random.default_rng(0)
+    frames = np.stack([rng.integers(40 * k, 40 * k + 60, (24, 24)) for k in (0, 2, 4)]).astype(np.uint8)
+    dataset.set_pixel_data(frames, photometric_interpretation="MONOCHROME2", bits_stored=8)
+    return dicom_bytes(dataset)
+
+
+def probabilities_shown(at, index: int, name: str) -> dict[str, float]:
+    bars = charts(at)[f"probs_{index}_{name}"]["data"][0]
+    return dict(zip(bars["y"], bars["x"], strict=True))
+
+
+def expected_probabilities(run_path: Path, data: bytes, **options) -> dict[str, float]:
+    from medimg.predict import Predictor
+
+    [result] = Predictor(runs.Run(run_path)).predict([("x", data)], **options)
+    return result.probabilities
+
+
+def page_text(at) -> str:
+    """Every element the page drew, as its protobuf text (labels, values, captions, markdown, chart JSON)."""
+    parts = []
+
+    def walk(node) -> None:
+        proto = getattr(node, "proto", None)
+        if proto is not None:
+            parts.append(str(proto))
+        for child in getattr(node, "children", {}).values():
+            walk(child)
+
+    walk(at._tree)
+    return "\n".join(parts)
+
+
+def test_dicom_upload_defaults_to_the_header_window_and_takes_ct_presets(finished_runs: FinishedRuns) -> None:
+    run_path = finished_runs.root / finished_runs.train_id
+    data = ct_with_identifiers()
+    at = open_page("predict", run=finished_runs.train_id)
+    upload(at, ("scan.dcm", data, "application/dicom"))
+    no_exception(at)
+    window = by_label(at.selectbox, "Window (monochrome DICOM)")
+    assert window.value == "Header window"
+    assert window.options == ["Header window", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
+    assert "scan.dcm: DICOM CT · 128×128 · MONOCHROME2 · 16-bit · no window in the header (full range shown)" in values(
+        at.caption
+    )
+    header = probabilities_shown(at, 0, "scan.dcm")
+    assert header == pytest.approx(expected_probabilities(run_path, data), abs=1e-5)
+
+    window.set_value("Lung").run()
+    no_exception(at)
+    lung = probabilities_shown(at, 0, "scan.dcm")
+    assert lung == pytest.approx(expected_probabilities(run_path, data, window=images.CT_WINDOWS["lung"]), abs=1e-5)
+    assert lung != pytest.approx(header, abs=1e-4)  # the window changed what the model saw
+
+    by_label(at.selectbox, "Window (monochrome DICOM)").set_value("Custom").run()
+    by_label(at.number_input, "Window centre").set_value(400.0).run()
+    by_label(at.number_input, "Window width").set_value(1800.0).run()
+    no_exception(at)
+    bone = expected_probabilities(run_path, data, window=images.CT_WINDOWS["bone"])
+    assert probabilities_shown(at, 0, "scan.dcm") == pytest.approx(bone, abs=1e-5)  # custom 400 / 1800 = bone
+
+
+def test_a_multi_frame_dicom_takes_the_chosen_frame_with_a_notice(finished_runs: FinishedRuns) -> None:
+    run_path = finished_runs.root / finished_runs.train_id
+    data = multi_frame_dicom()
+    at = open_page("predict", run=finished_runs.train_id)
+    upload(at, jpeg(XRAY), ("cine.dcm", data, "application/dicom"))
+    no_exception(at)
+    frame = by_label(at.number_input, "Frame of cine.dcm (0–2)")
+    assert (frame.value, frame.min, frame.max) == (0, 0, 2)
+    assert values(at.info) == [
+        "cine.dcm is a multi-frame DICOM (3 frames): only frame 0 is predicted; choose another frame above."
+    ]
+    assert probabilities_shown(at, 1, "cine.dcm") == pytest.approx(
+        expected_probabilities(run_path, data, frames={0: 0}), abs=1e-5
+    )
+    frame.set_value(2).run()
+    no_exception(at)
+    assert values(at.info)[0].endswith("only frame 2 is predicted; choose another frame above.")
+    assert probabilities_shown(at, 1, "cine.dcm") == pytest.approx(
+        expected_probabilities(run_path, data, frames={0: 2}), abs=1e-5
+    )
+    assert f"probs_0_{XRAY.name}" in charts(at)  # the JPEG beside it is predicted as before
+
+
+def test_patient_identifiers_never_reach_the_page(finished_runs: FinishedRuns) -> None:
+    at = open_page("predict", run=finished_runs.train_id)
+    upload(at, ("scan.dcm", ct_with_identifiers(), "application/dicom"), ("cine.dcm", multi_frame_dicom(), "x"))
+    no_exception(at)
+    assert len(charts(at)) == 2 and not at.error  # both predicted, so the page did show their results
+    text = page_text(at).lower()
+    assert "scan.dcm" in text and "dicom ct · 128×128" in text  # the text of the page was read
+    # pydicom's CT_small.dcm carries its own identifiers too: its patient name is CompressedSamples^CT1.
+    for value in [*IDENTIFIERS.values(), "Quixotic", "Zebulon", "CompressedSamples"]:
+        assert value.lower() not in text, value
