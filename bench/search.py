@@ -87,33 +87,14 @@ def seed_callback(start: float, deadline: float, record):
 
 
 def seed_search(args, work: Path) -> tuple[list[tuple[float, float]], list[float]]:
-    import keras_tuner as kt
-
+    """(seconds, val AUC) per epoch and trial end times of the seed's search, clock started before loading."""
     start = time.time()
     deadline = start + 60 * args.minutes
     x_train, y_train = seed_arrays(args.data / "train", args.image_size)
     validation = seed_arrays(args.data / "val", args.image_size)
     epochs: list[tuple[float, float]] = []
     trials: list[float] = []
-
-    class SeedTuner(kt.RandomSearch):
-        def pre_create_trial(self) -> None:
-            if time.time() > deadline:
-                raise TimeoutError("budget used")
-
-        def on_trial_end(self, trial) -> None:
-            super().on_trial_end(trial)
-            trials.append(time.time() - start)
-
-    tuner = SeedTuner(
-        seed_hypermodel(x_train.shape[1:]),
-        objective=kt.Objective("val_auc", "max"),
-        max_trials=1000,
-        executions_per_trial=1,
-        directory=str(work / "seed-tuner"),
-        overwrite=True,
-        seed=42,
-    )
+    tuner = seed_tuner(x_train.shape[1:], work, deadline, lambda: trials.append(time.time() - start))
     record = lambda seconds, auc: epochs.append((seconds, auc))
     callback = seed_callback(start, deadline, record)
     try:
@@ -122,6 +103,30 @@ def seed_search(args, work: Path) -> tuple[list[tuple[float, float]], list[float
     except TimeoutError:
         pass
     return epochs, trials
+
+
+def seed_tuner(input_shape: tuple[int, ...], work: Path, deadline: float, on_trial_end):
+    """RandomSearch over the seed's HyperModel that starts no trial after the deadline."""
+    import keras_tuner as kt
+
+    class SeedTuner(kt.RandomSearch):
+        def pre_create_trial(self) -> None:
+            if time.time() > deadline:
+                raise TimeoutError("budget used")
+
+        def on_trial_end(self, trial) -> None:
+            super().on_trial_end(trial)
+            on_trial_end()
+
+    return SeedTuner(
+        seed_hypermodel(input_shape),
+        objective=kt.Objective("val_auc", "max"),
+        max_trials=1000,
+        executions_per_trial=1,
+        directory=str(work / "seed-tuner"),
+        overwrite=True,
+        seed=42,
+    )
 
 
 def seed_arrays(folder: Path, size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import numpy as np
@@ -44,20 +45,13 @@ def gradcam_heatmaps(
     gives the class to explain per image and defaults to each image's predicted class.
     """
     import cv2
-    import keras
     import tensorflow as tf
 
-    layer = model.get_layer(layer_name or last_conv_layer_name(model))
-    grad_model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
+    compute = _gradcam_function(model, layer_name or last_conv_layer_name(model))
     batch = tf.convert_to_tensor(np.asarray(images).astype(np.float32))
-    with tf.GradientTape() as tape:
-        feature_maps, output = grad_model(batch, training=False)
-        probs = tf.concat([1.0 - output, output], axis=-1) if output.shape[-1] == 1 else output
-        chosen = tf.argmax(probs, axis=-1) if class_indices is None else tf.constant(class_indices, tf.int64)
-        score = tf.gather(probs, chosen, axis=1, batch_dims=1)
-    gradients = tape.gradient(score, feature_maps)
-    weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
-    cams = tf.nn.relu(tf.reduce_sum(feature_maps * weights, axis=-1)).numpy()
+    chosen = [-1] * len(batch) if class_indices is None else list(class_indices)  # -1: the predicted class
+    cams, probs = compute(batch, tf.constant(chosen, tf.int64))
+    cams = cams.numpy()
     height, width = batch.shape[1], batch.shape[2]
     heatmaps = np.zeros((len(cams), height, width), np.float32)
     for i, cam in enumerate(cams):
@@ -66,6 +60,35 @@ def gradcam_heatmaps(
         resized = cv2.resize(cam.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
         heatmaps[i] = np.clip(resized, 0.0, 1.0)
     return heatmaps, probs.numpy()
+
+
+# Built and traced once per (model, layer): rebuilding the gradient model on every call cost ~10× the Grad-CAM.
+_GRADCAM_FUNCTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _gradcam_function(model: Any, layer_name: str) -> Any:
+    """A traced function (batch, class per image or -1) → (class-activation maps, probabilities)."""
+    import keras
+    import tensorflow as tf
+
+    per_model = _GRADCAM_FUNCTIONS.setdefault(model, {})
+    if layer_name in per_model:
+        return per_model[layer_name]
+    grad_model = keras.Model(model.inputs, [model.get_layer(layer_name).output, model.outputs[0]])
+
+    @tf.function(reduce_retracing=True)
+    def compute(batch: tf.Tensor, chosen: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        with tf.GradientTape() as tape:
+            feature_maps, output = grad_model(batch, training=False)
+            probs = tf.concat([1.0 - output, output], axis=-1) if output.shape[-1] == 1 else output
+            chosen = tf.where(chosen < 0, tf.argmax(probs, axis=-1), chosen)
+            score = tf.gather(probs, chosen, axis=1, batch_dims=1)
+        gradients = tape.gradient(score, feature_maps)
+        weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
+        return tf.nn.relu(tf.reduce_sum(feature_maps * weights, axis=-1)), probs
+
+    per_model[layer_name] = compute
+    return compute
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:

@@ -44,9 +44,19 @@ class Predictor:
         return images.load_image(source, self.size, self.color, frame=frame, window=window)
 
     def predict_images(self, batch: np.ndarray) -> np.ndarray:
-        from medimg.evaluation import predict_arrays
+        """Class probabilities (N × K) through a forward pass traced once (an eager call is ~4× slower)."""
+        import tensorflow as tf
 
-        return predict_arrays(self.model, batch)
+        if getattr(self, "_forward", None) is None:
+            shape = (None, self.size, self.size, 1 if self.color == "gray" else 3)
+            self._forward = tf.function(
+                lambda x: self.model(x, training=False), input_signature=[tf.TensorSpec(shape, tf.float32)]
+            )
+        chunks = [
+            np.asarray(self._forward(tf.constant(batch[i : i + 256], tf.float32))) for i in range(0, len(batch), 256)
+        ]
+        output = np.concatenate(chunks) if chunks else np.zeros((0, len(self.class_names)), np.float32)
+        return np.concatenate([1.0 - output, output], axis=-1) if output.shape[-1] == 1 else output
 
     def predict(
         self,
