@@ -16,12 +16,12 @@ import pydicom
 import pytest
 from PIL import Image
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+from pydicom.dataset import Dataset
 
 from medimg import images
 from medimg.errors import ImageReadError
 from tests.conftest import DEMO, PROJECT
+from tests.dicom_files import new_dicom
 
 
 def encode(extension: str, pixels: np.ndarray) -> bytes:
@@ -388,13 +388,7 @@ def test_bare_dicom_dataset_without_file_meta() -> None:
 
 
 def multi_frame_dicom(frames: np.ndarray) -> bytes:
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.SOPClassUID = SecondaryCaptureImageStorage
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    dataset = new_dicom()
     dataset.set_pixel_data(frames, photometric_interpretation="MONOCHROME2", bits_stored=8)
     return dicom_bytes(dataset)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import CTImageStorage
 
 from medimg import bundle, cli, dataset, images, jobs, predict, report, runs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+from tests.dicom_files import new_dicom
 
 IDENTIFIERS = {
     "PatientName": "Quixotic^Zebulon",
@@ -47,13 +47,7 @@ FORBIDDEN = sorted(
 
 def ct_dicom(pixels: np.ndarray) -> bytes:
     """A CT image (raw values, rescale intercept -1024, a soft-tissue window) full of identifiers."""
-    data = Dataset()
-    data.file_meta = FileMetaDataset()
-    data.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    data.file_meta.MediaStorageSOPClassUID = CTImageStorage
-    data.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    data.SOPClassUID = CTImageStorage
-    data.SOPInstanceUID = data.file_meta.MediaStorageSOPInstanceUID
+    data = new_dicom(CTImageStorage)
     data.Modality = "CT"
     for keyword, value in IDENTIFIERS.items():
         setattr(data, keyword, value)

@@ -11,10 +11,9 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from medimg import images, runs
+from tests.dicom_files import new_dicom
 
 from .conftest import DEMO, FinishedRuns, by_label, charts, no_exception, open_page, values
 
@@ -138,13 +137,7 @@ def ct_with_identifiers() -> bytes:
 
 def multi_frame_dicom() -> bytes:
     """Three 24×24 frames of different brightness (dark, middle, bright), MONOCHROME2, 8-bit."""
-    dataset = Dataset()
-    dataset.file_meta = FileMetaDataset()
-    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    dataset.SOPClassUID = SecondaryCaptureImageStorage
-    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    dataset = new_dicom()
     dataset.PatientName = IDENTIFIERS["PatientName"]
     rng = np.random.default_rng(0)
     frames = np.stack([rng.integers(40 * k, 40 * k + 60, (24, 24)) for k in (0, 2, 4)]).astype(np.uint8)
