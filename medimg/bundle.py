@@ -28,12 +28,14 @@ def contract(run: Run, threshold: float = 0.5, positive: str | int | None = None
         "image_size": int(record["input"]["image_size"]),
         "color": record["input"]["color"],
         "channels": int(record["input"]["channels"]),
+        "dicom_window": record["input"].get("dicom_window"),
         "class_names": names,
         "input": (
             "uint8 pixel values 0..255, shape (batch, image_size, image_size, channels); the model rescales to "
             "[0, 1] itself. Images are converted to the channel mode (gray: OpenCV RGB2GRAY) and resized to a square "
             "(OpenCV INTER_AREA when shrinking, INTER_LINEAR when enlarging), without keeping the aspect ratio. "
-            "DICOM: rescale slope/intercept and the header's first window applied, MONOCHROME1 inverted."
+            "DICOM: rescale slope/intercept and the window applied (dicom_window [centre, width] when set, else the "
+            "header's first window), MONOCHROME1 inverted."
         ),
         "output": (
             f"one sigmoid unit: p({names[1]}); p({names[0]}) = 1 - output"

@@ -42,8 +42,9 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDIMG_CACHE_DIR") or Path.home() / ".cache" / "medimg")
 
 
-def cache_key(paths: list[str], size: int, color: str) -> str:
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}".encode())
+def cache_key(paths: list[str], size: int, color: str, window: images.DicomWindow | None = None) -> str:
+    stamp = f"|{window.center}|{window.width}" if window else ""  # a DICOM window changes the decoded pixels
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}{stamp}".encode())
     for path in paths:
         try:
             stat = os.stat(path)
@@ -53,10 +54,10 @@ def cache_key(paths: list[str], size: int, color: str) -> str:
     return digest.hexdigest()[:32]
 
 
-def _decode_one(args: tuple[str, int, str]) -> np.ndarray | str:
-    path, size, color = args
+def _decode_one(args: tuple[str, int, str, images.DicomWindow | None]) -> np.ndarray | str:
+    path, size, color, window = args
     try:
-        return images.load_image(path, size, color)
+        return images.load_image(path, size, color, window=window)
     except ImageReadError as error:
         return str(error)
 
@@ -68,10 +69,13 @@ def load_arrays(
     color: str,
     on_progress: ProgressCallback | None = None,
     directory: Path | None = None,
+    window: images.DicomWindow | None = None,
 ) -> CachedArrays:
-    """The decoded arrays for these files, from the cache or decoded now (once) and cached."""
+    """The decoded arrays for these files, from the cache or decoded now (once) and cached.
+
+    `window` replaces each DICOM file's own window (other formats ignore it)."""
     directory = Path(directory or cache_dir())
-    key = cache_key(paths, size, color)
+    key = cache_key(paths, size, color, window)
     meta_path, array_path = directory / f"{key}.json", directory / f"{key}.npy"
     if meta_path.exists() and array_path.exists():
         try:
@@ -79,7 +83,7 @@ def load_arrays(
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry is rebuilt below
     directory.mkdir(parents=True, exist_ok=True)
-    return _build_entry(meta_path, array_path, paths, labels, size, color, on_progress)
+    return _build_entry(meta_path, array_path, paths, labels, size, color, on_progress, window)
 
 
 def _read_entry(meta_path: Path, array_path: Path, paths: list[str], labels: list[int]) -> CachedArrays:
@@ -98,6 +102,7 @@ def _build_entry(
     size: int,
     color: str,
     on_progress: ProgressCallback | None,
+    window: images.DicomWindow | None = None,
 ) -> CachedArrays:
     channels = 1 if color == "gray" else 3
     handle, temporary = tempfile.mkstemp(dir=meta_path.parent, suffix=".npy.tmp")
@@ -109,7 +114,7 @@ def _build_entry(
     failures: list[dict[str, str]] = []
     workers = min(4, (os.cpu_count() or 2) + 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = ((path, size, color) for path in paths)
+        jobs = ((path, size, color, window) for path in paths)
         for index, result in enumerate(pool.map(_decode_one, jobs, chunksize=16)):
             if isinstance(result, str):
                 failures.append({"path": paths[index], "reason": result})

@@ -77,8 +77,14 @@ class DatasetConfig(_Config):
     test_fraction: float = 0.15
     seed: int = 42
     group_regex: str = ""
+    window_center: float = 0.0
+    window_width: float = 0.0
 
     def __post_init__(self) -> None:
+        _check(
+            self.window_width == 0 or self.window_width > 1,
+            f"DICOM window width {self.window_width} must be above 1 (or 0 to use each file's own window).",
+        )
         _check(8 <= self.image_size <= 1024, f"image_size {self.image_size} must be between 8 and 1024 pixels.")
         _check(self.color in COLOR_MODES, f"color '{self.color}' must be one of {list(COLOR_MODES)}.")
         _check(0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1, "split fractions must be in [0, 1).")
@@ -103,6 +109,11 @@ class DatasetConfig(_Config):
     @property
     def channels(self) -> int:
         return 1 if self.color == "gray" else 3
+
+    @property
+    def window(self) -> tuple[float, float] | None:
+        """(centre, width) replacing every DICOM file's own window, or None to use each file's header."""
+        return (self.window_center, self.window_width) if self.window_width else None
 
 
 @dataclasses.dataclass(frozen=True)

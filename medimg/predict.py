@@ -35,13 +35,15 @@ class Predictor:
         self.run = run
         self.size = int(record["input"]["image_size"])
         self.color = str(record["input"]["color"])
+        trained_window = record["input"].get("dicom_window")
+        self.window = images.DicomWindow(*trained_window) if trained_window else None  # the one training used
         self.class_names = list(record["class_names"])
         self.model = run.load_model()
 
     def prepare(
         self, source: str | Path | bytes, frame: int = 0, window: images.DicomWindow | None = None
     ) -> np.ndarray:
-        return images.load_image(source, self.size, self.color, frame=frame, window=window)
+        return images.load_image(source, self.size, self.color, frame=frame, window=window or self.window)
 
     def predict_images(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N × K) through a forward pass traced once (an eager call is ~4× slower)."""

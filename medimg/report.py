@@ -314,8 +314,14 @@ def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell
     chosen = _examples(test, threshold, positive, per_cell)
     if not chosen:
         return [htmldoc.paragraph("No test images to show.")]
-    size, color = int(run.record["input"]["image_size"]), run.record["input"]["color"]
-    pixels = np.stack([images.load_image(test.paths[i], size, color) for i in chosen])
+    contract = run.record["input"]
+    window = images.DicomWindow(*contract["dicom_window"]) if contract.get("dicom_window") else None
+    pixels = np.stack(
+        [
+            images.load_image(test.paths[i], int(contract["image_size"]), contract["color"], window=window)
+            for i in chosen
+        ]
+    )
     heatmaps, _ = gradcam_heatmaps(run.load_model(), pixels, [int(predicted[i]) for i in chosen])
     names = test.class_names
     cards = []

@@ -67,7 +67,12 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
     unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems]
     for name, files in splits.items():
         arrays[name] = cache.load_arrays(
-            [f.path for f in files], splits.labels(name), config.image_size, config.color, on_progress
+            [f.path for f in files],
+            splits.labels(name),
+            config.image_size,
+            config.color,
+            on_progress,
+            window=dicom_window(config),
         )
         unreadable += arrays[name].failures
     for name in ("train", "val"):
@@ -81,6 +86,22 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
         if len(arrays[name]) == 0:
             raise DatasetError(f"no readable images in the {name} split; check the scan report.")
     return PreparedData(splits.class_names, arrays, splits, unreadable)
+
+
+def input_contract(config: DatasetConfig) -> dict[str, Any]:
+    """What prediction must do to a file to feed this run's model: size, channel mode, DICOM window."""
+    return {
+        "image_size": config.image_size,
+        "color": config.color,
+        "channels": config.channels,
+        "dicom_window": list(config.window) if config.window else None,
+    }
+
+
+def dicom_window(config: DatasetConfig) -> Any:
+    from medimg.images import DicomWindow
+
+    return DicomWindow(*config.window) if config.window else None
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
@@ -241,7 +262,7 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
     run.update(
         data=data.summary(),
         class_names=data.class_names,
-        input={"image_size": spec.dataset.image_size, "color": spec.dataset.color, "channels": spec.dataset.channels},
+        input=input_contract(spec.dataset),
     )
     monitor = spec.train.monitor
     progress = make_progress_callback(run, echo=echo)

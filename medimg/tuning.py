@@ -217,11 +217,7 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
         run.update(
             data=data.summary(),
             class_names=data.class_names,
-            input={
-                "image_size": spec.dataset.image_size,
-                "color": spec.dataset.color,
-                "channels": spec.dataset.channels,
-            },
+            input=training.input_contract(spec.dataset),
         )
     tuner_dir = run.path / TUNER_FOLDER
     check_search_space(tuner_dir, spec.search, record=not worker)

@@ -163,6 +163,26 @@ image_size = c4.select_slider(
     help="Small sizes train fast on a CPU: 64 px is a good start for X-rays.",
 )
 color = c5.radio("Channel mode", ["gray", "rgb"], horizontal=True, key=common.seed_widget("ds_color", config.color))
+window_center, window_width = 0.0, 0.0
+if any(mode.startswith("dicom") for mode in report.modes):
+    presets = {"each file's own (header)": None, **{name: (w.center, w.width) for name, w in images.CT_WINDOWS.items()}}
+    current = next((name for name, values in presets.items() if values == config.window), "custom")
+    w1, w2, w3 = st.columns(3)
+    choice = w1.selectbox(
+        "DICOM window",
+        [*presets, "custom"],
+        key=common.seed_widget("ds_window", current),
+        help="Training and prediction both use it; CT presets are in Hounsfield units.",
+    )
+    if choice == "custom":
+        window_center = w2.number_input(
+            "Window centre", -5000.0, 50000.0, key=common.seed_widget("ds_wc", float(config.window_center or 40.0))
+        )
+        window_width = w3.number_input(
+            "Window width", 2.0, 100000.0, key=common.seed_widget("ds_ww", float(config.window_width or 400.0))
+        )
+    elif presets[choice]:
+        window_center, window_width = presets[choice]
 try:
     new_config = DatasetConfig(
         path=path,
@@ -172,6 +192,8 @@ try:
         test_fraction=float(test_fraction),
         seed=int(seed),
         group_regex=group_regex,
+        window_center=float(window_center),
+        window_width=float(window_width),
     )
     splits = dataset.make_splits(report.files, new_config.val_fraction, new_config.test_fraction, new_config.seed)
 except (ConfigError, MedimgError) as error:
@@ -188,4 +210,5 @@ st.dataframe(table)
 overlap = splits.group_overlap()
 if overlap:
     st.warning(f"{len(overlap)} patient(s) appear in more than one split: {', '.join(sorted(overlap)[:10])}")
-st.success(f"Runs will use {new_config.path} at {new_config.image_size} px, {new_config.color}.")
+window_text = f", DICOM window {window_center:g}/{window_width:g}" if new_config.window else ""
+st.success(f"Runs will use {new_config.path} at {new_config.image_size} px, {new_config.color}{window_text}.")
