@@ -73,6 +73,7 @@ class ScanReport:
     duplicates: list[list[str]]
     leakage: list[list[str]]
     files: list[ImageFile] = dataclasses.field(repr=False, default_factory=list)
+    notes: list[dict[str, str]] = dataclasses.field(default_factory=list)  # readable, but with a caveat
 
     @property
     def class_names(self) -> list[str]:
@@ -298,6 +299,7 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
     by_hash: dict[str, list[ImageFile]] = defaultdict(list)
     good: list[ImageFile] = []
     unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems]
+    notes: list[dict[str, str]] = []
     for file, (info, detail) in zip(listing.files, results, strict=True):
         if info is None:
             unreadable.append({"path": file.path, "reason": detail})
@@ -309,6 +311,8 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
         sizes[f"{info.width}x{info.height}"] += 1
         modes[f"{info.format} {_mode_name(info.channels)} {info.bit_depth}-bit"] += 1
         by_hash[detail].append(file)
+        if info.note:
+            notes.append({"path": file.path, "note": info.note})
     duplicates = [[f.path for f in group] for group in by_hash.values() if len(group) > 1]
     leakage = [
         [f"{f.split}:{f.path}" for f in group] for group in by_hash.values() if len({f.split for f in group}) > 1
@@ -324,6 +328,7 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
         duplicates=duplicates,
         leakage=leakage,
         files=good,
+        notes=notes,
     )
 
 

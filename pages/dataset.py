@@ -130,6 +130,13 @@ for name in report.class_names:
 if report.unreadable:
     with st.expander(f"Unreadable or skipped files ({len(report.unreadable)})", expanded=len(report.unreadable) < 20):
         st.dataframe(pd.DataFrame(report.unreadable), hide_index=True)
+if report.notes:
+    st.info(
+        f"{len(report.notes)} file(s) read with a caveat (a multi-frame DICOM is trained on its first frame; "
+        "the Predict page lets you choose the frame of an uploaded file)."
+    )
+    with st.expander(f"Files read with a caveat ({len(report.notes)})"):
+        st.dataframe(pd.DataFrame(report.notes), hide_index=True)
 if report.duplicates:
     with st.expander(f"Exact duplicates ({len(report.duplicates)} groups)"):
         st.dataframe(pd.DataFrame({"identical files": [" == ".join(g) for g in report.duplicates]}), hide_index=True)

@@ -67,6 +67,10 @@ def test_scan_reads_the_odd_files_and_lists_each_bad_one_with_its_reason(corpus:
         assert case.reason.lower() in reason.lower(), f"{path}: reason '{reason}' lacks '{case.reason}'"
         assert "Traceback" not in reason and "cv2.error" not in reason
     assert report.classes == {"bad": 12, "odd": 12 + sum(case.readable for case in cases)}
+    # Readable with a caveat the user should see: which frame of a multi-frame DICOM is used.
+    assert [(os.path.relpath(n["path"], root), n["note"]) for n in report.notes] == [
+        ("odd/multiframe.dcm", "multi-frame DICOM (2 frames): frame 0 used")
+    ]
 
 
 def test_odd_files_become_model_inputs_of_the_right_shape(corpus: tuple[Path, list[Case]]) -> None:
