@@ -187,7 +187,7 @@ def test_execute_train_records_everything(tmp_path: Path) -> None:
     record = run.record
     assert record["status"] == "completed" and "finished" in record
     assert record["class_names"] == ["NORMAL", "PNEUMONIA"]
-    assert record["input"] == {"image_size": 16, "color": "gray", "channels": 1}
+    assert record["input"] == {"image_size": 16, "color": "gray", "channels": 1, "dicom_window": None}
     history = run.read_json("history.json")
     assert history["epoch"] == [1, 2] and len(history["val_auc"]) == 2
     assert [e["epoch"] for e in run.events("epoch")] == [0, 1]
