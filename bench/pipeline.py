@@ -1,17 +1,19 @@
 """Input pipelines over a 10-epoch trial: medimg's decode-once cache vs Keras' directory loader vs the seed's loop.
 
-Compared, on the same files, image size, batch size and augmentation (horizontal flip + rotation 0.05: medimg's
-own layers, mapped after batching with AUTOTUNE in every pipeline):
-- medimg: `cache.load_arrays` (decode once into a memory map; the first, cold build is counted) + `make_dataset`;
-  the warm-cache time (a later run on the same files) is shown too;
-- Keras: `keras.utils.image_dataset_from_directory` (decodes every file again every epoch);
-- seed: the tutorial's `cv2.imread` loop into one NumPy array rescaled in Python, batched by `from_tensor_slices`.
+Compared, on the same files, image size, batch size and augmentation (horizontal flip + rotation 0.05, reflected
+borders, per image, mapped after batching with AUTOTUNE in every pipeline):
+- medimg: `cache.load_arrays` (decode once into a memory map; the first, cold build is counted) + `make_dataset`
+  with medimg's augmentation (`medimg.augment`: one stateless affine resampling per batch); the warm-cache time
+  (a later run on the same files) is shown too;
+- Keras: `keras.utils.image_dataset_from_directory` (decodes every file again every epoch) with the standard Keras
+  layers a user would add (`RandomFlip("horizontal")`, `RandomRotation(0.05, fill_mode="reflect")`);
+- seed: the tutorial's `cv2.imread` loop into one NumPy array rescaled in Python, batched by `from_tensor_slices`,
+  with the same Keras layers;
+- Keras' loader with medimg's augmentation: separates what the loader and what the augmentation contribute.
 Part 1 iterates every batch of every epoch (target: medimg cold ≥ 3× faster than Keras), then again without
-augmentation (the loaders alone), plus a prototype row: medimg's cache with the same flip + rotation done as one
-affine-transform op per batch instead of Keras layers (bench-only code, evidence for a change to medimg.augment).
-Part 2 fits the default model (`build_model(ModelParams())`) for the same epochs on each input and splits the
-time into decode (set-up), first epoch and later epochs. Loaders run in rotating order, and the files are read
-once before timing so every loader finds them in the OS page cache.
+augmentation (the loaders alone). Part 2 fits the default model (`build_model(ModelParams())`) for the same epochs
+on each input and splits the time into decode (set-up), first epoch and later epochs. Loaders run in rotating
+order, and the files are read once before timing so every loader finds them in the OS page cache.
 
     python bench/pipeline.py [--quick] [--n 5000] [--epochs 10] [--repeats 2] [--train-repeats 1] [--part all|1|2]
 """
@@ -19,7 +21,6 @@ once before timing so every loader finds them in the OS page cache.
 from __future__ import annotations
 
 import atexit
-import math
 import shutil
 import tempfile
 import time
@@ -38,22 +39,17 @@ COLD, WARM, KERAS, SEED = (
     "Keras image_dataset_from_directory",
     "seed cv2.imread loop + NumPy",
 )
-PROTOTYPE = "prototype: medimg cache + one affine op"
+KERAS_OWN_AUGMENT = "Keras image_dataset_from_directory + medimg augmentation"
 
 
-def medimg_loader(paths: list[str], labels: list[int], args, cache_dir: Path, augment: Callable | None):
-    """Set-up (decode into the cache, or open it) and medimg's training dataset, its own augmentation if asked."""
-    import tensorflow as tf
-
+def medimg_loader(paths: list[str], labels: list[int], args, cache_dir: Path, augment: bool):
+    """Set-up (decode into the cache, or open it) and medimg's training dataset, with its own augmentation."""
     from medimg import cache, pipeline
     from medimg.config import AugmentConfig
 
     arrays = cache.load_arrays(paths, labels, args.image_size, args.color, directory=cache_dir)
-    if augment is None or augment is medimg_augment:
-        own = AugmentConfig(**AUGMENT) if augment else None
-        return pipeline.make_dataset(arrays, args.batch_size, 2, training=True, augment=own, seed=0)
-    dataset = pipeline.make_dataset(arrays, args.batch_size, 2, training=True, seed=0)
-    return dataset.map(augment(args), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    own = AugmentConfig(**AUGMENT) if augment else None
+    return pipeline.make_dataset(arrays, args.batch_size, 2, training=True, augment=own, seed=0)
 
 
 def keras_loader(root: Path, args, augment: Callable | None):
@@ -72,7 +68,7 @@ def keras_loader(root: Path, args, augment: Callable | None):
         verbose=False,
     )
     if augment:
-        dataset = dataset.map(augment(args), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = augment(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
@@ -85,49 +81,44 @@ def seed_loader(paths: list[str], labels: list[int], args, augment: Callable | N
     dataset = tf.data.Dataset.from_tensor_slices((images, targets)).shuffle(len(images), seed=0).batch(args.batch_size)
     dataset = dataset.map(lambda x, y: (x * 255.0, y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
-        dataset = dataset.map(augment(args), num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = augment(dataset)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def medimg_augment(args) -> Callable:
-    """medimg's augmentation (`augment.build_augmenter` + `augment.apply`) as a map over (batch, labels)."""
+def keras_augment(dataset):
+    """The standard Keras layers for the same flip + rotation (they work on 0..1)."""
+    import keras
+    import tensorflow as tf
+
+    layers = keras.Sequential(
+        [
+            keras.layers.RandomFlip("horizontal", seed=0),
+            keras.layers.RandomRotation(AUGMENT["rotation"], fill_mode="reflect", seed=1),
+        ]
+    )
+    return dataset.map(lambda x, y: (layers(x / 255.0, training=True) * 255.0, y), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def medimg_augment(dataset):
+    """medimg's augmentation over any (batch, labels) dataset, seeded per batch as `pipeline.make_dataset` does."""
+    import tensorflow as tf
+
     from medimg import augment
     from medimg.config import AugmentConfig
 
-    layers = augment.build_augmenter(AugmentConfig(**AUGMENT), args.image_size, seed=0)
-    return lambda x, y: (augment.apply(layers, x), y)
+    augmenter = augment.build_augmenter(AugmentConfig(**AUGMENT))
+
+    def augment_batch(batch, seed):
+        images, labels = batch
+        warped = tf.numpy_function(augmenter.warp, [images, seed], tf.float32)
+        warped.set_shape(images.shape)
+        return augmenter.adjust(warped, seed), labels
+
+    seeds = tf.data.Dataset.random(seed=0, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(dataset, seeds).map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def affine_augment(args) -> Callable:
-    """Prototype: the same random flip + rotation (reflect fill, bilinear) as a single transform op per batch."""
-    import tensorflow as tf
-
-    side, turn = float(args.image_size), AUGMENT["rotation"] * 2 * math.pi
-    center = (side - 1) / 2
-
-    def apply(x, y):
-        count = tf.shape(x)[0]
-        angle = tf.random.uniform([count], -turn, turn)
-        flip = tf.where(tf.random.uniform([count]) < 0.5, -1.0, 1.0)
-        cos, sin, zero = tf.cos(angle), tf.sin(angle), tf.zeros([count])
-        # Output pixel → input pixel: rotate about the centre, then mirror x when flip is -1.
-        a2 = center - flip * cos * center + flip * sin * center
-        b2 = center - sin * center - cos * center
-        matrix = tf.stack([flip * cos, -flip * sin, a2, sin, cos, b2, zero, zero], axis=1)
-        out = tf.raw_ops.ImageProjectiveTransformV3(
-            images=x,
-            transforms=matrix,
-            output_shape=tf.shape(x)[1:3],
-            fill_value=0.0,
-            interpolation="BILINEAR",
-            fill_mode="REFLECT",
-        )
-        return out, y
-
-    return apply
-
-
-def loaders(root: Path, args, augment: Callable | None) -> dict[str, Callable[[], object]]:
+def loaders(root: Path, args, augment: bool) -> dict[str, Callable[[], object]]:
     """Name → a function doing the loader's set-up and returning its dataset (a new, empty cache for 'cold')."""
     paths, labels, _ = common.class_folder_files(root)
     state = {"cache": Path(tempfile.mkdtemp(prefix="cache-", dir=common.bench_home()))}
@@ -138,14 +129,15 @@ def loaders(root: Path, args, augment: Callable | None) -> dict[str, Callable[[]
         state["cache"] = Path(tempfile.mkdtemp(prefix="cache-", dir=common.bench_home()))
         return medimg_loader(paths, labels, args, state["cache"], augment)
 
+    others = keras_augment if augment else None
     makers = {
         COLD: cold,
         WARM: lambda: medimg_loader(paths, labels, args, state["cache"], augment),
-        KERAS: lambda: keras_loader(root, args, augment),
-        SEED: lambda: seed_loader(paths, labels, args, augment),
+        KERAS: lambda: keras_loader(root, args, others),
+        SEED: lambda: seed_loader(paths, labels, args, others),
     }
-    if augment is medimg_augment:
-        makers[PROTOTYPE] = lambda: medimg_loader(paths, labels, args, state["cache"], affine_augment)
+    if augment:
+        makers[KERAS_OWN_AUGMENT] = lambda: keras_loader(root, args, medimg_augment)
     return makers
 
 
@@ -178,9 +170,9 @@ def fit(dataset, args) -> list[float]:
 
 def measure(makers: dict, work: Callable, repeats: int) -> dict[str, list[tuple[float, list]]]:
     """(set-up seconds, per-epoch seconds) per loader and repeat. The order rotates each repeat; the warm-cache
-    and prototype loaders always follow the cold build they read."""
+    loader always follows the cold build it reads."""
     names = list(makers)
-    after_cold = [n for n in (WARM, PROTOTYPE) if n in makers]
+    after_cold = [n for n in (WARM,) if n in makers]
     rotating = [n for n in names if n not in after_cold]
     results: dict[str, list[tuple[float, list]]] = {name: [] for name in names}
     for repeat in range(repeats):
@@ -217,16 +209,16 @@ def prepare_files(args) -> Path:
 def pipeline_alone(root: Path, args) -> None:
     epochs = lambda dataset: iterate(dataset, args.epochs)
     title = f"Part 1 — pipeline alone, {args.epochs} epochs, flip + rotation, median of {args.repeats}"
-    totals = summarize(title, measure(loaders(root, args, medimg_augment), epochs, args.repeats))
+    totals = summarize(title, measure(loaders(root, args, True), epochs, args.repeats))
     print("\nPart 1 target (Keras / medimg cold): " + common.verdict(totals[KERAS] / totals[COLD], TARGET))
     title = f"Part 1b — pipeline alone, {args.epochs} epochs, no augmentation (the loaders only)"
-    totals = summarize(title, measure(loaders(root, args, None), epochs, args.repeats))
+    totals = summarize(title, measure(loaders(root, args, False), epochs, args.repeats))
     print("\nPart 1b ratio (Keras / medimg cold): " + common.ratio(totals[KERAS], totals[COLD]))
 
 
 def training(root: Path, args) -> None:
-    makers = loaders(root, args, medimg_augment)
-    makers.pop(PROTOTYPE)
+    makers = loaders(root, args, True)
+    makers.pop(KERAS_OWN_AUGMENT)
     if args.quick:
         makers.pop(WARM)  # same epochs as cold; its set-up is in part 1
     title = f"Part 2 — fitting the default model, {args.epochs} epochs, flip + rotation, median of {args.train_repeats}"

@@ -33,25 +33,36 @@ def make_dataset(
     images, labels = arrays.images, arrays.labels
     height, width, channels = images.shape[1:]
     binary = num_classes == 2
+    augmenter = augment_module.build_augmenter(augment) if (training and augment) else None
 
-    def gather(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def gather(indices: np.ndarray, batch_seed: np.int64) -> tuple[np.ndarray, np.ndarray]:
         indices = np.sort(indices)  # sequential reads from the memory map
-        batch_labels = labels[indices]
+        batch, batch_labels = images[indices], labels[indices]
+        if augmenter is not None:
+            batch = augmenter.warp(batch, int(batch_seed))  # on uint8 pixels, while the batch is in NumPy
         if binary:
-            return images[indices], batch_labels.astype(np.float32).reshape(-1, 1)
-        return images[indices], batch_labels.astype(np.int32)
+            return batch, batch_labels.astype(np.float32).reshape(-1, 1)
+        return batch, batch_labels.astype(np.int32)
 
-    def load(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        batch, batch_labels = tf.numpy_function(gather, [indices], [tf.uint8, tf.float32 if binary else tf.int32])
+    def load(indices: tf.Tensor, batch_seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        batch, batch_labels = tf.numpy_function(
+            gather, [indices, batch_seed], [tf.uint8, tf.float32 if binary else tf.int32]
+        )
         batch.set_shape([None, height, width, channels])
         batch_labels.set_shape([None, 1] if binary else [None])
-        return tf.cast(batch, tf.float32), batch_labels
+        batch = tf.cast(batch, tf.float32)
+        if augmenter is not None:
+            batch = augmenter.adjust(batch, batch_seed)
+        return batch, batch_labels
 
     dataset = tf.data.Dataset.range(len(labels))
     if training:
         dataset = dataset.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    augmenter = augment_module.build_augmenter(augment, height, seed=seed) if (training and augment) else None
     if augmenter is not None:
-        dataset = dataset.map(lambda x, y: (augment_module.apply(augmenter, x), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+        # A seed per batch from a seeded stream that changes every epoch: the augmentation is reproducible, and
+        # batches augmented in parallel never share their draws.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    else:
+        seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
+    dataset = tf.data.Dataset.zip(dataset.batch(batch_size), seeds)
+    return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

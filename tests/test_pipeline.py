@@ -85,6 +85,23 @@ def test_training_applies_augmentation_inside_the_pipeline() -> None:
     assert any(flipped) and any(untouched)
 
 
+def test_augmentation_draws_anew_every_epoch_and_follows_the_seed() -> None:
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, (12, 12, 1), dtype=np.uint8)
+    arrays = CachedArrays(np.repeat(image[np.newaxis], 8, axis=0), np.array([0, 1] * 4, np.int32), ["x"] * 8, [])
+    config = AugmentConfig(rotation=0.1, zoom=0.1)
+
+    def served(dataset) -> np.ndarray:
+        return np.concatenate([x.numpy() for x, _ in dataset])
+
+    dataset = pipeline.make_dataset(arrays, 4, 2, training=True, augment=config, seed=3)
+    first, second = served(dataset), served(dataset)
+    assert len({x.tobytes() for x in first}) == 8  # every copy of the one image got its own transformation
+    assert not np.allclose(first, second)  # the random state advanced between epochs inside tf.data
+    rebuilt = served(pipeline.make_dataset(arrays, 4, 2, training=True, augment=config, seed=3))
+    np.testing.assert_allclose(rebuilt, first, atol=1e-3)
+
+
 def test_augmented_values_stay_in_0_255() -> None:
     arrays = CachedArrays(np.full((8, 8, 8, 1), 250, np.uint8), np.array([0, 1] * 4, np.int32), ["x"] * 8, [])
     dataset = pipeline.make_dataset(arrays, 8, 2, training=True, augment=AugmentConfig(noise=0.3, brightness=0.3))
