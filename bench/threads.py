@@ -1,10 +1,11 @@
-"""Which TensorFlow thread settings are best on this machine: training throughput and single-image latency.
+"""Which TensorFlow thread settings and dtype policies are best here: training throughput and single-image latency.
 
-Each setting (tf.config.threading intra/inter-op pool sizes, OMP_NUM_THREADS) runs in a fresh subprocess, because
-thread pools are fixed once TensorFlow starts. The work is the default model (`ModelParams()`, 64×64 gray) fitted
-through medimg's pipeline (`make_dataset`, flip + rotation) on in-memory arrays, then 100 single-image calls.
-Settings are run round-robin (ABCD ABCD ...) so a noisy neighbour hurts all of them alike; medians are shown,
-relative to TensorFlow's defaults measured in the same invocation.
+Each setting (tf.config.threading intra/inter-op pool sizes, OMP_NUM_THREADS, Keras' dtype policy: float32 or
+mixed precision with bfloat16 or float16) runs in a fresh subprocess, because thread pools are fixed once
+TensorFlow starts. The work is the default model (`ModelParams()`, 64×64 gray) fitted through medimg's pipeline
+(`make_dataset`, flip + rotation) on in-memory arrays, then 100 single-image calls. Settings are run round-robin
+(ABCD ABCD ...) so a noisy neighbour hurts all of them alike; medians are shown, relative to TensorFlow's defaults
+measured in the same invocation.
 
     python bench/threads.py [--quick] [--rounds 2]
 """
@@ -21,24 +22,30 @@ import time
 import common
 import numpy as np
 
-# (label, intra, inter, OMP_NUM_THREADS or None)
+# (label, intra, inter, OMP_NUM_THREADS or None, Keras dtype policy)
 SETTINGS = [
-    ("TF default", 0, 0, None),
-    ("intra 1 / inter 1", 1, 1, None),
-    ("intra 2 / inter 1", 2, 1, None),
-    ("intra 2 / inter 2", 2, 2, None),
-    ("intra 4 / inter 2", 4, 2, None),
-    ("TF default, OMP 1", 0, 0, "1"),
-    ("TF default, OMP 2", 0, 0, "2"),
-    ("intra 2 / inter 2, OMP 2", 2, 2, "2"),
+    ("TF default", 0, 0, None, "float32"),
+    ("intra 1 / inter 1", 1, 1, None, "float32"),
+    ("intra 2 / inter 1", 2, 1, None, "float32"),
+    ("intra 2 / inter 2", 2, 2, None, "float32"),
+    ("intra 4 / inter 2", 4, 2, None, "float32"),
+    ("TF default, OMP 1", 0, 0, "1", "float32"),
+    ("TF default, OMP 2", 0, 0, "2", "float32"),
+    ("intra 2 / inter 2, OMP 2", 2, 2, "2", "float32"),
+    # Mixed precision: bfloat16 has hardware support on CPUs with AVX512_BF16 / AMX; float16 is meant for GPUs.
+    ("TF default, mixed_bfloat16", 0, 0, None, "mixed_bfloat16"),
+    ("TF default, mixed_float16", 0, 0, None, "mixed_float16"),
 ]
-QUICK_SETTINGS = [0, 1, 3, 6]
+QUICK_SETTINGS = [0, 1, 3, 6, 8]
 
 
-def child(intra: int, inter: int, steps: int) -> dict:
+def child(index: int, steps: int) -> dict:
     """In a fresh process: images/s of training and p50 latency of one-image model calls."""
+    _, intra, inter, _, policy = SETTINGS[index]
     common.configure_threads(intra, inter)
     import keras
+
+    keras.mixed_precision.set_dtype_policy(policy)
 
     from medimg import models, pipeline
     from medimg.cache import CachedArrays
@@ -65,12 +72,12 @@ def child(intra: int, inter: int, steps: int) -> dict:
 
 
 def run_setting(index: int, steps: int) -> dict:
-    _, intra, inter, omp = SETTINGS[index]
+    omp = SETTINGS[index][3]
     env = dict(os.environ)
     env.pop("OMP_NUM_THREADS", None)
     if omp:
         env["OMP_NUM_THREADS"] = omp
-    command = [sys.executable, __file__, "--child", str(intra), str(inter), "--steps", str(steps)]
+    command = [sys.executable, __file__, "--child", str(index), "--steps", str(steps)]
     output = subprocess.run(command, env=env, capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])
 
@@ -79,10 +86,10 @@ def main() -> None:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2, help="round-robin repetitions of every setting")
     parser.add_argument("--steps", type=int, default=60, help="training batches of 32 per epoch")
-    parser.add_argument("--child", nargs=2, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.child:
-        print(json.dumps(child(*args.child, args.steps)))
+    if args.child is not None:
+        print(json.dumps(child(args.child, args.steps)))
         return
     chosen = QUICK_SETTINGS if args.quick else list(range(len(SETTINGS)))
     rounds, steps = (1, 25) if args.quick else (args.rounds, args.steps)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import tempfile
@@ -21,6 +22,7 @@ from medimg import images
 from medimg.errors import ImageReadError
 
 CACHE_VERSION = 1
+DECODE_CHUNK = 32  # files per thread-pool task
 ProgressCallback = Callable[[int, int, str], None]
 
 
@@ -48,18 +50,24 @@ def cache_key(paths: list[str], size: int, color: str, window: images.DicomWindo
     for path in paths:
         try:
             stat = os.stat(path)
-            digest.update(f"|{os.path.realpath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            # abspath, not realpath: resolving every path costs a syscall per folder level per file, and a file
+            # reached by two paths only costs one extra cache entry.
+            digest.update(f"|{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
         except OSError:
             digest.update(f"|{path}|missing".encode())
     return digest.hexdigest()[:32]
 
 
-def _decode_one(args: tuple[str, int, str, images.DicomWindow | None]) -> np.ndarray | str:
-    path, size, color, window = args
-    try:
-        return images.load_image(path, size, color, window=window)
-    except ImageReadError as error:
-        return str(error)
+def _decode_many(paths: list[str], size: int, color: str, window: images.DicomWindow | None) -> list[np.ndarray | str]:
+    """Decoded images, or the reason a file could not be read; one thread-pool task decodes many files, so the
+    pool's per-task cost stays small next to decoding a small image (~0.1–0.3 ms)."""
+    results: list[np.ndarray | str] = []
+    for path in paths:
+        try:
+            results.append(images.load_image(path, size, color, window=window))
+        except ImageReadError as error:
+            results.append(str(error))
+    return results
 
 
 def load_arrays(
@@ -113,9 +121,10 @@ def _build_entry(
     kept: list[int] = []
     failures: list[dict[str, str]] = []
     workers = min(4, (os.cpu_count() or 2) + 1)
+    chunks = [paths[start : start + DECODE_CHUNK] for start in range(0, len(paths), DECODE_CHUNK)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        jobs = ((path, size, color, window) for path in paths)
-        for index, result in enumerate(pool.map(_decode_one, jobs, chunksize=16)):
+        decoded = itertools.chain.from_iterable(pool.map(lambda c: _decode_many(c, size, color, window), chunks))
+        for index, result in enumerate(decoded):
             if isinstance(result, str):
                 failures.append({"path": paths[index], "reason": result})
             else:
