@@ -2,30 +2,30 @@
 
 Compared on N synthetic JPEGs (default 20,000 at 128 px), files already in the OS page cache:
 - baseline: `for path in paths: cv2.imread(path)` (the file list is given, not timed);
-- medimg: `dataset.scan(folder)` with an empty cache folder: listing, decoding in threads, pixel hashing and the
-  report (target ≥ 1.8× faster than the baseline on 2 cores), also with other worker counts;
+- medimg: `dataset.scan(folder)` with an empty cache folder: listing, reading and inspecting in threads (JPEG
+  frame header + 1/8-scale grayscale decode + hash, `images.inspect`), the full decode of files whose candidate
+  keys meet, and the report (target ≥ 1.8× faster than the baseline on 2 cores), also with other worker counts;
 - a second `scan` of the unchanged folder (target < 1 s: medimg's scan cache, keyed by path, size and mtime, should
   answer without decoding), and a third after 1 % of the files got a new mtime (only those are decoded again);
 - the floor a scan cache keyed by (path, size, mtime) would have: `list_files` plus one `os.stat` per file, and
-  the same with an `os.scandir` walk that resolves no paths;
-- a prototype (bench-only code, evidence for a change to `medimg.dataset.scan`): the same listing, decode and
-  report, but one thread-pool task per 64 files instead of one per file, and SHA-1 (hardware-accelerated) instead
-  of BLAKE2b over the pixels, hashed in place without a `tobytes()` copy; its report must match medimg's.
+  the same with an `os.scandir` walk that resolves no paths.
+Each row also shows the CPU seconds other processes took while it ran, per repeat (the machine is shared: a scan
+needs both cores, the sequential loop only one). Before timing, the scan's report is checked (untimed) against a
+reference that decodes every file in full and groups identical pixels, as the scan did before `images.inspect`.
 Runs alternate (baseline, scan, second scan, ...) and medians are shown. A last table times `cv2.imdecode` of the
-same bytes in several modes (full colour as medimg decodes, grayscale, JPEG DCT-reduced), for the report's advice.
+same bytes in several modes (full colour as `images.decode` decodes, grayscale, JPEG DCT-reduced) and
+`images.inspect` itself.
 
-    python bench/scan.py [--quick] [--n 20000] [--repeats 2] [--workers 1,2,4]
+    python bench/scan.py [--quick] [--n 20000] [--repeats 2] [--workers 1,3,4]
 """
 
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import common
@@ -62,35 +62,25 @@ def touch_some(paths: list[str], every: int = 100) -> None:
         os.utime(path, ns=(now + offset, now + offset))
 
 
-def prototype_scan(folder: Path, workers: int | None = None, chunk: int = 64):
-    """medimg's scan with chunked tasks and a faster in-place pixel hash (uses medimg's private `_report`)."""
+def check_scan(folder: Path) -> None:
+    """The scan must find what a full decode of every file finds (sizes, modes, identical-pixel groups); untimed."""
+    from collections import Counter, defaultdict
+
     from medimg import dataset, images
-    from medimg.errors import ImageReadError
 
-    def inspect(path: str):
-        try:
-            pixels, info = images.decode(images.read_bytes(path))
-        except ImageReadError as error:
-            return None, str(error)
-        digest = hashlib.sha1(np.ascontiguousarray(pixels), usedforsecurity=False)
-        digest.update(str(pixels.shape).encode())
-        return info, digest.hexdigest()
-
-    listing = dataset.list_files(folder)
-    paths = [f.path for f in listing.files]
-    chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) + 1)) as pool:
-        results = [result for part in pool.map(lambda c: [inspect(p) for p in c], chunks) for result in part]
-    return dataset._report(listing, results)
-
-
-def check_prototype(folder: Path) -> None:
-    """The prototype must find what medimg finds (classes, sizes, duplicate groups); checked once, untimed."""
-    from medimg import dataset
-
-    mine, reference = prototype_scan(folder), dataset.scan(folder)
-    found = lambda r: (r.classes, r.sizes, sorted(map(sorted, r.duplicates)), r.unreadable)
-    assert found(mine) == found(reference), "the prototype scan disagrees with medimg's scan"
+    report = dataset.scan(folder)
+    groups, sizes, modes = defaultdict(list), Counter(), Counter()
+    for file in dataset.list_files(folder).files:
+        pixels, info = images.decode(images.read_bytes(file.path))
+        groups[images.pixel_digest(pixels)].append(file.path)
+        sizes[f"{info.width}x{info.height}"] += 1
+        modes[f"{info.format} {dataset._mode_name(info.channels)} {info.bit_depth}-bit"] += 1
+    duplicates = sorted(sorted(group) for group in groups.values() if len(group) > 1)
+    assert report.sizes == dict(sizes) and report.modes == dict(modes), "the scan's sizes or modes are wrong"
+    assert sorted(map(sorted, report.duplicates)) == duplicates, "the scan's duplicate groups are wrong"
+    copies = sum(map(len, duplicates))
+    print(f"checked against a full decode of every file: the same sizes, modes and {len(duplicates)} groups of")
+    print(f"identical pixels ({copies} files; each needed a full decode in the scan to be confirmed)")
 
 
 def stat_floor(folder: Path) -> int:
@@ -117,8 +107,9 @@ def list_listing(folder: Path) -> list:
     return dataset.list_files(folder).files
 
 
-def measure(folder: Path, paths: list[str], repeats: int, workers: list[int]) -> dict[str, list[float]]:
-    """Seconds per variant and repeat, variants interleaved."""
+def measure(folder: Path, paths: list[str], repeats: int, workers: list[int]) -> tuple[dict, dict]:
+    """Seconds per variant and repeat, variants interleaved, and the CPU seconds other processes (and the
+    hypervisor) took meanwhile: a parallel scan needs both cores, a sequential loop only one."""
     variants = {
         "sequential cv2.imread loop": lambda: imread_loop(paths),
         "medimg scan, empty cache (default workers)": lambda: (fresh_cache(), medimg_scan(folder))[1],
@@ -131,30 +122,45 @@ def measure(folder: Path, paths: list[str], repeats: int, workers: list[int]) ->
         "listing + os.stat per file (cache floor)": lambda: stat_floor(folder),
         "listing only: medimg list_files": lambda: len(list_listing(folder)),
         "os.scandir walk + stat per file": lambda: scandir_floor(folder),
-        "prototype: 64 files per task + SHA-1": lambda: prototype_scan(folder).image_count,
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
+    others: dict[str, list[float]] = {name: [] for name in variants}
     counts = {}
     for _ in range(repeats):
         for name, work in variants.items():
+            busy, own = busy_cpu_seconds(), time.process_time()
             seconds, counts[name] = common.timed(work)
             times[name].append(seconds)
+            others[name].append(max(0.0, busy_cpu_seconds() - busy - (time.process_time() - own)))
     assert len(set(counts.values())) == 1, f"variants saw different file counts: {counts}"
-    return times
+    return times, others
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds all processes have used (Linux /proc/stat, all cores): less this process's, what others took."""
+    try:
+        fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 DECODE_MODES = {
-    "IMREAD_UNCHANGED (what medimg decodes)": "IMREAD_UNCHANGED",
+    "IMREAD_UNCHANGED (what images.decode decodes)": "IMREAD_UNCHANGED",
     "IMREAD_COLOR (cv2.imread's default)": "IMREAD_COLOR",
     "IMREAD_GRAYSCALE": "IMREAD_GRAYSCALE",
     "IMREAD_REDUCED_COLOR_2 (JPEG at 1/2 scale)": "IMREAD_REDUCED_COLOR_2",
     "IMREAD_REDUCED_GRAYSCALE_2": "IMREAD_REDUCED_GRAYSCALE_2",
+    "IMREAD_REDUCED_GRAYSCALE_8 (what images.inspect decodes)": "IMREAD_REDUCED_GRAYSCALE_8",
 }
 
 
 def decode_modes(paths: list[str], repeats: int = 3) -> None:
     """Microseconds per image to decode the same in-memory bytes in each mode (best of `repeats`)."""
     import cv2
+
+    from medimg import images
 
     data = [np.fromfile(path, dtype=np.uint8) for path in paths[:2000]]
     rows, base = [], None
@@ -163,6 +169,10 @@ def decode_modes(paths: list[str], repeats: int = 3) -> None:
         best = min(common.timed(lambda m=mode: [cv2.imdecode(d, m) for d in data])[0] for _ in range(repeats))
         base = base or best
         rows.append([label, 1e6 * best / len(data), common.ratio(base, best)])
+    raw = [d.tobytes() for d in data]
+    best = min(common.timed(lambda: [images.inspect(b) for b in raw])[0] for _ in range(repeats))
+    label = "medimg images.inspect (header, 1/8 gray, hash)"
+    rows.append([label, 1e6 * best / len(data), common.ratio(base, best)])
     common.print_table(f"decode only, {len(data)} files in memory", ["mode", "µs per image", "speed-up"], rows)
 
 
@@ -171,25 +181,32 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=20000, help="synthetic images")
     parser.add_argument("--size", type=int, default=128, help="side of the synthetic JPEGs")
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--workers", default="1,2,4", help="extra worker counts to try (comma-separated, '' for none)")
+    parser.add_argument("--workers", default="1,3,4", help="extra worker counts to try (comma-separated, '' for none)")
     args = parser.parse_args()
     if args.quick:
-        args.n, args.repeats, args.workers = min(args.n, 2000), 1, "2"
+        args.n, args.repeats, args.workers = min(args.n, 2000), 1, "3"
     folder = synth.synthesize(args.n, args.size, args.data)
     paths = common.class_folder_files(folder)[0]
     for path in paths:
         Path(path).read_bytes()  # page cache warm for every variant alike
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
     fresh_cache()
-    check_prototype(folder)
-    times = measure(folder, paths, args.repeats, workers)
+    check_scan(folder)
+    times, others = measure(folder, paths, args.repeats, workers)
     baseline = common.median(times["sequential cv2.imread loop"])
     rows = [
-        [name, common.median(t), f"{len(paths) / common.median(t):.0f}", common.ratio(baseline, common.median(t))]
+        [
+            name,
+            common.median(t),
+            f"{len(paths) / common.median(t):.0f}",
+            common.ratio(baseline, common.median(t)),
+            " / ".join(f"{o:.2f}" for o in others[name]),
+        ]
         for name, t in times.items()
     ]
     title = f"scan of {len(paths)} JPEGs ({args.size} px), {os.cpu_count()} cores, median of {args.repeats}"
-    common.print_table(title, ["variant", "seconds", "files/s", "imread loop / this"], rows)
+    headers = ["variant", "seconds", "files/s", "imread loop / this", "CPU s taken by others, each repeat"]
+    common.print_table(title, headers, rows)
     speedup = baseline / common.median(times["medimg scan, empty cache (default workers)"])
     rescan = common.median(times["medimg scan again, unchanged folder"])
     print(f"\nspeed target (imread loop / scan): {common.verdict(speedup, SPEED_TARGET)}")

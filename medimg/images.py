@@ -8,8 +8,10 @@ so that a decompression bomb is refused by the decoder instead of filling memory
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
+import stat
 import struct
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -83,20 +85,40 @@ def is_dicom(data: bytes) -> bool:
 
 def read_bytes(path: str | Path) -> bytes:
     """The file's bytes, with the reasons a file cannot be read phrased for people."""
-    path = Path(path)
+    return read_file(path)[0]
+
+
+# Non-blocking: a FIFO opens at once (and is refused as empty) instead of waiting for a writer.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)
+
+
+def read_file(path: str | Path) -> tuple[bytes, os.stat_result]:
+    """The file's bytes and its status as read (size, mtime): one `fstat`, for callers that cache by them."""
     try:
-        size = path.stat().st_size
-        if size == 0:
-            raise ImageReadError("empty file (0 bytes)")
-        if size > MAX_FILE_BYTES:
-            raise ImageReadError(f"file is {size / 2**20:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit")
-        return path.read_bytes()
+        handle = os.open(path, _READ_FLAGS)
     except IsADirectoryError as error:
         raise ImageReadError("is a folder, not a file") from error
     except PermissionError as error:
         raise ImageReadError("permission denied") from error
     except OSError as error:
         raise ImageReadError(f"cannot read file: {error.strerror or error}") from error
+    try:
+        status = os.fstat(handle)
+        if stat.S_ISDIR(status.st_mode):
+            raise ImageReadError("is a folder, not a file")
+        if status.st_size == 0:
+            raise ImageReadError("empty file (0 bytes)")
+        if status.st_size > MAX_FILE_BYTES:
+            size = status.st_size / 2**20
+            raise ImageReadError(f"file is {size:.0f} MB, over the {MAX_FILE_BYTES // 2**20} MB limit")
+        data = os.read(handle, status.st_size + 1)  # one call; a byte more shows whether the file grew meanwhile
+        if len(data) > status.st_size:
+            data += b"".join(iter(lambda: os.read(handle, 1 << 20), b""))
+        return data, status
+    except OSError as error:
+        raise ImageReadError(f"cannot read file: {error.strerror or error}") from error
+    finally:
+        os.close(handle)
 
 
 def decode(data: bytes, *, frame: int = 0, window: DicomWindow | None = None) -> tuple[np.ndarray, ImageInfo]:
@@ -156,21 +178,103 @@ def _check_pixel_limit(width: int, height: int, kind: str) -> None:
         )
 
 
-def _apply_exif_orientation(pixels: np.ndarray, data: bytes) -> np.ndarray:
-    # OpenCV ignores EXIF orientation with IMREAD_UNCHANGED; a phone photo of a film would come out rotated.
-    if b"Exif" not in data[:65536]:
-        return pixels
+def _exif_orientation(data: bytes) -> object:
+    """The EXIF orientation tag of JPEG bytes (1..8), 1 when there is none or it cannot be read."""
+    if data.find(b"Exif", 0, 65536) < 0:  # `in data[:65536]` without copying the slice
+        return 1
     try:
         from PIL import Image
 
-        orientation = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+        return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
     except Exception:
-        return pixels
+        return 1
+
+
+def _apply_exif_orientation(pixels: np.ndarray, data: bytes) -> np.ndarray:
+    # OpenCV ignores EXIF orientation with IMREAD_UNCHANGED; a phone photo of a film would come out rotated.
+    orientation = _exif_orientation(data)
     turns = {3: 2, 6: 3, 8: 1}.get(orientation, 0)
     pixels = np.rot90(pixels, turns) if turns else pixels
     if orientation in (2, 4, 5, 7):
         pixels = np.fliplr(np.rot90(pixels, {2: 0, 4: 2, 5: 3, 7: 1}[orientation]))
     return np.ascontiguousarray(pixels)
+
+
+def pixel_digest(pixels: np.ndarray) -> str:
+    """A hash of decoded pixels with their shape and type: equal digests mean identical images."""
+    digest = hashlib.sha1(np.ascontiguousarray(pixels), usedforsecurity=False)  # hashed in place, no copy
+    digest.update(f"{pixels.shape}{pixels.dtype.str}".encode())
+    return digest.hexdigest()
+
+
+def inspect(data: bytes) -> tuple[ImageInfo, str]:
+    """What `decode` reports about image bytes, and a pixel key for finding duplicates, for less work than `decode`.
+
+    An 8-bit baseline or progressive JPEG is checked from its frame header and a 1/8-scale grayscale decode:
+    libjpeg still entropy-decodes the whole stream (so a file `decode` refuses is refused here too) but computes
+    only the mean of each 8×8 block. Its key, 'candidate:...', hashes that small image: the same DCT coefficients
+    give the same candidate, and files whose candidates meet need `pixel_digest` of a full `decode` to be called
+    identical. Every other file is decoded fully and its key is 'exact:' + `pixel_digest`. Raises ImageReadError
+    with `decode`'s reasons.
+    """
+    if sniff_format(data[:132]) == "jpeg":
+        quick = _inspect_jpeg(data)
+        if quick is not None:
+            return quick
+    pixels, info = decode(data)
+    return info, "exact:" + pixel_digest(pixels)
+
+
+# Huffman-coded sequential and progressive frames; the rarer kinds (lossless, arithmetic) take the full decode.
+_JPEG_FAST_FRAMES = (0xC0, 0xC1, 0xC2)
+_JPEG_OTHER_FRAMES = frozenset({0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int, int, int, bool] | None:
+    """(frame marker, precision, height, width, components, whether an APP1 segment came) from a JPEG's segments
+    before its first scan, as decoders read them; None if they are not a plain chain of segments with a frame."""
+    position, frame, app1 = 2, None, False
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:  # markers without a length
+            position += 2
+            continue
+        if marker == 0xDA:  # start of scan: the header is complete
+            return (*frame, app1) if frame else None
+        if marker == 0xD9:  # end of image before any scan
+            return None
+        if frame is None and (marker in _JPEG_FAST_FRAMES or marker in _JPEG_OTHER_FRAMES):
+            if position + 10 > len(data):
+                return None
+            frame = (marker, *struct.unpack(">BHHB", data[position + 4 : position + 10]))
+        app1 = app1 or marker == 0xE1  # where EXIF and XMP live
+        position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
+    return None
+
+
+def _inspect_jpeg(data: bytes) -> tuple[ImageInfo, str] | None:
+    """`inspect` of a plain JPEG; None when the full decode must decide (other frames, or the decoder refused)."""
+    import cv2
+
+    frame = jpeg_frame(data)
+    if frame is None or frame[0] not in _JPEG_FAST_FRAMES or frame[1] != 8 or frame[4] not in (1, 3):
+        return None
+    _, _, height, width, components, app1 = frame
+    _check_pixel_limit(width, height, "jpeg")  # before decoding: a reduced decode would pass OpenCV's own limit
+    try:
+        reduced = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
+    except cv2.error:
+        return None
+    if reduced is None or reduced.shape != ((height + 7) // 8, (width + 7) // 8):
+        return None
+    # The turns of `_apply_exif_orientation` that swap the sides; without an APP1 segment there is no orientation.
+    if app1 and _exif_orientation(data) in (5, 6, 7, 8):
+        width, height = height, width
+    digest = hashlib.sha1(reduced, usedforsecurity=False).hexdigest()  # its shape follows from the frame header
+    return ImageInfo("jpeg", width, height, components, 8), f"candidate:{width}x{height}x{components}:{digest}"
 
 
 def read_dicom_dataset(data: bytes) -> pydicom.Dataset:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import os
 import re
 import shutil
+import struct
 from collections import Counter
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from PIL import Image, PngImagePlugin
 
-from medimg import dataset
+from medimg import dataset, images
 from medimg.errors import DatasetError
 from tests.conftest import DEMO
 
@@ -90,6 +93,21 @@ def test_a_class_named_like_a_split_does_not_make_split_folders(tmp_path: Path) 
     # Only "train" alone (without val/test) is just a class folder called train.
     root = make_class_folders(tmp_path / "data", {"train": 2, "other": 2})
     assert dataset.list_files(root).layout == "class_folders"
+
+
+def test_nested_files_are_listed_by_name_before_their_sub_folders(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data", {"a": 0, "b": 1})
+    for seed, relative in enumerate(["a/z.png", "a/sub/b.png", "a/m.png", "a/sub/deeper/c.png", "a/sub2/a.png"]):
+        write_png(root / relative, 100 + seed)
+    listing = dataset.list_files(root)
+    assert [os.path.relpath(f.path, root) for f in listing.files] == [
+        "a/m.png",
+        "a/z.png",
+        "a/sub/b.png",
+        "a/sub/deeper/c.png",
+        "a/sub2/a.png",
+        "b/b_000.png",
+    ]
 
 
 def test_manifest_layout_with_groups(tmp_path: Path) -> None:
@@ -199,6 +217,62 @@ def test_scan_finds_duplicates_within_a_split_without_calling_them_leakage(tmp_p
     report = dataset.scan(root)
     assert [sorted(Path(p).name for p in group) for group in report.duplicates] == [["a_000.png", "copy_of_a0.png"]]
     assert report.leakage == []
+
+
+def jpeg_with_comment(data: bytes, text: bytes) -> bytes:
+    """Other bytes, the same JPEG stream (so the same pixels): a comment segment right after the start marker."""
+    return data[:2] + b"\xff\xfe" + struct.pack(">H", len(text) + 2) + text + data[2:]
+
+
+def test_scan_finds_identical_pixels_whatever_the_file_bytes(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data", {"a": 2, "b": 2})
+    xray = sorted((DEMO / "train" / "NORMAL").glob("*.jpeg"))[0].read_bytes()
+    (root / "a" / "xray.jpeg").write_bytes(xray)
+    (root / "b" / "xray_comment.jpg").write_bytes(jpeg_with_comment(xray, b"exported again"))
+    decoded = cv2.imdecode(np.frombuffer(xray, np.uint8), cv2.IMREAD_UNCHANGED)
+    assert cv2.imwrite(str(root / "b" / "xray_as.png"), decoded)  # the JPEG's pixels, losslessly as PNG
+    small = cv2.imread(str(root / "a" / "a_000.png"), cv2.IMREAD_UNCHANGED)
+    assert cv2.imwrite(str(root / "b" / "a0_level9.png"), small, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Comment", "re-saved with metadata")
+    Image.fromarray(small).save(root / "b" / "a0_with_text.png", pnginfo=text)
+    copies = [root / "a" / "a_000.png", root / "b" / "a0_level9.png", root / "b" / "a0_with_text.png"]
+    assert len({path.read_bytes() for path in copies}) == 3
+    report = dataset.scan(root)
+    assert sorted(sorted(Path(p).name for p in group) for group in report.duplicates) == [
+        ["a0_level9.png", "a0_with_text.png", "a_000.png"],
+        ["xray.jpeg", "xray_as.png", "xray_comment.jpg"],
+    ]
+
+
+def ycbcr_jpeg(luma: np.ndarray, blue: np.ndarray, red: np.ndarray) -> bytes:
+    stream = io.BytesIO()
+    planes = [Image.fromarray(plane) for plane in (luma, blue, red)]
+    Image.merge("YCbCr", planes).save(stream, "JPEG", quality=100, subsampling=0)
+    return stream.getvalue()
+
+
+def test_jpegs_whose_candidate_keys_meet_but_pixels_differ_are_not_duplicates(tmp_path: Path) -> None:
+    # The same brightness channel, so the same 1/8-scale grayscale decode (the scan's candidate key), but one
+    # pixel of another colour: identical candidates, different images. A true copy in another split is leakage.
+    luma = images.load_image(sorted((DEMO / "train" / "NORMAL").glob("*.jpeg"))[0], 64, "gray")[:, :, 0]
+    red = np.full_like(luma, 128)
+    other_red = red.copy()
+    other_red[40, 21] = 250
+    first, second = ycbcr_jpeg(luma, red, red), ycbcr_jpeg(luma, red, other_red)
+    assert images.inspect(first)[1] == images.inspect(second)[1]
+    assert (images.decode(first)[0] != images.decode(second)[0]).any()
+    root = tmp_path / "data"
+    for relative, data in [
+        ("train/a/first.jpg", first),
+        ("test/a/second.jpg", second),
+        ("val/a/first_copy.jpg", jpeg_with_comment(first, b"copy")),
+    ]:
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(data)
+    report = dataset.scan(root)
+    assert [sorted(Path(p).name for p in group) for group in report.duplicates] == [["first.jpg", "first_copy.jpg"]]
+    assert [sorted(entry.split(":")[0] for entry in group) for group in report.leakage] == [["train", "val"]]
 
 
 def test_scan_of_the_demo(demo_dir: Path) -> None:
@@ -367,3 +441,24 @@ def test_second_scan_of_an_unchanged_folder_decodes_nothing_and_a_changed_file_a
     assert decoded == [str(changed)]
     assert [item["path"] for item in third.unreadable] == [str(changed)]
     assert third.classes == {"NORMAL": 4, "PNEUMONIA": 5}
+
+
+def test_confirmed_duplicates_are_cached_as_well(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDIMG_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "data"
+    xrays = sorted((DEMO / "train" / "NORMAL").glob("*.jpeg"))[:3]
+    for image in xrays:
+        (root / "a" / image.name).parent.mkdir(parents=True, exist_ok=True)
+        (root / "a" / image.name).write_bytes(image.read_bytes())
+    (root / "b").mkdir()
+    (root / "b" / "copy.jpg").write_bytes(jpeg_with_comment(xrays[0].read_bytes(), b"copy"))
+    confirmed: list[str] = []
+    original = dataset.exact_key
+    monkeypatch.setattr(dataset, "exact_key", lambda path: confirmed.append(path) or original(path))
+
+    first = dataset.scan(root)
+    assert sorted(Path(p).name for p in confirmed) == sorted(["copy.jpg", xrays[0].name])  # only the two
+    assert len(first.duplicates) == 1 and len(first.leakage) == 0
+    confirmed.clear()
+    second = dataset.scan(root)
+    assert confirmed == [] and second.to_dict() == first.to_dict()

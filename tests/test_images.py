@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset
@@ -417,3 +419,142 @@ def test_load_image_accepts_bytes_and_paths_alike(demo_jpeg: Path) -> None:
     from_path = images.load_image(demo_jpeg, 24, "rgb")
     from_bytes = images.load_image(demo_jpeg.read_bytes(), 24, "rgb")
     np.testing.assert_array_equal(from_path, from_bytes)
+
+
+# ---------------------------------------------------------------- inspection for the scan
+
+
+def exif_jpeg(pixels: np.ndarray, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return pil_bytes(Image.fromarray(pixels), "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def inspection_cases() -> dict[str, bytes]:
+    """Files of every kind `images.inspect` treats apart, built from a real X-ray."""
+    gray = images.load_image(sorted((DEMO / "train" / "NORMAL").glob("*.jpeg"))[0], 48, "gray")[:, :, 0]
+    odd = np.ascontiguousarray(gray[:37, :45])  # sides that are not multiples of 8: the 1/8-scale decode rounds up
+    colour = np.dstack([gray, 255 - gray, gray // 2])
+    return {
+        "png 8-bit gray": encode(".png", gray),
+        "png 16-bit gray": encode(".png", gray.astype(np.uint16) * 257),
+        "png RGB": encode(".png", colour),
+        "png RGBA": encode(".png", np.dstack([colour, gray])),
+        "jpeg gray": pil_bytes(Image.fromarray(odd), "JPEG"),
+        "jpeg RGB 4:2:0": pil_bytes(Image.fromarray(np.dstack([odd, odd, odd])), "JPEG", subsampling=2),
+        "jpeg progressive": pil_bytes(Image.fromarray(odd), "JPEG", progressive=True),
+        "jpeg CMYK (full decode)": pil_bytes(Image.fromarray(colour).convert("CMYK"), "JPEG"),
+        **{f"jpeg EXIF orientation {o}": exif_jpeg(odd, o) for o in (2, 3, 5, 6, 8)},
+        "bmp": pil_bytes(Image.fromarray(colour), "BMP"),
+        "tiff 16-bit": pil_bytes(Image.fromarray(gray.astype(np.uint16) * 257), "TIFF"),
+        "dicom": Path(get_testdata_file("CT_small.dcm")).read_bytes(),
+    }
+
+
+@pytest.mark.parametrize("name", list(inspection_cases()))
+def test_inspect_reports_what_decode_reports(name: str) -> None:
+    data = inspection_cases()[name]
+    pixels, info = images.decode(data)
+    found, key = images.inspect(data)
+    assert found == info
+    if key.startswith("candidate:"):
+        assert name.startswith("jpeg") and "full decode" not in name
+    else:
+        assert key == "exact:" + images.pixel_digest(pixels)
+
+
+def test_inspect_agrees_with_decode_on_every_demo_image() -> None:
+    files = sorted(DEMO.rglob("*.jpeg"))
+    assert len(files) == 140
+    keys = set()
+    for path in files:
+        data = path.read_bytes()
+        info, key = images.inspect(data)
+        assert info == images.decode(data)[1], path
+        keys.add(key)
+    assert len(keys) == 140 and all(key.startswith("candidate:") for key in keys)
+
+
+def test_inspect_gives_decodes_reasons_for_broken_jpegs(demo_jpeg: Path) -> None:
+    data = demo_jpeg.read_bytes()
+    # Cut in the headers, cut in the entropy-coded data (libjpeg still reads all of it at half scale), no header.
+    for broken in (data[:200], data[: len(data) // 3], data[: len(data) - 10], b"\xff\xd8\xff" + bytes(300)):
+        with pytest.raises(ImageReadError) as from_decode:
+            images.decode(broken)
+        with pytest.raises(ImageReadError) as from_inspect:
+            images.inspect(broken)
+        assert str(from_inspect.value) == str(from_decode.value)
+
+
+def test_inspect_refuses_a_jpeg_over_the_pixel_limit_from_its_frame_header() -> None:
+    data = bytearray(pil_bytes(Image.fromarray(np.zeros((16, 16), np.uint8)), "JPEG"))
+    frame = data.index(b"\xff\xc0")
+    data[frame + 5 : frame + 9] = struct.pack(">HH", 12000, 12000)
+    assert images.jpeg_frame(bytes(data)) == (0xC0, 8, 12000, 12000, 1, False)
+    with pytest.raises(ImageReadError, match=r"JPEG image of 12000x12000 pixels is over the 64 megapixel limit"):
+        images.inspect(bytes(data))
+
+
+def mutate(data: bytes, edits: list[tuple[int, int, str]]) -> bytes:
+    """`data` with bytes set, inserted or deleted, or cut short (the mutations of test_robustness's fuzz)."""
+    mutated = bytearray(data)
+    for position, value, kind in edits:
+        if not mutated:
+            break
+        index = position % len(mutated)
+        if kind == "set":
+            mutated[index] = value
+        elif kind == "insert":
+            mutated[index:index] = bytes([value]) * (1 + value % 16)
+        elif kind == "delete":
+            del mutated[index : index + 1 + value % 64]
+        else:
+            del mutated[index:]
+    return bytes(mutated)
+
+
+JPEG_SEEDS = [
+    (DEMO / "train" / "NORMAL").glob("*.jpeg").__next__().read_bytes(),
+    exif_jpeg(np.random.default_rng(2).integers(0, 256, (20, 30), dtype=np.uint8), 6),
+    pil_bytes(Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 33), dtype=np.uint8)), "JPEG"),
+    pil_bytes(
+        Image.fromarray(np.random.default_rng(1).integers(0, 256, (24, 31, 3), dtype=np.uint8)),
+        "JPEG",
+        progressive=True,
+    ),
+]
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # Pillow's, from reading a mutated EXIF segment
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.sampled_from(range(len(JPEG_SEEDS))),
+    edits=st.lists(
+        st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from(["set", "insert", "delete", "cut"])),
+        min_size=1,
+        max_size=6,
+    ),
+)
+def test_fuzzed_jpegs_get_the_same_verdict_from_inspect_and_decode(seed: int, edits: list) -> None:
+    data = mutate(JPEG_SEEDS[seed], edits)
+
+    def verdict(function) -> object:
+        try:
+            result = function(data)
+        except ImageReadError as error:
+            return str(error)
+        return result[1] if function is images.decode else result[0]
+
+    assert verdict(images.inspect) == verdict(images.decode)
+
+
+def test_read_file_returns_the_status_it_checked(tmp_path: Path, demo_jpeg: Path) -> None:
+    data, status = images.read_file(demo_jpeg)
+    assert data == demo_jpeg.read_bytes() and status.st_size == len(data)
+    assert status.st_mtime_ns == demo_jpeg.stat().st_mtime_ns
+    with pytest.raises(ImageReadError, match="is a folder, not a file"):
+        images.read_file(tmp_path)
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    with pytest.raises(ImageReadError, match=r"empty file \(0 bytes\)"):  # refused at once, not waiting for a writer
+        images.read_file(fifo)
