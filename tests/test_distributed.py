@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.app.conftest import open_page
 from tests.conftest import DEMO, PROJECT
 
 pytestmark = pytest.mark.slow
@@ -24,7 +25,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_chief_and_two_workers_run_every_trial_exactly_once(tmp_path: Path) -> None:
+def test_chief_and_two_workers_run_every_trial_exactly_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     address = f"127.0.0.1:{free_port()}"
     common = [
         sys.executable,
@@ -87,6 +88,16 @@ def test_chief_and_two_workers_run_every_trial_exactly_once(tmp_path: Path) -> N
     best = max(trials, key=lambda t: t["score"])
     assert record["best_trial"] == best["trial_id"] and record["best_score"] == pytest.approx(best["score"])
     assert (run_dir / "model.keras").is_file() and "auc" in record["metrics"]
+
+    # The dashboard's Tune page shows the distributed search from its folder like any other search.
+    monkeypatch.setenv("MEDIMG_RUNS_DIR", str(tmp_path))
+    at = open_page("tune", run="shared")
+    assert not at.exception
+    assert at.selectbox(key="tune_run").value == "shared"
+    metrics = {metric.label: metric.value for metric in at.metric}
+    assert metrics["Status"] == "completed" and metrics["Trials"] == "4 of 4"
+    assert sorted(at.dataframe[0].value["trial"].astype(str)) == ["0", "1", "2", "3"]
+    assert [s.value for s in at.success] == [f"Best trial {best['trial_id']}: val_auc = {best['score']:.4f}"]
 
 
 def test_mirrored_strategy_trains_on_two_logical_cpu_devices(tmp_path: Path) -> None:
