@@ -65,10 +65,12 @@ class Augmenter:
             shift_y=spread(5, c.translation) * height,
         )
         if c.crop:
-            # Keras' RandomCrop crops a whole batch at one offset; here each image gets its own window.
-            keep, start_x, start_y = 1.0 - c.crop, draws[6] * c.crop, draws[7] * c.crop
-            crops = _stack(keep, 0.0, start_x * (width - 1), 0.0, keep, start_y * (height - 1), count=count)
-            maps = maps @ crops
+            # Keras' RandomCrop crops a whole batch at one offset; here each image gets its own window. The crop
+            # (output → keep · output + window start) comes last, so it multiplies the map from the right.
+            keep = 1.0 - c.crop
+            start = np.stack([draws[6] * c.crop * (width - 1), draws[7] * c.crop * (height - 1)], axis=1)
+            maps[:, :2, 2] += np.einsum("nij,nj->ni", maps[:, :2, :2], start)
+            maps[:, :2, :2] *= keep
         return maps
 
     def warp(self, batch: np.ndarray, seed: int) -> np.ndarray:
@@ -117,29 +119,28 @@ def build_augmenter(config: AugmentConfig) -> Augmenter | None:
     return None if config.is_identity else Augmenter(config)
 
 
-def _stack(*entries, count: int) -> np.ndarray:
-    """(count, 3, 3) affine matrices from their six top entries (scalars or (count,) arrays)."""
-    rows = [np.broadcast_to(np.asarray(e, dtype=np.float64), (count,)) for e in entries]
-    return np.stack([*rows, np.zeros(count), np.zeros(count), np.ones(count)], axis=1).reshape(count, 3, 3)
-
-
 def affine_matrices(height, width, *, flip_x, flip_y, angle, zoom, shift_x, shift_y) -> np.ndarray:
-    """Per-image 3×3 maps from output to input pixel coordinates, the product of (in the order the Keras layers
-    would apply them) horizontal flip, vertical flip, rotation by `angle` radians about the centre, zoom by `zoom`
-    about the centre (>1 shows more of the image, as Keras' RandomZoom) and a shift of `shift_x`, `shift_y` pixels.
-    `flip_x`/`flip_y` are 1.0 (flip) or 0.0. Every argument but height/width is a (batch,) array; each factor equals
-    the matrix its own Keras 3 layer uses."""
+    """Per-image 3×3 maps from output to input pixel coordinates: the product, in the order the Keras layers would
+    apply them, of horizontal flip, vertical flip, rotation by `angle` radians about the centre, zoom by `zoom` about
+    the centre (>1 shows more of the image, as Keras' RandomZoom) and a shift of `shift_x`, `shift_y` pixels (each
+    factor as its Keras 3 layer builds it). `flip_x`/`flip_y` are 1.0 (flip) or 0.0; every argument but
+    height/width is a (batch,) array or a scalar."""
     flip_x, flip_y, angle, zoom, shift_x, shift_y = np.broadcast_arrays(
-        *(np.asarray(v, dtype=np.float64) for v in (flip_x, flip_y, angle, zoom, shift_x, shift_y))
+        *(np.atleast_1d(np.asarray(v, dtype=np.float64)) for v in (flip_x, flip_y, angle, zoom, shift_x, shift_y))
     )
-    count = flip_x.shape[0]
+    # input = c + zoom · flips · rotation · (output - c - shift), c the centre; written out rather than multiplied
+    # as four batches of 3×3 matrices, which costs more in NumPy's per-call overhead than the warp itself.
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
-    flips = _stack(1.0 - 2.0 * flip_x, 0.0, flip_x * 2.0 * cx, 0.0, 1.0 - 2.0 * flip_y, flip_y * 2.0 * cy, count=count)
-    cos, sin = np.cos(angle), np.sin(angle)
-    rotation = _stack(cos, -sin, cx - cx * cos + cy * sin, sin, cos, cy - cx * sin - cy * cos, count=count)
-    scaling = _stack(zoom, 0.0, cx * (1.0 - zoom), 0.0, zoom, cy * (1.0 - zoom), count=count)
-    shift = _stack(1.0, 0.0, -shift_x, 0.0, 1.0, -shift_y, count=count)
-    return flips @ rotation @ scaling @ shift
+    sign_x, sign_y = 1.0 - 2.0 * flip_x, 1.0 - 2.0 * flip_y
+    cos, sin = np.cos(angle) * zoom, np.sin(angle) * zoom
+    maps = np.zeros((len(angle), 3, 3))
+    maps[:, 0, 0], maps[:, 0, 1] = sign_x * cos, -sign_x * sin
+    maps[:, 1, 0], maps[:, 1, 1] = sign_y * sin, sign_y * cos
+    origin_x, origin_y = cx + shift_x, cy + shift_y
+    maps[:, 0, 2] = cx - maps[:, 0, 0] * origin_x - maps[:, 0, 1] * origin_y
+    maps[:, 1, 2] = cy - maps[:, 1, 0] * origin_x - maps[:, 1, 1] * origin_y
+    maps[:, 2, 2] = 1.0
+    return maps
 
 
 def resample(batch: np.ndarray, maps: np.ndarray) -> np.ndarray:
@@ -147,17 +148,14 @@ def resample(batch: np.ndarray, maps: np.ndarray) -> np.ndarray:
     (TensorFlow's and Keras' "reflect": d c b a | a b c d), same dtype."""
     import cv2
 
-    height, width = batch.shape[1:3]
+    height, width, channels = batch.shape[1:]
     out = np.empty_like(batch)
-    for index, matrix in enumerate(maps.astype(np.float32)):
-        warped = cv2.warpAffine(
-            batch[index],
-            matrix[:2],
-            (width, height),
-            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REFLECT,
-        )
-        out[index] = warped.reshape(out[index].shape)  # OpenCV drops a single channel axis
+    # OpenCV writes into `dst` when its shape matches: a single channel needs the H×W view.
+    targets = out[..., 0] if channels == 1 else out
+    sources = batch[..., 0] if channels == 1 else batch
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    for source, target, matrix in zip(sources, targets, maps[:, :2].astype(np.float32), strict=True):
+        cv2.warpAffine(source, matrix, (width, height), dst=target, flags=flags, borderMode=cv2.BORDER_REFLECT)
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from medimg import images
 from medimg.errors import ImageReadError
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: JPEGs decoded at a reduced DCT scale (images.load_image)
 DECODE_CHUNK = 32  # files per thread-pool task
 ProgressCallback = Callable[[int, int, str], None]
 

@@ -1,4 +1,4 @@
-"""Augment: choose training-time augmentations and see one image augmented many times by the same layers."""
+"""Augment: choose training-time augmentations and see one image augmented many times by the code training uses."""
 
 from __future__ import annotations
 

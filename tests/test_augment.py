@@ -212,3 +212,5 @@ def test_augmenter_works_for_rgb_batches() -> None:
     image = images.load_image(path, 16, "rgb")
     out = augment.preview(image, AugmentConfig(rotation=0.1, brightness=0.2), n=2, seed=0)
     assert all(o.shape == (16, 16, 3) for o in out)
+    flipped = augment.preview(image, AugmentConfig(flip_horizontal=True), n=12, seed=0)
+    assert {classify_flip(o, image) for o in flipped} == {"none", "horizontal"}  # every channel moved alike

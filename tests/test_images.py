@@ -558,3 +558,82 @@ def test_read_file_returns_the_status_it_checked(tmp_path: Path, demo_jpeg: Path
     os.mkfifo(fifo)
     with pytest.raises(ImageReadError, match=r"empty file \(0 bytes\)"):  # refused at once, not waiting for a writer
         images.read_file(fifo)
+
+
+# ---------------------------------------------------------------- JPEG loading at a reduced DCT scale
+
+
+@pytest.mark.parametrize(("size", "color"), [(28, "gray"), (56, "rgb"), (64, "gray"), (100, "gray"), (224, "rgb")])
+def test_load_image_of_real_jpegs_matches_the_full_decode(size: int, color: str) -> None:
+    # `load_image` decodes JPEGs at 1/2, 1/4 or 1/8 scale when the target is small enough (224 → 28 and 56 use 1/4
+    # and 1/2); the shrink differs from a full decode + area resize only in rounding and at sharp edges.
+    paths = sorted(DEMO.rglob("*.jpeg"))[::7]
+    errors = []
+    for path in paths:
+        data = path.read_bytes()
+        scaled = images.load_image(data, size, color)
+        full = images.prepare(images.decode(data)[0], size, color)
+        assert scaled.shape == full.shape == (size, size, 1 if color == "gray" else 3)
+        errors.append(np.abs(scaled.astype(int) - full.astype(int)))
+    mean_error = float(np.mean([e.mean() for e in errors]))
+    assert mean_error < 0.5, mean_error  # grey levels out of 255
+    assert float(np.mean([np.percentile(e, 99) for e in errors])) < 4
+
+
+@pytest.mark.parametrize("orientation", [2, 3, 5, 6, 8])
+def test_load_image_applies_exif_orientation_like_decode(orientation: int) -> None:
+    gray = images.load_image(sorted((DEMO / "train" / "NORMAL").glob("*.jpeg"))[0], 96, "gray")[:, :, 0]
+    stored = np.ascontiguousarray(gray[:64, :80])  # not square: a missed turn changes the picture
+    data = exif_jpeg(stored, orientation)
+    scaled = images.load_image(data, 16, "gray").astype(int)
+    full = images.prepare(images.decode(data)[0], 16, "gray").astype(int)
+    unturned = images.prepare(stored, 16, "gray").astype(int)
+    assert np.abs(scaled - full).mean() < 1
+    assert np.abs(scaled - unturned).mean() > 10  # the orientation was applied, not ignored
+
+
+@pytest.mark.parametrize("name", ["jpeg CMYK (full decode)", "jpeg gray", "jpeg progressive", "jpeg RGB 4:2:0"])
+def test_load_image_of_other_jpeg_kinds_matches_the_full_decode(name: str) -> None:
+    data = inspection_cases()[name]
+    for size in (8, 16, 40):
+        for color in ("gray", "rgb"):
+            scaled = images.load_image(data, size, color).astype(int)
+            full = images.prepare(images.decode(data)[0], size, color).astype(int)
+            assert np.abs(scaled - full).mean() < 1, (size, color)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.5, 0.99])
+def test_load_image_of_a_truncated_jpeg_gives_decodes_reason(demo_jpeg: Path, fraction: float) -> None:
+    data = demo_jpeg.read_bytes()[: int(demo_jpeg.stat().st_size * fraction)]
+    with pytest.raises(ImageReadError) as from_decode:
+        images.decode(data)
+    with pytest.raises(ImageReadError) as from_load:
+        images.load_image(data, 28, "gray")
+    assert str(from_load.value) == str(from_decode.value)
+
+
+def test_load_image_refuses_a_jpeg_over_the_pixel_limit_before_decoding() -> None:
+    data = bytearray(inspection_cases()["jpeg gray"])
+    start = data.index(b"\xff\xc0")
+    data[start + 5 : start + 9] = struct.pack(">HH", 12000, 12000)  # the frame header claims 12000 × 12000
+    with pytest.raises(ImageReadError, match="over the 64 megapixel limit"):
+        images.load_image(bytes(data), 64, "gray")
+
+
+def test_load_image_picks_the_smallest_exact_dct_scale(demo_jpeg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = demo_jpeg.read_bytes()  # 224 × 224
+    odd = inspection_cases()["jpeg gray"]  # 45 × 37: no scale divides both sides
+    modes = []
+    real_imdecode = cv2.imdecode
+    monkeypatch.setattr(cv2, "imdecode", lambda buffer, flags: modes.append(flags) or real_imdecode(buffer, flags))
+    cases = [(data, 28, "gray"), (data, 56, "gray"), (data, 64, "gray"), (data, 24, "rgb"), (odd, 8, "gray")]
+    for source, size, color in cases:
+        images.load_image(source, size, color)
+    ignore = cv2.IMREAD_IGNORE_ORIENTATION
+    assert modes == [
+        cv2.IMREAD_REDUCED_GRAYSCALE_4 | ignore,  # 56 px left, twice the 28 asked
+        cv2.IMREAD_REDUCED_GRAYSCALE_2 | ignore,
+        cv2.IMREAD_GRAYSCALE | ignore,  # 112 would be under twice 64
+        cv2.IMREAD_REDUCED_COLOR_4 | ignore,
+        cv2.IMREAD_GRAYSCALE | ignore,
+    ]
