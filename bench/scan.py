@@ -1,8 +1,8 @@
-"""`medimg.dataset.scan` vs a sequential `cv2.imread` loop over the same files, and a second scan of the same folder.
+"""`medimg.scanning.scan` vs a sequential `cv2.imread` loop over the same files, and a second scan of the same folder.
 
 Compared on N synthetic JPEGs (default 20,000 at 128 px), files already in the OS page cache:
 - baseline: `for path in paths: cv2.imread(path)` (the file list is given, not timed);
-- medimg: `dataset.scan(folder)` with an empty cache folder: listing, reading and inspecting in threads (JPEG
+- medimg: `scanning.scan(folder)` with an empty cache folder: listing, reading and inspecting in threads (JPEG
   frame header + 1/8-scale grayscale decode + hash, `images.inspect`), the full decode of files whose candidate
   keys meet, and the report (target ≥ 1.8× faster than the baseline on 2 cores), also with other worker counts;
 - a second `scan` of the unchanged folder (target < 1 s: medimg's scan cache, keyed by path, size and mtime, should
@@ -43,9 +43,9 @@ def imread_loop(paths: list[str]) -> int:
 
 
 def medimg_scan(folder: Path, workers: int | None = None) -> int:
-    from medimg import dataset
+    from medimg import scanning
 
-    return dataset.scan(folder, workers=workers).image_count
+    return scanning.scan(folder, workers=workers).image_count
 
 
 def fresh_cache() -> None:
@@ -66,15 +66,15 @@ def check_scan(folder: Path) -> None:
     """The scan must find what a full decode of every file finds (sizes, modes, identical-pixel groups); untimed."""
     from collections import Counter, defaultdict
 
-    from medimg import dataset, images
+    from medimg import dataset, images, scanning
 
-    report = dataset.scan(folder)
+    report = scanning.scan(folder)
     groups, sizes, modes = defaultdict(list), Counter(), Counter()
     for file in dataset.list_files(folder).files:
         pixels, info = images.decode(images.read_bytes(file.path))
         groups[images.pixel_digest(pixels)].append(file.path)
         sizes[f"{info.width}x{info.height}"] += 1
-        modes[f"{info.format} {dataset._mode_name(info.channels)} {info.bit_depth}-bit"] += 1
+        modes[f"{info.format} {scanning._mode_name(info.channels)} {info.bit_depth}-bit"] += 1
     duplicates = sorted(sorted(group) for group in groups.values() if len(group) > 1)
     assert report.sizes == dict(sizes) and report.modes == dict(modes), "the scan's sizes or modes are wrong"
     assert sorted(map(sorted, report.duplicates)) == duplicates, "the scan's duplicate groups are wrong"

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medimg import images
+from medimg import dicom, images
 from medimg.errors import ImageReadError
 
 CACHE_VERSION = 2  # 2: JPEGs decoded at a reduced DCT scale (images.load_image)
@@ -44,7 +44,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDIMG_CACHE_DIR") or Path.home() / ".cache" / "medimg")
 
 
-def cache_key(paths: list[str], size: int, color: str, window: images.DicomWindow | None = None) -> str:
+def cache_key(paths: list[str], size: int, color: str, window: dicom.DicomWindow | None = None) -> str:
     stamp = f"|{window.center}|{window.width}" if window else ""  # a DICOM window changes the decoded pixels
     digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}{stamp}".encode())
     for path in paths:
@@ -58,7 +58,7 @@ def cache_key(paths: list[str], size: int, color: str, window: images.DicomWindo
     return digest.hexdigest()[:32]
 
 
-def _decode_many(paths: list[str], size: int, color: str, window: images.DicomWindow | None) -> list[np.ndarray | str]:
+def _decode_many(paths: list[str], size: int, color: str, window: dicom.DicomWindow | None) -> list[np.ndarray | str]:
     """Decoded images, or the reason a file could not be read; one thread-pool task decodes many files, so the
     pool's per-task cost stays small next to decoding a small image (~0.1–0.3 ms)."""
     results: list[np.ndarray | str] = []
@@ -77,7 +77,7 @@ def load_arrays(
     color: str,
     on_progress: ProgressCallback | None = None,
     directory: Path | None = None,
-    window: images.DicomWindow | None = None,
+    window: dicom.DicomWindow | None = None,
 ) -> CachedArrays:
     """The decoded arrays for these files, from the cache or decoded now (once) and cached.
 
@@ -110,7 +110,7 @@ def _build_entry(
     size: int,
     color: str,
     on_progress: ProgressCallback | None,
-    window: images.DicomWindow | None = None,
+    window: dicom.DicomWindow | None = None,
 ) -> CachedArrays:
     channels = 1 if color == "gray" else 3
     handle, temporary = tempfile.mkstemp(dir=meta_path.parent, suffix=".npy.tmp")

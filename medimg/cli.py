@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command_scan(args: argparse.Namespace) -> int:
-    from medimg import dataset
+    from medimg import scanning
 
-    report = dataset.scan(args.data or DEMO_DATASET, args.group_regex, on_progress=ProgressBar())
+    report = scanning.scan(args.data or DEMO_DATASET, args.group_regex, on_progress=ProgressBar())
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medimg import images
+from medimg import dicom, images
 from medimg.errors import ImageReadError, RunError
 from medimg.runs import Run
 
@@ -36,12 +36,12 @@ class Predictor:
         self.size = int(record["input"]["image_size"])
         self.color = str(record["input"]["color"])
         trained_window = record["input"].get("dicom_window")
-        self.window = images.DicomWindow(*trained_window) if trained_window else None  # the one training used
+        self.window = dicom.DicomWindow(*trained_window) if trained_window else None  # the one training used
         self.class_names = list(record["class_names"])
         self.model = run.load_model()
 
     def prepare(
-        self, source: str | Path | bytes, frame: int = 0, window: images.DicomWindow | None = None
+        self, source: str | Path | bytes, frame: int = 0, window: dicom.DicomWindow | None = None
     ) -> np.ndarray:
         return images.load_image(source, self.size, self.color, frame=frame, window=window or self.window)
 
@@ -64,7 +64,7 @@ class Predictor:
         self,
         sources: list[tuple[str, str | Path | bytes]],
         *,
-        window: images.DicomWindow | None = None,
+        window: dicom.DicomWindow | None = None,
         frames: dict[int, int] | None = None,
     ) -> list[Prediction]:
         """Predict named sources (path or bytes); unreadable ones come back with their reason, the rest go on.
@@ -95,12 +95,12 @@ class Predictor:
         return heatmap
 
 
-def dicom_summary(source: str | Path | bytes) -> images.DicomSummary | None:
+def dicom_summary(source: str | Path | bytes) -> dicom.DicomSummary | None:
     """Pixel facts of a DICOM source (frames, window, modality), or None for any other format."""
     data = source if isinstance(source, bytes) else images.read_bytes(source)
     if not images.is_dicom(data):
         return None
-    return images.dicom_summary(data)
+    return dicom.dicom_summary(data)
 
 
 def predictions_csv(predictions: list[Prediction], class_names: list[str]) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medimg import __version__, charts, clinical, evaluation, htmldoc, images, subgroups
+from medimg import __version__, charts, clinical, dicom, evaluation, htmldoc, images, subgroups
 from medimg.runs import Run
 
 NOT_FOR_CLINICAL_USE = (
@@ -315,7 +315,7 @@ def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell
     if not chosen:
         return [htmldoc.paragraph("No test images to show.")]
     contract = run.record["input"]
-    window = images.DicomWindow(*contract["dicom_window"]) if contract.get("dicom_window") else None
+    window = dicom.DicomWindow(*contract["dicom_window"]) if contract.get("dicom_window") else None
     pixels = np.stack(
         [
             images.load_image(test.paths[i], int(contract["image_size"]), contract["color"], window=window)

@@ -99,7 +99,7 @@ def input_contract(config: DatasetConfig) -> dict[str, Any]:
 
 
 def dicom_window(config: DatasetConfig) -> Any:
-    from medimg.images import DicomWindow
+    from medimg.dicom import DicomWindow
 
     return DicomWindow(*config.window) if config.window else None
 

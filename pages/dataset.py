@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from medimg import charts, dataset, images, sources
+from medimg import charts, dataset, dicom, images, scanning, sources
 from medimg.config import DatasetConfig
 from medimg.errors import ConfigError, MedimgError
 from pages import common
@@ -15,8 +15,8 @@ config: DatasetConfig = common.get("dataset")
 
 
 @st.cache_data(show_spinner="Scanning images…", max_entries=8, ttl=600)
-def scan_cached(path: str, group_regex: str) -> dataset.ScanReport:
-    return dataset.scan(path, group_regex)
+def scan_cached(path: str, group_regex: str) -> scanning.ScanReport:
+    return scanning.scan(path, group_regex)
 
 
 @st.cache_data(max_entries=256)
@@ -172,7 +172,7 @@ image_size = c4.select_slider(
 color = c5.radio("Channel mode", ["gray", "rgb"], horizontal=True, key=common.seed_widget("ds_color", config.color))
 window_center, window_width = 0.0, 0.0
 if any(mode.startswith("dicom") for mode in report.modes):
-    presets = {"each file's own (header)": None, **{name: (w.center, w.width) for name, w in images.CT_WINDOWS.items()}}
+    presets = {"each file's own (header)": None, **{name: (w.center, w.width) for name, w in dicom.CT_WINDOWS.items()}}
     current = next((name for name, values in presets.items() if values == config.window), "custom")
     w1, w2, w3 = st.columns(3)
     choice = w1.selectbox(

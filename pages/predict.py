@@ -46,21 +46,21 @@ if len(uploads) > MAX_FILES:
     st.warning(f"{len(uploads)} files uploaded; only the first {MAX_FILES} are predicted.")
     uploads = uploads[:MAX_FILES]
 
-from medimg import images  # noqa: E402
+from medimg import dicom  # noqa: E402
 from medimg.explain import overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
 from medimg.predict import dicom_summary, predictions_csv  # noqa: E402
 
 WINDOW_CHOICES = ["Header window", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
 
 
-def describe(data: bytes) -> images.DicomSummary | None:
+def describe(data: bytes) -> dicom.DicomSummary | None:
     try:
         return dicom_summary(data)
     except MedimgError:
         return None  # unreadable: the prediction below reports why
 
 
-def window_inputs() -> images.DicomWindow | None:
+def window_inputs() -> dicom.DicomWindow | None:
     """The window for every DICOM upload: None keeps each file's own header window."""
     choice = st.selectbox(
         "Window (monochrome DICOM)",
@@ -72,14 +72,14 @@ def window_inputs() -> images.DicomWindow | None:
     if choice == "Header window":
         return None
     if choice != "Custom":
-        return images.CT_WINDOWS[choice.lower()]
+        return dicom.CT_WINDOWS[choice.lower()]
     left, right = st.columns(2)
     center = left.number_input("Window centre", value=40.0, step=10.0, key="predict_window_center")
     width = right.number_input("Window width", min_value=2.0, value=400.0, step=10.0, key="predict_window_width")
-    return images.DicomWindow(center, width)
+    return dicom.DicomWindow(center, width)
 
 
-def header_text(summary: images.DicomSummary) -> str:
+def header_text(summary: dicom.DicomSummary) -> str:
     window = (
         f"header window centre {summary.window.center:g} / width {summary.window.width:g}"
         if summary.window

@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from medimg import cache, images, jobs, runs
+from medimg import cache, dicom, images, jobs, runs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import ConfigError
 from medimg.predict import Predictor
 from tests.conftest import PROJECT
 from tests.test_phi import ct_dicom, ct_image
 
-LUNG = images.CT_WINDOWS["lung"]
+LUNG = dicom.CT_WINDOWS["lung"]
 
 
 @pytest.fixture(scope="module")

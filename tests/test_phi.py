@@ -18,7 +18,7 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage
 
-from medimg import bundle, cli, dataset, images, jobs, predict, report, runs
+from medimg import bundle, cli, dicom, jobs, predict, report, runs, scanning
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
 from tests.dicom_files import new_dicom
 
@@ -91,13 +91,13 @@ def test_the_source_files_do_hold_the_identifiers(dicom_folder: Path) -> None:
 
 
 def test_the_decoder_keeps_pixel_elements_only(dicom_folder: Path) -> None:
-    parsed = images.read_dicom_dataset((dicom_folder / "lesion" / "img_000.dcm").read_bytes())
+    parsed = dicom.read_dicom_dataset((dicom_folder / "lesion" / "img_000.dcm").read_bytes())
     for keyword in IDENTIFIERS:
         assert keyword not in parsed, keyword
     tags = list(parsed.keys())
     assert all(tag.group in (0x0008, 0x0028, 0x7FE0) for tag in tags) and not any(tag.is_private for tag in tags)
     assert (parsed.Rows, parsed.Modality, float(parsed.WindowCenter)) == (32, "CT", 40.0)
-    text = repr(parsed) + str(images.dicom_summary((dicom_folder / "lesion" / "img_000.dcm").read_bytes()))
+    text = repr(parsed) + str(dicom.dicom_summary((dicom_folder / "lesion" / "img_000.dcm").read_bytes()))
     assert not [value for value in FORBIDDEN if value in text]
 
 
@@ -114,7 +114,7 @@ def test_a_dicom_run_prediction_and_report_write_no_identifier(
     capfd: pytest.CaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)  # every logger, pydicom's included
-    scan = dataset.scan(dicom_folder)
+    scan = scanning.scan(dicom_folder)
     assert scan.classes == {"clear": 20, "lesion": 20} and not scan.unreadable
 
     spec = RunSpec(
@@ -133,7 +133,7 @@ def test_a_dicom_run_prediction_and_report_write_no_identifier(
     multi = ct_dicom(ct_image(rng, lesion=True, frames=3))
     predictor = predict.Predictor(run)
     results = predictor.predict(
-        [("upload-1.dcm", single), ("upload-2.dcm", multi)], window=images.CT_WINDOWS["mediastinum"], frames={1: 2}
+        [("upload-1.dcm", single), ("upload-2.dcm", multi)], window=dicom.CT_WINDOWS["mediastinum"], frames={1: 2}
     )
     assert all(r.error == "" and r.probabilities for r in results)
     predictions_csv = tmp_path / "predictions.csv"

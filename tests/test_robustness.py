@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medimg import dataset, images, jobs, runs
+from medimg import images, jobs, runs, scanning
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import ImageReadError
 from medimg.predict import Predictor
@@ -33,7 +33,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Case]]:
     return root, cases
 
 
-def outcome_table(root: Path, cases: list[Case], report: dataset.ScanReport) -> list[tuple[str, str, str]]:
+def outcome_table(root: Path, cases: list[Case], report: scanning.ScanReport) -> list[tuple[str, str, str]]:
     unreadable = {os.path.relpath(item["path"], root): item["reason"] for item in report.unreadable}
     readable = {os.path.relpath(file.path, root) for file in report.files}
     rows = []
@@ -51,7 +51,7 @@ def test_corpus_is_large_enough(corpus: tuple[Path, list[Case]]) -> None:
 
 def test_scan_reads_the_odd_files_and_lists_each_bad_one_with_its_reason(corpus: tuple[Path, list[Case]]) -> None:
     root, cases = corpus
-    report = dataset.scan(root)
+    report = scanning.scan(root)
     rows = outcome_table(root, cases, report)
     lines = ["| file | expected | outcome | reason |", "|---|---|---|---|"]
     lines += [

@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medimg import images, runs
+from medimg import dicom, runs
 from tests.dicom_files import new_dicom
 
 from .conftest import DEMO, FinishedRuns, by_label, charts, no_exception, open_page, values
@@ -190,14 +190,14 @@ def test_dicom_upload_defaults_to_the_header_window_and_takes_ct_presets(finishe
     window.set_value("Lung").run()
     no_exception(at)
     lung = probabilities_shown(at, 0, "scan.dcm")
-    assert lung == pytest.approx(expected_probabilities(run_path, data, window=images.CT_WINDOWS["lung"]), abs=1e-5)
+    assert lung == pytest.approx(expected_probabilities(run_path, data, window=dicom.CT_WINDOWS["lung"]), abs=1e-5)
     assert lung != pytest.approx(header, abs=1e-4)  # the window changed what the model saw
 
     by_label(at.selectbox, "Window (monochrome DICOM)").set_value("Custom").run()
     by_label(at.number_input, "Window centre").set_value(400.0).run()
     by_label(at.number_input, "Window width").set_value(1800.0).run()
     no_exception(at)
-    bone = expected_probabilities(run_path, data, window=images.CT_WINDOWS["bone"])
+    bone = expected_probabilities(run_path, data, window=dicom.CT_WINDOWS["bone"])
     assert probabilities_shown(at, 0, "scan.dcm") == pytest.approx(bone, abs=1e-5)  # custom 400 / 1800 = bone
 
 
