@@ -25,14 +25,23 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
     Patient, study and institution identifiers never leave this function: see `_keep_pixel_elements`.
     """
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.errors import BytesLengthException, InvalidDicomError
     from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     if data.startswith(b"DICM"):  # preamble stripped but marker kept: what follows is the file meta group
         data = data[4:]
     try:
         dataset = pydicom.dcmread(io.BytesIO(data), force=True)
-    except (InvalidDicomError, EOFError, ValueError, TypeError, KeyError, AttributeError, OSError) as error:
+    except (
+        InvalidDicomError,
+        BytesLengthException,  # an element whose length does not fit its value representation
+        EOFError,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        OSError,
+    ) as error:
         raise ImageReadError(f"corrupt DICOM: {error}") from error
     if "TransferSyntaxUID" not in dataset.file_meta:
         # A bare dataset (no preamble, no file meta): pydicom needs the transfer syntax it was read with to decode.

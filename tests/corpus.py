@@ -16,6 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from hypothesis import strategies as st
 from PIL import Image
 
 
@@ -187,3 +188,27 @@ def write_corpus(root: Path, real_image: Path) -> list[Case]:
     outside.write_bytes(real_png)
     add("bad/outside.png", None, False, "outside the dataset", make=lambda p: os.symlink(outside, p))
     return cases
+
+
+def byte_edits(max_size: int) -> st.SearchStrategy[list[tuple[int, int, str]]]:
+    """Hypothesis edits for `mutate`: (position, value, kind) with kind set, insert, delete or cut."""
+    edit = st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from(["set", "insert", "delete", "cut"]))
+    return st.lists(edit, min_size=1, max_size=max_size)
+
+
+def mutate(data: bytes, edits: list[tuple[int, int, str]]) -> bytes:
+    """`data` with bytes set, inserted or deleted, or cut short, in the order of `edits`."""
+    mutated = bytearray(data)
+    for position, value, kind in edits:
+        if not mutated:
+            break
+        index = position % len(mutated)
+        if kind == "set":
+            mutated[index] = value
+        elif kind == "insert":
+            mutated[index:index] = bytes([value]) * (1 + value % 16)
+        elif kind == "delete":
+            del mutated[index : index + 1 + value % 64]
+        else:
+            del mutated[index:]
+    return bytes(mutated)

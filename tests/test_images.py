@@ -23,6 +23,7 @@ from pydicom.dataset import Dataset
 from medimg import images
 from medimg.errors import ImageReadError
 from tests.conftest import DEMO, PROJECT
+from tests.corpus import byte_edits, mutate
 from tests.dicom_files import new_dicom
 
 
@@ -415,6 +416,15 @@ def test_truncated_dicom_is_an_image_read_error() -> None:
         images.decode(data[: len(data) // 2])
 
 
+def test_dicom_with_a_meta_group_length_of_the_wrong_size_is_an_image_read_error() -> None:
+    # Found by the fuzz in test_robustness: without its preamble, byte 21 is inside the (0002,0000) group length;
+    # pydicom raised BytesLengthException, which is not one of its InvalidDicomError family.
+    data = bytearray(Path(get_testdata_file("CT_small.dcm")).read_bytes()[128:])
+    data[21] = 0
+    with pytest.raises(ImageReadError, match="corrupt DICOM"):
+        images.decode(bytes(data))
+
+
 def test_load_image_accepts_bytes_and_paths_alike(demo_jpeg: Path) -> None:
     from_path = images.load_image(demo_jpeg, 24, "rgb")
     from_bytes = images.load_image(demo_jpeg.read_bytes(), 24, "rgb")
@@ -495,24 +505,6 @@ def test_inspect_refuses_a_jpeg_over_the_pixel_limit_from_its_frame_header() -> 
         images.inspect(bytes(data))
 
 
-def mutate(data: bytes, edits: list[tuple[int, int, str]]) -> bytes:
-    """`data` with bytes set, inserted or deleted, or cut short (the mutations of test_robustness's fuzz)."""
-    mutated = bytearray(data)
-    for position, value, kind in edits:
-        if not mutated:
-            break
-        index = position % len(mutated)
-        if kind == "set":
-            mutated[index] = value
-        elif kind == "insert":
-            mutated[index:index] = bytes([value]) * (1 + value % 16)
-        elif kind == "delete":
-            del mutated[index : index + 1 + value % 64]
-        else:
-            del mutated[index:]
-    return bytes(mutated)
-
-
 JPEG_SEEDS = [
     (DEMO / "train" / "NORMAL").glob("*.jpeg").__next__().read_bytes(),
     exif_jpeg(np.random.default_rng(2).integers(0, 256, (20, 30), dtype=np.uint8), 6),
@@ -529,11 +521,7 @@ JPEG_SEEDS = [
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.sampled_from(range(len(JPEG_SEEDS))),
-    edits=st.lists(
-        st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from(["set", "insert", "delete", "cut"])),
-        min_size=1,
-        max_size=6,
-    ),
+    edits=byte_edits(max_size=6),
 )
 def test_fuzzed_jpegs_get_the_same_verdict_from_inspect_and_decode(seed: int, edits: list) -> None:
     data = mutate(JPEG_SEEDS[seed], edits)

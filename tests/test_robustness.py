@@ -17,7 +17,7 @@ from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import ImageReadError
 from medimg.predict import Predictor
 from tests.conftest import DEMO, PROJECT
-from tests.corpus import Case, write_corpus
+from tests.corpus import Case, byte_edits, mutate, write_corpus
 
 REAL = sorted((DEMO / "train" / "NORMAL").glob("*.jpeg"))[0]
 
@@ -130,28 +130,12 @@ SEEDS = _seed_files()
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.sampled_from(range(len(SEEDS))),
-    edits=st.lists(
-        st.tuples(st.integers(0, 10**6), st.integers(0, 255), st.sampled_from(["set", "insert", "delete", "cut"])),
-        min_size=1,
-        max_size=8,
-    ),
+    edits=byte_edits(max_size=8),
 )
 def test_fuzzed_files_raise_only_medimg_errors(seed: int, edits: list[tuple[int, int, str]]) -> None:
-    data = bytearray(SEEDS[seed])
-    for position, value, kind in edits:
-        if not data:
-            break
-        index = position % len(data)
-        if kind == "set":
-            data[index] = value
-        elif kind == "insert":
-            data[index:index] = bytes([value]) * (1 + value % 16)
-        elif kind == "delete":
-            del data[index : index + 1 + value % 64]
-        else:
-            del data[index:]
+    data = mutate(SEEDS[seed], edits)
     try:
-        pixels = images.load_image(bytes(data), 16, "gray")
+        pixels = images.load_image(data, 16, "gray")
     except ImageReadError:
         return
     assert pixels.shape == (16, 16, 1) and pixels.dtype == np.uint8
