@@ -41,6 +41,11 @@ class Augmenter:
         return bool(c.flip_horizontal or c.flip_vertical or c.rotation or c.zoom or c.translation or c.crop)
 
     @property
+    def has_adjustments(self) -> bool:
+        c = self.config
+        return bool(c.brightness or c.contrast or c.noise)
+
+    @property
     def steps(self) -> list[str]:
         """The transformations applied, in order ("geometry" is one warp)."""
         c = self.config
@@ -102,9 +107,11 @@ class Augmenter:
 
     def __call__(self, batch: np.ndarray, seed: int) -> np.ndarray:
         """Both steps on a NumPy batch, eagerly (previews, tests): float32 in 0..255."""
+        warped = self.warp(batch, seed).astype(np.float32)
+        if not self.has_adjustments:
+            return warped  # geometry alone needs no TensorFlow (the Augment page's preview of flips and turns)
         import tensorflow as tf
 
-        warped = self.warp(batch, seed).astype(np.float32)
         return self.adjust(tf.constant(warped), tf.constant(seed, tf.int64)).numpy()
 
 

@@ -219,10 +219,9 @@ def inspect(data: bytes) -> tuple[ImageInfo, str]:
     identical. Every other file is decoded fully and its key is 'exact:' + `pixel_digest`. Raises ImageReadError
     with `decode`'s reasons.
     """
-    if sniff_format(data[:132]) == "jpeg":
-        quick = _inspect_jpeg(data)
-        if quick is not None:
-            return quick
+    quick = _inspect_jpeg(data)
+    if quick is not None:
+        return quick
     pixels, info = decode(data)
     return info, "exact:" + pixel_digest(pixels)
 
@@ -257,15 +256,26 @@ def jpeg_frame(data: bytes) -> tuple[int, int, int, int, int, bool] | None:
     return None
 
 
+def _plain_jpeg(data: bytes) -> tuple[int, int, int, bool] | None:
+    """(height, width, components, APP1 present) of an 8-bit Huffman-coded gray or YCbCr JPEG, checked against the
+    pixel limit before any decoding (a reduced decode would pass OpenCV's own limit); None for other files and JPEG
+    kinds, which take the full `decode`."""
+    frame = jpeg_frame(data) if sniff_format(data[:132]) == "jpeg" else None
+    if frame is None or frame[0] not in _JPEG_FAST_FRAMES or frame[1] != 8 or frame[4] not in (1, 3):
+        return None
+    _, _, height, width, components, app1 = frame
+    _check_pixel_limit(width, height, "jpeg")
+    return height, width, components, app1
+
+
 def _inspect_jpeg(data: bytes) -> tuple[ImageInfo, str] | None:
     """`inspect` of a plain JPEG; None when the full decode must decide (other frames, or the decoder refused)."""
     import cv2
 
-    frame = jpeg_frame(data)
-    if frame is None or frame[0] not in _JPEG_FAST_FRAMES or frame[1] != 8 or frame[4] not in (1, 3):
+    plain = _plain_jpeg(data)
+    if plain is None:
         return None
-    _, _, height, width, components, app1 = frame
-    _check_pixel_limit(width, height, "jpeg")  # before decoding: a reduced decode would pass OpenCV's own limit
+    height, width, components, app1 = plain
     try:
         reduced = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8)
     except cv2.error:
@@ -341,7 +351,7 @@ def load_image(
     Training, evaluation and prediction all load through here, so they see the same pixels.
     """
     data = source if isinstance(source, bytes) else read_bytes(source)
-    scaled = _load_jpeg_scaled(data, size, color) if data[:3] == b"\xff\xd8\xff" else None
+    scaled = _load_jpeg_scaled(data, size, color)
     if scaled is not None:
         return scaled
     pixels, _ = decode(data, frame=frame, window=window)
@@ -358,11 +368,10 @@ def _load_jpeg_scaled(data: bytes, size: int, color: str) -> np.ndarray | None:
     then gives the reason)."""
     import cv2
 
-    header = jpeg_frame(data)
-    if header is None or header[0] not in _JPEG_FAST_FRAMES or header[1] != 8 or header[4] not in (1, 3):
+    plain = _plain_jpeg(data)
+    if plain is None:
         return None
-    _, _, height, width, _, app1 = header
-    _check_pixel_limit(width, height, "jpeg")
+    height, width, _, app1 = plain
     factor = next((f for f in (8, 4, 2) if height % f == width % f == 0 and min(height, width) >= 2 * size * f), 1)
     modes = (
         {

@@ -51,7 +51,7 @@ def make_dataset(
         batch.set_shape([None, height, width, channels])
         batch_labels.set_shape([None, 1] if binary else [None])
         batch = tf.cast(batch, tf.float32)
-        if augmenter is not None:
+        if augmenter is not None and augmenter.has_adjustments:
             batch = augmenter.adjust(batch, batch_seed)
         return batch, batch_labels
 
