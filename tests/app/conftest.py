@@ -22,12 +22,22 @@ import pytest
 from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
 
+from medimg.config import SearchSpace
 from tests.conftest import DEMO, PROJECT
 
 APP = PROJECT / "app.py"
 # Pages that load TensorFlow or a model need more than AppTest's default 3 s on 2 cores.
 TIMEOUT = 90
 TINY_DATASET = {"path": str(DEMO), "image_size": 16}
+TINY_SEARCH = SearchSpace(
+    conv_blocks=(1,),
+    filters_min=8,
+    filters_max=16,
+    filters_step=8,
+    activations=("relu",),
+    dropouts=(0.0,),
+    dense_units=(8,),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +66,15 @@ def open_page(page: str, run: str | None = None, **state: Any) -> AppTest:
     at.switch_page(f"pages/{page}.py").run()
     assert [title.value for title in at.title] == [page.capitalize()], "the page did not open"
     return at
+
+
+def damaged_run(root: Path, run_id: str) -> Path:
+    """A run folder whose run.json was cut short (disk full, a killed editor). Written by hand on purpose: the
+    engine writes run files atomically and never leaves one like this."""
+    folder = root / run_id
+    folder.mkdir()
+    (folder / "run.json").write_text(f'{{"id": "{run_id}", "spec": {{')
+    return folder
 
 
 def values(elements: Any) -> list[str]:
@@ -133,7 +152,7 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 def engine_runs(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path) -> FinishedRuns:
     """One tiny train run and one tiny tune run on the demo data, carried out by the real engine (about 10 s)."""
     from medimg import jobs, runs
-    from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+    from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
 
     root = tmp_path_factory.mktemp("finished-runs")
     dataset = DatasetConfig(**TINY_DATASET)
@@ -147,15 +166,7 @@ def engine_runs(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path) 
         root,
     )
     jobs.execute(train)
-    space = SearchSpace(
-        conv_blocks=(1,),
-        filters_min=8,
-        filters_max=16,
-        filters_step=8,
-        activations=("relu",),
-        dropouts=(0.0,),
-        dense_units=(8,),
-    )
+    space = TINY_SEARCH
     tune = runs.create_run(
         RunSpec(kind="tune", dataset=dataset, train=TrainConfig(epochs=1), search=space, tune=TuneConfig(max_trials=1)),
         root,

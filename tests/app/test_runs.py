@@ -9,7 +9,7 @@ import pytest
 from medimg import runs
 from medimg.config import DatasetConfig, RunSpec
 
-from .conftest import TINY_DATASET, FinishedRuns, by_label, charts, no_exception, open_page, values
+from .conftest import TINY_DATASET, FinishedRuns, by_label, charts, damaged_run, no_exception, open_page, values
 
 
 def test_empty_runs_folder_says_how_to_start(runs_dir: Path) -> None:
@@ -79,9 +79,7 @@ def test_an_active_run_is_not_deleted(runs_dir: Path) -> None:
 
 def test_a_damaged_run_is_listed_as_damaged_and_does_not_break_the_page(finished_runs: FinishedRuns) -> None:
     # A run whose run.json was cut short (disk full, killed editor): newest, so it is compared by default.
-    damaged = finished_runs.root / "train-29991231-235959-dead"
-    damaged.mkdir()
-    (damaged / "run.json").write_text('{"id": "train-29991231-235959-dead", "spec": {')
+    damaged = damaged_run(finished_runs.root, "train-29991231-235959-dead")
     at = open_page("runs")
     no_exception(at)
     table = at.dataframe[0].value.set_index("id")
@@ -91,9 +89,7 @@ def test_a_damaged_run_is_listed_as_damaged_and_does_not_break_the_page(finished
 
 def test_a_damaged_run_can_be_deleted(finished_runs: FinishedRuns) -> None:
     # Oldest, so it is not among the runs compared by default.
-    damaged = finished_runs.root / "train-20200101-000000-dead"
-    damaged.mkdir()
-    (damaged / "run.json").write_text('{"id": "train-20200101-000000-dead", "spec": {')
+    damaged = damaged_run(finished_runs.root, "train-20200101-000000-dead")
     at = open_page("runs")
     no_exception(at)
     assert at.dataframe[0].value.set_index("id").loc[damaged.name, "status"] == "damaged"

@@ -10,7 +10,17 @@ import pytest
 from medimg import jobs, runs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
 
-from .conftest import TINY_DATASET, FinishedRuns, by_label, charts, no_exception, open_page, values, wait_for
+from .conftest import (
+    TINY_DATASET,
+    FinishedRuns,
+    by_label,
+    charts,
+    damaged_run,
+    no_exception,
+    open_page,
+    values,
+    wait_for,
+)
 
 TINY_PARAMS = ModelParams(filters=(8,), dense_units=8)
 MANUAL_KEYS = ["tr_filters", "tr_kernel", "tr_act", "tr_bn", "tr_dropout", "tr_dense", "tr_l2", "tr_head", "tr_opt"]
@@ -157,9 +167,7 @@ def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_
 
 
 def test_a_damaged_run_in_the_folder_does_not_break_the_page(finished_runs: FinishedRuns) -> None:
-    damaged = finished_runs.root / "tune-20200101-000000-dead"
-    damaged.mkdir()
-    (damaged / "run.json").write_text('{"id": "tune-20200101-000000-dead", "spec": {')
+    damaged_run(finished_runs.root, "tune-20200101-000000-dead")
     at = open_page("train")
     no_exception(at)
     assert by_label(at.selectbox, "Search run").value == finished_runs.tune_id

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from medimg import runs
-from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
 
+from . import conftest
 from .conftest import (
     TINY_DATASET,
     FinishedRuns,
@@ -18,15 +19,8 @@ from .conftest import (
     wait_for,
 )
 
-TINY_SEARCH = SearchSpace(
-    conv_blocks=(1,),
-    filters_min=8,
-    filters_max=16,
-    filters_step=8,
-    activations=("relu",),
-    dropouts=(0.0,),
-    dense_units=(0,),
-)
+# The Tune page offers no 8-unit dense layer, so its widgets would not show the shared space's (8,).
+TINY_SEARCH = conftest.TINY_SEARCH.replace(dense_units=(0,))
 TINY_PARAMS = ModelParams(filters=(8,), dense_units=8)
 WIDGET_KEYS = [
     "tn_lr",
