@@ -127,6 +127,7 @@ def _seed_files() -> list[bytes]:
 SEEDS = _seed_files()
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's and Pillow's remarks on the mutated headers
 @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.sampled_from(range(len(SEEDS))),
