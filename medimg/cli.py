@@ -84,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="preset search space: the seed tutorial's ranges, or a small one for 2 cores",
     )
 
+    auto = commands.add_parser(
+        "auto", help="a good model in N minutes: settings chosen from the data, search, final model, evaluation"
+    )
+    auto.add_argument("data", nargs="?", help="dataset folder or CSV manifest (default: the bundled demo)")
+    auto.add_argument("--minutes", type=float, default=10.0, help="wall-time budget for every stage (default 10)")
+    auto.add_argument("--runs", help="folder holding run directories (default: $MEDIMG_RUNS_DIR or ./runs)")
+    auto.add_argument("--seed", type=int, default=42, help="seed for splits, initialisation and shuffling")
+    auto.add_argument("--image-size", type=int, help="square input size in pixels (default: chosen from the data)")
+    auto.add_argument("--color", choices=["gray", "rgb"], help="channel mode (default: chosen from the data)")
+    auto.add_argument("--spec", help="JSON or TOML spec whose dataset section is kept (fractions, group regex)")
+    auto.add_argument("--background", action="store_true", help="start the run as its own process and return")
+
     train = commands.add_parser("train", help="final training with the best (or given) hyperparameters")
     _add_data_options(train)
     train.add_argument("--from-run", help="take this tune run's best hyperparameters (and its dataset settings)")
@@ -222,6 +234,10 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
             SearchSpace().to_dict() if args.space == "seed" else SearchSpace.quick().to_dict()
         )
         tune = dict(sections.get("tune", {}))
+        if args.max_minutes and args.max_trials is None and "max_trials" not in tune:
+            from medimg.auto import BUDGET_MAX_TRIALS
+
+            tune["max_trials"] = BUDGET_MAX_TRIALS  # the budget ends the search, not a trial count
         for flag, key in (
             ("max_trials", "max_trials"),
             ("max_minutes", "max_minutes"),
@@ -236,18 +252,21 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
     return RunSpec.from_dict(spec)
 
 
-def _run_and_report(spec: Any, args: argparse.Namespace) -> int:
+def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> int:
     from medimg import jobs, runs
 
     if args.background:
-        run = jobs.launch(spec, args.runs)
+        run = jobs.launch(spec, args.runs, extra=extra)
         _err(f"started {run.id} in the background (pid {run.record['pid']}); watch it with `python -m medimg runs`")
         print(run.path)
         return 0
-    run = runs.create_run(spec, args.runs)
+    run = runs.create_run(spec, args.runs, extra=extra)
     _err(f"run {run.id}: {spec.kind} on {spec.dataset.path}")
+    echo = _err
+    if extra and "auto" in extra:
+        echo = BudgetEcho(extra["auto"]["minutes"])
     try:
-        metrics = jobs.execute(run, echo=_err)
+        metrics = jobs.execute(run, echo=echo)
     except KeyboardInterrupt:
         _err(f"stopped; resume with: python -m medimg resume {run.path}")
         print(run.path)
@@ -256,12 +275,69 @@ def _run_and_report(spec: Any, args: argparse.Namespace) -> int:
         print(run.path)
         raise
     if metrics:
-        _err(
-            f"test: accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  "
-            f"AUC {metrics['auc'] if metrics['auc'] is None else round(metrics['auc'], 4)}"
-        )
+        for line in format_test_metrics(metrics):
+            _err(line)
+    if run.record.get("search_warning"):
+        _err(f"WARNING: {run.record['search_warning']}")
     print(run.path)
     return 0
+
+
+def format_test_metrics(metrics: dict[str, Any]) -> list[str]:
+    """The test figures a run ends with: at the arg-max (0.5), at the validation-chosen operating point, and a
+    loud line when the model calls every test image one class."""
+    auc = "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
+    lines = [
+        f"test (threshold 0.5 / arg-max): AUC {auc}  accuracy {metrics['accuracy']:.4f}  "
+        f"balanced accuracy {metrics['balanced_accuracy']:.4f}"
+    ]
+    point = metrics.get("validation_operating_point")
+    if point:
+        lines.append(
+            f"test at the operating point chosen on {point['chosen_on']} (Youden's J, threshold "
+            f"{point['threshold']:.3f}): sensitivity {point['sensitivity']:.4f}  specificity "
+            f"{point['specificity']:.4f}  accuracy {point['accuracy']:.4f}  "
+            f"balanced accuracy {point['balanced_accuracy']:.4f}"
+        )
+    if metrics.get("one_class"):
+        lines.append(f"WARNING: {metrics['one_class']}")
+    return lines
+
+
+class BudgetEcho:
+    """Progress lines on standard error prefixed with the elapsed time, the budget and the time left."""
+
+    def __init__(self, minutes: float) -> None:
+        import time
+
+        self.start = time.time()
+        self.budget = minutes * 60
+
+    def __call__(self, message: str) -> None:
+        import time
+
+        elapsed = time.time() - self.start
+        left = max(0.0, self.budget - elapsed)
+        _err(f"[{_clock(elapsed)} of {_clock(self.budget)}, about {_clock(left)} left] {message}")
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"
+
+
+def command_auto(args: argparse.Namespace) -> int:
+    from medimg import auto
+    from medimg.config import RunSpec, load_spec_file
+
+    data = args.data or DEMO_DATASET
+    base = None
+    if args.spec:
+        base = RunSpec.from_dict({"dataset": load_spec_file(args.spec).get("dataset", {})})
+    chosen = auto.plan(data, args.minutes, seed=args.seed, image_size=args.image_size, color=args.color, base=base)
+    _err(f"automatic mode, {args.minutes:g} minutes on {data}:")
+    for line in chosen.lines():
+        _err(f"  {line}")
+    return _run_and_report(chosen.spec, args, extra={"auto": chosen.record()})
 
 
 def command_tune(args: argparse.Namespace) -> int:
@@ -337,7 +413,8 @@ def command_train(args: argparse.Namespace) -> int:
         # The search's own dataset, augmentation and training settings, unless given again here.
         source_spec = source.spec
         sections = load_sections(args.spec) if args.spec else {}
-        train = spec.train if "train" in sections else source_spec.train
+        # The search's per-trial schedule ranks configurations; the final model gets the longer final-fit one.
+        train = spec.train if "train" in sections else source_spec.train.final_fit(source_spec.tune.objective)
         if args.epochs:
             train = train.replace(epochs=args.epochs)
         spec = spec.replace(
@@ -364,9 +441,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=2))
         return 0
     print(f"run {run.id}: test split, {result['count']} images")
-    print(
-        f"accuracy {result['accuracy']:.4f}  balanced accuracy {result['balanced_accuracy']:.4f}  AUC {result['auc']}"
-    )
+    print("\n".join(format_test_metrics(result)))
     print(f"{'class':<20}{'sensitivity':>12}{'specificity':>12}{'precision':>11}{'F1':>8}{'n':>6}")
     for name, row in result["per_class"].items():
         print(

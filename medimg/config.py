@@ -15,6 +15,8 @@ ACTIVATIONS = ("relu", "tanh", "sigmoid", "elu", "gelu", "swish")
 OPTIMIZERS = ("adam", "sgd", "rmsprop", "adamw")
 HEADS = ("flatten", "global_average")
 TUNERS = ("random", "bayesian", "hyperband")
+# "" (in ModelParams and SearchSpace): the run's TrainConfig.class_weights decides.
+CLASS_WEIGHTS = ("auto", "balanced", "none")
 OBJECTIVES = ("val_auc", "val_accuracy", "val_loss")
 
 T = TypeVar("T", bound="_Config")
@@ -177,8 +179,13 @@ class ModelParams(_Config):
     learning_rate: float = 1e-3
     batch_size: int = 32
     augment_strength: float = 1.0
+    class_weights: str = ""
 
     def __post_init__(self) -> None:
+        _check(
+            self.class_weights in ("", *CLASS_WEIGHTS),
+            f"class_weights '{self.class_weights}' must be one of {list(CLASS_WEIGHTS)} (or empty for the run's).",
+        )
         _check(1 <= len(self.filters) <= 6, f"{len(self.filters)} conv blocks; use 1 to 6.")
         _check(all(1 <= int(f) <= 1024 for f in self.filters), f"filters {list(self.filters)} must be in 1..1024.")
         _check(self.kernel_size in (1, 3, 5, 7), f"kernel_size {self.kernel_size} must be 1, 3, 5 or 7.")
@@ -191,6 +198,28 @@ class ModelParams(_Config):
         _check(0 < self.learning_rate < 1, f"learning_rate {self.learning_rate} must be in (0, 1).")
         _check(1 <= self.batch_size <= 1024, f"batch_size {self.batch_size} must be in 1..1024.")
         _check(0 <= self.augment_strength <= 3, f"augment_strength {self.augment_strength} must be in [0, 3].")
+
+    @classmethod
+    def plain_cnn(cls, image_size: int) -> ModelParams:
+        """A strong known starting point (the "plain Keras CNN" of issue #11, the floor every default must beat):
+        3×3 conv blocks of 32, 64, 128 filters (a fourth of 128 from 64 px) without bias, BatchNorm, ReLU, max
+        pooling between blocks, global average pooling, dropout 0.3, Adam 1e-3, batch 32, no class weights."""
+        return cls(
+            filters=(32, 64, 128, 128) if image_size >= 64 else (32, 64, 128),
+            kernel_size=3,
+            activation="relu",
+            batch_norm=True,
+            dropout=0.3,
+            dense_units=0,
+            l1=0.0,
+            l2=0.0,
+            head="global_average",
+            optimizer="adam",
+            learning_rate=1e-3,
+            batch_size=32,
+            augment_strength=1.0,
+            class_weights="none",
+        )
 
     @classmethod
     def seed_tutorial(cls) -> ModelParams:
@@ -217,6 +246,9 @@ class SearchSpace(_Config):
     filters_min: int = 32
     filters_max: int = 512
     filters_step: int = 32
+    # "free": every block draws its own width; "double": one base width drawn, doubled per block up to 4× (the
+    # usual CNN shape, and one hyperparameter instead of one per block).
+    filters_growth: str = "free"
     kernel_sizes: tuple[int, ...] = (3,)
     activations: tuple[str, ...] = ("relu", "tanh", "sigmoid")
     dropouts: tuple[float, ...] = (0.0, 0.25, 0.5)
@@ -228,8 +260,10 @@ class SearchSpace(_Config):
     optimizers: tuple[str, ...] = ("adam",)
     batch_sizes: tuple[int, ...] = (32,)
     augment_strengths: tuple[float, ...] = (1.0,)
+    class_weights: tuple[str, ...] = ("",)
 
     def __post_init__(self) -> None:
+        _check_choices("class_weights", self.class_weights, ("", *CLASS_WEIGHTS))
         _check(
             0 < self.learning_rate_min <= self.learning_rate_max < 1,
             "learning rate range must satisfy 0 < min <= max < 1.",
@@ -237,6 +271,7 @@ class SearchSpace(_Config):
         _check(all(1 <= b <= 6 for b in self.conv_blocks) and self.conv_blocks, "conv_blocks must be in 1..6.")
         _check(1 <= self.filters_min <= self.filters_max <= 1024, "filters range must satisfy 1 <= min <= max <= 1024.")
         _check(self.filters_step >= 1, "filters_step must be >= 1.")
+        _check(self.filters_growth in ("free", "double"), "filters_growth must be free or double.")
         _check_choices("activations", self.activations, ACTIVATIONS)
         _check_choices("heads", self.heads, HEADS)
         _check_choices("optimizers", self.optimizers, OPTIMIZERS)
@@ -270,7 +305,11 @@ class SearchSpace(_Config):
     def size_estimate(self) -> float:
         """Rough count of distinct points (log10 not taken), for showing the user how big the space is."""
         filters = max(1, (self.filters_max - self.filters_min) // self.filters_step + 1)
-        per_model = sum(filters**b for b in self.conv_blocks)
+        per_model = (
+            filters * len(self.conv_blocks)
+            if self.filters_growth == "double"
+            else sum(filters**b for b in self.conv_blocks)
+        )
         choices = [
             self.kernel_sizes,
             self.activations,
@@ -283,6 +322,7 @@ class SearchSpace(_Config):
             self.optimizers,
             self.batch_sizes,
             self.augment_strengths,
+            self.class_weights,
         ]
         return per_model * math.prod(len(c) for c in choices)
 
@@ -305,6 +345,18 @@ class TrainConfig(_Config):
         _check(self.class_weights in ("auto", "balanced", "none"), "class_weights must be auto, balanced or none.")
         _check(self.monitor in OBJECTIVES, f"monitor '{self.monitor}' must be one of {list(OBJECTIVES)}.")
 
+    def final_fit(self, objective: str) -> TrainConfig:
+        """The schedule for the final model after a search: at least twice the per-trial epochs (50 or more),
+        early stopping on the search's objective with a longer patience (the best epoch's weights restored), and
+        the learning rate halved on plateaus. A trial's short schedule is tuned for ranking, not for the last
+        point of accuracy."""
+        return self.replace(
+            epochs=max(50, 2 * self.epochs),
+            early_stopping_patience=max(10, 2 * self.early_stopping_patience),
+            reduce_lr_patience=max(4, self.reduce_lr_patience),
+            monitor=objective,
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class TuneConfig(_Config):
@@ -315,8 +367,15 @@ class TuneConfig(_Config):
     max_trials: int = 10
     executions_per_trial: int = 1
     max_minutes: float = 0.0
+    # Trial 0's values: "" lets the tuner draw it; "plain_cnn" starts from `ModelParams.plain_cnn`, so a search
+    # can only improve on that known configuration.
+    first_trial: str = ""
+    # The final model averages up to this many of the best trials (how many is chosen on validation); 1: the best.
+    ensemble_size: int = 1
 
     def __post_init__(self) -> None:
+        _check(self.first_trial in ("", "plain_cnn"), f"first_trial '{self.first_trial}' must be '' or plain_cnn.")
+        _check(1 <= self.ensemble_size <= 10, f"ensemble_size {self.ensemble_size} must be in 1..10.")
         _check(self.tuner in TUNERS, f"tuner '{self.tuner}' must be one of {list(TUNERS)}.")
         _check(self.objective in OBJECTIVES, f"objective '{self.objective}' must be one of {list(OBJECTIVES)}.")
         _check(self.max_trials >= 1, "max_trials must be >= 1.")

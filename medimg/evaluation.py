@@ -128,11 +128,37 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
     after = summary["calibration"]["after"]
     result["calibration"]["ece_after"] = after["ece"] if after else None
     result["leakage"] = leakage_check(data)
+    if summary["presets"].get("youden") is not None:
+        result["validation_operating_point"] = {
+            "rule": "Youden's J (sensitivity + specificity - 1, maximised)",
+            "chosen_on": summary["presets_split"],
+            **summary["preset_points"]["youden"],
+        }
+    result["one_class"] = one_class_warning(scored["test"])
     result["evaluation_version"] = EVALUATION_VERSION
     run.write_json("metrics.json", result)
     _write_predictions(run, scored)
-    run.update(metrics={k: result[k] for k in ("accuracy", "balanced_accuracy", "auc")})
+    headline = {k: result[k] for k in ("accuracy", "balanced_accuracy", "auc")}
+    point = result.get("validation_operating_point")
+    if point:
+        headline["operating_point"] = {
+            k: point[k]
+            for k in ("threshold", "chosen_on", "sensitivity", "specificity", "accuracy", "balanced_accuracy")
+        }
+    run.update(metrics=headline, one_class=result["one_class"])
     return result
+
+
+def one_class_warning(scored: Scored) -> str | None:
+    """A plain warning when the model's arg-max calls every image of the split one class, else None."""
+    called = np.unique(scored.probs.argmax(axis=1))
+    if len(scored) < 2 or len(called) > 1:
+        return None
+    name = scored.class_names[int(called[0])]
+    return (
+        f"the model calls every one of the {len(scored)} test images '{name}' at the arg-max (threshold 0.5 for "
+        "two classes): it has not learnt to separate the classes at this threshold"
+    )
 
 
 def clinical_summary(

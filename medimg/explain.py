@@ -14,7 +14,12 @@ def last_conv_layer_name(model: Any) -> str:
     """The last layer with a 4-D (feature-map) output before the head: Grad-CAM's target layer."""
     import keras
 
-    for layer in reversed(model.layers):
+    from medimg.models import ENSEMBLE_NAME, MEMBER_PREFIX
+
+    layers = model.layers
+    if model.name == ENSEMBLE_NAME:  # the first (best) member's feature maps; see models.build_ensemble
+        layers = [layer for layer in layers if layer.name.startswith(MEMBER_PREFIX.format(0))]
+    for layer in reversed(layers):
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Activation | keras.layers.BatchNormalization):
             shape = getattr(layer.output, "shape", None)
             if shape is not None and len(shape) == 4:

@@ -73,8 +73,12 @@ def _launch_lock(root: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def launch(spec: RunSpec, root: str | Path | None = None, limit: int | None = None) -> runs.Run:
-    """Start a run as its own process (`python -m medimg resume RUN`), after checking the concurrency limit."""
+def launch(
+    spec: RunSpec, root: str | Path | None = None, limit: int | None = None, extra: dict[str, Any] | None = None
+) -> runs.Run:
+    """Start a run as its own process (`python -m medimg resume RUN`), after checking the concurrency limit.
+
+    `extra`: more fields for the run's first run.json (see `runs.create_run`)."""
     root = runs.runs_root(root)
     limit = limit or max_concurrent_runs()
     with _launch_lock(root):
@@ -84,7 +88,7 @@ def launch(spec: RunSpec, root: str | Path | None = None, limit: int | None = No
                 f"{len(busy)} run(s) already in progress ({', '.join(r.id for r in busy)}) and the limit is {limit}. "
                 "Wait for it to finish or stop it; the limit is set by MEDIMG_MAX_CONCURRENT_RUNS."
             )
-        run = runs.create_run(spec, root)
+        run = runs.create_run(spec, root, extra=extra)
         return start_process(run)
 
 

@@ -55,9 +55,19 @@ def build_model(params: ModelParams, input_shape: tuple[int, int, int], num_clas
     """
     import keras
 
-    regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2) if (params.l1 or params.l2) else None
     inputs = keras.Input(shape=input_shape, name="image")
-    x = keras.layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    model = keras.Model(inputs, network(params, inputs, num_classes), name="medimg_cnn")
+    compile_model(model, params, num_classes)
+    return model
+
+
+def network(params: ModelParams, inputs: keras.KerasTensor, num_classes: int, prefix: str = "") -> keras.KerasTensor:
+    """The CNN's layers applied to `inputs` (N×H×W×C, 0-255); returns the probability output. Every layer that
+    holds weights is named `prefix` + a fixed name, so several networks can share one graph (an ensemble)."""
+    import keras
+
+    regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2) if (params.l1 or params.l2) else None
+    x = keras.layers.Rescaling(1.0 / 255, name=f"{prefix}rescale")(inputs)
     for block, filters in enumerate(params.filters):
         x = keras.layers.Conv2D(
             int(filters),
@@ -65,29 +75,61 @@ def build_model(params: ModelParams, input_shape: tuple[int, int, int], num_clas
             padding="same",
             use_bias=not params.batch_norm,
             kernel_regularizer=regularizer,
-            name=f"conv{block}",
+            name=f"{prefix}conv{block}",
         )(x)
         if params.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"bn{block}")(x)
-        x = keras.layers.Activation(params.activation, name=f"act{block}")(x)
-        if min(x.shape[1], x.shape[2]) >= 2:
-            x = keras.layers.MaxPooling2D(name=f"pool{block}")(x)
-    x = keras.layers.Flatten()(x) if params.head == "flatten" else keras.layers.GlobalAveragePooling2D()(x)
+            x = keras.layers.BatchNormalization(name=f"{prefix}bn{block}")(x)
+        x = keras.layers.Activation(params.activation, name=f"{prefix}act{block}")(x)
+        last = block == len(params.filters) - 1
+        # Global average pooling follows the last block directly: a max pool before it only discards positions.
+        if min(x.shape[1], x.shape[2]) >= 2 and not (last and params.head == "global_average"):
+            x = keras.layers.MaxPooling2D(name=f"{prefix}pool{block}")(x)
+    if params.head == "flatten":
+        x = keras.layers.Flatten(name=f"{prefix}flatten")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}gap")(x)
     if params.dense_units:
         x = keras.layers.Dense(
-            params.dense_units, activation=params.activation, kernel_regularizer=regularizer, name="dense"
+            params.dense_units, activation=params.activation, kernel_regularizer=regularizer, name=f"{prefix}dense"
         )(x)
     if params.dropout:
-        x = keras.layers.Dropout(params.dropout)(x)
+        x = keras.layers.Dropout(params.dropout, name=f"{prefix}dropout")(x)
     binary = num_classes == 2
-    outputs = keras.layers.Dense(
+    return keras.layers.Dense(
         1 if binary else num_classes,
         activation="sigmoid" if binary else "softmax",
         dtype="float32",
-        name="probabilities",
+        name=f"{prefix}probabilities",
     )(x)
-    model = keras.Model(inputs, outputs, name="medimg_cnn")
-    compile_model(model, params, num_classes)
+
+
+ENSEMBLE_NAME = "medimg_ensemble"
+MEMBER_PREFIX = "m{}_"
+
+
+def build_ensemble(
+    members: list[keras.Model], params: list[ModelParams], input_shape: tuple[int, int, int], num_classes: int
+) -> keras.Model:
+    """One flat, compiled model whose output is the mean of the members' probabilities (N × 1 or N × K).
+
+    The members' layers are rebuilt in one graph (names prefixed m0_, m1_, …, m0_ the first member) with their
+    trained weights copied, not nested as sub-models: the file loads with Keras' safe_mode (no Lambda, no custom
+    layer) and Grad-CAM finds a convolution (the first member's, see `explain.last_conv_layer_name`).
+    Raises ValueError when the lists differ in length.
+    """
+    import keras
+
+    if len(members) != len(params) or not members:
+        raise ValueError(f"{len(members)} members but {len(params)} parameter sets")
+    inputs = keras.Input(shape=input_shape, name="image")
+    outputs = [network(p, inputs, num_classes, MEMBER_PREFIX.format(i)) for i, p in enumerate(params)]
+    model = keras.Model(inputs, keras.layers.Average(name="mean_probabilities")(outputs), name=ENSEMBLE_NAME)
+    for i, member in enumerate(members):
+        prefix = MEMBER_PREFIX.format(i)
+        for layer in member.layers:
+            if layer.weights:
+                model.get_layer(prefix + layer.name).set_weights(layer.get_weights())
+    compile_model(model, params[0], num_classes)
     return model
 
 

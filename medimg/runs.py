@@ -224,8 +224,12 @@ def new_run_id(kind: str) -> str:
     return f"{kind}-{stamp}-{secrets.token_hex(2)}"
 
 
-def create_run(spec: RunSpec, root: str | Path | None = None, status: str = "queued") -> Run:
-    """A new, uniquely named run directory holding the spec (`mkdir` fails rather than share a folder)."""
+def create_run(
+    spec: RunSpec, root: str | Path | None = None, status: str = "queued", extra: dict[str, Any] | None = None
+) -> Run:
+    """A new, uniquely named run directory holding the spec (`mkdir` fails rather than share a folder).
+
+    `extra`: more fields for the first run.json (e.g. the automatic mode's choices), written with it in one go."""
     root = runs_root(root)
     root.mkdir(parents=True, exist_ok=True)
     for _ in range(20):
@@ -237,7 +241,7 @@ def create_run(spec: RunSpec, root: str | Path | None = None, status: str = "que
             continue
     else:
         raise RunError(f"could not create a new run folder under {root}.")
-    return _start_record(path, spec, status)
+    return _start_record(path, spec, status, extra)
 
 
 def create_named_run(spec: RunSpec, path: str | Path, status: str = "queued") -> Run:
@@ -249,10 +253,17 @@ def create_named_run(spec: RunSpec, path: str | Path, status: str = "queued") ->
     return _start_record(path, spec, status)
 
 
-def _start_record(path: Path, spec: RunSpec, status: str) -> Run:
+def _start_record(path: Path, spec: RunSpec, status: str, extra: dict[str, Any] | None = None) -> Run:
     write_json_atomic(
         path / "run.json",
-        {"id": path.name, "spec": spec.to_dict(), "status": status, "created": time.time(), "pid": None},
+        {
+            **(extra or {}),
+            "id": path.name,
+            "spec": spec.to_dict(),
+            "status": status,
+            "created": time.time(),
+            "pid": None,
+        },
     )
     run = Run(path)
     run.append_event("status", status=status)

@@ -224,7 +224,7 @@ def fit_model(
     """Build and fit one model on prepared data; returns (model, keras History)."""
     import keras
 
-    from medimg import models, pipeline
+    from medimg import batchnorm, models, pipeline
 
     keras.utils.set_random_seed(config.seed)
     with distribution_scope(distribution):
@@ -238,12 +238,13 @@ def fit_model(
         seed=config.seed,
     )
     val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
-    weights = class_weights(data.arrays["train"].labels, data.num_classes, config.class_weights)
+    weights = class_weights(data.arrays["train"].labels, data.num_classes, params.class_weights or config.class_weights)
     history = model.fit(
         train,
         validation_data=val,
         epochs=epochs or config.epochs,
-        callbacks=callbacks,
+        # First, so validation, early stopping and best-weight keepers all see precise BatchNorm statistics.
+        callbacks=[batchnorm.precise_batchnorm_callback(data.arrays["train"].images, config.seed), *callbacks],
         class_weight=weights,
         verbose=0,
         shuffle=False,

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg.config import AugmentConfig, ModelParams, SearchSpace, TrainConfig
-from medimg.errors import SearchSpaceMismatchError
+from medimg.errors import ConfigError, SearchSpaceMismatchError
 from medimg.runs import Run
 
 if TYPE_CHECKING:
@@ -29,12 +29,17 @@ def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
         return hp.Fixed(name, values[0]) if len(values) == 1 else hp.Choice(name, list(values))
 
     blocks = choice("conv_blocks", space.conv_blocks)
-    filters = tuple(
-        hp.Int(f"filters_{i}", space.filters_min, space.filters_max, step=space.filters_step)
-        if space.filters_min < space.filters_max
-        else hp.Fixed(f"filters_{i}", space.filters_min)
-        for i in range(blocks)
-    )
+
+    def width(name: str) -> int:
+        if space.filters_min < space.filters_max:
+            return hp.Int(name, space.filters_min, space.filters_max, step=space.filters_step)
+        return hp.Fixed(name, space.filters_min)
+
+    if space.filters_growth == "double":
+        base = width("filters")
+        filters = tuple(min(base * 2**i, 4 * base) for i in range(blocks))
+    else:
+        filters = tuple(width(f"filters_{i}") for i in range(blocks))
     learning_rate = (
         hp.Float("learning_rate", space.learning_rate_min, space.learning_rate_max, sampling="log")
         if space.learning_rate_min < space.learning_rate_max
@@ -54,6 +59,8 @@ def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
         optimizer=choice("optimizer", space.optimizers),
         batch_size=choice("batch_size", space.batch_sizes),
         augment_strength=choice("augment_strength", space.augment_strengths),
+        # Declared only when searched, so searches that leave it to the training settings keep their trial tables.
+        class_weights=choice("class_weights", space.class_weights) if space.class_weights != ("",) else "",
     )
 
 
@@ -67,16 +74,65 @@ def params_from_values(values: dict[str, Any], space: SearchSpace) -> ModelParam
     return params_from_hp(hp, space)
 
 
+def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any]:
+    """The hyperparameter values (KerasTuner names) that make one trial exactly `params`.
+
+    Raises ConfigError when `params` is not a point of `space` (a value outside a range or a choice list), since a
+    tuner cannot record, nor a Bayesian oracle vectorise, a value its space does not hold.
+    """
+    values: dict[str, Any] = {"conv_blocks": len(params.filters)}
+    if space.filters_growth == "double":
+        values["filters"] = params.filters[0]
+    else:
+        values.update({f"filters_{i}": f for i, f in enumerate(params.filters)})
+    for name in (
+        "learning_rate",
+        "kernel_size",
+        "activation",
+        "dropout",
+        "dense_units",
+        "batch_norm",
+        "l1",
+        "l2",
+        "optimizer",
+        "batch_size",
+        "augment_strength",
+        "class_weights",
+    ):
+        values[name] = getattr(params, name)
+    values["head"] = params.head
+    widths = set(params.filters) if space.filters_growth == "free" else {params.filters[0]}
+    inside = (
+        len(params.filters) in space.conv_blocks
+        and all(
+            space.filters_min <= f <= space.filters_max and (f - space.filters_min) % space.filters_step == 0
+            for f in widths
+        )
+        and space.learning_rate_min <= params.learning_rate <= space.learning_rate_max
+    )
+    drawn = params_from_values(values, space) if inside else None
+    if drawn != params:
+        raise ConfigError(
+            f"the first trial's configuration is not a point of the search space (space: {space.to_dict()}; "
+            f"configuration: {params.to_dict()})."
+        )
+    return values
+
+
 def build_hypermodel(
     space: SearchSpace,
     data: PreparedData,
     augment: AugmentConfig,
     train: TrainConfig,
     extra_callbacks: Callable[[str], list],
+    on_collapsed: Callable[[str, str], None] | None = None,
+    objective: str = "val_auc",
 ) -> kt.HyperModel:
+    """A HyperModel drawing `ModelParams` from `space`; a trial whose best model calls every validation image one
+    class is reported to `on_collapsed(trial_id, class_name)` and scored as the worst possible, so it never wins."""
     import keras_tuner as kt
 
-    from medimg import models, pipeline, training
+    from medimg import batchnorm, models, pipeline, training
 
     class MedimgHyperModel(kt.HyperModel):
         def build(self, hp: kt.HyperParameters) -> Any:
@@ -93,9 +149,13 @@ def build_hypermodel(
                 seed=train.seed,
             )
             trial_val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
-            callbacks = list(kwargs.pop("callbacks", [])) + extra_callbacks(self.trial_id)
-            weights = training.class_weights(data.arrays["train"].labels, data.num_classes, train.class_weights)
-            return model.fit(
+            # Precise BatchNorm statistics first, so the objective and KerasTuner's checkpoint see them.
+            precise = batchnorm.precise_batchnorm_callback(data.arrays["train"].images, train.seed)
+            callbacks = [precise, *kwargs.pop("callbacks", []), *extra_callbacks(self.trial_id)]
+            weights = training.class_weights(
+                data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
+            )
+            history = model.fit(
                 trial_train,
                 validation_data=trial_val,
                 epochs=kwargs.pop("epochs", train.epochs),
@@ -104,8 +164,31 @@ def build_hypermodel(
                 verbose=0,
                 shuffle=False,
             )
+            called = one_class_called(model, data.arrays["val"].images, data.arrays["val"].labels)
+            if called is None:
+                return history
+            if on_collapsed:
+                on_collapsed(self.trial_id, data.class_names[called])
+            return {objective: WORST_SCORE["min" if objective.endswith("loss") else "max"]}
 
     return MedimgHyperModel(name="medimg_cnn")
+
+
+# The score a collapsed trial gets, so no tuner ranks it above a trial that learnt something.
+WORST_SCORE = {"max": 0.0, "min": 1e9}
+
+
+def one_class_called(model: Any, images: Any, labels: Any) -> int | None:
+    """The class index when the model's arg-max calls every one of `images` (N×H×W×C) the same class although
+    `labels` (N) hold at least two classes, else None."""
+    import numpy as np
+
+    from medimg.evaluation import predict_arrays
+
+    if len(np.unique(labels)) < 2:
+        return None
+    called = np.unique(predict_arrays(model, images).argmax(axis=1))
+    return int(called[0]) if len(called) == 1 else None
 
 
 class SearchEnded(Exception):
@@ -124,6 +207,7 @@ def build_tuner(
     should_end: Callable[[], str | None],
     on_trial: Callable[[str, kt.engine.trial.Trial], None],
     distribution: Any = None,
+    first_values: dict[str, Any] | None = None,
 ) -> kt.Tuner:
     """A RandomSearch / BayesianOptimization / Hyperband that resumes (overwrite=False) and ends on request."""
     import keras_tuner as kt
@@ -164,14 +248,35 @@ def build_tuner(
         arguments.update(max_epochs=max(2, epochs), factor=3)
     else:
         arguments.update(max_trials=max_trials)
-    return MedimgTuner(**arguments)
+    tuner = MedimgTuner(**arguments)
+    if first_values:
+        start_with(tuner.oracle, first_values)
+    return tuner
+
+
+def start_with(oracle: Any, values: dict[str, Any]) -> None:
+    """Make the oracle's first trial use `values` (later trials are drawn as usual); a resumed search that already
+    has trials is unchanged. KerasTuner calls `populate_space` once per new trial, on the chief in a distributed
+    search, so wrapping it there covers every mode."""
+    from keras_tuner.src.engine import trial as trial_module
+
+    populate = oracle.populate_space
+
+    def populate_first(trial_id: str) -> dict[str, Any]:
+        if not oracle.trials:
+            return {"status": trial_module.TrialStatus.RUNNING, "values": dict(values)}
+        return populate(trial_id)
+
+    oracle.populate_space = populate_first
 
 
 def check_search_space(tuner_dir: Path, space: SearchSpace, record: bool = True) -> None:
     """Refuse to resume a tuner folder made with a different search space; record the space otherwise."""
     path = tuner_dir / SPACE_FILE
     if path.exists():
-        saved, wanted = json.loads(path.read_text()), json.loads(space.to_json())
+        # Through SearchSpace, so a space saved before a setting existed compares equal when that setting is default.
+        saved = json.loads(SearchSpace.from_json(path.read_text()).to_json())
+        wanted = json.loads(space.to_json())
         if saved != wanted:
             changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
             raise SearchSpaceMismatchError(
@@ -212,6 +317,8 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
 
     spec = run.spec
     worker = is_distributed_worker()
+    # The budget counts from here: decoding the images is part of the time the user gave.
+    started = time.time()
     data = training.prepare_data(spec.dataset, training._echo_progress(echo))
     if not worker:  # the chief (or a lone process) owns run.json; workers only add events and trials
         run.update(
@@ -221,7 +328,9 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
         )
     tuner_dir = run.path / TUNER_FOLDER
     check_search_space(tuner_dir, spec.search, record=not worker)
-    deadline = time.time() + spec.tune.max_minutes * 60 if spec.tune.max_minutes else None
+    deadline = started + spec.tune.max_minutes * 60 if spec.tune.max_minutes else None
+    if deadline and not worker:
+        run.update(search_deadline=round(deadline, 3))  # no trial starts after it; a running one stops at a batch
     objective = spec.tune.objective
 
     def trial_callbacks(trial_id: str) -> list:
@@ -258,7 +367,17 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
             score = "reported to the chief" if trial.score is None else f"{objective} = {trial.score:.4f}"
             echo(f"trial {trial.trial_id} {trial.status}: {score}")
 
-    hypermodel = build_hypermodel(spec.search, data, spec.augment, spec.train, trial_callbacks)
+    def on_collapsed(trial_id: str, class_name: str) -> None:
+        run.append_event("trial_collapsed", trial=trial_id, called=class_name)
+        if echo:
+            echo(f"trial {trial_id} COLLAPSED: it calls every validation image {class_name}; it cannot be the best")
+
+    hypermodel = build_hypermodel(spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective)
+    first = (
+        first_trial_values(ModelParams.plain_cnn(spec.dataset.image_size), spec.search)
+        if spec.tune.first_trial == "plain_cnn" and spec.tune.tuner != "hyperband"
+        else None
+    )
     strategy = _strategy(spec.distribution)
     tuner = build_tuner(
         spec.tune.tuner,
@@ -272,6 +391,7 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
         should_end,
         on_trial,
         strategy,
+        first,
     )
     keras.utils.set_random_seed(spec.train.seed)
     ended = ""
@@ -311,30 +431,113 @@ def _strategy(distribution: str) -> Any:
 
 
 def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any) -> dict[str, Any]:
-    spec = run.spec
-    trials = read_trials(run.path / TUNER_FOLDER)
-    run.write_json("trials.json", trials)
-    completed = [t for t in trials if t["status"] == "COMPLETED" and t["score"] is not None]
-    if not completed:
-        from medimg.errors import MedimgError
+    from medimg.errors import MedimgError
 
+    spec = run.spec
+    collapsed = collapsed_trials(run)
+    trials = read_trials(run.path / TUNER_FOLDER)
+    for trial in trials:
+        if trial["trial_id"] in collapsed:
+            trial["status"] = "COLLAPSED"
+    run.write_json("trials.json", trials)
+    completed = {t["trial_id"] for t in trials if t["status"] == "COMPLETED" and t["score"] is not None}
+    warning = None
+    if not completed and collapsed:
+        # Nothing learnt to separate the classes. The best of the collapsed trials is still saved (a run never
+        # loses its work), under a warning the CLI, the pages and the report show.
+        warning = (
+            f"every trial ({len(collapsed)}) called every validation image one class; the model kept is the "
+            "least bad of them. Try more epochs per trial, another learning-rate range, or check the labels."
+        )
+        completed = set(collapsed)
+    if not completed:
         raise MedimgError(f"no trial completed ({ended or 'every trial failed'}); see log.txt in {run.path}.")
-    best_hp = tuner.get_best_hyperparameters(1)[0]
-    best = params_from_values(best_hp.values, spec.search)
-    best_trial = tuner.oracle.get_best_trials(1)[0]
+    ranked = [t for t in tuner.oracle.get_best_trials(len(tuner.oracle.trials)) if t.trial_id in completed]
+    if warning:  # collapsed trials all carry the same worst score: the first, in trial order
+        ranked = [tuner.oracle.trials[t["trial_id"]] for t in trials if t["trial_id"] in completed]
+    best_trial = ranked[0]
+    best = params_from_values(best_trial.hyperparameters.values, spec.search)
     run.update(
         best_params=best.to_dict(),
         best_score=best_trial.score,
         best_trial=best_trial.trial_id,
         trials_completed=len(completed),
+        trials_collapsed=sorted(collapsed),
+        search_warning=warning,
         ended=ended or "all trials done",
     )
-    model = tuner.get_best_models(1)[0]
+    if warning:
+        run.append_event("warning", message=warning)
+    model = final_model(run, tuner, ranked[: spec.tune.ensemble_size], data)
     run.save_model(model)
     metrics = evaluation.evaluate_run(run, data, model)
     if ended.startswith("stopped"):
         run.set_status("stopped", message=f"{ended} after {len(completed)} completed trials")
     return metrics
+
+
+def collapsed_trials(run: Run) -> set[str]:
+    """IDs of the trials whose best model called every validation image one class."""
+    return {event["trial"] for event in run.events("trial_collapsed")}
+
+
+def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
+    """The best trial's model, or the mean of the best k trials' models when that scores better on validation.
+
+    k grows only while the validation objective improves (validation, never test, chooses); the choice and every
+    k's score go into run.json under `ensemble`.
+    """
+    import numpy as np
+
+    from medimg import models
+    from medimg.evaluation import predict_arrays
+
+    spec = run.spec
+    members = [tuner.load_model(trial) for trial in ranked]
+    if len(members) == 1:
+        return members[0]
+    val = data.arrays["val"]
+    probs = [predict_arrays(member, val.images) for member in members]
+    scores, chosen = [], 1
+    for k in range(1, len(members) + 1):
+        scores.append(validation_score(spec.tune.objective, val.labels, np.mean(probs[:k], axis=0)))
+        if k > 1 and better(spec.tune.objective, scores[-1], scores[chosen - 1]):
+            chosen = k
+    params = [params_from_values(trial.hyperparameters.values, spec.search) for trial in ranked[:chosen]]
+    run.update(
+        ensemble={
+            "members": [trial.trial_id for trial in ranked[:chosen]],
+            "candidates": [trial.trial_id for trial in ranked],
+            "validation_scores": {str(k + 1): score for k, score in enumerate(scores)},
+            "objective": spec.tune.objective,
+            "chosen_on": "val",
+            "gradcam": "of the best trial's network (the first member)" if chosen > 1 else "of the model",
+        }
+    )
+    if chosen == 1:
+        return members[0]
+    return models.build_ensemble(members[:chosen], params, data.input_shape, data.num_classes)
+
+
+def validation_score(objective: str, labels: Any, probs: Any) -> float:
+    """The search objective computed on validation predictions (N × K probabilities) with scikit-learn."""
+    import numpy as np
+    from sklearn import metrics
+
+    from medimg.evaluation import roc_auc
+
+    labels = np.asarray(labels, dtype=int)
+    if objective == "val_loss":
+        return float(metrics.log_loss(labels, np.clip(probs, 1e-7, 1.0), labels=list(range(probs.shape[1]))))
+    if objective == "val_auc":
+        auc = roc_auc(labels, probs)
+        if auc is not None:
+            return auc
+    return float(metrics.accuracy_score(labels, probs.argmax(axis=1)))
+
+
+def better(objective: str, value: float, than: float) -> bool:
+    return value < than if objective.endswith("loss") else value > than
 
 
 def trial_table(run: Run) -> list[dict[str, Any]]:
@@ -350,9 +553,12 @@ def trial_table(run: Run) -> list[dict[str, Any]]:
                 "hyperparameters": event.get("hyperparameters", {}),
             },
         )
+    collapsed = collapsed_trials(run)
     table = []
     for trial_id in sorted(rows):
         trial = rows[trial_id]
+        if trial_id in collapsed:
+            trial = {**trial, "status": "COLLAPSED"}
         values = {k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")}
         table.append({"trial": trial_id, "status": trial["status"], "score": trial["score"], **values})
     return table

@@ -152,7 +152,17 @@ def test_evaluate_run_writes_metrics_predictions_and_headline(evaluated) -> None
     run, data, model, result = evaluated
     assert run.read_json("metrics.json") == json.loads(json.dumps(result))
     assert result["count"] == 30 and sum(map(sum, result["confusion_matrix"])) == 30
-    assert run.record["metrics"] == {k: result[k] for k in ("accuracy", "balanced_accuracy", "auc")}
+    headline = run.record["metrics"]
+    assert {k: headline[k] for k in ("accuracy", "balanced_accuracy", "auc")} == {
+        k: result[k] for k in ("accuracy", "balanced_accuracy", "auc")
+    }
+    # The operating point chosen on validation (Youden's J), measured on test, beside the arg-max figures.
+    point = result["validation_operating_point"]
+    assert point["chosen_on"] == "val" and point["threshold"] == result["clinical"]["presets"]["youden"]
+    assert headline["operating_point"] == {
+        k: point[k] for k in ("threshold", "chosen_on", "sensitivity", "specificity", "accuracy", "balanced_accuracy")
+    }
+    assert (result["one_class"] is None) == (len({row.argmax() for row in data_probs(run)}) > 1)
     rows = evaluation.read_predictions(run)
     assert len(rows) == 30
     assert list(rows[0]) == ["path", "true", "predicted", "p_NORMAL", "p_PNEUMONIA", "split"]
@@ -276,3 +286,9 @@ def test_leakage_check_reports_a_patient_in_two_splits(tmp_path: Path) -> None:
     leakage = evaluation.leakage_check(data)
     assert leakage["groups_known"] is True and leakage["group_overlap"] == ["shared"]
     assert leakage["passed"] is False and leakage["cross_split_duplicates"] == []
+
+
+def data_probs(run) -> list:
+    from medimg.evaluation import load_scored
+
+    return list(load_scored(run)["test"].probs)

@@ -144,23 +144,24 @@ def test_two_trial_random_search_completes(finished_search) -> None:
     run, metrics, lines = finished_search
     record = run.record
     assert record["status"] == "completed" and record["ended"] == "all trials done"
-    assert record["trials_completed"] == 2
+    # A 1-epoch trial of this tiny network may call every validation image one class: it is then COLLAPSED.
+    assert record["trials_completed"] + len(record["trials_collapsed"]) == 2 and record["trials_completed"] >= 1
     trials = run.read_json("trials.json")
-    assert len(trials) == 2 and all(t["status"] == "COMPLETED" for t in trials)
-    scores = [t["score"] for t in trials]
-    assert record["best_score"] == max(scores)  # objective val_auc is maximised
+    assert len(trials) == 2 and all(t["status"] in ("COMPLETED", "COLLAPSED") for t in trials)
+    scores = [t["score"] for t in trials if t["status"] == "COMPLETED"]
+    assert record["best_score"] == max(scores)  # objective val_auc is maximised, over trials that learnt
     best = ModelParams.from_dict(record["best_params"])
     assert len(best.filters) in TINY_SPACE.conv_blocks and best.activation in TINY_SPACE.activations
     best_trial = next(t for t in trials if t["trial_id"] == record["best_trial"])
     assert best.activation == best_trial["hyperparameters"]["activation"]
-    assert [e["type"] for e in run.events() if e["type"].startswith("trial")] == [
+    assert [e["type"] for e in run.events() if e["type"] in ("trial_begin", "trial_end")] == [
         "trial_begin",
         "trial_end",
         "trial_begin",
         "trial_end",
     ]
     assert run.model_path.is_file() and metrics["count"] == 30
-    assert sum(line.startswith("trial ") and "COMPLETED" in line for line in lines) == 2
+    assert sum(line.startswith("trial ") and "COMPLETED" in line for line in lines) == 2  # as KerasTuner ended it
     assert json.loads((run.path / "tuner" / tuning.SPACE_FILE).read_text())["activations"] == ["relu", "tanh"]
 
 
@@ -170,7 +171,8 @@ def test_trial_table_of_the_finished_search(finished_search) -> None:
     table = tuning.trial_table(run)
     trials = run.read_json("trials.json")
     assert [row["trial"] for row in table] == sorted(t["trial_id"] for t in trials)
-    assert all(row["status"] == "COMPLETED" and row["score"] is not None for row in table)
+    assert all(row["status"] in ("COMPLETED", "COLLAPSED") and row["score"] is not None for row in table)
+    assert [row["status"] for row in table] == [t["status"] for t in sorted(trials, key=lambda t: t["trial_id"])]
     assert all(row["activation"] in TINY_SPACE.activations for row in table)
     assert not any(key.startswith("tuner/") for row in table for key in row)
 

@@ -1,0 +1,211 @@
+"""Quality of the defaults: `python -m medimg auto DATA --minutes M --seed S` against a plain Keras CNN trained in
+the same script on the same splits, beside the published MedMNIST v2 rows. A benchmark, not a test.
+
+    python bench/quality.py                                   # BreastMNIST 10 min × seeds 0,1,2; RetinaMNIST
+                                                              # 5 min × 0,1,2; chest X-ray mini 10 min × seed 0
+    python bench/quality.py --only breastmnist --seeds 0 --minutes 2     # one quick row
+
+Prints one Markdown table per dataset (and appends them to bench/quality-results.md with --save): dataset, seed,
+budget, trials, wall time, test AUC / accuracy / balanced accuracy of the automatic run (arg-max, i.e. 0.5 for two
+classes), and the plain CNN's. For the final-model rule it also prints, per run, the test AUC of the best trial
+alone, of the mean of the top 5 trials, and of the k chosen on validation (the default) — measured here on test
+only to compare the rules; the product never looks at test to choose.
+
+The plain CNN (issue #11's floor): Rescaling(1/255) → RandomFlip(horizontal) → RandomRotation(0.05) → Conv2D 3×3
+blocks (32, 64, 128; a fourth of 128 at ≥ 64 px) without bias + BatchNormalization + ReLU, max pooling between
+blocks → global average pooling → Dropout 0.3 → sigmoid/softmax; Adam 1e-3, batch 32, up to 30 epochs, early
+stopping on val loss (patience 5, best weights restored), no class weights. Same image size and colour as the
+automatic run chose, same decoded arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from common import REPO, bench_home, isolate_caches
+
+SHARED = REPO.parent / "shared" / "datasets"
+DEFAULT_PLAN = {
+    "breastmnist": (10.0, (0, 1, 2)),
+    "retinamnist": (5.0, (0, 1, 2)),
+    "chest_xray_pneumonia_mini": (10.0, (0,)),
+}
+PUBLISHED = {  # MedMNIST v2 benchmark rows, from each dataset's README (test AUC, ACC)
+    "breastmnist": {
+        "ResNet-18 (28)": (0.901, 0.863),
+        "AutoKeras": (0.871, 0.831),
+        "Google AutoML Vision": (0.919, 0.861),
+    },
+    "retinamnist": {
+        "ResNet-18 (28)": (0.717, 0.524),
+        "AutoKeras": (0.719, 0.503),
+        "Google AutoML Vision": (0.750, 0.531),
+    },
+}
+
+
+def run_auto(data: Path, minutes: float, seed: int, runs: Path) -> tuple[Path, float]:
+    started = time.time()
+    command = [sys.executable, "-m", "medimg", "auto", str(data), "--minutes", str(minutes), "--seed", str(seed)]
+    result = subprocess.run(
+        [*command, "--runs", str(runs)], capture_output=True, text=True, cwd=REPO, env={**os.environ}
+    )
+    wall = time.time() - started
+    if result.returncode:
+        raise SystemExit(f"auto failed ({result.returncode}):\n{result.stderr[-3000:]}")
+    return Path(result.stdout.strip().splitlines()[-1]), wall
+
+
+def scores(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float, float]:
+    from sklearn import metrics
+
+    from medimg.evaluation import roc_auc
+
+    predicted = probs.argmax(axis=1)
+    return (
+        roc_auc(labels, probs),
+        float(metrics.accuracy_score(labels, predicted)),
+        float(metrics.balanced_accuracy_score(labels, predicted)),
+    )
+
+
+def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    train, val, test = (data.arrays[s] for s in ("train", "val", "test"))
+    size, channels = data.input_shape[0], data.input_shape[2]
+    binary = data.num_classes == 2
+    inputs = keras.Input((size, size, channels))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.RandomFlip("horizontal")(x)
+    x = keras.layers.RandomRotation(0.05)(x)
+    widths = (32, 64, 128, 128) if size >= 64 else (32, 64, 128)
+    for i, width in enumerate(widths):
+        if i:
+            x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.3)(x)
+    outputs = keras.layers.Dense(1 if binary else data.num_classes, activation="sigmoid" if binary else "softmax")(x)
+    model = keras.Model(inputs, outputs)
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
+    )
+    started = time.time()
+    model.fit(
+        np.asarray(train.images, np.float32),
+        train.labels.astype(np.float32),
+        validation_data=(np.asarray(val.images, np.float32), val.labels.astype(np.float32)),
+        batch_size=32,
+        epochs=30,
+        callbacks=[keras.callbacks.EarlyStopping(monitor="val_loss", patience=5, restore_best_weights=True)],
+        verbose=0,
+    )
+    seconds = time.time() - started
+    probs = model.predict(np.asarray(test.images, np.float32), verbose=0)
+    if binary:
+        probs = np.concatenate([1 - probs, probs], axis=1)
+    return (*scores(test.labels, probs), seconds)
+
+
+def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
+    """Test AUC of: the best trial alone, the mean of the top-5 candidates, and the k chosen on validation."""
+    from medimg import models, runs, tuning
+    from medimg.evaluation import predict_arrays
+
+    run = runs.Run(run_path)
+    record = run.record
+    ensemble = record.get("ensemble") or {}
+    candidates = ensemble.get("candidates") or [record["best_trial"]]
+    trials = {t["trial_id"]: t for t in tuning.read_trials(run_path / tuning.TUNER_FOLDER)}
+    test = data.arrays["test"]
+    probs = []
+    for trial_id in candidates:
+        params = tuning.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
+        model = models.build_model(params, data.input_shape, data.num_classes)
+        model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+        probs.append(predict_arrays(model, test.images))
+    chosen = len(ensemble.get("members") or [candidates[0]])
+    return {
+        "best": scores(test.labels, probs[0])[0],
+        "top5": scores(test.labels, np.mean(probs, axis=0))[0],
+        "chosen_k": chosen,
+        "chosen": scores(test.labels, np.mean(probs[:chosen], axis=0))[0],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", help="one dataset folder name under ../shared/datasets")
+    parser.add_argument("--seeds", help="comma-separated seeds (default per dataset)")
+    parser.add_argument("--minutes", type=float, help="budget (default per dataset)")
+    parser.add_argument("--save", action="store_true", help="append the tables to bench/quality-results.md")
+    args = parser.parse_args()
+    isolate_caches()
+    from medimg import training
+
+    runs_dir = bench_home() / "quality-runs"
+    names = [args.only] if args.only else list(DEFAULT_PLAN)
+    output = [f"load average at start: {os.getloadavg()[0]:.2f} (2 cores)"]
+    print(output[0], flush=True)
+    for name in names:
+        minutes, seeds = DEFAULT_PLAN.get(name, (10.0, (0,)))
+        minutes = args.minutes or minutes
+        seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else seeds
+        rows = []
+        for seed in seeds:
+            run_path, wall = run_auto(SHARED / name, minutes, seed, runs_dir)
+            record = json.loads((run_path / "run.json").read_text())
+            data = training.prepare_data(runs_spec_dataset(record))
+            auc, accuracy, balanced = (record["metrics"][k] for k in ("auc", "accuracy", "balanced_accuracy"))
+            rules = final_model_rules(run_path, data)
+            cnn = plain_cnn(data, seed)
+            chosen = {c["setting"]: c["value"] for c in record["auto"]["choices"]}
+            rows.append(
+                f"| {name} | {seed} | {minutes:g} | {chosen['image_size']} {chosen['color']} | "
+                f"{record.get('trials_completed')} ({len(record.get('trials_collapsed') or [])} collapsed) | "
+                f"{wall / 60:.1f} | {auc:.3f} | {accuracy:.3f} | {balanced:.3f} | "
+                f"{'yes' if record.get('one_class') else 'no'} | "
+                f"{cnn[0]:.3f} | {cnn[1]:.3f} | {cnn[2]:.3f} | {cnn[3]:.0f} | "
+                f"{rules['best']:.3f} / {rules['top5']:.3f} / {rules['chosen']:.3f} (k={rules['chosen_k']}) |"
+            )
+            print(rows[-1], flush=True)
+        header = (
+            f"\n### {name}: `python -m medimg auto DATA --minutes {minutes:g} --seed S` vs the plain CNN\n\n"
+            "| dataset | seed | minutes | size colour | trials | wall min | auto AUC | auto acc | auto bal. acc | "
+            "one class | CNN AUC | CNN acc | CNN bal. acc | CNN s | test AUC: best trial / top-5 mean / chosen k |\n"
+            "|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
+        )
+        table = [header, *rows]
+        aucs = [float(r.split("|")[7]) for r in rows]
+        accs = [float(r.split("|")[8]) for r in rows]
+        table.append(f"\nmean auto: AUC {np.mean(aucs):.3f}, accuracy {np.mean(accs):.3f} over {len(rows)} seeds")
+        for method, (p_auc, p_acc) in PUBLISHED.get(name, {}).items():
+            table.append(f"- published {method}: AUC {p_auc:.3f}, accuracy {p_acc:.3f}")
+        text = "\n".join(table)
+        print(text, flush=True)
+        output.append(text)
+    if args.save:
+        with open(Path(__file__).parent / "quality-results.md", "a", encoding="utf-8") as stream:
+            stream.write(f"\n## {time.strftime('%Y-%m-%d %H:%M')}\n" + "\n".join(output) + "\n")
+
+
+def runs_spec_dataset(record: dict):
+    from medimg.config import DatasetConfig
+
+    return DatasetConfig.from_dict(record["spec"]["dataset"])
+
+
+if __name__ == "__main__":
+    main()

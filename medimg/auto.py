@@ -1,0 +1,329 @@
+"""Automatic mode: every setting of a search chosen from the data and a time budget, each with a one-line reason.
+
+`plan(path, minutes)` scans the dataset (no TensorFlow) and returns the `RunSpec` of a tune run that starts from
+the plain CNN (`ModelParams.plain_cnn`), searches around it until the budget is spent, and keeps the mean of its
+best models when that wins on validation (`TuneConfig.ensemble_size`). The CLI's `auto` command and the Tune page's
+Automatic mode both run this plan; the choices and reasons go into the run's `run.json` under `auto`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medimg.config import (
+    AugmentConfig,
+    DatasetConfig,
+    ModelParams,
+    RunSpec,
+    SearchSpace,
+    TrainConfig,
+    TuneConfig,
+)
+from medimg.errors import ConfigError, DatasetError
+
+# Seconds per training image per epoch of the plain CNN, gray, batch 32, measured on the 2-core CPU this project is
+# built on (bench: /tmp-free reproduction in bench/quality.py's "speed" line): 0.63 ms at 28 px, 2.46 ms at 64 px,
+# 20 ms at 128 px; RGB input costs about 2× at 64 px. A faster machine only makes the plan conservative.
+SECONDS_PER_IMAGE_EPOCH_64 = 2.46e-3
+RGB_FACTOR = 2.0
+# Validation and the PreciseBN pass add about a quarter to each epoch.
+EPOCH_OVERHEAD = 1.25
+# Largest sizes tried for images above 64 px; never more than the images' own size.
+SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 256)
+SMALL_NATIVE = 64  # at or below this, the images are used at their own size
+TRIALS_AT_FULL_LENGTH = 4  # the plan keeps at least this many full-length trials inside the search's share
+ENSEMBLE_CANDIDATES = 5
+# Unlimited in practice: the budget, not a trial count, ends an automatic search.
+BUDGET_MAX_TRIALS = 999
+COLOUR_SAMPLE = 48
+COLOUR_LEVELS = 3.0  # mean |R-G| + |G-B| above this (0-255 levels) counts as colour; JPEG noise on gray is below 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """One setting the plan chose: its value and why, in one line."""
+
+    setting: str
+    value: Any
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoPlan:
+    """The spec to run and the choices behind it."""
+
+    spec: RunSpec
+    choices: tuple[Choice, ...]
+    minutes: float
+
+    def record(self) -> dict[str, Any]:
+        """What `run.json` keeps under `auto`."""
+        return {
+            "minutes": self.minutes,
+            "choices": [dataclasses.asdict(choice) for choice in self.choices],
+        }
+
+    def lines(self) -> list[str]:
+        return [f"{choice.setting}: {choice.reason}" for choice in self.choices]
+
+
+def seconds_per_image_epoch(size: int, color: str) -> float:
+    """Estimated training time of the plain CNN per image per epoch (seconds), validation included.
+
+    Quadratic in the side up to 64 px, cubic above (measured: 128 px costs 8× 64 px on 2 cores, caches spill)."""
+    ratio = size / 64
+    cost = SECONDS_PER_IMAGE_EPOCH_64 * (ratio**2 if ratio <= 1 else ratio**3)
+    return cost * (RGB_FACTOR if color == "rgb" else 1.0) * EPOCH_OVERHEAD
+
+
+def plan(
+    path: str | Path,
+    minutes: float = 10.0,
+    *,
+    seed: int = 42,
+    image_size: int | None = None,
+    color: str | None = None,
+    base: RunSpec | None = None,
+    report: Any = None,
+) -> AutoPlan:
+    """Choose every setting of a search for the dataset at `path` within `minutes` of wall time (all stages).
+
+    `image_size` and `color` fix those settings instead of choosing them; `base` (a spec file's sections) supplies
+    anything else the user set (its dataset fractions, group regex and DICOM window are kept). `report` is a
+    `scanning.ScanReport` of `path` when the caller has one. Raises ConfigError for a budget under one minute and
+    DatasetError when the dataset has fewer than two classes with readable images.
+    """
+    from medimg import scanning
+
+    if minutes < 1:
+        raise ConfigError(f"a budget of {minutes:g} minutes is too short; give at least 1 minute.")
+    report = report or scanning.scan(str(path))
+    counts = dict(report.classes)
+    if len([c for c in counts.values() if c]) < 2:
+        raise DatasetError(f"{path}: fewer than two classes with readable images ({counts}); nothing to learn.")
+    choices: list[Choice] = []
+    base_dataset = base.dataset if base else DatasetConfig()
+    train_counts = _train_counts(report, base_dataset)
+    n_train = sum(train_counts.values())
+
+    if color is None:
+        color, reason = _choose_color(report, seed)
+        choices.append(Choice("color", color, reason))
+    else:
+        choices.append(Choice("color", color, f"{color}: given"))
+
+    reserve = final_stage_seconds(minutes)
+    search_seconds = minutes * 60 - reserve
+    epochs, patience, epochs_reason = _epochs(n_train)
+    native = _native_size(report)
+    if image_size is None:
+        image_size, reason = _choose_size(native, n_train, epochs, color, search_seconds)
+        choices.append(Choice("image_size", image_size, reason))
+    else:
+        choices.append(Choice("image_size", image_size, f"{image_size} px: given"))
+    choices.append(Choice("epochs", epochs, epochs_reason))
+
+    small = n_train < 1000
+    batch_sizes = (16, 32) if small else (32,)
+    choices.append(
+        Choice(
+            "batch_size",
+            list(batch_sizes),
+            f"{' or '.join(map(str, batch_sizes))}: {n_train:,} training images"
+            + (" (small: smaller batches give more steps per epoch)" if small else ""),
+        )
+    )
+    ratio = max(train_counts.values()) / max(1, min(train_counts.values()))
+    weights = ("none", "balanced") if ratio > 1.5 else ("none",)
+    choices.append(
+        Choice(
+            "class_weights",
+            list(weights),
+            (
+                f"searched (none or balanced): the largest class is {ratio:.1f}× the smallest in training; "
+                "weights are kept only if they win on validation"
+                if len(weights) > 1
+                else f"none: classes within 1.5× of each other ({ratio:.1f}×)"
+            ),
+        )
+    )
+    blocks = (3, 4, 5) if image_size >= 64 else (2, 3, 4)
+    space = SearchSpace(
+        learning_rate_min=3e-4,
+        learning_rate_max=3e-3,
+        conv_blocks=blocks,
+        filters_min=16,
+        filters_max=64,
+        filters_step=16,
+        filters_growth="double",
+        kernel_sizes=(3,),
+        activations=("relu",),
+        dropouts=(0.0, 0.15, 0.3, 0.5),
+        dense_units=(0, 128),
+        batch_norm=(True,),
+        l1=(0.0,),
+        l2=(0.0, 1e-4),
+        heads=("global_average",),
+        optimizers=("adam",),
+        batch_sizes=batch_sizes,
+        augment_strengths=(0.0, 1.0, 2.0),
+        class_weights=weights,
+    )
+    per_trial = n_train * epochs * seconds_per_image_epoch(image_size, color)
+    expected = max(1, int(search_seconds / max(per_trial * 0.6, 1e-3)))  # early stopping ends most trials sooner
+    choices.append(
+        Choice(
+            "search",
+            "random",
+            f"random search around the plain CNN (conv blocks {'/'.join(map(str, blocks))}, base width 16-64 "
+            f"doubling per block, learning rate 3e-4 to 3e-3, dropout, weight decay, augmentation strength, "
+            f"batch size); about {expected} trials fit in {search_seconds / 60:.1f} minutes, too few for a Bayesian "
+            "model of this space (KerasTuner starts one after 3 random trials per dimension)",
+        )
+    )
+    choices.append(
+        Choice(
+            "first_trial",
+            "plain_cnn",
+            "trial 0 is the plain Keras CNN (32-64-128 conv blocks, BatchNorm, dropout 0.3, Adam 1e-3), so the "
+            "search can only improve on it",
+        )
+    )
+    choices.append(
+        Choice(
+            "final_model",
+            f"mean of up to {ENSEMBLE_CANDIDATES} best trials",
+            f"the best trial, or the mean of the best k ≤ {ENSEMBLE_CANDIDATES} trials' models when that scores "
+            "better on validation (k chosen on validation)",
+        )
+    )
+    augment = AugmentConfig(flip_horizontal=True, rotation=0.05)
+    choices.append(
+        Choice(
+            "augmentation",
+            augment.to_dict(),
+            "horizontal flips and rotations up to ±18° (strength 0, 1 or 2× searched)",
+        )
+    )
+    dataset = base_dataset.replace(path=str(Path(path).resolve()), image_size=image_size, color=color, seed=seed)
+    spec = RunSpec(
+        kind="tune",
+        dataset=dataset,
+        augment=augment,
+        train=TrainConfig(
+            epochs=epochs,
+            early_stopping_patience=patience,
+            reduce_lr_patience=0,
+            class_weights="none",
+            seed=seed,
+            monitor="val_auc",
+        ),
+        params=ModelParams.plain_cnn(image_size),
+        search=space,
+        tune=TuneConfig(
+            tuner="random",
+            objective="val_auc",
+            max_trials=BUDGET_MAX_TRIALS,
+            max_minutes=round(search_seconds / 60, 3),
+            first_trial="plain_cnn",
+            ensemble_size=ENSEMBLE_CANDIDATES,
+        ),
+    )
+    choices.append(
+        Choice(
+            "budget",
+            minutes,
+            f"{minutes:g} minutes: {search_seconds / 60:.1f} for decoding and the search, "
+            f"{reserve:.0f} s kept for the final model and its evaluation",
+        )
+    )
+    return AutoPlan(spec=spec, choices=tuple(choices), minutes=float(minutes))
+
+
+def final_stage_seconds(minutes: float) -> float:
+    """Seconds kept after the search for loading the best trials, the ensemble choice and the evaluation."""
+    return min(60.0, max(20.0, 0.08 * minutes * 60))
+
+
+def _train_counts(report: Any, dataset: DatasetConfig) -> dict[str, int]:
+    if report.splits.get("train"):
+        return {name: report.splits["train"].get(name, 0) for name in report.classes}
+    share = 1 - dataset.val_fraction - dataset.test_fraction
+    return {name: max(1, int(count * share)) for name, count in report.classes.items()}
+
+
+def _native_size(report: Any) -> int:
+    """Median shorter side (pixels) over the readable images."""
+    sides: list[int] = []
+    for text, count in report.sizes.items():
+        width, _, height = text.partition("x")
+        try:
+            sides += [min(int(width), int(height))] * count
+        except ValueError:
+            continue
+    return int(np.median(sides)) if sides else SMALL_NATIVE
+
+
+def _choose_size(native: int, n_train: int, epochs: int, color: str, search_seconds: float) -> tuple[int, str]:
+    if native <= SMALL_NATIVE:
+        size = max(8, native)
+        return size, f"{size} px: the images are {native} px (never upsampled)"
+    affordable = [
+        s
+        for s in SIZES
+        if s <= native
+        and n_train * epochs * seconds_per_image_epoch(s, color) <= search_seconds / TRIALS_AT_FULL_LENGTH
+    ]
+    size = max(affordable) if affordable else SIZES[0]
+    seconds = n_train * epochs * seconds_per_image_epoch(size, color)
+    return size, (
+        f"{size} px: the images are {native} px; at {size} px a full trial ({n_train:,} images × {epochs} epochs) "
+        f"takes about {seconds / 60:.1f} of the search's {search_seconds / 60:.1f} minutes, leaving room for "
+        f"{TRIALS_AT_FULL_LENGTH} or more trials"
+    )
+
+
+def _epochs(n_train: int) -> tuple[int, int, str]:
+    """Epochs per trial and early-stopping patience from the dataset size: about 1,500 optimizer steps at most."""
+    steps = max(1, math.ceil(n_train / 32))
+    epochs = int(min(60, max(20, math.ceil(1500 / steps))))
+    patience = max(5, epochs // 6)
+    return (
+        epochs,
+        patience,
+        f"up to {epochs} per trial ({steps} steps of 32 per epoch), stopping after {patience} epochs without a "
+        "better validation AUC, best epoch kept",
+    )
+
+
+def _choose_color(report: Any, seed: int) -> tuple[str, str]:
+    """gray unless most sampled images carry colour (3-channel files holding gray copies count as gray)."""
+    from medimg import images
+
+    files = list(report.files)
+    total_colour_files = sum(count for mode, count in report.modes.items() if "RGB" in mode)
+    if not files or not total_colour_files:
+        return "gray", "gray: every image is single-channel"
+    sample = random.Random(seed).sample(files, min(COLOUR_SAMPLE, len(files)))
+    colour = 0
+    read = 0
+    for file in sample:
+        try:
+            pixels = images.load_image(file.path, 32, "rgb").astype(np.float32)
+        except Exception:  # an unreadable file is the scan's business; it just does not vote
+            continue
+        read += 1
+        spread = np.abs(pixels[..., 0] - pixels[..., 1]).mean() + np.abs(pixels[..., 1] - pixels[..., 2]).mean()
+        colour += spread > COLOUR_LEVELS
+    if read and colour / read >= 0.5:
+        return "rgb", f"rgb: {colour} of {read} sampled images carry colour"
+    return "gray", (
+        f"gray: {colour} of {read} sampled images carry colour "
+        f"({total_colour_files:,} files are stored as RGB, most with identical channels)"
+    )

@@ -1,0 +1,158 @@
+"""Automatic mode: settings chosen from the data with reasons, the plain CNN first, the budget honoured, collapsed
+trials never best, ensembles that load safely and predict the mean of their members."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medimg import auto, runs, tuning
+from medimg.config import ModelParams, SearchSpace
+from medimg.errors import ConfigError
+from tests.conftest import DEMO
+from tests.test_cli import medimg
+
+
+def reasons(chosen: auto.AutoPlan) -> dict[str, str]:
+    return {choice.setting: choice.reason for choice in chosen.choices}
+
+
+def test_breastmnist_is_used_at_its_own_28_px_in_gray_with_class_weights_searched(breastmnist_dir: Path) -> None:
+    chosen = auto.plan(breastmnist_dir, 10)
+    spec = chosen.spec
+    assert spec.dataset.image_size == 28 and spec.dataset.color == "gray"
+    why = reasons(chosen)
+    assert why["image_size"].startswith("28 px: the images are 28 px")
+    assert why["color"] == "gray: every image is single-channel"
+    # 399 benign vs 147 malignant training images: 2.7×, so weighting is searched, not imposed.
+    assert spec.search.class_weights == ("none", "balanced") and "2.7×" in why["class_weights"]
+    assert spec.tune.first_trial == "plain_cnn" and spec.tune.max_trials == auto.BUDGET_MAX_TRIALS
+    assert spec.tune.max_minutes == pytest.approx(10 - auto.final_stage_seconds(10) / 60, abs=1e-3)
+    assert json.loads(json.dumps(chosen.record()))["choices"][0]["setting"] == "color"
+
+
+def test_gray_pictures_stored_as_rgb_stay_gray_and_large_images_shrink_with_the_budget() -> None:
+    # The demo's 224 px chest X-rays are RGB JPEGs whose three channels are copies of one.
+    short, long = auto.plan(DEMO, 2), auto.plan(DEMO, 60)
+    assert short.spec.dataset.color == "gray" and "identical channels" in reasons(short)["color"]
+    assert short.spec.dataset.image_size <= long.spec.dataset.image_size <= 224
+    assert short.spec.dataset.image_size < 224
+    assert "the images are 224 px" in reasons(short)["image_size"]
+
+
+def test_colour_images_are_used_in_rgb(tmp_path: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(6):
+            cv2.imwrite(str(tmp_path / label / f"{i}.png"), rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    chosen = auto.plan(tmp_path, 5)
+    assert (
+        chosen.spec.dataset.color == "rgb" and reasons(chosen)["color"] == "rgb: 12 of 12 sampled images carry colour"
+    )
+    assert chosen.spec.dataset.image_size == 20
+
+
+def test_a_budget_under_a_minute_is_refused(breastmnist_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="at least 1 minute"):
+        auto.plan(breastmnist_dir, 0.5)
+
+
+@pytest.mark.parametrize("size", [28, 64])
+def test_the_plain_cnn_is_a_point_of_every_automatic_space(breastmnist_dir: Path, size: int) -> None:
+    spec = auto.plan(breastmnist_dir, 10, image_size=size).spec
+    values = tuning.first_trial_values(ModelParams.plain_cnn(size), spec.search)
+    assert tuning.params_from_values(values, spec.search) == ModelParams.plain_cnn(size)
+    with pytest.raises(ConfigError, match="not a point of the search space"):
+        tuning.first_trial_values(ModelParams.plain_cnn(size), SearchSpace.quick())
+
+
+def tiny_member(seed: int) -> object:
+    import keras
+
+    from medimg import models
+
+    keras.utils.set_random_seed(seed)
+    return models.build_model(ModelParams(filters=(4, 8), dense_units=0, dropout=0.0), (16, 16, 1), 3)
+
+
+def test_an_ensemble_loads_in_safe_mode_and_predicts_the_mean_of_its_members(tmp_path: Path) -> None:
+    import keras
+
+    from medimg import explain, models
+
+    members = [tiny_member(0), tiny_member(1)]
+    params = [ModelParams(filters=(4, 8), dense_units=0, dropout=0.0)] * 2
+    ensemble = models.build_ensemble(members, params, (16, 16, 1), 3)
+    keras.saving.save_model(ensemble, tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras", safe_mode=True)
+    images = np.random.default_rng(0).integers(0, 256, (7, 16, 16, 1)).astype(np.float32)
+    expected = np.mean([np.asarray(m(images, training=False)) for m in members], axis=0)
+    np.testing.assert_allclose(np.asarray(loaded(images, training=False)), expected, atol=1e-6)
+    assert explain.last_conv_layer_name(loaded).startswith("m0_")
+    heatmaps, probs = explain.gradcam_heatmaps(loaded, images[:2].astype(np.uint8), [0, 1])
+    assert heatmaps.shape == (2, 16, 16) and heatmaps.max() <= 1.0
+    np.testing.assert_allclose(probs, expected[:2], atol=1e-5)
+
+
+def test_a_trial_that_calls_every_validation_image_one_class_scores_worst(breastmnist_dir: Path) -> None:
+    from medimg import training
+    from medimg.config import AugmentConfig, DatasetConfig, TrainConfig
+
+    data = training.prepare_data(DatasetConfig(path=str(breastmnist_dir), image_size=16, color="gray"))
+    space = SearchSpace(learning_rate_min=1e-6, learning_rate_max=1e-6, conv_blocks=(1,), filters_min=4, filters_max=4)
+    reported: list[tuple[str, str]] = []
+    hypermodel = tuning.build_hypermodel(
+        space,
+        data,
+        AugmentConfig(),
+        TrainConfig(epochs=1, early_stopping_patience=0, reduce_lr_patience=0),
+        lambda trial_id: [],
+        lambda trial_id, name: reported.append((trial_id, name)),
+    )
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    # A bias of +20 on the output unit: p(second class) ≈ 1 for every image, and 1e-6 steps cannot move it.
+    output = model.get_layer("probabilities")
+    kernel, bias = output.get_weights()
+    output.set_weights([np.zeros_like(kernel), np.full_like(bias, 20.0)])
+    hypermodel.trial_id = "007"
+    result = hypermodel.fit(hp, model)
+    assert result == {"val_auc": tuning.WORST_SCORE["max"]}
+    assert reported == [("007", data.class_names[1])]
+    labels = data.arrays["val"].labels
+    # All-one-class calls on a split holding one class are right, not a collapse.
+    assert tuning.one_class_called(model, data.arrays["val"].images[labels == 1], labels[labels == 1]) is None
+
+
+@pytest.mark.slow
+def test_auto_on_the_demo_keeps_starting_trials_until_the_budget_and_records_its_reasons(tmp_path: Path) -> None:
+    result = medimg("auto", str(DEMO), "--minutes", "1", "--image-size", "16", "--runs", str(tmp_path), "--seed", "1")
+    run = runs.Run(result.stdout.strip().splitlines()[-1])
+    record = run.record
+    assert record["status"] == "completed"
+    assert {c["setting"] for c in record["auto"]["choices"]} >= {"color", "image_size", "epochs", "class_weights"}
+    assert next(c for c in record["auto"]["choices"] if c["setting"] == "image_size")["reason"] == "16 px: given"
+    begins = run.events("trial_begin")
+    epochs = run.events("epoch")
+    deadline = record["search_deadline"]
+    # The budget, not a trial count, ends the search: trials start until the deadline, none after it, and the
+    # last epoch ends within one epoch's time of it.
+    assert len(begins) >= 2 and all(event["t"] < deadline for event in begins)
+    longest_epoch = max(event["seconds"] for event in epochs)
+    assert epochs[-1]["t"] <= deadline + longest_epoch + 1.0
+    assert epochs[-1]["t"] >= deadline - longest_epoch - 1.0  # still training when the budget ran out
+    # Trial 0 is the plain CNN.
+    first = next(event for event in begins if event["trial"] == "000")
+    plain = tuning.first_trial_values(ModelParams.plain_cnn(16), run.spec.search)
+    assert {k: first["hyperparameters"][k] for k in plain} == plain
+    assert "test (threshold 0.5 / arg-max)" in result.stderr
+    evaluated = json.loads(medimg("evaluate", str(run.path), "--json").stdout)
+    assert evaluated["count"] == 30 and evaluated["validation_operating_point"]["chosen_on"] == "val"
