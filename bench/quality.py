@@ -145,13 +145,33 @@ def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     }
 
 
+def speed() -> None:
+    """Seconds per training image per epoch of the plain CNN at a few sizes (the constants in medimg/auto.py)."""
+    from medimg import models
+    from medimg.config import ModelParams
+
+    for size, channels in ((28, 1), (64, 1), (128, 1), (64, 3)):
+        model = models.build_model(ModelParams.plain_cnn(size), (size, size, channels), 2)
+        images = np.random.default_rng(0).integers(0, 256, (1024, size, size, channels)).astype("float32")
+        labels = np.random.default_rng(1).integers(0, 2, (1024, 1)).astype("float32")
+        model.fit(images[:64], labels[:64], batch_size=32, verbose=0)  # traced before timing
+        started = time.time()
+        model.fit(images, labels, batch_size=32, epochs=1, verbose=0)
+        per_image = (time.time() - started) / len(images)
+        print(f"{size} px, {channels} channel(s): {per_image * 1000:.3f} ms per image per epoch", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="one dataset folder name under ../shared/datasets")
     parser.add_argument("--seeds", help="comma-separated seeds (default per dataset)")
     parser.add_argument("--minutes", type=float, help="budget (default per dataset)")
     parser.add_argument("--save", action="store_true", help="append the tables to bench/quality-results.md")
+    parser.add_argument("--speed", action="store_true", help="only time the plain CNN per image (medimg/auto.py)")
     args = parser.parse_args()
+    if args.speed:
+        speed()
+        return
     isolate_caches()
     from medimg import training
 

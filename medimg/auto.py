@@ -26,10 +26,11 @@ from medimg.config import (
     TuneConfig,
 )
 from medimg.errors import ConfigError, DatasetError
+from medimg.runs import BUDGET_ONLY_TRIALS
 
 # Seconds per training image per epoch of the plain CNN, gray, batch 32, measured on the 2-core CPU this project is
-# built on (bench: /tmp-free reproduction in bench/quality.py's "speed" line): 0.63 ms at 28 px, 2.46 ms at 64 px,
-# 20 ms at 128 px; RGB input costs about 2× at 64 px. A faster machine only makes the plan conservative.
+# built on (`python bench/quality.py --speed` prints them): 0.63 ms at 28 px, 2.46 ms at 64 px, 20 ms at 128 px;
+# RGB input costs about 2× at 64 px. A faster machine only makes the plan conservative.
 SECONDS_PER_IMAGE_EPOCH_64 = 2.46e-3
 RGB_FACTOR = 2.0
 # Validation and the PreciseBN pass add about a quarter to each epoch.
@@ -40,7 +41,7 @@ SMALL_NATIVE = 64  # at or below this, the images are used at their own size
 TRIALS_AT_FULL_LENGTH = 4  # the plan keeps at least this many full-length trials inside the search's share
 ENSEMBLE_CANDIDATES = 5
 # Unlimited in practice: the budget, not a trial count, ends an automatic search.
-BUDGET_MAX_TRIALS = 999
+BUDGET_MAX_TRIALS = BUDGET_ONLY_TRIALS
 COLOUR_SAMPLE = 48
 COLOUR_LEVELS = 3.0  # mean |R-G| + |G-B| above this (0-255 levels) counts as colour; JPEG noise on gray is below 1
 

@@ -29,6 +29,8 @@ from medimg.errors import RunError
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
 QUEUED_GRACE_S = 120.0
+# A trial cap this high means "until the time budget is spent" (medimg.auto.BUDGET_MAX_TRIALS).
+BUDGET_ONLY_TRIALS = 999
 
 
 def runs_root(path: str | Path | None = None) -> Path:
@@ -323,7 +325,20 @@ def progress(run: Run) -> dict[str, Any]:
         total_epochs = spec.get("train", {}).get("epochs") or 1
         done_epochs = len({e["epoch"] for e in epochs if e.get("trial") is None})
         fraction = done_epochs / total_epochs
-    eta = elapsed / fraction * (1 - fraction) if 0 < fraction < 1 and record.get("status") == "running" else None
+    running = record.get("status") == "running"
+    eta = elapsed / fraction * (1 - fraction) if 0 < fraction < 1 and running else None
+    # A search with a time budget ends with the budget: its progress is the time spent, and its trial count is a
+    # cap only when one was asked for (the automatic mode's is not shown). The automatic mode's budget counts
+    # every stage, the final model and evaluation included.
+    budget_s = 60 * float((record.get("auto") or {}).get("minutes") or spec.get("tune", {}).get("max_minutes") or 0)
+    if kind == "tune" and budget_s:
+        if total_trials and total_trials >= BUDGET_ONLY_TRIALS:
+            total_trials = None
+        spent = max(trials_done / total_trials if total_trials else 0.0, min(1.0, elapsed / budget_s))
+        if running:
+            fraction, eta = min(0.99, spent), max(0.0, budget_s - elapsed)
+        else:
+            fraction = 1.0 if record.get("status") == "completed" else spent
     return {
         "status": run.status,
         "kind": kind,

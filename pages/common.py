@@ -127,7 +127,9 @@ def progress_header(progress: dict[str, Any]) -> None:
     status = progress["status"]
     cols = st.columns(4)
     cols[0].metric("Status", status)
-    if progress["kind"] == "tune":
+    if progress["kind"] == "tune" and progress["max_trials"] is None:  # the time budget ends this search
+        cols[1].metric("Trials", f"{progress['trials_done']} done", help="Trials start until the time budget is spent.")
+    elif progress["kind"] == "tune":
         cols[1].metric("Trials", f"{progress['trials_done']} of {progress['max_trials']}")
     else:
         cols[1].metric(
@@ -149,10 +151,12 @@ def progress_header(progress: dict[str, Any]) -> None:
         st.info(progress["message"])
 
 
-def launch(spec: RunSpec) -> None:
-    """Start a run as its own process and attach this page to it (URL `?run=ID`), or say why it cannot start."""
+def launch(spec: RunSpec, extra: dict[str, Any] | None = None) -> None:
+    """Start a run as its own process and attach this page to it (URL `?run=ID`), or say why it cannot start.
+
+    `extra`: more fields for the run's first run.json (the automatic mode's choices)."""
     try:
-        run = jobs.launch(spec, runs_root())
+        run = jobs.launch(spec, runs_root(), extra=extra)
     except MedimgError as error:
         show_error(error)
         return

@@ -7,11 +7,12 @@ import math
 import pandas as pd
 import streamlit as st
 
-from medimg import charts, jobs, runs, tuning
+from medimg import auto, charts, jobs, runs, tuning
 from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, RunSpec, SearchSpace, TuneConfig
 from medimg.errors import MedimgError
 from pages import common
 
+MODES = ("Automatic", "Advanced")
 st.title("Tune")
 space: SearchSpace = common.get("search")
 tune: TuneConfig = common.get("tune")
@@ -21,162 +22,209 @@ busy = attached is not None and attached.status in runs.ACTIVE_STATUSES
 if busy:  # show the settings of the search in progress (after a refresh the session has none of its own)
     space, tune, train = attached.spec.search, attached.spec.tune, attached.spec.train
 
-with st.expander("Search ranges", expanded=not busy):
-    c1, c2, c3 = st.columns(3)
-    lr_exponents = c1.slider(
-        "Learning rate, log10 (−4 = 1e-4)",
-        -6.0,
-        -1.0,
-        step=0.5,
-        format="%.1f",
-        disabled=busy,
-        key=common.seed_widget(
-            "tn_lr",
-            (round(math.log10(space.learning_rate_min) * 2) / 2, round(math.log10(space.learning_rate_max) * 2) / 2),
-        ),
-    )
-    lr_low, lr_high = (10.0 ** lr_exponents[0], 10.0 ** lr_exponents[1])
-    blocks = c2.multiselect(
-        "Conv blocks", [1, 2, 3, 4, 5], disabled=busy, key=common.seed_widget("tn_blocks", list(space.conv_blocks))
-    )
-    filters = c3.slider(
-        "Filters per block",
-        8,
-        512,
-        step=8,
-        disabled=busy,
-        key=common.seed_widget("tn_filters", (space.filters_min, space.filters_max)),
-    )
-    c4, c5, c6 = st.columns(3)
-    filters_step = c4.select_slider(
-        "Filter step",
-        [8, 16, 32, 64],
-        disabled=busy,
-        key=common.seed_widget("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16),
-    )
-    kernels = c5.multiselect(
-        "Kernel sizes", [3, 5, 7], disabled=busy, key=common.seed_widget("tn_kernels", list(space.kernel_sizes))
-    )
-    activations = c6.multiselect(
-        "Activations", list(ACTIVATIONS), disabled=busy, key=common.seed_widget("tn_act", list(space.activations))
-    )
-    c7, c8, c9 = st.columns(3)
-    dropouts = c7.multiselect(
-        "Dropout", [0.0, 0.1, 0.25, 0.5], disabled=busy, key=common.seed_widget("tn_dropout", list(space.dropouts))
-    )
-    dense = c8.multiselect(
-        "Dense units (0 = none)",
-        [0, 32, 64, 128, 256, 512],
-        disabled=busy,
-        key=common.seed_widget("tn_dense", list(space.dense_units)),
-    )
-    batch_norm = c9.multiselect(
-        "Batch norm", [True, False], disabled=busy, key=common.seed_widget("tn_bn", list(space.batch_norm))
-    )
-    c10, c11, c12 = st.columns(3)
-    l2 = c10.multiselect(
-        "L2 weight decay", [0.0, 1e-5, 1e-4, 1e-3], disabled=busy, key=common.seed_widget("tn_l2", list(space.l2))
-    )
-    l1 = c11.multiselect(
-        "L1 weight decay", [0.0, 1e-5, 1e-4], disabled=busy, key=common.seed_widget("tn_l1", list(space.l1))
-    )
-    heads = c12.multiselect("Head", list(HEADS), disabled=busy, key=common.seed_widget("tn_heads", list(space.heads)))
-    c13, c14, c15 = st.columns(3)
-    optimizers = c13.multiselect(
-        "Optimizer", list(OPTIMIZERS), disabled=busy, key=common.seed_widget("tn_opt", list(space.optimizers))
-    )
-    batch_sizes = c14.multiselect(
-        "Batch size", [8, 16, 32, 64, 128], disabled=busy, key=common.seed_widget("tn_bs", list(space.batch_sizes))
-    )
-    strengths = c15.multiselect(
-        "Augmentation strength (× the Augment page)",
-        [0.0, 0.5, 1.0, 1.5, 2.0],
-        disabled=busy,
-        key=common.seed_widget("tn_aug", list(space.augment_strengths)),
-    )
-    if st.button("Use the seed tutorial's ranges", disabled=busy):
-        common.put("search", SearchSpace())
-        for key in [k for k in st.session_state if str(k).startswith("tn_")]:
-            del st.session_state[key]
-        st.rerun()
-
-with st.expander("Search settings", expanded=not busy):
-    s1, s2, s3 = st.columns(3)
-    tuner_kind = s1.selectbox(
-        "Tuner", ["random", "bayesian", "hyperband"], disabled=busy, key=common.seed_widget("tn_tuner", tune.tuner)
-    )
-    objective = s2.selectbox(
-        "Objective",
-        ["val_auc", "val_accuracy", "val_loss"],
-        disabled=busy,
-        key=common.seed_widget("tn_objective", tune.objective),
-    )
-    max_minutes = s3.number_input(
-        "Time budget (minutes, 0 = none)",
-        0.0,
-        24 * 60.0,
-        step=5.0,
-        disabled=busy,
-        key=common.seed_widget("tn_minutes", float(tune.max_minutes)),
-    )
-    s4, s5, s6 = st.columns(3)
-    max_trials = s4.number_input("Trials", 1, 500, disabled=busy, key=common.seed_widget("tn_trials", tune.max_trials))
-    epochs = s5.number_input(
-        "Epochs per trial", 1, 500, disabled=busy, key=common.seed_widget("tn_epochs", train.epochs)
-    )
-    executions = s6.number_input(
-        "Executions per trial", 1, 5, disabled=busy, key=common.seed_widget("tn_exec", tune.executions_per_trial)
-    )
-
-try:
-    space = SearchSpace(
-        learning_rate_min=lr_low,
-        learning_rate_max=lr_high,
-        conv_blocks=tuple(sorted(blocks)),
-        filters_min=filters[0],
-        filters_max=filters[1],
-        filters_step=filters_step,
-        kernel_sizes=tuple(kernels),
-        activations=tuple(activations),
-        dropouts=tuple(dropouts),
-        dense_units=tuple(dense),
-        batch_norm=tuple(batch_norm),
-        l1=tuple(l1),
-        l2=tuple(l2),
-        heads=tuple(heads),
-        optimizers=tuple(optimizers),
-        batch_sizes=tuple(batch_sizes),
-        augment_strengths=tuple(strengths),
-    )
-    tune = TuneConfig(
-        tuner=tuner_kind,
-        objective=objective,
-        max_trials=int(max_trials),
-        executions_per_trial=int(executions),
-        max_minutes=float(max_minutes),
-    )
-    train = train.replace(epochs=int(epochs), monitor=objective)
-    common.put("search", space)
-    common.put("tune", tune)
-    common.put("train", train)
-except MedimgError as error:
-    common.show_error(error)
-    st.stop()
-
-data = common.get("dataset")
-st.caption(
-    f"Dataset: {data.path} · {data.image_size} px {data.color} · augmentation: "
-    f"{'none' if common.get('augment').is_identity else 'on'} · about {space.size_estimate():.2g} "
-    "points in this space"
+mode = st.radio(
+    "How to search",
+    MODES,
+    horizontal=True,
+    disabled=busy,
+    key=common.seed_widget("tn_mode", MODES[0] if attached is None or attached.record.get("auto") else MODES[1]),
+    captions=[
+        "Find a good model in a time budget: every setting chosen from the data, each with its reason.",
+        "Set the search ranges, the tuner and the trial count yourself.",
+    ],
 )
-if st.button("Start search", type="primary", disabled=busy):
-    common.launch(
-        RunSpec(kind="tune", dataset=data, augment=common.get("augment"), train=train, search=space, tune=tune)
+if mode == MODES[0]:
+    data = common.get("dataset")
+    minutes = st.number_input(
+        "Time budget (minutes)",
+        1.0,
+        24 * 60.0,
+        step=1.0,
+        disabled=busy,
+        key=common.seed_widget("tn_auto_minutes", 10.0),
+        help="Every stage counts: decoding the images, the search, the final model and its evaluation.",
     )
+    st.caption(
+        f"Dataset: {data.path}. Image size, colour, epochs, batch size, class weights and the search ranges are "
+        "chosen from the data and the budget, starting from a plain CNN that the search can only improve on. "
+        "Augmentation: horizontal flips and rotations up to ±18°, their strength searched (the Augment page's "
+        "settings apply under Advanced)."
+    )
+    if st.button(f"Find a good model in {minutes:g} minutes", type="primary", disabled=busy):
+        try:
+            chosen = auto.plan(data.path, minutes, seed=data.seed, base=RunSpec(dataset=data))
+        except MedimgError as error:
+            common.show_error(error)
+        else:
+            common.launch(chosen.spec, extra={"auto": chosen.record()})
+else:
+    with st.expander("Search ranges", expanded=not busy):
+        c1, c2, c3 = st.columns(3)
+        lr_exponents = c1.slider(
+            "Learning rate, log10 (−4 = 1e-4)",
+            -6.0,
+            -1.0,
+            step=0.5,
+            format="%.1f",
+            disabled=busy,
+            key=common.seed_widget(
+                "tn_lr",
+                (
+                    round(math.log10(space.learning_rate_min) * 2) / 2,
+                    round(math.log10(space.learning_rate_max) * 2) / 2,
+                ),
+            ),
+        )
+        lr_low, lr_high = (10.0 ** lr_exponents[0], 10.0 ** lr_exponents[1])
+        blocks = c2.multiselect(
+            "Conv blocks", [1, 2, 3, 4, 5], disabled=busy, key=common.seed_widget("tn_blocks", list(space.conv_blocks))
+        )
+        filters = c3.slider(
+            "Filters per block",
+            8,
+            512,
+            step=8,
+            disabled=busy,
+            key=common.seed_widget("tn_filters", (space.filters_min, space.filters_max)),
+        )
+        c4, c5, c6 = st.columns(3)
+        filters_step = c4.select_slider(
+            "Filter step",
+            [8, 16, 32, 64],
+            disabled=busy,
+            key=common.seed_widget("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16),
+        )
+        kernels = c5.multiselect(
+            "Kernel sizes", [3, 5, 7], disabled=busy, key=common.seed_widget("tn_kernels", list(space.kernel_sizes))
+        )
+        activations = c6.multiselect(
+            "Activations", list(ACTIVATIONS), disabled=busy, key=common.seed_widget("tn_act", list(space.activations))
+        )
+        c7, c8, c9 = st.columns(3)
+        dropouts = c7.multiselect(
+            "Dropout", [0.0, 0.1, 0.25, 0.5], disabled=busy, key=common.seed_widget("tn_dropout", list(space.dropouts))
+        )
+        dense = c8.multiselect(
+            "Dense units (0 = none)",
+            [0, 32, 64, 128, 256, 512],
+            disabled=busy,
+            key=common.seed_widget("tn_dense", list(space.dense_units)),
+        )
+        batch_norm = c9.multiselect(
+            "Batch norm", [True, False], disabled=busy, key=common.seed_widget("tn_bn", list(space.batch_norm))
+        )
+        c10, c11, c12 = st.columns(3)
+        l2 = c10.multiselect(
+            "L2 weight decay", [0.0, 1e-5, 1e-4, 1e-3], disabled=busy, key=common.seed_widget("tn_l2", list(space.l2))
+        )
+        l1 = c11.multiselect(
+            "L1 weight decay", [0.0, 1e-5, 1e-4], disabled=busy, key=common.seed_widget("tn_l1", list(space.l1))
+        )
+        heads = c12.multiselect(
+            "Head", list(HEADS), disabled=busy, key=common.seed_widget("tn_heads", list(space.heads))
+        )
+        c13, c14, c15 = st.columns(3)
+        optimizers = c13.multiselect(
+            "Optimizer", list(OPTIMIZERS), disabled=busy, key=common.seed_widget("tn_opt", list(space.optimizers))
+        )
+        batch_sizes = c14.multiselect(
+            "Batch size", [8, 16, 32, 64, 128], disabled=busy, key=common.seed_widget("tn_bs", list(space.batch_sizes))
+        )
+        strengths = c15.multiselect(
+            "Augmentation strength (× the Augment page)",
+            [0.0, 0.5, 1.0, 1.5, 2.0],
+            disabled=busy,
+            key=common.seed_widget("tn_aug", list(space.augment_strengths)),
+        )
+        if st.button("Use the seed tutorial's ranges", disabled=busy):
+            common.put("search", SearchSpace())
+            for key in [k for k in st.session_state if str(k).startswith("tn_")]:
+                del st.session_state[key]
+            st.rerun()
+
+    with st.expander("Search settings", expanded=not busy):
+        s1, s2, s3 = st.columns(3)
+        tuner_kind = s1.selectbox(
+            "Tuner", ["random", "bayesian", "hyperband"], disabled=busy, key=common.seed_widget("tn_tuner", tune.tuner)
+        )
+        objective = s2.selectbox(
+            "Objective",
+            ["val_auc", "val_accuracy", "val_loss"],
+            disabled=busy,
+            key=common.seed_widget("tn_objective", tune.objective),
+        )
+        max_minutes = s3.number_input(
+            "Time budget (minutes, 0 = none)",
+            0.0,
+            24 * 60.0,
+            step=5.0,
+            disabled=busy,
+            key=common.seed_widget("tn_minutes", float(tune.max_minutes)),
+        )
+        s4, s5, s6 = st.columns(3)
+        max_trials = s4.number_input(
+            "Trials", 1, 500, disabled=busy, key=common.seed_widget("tn_trials", tune.max_trials)
+        )
+        epochs = s5.number_input(
+            "Epochs per trial", 1, 500, disabled=busy, key=common.seed_widget("tn_epochs", train.epochs)
+        )
+        executions = s6.number_input(
+            "Executions per trial", 1, 5, disabled=busy, key=common.seed_widget("tn_exec", tune.executions_per_trial)
+        )
+
+    try:
+        space = SearchSpace(
+            learning_rate_min=lr_low,
+            learning_rate_max=lr_high,
+            conv_blocks=tuple(sorted(blocks)),
+            filters_min=filters[0],
+            filters_max=filters[1],
+            filters_step=filters_step,
+            kernel_sizes=tuple(kernels),
+            activations=tuple(activations),
+            dropouts=tuple(dropouts),
+            dense_units=tuple(dense),
+            batch_norm=tuple(batch_norm),
+            l1=tuple(l1),
+            l2=tuple(l2),
+            heads=tuple(heads),
+            optimizers=tuple(optimizers),
+            batch_sizes=tuple(batch_sizes),
+            augment_strengths=tuple(strengths),
+        )
+        tune = TuneConfig(
+            tuner=tuner_kind,
+            objective=objective,
+            max_trials=int(max_trials),
+            executions_per_trial=int(executions),
+            max_minutes=float(max_minutes),
+        )
+        train = train.replace(epochs=int(epochs), monitor=objective)
+        common.put("search", space)
+        common.put("tune", tune)
+        common.put("train", train)
+    except MedimgError as error:
+        common.show_error(error)
+        st.stop()
+
+    data = common.get("dataset")
+    st.caption(
+        f"Dataset: {data.path} · {data.image_size} px {data.color} · augmentation: "
+        f"{'none' if common.get('augment').is_identity else 'on'} · about {space.size_estimate():.2g} "
+        "points in this space"
+    )
+    if st.button("Start search", type="primary", disabled=busy):
+        common.launch(
+            RunSpec(kind="tune", dataset=data, augment=common.get("augment"), train=train, search=space, tune=tune)
+        )
 
 run = common.pick_run("Search run", kind="tune", key="tune_run")
 if run is None:
-    st.info("No search yet: set the ranges and press Start search.")
+    st.info(
+        "No search yet: give a time budget and press Find a good model."
+        if mode == MODES[0]
+        else "No search yet: set the ranges and press Start search."
+    )
     st.stop()
 
 
@@ -186,6 +234,18 @@ def show_run(run: runs.Run) -> None:
     if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
         jobs.stop(run)
         st.toast("Stop requested: the search ends at the next batch and keeps its completed trials.")
+    record = run.record
+    if record.get("auto"):
+        with st.expander("What the automatic mode chose, and why", expanded=progress["status"] in runs.ACTIVE_STATUSES):
+            st.dataframe(
+                pd.DataFrame(
+                    [{"Setting": c["setting"].replace("_", " "), "Why": c["reason"]} for c in record["auto"]["choices"]]
+                ),
+                hide_index=True,
+                use_container_width=True,
+            )
+    if record.get("search_warning"):
+        st.warning(record["search_warning"], icon=":material/warning:")
     table = tuning.trial_table(run)
     objective_name = run.spec.tune.objective
     if table:
@@ -211,9 +271,15 @@ def show_run(run: runs.Run) -> None:
                 column.plotly_chart(charts.history_figure(history, metric), key=f"trial_{run.id}_{metric}")
     if progress["status"] in runs.ACTIVE_STATUSES:
         return
-    record = run.record
     if record.get("best_params"):
         st.success(f"Best trial {record.get('best_trial')}: {objective_name} = {record.get('best_score'):.4f}")
+        members = (record.get("ensemble") or {}).get("members") or []
+        if len(members) > 1:
+            st.info(
+                f"The saved model is the mean of trials {', '.join(members)}: it scored better on validation than "
+                "the best trial alone. Grad-CAM shows the best trial's network.",
+                icon=":material/join:",
+            )
         st.json(record["best_params"], expanded=False)
         if st.button("Train with these", type="primary", key=f"train_with_{run.id}"):
             st.session_state["train_from_run"] = run.id

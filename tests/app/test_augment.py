@@ -56,6 +56,7 @@ def test_flips_are_kept_and_shown_on_the_tune_page() -> None:
     by_label(at.checkbox, "Horizontal flip").check().run()
     no_exception(at)
     assert at.session_state["augment"] == AugmentConfig(flip_horizontal=True)
+    at.session_state["tn_mode"] = "Advanced"  # the automatic mode chooses its own augmentation
     at.switch_page("pages/tune.py").run()
     assert "augmentation: on" in values(at.caption)[0]
 

@@ -130,6 +130,7 @@ def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_
         search=SearchSpace(conv_blocks=(1,), filters_min=8, filters_max=16, filters_step=8, dense_units=(0,)),
         tune=TuneConfig(max_trials=1),
         train=TrainConfig(epochs=1),
+        tn_mode="Advanced",
     )
     by_label(tune_tab.button, "Start search").click().run()
     no_exception(tune_tab)

@@ -202,6 +202,9 @@ def test_user_journey(server: dict, page) -> None:
 
     # Tune: a 2-trial search of 1 epoch, launched as its own process and watched live.
     open_page(page, "Tune", timings)
+    page.get_by_text("Find a good model in a time budget").wait_for()  # Automatic is what a new user sees first
+    page.get_by_text("Advanced", exact=True).click()
+    wait_idle(page)
     set_number(page, "Trials", 2)
     set_number(page, "Epochs per trial", 1)
     page.get_by_role("button", name="Start search").click()
