@@ -7,9 +7,9 @@ the same script on the same splits, beside the published MedMNIST v2 rows. A ben
 
 Prints one Markdown table per dataset (and appends them to bench/quality-results.md with --save): dataset, seed,
 budget, trials, wall time, test AUC / accuracy / balanced accuracy of the automatic run (arg-max, i.e. 0.5 for two
-classes), and the plain CNN's. For the final-model rule it also prints, per run, the test AUC of the best trial
-alone, of the mean of the top 5 trials, and of the k chosen on validation (the default) — measured here on test
-only to compare the rules; the product never looks at test to choose.
+classes), and the plain CNN's. For the final-model rule it also prints, per run, the test AUC and accuracy of the
+best trial alone, of the mean of the top 5 trials, and of the k chosen on validation — measured here on test only
+to compare the rules; the product never looks at test to choose. `--rules RUN...` prints just that for saved runs.
 
 The plain CNN (issue #11's floor): Rescaling(1/255) → RandomFlip(horizontal) → RandomRotation(0.05) → Conv2D 3×3
 blocks (32, 64, 128; a fourth of 128 at ≥ 64 px) without bias + BatchNormalization + ReLU, max pooling between
@@ -138,10 +138,10 @@ def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
         probs.append(predict_arrays(model, test.images))
     chosen = len(ensemble.get("members") or [candidates[0]])
     return {
-        "best": scores(test.labels, probs[0])[0],
-        "top5": scores(test.labels, np.mean(probs, axis=0))[0],
+        "best": scores(test.labels, probs[0]),
+        "top5": scores(test.labels, np.mean(probs, axis=0)),
         "chosen_k": chosen,
-        "chosen": scores(test.labels, np.mean(probs[:chosen], axis=0))[0],
+        "chosen": scores(test.labels, np.mean(probs[:chosen], axis=0)),
     }
 
 
@@ -168,9 +168,19 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, help="budget (default per dataset)")
     parser.add_argument("--save", action="store_true", help="append the tables to bench/quality-results.md")
     parser.add_argument("--speed", action="store_true", help="only time the plain CNN per image (medimg/auto.py)")
+    parser.add_argument("--rules", nargs="+", type=Path, help="only compare the final-model rules of these runs")
     args = parser.parse_args()
     if args.speed:
         speed()
+        return
+    if args.rules:
+        from medimg import training
+
+        for run_path in args.rules:
+            record = json.loads((run_path / "run.json").read_text())
+            rules = final_model_rules(run_path, training.prepare_data(runs_spec_dataset(record)))
+            shown = "  ".join(f"{r}: AUC {rules[r][0]:.3f} acc {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
+            print(f"{run_path.name}  {shown}  (k={rules['chosen_k']})", flush=True)
         return
     isolate_caches()
     from medimg import training
@@ -198,13 +208,15 @@ def main() -> None:
                 f"{wall / 60:.1f} | {auc:.3f} | {accuracy:.3f} | {balanced:.3f} | "
                 f"{'yes' if record.get('one_class') else 'no'} | "
                 f"{cnn[0]:.3f} | {cnn[1]:.3f} | {cnn[2]:.3f} | {cnn[3]:.0f} | "
-                f"{rules['best']:.3f} / {rules['top5']:.3f} / {rules['chosen']:.3f} (k={rules['chosen_k']}) |"
+                " / ".join(f"{rules[r][0]:.3f}, {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
+                + f" (k={rules['chosen_k']}) |"
             )
             print(rows[-1], flush=True)
         header = (
             f"\n### {name}: `python -m medimg auto DATA --minutes {minutes:g} --seed S` vs the plain CNN\n\n"
             "| dataset | seed | minutes | size colour | trials | wall min | auto AUC | auto acc | auto bal. acc | "
-            "one class | CNN AUC | CNN acc | CNN bal. acc | CNN s | test AUC: best trial / top-5 mean / chosen k |\n"
+            "one class | CNN AUC | CNN acc | CNN bal. acc | CNN s | "
+            "test AUC, acc: best trial / top-5 mean / chosen k |\n"
             "|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
         )
         table = [header, *rows]

@@ -199,9 +199,9 @@ def plan(
     choices.append(
         Choice(
             "final_model",
-            f"mean of up to {ENSEMBLE_CANDIDATES} best trials",
-            f"the best trial, or the mean of the best k ≤ {ENSEMBLE_CANDIDATES} trials' models when that scores "
-            "better on validation (k chosen on validation)",
+            f"mean of the {ENSEMBLE_CANDIDATES} best trials",
+            f"the mean of the {ENSEMBLE_CANDIDATES} best trials' models (fewer if fewer trials finish), the "
+            "rule that scored best in the benchmarks (bench/README.md)",
         )
     )
     augment = AugmentConfig(flip_horizontal=True, rotation=0.05)

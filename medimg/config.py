@@ -370,12 +370,18 @@ class TuneConfig(_Config):
     # Trial 0's values: "" lets the tuner draw it; "plain_cnn" starts from `ModelParams.plain_cnn`, so a search
     # can only improve on that known configuration.
     first_trial: str = ""
-    # The final model averages up to this many of the best trials (how many is chosen on validation); 1: the best.
+    # The final model averages up to this many of the best trials; 1: the best trial alone.
     ensemble_size: int = 1
+    # "top": the best `ensemble_size` trials, always; "validation": k ≤ ensemble_size grown while the validation
+    # objective improves. Which wins is measured by bench/quality.py (bench/README.md, "Quality of the defaults"):
+    # the trial that won on validation is flattered by having been chosen there, so growing k on validation stops
+    # too early.
+    ensemble_rule: str = "top"
 
     def __post_init__(self) -> None:
         _check(self.first_trial in ("", "plain_cnn"), f"first_trial '{self.first_trial}' must be '' or plain_cnn.")
         _check(1 <= self.ensemble_size <= 10, f"ensemble_size {self.ensemble_size} must be in 1..10.")
+        _check(self.ensemble_rule in ("top", "validation"), "ensemble_rule must be top or validation.")
         _check(self.tuner in TUNERS, f"tuner '{self.tuner}' must be one of {list(TUNERS)}.")
         _check(self.objective in OBJECTIVES, f"objective '{self.objective}' must be one of {list(OBJECTIVES)}.")
         _check(self.max_trials >= 1, "max_trials must be >= 1.")

@@ -149,6 +149,22 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
     return result
 
 
+def one_class_at_threshold(summary: dict[str, Any]) -> str | None:
+    """For a two-class `clinical_summary`: a warning when its threshold calls every test image one class."""
+    point = summary.get("operating_point")
+    if not point:
+        return None
+    called_positive, total = point["tp"] + point["fp"], point["tp"] + point["fp"] + point["tn"] + point["fn"]
+    if total and called_positive in (0, total):
+        called = summary["positive_class"] if called_positive else "not " + summary["positive_class"]
+        return (
+            f"At threshold {point['threshold']:.3f} every one of the {total} test images is called {called}: "
+            "sensitivity and specificity are 1 and 0 by construction, not by skill. Move the threshold or pick a "
+            "preset chosen on validation."
+        )
+    return None
+
+
 def one_class_warning(scored: Scored) -> str | None:
     """A plain warning when the model's arg-max calls every image of the split one class, else None."""
     called = np.unique(scored.probs.argmax(axis=1))

@@ -88,7 +88,7 @@ def build_report(
     summary = evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive, n_resamples, seed)
     record = run.record
     parts = [
-        _header(run, summary),
+        _header(run, summary, metrics),
         htmldoc.section("Intended use", _intended_use(record)),
         htmldoc.section("Dataset and splits", _dataset(record)),
         htmldoc.section("Leakage check", _leakage(metrics.get("leakage") or {})),
@@ -107,7 +107,7 @@ def build_report(
     return htmldoc.document(f"medimg report · {run.id}", "\n".join(htmldoc.embed_figures(parts)), NOT_FOR_CLINICAL_USE)
 
 
-def _header(run: Run, summary: dict[str, Any]) -> str:
+def _header(run: Run, summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     point = (
         f"operating point: p({summary['positive_class']}) ≥ {summary['threshold']:.3f}"
@@ -118,6 +118,14 @@ def _header(run: Run, summary: dict[str, Any]) -> str:
         f"<h1>Model card and evaluation report</h1><p class='meta'>run {html.escape(run.id)} · generated {stamp} · "
         f"medimg {__version__} · {html.escape(point)}</p>"
         f"<div class='warning'><strong>{html.escape(NOT_FOR_CLINICAL_USE)}</strong></div>"
+        + "".join(
+            f"<div class='warning'><strong>{html.escape(text)}</strong></div>"
+            for text in (
+                f"Degenerate model: {(metrics or {}).get('one_class')}." if (metrics or {}).get("one_class") else "",
+                evaluation.one_class_at_threshold(summary) or "",
+            )
+            if text
+        )
     )
 
 

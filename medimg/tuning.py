@@ -482,10 +482,11 @@ def collapsed_trials(run: Run) -> set[str]:
 
 
 def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
-    """The best trial's model, or the mean of the best k trials' models when that scores better on validation.
+    """The best trial's model, or the mean of the best k trials' models (`ranked`: best first).
 
-    k grows only while the validation objective improves (validation, never test, chooses); the choice and every
-    k's score go into run.json under `ensemble`.
+    `TuneConfig.ensemble_rule` "top": every trial in `ranked`; "validation": k grows only while the validation
+    objective improves. Validation, never test, chooses; the members and every k's validation score go into
+    run.json under `ensemble`.
     """
     import numpy as np
 
@@ -503,6 +504,8 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
         scores.append(validation_score(spec.tune.objective, val.labels, np.mean(probs[:k], axis=0)))
         if k > 1 and better(spec.tune.objective, scores[-1], scores[chosen - 1]):
             chosen = k
+    if spec.tune.ensemble_rule == "top":
+        chosen = len(members)
     params = [params_from_values(trial.hyperparameters.values, spec.search) for trial in ranked[:chosen]]
     run.update(
         ensemble={
@@ -510,6 +513,7 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
             "candidates": [trial.trial_id for trial in ranked],
             "validation_scores": {str(k + 1): score for k, score in enumerate(scores)},
             "objective": spec.tune.objective,
+            "rule": spec.tune.ensemble_rule,
             "chosen_on": "val",
             "gradcam": "of the best trial's network (the first member)" if chosen > 1 else "of the model",
         }

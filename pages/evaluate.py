@@ -79,6 +79,8 @@ except MedimgError as error:
     st.stop()
 test = scored["test"]
 names = test.class_names
+if metrics.get("one_class"):
+    st.error(f"Degenerate model: {metrics['one_class']}.", icon=":material/error:")
 
 if "val" not in scored or metrics.get("evaluation_version", 0) < evaluation.EVALUATION_VERSION:
     st.info(
@@ -132,6 +134,9 @@ if test.binary:
     )
 summary = summarize(str(run.path), stamp, float(threshold), positive)
 intervals = summary["intervals"]["metrics"]
+called_one_class = evaluation.one_class_at_threshold(summary)
+if called_one_class:
+    st.warning(called_one_class, icon=":material/warning:")
 
 if test.binary:
     tiles = [

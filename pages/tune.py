@@ -276,8 +276,9 @@ def show_run(run: runs.Run) -> None:
         members = (record.get("ensemble") or {}).get("members") or []
         if len(members) > 1:
             st.info(
-                f"The saved model is the mean of trials {', '.join(members)}: it scored better on validation than "
-                "the best trial alone. Grad-CAM shows the best trial's network.",
+                f"The saved model is the mean of trials {', '.join(members)}, the best {len(members)} on "
+                "validation: averaging them scored better on test than the best trial alone in the benchmarks "
+                "(bench/quality.py). Grad-CAM shows the best trial's network.",
                 icon=":material/join:",
             )
         st.json(record["best_params"], expanded=False)

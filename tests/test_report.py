@@ -223,3 +223,12 @@ def test_a_three_class_manifest_run_reports_per_class_intervals_and_subgroups(tm
     assert f"north {north['count']} – {north['auc']['estimate']:.3f} (" in text
     matrix = np.array(clinical.confusion_matrix(scored["test"]))
     assert html.count("<figure>") == int(np.minimum(matrix, 2).sum())
+
+
+def test_a_threshold_that_calls_every_image_one_class_is_flagged_in_the_report(trained_run: runs.Run) -> None:
+    flagged = text_of(report.build_report(trained_run, threshold=0.0, n_resamples=200))
+    assert "every one of the 30 test images is called PNEUMONIA" in flagged
+    scored = evaluation.load_scored(trained_run)["test"]
+    calls = scored.probs[:, 1] >= 0.5
+    at_half = text_of(report.build_report(trained_run, threshold=0.5, n_resamples=200))
+    assert ("every one of the 30 test images" in at_half) == (calls.all() or not calls.any())

@@ -319,3 +319,14 @@ def test_multi_class_run_with_subgroups(three_class_manifest_run: runs.Run, runs
 
 def _sites(run: runs.Run) -> dict[str, str]:
     return subgroups.manifest_attributes(run.spec.dataset.path)["site"]
+
+
+def test_a_threshold_that_calls_every_image_one_class_is_flagged(finished_runs: FinishedRuns) -> None:
+    at = open_page("evaluate", run=finished_runs.train_id)
+    at.slider(key="evaluate_threshold").set_value(0.0).run()  # p ≥ 0 holds for every image
+    no_exception(at)
+    assert [w for w in values(at.warning) if "every one of the 30 test images is called PNEUMONIA" in w]
+    at.slider(key="evaluate_threshold").set_value(0.5).run()
+    calls = evaluation.load_scored(runs.Run(finished_runs.root / finished_runs.train_id))["test"].probs[:, 1] >= 0.5
+    flagged = any("every one of the 30 test images" in w for w in values(at.warning))
+    assert flagged == (calls.all() or not calls.any())
