@@ -15,6 +15,7 @@ from medimg.errors import MedimgError
 
 log = logging.getLogger("medimg.app")
 POLL_SECONDS = 1.5
+FOLLOW_KEY = "follow_run"  # the run this session launched last, until a run picker has shown it
 
 
 # Choices live in plain session-state keys (not widget keys), so they survive moving between pages.
@@ -104,6 +105,12 @@ def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, k
     ids = [run.id for run in candidates]
     wanted = st.query_params.get("run")
     index = ids.index(wanted) if wanted in ids else 0
+    # A run just launched from this session is shown at once: the picker's kept value would otherwise win over
+    # `index` and keep showing the previous run.
+    follow = st.session_state.get(FOLLOW_KEY)
+    if follow in ids:
+        st.session_state[key] = follow
+        del st.session_state[FOLLOW_KEY]
     chosen = st.selectbox(
         label, ids, index=index, key=key, format_func=lambda run_id: run_label(candidates[ids.index(run_id)])
     )
@@ -161,6 +168,8 @@ def launch(spec: RunSpec, extra: dict[str, Any] | None = None) -> None:
         show_error(error)
         return
     st.query_params["run"] = run.id
+    st.session_state[FOLLOW_KEY] = run.id
+    st.toast(f"Started {run.id}; this page now follows it.")
     # The new process writes its first event a moment after launch; a short wait avoids an empty first frame.
     deadline = time.time() + 0.5
     while not (run.path / "events.jsonl").exists() and time.time() < deadline:

@@ -196,3 +196,16 @@ def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_wh
     assert shown_metrics(watcher)["Trials"].endswith(" done")  # the budget, not a trial count, ends it
     run.request_stop()
     wait_for(lambda: run.status not in runs.ACTIVE_STATUSES, 120, "the automatic search to stop")
+
+
+def test_start_follows_the_new_search_when_another_run_is_shown(finished_runs: FinishedRuns) -> None:
+    at = open_page("tune", **tiny_state(20))  # 20 trials: still running when the page is checked
+    assert at.selectbox(key="tune_run").value == finished_runs.tune_id  # the finished search is shown
+    at.selectbox(key="tune_run").set_value(finished_runs.tune_id).run()  # chosen by the user: kept in the session
+    by_label(at.button, "Start search").click().run()
+    no_exception(at)
+    new_id = at.query_params["run"]
+    assert new_id != finished_runs.tune_id
+    assert at.selectbox(key="tune_run").value == new_id, "the page kept showing the old run"
+    assert shown_metrics(at)["Status"] in ("queued", "running")
+    assert by_label(at.button, "Start search").disabled
