@@ -143,9 +143,11 @@ def make_progress_callback(
                 return
             self.last_tick = now
             if run is not None:
-                if run.stop_requested():
+                if run.stop_requested() and not self.stopped_by_request:
                     self.stopped_by_request = True
                     self.model.stop_training = True
+                    if trial is not None:  # a trial cut short by Stop is not a finished trial
+                        run.append_event("trial_stopped", trial=trial, epoch=self.epoch, epochs=self.epochs)
                 run.append_event(
                     "batch", trial=trial, epoch=self.epoch, batch=batch + 1, steps=self.steps, epochs=self.epochs
                 )

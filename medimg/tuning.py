@@ -435,10 +435,14 @@ def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any)
 
     spec = run.spec
     collapsed = collapsed_trials(run)
+    stopped = stopped_trials(run)
     trials = read_trials(run.path / TUNER_FOLDER)
-    for trial in trials:
-        if trial["trial_id"] in collapsed:
+    for trial in trials:  # Stop first: a trial cut short may look collapsed only because it was cut
+        if trial["trial_id"] in stopped and trial["status"] == "COMPLETED":
+            trial["status"] = "STOPPED"
+        elif trial["trial_id"] in collapsed:
             trial["status"] = "COLLAPSED"
+    collapsed -= stopped
     run.write_json("trials.json", trials)
     completed = {t["trial_id"] for t in trials if t["status"] == "COMPLETED" and t["score"] is not None}
     warning = None
@@ -450,10 +454,12 @@ def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any)
             "least bad of them. Try more epochs per trial, another learning-rate range, or check the labels."
         )
         completed = set(collapsed)
+    if not completed and stopped:  # Stop during the first trial: its epochs so far are all there is
+        completed = {t["trial_id"] for t in trials if t["status"] == "STOPPED" and t["score"] is not None}
     if not completed:
         raise MedimgError(f"no trial completed ({ended or 'every trial failed'}); see log.txt in {run.path}.")
     ranked = [t for t in tuner.oracle.get_best_trials(len(tuner.oracle.trials)) if t.trial_id in completed]
-    if warning:  # collapsed trials all carry the same worst score: the first, in trial order
+    if warning or not ranked:  # collapsed (or stopped) trials may all carry the worst score: trial order
         ranked = [tuner.oracle.trials[t["trial_id"]] for t in trials if t["trial_id"] in completed]
     best_trial = ranked[0]
     best = params_from_values(best_trial.hyperparameters.values, spec.search)
@@ -463,6 +469,7 @@ def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any)
         best_trial=best_trial.trial_id,
         trials_completed=len(completed),
         trials_collapsed=sorted(collapsed),
+        trials_stopped=sorted(stopped),
         search_warning=warning,
         ended=ended or "all trials done",
     )
@@ -474,6 +481,11 @@ def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any)
     if ended.startswith("stopped"):
         run.set_status("stopped", message=f"{ended} after {len(completed)} completed trials")
     return metrics
+
+
+def stopped_trials(run: Run) -> set[str]:
+    """IDs of the trials that Stop cut short (KerasTuner records them as completed)."""
+    return {event["trial"] for event in run.events("trial_stopped")}
 
 
 def collapsed_trials(run: Run) -> set[str]:
@@ -557,11 +569,13 @@ def trial_table(run: Run) -> list[dict[str, Any]]:
                 "hyperparameters": event.get("hyperparameters", {}),
             },
         )
-    collapsed = collapsed_trials(run)
+    collapsed, stopped = collapsed_trials(run), stopped_trials(run)
     table = []
     for trial_id in sorted(rows):
         trial = rows[trial_id]
-        if trial_id in collapsed:
+        if trial_id in stopped and trial["status"] in ("COMPLETED", "RUNNING"):
+            trial = {**trial, "status": "STOPPED"}
+        elif trial_id in collapsed:
             trial = {**trial, "status": "COLLAPSED"}
         values = {k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")}
         table.append({"trial": trial_id, "status": trial["status"], "score": trial["score"], **values})

@@ -211,3 +211,23 @@ def test_stop_request_ends_the_search_before_the_next_trial(tmp_path: Path) -> N
     assert record["message"] == "stopped on request after 1 completed trials"
     assert len(list((run.path / "tuner").glob("trial_*"))) == 1  # no second trial was created
     assert run.model_path.is_file()
+
+
+@pytest.mark.slow
+def test_a_trial_cut_short_by_stop_is_recorded_as_stopped(tmp_path: Path) -> None:
+    spec = tune_spec(max_trials=3)
+    run = runs.create_run(spec.replace(train=spec.train.replace(epochs=400)), tmp_path)
+
+    def echo(line: str) -> None:
+        if line.startswith("trial 0 epoch 3/"):
+            run.request_stop()  # mid-trial: seen at the next batch tick
+
+    jobs.execute(run, echo=echo)
+    record = run.record
+    assert record["status"] == "stopped" and record["trials_stopped"] == ["0"]
+    epochs_run = len(run.epoch_history(trial="0").get("epoch", []))
+    assert 3 <= epochs_run < 400
+    assert [t["status"] for t in run.read_json("trials.json")] == ["STOPPED"]
+    assert [row["status"] for row in tuning.trial_table(run)] == ["STOPPED"]
+    # Stopped during the first trial: its epochs so far are all there is, so that model is kept.
+    assert record["best_trial"] == "0" and run.model_path.is_file()

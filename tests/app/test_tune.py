@@ -139,6 +139,11 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     assert shown_metrics(ended)["Status"] == "stopped"
     assert values(ended.info)[0].startswith("stopped on request after ")
     assert values(ended.success)[0].startswith(f"Best trial {run.record['best_trial']}: val_auc = ")
+    # The trial Stop cut short is shown as stopped and never offered as the best.
+    cut = {event["trial"] for event in run.events("trial_stopped")}
+    table = ended.dataframe[0].value
+    assert set(table.loc[table["status"] == "STOPPED", "trial"]) == cut, table[["trial", "status"]].to_dict()
+    assert run.record["trials_stopped"] == sorted(cut) and run.record["best_trial"] not in cut
     assert not by_label(ended.button, "Start search").disabled
     assert "Stop" not in [button.label for button in ended.button]
 
