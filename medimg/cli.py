@@ -404,25 +404,17 @@ def command_train(args: argparse.Namespace) -> int:
 
     spec = build_spec(args, "train")
     if args.from_run:
-        source = runs.find_run(args.from_run, args.runs)
-        record = source.record
-        if not record.get("best_params"):
-            raise MedimgError(
-                f"run {source.id} has no best hyperparameters (status: {source.status}); pick a completed tune run."
-            )
-        # The search's own dataset, augmentation and training settings, unless given again here.
-        source_spec = source.spec
+        from medimg.workflows import train_spec_from_search
+
         sections = load_sections(args.spec) if args.spec else {}
-        # The search's per-trial schedule ranks configurations; the final model gets the longer final-fit one.
-        train = spec.train if "train" in sections else source_spec.train.final_fit(source_spec.tune.objective)
-        if args.epochs:
-            train = train.replace(epochs=args.epochs)
-        spec = spec.replace(
-            params=ModelParams.from_dict(record["best_params"]),
-            dataset=spec.dataset if args.data or "dataset" in sections else source_spec.dataset,
-            augment=spec.augment if args.augment or "augment" in sections else source_spec.augment,
-            train=train,
-        )
+        # The search's own dataset and augmentation and the final-fit schedule, unless given again here.
+        spec = train_spec_from_search(
+            runs.find_run(args.from_run, args.runs),
+            dataset=spec.dataset if args.data or "dataset" in sections else None,
+            augment=spec.augment if args.augment or "augment" in sections else None,
+            train=spec.train if "train" in sections else None,
+            epochs=args.epochs,
+        ).replace(**({"distribution": args.distribution} if args.distribution else {}))
     if args.params:
         try:
             given = json.loads(args.params)
