@@ -218,7 +218,21 @@ class Run:
             "test_auc": metrics.get("auc"),
             "test_accuracy": metrics.get("accuracy"),
             "best_score": record.get("best_score"),
+            **self.validation_score(),
         }
+
+    def validation_score(self) -> dict[str, Any]:
+        """The run's score on validation, the split models are chosen on: a search's best trial score, or the best
+        epoch of a training by its monitor. {"val_metric": name, "val_score": value}, values None when unknown."""
+        record = self.record
+        spec = record.get("spec", {})
+        if spec.get("kind") == "tune":
+            objective = spec.get("tune", {}).get("objective", "val_auc")
+            return {"val_metric": objective, "val_score": record.get("best_score")}
+        monitor = spec.get("train", {}).get("monitor", "val_auc")
+        values = [v for v in ((self.read_json("history.json") or {}).get(monitor) or []) if v == v]
+        best = (min(values) if monitor.endswith("loss") else max(values)) if values else None
+        return {"val_metric": monitor, "val_score": best}
 
 
 def new_run_id(kind: str) -> str:

@@ -76,8 +76,10 @@ def run_label(run: runs.Run) -> str:
         summary = run.summary()
     except MedimgError:
         return run.id
-    auc = summary.get("test_auc")
-    extra = f" · test AUC {auc:.3f}" if isinstance(auc, float) else ""
+    # Validation, the split models are chosen on: labelling runs by test scores invites choosing on test.
+    score, metric = summary.get("val_score"), str(summary.get("val_metric") or "")
+    name = {"val_auc": "val AUC", "val_accuracy": "val accuracy", "val_loss": "val loss"}.get(metric, metric)
+    extra = f" · {name} {score:.3f}" if isinstance(score, float) else ""
     return f"{run.id} · {summary['status']}{extra}"
 
 

@@ -48,10 +48,14 @@ def test_empty_runs_folder_asks_for_a_trained_model(runs_dir: Path) -> None:
 def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(finished_runs: FinishedRuns) -> None:
     at = open_page("evaluate")
     picker = at.selectbox(key="evaluate_run")
-    # Both runs have a test evaluation; each is labelled "<id> · <status> · test AUC <auc>".
+    # Both runs have a test evaluation; each is labelled "<id> · <status> · val AUC <auc>": validation, the split
+    # a model is chosen on, never test.
     assert sorted(option.split(" · ")[:2] for option in picker.options) == sorted(
         [[finished_runs.train_id, "completed"], [finished_runs.tune_id, "completed"]]
     )
+    tune_score = runs.Run(finished_runs.root / finished_runs.tune_id).record["best_score"]
+    assert f"{finished_runs.tune_id} · completed · val AUC {tune_score:.3f}" in picker.options
+    assert not [option for option in picker.options if "test" in option]
     picker.set_value(finished_runs.train_id).run()
     no_exception(at)
     assert at.query_params["run"] == finished_runs.train_id
