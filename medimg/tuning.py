@@ -500,13 +500,18 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
     objective improves. Validation, never test, chooses; the members and every k's validation score go into
     run.json under `ensemble`.
     """
+    import warnings
+
     import numpy as np
 
     from medimg import models
     from medimg.evaluation import predict_arrays
 
     spec = run.spec
-    members = [tuner.load_model(trial) for trial in ranked]
+    with warnings.catch_warnings():
+        # A trial's checkpoint holds its optimizer's state; a model kept for prediction does not need it.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        members = [tuner.load_model(trial) for trial in ranked]
     if len(members) == 1:
         return members[0]
     val = data.arrays["val"]
