@@ -85,6 +85,11 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
             )
         if len(arrays[name]) == 0:
             raise DatasetError(f"no readable images in the {name} split; check the scan report.")
+    if len(arrays["test"]) == 0:  # found before training, not after it when the evaluation needs it
+        raise DatasetError(
+            "the test split is empty, so the model could not be evaluated; use a test fraction above 0 or add a "
+            "test/ folder."
+        )
     return PreparedData(splits.class_names, arrays, splits, unreadable)
 
 

@@ -11,6 +11,7 @@ from medimg.errors import ConfigError, MedimgError
 from pages import common
 
 st.title("Dataset")
+common.keep_widget_state("ds_")  # the other sources stop the page before its settings are drawn
 config: DatasetConfig = common.get("dataset")
 
 
@@ -214,6 +215,14 @@ else:
 table = pd.DataFrame(splits.counts()).T
 table["total"] = table.sum(axis=1)
 st.dataframe(table)
+empty = [name for name, files in splits.items() if not files]
+if empty:
+    st.error(
+        f"The {' and '.join(empty)} split{'s are' if len(empty) > 1 else ' is'} empty: runs on this dataset would "
+        "fail before training (no validation to choose on, or no test to evaluate on). Raise the fractions or add "
+        "the split folders.",
+        icon=":material/error:",
+    )
 overlap = splits.group_overlap()
 if overlap:
     st.warning(f"{len(overlap)} patient(s) appear in more than one split: {', '.join(sorted(overlap)[:10])}")

@@ -108,6 +108,14 @@ def test_prepare_data_reports_unreadable_files(tmp_path: Path) -> None:
     assert sum(len(a) for a in data.arrays.values()) == 20
 
 
+def test_an_empty_test_split_is_refused_before_training(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    for label in ("NORMAL", "PNEUMONIA"):
+        shutil.copytree(DEMO / "train" / label, root / label)
+    with pytest.raises(DatasetError, match="the test split is empty"):
+        training.prepare_data(DatasetConfig(path=str(root), image_size=16, val_fraction=0.2, test_fraction=0.0))
+
+
 def test_a_class_with_only_unreadable_training_images_is_refused(tmp_path: Path) -> None:
     root = tmp_path / "data"
     (root / "train" / "a").mkdir(parents=True)

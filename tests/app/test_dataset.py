@@ -229,3 +229,36 @@ def test_an_upload_with_a_single_class_is_scanned_but_not_accepted() -> None:
         "only one class (NORMAL) has readable images; a classifier needs at least two class folders."
     ]
     assert not at.success and at.session_state["dataset"].path == str(DEMO)
+
+
+def test_settings_survive_a_visit_to_the_other_sources_and_back() -> None:
+    at = open_page("dataset")
+    at.secrets["data_roots"] = []
+    at.select_slider(key="ds_size").set_value(32)
+    at.number_input(key="ds_seed").set_value(7).run()
+    chosen = at.session_state["dataset"]
+    assert (chosen.image_size, chosen.seed) == (32, 7)
+    for source in (SERVER, "Upload a zip", "Bundled demo"):  # the other sources stop before the settings
+        at.radio(key="dataset_source").set_value(source).run()
+        no_exception(at)
+    assert at.select_slider(key="ds_size").value == 32
+    assert at.number_input(key="ds_seed").value == 7
+    at.radio(key="ds_color").set_value("rgb").run()  # the next click keeps every other choice
+    assert at.session_state["dataset"] == chosen.replace(color="rgb")
+
+
+def test_an_empty_test_split_is_refused_before_any_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Class folders without split folders: the fractions decide, and a test fraction of 0 leaves no test split.
+    for name in ("NORMAL", "PNEUMONIA"):
+        shutil.copytree(DEMO / "train" / name, tmp_path / "flat" / name)
+    monkeypatch.setenv("MEDIMG_DATA_ROOTS", str(tmp_path))
+    at = open_page("dataset")
+    at.secrets["data_roots"] = []
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    choose_folder(at, str(tmp_path / "flat"))
+    at.slider(key="ds_test").set_value(0.0).run()
+    no_exception(at)
+    assert values(at.error) == [
+        "The test split is empty: runs on this dataset would fail before training (no validation to choose on, or "
+        "no test to evaluate on). Raise the fractions or add the split folders."
+    ]

@@ -277,3 +277,21 @@ def test_user_journey(server: dict, page) -> None:
             indent=2,
         )
     )
+
+
+def test_dataset_settings_survive_switching_sources_and_back(server: dict, page) -> None:
+    page.goto(server["url"])
+    page.get_by_text("Readable images").wait_for()
+    wait_idle(page)
+    set_number(page, "Seed", 7)
+    page.get_by_text(re.compile(r"Runs will use .* at 64 px, gray")).wait_for()
+    for source in ("Folder on the server", "Upload a zip", "Bundled demo"):
+        page.get_by_text(source, exact=True).click()
+        wait_idle(page)
+    page.get_by_text("Readable images").wait_for()
+    assert page.get_by_label("Seed", exact=True).input_value() == "7"
+    page.get_by_text(re.compile(r"Runs will use .* at 64 px, gray")).wait_for()
+    page.get_by_text("rgb", exact=True).click()  # the next click keeps every other choice
+    wait_idle(page)
+    page.get_by_text(re.compile(r"Runs will use .* at 64 px, rgb")).wait_for()
+    assert page.get_by_label("Seed", exact=True).input_value() == "7"
