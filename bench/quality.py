@@ -208,7 +208,7 @@ def main() -> None:
                 f"{wall / 60:.1f} | {auc:.3f} | {accuracy:.3f} | {balanced:.3f} | "
                 f"{'yes' if record.get('one_class') else 'no'} | "
                 f"{cnn[0]:.3f} | {cnn[1]:.3f} | {cnn[2]:.3f} | {cnn[3]:.0f} | "
-                " / ".join(f"{rules[r][0]:.3f}, {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
+                + " / ".join(f"{rules[r][0]:.3f}, {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
                 + f" (k={rules['chosen_k']}) |"
             )
             print(rows[-1], flush=True)
