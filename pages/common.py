@@ -14,6 +14,24 @@ from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, Se
 from medimg.errors import MedimgError
 
 log = logging.getLogger("medimg.app")
+
+
+def route_through_app() -> None:
+    """Run every page through app.py's navigation, even when a deep link is a fresh server's first request.
+
+    Streamlit (1.67) serves a `pages/` folder in its old multipage mode until some run of the main script has
+    called `st.navigation`: a first request for /evaluate ran pages/evaluate.py alone, the sidebar listed every file
+    of pages/ (common included) and app.py's set-up never ran, for every session until someone opened /. Leaving
+    that mode (the flag `st.navigation` itself clears, `streamlit.runtime.pages_manager.PagesManager`) and rerunning
+    runs app.py, which opens the page the link asked for."""
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+route_through_app()  # on import: every page imports this module before drawing anything
 POLL_SECONDS = 1.5
 FOLLOW_KEY = "follow_run"  # the run this session launched last, until a run picker has shown it
 

@@ -7,6 +7,7 @@ A screenshot of each page and the page-open timings go to test-output/.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -44,12 +45,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+@contextlib.contextmanager
+def streamlit_server(folder: Path) -> Iterator[dict]:
+    """`streamlit run app.py` on a free port with its own runs folder; stopped (and its runs killed) on exit."""
     port = free_port()
-    runs_dir = tmp_path_factory.mktemp("browser-runs")
+    runs_dir = folder / "runs"
+    runs_dir.mkdir()
     env = {**os.environ, "MEDIMG_RUNS_DIR": str(runs_dir), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    log = open(tmp_path_factory.mktemp("log") / "streamlit.log", "w")  # noqa: SIM115 - closed below
+    log = open(folder / "streamlit.log", "w")  # noqa: SIM115 - closed below
     started = time.perf_counter()
     process = subprocess.Popen(
         [
@@ -102,6 +105,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
             except ProcessLookupError:
                 pass
     assert "Traceback" not in Path(log.name).read_text(), Path(log.name).read_text()[-3000:]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    with streamlit_server(tmp_path_factory.mktemp("server")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -295,3 +304,16 @@ def test_dataset_settings_survive_switching_sources_and_back(server: dict, page)
     wait_idle(page)
     page.get_by_text(re.compile(r"Runs will use .* at 64 px, rgb")).wait_for()
     assert page.get_by_label("Seed", exact=True).input_value() == "7"
+
+
+@pytest.mark.parametrize("path", ["evaluate", "runs"])
+def test_a_deep_link_as_a_fresh_servers_first_request_goes_through_the_app(tmp_path: Path, page, path: str) -> None:
+    with streamlit_server(tmp_path) as cold:
+        page.goto(f"{cold['url']}/{path}")
+        page.get_by_role("heading", name=path.capitalize()).first.wait_for()
+        wait_idle(page)
+        links = page.locator("[data-testid='stSidebarNav'] a").all_inner_texts()
+        titles = [text.split("\n")[-1].strip() for text in links]
+        assert titles == ["Dataset", "Augment", "Tune", "Train", "Evaluate", "Predict", "Runs"]
+        # app.py's own set-up ran: its sidebar note is there.
+        page.get_by_text("medimg · research tool, not for clinical use").wait_for()
