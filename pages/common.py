@@ -214,3 +214,26 @@ def seed_widget(key: str, value: Any) -> str:
     if key not in st.session_state:
         st.session_state[key] = value
     return key
+
+
+def show_test_metrics(run: runs.Run) -> None:
+    """A finished run's test figures (arg-max, and at the operating point chosen on validation), a loud error when
+    the model calls every test image one class, and the link to the Evaluate page."""
+    record = run.record
+    metrics = record.get("metrics")
+    if not metrics or run.status in runs.ACTIVE_STATUSES:
+        return
+    if record.get("one_class"):
+        st.error(f"Degenerate model: {record['one_class']}.", icon=":material/error:")
+    m1, m2, m3 = st.columns(3)
+    m1.metric("Test accuracy", f"{metrics['accuracy']:.3f}", help="At the arg-max (threshold 0.5 for two classes).")
+    m2.metric("Test balanced accuracy", f"{metrics['balanced_accuracy']:.3f}")
+    m3.metric("Test AUC", "–" if metrics["auc"] is None else f"{metrics['auc']:.3f}")
+    point = metrics.get("operating_point")
+    if point:
+        st.caption(
+            f"At the operating point chosen on validation (Youden's J, threshold {point['threshold']:.3f}): "
+            f"sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f}, "
+            f"accuracy {point['accuracy']:.3f} on test."
+        )
+    st.page_link("pages/evaluate.py", label="Evaluate this model", icon=":material/analytics:")

@@ -149,13 +149,7 @@ def live() -> None:
             cols = st.columns(3)
             for column, metric in zip(cols, ("loss", "accuracy", "auc"), strict=True):
                 column.plotly_chart(charts.history_figure(history, metric), key=f"train_{run.id}_{metric}")
-        metrics = run.record.get("metrics")
-        if metrics and run.status not in runs.ACTIVE_STATUSES:
-            m1, m2, m3 = st.columns(3)
-            m1.metric("Test accuracy", f"{metrics['accuracy']:.3f}")
-            m2.metric("Test balanced accuracy", f"{metrics['balanced_accuracy']:.3f}")
-            m3.metric("Test AUC", "–" if metrics["auc"] is None else f"{metrics['auc']:.3f}")
-            st.page_link("pages/evaluate.py", label="Evaluate this model", icon=":material/analytics:")
+        common.show_test_metrics(run)
     except MedimgError as error:
         common.show_error(error)
     if active and run.status not in runs.ACTIVE_STATUSES:

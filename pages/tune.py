@@ -282,6 +282,7 @@ def show_run(run: runs.Run) -> None:
                 icon=":material/join:",
             )
         st.json(record["best_params"], expanded=False)
+        common.show_test_metrics(run)  # the search's final model, already evaluated
         if st.button("Train with these", type="primary", key=f"train_with_{run.id}"):
             st.session_state["train_from_run"] = run.id
             st.switch_page("pages/train.py")
