@@ -286,7 +286,8 @@ def _choose_size(native: int, n_train: int, epochs: int, color: str, search_seco
     return size, (
         f"{size} px: the images are {native} px; at {size} px a full trial ({n_train:,} images × {epochs} epochs) "
         f"takes about {seconds / 60:.1f} minutes of the search's {search_seconds / 60:.1f}, leaving room for "
-        f"{TRIALS_AT_FULL_LENGTH} or more trials (a larger size would not)"
+        f"{TRIALS_AT_FULL_LENGTH} or more trials"
+        + (" (a larger size would not)" if size < max(s for s in SIZES if s <= native) else "")
     )
 
 
