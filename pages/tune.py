@@ -40,6 +40,7 @@ if mode == MODES[0]:
         1.0,
         24 * 60.0,
         step=1.0,
+        format="%g",
         disabled=busy,
         key=common.seed_widget("tn_auto_minutes", 10.0),
         help="Every stage counts: decoding the images, the search, the final model and its evaluation.",
