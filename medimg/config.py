@@ -236,6 +236,28 @@ class ModelParams(_Config):
         )
 
 
+def describe_params(params: ModelParams) -> list[tuple[str, str]]:
+    """(setting, value) rows in plain words and units for people: filters per block, learning rate as 1e-3, dropout
+    and weight decay as numbers, class weights and augmentation strength named."""
+    weights = {"": "as the training settings say", "none": "none", "balanced": "balanced", "auto": "auto"}
+    return [
+        ("Conv blocks (filters each)", " → ".join(str(int(f)) for f in params.filters)),
+        ("Kernel size", f"{params.kernel_size}×{params.kernel_size}"),
+        ("Activation", params.activation),
+        ("Batch normalisation", "yes" if params.batch_norm else "no"),
+        ("Head", "global average pooling" if params.head == "global_average" else "flatten"),
+        ("Dense layer", f"{params.dense_units} units" if params.dense_units else "none"),
+        ("Dropout", f"{params.dropout:g}"),
+        ("L2 weight decay", f"{params.l2:g}"),
+        ("L1 weight decay", f"{params.l1:g}"),
+        ("Optimizer", params.optimizer),
+        ("Learning rate", f"{params.learning_rate:.1e}"),
+        ("Batch size", str(params.batch_size)),
+        ("Augmentation strength", f"{params.augment_strength:g}× the chosen augmentation"),
+        ("Class weights", weights.get(params.class_weights, params.class_weights)),
+    ]
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace(_Config):
     """Ranges KerasTuner searches. The defaults are the seed tutorial's ranges."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 from medimg import charts, jobs, runs
-from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, ModelParams, RunSpec, TrainConfig
+from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, ModelParams, RunSpec, TrainConfig, describe_params
 from medimg.errors import MedimgError
 from pages import common
 
@@ -48,7 +49,7 @@ if source == "Best of a search":
         f"Dataset and augmentation of {search.id}: {dataset_config.path}, {dataset_config.image_size} px "
         f"{dataset_config.color}."
     )
-    st.json(params.to_dict(), expanded=False)
+    st.table(pd.DataFrame(describe_params(params), columns=["Setting", "Value"]).set_index("Setting"))
 else:
     c1, c2, c3, c4 = st.columns(4)
     filters_text = c1.text_input(

@@ -8,7 +8,16 @@ import pandas as pd
 import streamlit as st
 
 from medimg import auto, charts, jobs, runs, tuning
-from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, RunSpec, SearchSpace, TuneConfig
+from medimg.config import (
+    ACTIVATIONS,
+    HEADS,
+    OPTIMIZERS,
+    ModelParams,
+    RunSpec,
+    SearchSpace,
+    TuneConfig,
+    describe_params,
+)
 from medimg.errors import MedimgError
 from pages import common
 
@@ -282,7 +291,11 @@ def show_run(run: runs.Run) -> None:
                 "(bench/quality.py). Grad-CAM shows the best trial's network.",
                 icon=":material/join:",
             )
-        st.json(record["best_params"], expanded=False)
+        st.table(
+            pd.DataFrame(
+                describe_params(ModelParams.from_dict(record["best_params"])), columns=["Setting", "Value"]
+            ).set_index("Setting")
+        )
         common.show_test_metrics(run)  # the search's final model, already evaluated
         if st.button("Train with these", type="primary", key=f"train_with_{run.id}"):
             st.session_state["train_from_run"] = run.id

@@ -241,3 +241,13 @@ def test_load_spec_file_errors_name_the_file(tmp_path: Path) -> None:
         load_spec_file(broken_toml)
     with pytest.raises(ConfigError, match="cannot read spec file"):
         load_spec_file(tmp_path / "missing.json")
+
+
+def test_parameters_are_described_in_plain_words_and_units() -> None:
+    from medimg.config import describe_params
+
+    rows = dict(describe_params(ModelParams.plain_cnn(28)))
+    assert rows["Conv blocks (filters each)"] == "32 → 64 → 128"
+    assert rows["Learning rate"] == "1.0e-03" and rows["Dropout"] == "0.3" and rows["Dense layer"] == "none"
+    assert rows["Class weights"] == "none" and rows["Augmentation strength"] == "1× the chosen augmentation"
+    assert not [value for value in rows.values() if value in ("None", "True", "False")]

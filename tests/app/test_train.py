@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from medimg import jobs, runs
-from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig, describe_params
 
 from .conftest import (
     TINY_DATASET,
@@ -85,7 +84,8 @@ def test_a_finished_search_supplies_the_parameters_and_the_dataset(finished_runs
     search = runs.Run(finished_runs.root / finished_runs.tune_id)
     assert at.radio(key="train_source").value == "Best of a search"
     assert by_label(at.selectbox, "Search run").value == search.id
-    assert ModelParams.from_dict(json.loads(at.json[0].value)) == ModelParams.from_dict(search.record["best_params"])
+    shown_params = at.table[0].value["Value"].to_dict()
+    assert shown_params == dict(describe_params(ModelParams.from_dict(search.record["best_params"])))
     assert f"Dataset and augmentation of {search.id}: {DatasetConfig(**TINY_DATASET).path}, 16 px gray." in values(
         at.caption
     )

@@ -159,6 +159,8 @@ def test_a_finished_search_shows_trials_and_hands_its_best_to_train(finished_run
     figures = charts(at)
     assert {f"trials_{run.id}", f"parallel_{run.id}"} <= set(figures)
     assert values(at.success) == [f"Best trial {run.record['best_trial']}: val_auc = {run.record['best_score']:.4f}"]
+    best = at.table[0].value
+    assert best.loc["Learning rate"].iloc[0] == f"{run.record['best_params']['learning_rate']:.1e}"
     # The search's final model was evaluated on test: its figures and the way to the Evaluate page.
     auc = run.record["metrics"]["auc"]
     assert shown_metrics(at)["Test AUC"] == ("–" if auc is None else f"{auc:.3f}")
