@@ -334,7 +334,13 @@ def progress(run: Run) -> dict[str, Any]:
     kind = spec.get("kind", "train")
     total_trials = spec.get("tune", {}).get("max_trials") if kind == "tune" else None
     if kind == "tune":
-        fraction = trials_done / total_trials if total_trials else 0.0
+        # The running trial counts by its epochs, so the first minute of a search is not "0 %" and no ETA.
+        ended = {e.get("trial") for e in events if e["type"] == "trial_end"}
+        running_trial = 0.0
+        if record.get("status") == "running" and last.get("trial") not in ended and last.get("epochs"):
+            done_epochs = sum(1 for e in epochs if e.get("trial") == last["trial"])
+            running_trial = min(1.0, done_epochs / last["epochs"])
+        fraction = (trials_done + running_trial) / total_trials if total_trials else 0.0
     else:
         total_epochs = spec.get("train", {}).get("epochs") or 1
         done_epochs = len({e["epoch"] for e in epochs if e.get("trial") is None})

@@ -269,8 +269,11 @@ def show_run(run: runs.Run) -> None:
             for row in table
             if row["score"] is not None
         ]
-        st.plotly_chart(charts.trials_figure(finished, objective_name), key=f"trials_{run.id}")
-        st.plotly_chart(charts.parallel_coordinates_figure(finished, objective_name), key=f"parallel_{run.id}")
+        if finished:
+            st.plotly_chart(charts.trials_figure(finished, objective_name), key=f"trials_{run.id}")
+            st.plotly_chart(charts.parallel_coordinates_figure(finished, objective_name), key=f"parallel_{run.id}")
+        else:
+            st.caption("The charts of the trials appear when the first trial ends; its epochs are drawn below.")
     current = progress.get("trial")
     if current is not None:
         history = run.epoch_history(trial=current)

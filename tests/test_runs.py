@@ -306,3 +306,7 @@ def test_progress_of_a_search_counts_finished_trials(tmp_path: Path) -> None:
     state = runs.progress(run)
     assert (state["trials_done"], state["max_trials"]) == (2, 4)
     assert state["fraction"] == pytest.approx(0.5)
+    # The running trial counts by its finished epochs: 2 trials and half of the third of 4.
+    run.append_event("epoch", trial="2", epoch=0, epochs=2, logs={"val_auc": 0.5})
+    assert runs.progress(run)["fraction"] == pytest.approx(2.5 / 4)
+    assert runs.progress(run)["eta_s"] is not None
