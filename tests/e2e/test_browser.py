@@ -294,10 +294,15 @@ def test_dataset_settings_survive_switching_sources_and_back(server: dict, page)
     wait_idle(page)
     set_number(page, "Seed", 7)
     page.get_by_text(re.compile(r"Runs will use .* at 64 px, gray")).wait_for()
-    for source in ("Folder on the server", "Upload a zip", "Bundled demo"):
+    # Each source's page is seen before the next click, as a user sees it.
+    for source, shown in (
+        ("Folder on the server", "No data roots are configured"),
+        ("Upload a zip", "Upload a zip to continue."),
+        ("Bundled demo", "Readable images"),
+    ):
         page.get_by_text(source, exact=True).click()
+        page.get_by_text(shown).first.wait_for()
         wait_idle(page)
-    page.get_by_text("Readable images").wait_for()
     assert page.get_by_label("Seed", exact=True).input_value() == "7"
     page.get_by_text(re.compile(r"Runs will use .* at 64 px, gray")).wait_for()
     page.get_by_text("rgb", exact=True).click()  # the next click keeps every other choice
