@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -308,14 +309,10 @@ class BudgetEcho:
     """Progress lines on standard error prefixed with the elapsed time, the budget and the time left."""
 
     def __init__(self, minutes: float) -> None:
-        import time
-
         self.start = time.time()
         self.budget = minutes * 60
 
     def __call__(self, message: str) -> None:
-        import time
-
         elapsed = time.time() - self.start
         left = max(0.0, self.budget - elapsed)
         _err(f"[{_clock(elapsed)} of {_clock(self.budget)}, about {_clock(left)} left] {message}")
@@ -375,8 +372,6 @@ def _execute_existing(run: Any) -> int:
 
 def _distributed_tune(spec: Any, args: argparse.Namespace) -> int:
     """Chief: create the shared run folder and serve the oracle. Worker: join that folder and run trials."""
-    import time
-
     from medimg import runs, tuning
 
     if not args.run_name:

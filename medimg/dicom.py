@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medimg.errors import ImageReadError
-from medimg.images import MAX_IMAGE_PIXELS, ImageInfo
+from medimg.formats import MAX_IMAGE_PIXELS, ImageInfo
 
 if TYPE_CHECKING:
     import pydicom

@@ -102,10 +102,10 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
     clinical summary at threshold 0.5 with bootstrap intervals, calibration with a temperature fitted on validation,
     the leakage check), and the headline metrics in run.json.
     """
-    from medimg import training
+    from medimg.prepared import prepare_data
 
     spec = run.spec
-    data = data or training.prepare_data(spec.dataset)
+    data = data or prepare_data(spec.dataset)
     model = model or run.load_model()
     test = data.arrays["test"]
     if len(test) == 0:
@@ -159,8 +159,8 @@ def one_class_at_threshold(summary: dict[str, Any]) -> str | None:
         called = summary["positive_class"] if called_positive else "not " + summary["positive_class"]
         return (
             f"At threshold {point['threshold']:.3f} every one of the {total} test images is called {called}: "
-            "sensitivity and specificity are 1 and 0 by construction, not by skill. Move the threshold or pick a "
-            "preset chosen on validation."
+            "sensitivity or specificity is 0 by construction. Move the threshold or pick a preset chosen on "
+            "validation."
         )
     return None
 

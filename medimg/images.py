@@ -7,7 +7,6 @@ so that a decompression bomb is refused by the decoder instead of filling memory
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import io
 import os
@@ -19,12 +18,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from medimg.errors import ImageReadError
+from medimg.formats import MAX_IMAGE_PIXELS, ImageInfo
 
 if TYPE_CHECKING:
     from medimg.dicom import DicomWindow
 
-# 64 megapixels: far above any radiograph we resize to <= 1024 px, far below a decompression bomb.
-MAX_IMAGE_PIXELS = 1 << 26
 MAX_FILE_BYTES = 512 * 1024 * 1024
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 # Refusals are reported per file by medimg; OpenCV's own warnings would only repeat them on stderr.
@@ -32,18 +30,6 @@ os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "ehthumbs.db"})
-
-
-@dataclasses.dataclass(frozen=True)
-class ImageInfo:
-    """What a file held before conversion: shown in the scan report."""
-
-    format: str
-    width: int
-    height: int
-    channels: int
-    bit_depth: int
-    note: str = ""
 
 
 def is_ignored(name: str) -> bool:

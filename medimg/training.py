@@ -1,9 +1,11 @@
-"""Prepare data for a run and fit a model with the callbacks a run needs (events, stop, resume, early stop)."""
+"""Fit a model with the callbacks a run needs (events, stop, resume, early stop); carry out a train run.
+
+Data preparation lives in `medimg.prepared`; its names are used here and stay importable from this module.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import math
 import os
@@ -15,10 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from medimg import cache, dataset
-from medimg.cache import CachedArrays
-from medimg.config import AugmentConfig, DatasetConfig, ModelParams, TrainConfig
-from medimg.errors import DatasetError
+from medimg.config import AugmentConfig, ModelParams, TrainConfig
+from medimg.prepared import PreparedData, input_contract, prepare_data
 from medimg.runs import Run
 
 if TYPE_CHECKING:
@@ -26,87 +26,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
-
-
-@dataclasses.dataclass
-class PreparedData:
-    """Decoded arrays per split, the class names they index, and what could not be read."""
-
-    class_names: list[str]
-    arrays: dict[str, CachedArrays]
-    splits: dataset.Splits
-    unreadable: list[dict[str, str]]
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.arrays["train"].images.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def summary(self) -> dict[str, Any]:
-        counts = {
-            name: {c: int(np.sum(a.labels == i)) for i, c in enumerate(self.class_names)}
-            for name, a in self.arrays.items()
-        }
-        return {
-            "class_names": self.class_names,
-            "split_counts": counts,
-            "split_source": self.splits.source,
-            "unreadable": self.unreadable,
-            "group_overlap": sorted(self.splits.group_overlap()),
-        }
-
-
-def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], None] | None = None) -> PreparedData:
-    """List, split and decode (once, cached) the dataset a run uses."""
-    listing = dataset.list_files(config.path, config.group_regex)
-    splits = dataset.make_splits(listing.files, config.val_fraction, config.test_fraction, config.seed)
-    arrays = {}
-    unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems]
-    for name, files in splits.items():
-        arrays[name] = cache.load_arrays(
-            [f.path for f in files],
-            splits.labels(name),
-            config.image_size,
-            config.color,
-            on_progress,
-            window=dicom_window(config),
-        )
-        unreadable += arrays[name].failures
-    for name in ("train", "val"):
-        present = set(np.unique(arrays[name].labels).tolist())
-        if name == "train" and len(present) < len(splits.class_names):
-            missing = [c for i, c in enumerate(splits.class_names) if i not in present]
-            raise DatasetError(
-                f"no readable training images for class {', '.join(missing)}; "
-                f"{len(unreadable)} files were unreadable (see the scan report)."
-            )
-        if len(arrays[name]) == 0:
-            raise DatasetError(f"no readable images in the {name} split; check the scan report.")
-    if len(arrays["test"]) == 0:  # found before training, not after it when the evaluation needs it
-        raise DatasetError(
-            "the test split is empty, so the model could not be evaluated; use a test fraction above 0 or add a "
-            "test/ folder."
-        )
-    return PreparedData(splits.class_names, arrays, splits, unreadable)
-
-
-def input_contract(config: DatasetConfig) -> dict[str, Any]:
-    """What prediction must do to a file to feed this run's model: size, channel mode, DICOM window."""
-    return {
-        "image_size": config.image_size,
-        "color": config.color,
-        "channels": config.channels,
-        "dicom_window": list(config.window) if config.window else None,
-    }
-
-
-def dicom_window(config: DatasetConfig) -> Any:
-    from medimg.dicom import DicomWindow
-
-    return DicomWindow(*config.window) if config.window else None
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:

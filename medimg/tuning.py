@@ -16,7 +16,7 @@ from medimg.runs import Run
 if TYPE_CHECKING:
     import keras_tuner as kt
 
-    from medimg.training import PreparedData
+    from medimg.prepared import PreparedData
 
 TUNER_FOLDER = "tuner"
 SPACE_FILE = "medimg_search_space.json"
@@ -313,18 +313,18 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
     """Carry out a tune run from its record; best parameters and the best trial's model go into the run."""
     import keras
 
-    from medimg import evaluation, training
+    from medimg import evaluation, prepared, training
 
     spec = run.spec
     worker = is_distributed_worker()
     # The budget counts from here: decoding the images is part of the time the user gave.
     started = time.time()
-    data = training.prepare_data(spec.dataset, training._echo_progress(echo))
+    data = prepared.prepare_data(spec.dataset, training._echo_progress(echo))
     if not worker:  # the chief (or a lone process) owns run.json; workers only add events and trials
         run.update(
             data=data.summary(),
             class_names=data.class_names,
-            input=training.input_contract(spec.dataset),
+            input=prepared.input_contract(spec.dataset),
         )
     tuner_dir = run.path / TUNER_FOLDER
     check_search_space(tuner_dir, spec.search, record=not worker)

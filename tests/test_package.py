@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -12,6 +13,41 @@ from tests.conftest import PROJECT
 def test_core_never_imports_streamlit() -> None:
     offenders = [p.name for p in (PROJECT / "medimg").rglob("*.py") if "import streamlit" in p.read_text()]
     assert offenders == []
+
+
+def medimg_imports() -> dict[str, set[str]]:
+    """Module → the medimg modules it imports, at module level or inside functions."""
+    modules = {path.stem: path for path in (PROJECT / "medimg").glob("*.py")}
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module == "medimg":
+                graph[name] |= {alias.name for alias in node.names if alias.name in modules}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medimg."):
+                graph[name].add(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                graph[name] |= {a.name.split(".")[1] for a in node.names if a.name.startswith("medimg.")}
+        graph[name] = {target for target in graph[name] if target in modules and target != name}
+    return graph
+
+
+def test_medimg_modules_import_each_other_without_cycles() -> None:
+    graph = medimg_imports()
+    assert "dicom" in graph["images"] and "training" in graph["jobs"]  # the walk sees function-level imports
+
+    def path_back(start: str, node: str, seen: set[str]) -> list[str] | None:
+        for target in sorted(graph[node]):
+            if target == start:
+                return [node, start]
+            if target not in seen:
+                seen.add(target)
+                rest = path_back(start, target, seen)
+                if rest:
+                    return [node, *rest]
+        return None
+
+    cycles = {name: path_back(name, name, set()) for name in graph}
+    assert {name: cycle for name, cycle in cycles.items() if cycle} == {}
 
 
 def test_import_medimg_does_not_load_tensorflow_or_streamlit() -> None:
