@@ -51,9 +51,22 @@ def contract(run: Run, threshold: float = 0.5, positive: str | int | None = None
         result.update(
             positive_class=names[index],
             threshold=float(threshold),
+            threshold_chosen_by=_threshold_origin(run, float(threshold), index),
             decision_rule=f"call {names[index]} when p({names[index]}) >= {float(threshold):.4f}",
         )
     return result
+
+
+def _threshold_origin(run: Run, threshold: float, positive: int) -> str:
+    from medimg import evaluation
+    from medimg.errors import MedimgError
+
+    try:
+        scored = evaluation.load_scored(run)
+    except MedimgError:
+        return "unknown: the run has no saved predictions to compare it with"
+    presets, split = evaluation.preset_thresholds(scored["test"], scored.get("val"), positive)
+    return evaluation.threshold_origin(threshold, presets, split)[0]
 
 
 def model_bundle(run: Run, threshold: float = 0.5, positive: str | int | None = None) -> bytes:

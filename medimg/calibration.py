@@ -16,6 +16,10 @@ from medimg.errors import ConfigError
 
 EPSILON = 1e-7
 TEMPERATURE_RANGE = (0.05, 20.0)
+# Scaled probabilities whose positive-class (or top-label) values lie, for the central 90 % of images, within this
+# span tell a reader nothing per image: a temperature near the upper bound squeezes them all towards 1 / K.
+UNINFORMATIVE_SPREAD = 0.1
+CENTRAL = (5.0, 95.0)  # percentiles: a few images scored exactly 0 or 1 keep extreme logits at any temperature
 
 
 def _confidence_and_outcome(scored: Scored, positive: str | int | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -119,4 +123,31 @@ def calibration_summary(
         test_nll_before=negative_log_likelihood(test.labels, test.probs),
         test_nll_after=negative_log_likelihood(test.labels, test.probs, temperature),
     )
+    summary["warning"] = temperature_warning(temperature, scaled_test, positive)
     return summary
+
+
+def temperature_warning(temperature: float, scaled_test: Scored, positive: str | int | None = None) -> str | None:
+    """Why a fitted temperature should not be read as a calibration success, or None.
+
+    Two failures look like a lower ECE but are not: the fit stopped at a bound of `TEMPERATURE_RANGE` (the
+    likelihood wanted a larger or smaller T than allowed), or the central 90 % of the scaled test probabilities sit
+    within `UNINFORMATIVE_SPREAD` of each other (T so large every image gets about 1 / K, so ECE is small by
+    construction: it then measures the class balance, not the model)."""
+    low, high = TEMPERATURE_RANGE
+    reasons = []
+    if temperature >= high * 0.99 or temperature <= low * 1.01:
+        reasons.append(f"the fitted temperature T = {temperature:.3g} is at the bound of its range {low:g}–{high:g}")
+    confidence, _, _ = _confidence_and_outcome(scaled_test, positive)
+    if len(confidence):
+        low_p, high_p = np.percentile(confidence, CENTRAL)
+        if high_p - low_p < UNINFORMATIVE_SPREAD:
+            reasons.append(f"after scaling 90% of the test probabilities lie between {low_p:.3f} and {high_p:.3f}")
+    if not reasons:
+        return None
+    return (
+        "Temperature scaling did not calibrate this model: "
+        + "; ".join(reasons)
+        + ". The lower ECE after scaling says only that near-constant probabilities match the class balance; "
+        "the model's own probabilities (before) are the ones to judge."
+    )

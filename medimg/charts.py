@@ -152,6 +152,29 @@ def confusion_matrix_figure(
     return _layout(fig, title)
 
 
+def score_histogram_figure(
+    scores: dict[str, list[float]], threshold: float, positive: str, bins: int = 40
+) -> go.Figure:
+    """Overlaid histograms of p(`positive`) per true class on [0, 1] in `bins` equal-width bins, with the
+    threshold as a vertical line: how far apart the classes' scores lie, and how many of each fall on either side.
+
+    `scores` maps a true class name to its test images' p(positive)."""
+    fig = go.Figure()
+    for position, (name, values) in enumerate(scores.items()):
+        fig.add_histogram(
+            x=list(values),
+            name=f"true {name} ({len(values)})",
+            xbins={"start": 0.0, "end": 1.0, "size": 1.0 / bins},
+            marker_color=PALETTE[position % len(PALETTE)],
+            opacity=0.6,
+        )
+    fig.add_vline(x=threshold, line={"color": "black", "dash": "dash"}, annotation_text=f"threshold {threshold:.3f}")
+    fig.update_layout(barmode="overlay", height=260)
+    fig.update_xaxes(range=[0, 1], title=f"p({positive})")
+    fig.update_yaxes(title="test images")
+    return _layout(fig, f"Test scores by true class: p({positive})")
+
+
 def selected_cell(points: list[dict[str, Any]], class_names: list[str]) -> tuple[int, int] | None:
     """The (true, predicted) cell of a Plotly click on `confusion_matrix_figure`, or None for no usable point."""
     for point in points:

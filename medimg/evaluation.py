@@ -145,6 +145,7 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
             k: point[k]
             for k in ("threshold", "chosen_on", "sensitivity", "specificity", "accuracy", "balanced_accuracy")
         }
+        headline["operating_point"]["positive_class"] = summary["positive_class"]
     run.update(metrics=headline, one_class=result["one_class"])
     return result
 
@@ -175,6 +176,12 @@ def one_class_warning(scored: Scored) -> str | None:
         f"the model calls every one of the {len(scored)} test images '{name}' at the arg-max (threshold 0.5 for "
         "two classes): it has not learnt to separate the classes at this threshold"
     )
+
+
+def never_predicted(scored: Scored) -> list[str]:
+    """Classes the arg-max never calls on this split (their sensitivity is 0 by construction), in class order."""
+    called = set(np.unique(scored.probs.argmax(axis=1)).tolist()) if len(scored) else set()
+    return [name for i, name in enumerate(scored.class_names) if i not in called]
 
 
 def clinical_summary(
@@ -223,6 +230,37 @@ def preset_thresholds(
         if split is not None and 0 < int(np.sum(split.labels == index)) < len(split):
             return clinical.threshold_presets(split, index, target_sensitivity, target_specificity), name
     return {}, None
+
+
+PRESET_NAMES = {
+    "youden": "Youden's J",
+    "sensitivity": "the sensitivity target",
+    "specificity": "the specificity target",
+}
+THRESHOLD_TOLERANCE = 5e-4  # the slider's 0.001 step, halved: a preset moved onto the slider still counts as it
+
+
+def threshold_origin(threshold: float, presets: dict[str, float | None], split: str | None) -> tuple[str, bool]:
+    """Where a two-class threshold came from, in words, and whether it was chosen on data.
+
+    `presets`/`split` as `preset_thresholds` returns them. ("Youden's J on the validation split", True) for a
+    preset; ("0.5, the arg-max: not chosen on any split", False) and ("set by hand", False) otherwise."""
+    for name, label in PRESET_NAMES.items():
+        value = presets.get(name)
+        if value is not None and abs(value - threshold) <= THRESHOLD_TOLERANCE:
+            return f"{label} on the {'validation' if split == 'val' else split} split", True
+    if abs(threshold - 0.5) <= THRESHOLD_TOLERANCE:
+        return "0.5, the arg-max: not chosen on any split", False
+    return "set by hand", False
+
+
+def default_threshold(test: Scored, val: Scored | None, positive: str | int | None = None) -> float:
+    """The threshold pages start from: Youden's J chosen on validation (the run's operating point), else 0.5.
+
+    Never chosen on test: without validation predictions holding both classes the answer is 0.5."""
+    presets, split = preset_thresholds(test, val, positive)
+    value = presets.get("youden")
+    return round(float(value), 3) if split == "val" and value is not None else 0.5
 
 
 def leakage_check(data: Any) -> dict[str, Any]:

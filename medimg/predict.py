@@ -38,7 +38,26 @@ class Predictor:
         trained_window = record["input"].get("dicom_window")
         self.window = dicom.DicomWindow(*trained_window) if trained_window else None  # the one training used
         self.class_names = list(record["class_names"])
+        self.positive, self.threshold = decision_threshold(record)
         self.model = run.load_model()
+
+    @property
+    def decision(self) -> str:
+        """The rule that turns probabilities into the called class, in words."""
+        if self.positive is None:
+            return "the class with the highest probability"
+        return (
+            f"{self.positive} when p({self.positive}) ≥ {self.threshold:.3f} (the operating point chosen on validation)"
+            if self.threshold != 0.5
+            else f"{self.positive} when p({self.positive}) ≥ 0.5"
+        )
+
+    def called(self, probabilities: np.ndarray) -> str:
+        """The class called for one row of probabilities (K,), by `decision`."""
+        if self.positive is None:
+            return self.class_names[int(np.argmax(probabilities))]
+        index = self.class_names.index(self.positive)
+        return self.positive if probabilities[index] >= self.threshold else self.class_names[1 - index]
 
     def prepare(
         self, source: str | Path | bytes, frame: int = 0, window: dicom.DicomWindow | None = None
@@ -85,7 +104,7 @@ class Predictor:
             probs = self.predict_images(np.stack([pixels for _, pixels in ready]))
             for (index, _), row in zip(ready, probs, strict=True):
                 results[index].probabilities = {c: float(p) for c, p in zip(self.class_names, row, strict=True)}
-                results[index].predicted = self.class_names[int(np.argmax(row))]
+                results[index].predicted = self.called(row)
         return results
 
     def gradcam(self, pixels: np.ndarray, class_index: int | None = None) -> np.ndarray:
@@ -93,6 +112,28 @@ class Predictor:
 
         heatmap, _ = gradcam_heatmap(self.model, pixels, class_index)
         return heatmap
+
+
+def decision_threshold(record: dict) -> tuple[str | None, float]:
+    """(positive class, threshold) a two-class run calls by: its operating point chosen on validation (run.json
+    `metrics.operating_point`, Youden's J) when there is one, else (positive class, 0.5); (None, 0.5) for several
+    classes, which are called by the arg-max."""
+    from medimg import clinical
+
+    names = list(record.get("class_names") or [])
+    if len(names) != 2:
+        return None, 0.5
+    point = (record.get("metrics") or {}).get("operating_point") or {}
+    positive = point.get("positive_class") or names[clinical.default_positive(names)]
+    if point.get("chosen_on") == "val" and positive in names:
+        return positive, float(point["threshold"])
+    return positive, 0.5
+
+
+def summary_line(predictions: list[Prediction]) -> str:
+    """'3 predicted, 1 skipped' for a batch."""
+    skipped = sum(1 for p in predictions if p.error)
+    return f"{len(predictions) - skipped} predicted, {skipped} skipped"
 
 
 def dicom_summary(source: str | Path | bytes) -> dicom.DicomSummary | None:
@@ -104,7 +145,8 @@ def dicom_summary(source: str | Path | bytes) -> dicom.DicomSummary | None:
 
 
 def predictions_csv(predictions: list[Prediction], class_names: list[str]) -> str:
-    """All predictions as CSV text: file, predicted class, one probability column per class, error."""
+    """All predictions as CSV text: file, called class (by the Predictor's decision rule), one probability column
+    per class, error."""
     stream = io.StringIO()
     writer = csv.writer(stream)
     writer.writerow(["file", "predicted", *[f"p_{c}" for c in class_names], "error"])

@@ -110,7 +110,9 @@ def build_report(
 def _header(run: Run, summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     point = (
-        f"operating point: p({summary['positive_class']}) ≥ {summary['threshold']:.3f}"
+        f"operating point: p({summary['positive_class']}) ≥ {summary['threshold']:.3f} ("
+        + evaluation.threshold_origin(summary["threshold"], summary["presets"], summary["presets_split"])[0]
+        + ")"
         if summary["positive_class"]
         else "multi-class, arg-max decision"
     )
@@ -287,6 +289,8 @@ def _calibration(calibration: dict[str, Any]) -> list[Any]:
         if temperature
         else "No validation predictions: temperature scaling was not fitted."
     )
+    if calibration.get("warning"):
+        text += " " + calibration["warning"]
     return [
         htmldoc.paragraph(f"{before['kind']}, {before['bins']} equal-width bins. {text}"),
         htmldoc.table(["", "before", "after temperature scaling"], rows),
@@ -391,6 +395,8 @@ def _limitations(summary: dict[str, Any], metrics: dict[str, Any], record: dict[
     if before > 0.05:
         if after is None:
             remedy = "there are no validation predictions to recalibrate with"
+        elif summary["calibration"].get("warning"):
+            remedy = "temperature scaling failed on it (see Calibration)"
         elif after["ece"] < before / 2:
             remedy = f"temperature scaling brings it to {after['ece']:.3f}"
         else:

@@ -48,8 +48,8 @@ def load_model(run_path: str, model_hash: str):
     return Run(run_path).load_model()
 
 
-def set_threshold(value: float) -> None:
-    st.session_state["evaluate_threshold"] = round(float(value), 3)
+def set_threshold(key: str, value: float) -> None:
+    st.session_state[key] = round(float(value), 3)
 
 
 def interval_text(value: dict, with_estimate: bool = True) -> str:
@@ -113,13 +113,16 @@ if test.binary:
         "measured on test. A preset moves the slider."
     )
     buttons = right.columns(len(PRESET_LABELS))
+    # One slider per run and positive class, starting at the operating point chosen on validation: a threshold
+    # carried over from another run, or 0.5 left standing, is a threshold nobody chose for this model.
+    threshold_key = f"evaluate_threshold_{run.id}_{positive}"
     for column, (name, label) in zip(buttons, PRESET_LABELS.items(), strict=True):
         value = choices.get(name)
         column.button(
             label,
             key=f"preset_{name}",
             on_click=set_threshold,
-            args=(value,),
+            args=(threshold_key, value),
             disabled=value is None,
             help=None if value is None else f"threshold {value:.3f}",
             width="stretch",
@@ -130,7 +133,21 @@ if test.binary:
         1.0,
         step=0.001,
         format="%.3f",
-        key=common.seed_widget("evaluate_threshold", 0.5),
+        key=common.seed_widget(threshold_key, evaluation.default_threshold(test, scored.get("val"), positive)),
+    )
+    origin, chosen_on_data = evaluation.threshold_origin(float(threshold), choices, chosen_on)
+    (st.caption if chosen_on_data else st.warning)(
+        f"Threshold {float(threshold):.3f}: {origin}."
+        + ("" if chosen_on_data else " Pick a preset to use an operating point chosen on validation.")
+    )
+    positive_index = names.index(positive)
+    st.plotly_chart(
+        charts.score_histogram_figure(
+            {name: test.probs[test.labels == i, positive_index].tolist() for i, name in enumerate(names)},
+            float(threshold),
+            positive,
+        ),
+        key="score_histogram",
     )
 summary = summarize(str(run.path), stamp, float(threshold), positive)
 intervals = summary["intervals"]["metrics"]
@@ -190,7 +207,8 @@ if st.session_state.get(cell_key) not in options:
     st.session_state[cell_key] = f"{first[0]},{first[1]}"
 chosen = tuple(int(v) for v in st.session_state[cell_key].split(","))
 
-left, right = st.columns(2)
+# Several classes need the full width: in half a page the matrix squeezed and its labels rotated.
+left, right = st.columns(2) if test.binary else (st.container(), st.container())
 left.plotly_chart(
     charts.confusion_matrix_figure(matrix, names, clickable=True, selected=chosen),
     key="confusion",
@@ -202,7 +220,9 @@ left, right = st.columns(2)
 left.plotly_chart(charts.precision_recall_figure(summary["curves"]["pr"], summary["operating_point"]), key="pr")
 calibration = summary["calibration"]
 right.plotly_chart(charts.reliability_figure(calibration["before"], calibration["after"]), key="calibration")
-if calibration["temperature"]:
+if calibration.get("warning"):
+    right.warning(calibration["warning"], icon=":material/warning:")
+elif calibration["temperature"]:
     right.caption(
         f"Temperature scaling fitted on validation: T = {calibration['temperature']:.3f}; test ECE "
         f"{calibration['before']['ece']:.3f} → {calibration['after']['ece']:.3f}."
@@ -213,11 +233,20 @@ else:
 if not test.binary:
     per_class = pd.DataFrame(metrics["per_class"]).T
     per_class.index.name = "class"
+    per_class["support"] = per_class["support"].astype(int)
+    per_class = per_class.rename(columns={"f1": "F1", "support": "test images"})
     st.caption("Per class, one-vs-rest at the arg-max prediction (intervals for sensitivity and specificity above).")
     st.dataframe(
-        per_class.style.format({c: "{:.3f}" for c in ("sensitivity", "specificity", "precision", "f1")}),
+        per_class.style.format({c: "{:.3f}" for c in ("sensitivity", "specificity", "precision", "F1")}),
         key="per_class",
     )
+    never = evaluation.never_predicted(test)
+    if never:
+        st.warning(
+            f"The model never calls {', '.join(never)} on the test split: their sensitivity is 0 by construction "
+            "and their precision undefined (shown as 0).",
+            icon=":material/warning:",
+        )
 
 # ---------------------------------------------------------------------------------------- subgroups, leakage
 attributes = subgroups.manifest_attributes(run.spec.dataset.path)
@@ -304,6 +333,18 @@ else:
 
 # --------------------------------------------------------------------------------------------------- exports
 st.subheader("Export")
+exports_ready = True
+if test.binary:
+    origin, chosen_on_data = evaluation.threshold_origin(float(threshold), choices, chosen_on)
+    st.markdown(
+        f"The report and the model bundle embed the decision rule **call {positive} when p({positive}) ≥ "
+        f"{float(threshold):.3f}** ({origin})."
+    )
+    if not chosen_on_data:
+        exports_ready = st.checkbox(
+            f"Export with threshold {float(threshold):.3f}, which was not chosen on validation",
+            key=f"evaluate_confirm_{run.id}_{float(threshold):.3f}",
+        )
 left, right = st.columns(2)
 
 
@@ -325,6 +366,7 @@ left.download_button(
     file_name=f"report-{run.id}.html",
     mime="text/html",
     on_click="ignore",
+    disabled=not exports_ready,
     help="One self-contained file (opens offline): model card, metrics with intervals at this operating point, "
     "curves, calibration, Grad-CAM examples.",
 )
@@ -334,5 +376,6 @@ right.download_button(
     file_name=f"model-{run.id}.zip",
     mime="application/zip",
     on_click="ignore",
+    disabled=not exports_ready,
     help="model.keras with contract.json: image size, channel mode, class names, positive class and threshold.",
 )

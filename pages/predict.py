@@ -32,7 +32,7 @@ except MedimgError as error:
     st.stop()
 st.caption(
     f"Input contract: {predictor.size} px, {predictor.color}; classes: {', '.join(predictor.class_names)}. "
-    "Not for clinical use."
+    f"Calls {predictor.decision}. Not for clinical use."
 )
 uploads = st.file_uploader(
     "Images (PNG, JPEG, BMP, TIFF, DICOM)",
@@ -48,9 +48,9 @@ if len(uploads) > MAX_FILES:
 
 from medimg import dicom  # noqa: E402
 from medimg.explain import overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
-from medimg.predict import dicom_summary, predictions_csv  # noqa: E402
+from medimg.predict import dicom_summary, predictions_csv, summary_line  # noqa: E402
 
-WINDOW_CHOICES = ["Header window", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
+WINDOW_CHOICES = ["As in training", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
 
 
 def describe(data: bytes) -> dicom.DicomSummary | None:
@@ -66,10 +66,16 @@ def window_inputs() -> dicom.DicomWindow | None:
         "Window (monochrome DICOM)",
         WINDOW_CHOICES,
         key="predict_window",
-        help="CT presets in Hounsfield units (centre / width): lung -600 / 1500, mediastinum 50 / 350, "
-        "bone 400 / 1800, brain 40 / 80. The model was trained with each file's header window.",
+        help="'As in training' applies the window the model was trained with"
+        + (
+            f" (centre {predictor.window.center:g} / width {predictor.window.width:g})."
+            if predictor.window
+            else ": each file's own header window (the first, or the VOI LUT)."
+        )
+        + " CT presets in Hounsfield units (centre / width): lung -600 / 1500, mediastinum 50 / 350, "
+        "bone 400 / 1800, brain 40 / 80.",
     )
-    if choice == "Header window":
+    if choice == "As in training":
         return None
     if choice != "Custom":
         return dicom.CT_WINDOWS[choice.lower()]
@@ -116,6 +122,10 @@ if dicoms:
 
 with st.spinner("Predicting…"):
     results = predictor.predict(sources, window=window, frames=frames)
+skipped = [result for result in results if result.error]
+(st.warning if skipped else st.success)(
+    summary_line(results) + (f": {', '.join(result.name for result in skipped)} (reasons below)." if skipped else ".")
+)
 st.download_button(
     "Download all predictions (CSV)",
     predictions_csv(results, predictor.class_names),
@@ -136,4 +146,5 @@ for index, result in enumerate(results):
             middle.image(overlay(result.image, heatmap), caption=f"Grad-CAM for {result.predicted}", width="stretch")
         except MedimgError as error:
             middle.caption(str(error))
+    right.markdown(f"Called **{result.predicted}**")
     right.plotly_chart(charts.probabilities_figure(result.probabilities), key=f"probs_{index}_{result.name}")

@@ -86,3 +86,27 @@ def test_reliability_figure_before_and_after() -> None:
         and list(fig.data[1].customdata) == summary["before"]["count"]
     )
     assert len(charts.reliability_figure(summary["before"]).data) == 2
+
+
+def test_a_temperature_at_its_bound_is_a_warning_not_a_success() -> None:
+    # Validation scores that rank the classes backwards: the likelihood wants T → ∞, the fit stops at 20 and every
+    # scaled probability sits near 0.5: an ECE that only restates the class balance.
+    rng = np.random.default_rng(0)
+    val_labels = rng.integers(0, 2, 200)
+    val = binary(val_labels, np.where(val_labels == 1, 0.2, 0.8) + rng.uniform(-0.05, 0.05, 200))
+    test = noisy_binary(200, 3)
+    summary = calibration.calibration_summary(test, val)
+    assert summary["temperature"] == pytest.approx(calibration.TEMPERATURE_RANGE[1], rel=1e-3)
+    scaled = calibration.apply_temperature(test.probs, summary["temperature"])[:, 1]
+    assert np.subtract(*np.percentile(scaled, [95, 5])) < calibration.UNINFORMATIVE_SPREAD
+    assert summary["warning"].startswith("Temperature scaling did not calibrate this model: the fitted temperature")
+    assert "at the bound of its range 0.05–20" in summary["warning"]
+    assert "after scaling 90% of the test probabilities lie between" in summary["warning"]
+
+
+def test_a_useful_temperature_has_no_warning() -> None:
+    val, test = noisy_binary(400, 1), noisy_binary(400, 2)
+    summary = calibration.calibration_summary(test, val)
+    low, high = calibration.TEMPERATURE_RANGE
+    assert low * 1.01 < summary["temperature"] < high * 0.99
+    assert summary["warning"] is None

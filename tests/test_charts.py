@@ -185,3 +185,12 @@ def test_runs_comparison_prefers_validation_curves() -> None:
 def test_figures_serialise_to_json(fig: go.Figure) -> None:
     assert fig.to_json().startswith("{")
     assert fig.layout.template.layout.paper_bgcolor is not None  # plotly_white applied
+
+
+def test_score_histogram_overlays_each_true_class_and_marks_the_threshold() -> None:
+    fig = charts.score_histogram_figure({"benign": [0.1, 0.2, 0.3], "malignant": [0.7, 0.9]}, 0.42, "malignant")
+    assert [trace.name for trace in fig.data] == ["true benign (3)", "true malignant (2)"]
+    assert list(fig.data[1].x) == [0.7, 0.9] and fig.data[0].xbins.size == pytest.approx(1 / 40)
+    (line,) = fig.layout.shapes
+    assert line.x0 == line.x1 == 0.42
+    assert fig.layout.xaxis.title.text == "p(malignant)" and fig.layout.barmode == "overlay"

@@ -160,7 +160,11 @@ def test_evaluate_run_writes_metrics_predictions_and_headline(evaluated) -> None
     point = result["validation_operating_point"]
     assert point["chosen_on"] == "val" and point["threshold"] == result["clinical"]["presets"]["youden"]
     assert headline["operating_point"] == {
-        k: point[k] for k in ("threshold", "chosen_on", "sensitivity", "specificity", "accuracy", "balanced_accuracy")
+        **{
+            k: point[k]
+            for k in ("threshold", "chosen_on", "sensitivity", "specificity", "accuracy", "balanced_accuracy")
+        },
+        "positive_class": "PNEUMONIA",
     }
     assert (result["one_class"] is None) == (len({row.argmax() for row in data_probs(run)}) > 1)
     rows = evaluation.read_predictions(run)
@@ -292,3 +296,31 @@ def data_probs(run) -> list:
     from medimg.evaluation import load_scored
 
     return list(load_scored(run)["test"].probs)
+
+
+def test_the_default_threshold_is_youden_on_validation_never_test() -> None:
+    from tests.test_clinical import binary, noisy_binary
+
+    test, val = noisy_binary(300, 4), noisy_binary(300, 5)
+    youden = clinical.youden_threshold(val.labels == 1, val.probs[:, 1])
+    assert evaluation.default_threshold(test, val, "disease") == round(youden, 3)
+    assert evaluation.default_threshold(test, None, "disease") == 0.5  # test's own Youden would flatter it
+    one_class_val = binary(np.zeros(20, int), np.linspace(0.1, 0.9, 20))
+    assert evaluation.default_threshold(test, one_class_val, "disease") == 0.5
+
+
+def test_threshold_origin_names_the_preset_the_half_or_a_hand_set_value() -> None:
+    presets = {"default": 0.5, "youden": 0.4127, "sensitivity": 0.2, "specificity": None}
+    assert evaluation.threshold_origin(0.413, presets, "val") == ("Youden's J on the validation split", True)
+    assert evaluation.threshold_origin(0.2, presets, "val") == ("the sensitivity target on the validation split", True)
+    assert evaluation.threshold_origin(0.5, presets, "val") == ("0.5, the arg-max: not chosen on any split", False)
+    assert evaluation.threshold_origin(0.3, presets, "val") == ("set by hand", False)
+    assert evaluation.threshold_origin(0.2, presets, "test")[0] == "the sensitivity target on the test split"
+
+
+def test_never_predicted_lists_classes_the_arg_max_never_calls() -> None:
+    probs = one_hot_probs([0, 0, 2, 2], 3)
+    scored = clinical.Scored(np.array([0, 1, 2, 1]), probs, ["a", "b", "c"])
+    assert evaluation.never_predicted(scored) == ["b"]
+    every = clinical.Scored(np.array([0, 1, 2]), one_hot_probs([0, 1, 2], 3), list("abc"))
+    assert evaluation.never_predicted(every) == []

@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from medimg import evaluation, jobs, runs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import RunError
-from medimg.predict import Prediction, Predictor, predictions_csv, top_k
+from medimg.predict import Prediction, Predictor, decision_threshold, predictions_csv, summary_line, top_k
 from tests.conftest import DEMO
 
 TEST_IMAGES = (
@@ -46,14 +46,20 @@ def test_predictor_takes_the_runs_input_contract(predictor: Predictor) -> None:
     assert predictor.prepare(TEST_IMAGES[0]).shape == (16, 16, 1)
 
 
-def test_paths_and_bytes_give_the_same_answer(predictor: Predictor) -> None:
+def called_at_operating_point(run: runs.Run, probabilities: dict[str, float]) -> str:
+    point = run.record["metrics"]["operating_point"]
+    assert point["chosen_on"] == "val" and point["positive_class"] == "PNEUMONIA"
+    return "PNEUMONIA" if probabilities["PNEUMONIA"] >= point["threshold"] else "NORMAL"
+
+
+def test_paths_and_bytes_give_the_same_answer(trained_run: runs.Run, predictor: Predictor) -> None:
     sources = [(p.name, p) for p in TEST_IMAGES] + [(f"bytes:{p.name}", p.read_bytes()) for p in TEST_IMAGES]
     results = predictor.predict(sources)
     assert [r.name for r in results] == [name for name, _ in sources]
     for by_path, by_bytes in zip(results[:6], results[6:], strict=True):
         assert by_path.error == "" and by_path.probabilities == pytest.approx(by_bytes.probabilities)
         assert sum(by_path.probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-        assert by_path.predicted == max(by_path.probabilities, key=by_path.probabilities.get)
+        assert by_path.predicted == called_at_operating_point(trained_run, by_path.probabilities)
         assert by_path.image.shape == (16, 16, 1)
 
 
@@ -65,7 +71,7 @@ def test_prediction_agrees_with_the_runs_own_test_evaluation(trained_run: runs.R
     for result in results:
         row = rows[result.name]
         assert result.probabilities["PNEUMONIA"] == pytest.approx(float(row["p_PNEUMONIA"]), abs=1e-5)
-        assert result.predicted == row["predicted"]
+        assert max(result.probabilities, key=result.probabilities.get) == row["predicted"]  # the arg-max there
 
 
 def test_unreadable_entries_come_back_with_their_reason(predictor: Predictor, tmp_path: Path) -> None:
@@ -104,6 +110,22 @@ def test_predictions_csv_columns_and_rows(predictor: Predictor) -> None:
     assert rows[0]["file"] == "a.jpeg" and rows[0]["error"] == ""
     assert float(rows[0]["p_NORMAL"]) == pytest.approx(results[0].probabilities["NORMAL"], abs=1e-6)
     assert rows[1] == {"file": "bad.png", "predicted": "", "p_NORMAL": "", "p_PNEUMONIA": "", "error": results[1].error}
+
+
+def test_two_class_runs_call_at_their_validation_operating_point() -> None:
+    names = ["benign", "malignant"]
+    point = {"threshold": 0.31, "chosen_on": "val", "positive_class": "malignant"}
+    assert decision_threshold({"class_names": names, "metrics": {"operating_point": point}}) == ("malignant", 0.31)
+    # Chosen on test (no validation predictions) is not a threshold to predict with: back to 0.5.
+    on_test = {**point, "chosen_on": "test"}
+    assert decision_threshold({"class_names": names, "metrics": {"operating_point": on_test}}) == ("malignant", 0.5)
+    assert decision_threshold({"class_names": names, "metrics": {}}) == ("malignant", 0.5)
+    assert decision_threshold({"class_names": ["a", "b", "c"], "metrics": {"operating_point": point}}) == (None, 0.5)
+
+
+def test_the_summary_line_counts_predicted_and_skipped() -> None:
+    results = [Prediction("a", {"x": 1.0}, "x"), Prediction("b", {}, error="empty file"), Prediction("c", {"x": 1.0})]
+    assert summary_line(results) == "2 predicted, 1 skipped"
 
 
 def test_gradcam_through_the_predictor(predictor: Predictor) -> None:

@@ -104,6 +104,7 @@ def test_report_metrics_are_those_at_the_chosen_threshold(report_html: tuple[Pat
     summary = evaluation.clinical_summary(scored["test"], scored["val"], threshold=0.4, positive="PNEUMONIA")
     point = clinical.operating_point(scored["test"], 0.4, "PNEUMONIA")
     assert "Decision: positive when p(PNEUMONIA) ≥ 0.400" in text
+    assert "operating point: p(PNEUMONIA) ≥ 0.400 (set by hand)" in text  # the card says who chose it
     assert f"TP {point.tp}, FN {point.fn}, FP {point.fp}, TN {point.tn}" in text
     sensitivity = summary["intervals"]["metrics"]["sensitivity"]
     assert (
@@ -155,6 +156,11 @@ def test_model_bundle_holds_the_model_and_its_contract(trained_run: runs.Run, tm
     assert (terms["image_size"], terms["color"], terms["channels"]) == (16, "gray", 1)
     assert terms["class_names"] == ["NORMAL", "PNEUMONIA"] and terms["positive_class"] == "PNEUMONIA"
     assert terms["threshold"] == 0.37 and terms["decision_rule"] == "call PNEUMONIA when p(PNEUMONIA) >= 0.3700"
+    assert terms["threshold_chosen_by"] == "set by hand"  # 0.37 is no preset of this run
+    scored = evaluation.load_scored(trained_run)
+    youden = evaluation.default_threshold(scored["test"], scored["val"], "PNEUMONIA")
+    chosen = bundle.contract(trained_run, youden, "PNEUMONIA")
+    assert chosen["threshold_chosen_by"] == "Youden's J on the validation split"
     assert terms["model_sha256"] == trained_run.record["model_sha256"]
     assert "Not for clinical use" in terms["not_for_clinical_use"]
     assert terms["output"] == "one sigmoid unit: p(PNEUMONIA); p(NORMAL) = 1 - output"

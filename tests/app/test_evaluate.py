@@ -34,6 +34,11 @@ def expected_tiles(run: runs.Run, threshold: float, positive: str) -> dict[str, 
     return {**tiles, "Test images": str(summary["count"])}
 
 
+def threshold_slider(at: AppTest):
+    (slider,) = [slider for slider in at.slider if str(slider.key).startswith("evaluate_threshold_")]
+    return slider
+
+
 def cell_captions(at: AppTest) -> list[str]:
     return [caption for image in at.image for caption in image.captions]
 
@@ -63,10 +68,24 @@ def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(fini
 
     positive = by_label(at.selectbox, "Positive class")
     assert positive.options == ["NORMAL", "PNEUMONIA"] and positive.value == "PNEUMONIA"
-    assert at.slider(key="evaluate_threshold").value == 0.5
-    assert shown(at) == expected_tiles(run, 0.5, "PNEUMONIA")
-
+    # The slider starts at the operating point chosen on validation (Youden's J), not at 0.5, and says so.
     scored = evaluation.load_scored(run)
+    val = scored["val"]
+    youden = round(clinical.youden_threshold(val.labels == 1, val.probs[:, 1]), 3)
+    assert threshold_slider(at).value == pytest.approx(youden)
+    assert f"Threshold {youden:.3f}: Youden's J on the validation split." in values(at.caption)
+    assert shown(at) == expected_tiles(run, youden, "PNEUMONIA")
+    assert not by_label(at.download_button, "Export report (HTML)").disabled  # a threshold chosen on validation
+    histogram = charts(at)["score_histogram"]["data"]
+    assert [trace["name"] for trace in histogram] == [
+        f"true {name} ({int((scored['test'].labels == i).sum())})" for i, name in enumerate(["NORMAL", "PNEUMONIA"])
+    ]
+    assert sorted(histogram[1]["x"]) == pytest.approx(sorted(scored["test"].probs[scored["test"].labels == 1, 1]))
+    at.button(key="preset_default").click().run()  # 0.5 is one click away
+    assert threshold_slider(at).value == 0.5
+    assert shown(at) == expected_tiles(run, 0.5, "PNEUMONIA")
+    assert [w for w in values(at.warning) if w.startswith("Threshold 0.500: 0.5, the arg-max: not chosen on any")]
+
     summary = evaluation.clinical_summary(scored["test"], scored["val"], 0.5, "PNEUMONIA")
     (table,) = at.table
     frame = table.value
@@ -96,8 +115,16 @@ def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(fini
         f"after temperature scaling (ECE {calibration['after']['ece']:.3f})",
     ]
     expected = f"Temperature scaling fitted on validation: T = {calibration['temperature']:.3f}"
-    assert [text for text in values(at.caption) if text.startswith(expected)]
+    if calibration["warning"]:  # a failed fit is a warning, never the "ECE before → after" success line
+        assert calibration["warning"] in values(at.warning)
+        assert not [text for text in values(at.caption) if text.startswith(expected)]
+    else:
+        assert [text for text in values(at.caption) if text.startswith(expected)]
     assert values(at.success) == ["Leakage check passed: no identical images across splits (140 checked)."]
+    # An export at a threshold nobody chose on validation waits for the user to confirm it.
+    assert by_label(at.download_button, "Export report (HTML)").disabled
+    assert by_label(at.download_button, "Download model + preprocessing contract (zip)").disabled
+    by_label(at.checkbox, "Export with threshold 0.500, which was not chosen on validation").check().run()
     assert not by_label(at.download_button, "Export report (HTML)").disabled
     assert not by_label(at.download_button, "Download model + preprocessing contract (zip)").disabled
 
@@ -106,9 +133,12 @@ def test_threshold_slider_and_presets_move_the_operating_point(finished_runs: Fi
     at = open_page("evaluate", run=finished_runs.train_id)
     run = runs.Run(finished_runs.root / finished_runs.train_id)
     scored = evaluation.load_scored(run)
-    at.slider(key="evaluate_threshold").set_value(0.3).run()
+    threshold_slider(at).set_value(0.3).run()
     no_exception(at)
     assert shown(at) == expected_tiles(run, 0.3, "PNEUMONIA")
+    assert "Threshold 0.300: set by hand. Pick a preset to use an operating point chosen on validation." in values(
+        at.warning
+    )
     matrix = clinical.confusion_matrix(scored["test"], 0.3, "PNEUMONIA")
     texts = charts(at)["confusion"]["data"][0]["text"]
     assert [[int(cell.split("<br>")[0]) for cell in row] for row in texts] == matrix
@@ -119,14 +149,14 @@ def test_threshold_slider_and_presets_move_the_operating_point(finished_runs: Fi
     youden = clinical.youden_threshold(val.labels == 1, val.probs[:, 1])
     at.button(key="preset_youden").click().run()
     no_exception(at)
-    assert at.slider(key="evaluate_threshold").value == pytest.approx(round(youden, 3))
+    assert threshold_slider(at).value == pytest.approx(round(youden, 3))
     assert shown(at) == expected_tiles(run, round(youden, 3), "PNEUMONIA")
     target = clinical.threshold_for_sensitivity(val.labels == 1, val.probs[:, 1], 0.9)
     by_label(at.number_input, "Target").set_value(0.9).run()
     at.button(key="preset_sensitivity").click().run()
-    assert at.slider(key="evaluate_threshold").value == pytest.approx(round(target, 3))
+    assert threshold_slider(at).value == pytest.approx(round(target, 3))
     at.button(key="preset_default").click().run()
-    assert at.slider(key="evaluate_threshold").value == 0.5
+    assert threshold_slider(at).value == 0.5
 
 
 def test_the_positive_class_can_be_switched(finished_runs: FinishedRuns) -> None:
@@ -134,13 +164,16 @@ def test_the_positive_class_can_be_switched(finished_runs: FinishedRuns) -> None
     run = runs.Run(finished_runs.root / finished_runs.train_id)
     by_label(at.selectbox, "Positive class").set_value("NORMAL").run()
     no_exception(at)
-    assert shown(at) == expected_tiles(run, 0.5, "NORMAL")
-    assert by_label(at.slider, "Threshold: call NORMAL when p(NORMAL) ≥").value == 0.5
+    scored = evaluation.load_scored(run)
+    start = evaluation.default_threshold(scored["test"], scored["val"], "NORMAL")
+    assert by_label(at.slider, "Threshold: call NORMAL when p(NORMAL) ≥").value == pytest.approx(start)
+    assert shown(at) == expected_tiles(run, start, "NORMAL")
     assert charts(at)["roc"]["data"][0]["name"].startswith("NORMAL (AUC ")
 
 
 def test_a_confusion_matrix_cell_shows_its_images_with_probabilities_and_gradcam(finished_runs: FinishedRuns) -> None:
     at = open_page("evaluate", run=finished_runs.train_id)
+    at.button(key="preset_default").click().run()  # threshold 0.5
     run = runs.Run(finished_runs.root / finished_runs.train_id)
     test = evaluation.load_scored(run)["test"]
     matrix = clinical.confusion_matrix(test, 0.5, "PNEUMONIA")
@@ -181,7 +214,10 @@ def test_the_run_in_the_url_is_the_one_shown(finished_runs: FinishedRuns) -> Non
     at.switch_page("pages/evaluate.py").run()
     no_exception(at)
     assert at.selectbox(key="evaluate_run").value == finished_runs.tune_id
-    assert shown(at) == expected_tiles(runs.Run(finished_runs.root / finished_runs.tune_id), 0.5, "PNEUMONIA")
+    run = runs.Run(finished_runs.root / finished_runs.tune_id)
+    scored = evaluation.load_scored(run)
+    start = evaluation.default_threshold(scored["test"], scored["val"], "PNEUMONIA")
+    assert shown(at) == expected_tiles(run, start, "PNEUMONIA")
 
 
 def test_damaged_metrics_file_is_reported_with_the_command_that_recomputes_it(finished_runs: FinishedRuns) -> None:
@@ -303,12 +339,18 @@ def test_multi_class_run_with_subgroups(three_class_manifest_run: runs.Run, runs
     at = open_page("evaluate")
     no_exception(at)
     # No threshold for three classes: arg-max, macro one-vs-rest AUC, per-class intervals.
-    assert not [slider for slider in at.slider if slider.key == "evaluate_threshold"]
+    assert not [slider for slider in at.slider if str(slider.key).startswith("evaluate_threshold")]
     assert [m.label for m in at.metric] == ["Accuracy", "Balanced accuracy", "ROC AUC", "Test images"]
     index = list(at.table[0].value.index)
     assert "Sensitivity (recall) · VIRUS" in index and "Specificity · BACTERIA" in index
     assert [trace["name"].split(" (")[0] for trace in charts(at)["roc"]["data"][:3]] == ["BACTERIA", "NORMAL", "VIRUS"]
     assert sorted(at.dataframe[0].value.index) == ["BACTERIA", "NORMAL", "VIRUS"]  # per class, arg-max
+    per_class = at.dataframe[0].value
+    assert per_class["test images"].dtype.kind == "i"  # counts, not 174.000000
+    never = evaluation.never_predicted(evaluation.load_scored(run)["test"])
+    flagged = [w for w in values(at.warning) if w.startswith("The model never calls")]
+    assert len(flagged) == (1 if never else 0)
+    assert all(text.startswith(f"The model never calls {', '.join(never)} on the test split:") for text in flagged)
 
     assert "Subgroups" in values(at.subheader)
     assert by_label(at.selectbox, "Manifest column").options == ["site"]
@@ -327,10 +369,10 @@ def _sites(run: runs.Run) -> dict[str, str]:
 
 def test_a_threshold_that_calls_every_image_one_class_is_flagged(finished_runs: FinishedRuns) -> None:
     at = open_page("evaluate", run=finished_runs.train_id)
-    at.slider(key="evaluate_threshold").set_value(0.0).run()  # p ≥ 0 holds for every image
+    threshold_slider(at).set_value(0.0).run()  # p ≥ 0 holds for every image
     no_exception(at)
     assert [w for w in values(at.warning) if "every one of the 30 test images is called PNEUMONIA" in w]
-    at.slider(key="evaluate_threshold").set_value(0.5).run()
+    threshold_slider(at).set_value(0.5).run()
     calls = evaluation.load_scored(runs.Run(finished_runs.root / finished_runs.train_id))["test"].probs[:, 1] >= 0.5
     flagged = any("every one of the 30 test images" in w for w in values(at.warning))
     assert flagged == (calls.all() or not calls.any())

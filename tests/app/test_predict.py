@@ -51,7 +51,13 @@ def test_a_trained_run_states_its_input_contract_and_asks_for_images(finished_ru
     no_exception(at)
     model = at.selectbox(key="predict_run")
     assert {option.split(" · ")[0] for option in model.options} == {finished_runs.train_id, finished_runs.tune_id}
-    assert values(at.caption)[0] == ("Input contract: 16 px, gray; classes: NORMAL, PNEUMONIA. Not for clinical use.")
+    run = runs.Run(finished_runs.root / model.value)
+    point = run.record["metrics"]["operating_point"]  # chosen on validation when the run was evaluated
+    assert point["chosen_on"] == "val" and point["positive_class"] == "PNEUMONIA"
+    assert values(at.caption)[0] == (
+        "Input contract: 16 px, gray; classes: NORMAL, PNEUMONIA. Calls PNEUMONIA when p(PNEUMONIA) ≥ "
+        f"{point['threshold']:.3f} (the operating point chosen on validation). Not for clinical use."
+    )
     uploader = by_label(at.file_uploader, UPLOADER)
     assert uploader.accept_multiple_files
     assert {".png", ".jpeg", ".dcm"} <= set(uploader.allowed_type)
@@ -69,8 +75,13 @@ def test_a_real_xray_gets_a_probability_chart_gradcam_and_csv(finished_runs: Fin
     bars = figure["data"][0]
     assert bars["type"] == "bar" and sorted(bars["y"]) == ["NORMAL", "PNEUMONIA"]
     assert sum(bars["x"]) == pytest.approx(1.0, abs=1e-4)
-    predicted = bars["y"][-1]  # bars are sorted by probability, the top class last
-    assert [image.captions for image in at.image] == [["model input"], [f"Grad-CAM for {predicted}"]]
+    # The called class is the one at the run's operating point (chosen on validation), not the arg-max.
+    threshold = runs.Run(finished_runs.root / finished_runs.train_id).record["metrics"]["operating_point"]["threshold"]
+    p_pneumonia = bars["x"][bars["y"].index("PNEUMONIA")]
+    called = "PNEUMONIA" if p_pneumonia >= threshold else "NORMAL"
+    assert values(at.success) == ["1 predicted, 0 skipped."]
+    assert f"Called **{called}**" in values(at.markdown)
+    assert [image.captions for image in at.image] == [["model input"], [f"Grad-CAM for {called}"]]
 
     download = by_label(at.download_button, "Download all predictions (CSV)")
     assert not download.disabled
@@ -86,6 +97,7 @@ def test_a_non_image_upload_is_skipped_with_its_reason_and_the_rest_is_predicted
     upload(at, ("notes.png", b"meeting notes, not an image", "image/png"), jpeg(OTHER_XRAY))
     no_exception(at)
     errors = values(at.error)
+    assert values(at.warning) == ["1 predicted, 1 skipped: notes.png (reasons below)."]  # the summary comes first
     assert len(errors) == 1 and errors[0].startswith("Skipped: ")
     assert "not an image" in errors[0]
     assert list(charts(at)) == [f"probs_1_{OTHER_XRAY.name}"]  # the second upload
@@ -95,7 +107,8 @@ def test_more_than_fifty_files_are_cut_to_the_first_fifty(finished_runs: Finishe
     at = open_page("predict")
     upload(at, *[(f"note{i:02d}.png", b"not an image", "image/png") for i in range(51)])
     no_exception(at)
-    assert values(at.warning) == ["51 files uploaded; only the first 50 are predicted."]
+    assert values(at.warning)[0] == "51 files uploaded; only the first 50 are predicted."
+    assert values(at.warning)[1].startswith("0 predicted, 50 skipped: note00.png, note01.png")
     assert len(at.error) == 50 and "#### note50.png" not in values(at.markdown)
 
 
@@ -179,8 +192,9 @@ def test_dicom_upload_defaults_to_the_header_window_and_takes_ct_presets(finishe
     upload(at, ("scan.dcm", data, "application/dicom"))
     no_exception(at)
     window = by_label(at.selectbox, "Window (monochrome DICOM)")
-    assert window.value == "Header window"
-    assert window.options == ["Header window", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
+    assert window.value == "As in training"  # this run trained on each file's header window
+    assert window.options == ["As in training", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
+    assert window.help.startswith("'As in training' applies the window the model was trained with: each file's own")
     assert "scan.dcm: DICOM CT · 128×128 · MONOCHROME2 · 16-bit · no window in the header (full range shown)" in values(
         at.caption
     )
