@@ -48,10 +48,10 @@ def history_figure(history: dict[str, list[float]], metric: str, title: str | No
 
 
 def trials_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
-    """Objective by trial (dots) with the best-so-far line."""
-    done = [t for t in trials if t.get("score") is not None]
+    """Objective by trial (dots) with the best-so-far line; `trials` carry their number ("trial", from 1)."""
+    done = sorted((t for t in trials if t.get("score") is not None), key=lambda t: t["trial"])
     maximize = not objective.endswith("loss")
-    xs = [int(t["trial_id"]) + 1 for t in done]
+    xs = [t["trial"] for t in done]
     ys = [float(t["score"]) for t in done]
     best, best_line = None, []
     for y in ys:
@@ -61,6 +61,46 @@ def trials_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
     fig.add_scatter(x=xs, y=ys, mode="markers", name="trial", marker={"size": 10})
     fig.add_scatter(x=xs, y=best_line, mode="lines", name="best so far", line={"shape": "hv"})
     return _layout(fig, f"{objective} by trial", xaxis_title="trial", yaxis_title=objective)
+
+
+def trial_curves_figure(
+    histories: dict[Any, dict[str, list[float]]], metric: str, best: Any = None, title: str | None = None
+) -> go.Figure:
+    """One line per trial of `metric` (e.g. `val_auc`) by epoch, overlaid, the `best` trial drawn thick: how fast
+    trials learn, where they plateau, which were stopped early. `histories` maps a trial number to its history."""
+    fig = go.Figure()
+    for number, history in histories.items():
+        values = history.get(metric) or []
+        if not values:
+            continue
+        chosen = number == best
+        fig.add_scatter(
+            x=history.get("epoch") or list(range(1, len(values) + 1)),
+            y=values,
+            mode="lines",
+            name=f"trial {number}" + (" (best)" if chosen else ""),
+            line={"width": 4 if chosen else 1.5, "color": PALETTE[1] if chosen else None},
+            opacity=1.0 if chosen else 0.6,
+        )
+    return _layout(
+        fig, title or f"{metric.replace('_', ' ')} by epoch, every trial", xaxis_title="epoch", yaxis_title=metric
+    )
+
+
+def importance_figure(importance: list[tuple[str, float]], objective: str) -> go.Figure:
+    """Horizontal bars: each hyperparameter's share of the explained variation of `objective`, largest on top."""
+    ordered = sorted(importance, key=lambda item: item[1])
+    fig = go.Figure(
+        go.Bar(
+            x=[share for _, share in ordered],
+            y=[name for name, _ in ordered],
+            orientation="h",
+            marker_color=PALETTE[0],
+            text=[f"{share:.0%}" for _, share in ordered],
+        )
+    )
+    fig.update_xaxes(range=[0, 1], tickformat=".0%", title=f"share of {objective} variation")
+    return _layout(fig, "Hyperparameter importance")
 
 
 def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:

@@ -236,6 +236,67 @@ class ModelParams(_Config):
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class StrengthUnit:
+    """How people read one augmentation strength: `shown = stored × scale`, in `unit`, 0 … `maximum` in `step`s."""
+
+    label: str
+    scale: float
+    unit: str
+    maximum: float
+    step: float
+    help: str
+
+    def shown(self, stored: float) -> float:
+        return round(stored * self.scale, 2)
+
+    def stored(self, shown: float) -> float:
+        return shown / self.scale
+
+
+# Keras' RandomRotation takes a fraction of a full turn (0.05 = ±18°), RandomZoom / RandomTranslation fractions of
+# the image size; people think in degrees and percent (keras.io/api/layers/preprocessing_layers/image_augmentation).
+AUGMENT_UNITS: dict[str, StrengthUnit] = {
+    "rotation": StrengthUnit(
+        "Rotation (± degrees)", 360.0, "°", 180.0, 1.0, "Each image turned by up to ± this angle."
+    ),
+    "zoom": StrengthUnit("Zoom (± % of the size)", 100.0, "%", 50.0, 1.0, "Scaled in or out by up to this share."),
+    "translation": StrengthUnit(
+        "Shift (± % of the size)", 100.0, "%", 50.0, 1.0, "Moved sideways and up or down by up to this share."
+    ),
+    "crop": StrengthUnit(
+        "Random crop (% of the size)", 100.0, "%", 50.0, 1.0, "Up to this share cut away, then resized back."
+    ),
+    "brightness": StrengthUnit(
+        "Brightness (± % of the range)", 100.0, "%", 50.0, 1.0, "Shifted by up to this share of 0–255."
+    ),
+    "contrast": StrengthUnit("Contrast (± %)", 100.0, "%", 50.0, 1.0, "Contrast scaled by up to ± this share."),
+    "noise": StrengthUnit(
+        "Gaussian noise (SD, % of the range)",
+        100.0,
+        "%",
+        50.0,
+        0.5,
+        "Noise with this standard deviation added: 2 % is about 5 grey levels.",
+    ),
+}
+
+
+def describe_augment(config: AugmentConfig) -> str:
+    """The augmentation in plain words and units: 'horizontal flip, rotation ±18°, zoom ±10%', or 'none'."""
+    parts = [
+        name
+        for name, on in (("horizontal flip", config.flip_horizontal), ("vertical flip", config.flip_vertical))
+        if on
+    ]
+    for field, unit in AUGMENT_UNITS.items():
+        value = getattr(config, field)
+        if value:
+            sign = "" if field in ("crop", "noise") else "±"
+            parts.append(f"{field.replace('translation', 'shift')} {sign}{unit.shown(value):g}{unit.unit}")
+    return ", ".join(parts) or "none"
+
+
 def describe_params(params: ModelParams) -> list[tuple[str, str]]:
     """(setting, value) rows in plain words and units for people: filters per block, learning rate as 1e-3, dropout
     and weight decay as numbers, class weights and augmentation strength named."""

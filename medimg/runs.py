@@ -168,6 +168,22 @@ class Run:
                 history.setdefault(name, []).append(value)
         return history
 
+    def trial_histories(self) -> dict[str, dict[str, list[float]]]:
+        """Per-epoch metrics of every trial, by trial id, from one read of the event log (as `epoch_history`)."""
+        by_trial: dict[str, dict[int, dict[str, float]]] = {}
+        for event in self.events("epoch"):
+            if event.get("trial") is not None:
+                by_trial.setdefault(event["trial"], {})[int(event["epoch"])] = event["logs"]
+        histories = {}
+        for trial, by_epoch in by_trial.items():
+            history: dict[str, list[float]] = {"epoch": []}
+            for epoch in sorted(by_epoch):
+                history["epoch"].append(epoch + 1)
+                for name, value in by_epoch[epoch].items():
+                    history.setdefault(name, []).append(value)
+            histories[trial] = history
+        return histories
+
     def request_stop(self) -> None:
         (self.path / "STOP").touch()
         self.append_event("stop_requested")
@@ -284,6 +300,15 @@ def _start_record(path: Path, spec: RunSpec, status: str, extra: dict[str, Any] 
     run = Run(path)
     run.append_event("status", status=status)
     return run
+
+
+def trial_number(trial_id: Any) -> Any:
+    """KerasTuner's trial id ("00", "01", …, counted from 0) as the number people see, counted from 1 (the one
+    numbering of the trial table, the charts, the progress line and the best trial); a non-numeric id as it is."""
+    try:
+        return int(trial_id) + 1
+    except (TypeError, ValueError):
+        return trial_id
 
 
 def list_runs(root: str | Path | None = None) -> list[Run]:

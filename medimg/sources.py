@@ -7,11 +7,12 @@ elsewhere and symlinks pointing out are refused. Zip uploads are checked entry b
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
+import re
 import shutil
 import stat
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from medimg.errors import DatasetError
 
 DEMO_DATASET = Path(__file__).parent / "demo" / "chest_xray_mini"
 UPLOAD_PREFIX = "medimg-upload-"
+UPLOADS_FOLDER = "uploads"  # under the runs folder: uploaded datasets last as long as the runs trained on them
 
 
 def data_roots(extra: list[str] | tuple[str, ...] = ()) -> list[Path]:
@@ -98,6 +100,34 @@ def extract_zip(data: bytes | Path, limits: ZipLimits = ZipLimits(), parent: Pat
     return _single_top_folder(target)
 
 
+def keep_upload(data: bytes, name: str, runs_folder: str | Path) -> Path:
+    """Extract an uploaded zip to `runs_folder/uploads/<zip name>-<first 8 hex digits of its SHA-256>/` and return
+    the dataset folder in it (its single top folder, if it has one).
+
+    The folder keeps the zip's own name, so users recognise it, and lives beside the runs, not in a temporary folder
+    that is cleaned after a day while runs still name it as their dataset. The same zip uploaded again (same bytes)
+    reuses its folder. Raises DatasetError for a zip that fails the checks of `extract_zip`."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._-") or "upload"
+    folder = Path(runs_folder) / UPLOADS_FOLDER
+    target = folder / f"{stem[:60]}-{hashlib.sha256(data).hexdigest()[:8]}"
+    if not target.is_dir():
+        folder.mkdir(parents=True, exist_ok=True)
+        extracted = extract_zip(data, parent=folder)
+        staging = extracted if extracted.parent == folder else extracted.parent
+        try:
+            staging.rename(target)  # atomic: a second tab uploading the same zip finds it whole or not at all
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+            if not target.is_dir():
+                raise
+    return _single_top_folder(target)
+
+
+def is_kept_upload(path: str | Path, runs_folder: str | Path) -> bool:
+    """Whether `path` lies inside the runs folder's kept uploads."""
+    return _inside(Path(os.path.realpath(path)), Path(os.path.realpath(Path(runs_folder) / UPLOADS_FOLDER)))
+
+
 def _spill(data: bytes) -> Path:
     handle, name = tempfile.mkstemp(suffix=".zip")
     with os.fdopen(handle, "wb") as stream:
@@ -134,14 +164,3 @@ def _single_top_folder(target: Path) -> Path:
     if len(children) == 1 and children[0].is_dir():
         return children[0]
     return target
-
-
-def remove_old_uploads(max_age_hours: float = 24.0, parent: Path | None = None) -> int:
-    """Delete extracted uploads older than `max_age_hours`; returns how many were removed."""
-    parent = Path(parent or tempfile.gettempdir())
-    removed = 0
-    for folder in parent.glob(f"{UPLOAD_PREFIX}*"):
-        if folder.is_dir() and time.time() - folder.stat().st_mtime > max_age_hours * 3600:
-            shutil.rmtree(folder, ignore_errors=True)
-            removed += 1
-    return removed

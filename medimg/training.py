@@ -19,7 +19,7 @@ import numpy as np
 
 from medimg.config import AugmentConfig, ModelParams, TrainConfig
 from medimg.prepared import PreparedData, input_contract, prepare_data
-from medimg.runs import Run
+from medimg.runs import Run, trial_number
 
 if TYPE_CHECKING:
     import keras
@@ -85,7 +85,7 @@ def make_progress_callback(
                 run.append_event("epoch", trial=trial, epoch=epoch, epochs=self.epochs, logs=values, seconds=seconds)
             if echo:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "learning_rate")
-                prefix = f"trial {trial} " if trial else ""
+                prefix = f"trial {trial_number(trial)} " if trial else ""
                 echo(f"{prefix}epoch {epoch + 1}/{self.epochs} ({seconds:.1f}s)  {shown}")
             if any(math.isnan(v) for v in values.values()):
                 self.model.stop_training = True

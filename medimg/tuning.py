@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from medimg.config import AugmentConfig, ModelParams, SearchSpace, TrainConfig
 from medimg.errors import ConfigError, SearchSpaceMismatchError
-from medimg.runs import Run
+from medimg.runs import Run, trial_number
 
 if TYPE_CHECKING:
     import keras_tuner as kt
@@ -365,12 +365,15 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
         )
         if echo and kind == "trial_end":
             score = "reported to the chief" if trial.score is None else f"{objective} = {trial.score:.4f}"
-            echo(f"trial {trial.trial_id} {trial.status}: {score}")
+            echo(f"trial {trial_number(trial.trial_id)} {trial.status}: {score}")
 
     def on_collapsed(trial_id: str, class_name: str) -> None:
         run.append_event("trial_collapsed", trial=trial_id, called=class_name)
         if echo:
-            echo(f"trial {trial_id} COLLAPSED: it calls every validation image {class_name}; it cannot be the best")
+            echo(
+                f"trial {trial_number(trial_id)} COLLAPSED: it calls every validation image {class_name}; it cannot "
+                "be the best"
+            )
 
     hypermodel = build_hypermodel(spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective)
     first = (
@@ -562,7 +565,8 @@ def better(objective: str, value: float, than: float) -> bool:
 
 
 def trial_table(run: Run) -> list[dict[str, Any]]:
-    """One row per trial (finished ones from KerasTuner's folder, the running one from the event log)."""
+    """One row per trial (finished ones from KerasTuner's folder, the running one from the event log), numbered
+    from 1 (`runs.trial_number`)."""
     rows = {t["trial_id"]: t for t in read_trials(run.path / TUNER_FOLDER)}
     for event in run.events("trial_begin"):
         rows.setdefault(
@@ -583,5 +587,5 @@ def trial_table(run: Run) -> list[dict[str, Any]]:
         elif trial_id in collapsed:
             trial = {**trial, "status": "COLLAPSED"}
         values = {k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")}
-        table.append({"trial": trial_id, "status": trial["status"], "score": trial["score"], **values})
+        table.append({"trial": trial_number(trial_id), "status": trial["status"], "score": trial["score"], **values})
     return table

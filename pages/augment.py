@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from medimg import dataset, images
-from medimg.config import AugmentConfig
+from medimg.config import AUGMENT_UNITS, AugmentConfig
 from medimg.errors import MedimgError
 from pages import common
 
@@ -22,8 +22,8 @@ if st.button("Reset to none", help="Turn every augmentation off."):
 left, right = st.columns([1, 2])
 with left:
     st.caption(
-        "Strengths are fractions: of a full turn (rotation), of the image size (zoom, shift, crop), of the "
-        "value range (brightness, contrast, noise). Augmentation applies to the training split only."
+        "Strengths in degrees and percent; 0 is off. Augmentation applies to the training split only, a new random "
+        "draw every epoch."
     )
     values = {
         "flip_horizontal": st.checkbox(
@@ -33,18 +33,17 @@ with left:
             "Vertical flip", key=common.seed_widget("aug_flip_vertical", config.flip_vertical)
         ),
     }
-    for field, label in (
-        ("rotation", "Rotation"),
-        ("zoom", "Zoom / scale"),
-        ("translation", "Translation"),
-        ("crop", "Random crop"),
-        ("brightness", "Brightness"),
-        ("contrast", "Contrast"),
-        ("noise", "Gaussian noise"),
-    ):
-        values[field] = st.slider(
-            label, 0.0, 0.5, step=0.01, key=common.seed_widget(f"aug_{field}", float(getattr(config, field)))
+    for field, unit in AUGMENT_UNITS.items():
+        shown = st.slider(
+            unit.label,
+            0.0,
+            unit.maximum,
+            step=unit.step,
+            format=f"%g{unit.unit}",
+            help=unit.help,
+            key=common.seed_widget(f"aug_{field}", unit.shown(float(getattr(config, field)))),
         )
+        values[field] = unit.stored(shown)
     try:
         config = AugmentConfig(**values)
         common.put("augment", config)

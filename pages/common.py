@@ -9,8 +9,17 @@ from typing import Any
 
 import streamlit as st
 
-from medimg import jobs, runs, sources
-from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+from medimg import choices, jobs, runs, sources
+from medimg.config import (
+    AugmentConfig,
+    DatasetConfig,
+    ModelParams,
+    RunSpec,
+    SearchSpace,
+    TrainConfig,
+    TuneConfig,
+    describe_augment,
+)
 from medimg.errors import MedimgError
 
 log = logging.getLogger("medimg.app")
@@ -36,7 +45,8 @@ POLL_SECONDS = 1.5
 FOLLOW_KEY = "follow_run"  # the run this session launched last, until a run picker has shown it
 
 
-# Choices live in plain session-state keys (not widget keys), so they survive moving between pages.
+# Choices live in plain session-state keys (not widget keys), so they survive moving between pages, and in
+# medimg.choices' file, so they survive a reload, a second tab and a second launch.
 DEFAULTS: dict[str, Any] = {
     "dataset": DatasetConfig(path=str(sources.DEMO_DATASET)),
     "augment": AugmentConfig(),
@@ -48,13 +58,19 @@ DEFAULTS: dict[str, Any] = {
 
 
 def get(name: str) -> Any:
+    """A choice: this session's, else the one kept beside the runs (a reload, another tab), else the default."""
     if name not in st.session_state:
-        st.session_state[name] = DEFAULTS[name]
+        st.session_state[name] = choices.load(runs_root()).get(name, DEFAULTS[name])
     return st.session_state[name]
 
 
 def put(name: str, value: Any) -> None:
+    """Make a choice this session's and keep it beside the runs for the next reload, tab or launch."""
     st.session_state[name] = value
+    try:
+        choices.save(name, value, runs_root())
+    except OSError as error:  # a read-only runs folder still lets this session work
+        log.warning("could not keep the %s choice: %s", name, error)
 
 
 def runs_root() -> Path:
@@ -168,7 +184,7 @@ def progress_header(progress: dict[str, Any]) -> None:
     st.progress(progress["fraction"], text=f"{progress['fraction']:.0%} of the run")
     if status == "running" and progress.get("steps"):
         batch, steps = progress.get("batch") or 0, progress["steps"]
-        trial = f"trial {progress['trial']} · " if progress.get("trial") else ""
+        trial = f"trial {runs.trial_number(progress['trial'])} · " if progress.get("trial") else ""
         st.progress(
             min(1.0, batch / steps), text=f"{trial}epoch {(progress['epoch'] or 0) + 1}: batch {batch} of {steps}"
         )
@@ -214,6 +230,15 @@ def seed_widget(key: str, value: Any) -> str:
     if key not in st.session_state:
         st.session_state[key] = value
     return key
+
+
+def run_settings_caption(run: runs.Run) -> None:
+    """What this run was given, from its own run.json (not from the current choices, which may have moved on)."""
+    spec = run.spec
+    data = spec.dataset
+    st.caption(
+        f"This run: {data.path} · {data.image_size} px {data.color} · augmentation: {describe_augment(spec.augment)}"
+    )
 
 
 def show_test_metrics(run: runs.Run) -> None:

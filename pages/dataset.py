@@ -32,11 +32,12 @@ def thumbnail(path: str) -> bytes | None:
     return encoded.tobytes() if ok else None
 
 
+uploaded = sources.is_kept_upload(config.path, common.runs_root())
 source = st.radio(
     "Source",
     ["Bundled demo", "Folder on the server", "Upload a zip"],
     horizontal=True,
-    index=0 if config.path == str(sources.DEMO_DATASET) else 1,
+    index=0 if config.path == str(sources.DEMO_DATASET) else 2 if uploaded else 1,
     key="dataset_source",
 )
 path = config.path
@@ -71,18 +72,21 @@ elif source == "Folder on the server":
         st.stop()
 else:
     upload = st.file_uploader("Zip of class folders (or train/val/test folders)", type=["zip"])
+    if uploaded and "uploaded_dataset" not in st.session_state:
+        st.session_state["uploaded_dataset"] = config.path  # kept from an earlier visit, tab or launch
     if upload is None and not st.session_state.get("uploaded_dataset"):
         st.info("Upload a zip to continue.")
         st.stop()
     if upload is not None and st.session_state.get("uploaded_name") != upload.file_id:
         try:
-            sources.remove_old_uploads()
-            st.session_state["uploaded_dataset"] = str(sources.extract_zip(upload.getvalue()))
+            kept = sources.keep_upload(upload.getvalue(), upload.name, common.runs_root())
+            st.session_state["uploaded_dataset"] = str(kept)
             st.session_state["uploaded_name"] = upload.file_id
         except MedimgError as error:
             common.show_error(error)
             st.stop()
     path = st.session_state["uploaded_dataset"]
+    st.caption(f"Uploaded dataset kept at `{path}` (beside the runs, so runs trained on it can be re-evaluated).")
 
 group_regex = st.text_input(
     "Patient ID pattern (optional regex with one group, over file names)",

@@ -34,7 +34,8 @@ if source == "Best of a search":
         st.info("No finished search yet. Run one on the Tune page, or choose Manual.")
         st.stop()
     ids = [r.id for r in searches]
-    preferred = st.session_state.get("train_from_run")
+    # The search to train from is in the URL (?from=ID) too, so a reload or a second tab names the same one.
+    preferred = st.session_state.get("train_from_run") or st.query_params.get("from")
     chosen = st.selectbox(
         "Search run",
         ids,
@@ -42,6 +43,8 @@ if source == "Best of a search":
         disabled=busy,
         format_func=lambda i: common.run_label(searches[ids.index(i)]),
     )
+    if chosen and st.query_params.get("from") != chosen:
+        st.query_params["from"] = chosen
     search = searches[ids.index(chosen)]
     params = ModelParams.from_dict(search.record["best_params"])
     dataset_config, augment = search.spec.dataset, search.spec.augment
@@ -141,6 +144,7 @@ active = run.status in runs.ACTIVE_STATUSES
 def live() -> None:
     try:
         progress = runs.progress(run)
+        common.run_settings_caption(run)
         common.progress_header(progress)
         if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
             jobs.stop(run)

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from medimg import auto, charts, jobs, runs, tuning
+from medimg import auto, charts, importance, jobs, runs, tuning
 from medimg.config import (
     ACTIVATIONS,
     HEADS,
@@ -16,6 +16,7 @@ from medimg.config import (
     RunSpec,
     SearchSpace,
     TuneConfig,
+    describe_augment,
     describe_params,
 )
 from medimg.errors import MedimgError
@@ -220,7 +221,7 @@ else:
     data = common.get("dataset")
     st.caption(
         f"Dataset: {data.path} · {data.image_size} px {data.color} · augmentation: "
-        f"{'none' if common.get('augment').is_identity else 'on'} · about {space.size_estimate():.2g} "
+        f"{describe_augment(common.get('augment'))} · about {space.size_estimate():.2g} "
         "points in this space"
     )
     if st.button("Start search", type="primary", disabled=busy):
@@ -240,6 +241,7 @@ if run is None:
 
 def show_run(run: runs.Run) -> None:
     progress = runs.progress(run)
+    common.run_settings_caption(run)
     common.progress_header(progress)
     if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
         jobs.stop(run)
@@ -256,53 +258,98 @@ def show_run(run: runs.Run) -> None:
             )
     if record.get("search_warning"):
         st.warning(record["search_warning"], icon=":material/warning:")
-    table = tuning.trial_table(run)
     objective_name = run.spec.tune.objective
-    if table:
-        st.dataframe(pd.DataFrame(table), hide_index=True)
+    finished_run = progress["status"] not in runs.ACTIVE_STATUSES
+    best = runs.trial_number(record.get("best_trial")) if record.get("best_params") else None
+    if finished_run and best is not None:
+        show_best(run, record, best, objective_name)
+    table = tuning.trial_table(run)
+    if not table:
+        return
+    st.subheader("Trials")
+    st.dataframe(trial_frame(table), hide_index=True)
+    completed = [row for row in table if row["status"] == "COMPLETED" and row["score"] is not None]
+    if completed:
+        left, right = st.columns(2)
+        left.plotly_chart(charts.trials_figure(completed, objective_name), key=f"trials_{run.id}")
+        histories = {runs.trial_number(k): v for k, v in run.trial_histories().items()}
+        right.plotly_chart(charts.trial_curves_figure(histories, objective_name, best), key=f"trial_curves_{run.id}")
+        ranked = importance.hyperparameter_importance(completed)
+        if ranked:
+            left, right = st.columns(2)
+            left.plotly_chart(charts.importance_figure(ranked, objective_name), key=f"importance_{run.id}")
+            right.caption(
+                f"Importance from the {len(completed)} completed trials: a random forest's mean decrease in "
+                "impurity (optuna's MeanDecreaseImpurity evaluator). Rough with few trials; a parameter the "
+                "search barely varied cannot show its importance."
+            )
+        else:
+            st.caption(
+                f"Hyperparameter importance appears from {importance.MIN_TRIALS} completed trials "
+                f"({len(completed)} so far)."
+            )
         finished = [
             {
                 "trial_id": row["trial"],
                 "score": row["score"],
                 "hyperparameters": {k: v for k, v in row.items() if k not in ("trial", "status", "score")},
             }
-            for row in table
-            if row["score"] is not None
+            for row in completed
         ]
-        if finished:
-            st.plotly_chart(charts.trials_figure(finished, objective_name), key=f"trials_{run.id}")
-            st.plotly_chart(charts.parallel_coordinates_figure(finished, objective_name), key=f"parallel_{run.id}")
-        else:
-            st.caption("The charts of the trials appear when the first trial ends; its epochs are drawn below.")
+        st.plotly_chart(charts.parallel_coordinates_figure(finished, objective_name), key=f"parallel_{run.id}")
+    else:
+        st.caption("The charts of the trials appear when the first trial ends; its epochs are drawn below.")
     current = progress.get("trial")
-    if current is not None:
+    if current is not None and not finished_run:
         history = run.epoch_history(trial=current)
         if history.get("epoch"):
-            st.markdown(f"**Trial {current}: per-epoch curves**")
+            st.markdown(f"**Trial {runs.trial_number(current)}: per-epoch curves**")
             cols = st.columns(3)
             for column, metric in zip(cols, ("loss", "accuracy", "auc"), strict=True):
                 column.plotly_chart(charts.history_figure(history, metric), key=f"trial_{run.id}_{metric}")
-    if progress["status"] in runs.ACTIVE_STATUSES:
-        return
-    if record.get("best_params"):
-        st.success(f"Best trial {record.get('best_trial')}: {objective_name} = {record.get('best_score'):.4f}")
-        members = (record.get("ensemble") or {}).get("members") or []
-        if len(members) > 1:
-            st.info(
-                f"The saved model is the mean of trials {', '.join(members)}, the best {len(members)} on "
-                "validation: averaging them scored better on test than the best trial alone in the benchmarks "
-                "(bench/quality.py). Grad-CAM shows the best trial's network.",
-                icon=":material/join:",
-            )
-        st.table(
-            pd.DataFrame(
-                describe_params(ModelParams.from_dict(record["best_params"])), columns=["Setting", "Value"]
-            ).set_index("Setting")
+
+
+STATUS_WORDS = {
+    "RUNNING": "running",
+    "COMPLETED": "completed",
+    "STOPPED": "stopped",
+    "FAILED": "failed",
+    "INVALID": "failed",
+    "COLLAPSED": "collapsed (one class)",
+}
+
+
+def trial_frame(table: list[dict]) -> pd.DataFrame:
+    """The trial table in words: states as optuna-dashboard names them, plain column names, no None or True."""
+    frame = pd.DataFrame(table)
+    frame["status"] = frame["status"].map(lambda s: STATUS_WORDS.get(s, str(s).lower()))
+    frame = frame.rename(columns={c: c.replace("_", " ") for c in frame.columns})
+    for column in frame.columns:
+        if frame[column].map(lambda v: isinstance(v, bool)).any():
+            frame[column] = frame[column].map(lambda v: "yes" if v is True else "no" if v is False else v)
+    return frame.astype(object).where(frame.notna(), "–")
+
+
+def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> None:
+    """The result first: the best trial's settings, the saved model's test figures, the next step."""
+    st.success(f"Best trial {best}: {objective_name} = {record.get('best_score'):.4f}")
+    members = (record.get("ensemble") or {}).get("members") or []
+    if len(members) > 1:
+        st.info(
+            f"The saved model is the mean of trials {', '.join(str(runs.trial_number(m)) for m in members)}, the "
+            f"best {len(members)} on validation: averaging them scored better on test than the best trial alone in "
+            "the benchmarks (bench/quality.py). Grad-CAM shows the best trial's network.",
+            icon=":material/join:",
         )
-        common.show_test_metrics(run)  # the search's final model, already evaluated
-        if st.button("Train with these", type="primary", key=f"train_with_{run.id}"):
-            st.session_state["train_from_run"] = run.id
-            st.switch_page("pages/train.py")
+    st.table(
+        pd.DataFrame(
+            describe_params(ModelParams.from_dict(record["best_params"])), columns=["Setting", "Value"]
+        ).set_index("Setting")
+    )
+    common.show_test_metrics(run)  # the search's final model, already evaluated
+    if st.button("Train with these", type="primary", key=f"train_with_{run.id}"):
+        st.session_state["train_from_run"] = run.id
+        st.switch_page("pages/train.py", query_params={"from": run.id})
 
 
 active = run.status in runs.ACTIVE_STATUSES

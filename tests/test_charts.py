@@ -56,20 +56,38 @@ def test_history_with_only_validation_values_still_has_epochs() -> None:
 
 def test_trials_best_so_far_when_maximising_and_minimising() -> None:
     trials = [
-        {"trial_id": "0", "score": 0.6},
-        {"trial_id": "1", "score": 0.8},
-        {"trial_id": "2", "score": None},  # failed: not plotted
-        {"trial_id": "3", "score": 0.7},
+        {"trial": 4, "score": 0.7},  # out of order: drawn by number
+        {"trial": 1, "score": 0.6},
+        {"trial": 2, "score": 0.8},
+        {"trial": 3, "score": None},  # failed: not plotted
     ]
     fig = charts.trials_figure(trials, "val_auc")
     dots, best = fig.data
     assert list(dots.x) == [1, 2, 4] and list(dots.y) == [0.6, 0.8, 0.7]
     assert list(best.y) == [0.6, 0.8, 0.8] and best.name == "best so far"
     losses = charts.trials_figure(
-        [{"trial_id": "0", "score": 0.5}, {"trial_id": "1", "score": 0.7}, {"trial_id": "2", "score": 0.3}], "val_loss"
+        [{"trial": 1, "score": 0.5}, {"trial": 2, "score": 0.7}, {"trial": 3, "score": 0.3}], "val_loss"
     )
     assert list(losses.data[1].y) == [0.5, 0.5, 0.3]
     assert losses.layout.title.text == "val_loss by trial"
+
+
+def test_trial_curves_overlay_every_trial_and_mark_the_best() -> None:
+    histories = {
+        1: {"epoch": [1, 2, 3], "val_auc": [0.6, 0.7, 0.72]},
+        2: {"epoch": [1, 2], "val_auc": [0.65, 0.8]},
+        3: {"epoch": [1], "loss": [0.7]},  # no validation value yet: no line
+    }
+    fig = charts.trial_curves_figure(histories, "val_auc", best=2)
+    assert [trace.name for trace in fig.data] == ["trial 1", "trial 2 (best)"]
+    assert list(fig.data[0].x) == [1, 2, 3] and list(fig.data[1].y) == [0.65, 0.8]
+    assert fig.data[1].line.width > fig.data[0].line.width
+
+
+def test_importance_bars_largest_on_top() -> None:
+    fig = charts.importance_figure([("learning_rate", 0.7), ("dropout", 0.2), ("activation", 0.1)], "val_auc")
+    (bars,) = fig.data
+    assert list(bars.y) == ["activation", "dropout", "learning_rate"] and list(bars.text) == ["10%", "20%", "70%"]
 
 
 def test_parallel_coordinates_numbers_categories_and_fixed_values() -> None:

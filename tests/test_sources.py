@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import stat
@@ -100,11 +101,22 @@ def test_zip_limits_on_entries_and_total_size(tmp_path: Path) -> None:
         sources.extract_zip(b"PK\x03\x04 broken", parent=tmp_path)
 
 
-def test_old_uploads_are_removed(tmp_path: Path) -> None:
-    old = tmp_path / f"{sources.UPLOAD_PREFIX}old"
-    new = tmp_path / f"{sources.UPLOAD_PREFIX}new"
-    old.mkdir()
-    new.mkdir()
-    os.utime(old, (0, 0))
-    assert sources.remove_old_uploads(24, parent=tmp_path) == 1
-    assert not old.exists() and new.exists()
+def test_an_upload_is_kept_beside_the_runs_under_its_own_name(tmp_path: Path) -> None:
+    data = make_zip({"mydata/a/x.png": b"1", "mydata/b/y.png": b"2"})
+    kept = sources.keep_upload(data, "Chest X-rays (2024).zip", tmp_path)
+    digest = hashlib.sha256(data).hexdigest()[:8]
+    assert kept == tmp_path / "uploads" / f"Chest_X-rays_2024-{digest}" / "mydata"
+    assert sorted(p.name for p in kept.iterdir()) == ["a", "b"]
+    assert (kept / "a" / "x.png").read_bytes() == b"1"
+    assert sources.is_kept_upload(kept, tmp_path) and not sources.is_kept_upload(tmp_path / "elsewhere", tmp_path)
+    # The same bytes again reuse the folder; no staging folder is left behind.
+    assert sources.keep_upload(data, "Chest X-rays (2024).zip", tmp_path) == kept
+    assert [p.name for p in (tmp_path / "uploads").iterdir()] == [f"Chest_X-rays_2024-{digest}"]
+    flat = sources.keep_upload(make_zip({"a/x.png": b"1", "b/y.png": b"2"}), "flat.zip", tmp_path)
+    assert flat.parent == tmp_path / "uploads" and flat.name.startswith("flat-")
+
+
+def test_a_refused_upload_leaves_nothing_behind(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="points outside the archive folder"):
+        sources.keep_upload(make_zip({"../evil.png": b"x"}), "evil.zip", tmp_path)
+    assert not [p for p in (tmp_path / "uploads").iterdir() if p.name.startswith("evil")]

@@ -170,7 +170,7 @@ def test_trial_table_of_the_finished_search(finished_search) -> None:
     run, _, _ = finished_search
     table = tuning.trial_table(run)
     trials = run.read_json("trials.json")
-    assert [row["trial"] for row in table] == sorted(t["trial_id"] for t in trials)
+    assert [row["trial"] for row in table] == sorted(int(t["trial_id"]) + 1 for t in trials)  # numbered from 1
     assert all(row["status"] in ("COMPLETED", "COLLAPSED") and row["score"] is not None for row in table)
     assert [row["status"] for row in table] == [t["status"] for t in sorted(trials, key=lambda t: t["trial_id"])]
     assert all(row["activation"] in TINY_SPACE.activations for row in table)
@@ -180,7 +180,7 @@ def test_trial_table_of_the_finished_search(finished_search) -> None:
 def test_trial_table_shows_the_running_trial_from_the_events(tmp_path: Path) -> None:
     run = runs.create_run(tune_spec(max_trials=3), tmp_path)
     run.append_event("trial_begin", trial="0", hyperparameters={"activation": "relu", "tuner/trial_id": "x"})
-    assert tuning.trial_table(run) == [{"trial": "0", "status": "RUNNING", "score": None, "activation": "relu"}]
+    assert tuning.trial_table(run) == [{"trial": 1, "status": "RUNNING", "score": None, "activation": "relu"}]
 
 
 @pytest.mark.slow
@@ -219,7 +219,7 @@ def test_a_trial_cut_short_by_stop_is_recorded_as_stopped(tmp_path: Path) -> Non
     run = runs.create_run(spec.replace(train=spec.train.replace(epochs=400)), tmp_path)
 
     def echo(line: str) -> None:
-        if line.startswith("trial 0 epoch 3/"):
+        if line.startswith("trial 1 epoch 3/"):  # the first trial, numbered from 1 as on the page
             run.request_stop()  # mid-trial: seen at the next batch tick
 
     jobs.execute(run, echo=echo)

@@ -8,7 +8,15 @@ from medimg.config import AugmentConfig, DatasetConfig
 
 from .conftest import TINY_DATASET, by_label, no_exception, open_page, values
 
-STRENGTHS = ["Rotation", "Zoom / scale", "Translation", "Random crop", "Brightness", "Contrast", "Gaussian noise"]
+STRENGTHS = [
+    "Rotation (± degrees)",
+    "Zoom (± % of the size)",
+    "Shift (± % of the size)",
+    "Random crop (% of the size)",
+    "Brightness (± % of the range)",
+    "Contrast (± %)",
+    "Gaussian noise (SD, % of the range)",
+]
 NOTHING_ON = "No augmentation is on: training sees the images as they are."
 
 
@@ -35,7 +43,7 @@ def test_no_augmentation_shows_identical_copies_and_says_so() -> None:
 
 def test_turning_an_augmentation_on_changes_the_preview_and_the_kept_choice() -> None:
     at = open_page("augment", dataset=DatasetConfig(**TINY_DATASET))
-    by_label(at.slider, "Rotation").set_value(0.25)
+    by_label(at.slider, "Rotation (± degrees)").set_value(90.0)  # a quarter turn: Keras' factor 0.25
     by_label(at.select_slider, "Preview copies").set_value(4).run()
     no_exception(at)
     assert NOTHING_ON not in values(at.info)
@@ -58,19 +66,19 @@ def test_flips_are_kept_and_shown_on_the_tune_page() -> None:
     assert at.session_state["augment"] == AugmentConfig(flip_horizontal=True)
     at.session_state["tn_mode"] = "Advanced"  # the automatic mode chooses its own augmentation
     at.switch_page("pages/tune.py").run()
-    assert "augmentation: on" in values(at.caption)[0]
+    assert "augmentation: horizontal flip ·" in values(at.caption)[0]
 
 
 def test_reset_turns_every_augmentation_off() -> None:
     at = open_page("augment", dataset=DatasetConfig(**TINY_DATASET))
     by_label(at.checkbox, "Vertical flip").check()
-    by_label(at.slider, "Contrast").set_value(0.3).run()
+    by_label(at.slider, "Contrast (± %)").set_value(30.0).run()
     assert at.session_state["augment"] == AugmentConfig(flip_vertical=True, contrast=0.3)
     by_label(at.button, "Reset to none").click().run()
     no_exception(at)
     assert at.session_state["augment"] == AugmentConfig()
     assert by_label(at.checkbox, "Vertical flip").value is False
-    assert by_label(at.slider, "Contrast").value == 0.0
+    assert by_label(at.slider, "Contrast (± %)").value == 0.0
     assert values(at.info) == [NOTHING_ON]
 
 
@@ -80,3 +88,24 @@ def test_a_dataset_that_is_gone_is_reported(tmp_path: Path) -> None:
     no_exception(at)
     assert len(at.error) == 1 and str(missing) in at.error[0].value
     assert not at.image and not at.selectbox
+
+
+def test_choices_survive_a_reload_and_reach_a_second_tab() -> None:
+    """A reload (or a second tab) is a new session: it shows what was chosen, in the units it was chosen in."""
+    at = open_page("augment", dataset=DatasetConfig(**TINY_DATASET))
+    by_label(at.checkbox, "Horizontal flip").check()
+    by_label(at.slider, "Rotation (± degrees)").set_value(18.0)
+    by_label(at.slider, "Shift (± % of the size)").set_value(10.0).run()
+    no_exception(at)
+    chosen = AugmentConfig(flip_horizontal=True, rotation=0.05, translation=0.1)
+    assert at.session_state["augment"] == chosen
+
+    again = open_page("augment")  # no state carried over: only what medimg kept beside the runs
+    no_exception(again)
+    assert again.session_state["augment"] == chosen
+    assert by_label(again.checkbox, "Horizontal flip").value is True
+    assert by_label(again.slider, "Rotation (± degrees)").value == 18.0
+    assert by_label(again.slider, "Shift (± % of the size)").value == 10.0
+    again.session_state["tn_mode"] = "Advanced"
+    again.switch_page("pages/tune.py").run()
+    assert "augmentation: horizontal flip, rotation ±18°, shift ±10% ·" in values(again.caption)[0]

@@ -197,7 +197,7 @@ def test_a_bad_upload_is_refused_with_the_reason(data: bytes, message: str) -> N
     assert "uploaded_dataset" not in at.session_state
 
 
-def test_an_uploaded_zip_of_class_folders_is_extracted_and_scanned() -> None:
+def test_an_uploaded_zip_of_class_folders_is_extracted_and_scanned(runs_dir: Path) -> None:
     at = open_page("dataset")
     at.radio(key="dataset_source").set_value("Upload a zip").run()
     by_label(at.file_uploader, ZIP_LABEL).set_value(("xrays.zip", zip_bytes(demo_images(10)), "application/zip")).run()
@@ -206,6 +206,15 @@ def test_an_uploaded_zip_of_class_folders_is_extracted_and_scanned() -> None:
     extracted = Path(at.session_state["uploaded_dataset"])
     assert extracted.name == "mydata" and sorted(p.name for p in extracted.iterdir()) == ["NORMAL", "PNEUMONIA"]
     assert at.session_state["dataset"].path == str(extracted)
+    # Kept beside the runs under the zip's own name, not in a temporary folder cleaned after a day.
+    assert extracted.parent.parent == runs_dir / "uploads" and extracted.parent.name.startswith("xrays-")
+
+    again = open_page("dataset")  # a reload: the upload is still the source, scanned without uploading again
+    no_exception(again)
+    assert again.radio(key="dataset_source").value == "Upload a zip"
+    assert again.session_state["dataset"].path == str(extracted)
+    assert metrics(again)["Readable images"] == "20"
+    assert f"Uploaded dataset kept at `{extracted}`" in " ".join(values(again.caption))
 
 
 def test_an_upload_without_images_says_what_layout_is_expected() -> None:

@@ -119,8 +119,9 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     assert shown_metrics(watcher)["Status"] == "running"
     assert by_label(watcher.button, "Start search").disabled
     trials = watcher.dataframe[0].value
-    assert {"COMPLETED", "COLLAPSED"} & set(trials["status"]) and trials["score"].notna().any()
-    assert f"trials_{run_id}" in charts(watcher)
+    assert {"completed", "collapsed (one class)"} & set(trials["status"]) and (trials["score"] != "–").any()
+    # Only completed trials compete and are charted (a collapsed one is in the table only).
+    assert (f"trials_{run_id}" in charts(watcher)) == ("completed" in set(trials["status"]))
     done = len(run.events("trial_end"))
     wait_for(lambda: len(run.events("trial_end")) > done, 60, "another trial to finish")
     watcher.run()  # the fragment's timer does not fire in AppTest: redraw by hand
@@ -138,11 +139,13 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     no_exception(ended)
     assert shown_metrics(ended)["Status"] == "stopped"
     assert values(ended.info)[0].startswith("stopped on request after ")
-    assert values(ended.success)[0].startswith(f"Best trial {run.record['best_trial']}: val_auc = ")
+    best = runs.trial_number(run.record["best_trial"])  # trials are numbered from 1 on the page
+    assert values(ended.success)[0].startswith(f"Best trial {best}: val_auc = ")
     # The trial Stop cut short is shown as stopped and never offered as the best.
     cut = {event["trial"] for event in run.events("trial_stopped")}
     table = ended.dataframe[0].value
-    assert set(table.loc[table["status"] == "STOPPED", "trial"]) == cut, table[["trial", "status"]].to_dict()
+    stopped = set(table.loc[table["status"] == "stopped", "trial"])
+    assert stopped == {runs.trial_number(t) for t in cut}, table[["trial", "status"]].to_dict()
     assert run.record["trials_stopped"] == sorted(cut) and run.record["best_trial"] not in cut
     assert not by_label(ended.button, "Start search").disabled
     assert "Stop" not in [button.label for button in ended.button]
@@ -156,9 +159,14 @@ def test_a_finished_search_shows_trials_and_hands_its_best_to_train(finished_run
     assert shown_metrics(at)["Status"] == "completed" and shown_metrics(at)["Trials"] == "1 of 1"
     trials = at.dataframe[0].value
     assert len(trials) == 1 and trials["score"].iloc[0] == run.record["best_score"]
+    assert list(trials["trial"]) == [1] and list(trials["status"]) == ["completed"]
+    assert not [c for c in trials.columns if "_" in c]  # plain column names
     figures = charts(at)
-    assert {f"trials_{run.id}", f"parallel_{run.id}"} <= set(figures)
-    assert values(at.success) == [f"Best trial {run.record['best_trial']}: val_auc = {run.record['best_score']:.4f}"]
+    assert {f"trials_{run.id}", f"parallel_{run.id}", f"trial_curves_{run.id}"} <= set(figures)
+    assert [trace["name"] for trace in figures[f"trial_curves_{run.id}"]["data"]] == ["trial 1 (best)"]
+    assert list(figures[f"trials_{run.id}"]["data"][0]["x"]) == [1]  # one numbering: table, charts, best trial
+    assert "Hyperparameter importance appears from 8 completed trials (1 so far)." in values(at.caption)
+    assert values(at.success) == [f"Best trial 1: val_auc = {run.record['best_score']:.4f}"]
     best = at.table[0].value
     assert best.loc["Learning rate"].iloc[0] == f"{run.record['best_params']['learning_rate']:.1e}"
     # The search's final model was evaluated on test: its figures and the way to the Evaluate page.
