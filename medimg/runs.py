@@ -237,6 +237,26 @@ class Run:
             **self.validation_score(),
         }
 
+    def table_row(self) -> dict[str, Any]:
+        """`summary` for people: plain column names, the local start time, a duration as m:ss, the validation
+        score named by its metric, '–' for what is not known (never None)."""
+        summary = self.summary()
+        started = summary.get("created")
+        duration = summary.get("duration_s")
+        metric = str(summary.get("val_metric") or "")
+        score, auc, accuracy = summary.get("val_score"), summary.get("test_auc"), summary.get("test_accuracy")
+        return {
+            "run": summary["id"],
+            "kind": {"tune": "search", "train": "training"}.get(summary["kind"], summary["kind"]),
+            "status": summary["status"],
+            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
+            "duration": f"{int(duration) // 60}:{int(duration) % 60:02d}" if duration is not None else "–",
+            "dataset": summary["dataset"],
+            "validation": f"{METRIC_WORDS.get(metric, metric)} {score:.3f}" if isinstance(score, float) else "–",
+            "test AUC": f"{auc:.3f}" if isinstance(auc, float) else "–",
+            "test accuracy": f"{accuracy:.3f}" if isinstance(accuracy, float) else "–",
+        }
+
     def validation_score(self) -> dict[str, Any]:
         """The run's score on validation, the split models are chosen on: a search's best trial score, or the best
         epoch of a training by its monitor. {"val_metric": name, "val_score": value}, values None when unknown."""
@@ -300,6 +320,9 @@ def _start_record(path: Path, spec: RunSpec, status: str, extra: dict[str, Any] 
     run = Run(path)
     run.append_event("status", status=status)
     return run
+
+
+METRIC_WORDS = {"val_auc": "AUC", "val_accuracy": "accuracy", "val_loss": "loss"}  # on validation
 
 
 def trial_number(trial_id: Any) -> Any:

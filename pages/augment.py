@@ -86,3 +86,4 @@ with right:
     if st.button("New random draw"):
         st.session_state["aug_seed"] = int(st.session_state.get("aug_seed", 0)) + 1
         st.rerun()
+common.next_step("augment")

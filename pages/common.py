@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -139,17 +140,20 @@ def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, k
     if not candidates:
         return None
     ids = [run.id for run in candidates]
+    labels = {run.id: run_label(run) for run in candidates}
+    # The browser keeps a selectbox's first option labels for as long as the widget lives, so "· running" stayed
+    # after the run ended and a new validation score never appeared. A widget per set of labels is drawn afresh
+    # whenever a label changes; the URL (?run=) carries the choice across.
+    widget_key = f"{key}-{hashlib.sha1('|'.join(labels.values()).encode()).hexdigest()[:10]}"
     wanted = st.query_params.get("run")
     index = ids.index(wanted) if wanted in ids else 0
     # A run just launched from this session is shown at once: the picker's kept value would otherwise win over
     # `index` and keep showing the previous run.
     follow = st.session_state.get(FOLLOW_KEY)
     if follow in ids:
-        st.session_state[key] = follow
+        st.session_state[widget_key] = follow
         del st.session_state[FOLLOW_KEY]
-    chosen = st.selectbox(
-        label, ids, index=index, key=key, format_func=lambda run_id: run_label(candidates[ids.index(run_id)])
-    )
+    chosen = st.selectbox(label, ids, index=index, key=widget_key, format_func=labels.__getitem__)
     if chosen and st.query_params.get("run") != chosen:
         st.query_params["run"] = chosen
     return candidates[ids.index(chosen)] if chosen else None
@@ -230,6 +234,19 @@ def seed_widget(key: str, value: Any) -> str:
     if key not in st.session_state:
         st.session_state[key] = value
     return key
+
+
+NEXT_STEPS = {  # the first-time path: dataset → (augmentation) → automatic search → evaluate → predict
+    "dataset": ("pages/tune.py", "Next: find a good model on the Tune page (automatic mode: just a time budget)"),
+    "augment": ("pages/tune.py", "Next: search with these augmentations on the Tune page (Advanced)"),
+    "evaluate": ("pages/predict.py", "Next: predict new images with this model"),
+}
+
+
+def next_step(page: str) -> None:
+    """The link to the next page of the first-time path; expert pages stay one click away in the sidebar."""
+    target, label = NEXT_STEPS[page]
+    st.page_link(target, label=label, icon=":material/arrow_forward:")
 
 
 def run_settings_caption(run: runs.Run) -> None:

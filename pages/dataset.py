@@ -232,3 +232,5 @@ if overlap:
     st.warning(f"{len(overlap)} patient(s) appear in more than one split: {', '.join(sorted(overlap)[:10])}")
 window_text = f", DICOM window {window_center:g}/{window_width:g}" if new_config.window else ""
 st.success(f"Runs will use {new_config.path} at {new_config.image_size} px, {new_config.color}{window_text}.")
+if not empty:
+    common.next_step("dataset")

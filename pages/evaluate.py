@@ -379,3 +379,4 @@ right.download_button(
     disabled=not exports_ready,
     help="model.keras with contract.json: image size, channel mode, class names, positive class and threshold.",
 )
+common.next_step("evaluate")

@@ -17,14 +17,22 @@ if not all_runs:
 rows = []
 for run in all_runs:
     try:
-        rows.append(run.summary())
+        rows.append(run.table_row())
     except MedimgError:
-        rows.append({"id": run.id, "status": "damaged"})
-table = pd.DataFrame(rows)
+        rows.append({"run": run.id, "status": "damaged"})
+table = pd.DataFrame(rows).fillna("–")
 st.dataframe(
-    table.drop(columns=["created"], errors="ignore"),
+    table,
     hide_index=True,
-    column_config={"dataset": st.column_config.TextColumn(width="medium")},
+    column_config={
+        "dataset": st.column_config.TextColumn(width="medium"),
+        "validation": st.column_config.TextColumn(help="Models are chosen on validation; test is kept for the end."),
+        "duration": st.column_config.TextColumn(help="minutes:seconds"),
+    },
+)
+st.caption(
+    "Each run's TensorBoard logs are in its folder under `logs/`: `tensorboard --logdir "
+    f"{common.runs_root()}/<run>/logs`."
 )
 
 st.subheader("Compare")
@@ -36,7 +44,7 @@ if chosen:
     metric = st.radio("Metric", ["auc", "accuracy", "loss"], horizontal=True)
     histories = {run.id: run.epoch_history() for run in selected}
     st.plotly_chart(charts.runs_comparison_figure(histories, metric), key="compare")
-    st.dataframe(pd.DataFrame([row for row in rows if row["id"] in chosen]).set_index("id"))
+    st.dataframe(pd.DataFrame([row for row in rows if row["run"] in chosen]).set_index("run"))
 
 st.subheader("Delete")
 doomed = st.selectbox("Run to delete", ids, index=None, placeholder="Choose a run")

@@ -22,6 +22,13 @@ from medimg.config import (
 from medimg.errors import MedimgError
 from pages import common
 
+LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+
+
+def nearest_rate(value: float) -> float:
+    return min(LEARNING_RATES, key=lambda rate: abs(math.log10(rate) - math.log10(value)))
+
+
 MODES = ("Automatic", "Advanced")
 st.title("Tune")
 space: SearchSpace = common.get("search")
@@ -71,22 +78,22 @@ if mode == MODES[0]:
 else:
     with st.expander("Search ranges", expanded=not busy):
         c1, c2, c3 = st.columns(3)
-        lr_exponents = c1.slider(
-            "Learning rate, log10 (−4 = 1e-4)",
-            -6.0,
-            -1.0,
-            step=0.5,
-            format="%.1f",
+        low_column, high_column = c1.columns(2)
+        lr_low = low_column.selectbox(
+            "Learning rate from",
+            LEARNING_RATES,
+            format_func=lambda v: f"{v:.0e}",
             disabled=busy,
-            key=common.seed_widget(
-                "tn_lr",
-                (
-                    round(math.log10(space.learning_rate_min) * 2) / 2,
-                    round(math.log10(space.learning_rate_max) * 2) / 2,
-                ),
-            ),
+            help="Searched on a log scale between the two: Adam's usual 1e-3 sits in the middle of 1e-4 … 1e-2.",
+            key=common.seed_widget("tn_lr_min", nearest_rate(space.learning_rate_min)),
         )
-        lr_low, lr_high = (10.0 ** lr_exponents[0], 10.0 ** lr_exponents[1])
+        lr_high = high_column.selectbox(
+            "to",
+            LEARNING_RATES,
+            format_func=lambda v: f"{v:.0e}",
+            disabled=busy,
+            key=common.seed_widget("tn_lr_max", nearest_rate(space.learning_rate_max)),
+        )
         blocks = c2.multiselect(
             "Conv blocks", [1, 2, 3, 4, 5], disabled=busy, key=common.seed_widget("tn_blocks", list(space.conv_blocks))
         )
@@ -122,14 +129,26 @@ else:
             key=common.seed_widget("tn_dense", list(space.dense_units)),
         )
         batch_norm = c9.multiselect(
-            "Batch norm", [True, False], disabled=busy, key=common.seed_widget("tn_bn", list(space.batch_norm))
+            "Batch normalisation",
+            [True, False],
+            format_func=lambda on: "with" if on else "without",
+            disabled=busy,
+            key=common.seed_widget("tn_bn", list(space.batch_norm)),
         )
         c10, c11, c12 = st.columns(3)
         l2 = c10.multiselect(
-            "L2 weight decay", [0.0, 1e-5, 1e-4, 1e-3], disabled=busy, key=common.seed_widget("tn_l2", list(space.l2))
+            "L2 weight decay",
+            [0.0, 1e-5, 1e-4, 1e-3],
+            format_func=lambda v: f"{v:.0e}" if v else "none",
+            disabled=busy,
+            key=common.seed_widget("tn_l2", list(space.l2)),
         )
         l1 = c11.multiselect(
-            "L1 weight decay", [0.0, 1e-5, 1e-4], disabled=busy, key=common.seed_widget("tn_l1", list(space.l1))
+            "L1 weight decay",
+            [0.0, 1e-5, 1e-4],
+            format_func=lambda v: f"{v:.0e}" if v else "none",
+            disabled=busy,
+            key=common.seed_widget("tn_l1", list(space.l1)),
         )
         heads = c12.multiselect(
             "Head", list(HEADS), disabled=busy, key=common.seed_widget("tn_heads", list(space.heads))
@@ -147,7 +166,11 @@ else:
             disabled=busy,
             key=common.seed_widget("tn_aug", list(space.augment_strengths)),
         )
-        if st.button("Use the seed tutorial's ranges", disabled=busy):
+        if st.button(
+            "Use the wide default ranges",
+            disabled=busy,
+            help="Every option of each hyperparameter, as in KerasTuner's getting-started example: slower to search.",
+        ):
             common.put("search", SearchSpace())
             for key in [k for k in st.session_state if str(k).startswith("tn_")]:
                 del st.session_state[key]
@@ -180,7 +203,13 @@ else:
             "Epochs per trial", 1, 500, disabled=busy, key=common.seed_widget("tn_epochs", train.epochs)
         )
         executions = s6.number_input(
-            "Executions per trial", 1, 5, disabled=busy, key=common.seed_widget("tn_exec", tune.executions_per_trial)
+            "Repeats per trial (averaged)",
+            1,
+            5,
+            disabled=busy,
+            help="Each trial is trained this many times from different random starts and scored by the mean: less "
+            "noise, proportionally more time.",
+            key=common.seed_widget("tn_exec", tune.executions_per_trial),
         )
 
     try:
@@ -323,11 +352,20 @@ def trial_frame(table: list[dict]) -> pd.DataFrame:
     """The trial table in words: states as optuna-dashboard names them, plain column names, no None or True."""
     frame = pd.DataFrame(table)
     frame["status"] = frame["status"].map(lambda s: STATUS_WORDS.get(s, str(s).lower()))
-    frame = frame.rename(columns={c: c.replace("_", " ") for c in frame.columns})
-    for column in frame.columns:
-        if frame[column].map(lambda v: isinstance(v, bool)).any():
-            frame[column] = frame[column].map(lambda v: "yes" if v is True else "no" if v is False else v)
-    return frame.astype(object).where(frame.notna(), "–")
+    frame["score"] = frame["score"].map(lambda v: "–" if v is None or v != v else f"{v:.4f}")
+    for column in frame.columns.drop(["trial", "status", "score"]):
+        frame[column] = frame[column].map(plain_value)
+    # Text columns throughout: Arrow (which carries the table to the browser) refuses a column mixing numbers
+    # and dashes.
+    return frame.rename(columns={c: c.replace("_", " ") for c in frame.columns})
+
+
+def plain_value(value: object) -> str:
+    if value is None or value != value:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> None:

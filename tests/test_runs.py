@@ -230,6 +230,11 @@ def test_summary(tmp_path: Path) -> None:
     assert summary["duration_s"] == 60.5
     assert (summary["test_auc"], summary["test_accuracy"]) == (0.91, 0.85)
     assert summary["status"] == "completed"
+    row = run.table_row()
+    assert row["run"] == "train-20240101-000000-abcd" and row["kind"] == "training"
+    assert row["started"] == time.strftime("%Y-%m-%d %H:%M", time.localtime(100.0))
+    assert row["duration"] == "1:00" and (row["test AUC"], row["test accuracy"]) == ("0.910", "0.850")
+    assert row["validation"] == "–"  # no history.json: nothing known on validation, shown as a dash, not None
 
 
 @pytest.fixture(scope="module")

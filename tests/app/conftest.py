@@ -50,6 +50,12 @@ class FinishedRuns:
 
 
 # ---------------------------------------------------------------------------------------------------------- helpers
+def run_picker(at: AppTest, key: str):
+    """A page's run selectbox: its key is `key` plus a digest of its labels (redrawn when a run's status changes)."""
+    (picker,) = [box for box in at.selectbox if str(box.key).startswith(f"{key}-")]
+    return picker
+
+
 def open_page(page: str, run: str | None = None, **state: Any) -> AppTest:
     """A fresh browser session: app.py (URL `?run=<run>`, `state` preset), then the page `pages/<page>.py`.
 

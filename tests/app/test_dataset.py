@@ -65,6 +65,10 @@ def test_bundled_demo_is_scanned_and_becomes_the_dataset_of_the_runs() -> None:
     assert "Split: the dataset's own folders" in " ".join(values(at.caption))
     assert values(at.success) == [f"Runs will use {DEMO} at 64 px, gray."]
     assert at.session_state["dataset"] == DatasetConfig(path=str(DEMO))
+    # The first-time path says what comes next.
+    assert [link.label for link in at.get("page_link")] == [
+        "Next: find a good model on the Tune page (automatic mode: just a time budget)"
+    ]
 
 
 def test_image_size_and_channel_mode_are_kept_for_the_runs() -> None:

@@ -13,7 +13,7 @@ from streamlit.testing.v1 import AppTest
 
 from medimg import clinical, evaluation, runs, subgroups
 
-from .conftest import APP, DEMO, TIMEOUT, FinishedRuns, by_label, charts, no_exception, open_page, values
+from .conftest import APP, DEMO, TIMEOUT, FinishedRuns, by_label, charts, no_exception, open_page, run_picker, values
 
 TILES = ["Sensitivity", "Specificity", "PPV", "NPV", "ROC AUC", "Test images"]
 TILE_KEYS = ["sensitivity", "specificity", "ppv", "npv", "auc"]
@@ -52,7 +52,7 @@ def test_empty_runs_folder_asks_for_a_trained_model(runs_dir: Path) -> None:
 
 def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(finished_runs: FinishedRuns) -> None:
     at = open_page("evaluate")
-    picker = at.selectbox(key="evaluate_run")
+    picker = run_picker(at, "evaluate_run")
     # Both runs have a test evaluation; each is labelled "<id> · <status> · val AUC <auc>": validation, the split
     # a model is chosen on, never test.
     assert sorted(option.split(" · ")[:2] for option in picker.options) == sorted(
@@ -127,6 +127,7 @@ def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(fini
     by_label(at.checkbox, "Export with threshold 0.500, which was not chosen on validation").check().run()
     assert not by_label(at.download_button, "Export report (HTML)").disabled
     assert not by_label(at.download_button, "Download model + preprocessing contract (zip)").disabled
+    assert [link.label for link in at.get("page_link")] == ["Next: predict new images with this model"]
 
 
 def test_threshold_slider_and_presets_move_the_operating_point(finished_runs: FinishedRuns) -> None:
@@ -213,7 +214,7 @@ def test_the_run_in_the_url_is_the_one_shown(finished_runs: FinishedRuns) -> Non
     at.run()
     at.switch_page("pages/evaluate.py").run()
     no_exception(at)
-    assert at.selectbox(key="evaluate_run").value == finished_runs.tune_id
+    assert run_picker(at, "evaluate_run").value == finished_runs.tune_id
     run = runs.Run(finished_runs.root / finished_runs.tune_id)
     scored = evaluation.load_scored(run)
     start = evaluation.default_threshold(scored["test"], scored["val"], "PNEUMONIA")
@@ -223,7 +224,7 @@ def test_the_run_in_the_url_is_the_one_shown(finished_runs: FinishedRuns) -> Non
 def test_damaged_metrics_file_is_reported_with_the_command_that_recomputes_it(finished_runs: FinishedRuns) -> None:
     (finished_runs.root / finished_runs.train_id / "metrics.json").write_text('{"accuracy": ')
     at = open_page("evaluate")
-    at.selectbox(key="evaluate_run").set_value(finished_runs.train_id).run()
+    run_picker(at, "evaluate_run").set_value(finished_runs.train_id).run()
     no_exception(at)
     assert values(at.error) == [
         f"{finished_runs.train_id}: metrics.json is missing or damaged; "

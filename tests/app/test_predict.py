@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from medimg import dicom, runs
 from tests.dicom_files import new_dicom
 
-from .conftest import DEMO, FinishedRuns, by_label, charts, no_exception, open_page, values
+from .conftest import DEMO, FinishedRuns, by_label, charts, no_exception, open_page, run_picker, values
 
 UPLOADER = "Images (PNG, JPEG, BMP, TIFF, DICOM)"
 XRAY = sorted((DEMO / "test" / "PNEUMONIA").glob("*.jpeg"))[0]
@@ -49,7 +49,7 @@ def test_empty_runs_folder_asks_for_a_trained_model(runs_dir: Path) -> None:
 def test_a_trained_run_states_its_input_contract_and_asks_for_images(finished_runs: FinishedRuns) -> None:
     at = open_page("predict")
     no_exception(at)
-    model = at.selectbox(key="predict_run")
+    model = run_picker(at, "predict_run")
     assert {option.split(" · ")[0] for option in model.options} == {finished_runs.train_id, finished_runs.tune_id}
     run = runs.Run(finished_runs.root / model.value)
     point = run.record["metrics"]["operating_point"]  # chosen on validation when the run was evaluated
@@ -66,7 +66,7 @@ def test_a_trained_run_states_its_input_contract_and_asks_for_images(finished_ru
 
 def test_a_real_xray_gets_a_probability_chart_gradcam_and_csv(finished_runs: FinishedRuns) -> None:
     at = open_page("predict")
-    at.selectbox(key="predict_run").set_value(finished_runs.train_id).run()
+    run_picker(at, "predict_run").set_value(finished_runs.train_id).run()
     upload(at, jpeg(XRAY))
     no_exception(at)
     assert not at.error
@@ -116,7 +116,7 @@ def test_a_changed_model_file_is_refused(finished_runs: FinishedRuns) -> None:
     model = finished_runs.root / finished_runs.train_id / "model.keras"
     model.write_bytes(model.read_bytes() + b"tampered")
     at = open_page("predict")
-    at.selectbox(key="predict_run").set_value(finished_runs.train_id).run()
+    run_picker(at, "predict_run").set_value(finished_runs.train_id).run()
     no_exception(at)
     assert values(at.error) == [
         f"run {finished_runs.train_id}: model.keras does not match the hash recorded when it was saved; "

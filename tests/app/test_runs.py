@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import time
 from pathlib import Path
 
 import pytest
@@ -24,14 +26,33 @@ def test_empty_runs_folder_says_how_to_start(runs_dir: Path) -> None:
 def test_lists_every_run_with_its_kind_status_and_metrics(finished_runs: FinishedRuns) -> None:
     at = open_page("runs")
     no_exception(at)
-    table = at.dataframe[0].value.set_index("id")
+    table = at.dataframe[0].value.set_index("run")
     assert sorted(table.index) == sorted([finished_runs.train_id, finished_runs.tune_id])
-    assert table.loc[finished_runs.train_id, "kind"] == "train"
-    assert table.loc[finished_runs.tune_id, "kind"] == "tune"
+    assert table.loc[finished_runs.train_id, "kind"] == "training"
+    assert table.loc[finished_runs.tune_id, "kind"] == "search"
     assert set(table["status"]) == {"completed"}
-    trained = runs.Run(finished_runs.root / finished_runs.train_id).record["metrics"]
-    assert table.loc[finished_runs.train_id, "test_auc"] == pytest.approx(trained["auc"])
-    assert "created" not in table.columns
+    record = runs.Run(finished_runs.root / finished_runs.train_id).record
+    trained = record["metrics"]
+    assert table.loc[finished_runs.train_id, "test AUC"] == f"{trained['auc']:.3f}"
+    # Plain column names, a local date (not a Unix time), a duration in minutes:seconds, no None anywhere.
+    assert list(table.columns) == [
+        "kind",
+        "status",
+        "started",
+        "duration",
+        "dataset",
+        "validation",
+        "test AUC",
+        "test accuracy",
+    ]
+    assert table.loc[finished_runs.train_id, "started"] == time.strftime(
+        "%Y-%m-%d %H:%M", time.localtime(record["created"])
+    )
+    assert re.fullmatch(r"\d+:\d\d", table.loc[finished_runs.train_id, "duration"])
+    tune_record = runs.Run(finished_runs.root / finished_runs.tune_id).record
+    assert table.loc[finished_runs.tune_id, "validation"] == f"AUC {tune_record['best_score']:.3f}"
+    assert not table.isin([None, "None", "nan"]).any().any()
+    assert f"tensorboard --logdir {finished_runs.root}/<run>/logs" in values(at.caption)[0]
 
 
 def test_compare_draws_the_chosen_metric_per_run(finished_runs: FinishedRuns) -> None:
@@ -62,7 +83,7 @@ def test_delete_needs_a_choice_and_a_confirmation_then_removes_the_folder(finish
     no_exception(at)
     assert not (finished_runs.root / finished_runs.tune_id).exists()
     assert (finished_runs.root / finished_runs.train_id).is_dir()
-    assert list(at.dataframe[0].value["id"]) == [finished_runs.train_id]
+    assert list(at.dataframe[0].value["run"]) == [finished_runs.train_id]
 
 
 def test_an_active_run_is_not_deleted(runs_dir: Path) -> None:
@@ -82,7 +103,7 @@ def test_a_damaged_run_is_listed_as_damaged_and_does_not_break_the_page(finished
     damaged = damaged_run(finished_runs.root, "train-29991231-235959-dead")
     at = open_page("runs")
     no_exception(at)
-    table = at.dataframe[0].value.set_index("id")
+    table = at.dataframe[0].value.set_index("run")
     assert table.loc[damaged.name, "status"] == "damaged"
     assert finished_runs.train_id in [trace["name"] for trace in charts(at)["compare"]["data"]]
 
@@ -92,7 +113,7 @@ def test_a_damaged_run_can_be_deleted(finished_runs: FinishedRuns) -> None:
     damaged = damaged_run(finished_runs.root, "train-20200101-000000-dead")
     at = open_page("runs")
     no_exception(at)
-    assert at.dataframe[0].value.set_index("id").loc[damaged.name, "status"] == "damaged"
+    assert at.dataframe[0].value.set_index("run").loc[damaged.name, "status"] == "damaged"
     by_label(at.selectbox, "Run to delete").set_value(damaged.name)
     by_label(at.checkbox, "Yes, delete this run folder and everything in it").check().run()
     by_label(at.button, "Delete").click().run()

@@ -17,6 +17,7 @@ from .conftest import (
     damaged_run,
     no_exception,
     open_page,
+    run_picker,
     values,
     wait_for,
 )
@@ -96,7 +97,7 @@ def test_a_finished_training_run_shows_curves_and_test_metrics(finished_runs: Fi
     at = open_page("train")
     no_exception(at)
     run = runs.Run(finished_runs.root / finished_runs.train_id)
-    assert at.selectbox(key="train_run").value == run.id
+    assert run_picker(at, "train_run").value == run.id
     metrics = run.record["metrics"]
     shown = shown_metrics(at)
     assert shown["Status"] == "completed" and shown["Epoch"] == "1 of 1"
@@ -119,7 +120,7 @@ def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_
     assert spec.kind == "train" and spec.params == TINY_PARAMS and spec.dataset == DatasetConfig(**TINY_DATASET)
     assert spec.train.epochs == 500 and spec.train.early_stopping_patience == 0
     assert runs.pid_alive(run.record["pid"]), "training runs in its own process"
-    assert at.selectbox(key="train_run").value == run_id
+    assert run_picker(at, "train_run").value == run_id
     assert shown_metrics(at)["Status"] in ("queued", "running")
     assert by_label(at.button, "Start training").disabled and at.get_by_key("tr_epochs").disabled
 
@@ -172,14 +173,14 @@ def test_a_damaged_run_in_the_folder_does_not_break_the_page(finished_runs: Fini
     at = open_page("train")
     no_exception(at)
     assert by_label(at.selectbox, "Search run").value == finished_runs.tune_id
-    assert at.selectbox(key="train_run").value == finished_runs.train_id
+    assert run_picker(at, "train_run").value == finished_runs.train_id
 
 
 def test_a_new_tab_shows_start_disabled_while_training_is_in_progress(runs_dir: Path) -> None:
     queued = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(**TINY_DATASET), params=TINY_PARAMS), runs_dir)
     at = open_page("train", dataset=DatasetConfig(**TINY_DATASET), params=TINY_PARAMS)
     no_exception(at)
-    assert at.selectbox(key="train_run").value == queued.id
+    assert run_picker(at, "train_run").value == queued.id
     assert shown_metrics(at)["Status"] == "queued"
     assert by_label(at.button, "Start training").disabled
 

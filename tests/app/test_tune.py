@@ -15,6 +15,7 @@ from .conftest import (
     charts,
     no_exception,
     open_page,
+    run_picker,
     values,
     wait_for,
 )
@@ -23,7 +24,8 @@ from .conftest import (
 TINY_SEARCH = conftest.TINY_SEARCH.replace(dense_units=(0,))
 TINY_PARAMS = ModelParams(filters=(8,), dense_units=8)
 WIDGET_KEYS = [
-    "tn_lr",
+    "tn_lr_min",
+    "tn_lr_max",
     "tn_blocks",
     "tn_filters",
     "tn_step",
@@ -67,6 +69,10 @@ def test_no_search_yet_shows_every_range_and_how_to_start(runs_dir: Path) -> Non
     for key in WIDGET_KEYS:
         assert at.get_by_key(key).disabled is False, key
     assert at.multiselect(key="tn_blocks").value == [2, 3]  # SearchSpace.quick(), the dashboard's default
+    # Plain values: a learning rate as 1e-04, not a log10 exponent; batch normalisation with/without, not True.
+    assert (at.selectbox(key="tn_lr_min").value, at.selectbox(key="tn_lr_max").value) == (1e-4, 1e-2)
+    assert "1e-04" in at.selectbox(key="tn_lr_min").options
+    assert set(at.multiselect(key="tn_bn").options) == {"with", "without"}
     assert not by_label(at.button, "Start search").disabled
     assert values(at.info) == ["No search yet: set the ranges and press Start search."]
     assert "augmentation: none" in values(at.caption)[0]
@@ -97,7 +103,7 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     run = runs.Run(runs_dir / run_id)
     assert run.spec.kind == "tune" and run.spec.search == TINY_SEARCH and run.spec.tune.max_trials == 20
     assert runs.pid_alive(run.record["pid"]), "the search runs in its own process"
-    assert at.selectbox(key="tune_run").value == run_id
+    assert run_picker(at, "tune_run").value == run_id
     assert shown_metrics(at)["Status"] in ("queued", "running")
     assert by_label(at.button, "Start search").disabled, "one search per session while it runs"
     assert at.get_by_key("tn_trials").disabled
@@ -115,7 +121,7 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     wait_for(lambda: run.events("trial_end"), 90, "the first trial to finish")
     watcher = open_page("tune", run=run_id)  # a refresh: the URL reattaches to the running search
     no_exception(watcher)
-    assert watcher.selectbox(key="tune_run").value == run_id
+    assert run_picker(watcher, "tune_run").value == run_id
     assert shown_metrics(watcher)["Status"] == "running"
     assert by_label(watcher.button, "Start search").disabled
     trials = watcher.dataframe[0].value
@@ -153,12 +159,12 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
 
 def test_a_finished_search_shows_trials_and_hands_its_best_to_train(finished_runs: FinishedRuns) -> None:
     at = open_page("tune")
-    assert at.selectbox(key="tune_run").value == finished_runs.tune_id
+    assert run_picker(at, "tune_run").value == finished_runs.tune_id
     no_exception(at)
     run = runs.Run(finished_runs.root / finished_runs.tune_id)
     assert shown_metrics(at)["Status"] == "completed" and shown_metrics(at)["Trials"] == "1 of 1"
     trials = at.dataframe[0].value
-    assert len(trials) == 1 and trials["score"].iloc[0] == run.record["best_score"]
+    assert len(trials) == 1 and trials["score"].iloc[0] == f"{run.record['best_score']:.4f}"
     assert list(trials["trial"]) == [1] and list(trials["status"]) == ["completed"]
     assert not [c for c in trials.columns if "_" in c]  # plain column names
     figures = charts(at)
@@ -186,7 +192,7 @@ def test_a_new_tab_shows_start_disabled_while_a_search_is_in_progress(runs_dir: 
     queued = runs.create_run(RunSpec(kind="tune", dataset=DatasetConfig(**TINY_DATASET), search=TINY_SEARCH), runs_dir)
     at = open_page("tune", **tiny_state(1))
     no_exception(at)
-    assert at.selectbox(key="tune_run").value == queued.id
+    assert run_picker(at, "tune_run").value == queued.id
     assert shown_metrics(at)["Status"] == "queued"
     assert by_label(at.button, "Start search").disabled
 
@@ -219,12 +225,12 @@ def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_wh
 
 def test_start_follows_the_new_search_when_another_run_is_shown(finished_runs: FinishedRuns) -> None:
     at = open_page("tune", **tiny_state(20))  # 20 trials: still running when the page is checked
-    assert at.selectbox(key="tune_run").value == finished_runs.tune_id  # the finished search is shown
-    at.selectbox(key="tune_run").set_value(finished_runs.tune_id).run()  # chosen by the user: kept in the session
+    assert run_picker(at, "tune_run").value == finished_runs.tune_id  # the finished search is shown
+    run_picker(at, "tune_run").set_value(finished_runs.tune_id).run()  # chosen by the user: kept in the session
     by_label(at.button, "Start search").click().run()
     no_exception(at)
     new_id = at.query_params["run"]
     assert new_id != finished_runs.tune_id
-    assert at.selectbox(key="tune_run").value == new_id, "the page kept showing the old run"
+    assert run_picker(at, "tune_run").value == new_id, "the page kept showing the old run"
     assert shown_metrics(at)["Status"] in ("queued", "running")
     assert by_label(at.button, "Start search").disabled

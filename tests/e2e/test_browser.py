@@ -208,6 +208,11 @@ def test_user_journey(server: dict, page) -> None:
     page.get_by_text("#12").wait_for(timeout=60_000)
     assert wait_count(page, "[data-testid='stImage'] img", 13) >= 13
     shoot(page, "2-augment")
+    # A reload is a new session: the choice is still there (kept beside the runs, not only in the browser session).
+    page.reload()
+    page.get_by_text("#12").wait_for(timeout=60_000)
+    wait_idle(page)
+    assert page.get_by_label("Horizontal flip").is_checked()
 
     # Tune: a 2-trial search of 1 epoch, launched as its own process and watched live.
     open_page(page, "Tune", timings)
@@ -220,6 +225,13 @@ def test_user_journey(server: dict, page) -> None:
     page.wait_for_url(re.compile(r"run=tune-"), timeout=30_000)
     wait_for_status(page, ("completed",))
     page.get_by_text(re.compile(r"Best trial \d+: val_auc")).wait_for(timeout=30_000)
+    # The picker's label follows the run's status (it said "· running" long after the end before).
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('[data-testid=stSelectbox] input')]"
+        ".some(i => /tune-[\\w-]+ · completed/.test(i.value) || /tune-[\\w-]+ · completed/.test(i.placeholder))"
+        " || /tune-[\\w-]+ · completed/.test(document.body.innerText)",
+        timeout=30_000,
+    )
     assert page.locator("[data-testid='stMetric']", has_text="Trials").inner_text().endswith("2 of 2")
     assert wait_count(page, ".js-plotly-plot", 2) >= 2  # objective by trial, parallel coordinates
     shoot(page, "3-tune")
@@ -246,6 +258,17 @@ def test_user_journey(server: dict, page) -> None:
     assert len(list(server["runs"].glob("train-*"))) == 1
     assert page.get_by_label("Epochs", exact=True).input_value() == "3"  # the run's own settings, shown read-only
     assert page.get_by_role("button", name="Start training").is_disabled()
+    # A second tab on the same address shows the same run, with Start disabled there too.
+    second = page.context.new_page()
+    second.goto(page.url)
+    second.locator("[data-testid='stMetric']", has_text="Status").first.wait_for(timeout=60_000)
+    second.wait_for_function(
+        "id => [...document.querySelectorAll('[data-testid=stSelectbox] input')].some(i => i.value.includes(id))"
+        " || document.body.innerText.includes(id)",
+        arg=run_id,
+    )
+    assert second.get_by_role("button", name="Start training").is_disabled() or "completed" in status_text(second)
+    second.close()
     wait_for_status(page, ("completed",))
     page.get_by_text("Test AUC").wait_for()
     expect(page.get_by_role("button", name="Start training")).to_be_enabled(timeout=30_000)
@@ -256,7 +279,9 @@ def test_user_journey(server: dict, page) -> None:
 
     open_page(page, "Evaluate", timings)
     page.get_by_text("Balanced accuracy").wait_for()
-    assert wait_count(page, ".js-plotly-plot", 2) >= 2  # confusion matrix, ROC
+    # The threshold starts at the operating point chosen on validation, and says so.
+    page.get_by_text(re.compile(r"Threshold \d\.\d{3}: Youden's J on the validation split")).wait_for()
+    assert wait_count(page, ".js-plotly-plot", 3) >= 3  # score histogram, confusion matrix, ROC
     shoot(page, "5-evaluate")
 
     # Predict: upload a real demo X-ray and see probabilities and the Grad-CAM overlay.
