@@ -117,7 +117,16 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
             continue  # a fixed parameter only adds an axis with one tick
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values if v is not None)
         if numeric and name == "learning_rate":
-            dimensions.append({"label": "log10 learning rate", "values": [math.log10(v) for v in values]})
+            exponents = [math.log10(v) for v in values]
+            ticks = list(range(math.floor(min(exponents)), math.ceil(max(exponents)) + 1))
+            dimensions.append(
+                {
+                    "label": "learning rate",
+                    "values": exponents,
+                    "tickvals": ticks,
+                    "ticktext": [f"1e{t}" for t in ticks],
+                }
+            )
         elif numeric:
             dimensions.append({"label": name, "values": [v if v is not None else 0 for v in values]})
         else:
@@ -133,7 +142,12 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
     scores = [float(t["score"]) for t in done]
     dimensions.append({"label": objective, "values": scores})
     fig.add_trace(
-        go.Parcoords(line={"color": scores, "colorscale": "Viridis", "showscale": True}, dimensions=dimensions)
+        go.Parcoords(
+            line={"color": scores, "colorscale": "Viridis", "showscale": True},
+            dimensions=dimensions,
+            labelangle=-25,  # level labels overlapped once a search varied more than five hyperparameters
+            labelside="bottom",
+        )
     )
     return _layout(fig, "hyperparameters vs objective")
 

@@ -22,6 +22,7 @@ from medimg.config import (
 from medimg.errors import MedimgError
 from pages import common
 
+OBJECTIVE_WORDS = {"val_auc": "validation AUC", "val_accuracy": "validation accuracy", "val_loss": "validation loss"}
 LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 
 
@@ -76,7 +77,7 @@ if mode == MODES[0]:
         else:
             common.launch(chosen.spec, extra={"auto": chosen.record()})
 else:
-    with st.expander("Search ranges", expanded=not busy):
+    with st.expander("Search ranges", expanded=attached is None):
         c1, c2, c3 = st.columns(3)
         low_column, high_column = c1.columns(2)
         lr_low = low_column.selectbox(
@@ -176,7 +177,7 @@ else:
                 del st.session_state[key]
             st.rerun()
 
-    with st.expander("Search settings", expanded=not busy):
+    with st.expander("Search settings", expanded=attached is None):
         s1, s2, s3 = st.columns(3)
         tuner_kind = s1.selectbox(
             "Tuner", ["random", "bayesian", "hyperband"], disabled=busy, key=common.seed_widget("tn_tuner", tune.tuner)
@@ -184,6 +185,8 @@ else:
         objective = s2.selectbox(
             "Objective",
             ["val_auc", "val_accuracy", "val_loss"],
+            format_func=OBJECTIVE_WORDS.__getitem__,
+            help="What trials are ranked by, on the validation split.",
             disabled=busy,
             key=common.seed_widget("tn_objective", tune.objective),
         )
@@ -250,7 +253,7 @@ else:
     data = common.get("dataset")
     st.caption(
         f"Dataset: {data.path} · {data.image_size} px {data.color} · augmentation: "
-        f"{describe_augment(common.get('augment'))} · about {space.size_estimate():.2g} "
+        f"{describe_augment(common.get('augment'))} · about {space.size_estimate():,.0f} "
         "points in this space"
     )
     if st.button("Start search", type="primary", disabled=busy):

@@ -122,8 +122,10 @@ def test_parallel_coordinates_numbers_categories_and_fixed_values() -> None:
     assert trace.type == "parcoords"
     dimensions = {d.label: d for d in trace.dimensions}
     # tuner/* bookkeeping and dense_units (the same in every trial) add no information: no axis for them.
-    assert list(dimensions) == ["activation", "batch_norm", "filters_0", "log10 learning rate", "val_auc"]
-    assert list(dimensions["log10 learning rate"].values) == pytest.approx([-2.0, -3.0])  # log scale
+    assert list(dimensions) == ["activation", "batch_norm", "filters_0", "learning rate", "val_auc"]
+    rate = dimensions["learning rate"]
+    assert list(rate.values) == pytest.approx([-2.0, -3.0])  # log scale, labelled as rates
+    assert list(rate.ticktext) == ["1e-3", "1e-2"] and list(rate.tickvals) == [-3, -2]
     assert list(dimensions["filters_0"].values) == [32, 16]
     assert list(dimensions["activation"].ticktext) == ["relu", "tanh"]  # the failed trial's gelu is not shown
     assert list(dimensions["activation"].values) == [0, 1]

@@ -221,9 +221,15 @@ def test_user_journey(server: dict, page) -> None:
     wait_idle(page)
     set_number(page, "Trials", 2)
     set_number(page, "Epochs per trial", 1)
+    launched = time.perf_counter()
     page.get_by_role("button", name="Start search").click()
     page.wait_for_url(re.compile(r"run=tune-"), timeout=30_000)
+    wait_for_status(page, ("running", "completed"))
+    run_timings = {"search: Start → first live status": round(time.perf_counter() - launched, 3)}
     wait_for_status(page, ("completed",))
+    run_timings["search (2 trials × 1 epoch + final evaluation): Start → completed"] = round(
+        time.perf_counter() - launched, 3
+    )
     page.get_by_text(re.compile(r"Best trial \d+: val_auc")).wait_for(timeout=30_000)
     # The picker's label follows the run's status (it said "· running" long after the end before).
     page.wait_for_function(
@@ -241,6 +247,7 @@ def test_user_journey(server: dict, page) -> None:
     page.get_by_role("heading", name="Train").first.wait_for()
     wait_idle(page)
     set_number(page, "Epochs", 3)
+    launched = time.perf_counter()
     page.get_by_role("button", name="Start training").click()
     page.wait_for_url(re.compile(r"run=train-"), timeout=30_000)
     run_id = re.search(r"run=(train-[\w-]+)", page.url).group(1)
@@ -270,6 +277,9 @@ def test_user_journey(server: dict, page) -> None:
     assert second.get_by_role("button", name="Start training").is_disabled() or "completed" in status_text(second)
     second.close()
     wait_for_status(page, ("completed",))
+    run_timings["training (3 epochs, with a reload and a second tab): Start → completed"] = round(
+        time.perf_counter() - launched, 3
+    )
     page.get_by_text("Test AUC").wait_for()
     expect(page.get_by_role("button", name="Start training")).to_be_enabled(timeout=30_000)
     assert wait_count(page, ".js-plotly-plot", 3) >= 3  # loss, accuracy, AUC curves
@@ -307,6 +317,7 @@ def test_user_journey(server: dict, page) -> None:
                 "server_health_s": round(server["health_s"], 3),
                 "first_page_usable_s": round(first_page_s, 3),
                 "page_open_s": timings,
+                "run_s": run_timings,
             },
             indent=2,
         )
