@@ -224,6 +224,7 @@ def test_user_journey(server: dict, page) -> None:
     launched = time.perf_counter()
     page.get_by_role("button", name="Start search").click()
     page.wait_for_url(re.compile(r"run=tune-"), timeout=30_000)
+    search_id = re.search(r"run=(tune-[\w-]+)", page.url).group(1)
     wait_for_status(page, ("running", "completed"))
     run_timings = {"search: Start → first live status": round(time.perf_counter() - launched, 3)}
     wait_for_status(page, ("completed",))
@@ -286,6 +287,23 @@ def test_user_journey(server: dict, page) -> None:
     history = json.loads((server["runs"] / run_id / "history.json").read_text())
     assert history["epoch"] == [1, 2, 3]
     shoot(page, "4-train")
+
+    # Back on Tune, which shows the finished search: a second search is followed at once, and Stop mid-trial ends
+    # it with the interrupted trial recorded as stopped, never as completed.
+    open_page(page, "Tune", {})
+    page.get_by_text("Search settings").click()
+    set_number(page, "Epochs per trial", 200)
+    page.get_by_role("button", name="Start search").click()
+    page.wait_for_url(lambda url: "run=tune-" in url and search_id not in url, timeout=30_000)
+    second_id = re.search(r"run=(tune-[\w-]+)", page.url).group(1)
+    wait_for_status(page, ("running",))
+    page.get_by_text(re.compile(r"trial 1 · epoch \d+: batch")).wait_for(timeout=60_000)  # inside the first trial
+    page.get_by_role("button", name="Stop", exact=True).click()
+    wait_for_status(page, ("stopped",))
+    stopped = json.loads((server["runs"] / second_id / "run.json").read_text())
+    assert stopped["trials_stopped"] == ["0"] and stopped["status"] == "stopped"
+    trials = json.loads((server["runs"] / second_id / "trials.json").read_text())
+    assert [trial["status"] for trial in trials] == ["STOPPED"]
 
     open_page(page, "Evaluate", timings)
     page.get_by_text("Balanced accuracy").wait_for()
