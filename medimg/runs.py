@@ -157,23 +157,17 @@ class Run:
 
     def epoch_history(self, trial: str | None = None) -> dict[str, list[float]]:
         """Per-epoch metrics from the event log (continues across a resume), for the final fit or one trial."""
-        by_epoch: dict[int, dict[str, float]] = {}
-        for event in self.events("epoch"):
-            if event.get("trial") == trial:
-                by_epoch[int(event["epoch"])] = event["logs"]
-        history: dict[str, list[float]] = {"epoch": []}
-        for epoch in sorted(by_epoch):
-            history["epoch"].append(epoch + 1)
-            for name, value in by_epoch[epoch].items():
-                history.setdefault(name, []).append(value)
-        return history
+        return self._histories().get(trial, {"epoch": []})
 
     def trial_histories(self) -> dict[str, dict[str, list[float]]]:
         """Per-epoch metrics of every trial, by trial id, from one read of the event log (as `epoch_history`)."""
-        by_trial: dict[str, dict[int, dict[str, float]]] = {}
+        return {trial: history for trial, history in self._histories().items() if trial is not None}
+
+    def _histories(self) -> dict[str | None, dict[str, list[float]]]:
+        # One pass over the log; a resumed epoch's later event replaces its earlier one.
+        by_trial: dict[str | None, dict[int, dict[str, float]]] = {}
         for event in self.events("epoch"):
-            if event.get("trial") is not None:
-                by_trial.setdefault(event["trial"], {})[int(event["epoch"])] = event["logs"]
+            by_trial.setdefault(event.get("trial"), {})[int(event["epoch"])] = event["logs"]
         histories = {}
         for trial, by_epoch in by_trial.items():
             history: dict[str, list[float]] = {"epoch": []}
