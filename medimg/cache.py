@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from medimg import dicom, images
-from medimg.errors import ImageReadError
+from medimg.errors import file_reason
 
 CACHE_VERSION = 2  # 2: JPEGs decoded at a reduced DCT scale (images.load_image)
 DECODE_CHUNK = 32  # files per thread-pool task
@@ -65,8 +65,8 @@ def _decode_many(paths: list[str], size: int, color: str, window: dicom.DicomWin
     for path in paths:
         try:
             results.append(images.load_image(path, size, color, window=window))
-        except ImageReadError as error:
-            results.append(str(error))
+        except Exception as error:  # one file's decoder failure is that file's reason; the others are trained on
+            results.append(file_reason(error))
     return results
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from medimg import datachecks
 from medimg.clinical import Scored, positive_index
 from medimg.errors import ConfigError
 
@@ -111,6 +112,13 @@ def calibration_summary(
     """Reliability on test before and after a temperature fitted on validation (after is None without val)."""
     summary: dict[str, Any] = {"before": reliability(test, positive, bins), "temperature": None, "after": None}
     if val is None or len(val) == 0:
+        summary["skipped"] = "no validation predictions to fit a temperature on"
+        return summary
+    reason = datachecks.one_class_reason({c: int(np.sum(val.labels == i)) for i, c in enumerate(val.class_names)})
+    if reason:
+        # One class only: the likelihood keeps improving as T pushes every image towards that class, so the
+        # "fitted" temperature would say nothing about the model's calibration.
+        summary["skipped"] = f"temperature scaling skipped: the validation split has one class ({reason})"
         return summary
     temperature = fit_temperature(val.labels, val.probs)
     scaled_test = Scored(test.labels, apply_temperature(test.probs, temperature), test.class_names, test.paths)

@@ -181,6 +181,8 @@ def format_scan(report: Any) -> str:
         lines += ["  " + "  ==  ".join(group) for group in report.duplicates[:10]]
     if report.leakage:
         lines += [f"LEAKAGE: {len(report.leakage)} identical images appear in more than one split"]
+    if report.warnings:
+        lines += ["", "warnings:"] + [f"  {warning}" for warning in report.warnings]
     lines += ["", f"unreadable or skipped: {len(report.unreadable)}"]
     lines += [f"  {item['path']}: {item['reason']}" for item in report.unreadable[:50]]
     if len(report.unreadable) > 50:
@@ -300,6 +302,8 @@ def format_test_metrics(metrics: dict[str, Any]) -> list[str]:
             f"{point['specificity']:.4f}  accuracy {point['accuracy']:.4f}  "
             f"balanced accuracy {point['balanced_accuracy']:.4f}"
         )
+    elif (metrics.get("clinical") or {}).get("presets_reason"):
+        lines.append(f"no operating point chosen: {metrics['clinical']['presets_reason']}")
     if metrics.get("one_class"):
         lines.append(f"WARNING: {metrics['one_class']}")
     return lines

@@ -25,3 +25,19 @@ class RunError(MedimgError):
 
 class SearchSpaceMismatchError(ConfigError):
     """A saved search was started with a different search space than the one requested."""
+
+
+def file_reason(error: Exception) -> str:
+    """The one-line reason shown next to a file that could not be used, for any exception a per-file step caught.
+
+    medimg's own errors already read as reasons. Anything else came out of a library (a decoder's RuntimeError, a
+    struct.error from a malformed header): its type is named, because that is what a bug report needs, and only its
+    first line is kept, because a library's message may run on for pages.
+    """
+    if isinstance(error, MedimgError):
+        return str(error)
+    kind = type(error)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    lines = str(error).strip().splitlines()
+    detail = f": {lines[0][:300]}" if lines else ""
+    return f"the decoder failed ({name}{detail})"

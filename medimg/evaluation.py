@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from medimg import bootstrap, clinical
+from medimg import bootstrap, clinical, datachecks
 from medimg.clinical import Scored
 from medimg.errors import RunError
 from medimg.runs import Run
@@ -121,12 +121,12 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
     result = classification_metrics(scored["test"].labels, scored["test"].probs, data.class_names)
     result["roc"] = roc_curves(scored["test"].labels, scored["test"].probs, data.class_names)
     summary = clinical_summary(scored["test"], scored.get("val"))
-    kept = ("positive_class", "operating_point", "intervals", "presets", "presets_split")
+    kept = ("positive_class", "operating_point", "intervals", "presets", "presets_split", "presets_reason")
     result["clinical"] = {k: summary[k] for k in kept}
     result["calibration"] = {k: v for k, v in summary["calibration"].items() if k not in ("before", "after")}
     result["calibration"]["ece_before"] = summary["calibration"]["before"]["ece"]
     after = summary["calibration"]["after"]
-    result["calibration"]["ece_after"] = after["ece"] if after else None
+    result["calibration"]["ece_after"] = after["ece"] if after else None  # `skipped` says why when None
     result["leakage"] = leakage_check(data)
     if summary["presets"].get("youden") is not None:
         result["validation_operating_point"] = {
@@ -206,6 +206,7 @@ def clinical_summary(
         "operating_point": clinical.operating_point(test, threshold, index).to_dict() if binary else None,
         "presets": presets,
         "presets_split": presets_split,
+        "presets_reason": presets_unavailable(val, test.class_names) if binary else None,
         "preset_points": {
             name: clinical.operating_point(test, value, index).to_dict() for name, value in presets.items()
         },
@@ -223,13 +224,22 @@ def preset_thresholds(
     target_sensitivity: float = 0.95,
     target_specificity: float = 0.95,
 ) -> tuple[dict[str, float], str | None]:
-    """Preset thresholds and the split they were chosen on: validation, never test (choosing on test flatters it);
-    test only when there are no validation predictions with both classes. ({}, None) when neither has both."""
+    """Preset thresholds and the split they were chosen on: validation, never test (choosing on test flatters
+    the test figures). ({}, None) without validation predictions holding both classes: `presets_unavailable`
+    says why."""
     index = clinical.positive_index(test.class_names, positive)
-    for name, split in (("val", val), ("test", test)):
-        if split is not None and 0 < int(np.sum(split.labels == index)) < len(split):
-            return clinical.threshold_presets(split, index, target_sensitivity, target_specificity), name
+    if presets_unavailable(val, test.class_names) is None:
+        return clinical.threshold_presets(val, index, target_sensitivity, target_specificity), "val"  # type: ignore[arg-type]
     return {}, None
+
+
+def presets_unavailable(val: Scored | None, class_names: list[str]) -> str | None:
+    """Why no operating point can be chosen on validation (and none is chosen on test instead), or None."""
+    if val is None or len(val) == 0:
+        return "there are no validation predictions (re-evaluate the run to score its validation split)"
+    counts = {name: int(np.sum(val.labels == i)) for i, name in enumerate(class_names)}
+    reason = datachecks.one_class_reason(counts)
+    return f"the validation split has one class: {reason}; an operating point needs both" if reason else None
 
 
 PRESET_NAMES = {

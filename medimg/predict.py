@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from medimg import dicom, images
-from medimg.errors import ImageReadError, RunError
+from medimg.errors import RunError, file_reason
 from medimg.runs import Run
 
 
@@ -98,8 +98,8 @@ class Predictor:
                 pixels = self.prepare(source, (frames or {}).get(position, 0), window)
                 ready.append((len(results), pixels))
                 results.append(Prediction(name, {}, image=pixels))
-            except ImageReadError as error:
-                results.append(Prediction(name, {}, error=str(error)))
+            except Exception as error:  # one file's decoder failure is that file's row; the others are predicted
+                results.append(Prediction(name, {}, error=file_reason(error)))
         if ready:
             probs = self.predict_images(np.stack([pixels for _, pixels in ready]))
             for (index, _), row in zip(ready, probs, strict=True):

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from medimg import cache, dataset
+from medimg import cache, datachecks, dataset
 from medimg.cache import CachedArrays
 from medimg.config import DatasetConfig
 from medimg.errors import DatasetError
@@ -25,6 +25,7 @@ class PreparedData:
     arrays: dict[str, CachedArrays]
     splits: dataset.Splits
     unreadable: list[dict[str, str]]
+    warnings: list[str] = dataclasses.field(default_factory=list)  # said at the start of a run (datachecks)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -33,6 +34,21 @@ class PreparedData:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def val_one_class(self) -> bool:
+        """Whether the validation split's images are all of one class (`datachecks.one_class_reason`)."""
+        return len(np.unique(self.arrays["val"].labels)) < 2
+
+    @property
+    def undefined_metrics(self) -> tuple[str, ...]:
+        """Validation metrics that mean nothing here: AUC needs both classes in the validation split."""
+        return ("val_auc",) if self.val_one_class else ()
+
+    def usable_objective(self, objective: str) -> str:
+        """The objective a search or early stopping can follow on this data: validation loss when the validation
+        split has one class (AUC is undefined there, and accuracy rewards calling everything that class)."""
+        return "val_loss" if self.val_one_class and not objective.endswith("loss") else objective
 
     def summary(self) -> dict[str, Any]:
         counts = {
@@ -45,6 +61,7 @@ class PreparedData:
             "split_source": self.splits.source,
             "unreadable": self.unreadable,
             "group_overlap": sorted(self.splits.group_overlap()),
+            "warnings": self.warnings,
         }
 
 
@@ -64,13 +81,19 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
             window=dicom_window(config),
         )
         unreadable += arrays[name].failures
+    class_names, arrays, warnings = _leave_out_unusable_classes(splits, arrays, listing)
+    if len(class_names) < 2:
+        raise DatasetError(
+            f"only {len(class_names)} class has readable images; a classifier needs two. " + " ".join(warnings)
+        )
     for name in ("train", "val"):
         present = set(np.unique(arrays[name].labels).tolist())
-        if name == "train" and len(present) < len(splits.class_names):
-            missing = [c for i, c in enumerate(splits.class_names) if i not in present]
+        if name == "train" and len(present) < len(class_names):
+            missing = [c for i, c in enumerate(class_names) if i not in present]
             raise DatasetError(
                 f"no readable training images for class {', '.join(missing)}; "
-                f"{len(unreadable)} files were unreadable (see the scan report)."
+                f"{len(unreadable)} file{'s were' if len(unreadable) != 1 else ' was'} unreadable (see the scan "
+                "report)."
             )
         if len(arrays[name]) == 0:
             raise DatasetError(f"no readable images in the {name} split; check the scan report.")
@@ -79,7 +102,31 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
             "the test split is empty, so the model could not be evaluated; use a test fraction above 0 or add a "
             "test/ folder."
         )
-    return PreparedData(splits.class_names, arrays, splits, unreadable)
+    counts = {name: {c: int(np.sum(a.labels == i)) for i, c in enumerate(class_names)} for name, a in arrays.items()}
+    warnings += datachecks.split_warnings(counts)
+    return PreparedData(class_names, arrays, splits, unreadable, warnings)
+
+
+def _leave_out_unusable_classes(
+    splits: dataset.Splits, arrays: dict[str, CachedArrays], listing: dataset.Listing
+) -> tuple[list[str], dict[str, CachedArrays], list[str]]:
+    """Class names, arrays relabelled to them, and warnings, once the classes with no readable image (the scan
+    names the same ones: `datachecks.class_warnings`) are left out. Their files are all unreadable, so no array row
+    belongs to them and relabelling only closes the gaps in the label numbers."""
+    listed = {c: sum(f.label == c for f in listing.files) for c in splits.class_names}
+    readable = {c: sum(int(np.sum(a.labels == i)) for a in arrays.values()) for i, c in enumerate(splits.class_names)}
+    empty = listing.empty_classes
+    warnings = datachecks.class_warnings(listed, readable, empty)
+    left_out = set(datachecks.unusable_classes(listed, readable))
+    if not left_out:
+        return list(splits.class_names), arrays, warnings
+    kept = [c for c in splits.class_names if c not in left_out]
+    new_label = np.array([kept.index(c) if c in kept else -1 for c in splits.class_names])
+    relabelled = {
+        name: dataclasses.replace(a, labels=new_label[np.asarray(a.labels, int)].astype(a.labels.dtype))
+        for name, a in arrays.items()
+    }
+    return kept, relabelled, warnings
 
 
 def input_contract(config: DatasetConfig) -> dict[str, Any]:

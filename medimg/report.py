@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medimg import __version__, charts, clinical, dicom, evaluation, htmldoc, images, subgroups
+from medimg.errors import file_reason
 from medimg.runs import Run
 
 NOT_FOR_CLINICAL_USE = (
@@ -268,9 +269,7 @@ def _presets(summary: dict[str, Any]) -> str:
         [labels.get(name, name), p["threshold"], p["sensitivity"], p["specificity"], p["ppv"], p["npv"]]
         for name, p in summary["preset_points"].items()
     ]
-    note = htmldoc.paragraph(
-        f"Other operating points: thresholds chosen on the {summary['presets_split']} split, measured on test."
-    )
+    note = htmldoc.paragraph("Other operating points: thresholds chosen on the validation split, measured on test.")
     return note + htmldoc.table(["preset", "threshold", "sensitivity", "specificity", "PPV", "NPV"], rows)
 
 
@@ -328,12 +327,17 @@ def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell
         return [htmldoc.paragraph("No test images to show.")]
     contract = run.record["input"]
     window = dicom.DicomWindow(*contract["dicom_window"]) if contract.get("dicom_window") else None
-    pixels = np.stack(
-        [
-            images.load_image(test.paths[i], int(contract["image_size"]), contract["color"], window=window)
-            for i in chosen
-        ]
-    )
+    loaded, skipped = [], []
+    size, color = int(contract["image_size"]), contract["color"]
+    for i in chosen:
+        try:
+            loaded.append((i, images.load_image(test.paths[i], size, color, window=window)))
+        except Exception as error:  # a file changed or removed since the test: named below, the gallery goes on
+            skipped.append(f"{Path(test.paths[i]).name}: {file_reason(error)}")
+    if not loaded:
+        return [htmldoc.paragraph("No test image could be read again: " + "; ".join(skipped))]
+    chosen = [i for i, _ in loaded]
+    pixels = np.stack([image for _, image in loaded])
     heatmaps, _ = gradcam_heatmaps(run.load_model(), pixels, [int(predicted[i]) for i in chosen])
     names = test.class_names
     cards = []
@@ -354,6 +358,7 @@ def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell
             "the evidence for the called class lies (last convolutional layer, Grad-CAM)."
         ),
         "<div class='gallery'>" + "".join(cards) + "</div>",
+        *([htmldoc.paragraph("Not shown (could not be read again): " + "; ".join(skipped))] if skipped else []),
     ]
 
 
@@ -394,7 +399,7 @@ def _limitations(summary: dict[str, Any], metrics: dict[str, Any], record: dict[
     before, after = summary["calibration"]["before"]["ece"], summary["calibration"]["after"]
     if before > 0.05:
         if after is None:
-            remedy = "there are no validation predictions to recalibrate with"
+            remedy = summary["calibration"].get("skipped") or "there are no validation predictions to recalibrate with"
         elif summary["calibration"].get("warning"):
             remedy = "temperature scaling failed on it (see Calibration)"
         elif after["ece"] < before / 2:
@@ -411,6 +416,8 @@ def _limitations(summary: dict[str, Any], metrics: dict[str, Any], record: dict[
             f"Trained with class weights ({weighting}): weighting shifts the probabilities towards the rarer class, "
             "a shift that temperature scaling (one scale factor) cannot remove."
         )
-    if summary["presets_split"] == "test":
-        notes.append("Preset thresholds were chosen on the test split (no validation predictions): they flatter it.")
+    if summary.get("presets_reason"):
+        notes.append(f"No operating point was chosen: {summary['presets_reason']}.")
+    if summary["calibration"].get("skipped"):
+        notes.append(f"Calibration: {summary['calibration']['skipped']}.")
     return ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"]

@@ -257,9 +257,9 @@ class Run:
         record = self.record
         spec = record.get("spec", {})
         if spec.get("kind") == "tune":
-            objective = spec.get("tune", {}).get("objective", "val_auc")
+            objective = record.get("objective") or spec.get("tune", {}).get("objective", "val_auc")
             return {"val_metric": objective, "val_score": record.get("best_score")}
-        monitor = spec.get("train", {}).get("monitor", "val_auc")
+        monitor = record.get("monitor") or spec.get("train", {}).get("monitor", "val_auc")
         values = [v for v in ((self.read_json("history.json") or {}).get(monitor) or []) if v == v]
         best = (min(values) if monitor.endswith("loss") else max(values)) if values else None
         return {"val_metric": monitor, "val_score": best}
@@ -416,6 +416,7 @@ def progress(run: Run) -> dict[str, Any]:
         "fraction": min(1.0, fraction),
         "error": record.get("error"),
         "message": _last_message(events),
+        "warnings": list(record.get("warnings") or []),  # the dataset's, said when the run started (datachecks)
     }
 
 

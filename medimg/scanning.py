@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from medimg import images
+from medimg import datachecks, images
 from medimg.dataset import SPLIT_NAMES, ImageFile, Listing, ProgressCallback, list_files
-from medimg.errors import ImageReadError
+from medimg.errors import ImageReadError, file_reason
 
 
 @dataclasses.dataclass
@@ -34,6 +34,8 @@ class ScanReport:
     leakage: list[list[str]]
     files: list[ImageFile] = dataclasses.field(repr=False, default_factory=list)
     notes: list[dict[str, str]] = dataclasses.field(default_factory=list)  # readable, but with a caveat
+    # What training will do about the classes and splits (`datachecks`): a left-out class, a one-class split.
+    warnings: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def class_names(self) -> list[str]:
@@ -69,15 +71,15 @@ def inspect_file(path: str) -> tuple[Inspection, list[int] | None]:
     stamp = [status.st_size, status.st_mtime_ns]
     try:
         return images.inspect(data), stamp
-    except ImageReadError as error:
-        return (None, str(error)), stamp
+    except Exception as error:  # one file's decoder failure is that file's reason; the scan goes on
+        return (None, file_reason(error)), stamp
 
 
 def exact_key(path: str) -> str:
     """'exact:' + the digest of a file's fully decoded pixels (as `decode` gives them, EXIF orientation applied)."""
     try:
         pixels, _ = images.decode(images.read_bytes(path))
-    except ImageReadError:
+    except Exception:  # inspected once, so any failure now means it changed
         return f"unconfirmed:{path}"  # changed since it was inspected: not called a duplicate of anything
     return "exact:" + images.pixel_digest(pixels)
 
@@ -236,6 +238,9 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
         if info.note:
             notes.append({"path": file.path, "note": info.note})
     duplicates = [[f.path for f in group] for group in by_hash.values() if len(group) > 1]
+    listed = Counter(f.label for f in listing.files)
+    warnings = datachecks.class_warnings(listed, classes, listing.empty_classes)
+    warnings += datachecks.split_warnings(splits)
     leakage = [
         [f"{f.split}:{f.path}" for f in group] for group in by_hash.values() if len({f.split for f in group}) > 1
     ]
@@ -253,6 +258,7 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
         leakage=leakage,
         files=good,
         notes=notes,
+        warnings=warnings,
     )
 
 

@@ -40,9 +40,17 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, 
 
 
 def make_progress_callback(
-    run: Run | None, trial: str | None = None, echo: Echo | None = None, deadline: float | None = None
+    run: Run | None,
+    trial: str | None = None,
+    echo: Echo | None = None,
+    deadline: float | None = None,
+    undefined: tuple[str, ...] = (),
 ) -> keras.callbacks.Callback:
-    """Events per epoch and (throttled) per batch; a stop request or a deadline ends the fit at the next batch."""
+    """Events per epoch and (throttled) per batch; a stop request or a deadline ends the fit at the next batch.
+
+    `undefined`: metrics that mean nothing on this data (`PreparedData.undefined_metrics`: validation AUC of a
+    one-class validation split, which Keras reports as 0.0); they are left out of the events and charts, and the
+    console says "undefined (one class)" instead of a number."""
     import keras
 
     class ProgressEvents(keras.callbacks.Callback):
@@ -79,12 +87,13 @@ def make_progress_callback(
                 self.model.stop_training = True
 
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v)}
+            values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v) and k not in undefined}
             seconds = round(time.time() - self.epoch_start, 3)
             if run is not None:
                 run.append_event("epoch", trial=trial, epoch=epoch, epochs=self.epochs, logs=values, seconds=seconds)
             if echo:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "learning_rate")
+                shown += "".join(f"  {k} undefined (one class)" for k in undefined if k in (logs or {}))
                 prefix = f"trial {trial_number(trial)} " if trial else ""
                 echo(f"{prefix}epoch {epoch + 1}/{self.epochs} ({seconds:.1f}s)  {shown}")
             if any(math.isnan(v) for v in values.values()):
@@ -190,9 +199,12 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
         data=data.summary(),
         class_names=data.class_names,
         input=input_contract(spec.dataset),
+        warnings=data.warnings,
     )
-    monitor = spec.train.monitor
-    progress = make_progress_callback(run, echo=echo)
+    say_warnings(data.warnings, echo)
+    monitor = data.usable_objective(spec.train.monitor)
+    run.update(monitor=monitor)  # what early stopping followed, when the data made it differ from the spec's
+    progress = make_progress_callback(run, echo=echo, undefined=data.undefined_metrics)
     best = best_weights_keeper(monitor, monitor_mode(monitor))
     callbacks = [
         progress,
@@ -230,6 +242,15 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
     else:
         shutil.rmtree(run.path / "backup", ignore_errors=True)
     return metrics
+
+
+def say_warnings(warnings: list[str], echo: Echo | None) -> None:
+    """The dataset's warnings (`PreparedData.warnings`) before any epoch: on the console and in the log."""
+    for warning in warnings:
+        if echo:
+            echo(f"WARNING: {warning}")
+        else:
+            log.warning("%s", warning)
 
 
 def backup_and_restore(folder: Path) -> keras.callbacks.Callback:

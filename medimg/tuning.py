@@ -325,16 +325,22 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
             data=data.summary(),
             class_names=data.class_names,
             input=prepared.input_contract(spec.dataset),
+            warnings=data.warnings,
         )
+        training.say_warnings(data.warnings, echo)
     tuner_dir = run.path / TUNER_FOLDER
     check_search_space(tuner_dir, spec.search, record=not worker)
     deadline = started + spec.tune.max_minutes * 60 if spec.tune.max_minutes else None
     if deadline and not worker:
         run.update(search_deadline=round(deadline, 3))  # no trial starts after it; a running one stops at a batch
-    objective = spec.tune.objective
+    objective = data.usable_objective(spec.tune.objective)
+    if not worker:  # what the trials were ranked by, when the data made it differ from the spec's (`datachecks`)
+        run.update(objective=objective)
 
     def trial_callbacks(trial_id: str) -> list:
-        progress = training.make_progress_callback(run, trial=trial_id, echo=echo, deadline=deadline)
+        progress = training.make_progress_callback(
+            run, trial=trial_id, echo=echo, deadline=deadline, undefined=data.undefined_metrics
+        )
         return [
             progress,
             *training.fit_callbacks(
@@ -511,6 +517,7 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
     from medimg.evaluation import predict_arrays
 
     spec = run.spec
+    objective = data.usable_objective(spec.tune.objective)
     with warnings.catch_warnings():
         # A trial's checkpoint holds its optimizer's state; a model kept for prediction does not need it.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -521,8 +528,8 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
     probs = [predict_arrays(member, val.images) for member in members]
     scores, chosen = [], 1
     for k in range(1, len(members) + 1):
-        scores.append(validation_score(spec.tune.objective, val.labels, np.mean(probs[:k], axis=0)))
-        if k > 1 and better(spec.tune.objective, scores[-1], scores[chosen - 1]):
+        scores.append(validation_score(objective, val.labels, np.mean(probs[:k], axis=0)))
+        if k > 1 and better(objective, scores[-1], scores[chosen - 1]):
             chosen = k
     if spec.tune.ensemble_rule == "top":
         chosen = len(members)
@@ -532,7 +539,7 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
             "members": [trial.trial_id for trial in ranked[:chosen]],
             "candidates": [trial.trial_id for trial in ranked],
             "validation_scores": {str(k + 1): score for k, score in enumerate(scores)},
-            "objective": spec.tune.objective,
+            "objective": objective,
             "rule": spec.tune.ensemble_rule,
             "chosen_on": "val",
             "gradcam": "of the best trial's network (the first member)" if chosen > 1 else "of the model",

@@ -6,7 +6,7 @@ import streamlit as st
 
 from medimg import dataset, images
 from medimg.config import AUGMENT_UNITS, AugmentConfig
-from medimg.errors import MedimgError
+from medimg.errors import MedimgError, file_reason
 from pages import common
 
 st.title("Augment")
@@ -68,8 +68,8 @@ with right:
     chosen = st.selectbox("Image", names, format_func=lambda p: "/".join(p.rsplit("/", 3)[-3:]), key="aug_image")
     try:
         image = images.load_image(chosen, data.image_size, data.color)
-    except MedimgError as error:
-        st.error(f"{chosen}: {error}")
+    except Exception as error:
+        st.error(f"{chosen}: {file_reason(error)}")
         st.stop()
     if config.is_identity:
         st.info("No augmentation is on: training sees the images as they are.")

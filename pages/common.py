@@ -192,6 +192,8 @@ def progress_header(progress: dict[str, Any]) -> None:
         st.progress(
             min(1.0, batch / steps), text=f"{trial}epoch {(progress['epoch'] or 0) + 1}: batch {batch} of {steps}"
         )
+    for warning in progress.get("warnings", []):
+        st.warning(warning, icon=":material/warning:")
     if status == "failed" and progress.get("error"):
         st.error(progress["error"])
     elif progress.get("message") and status in ("stopped", "completed"):

@@ -26,7 +26,7 @@ def thumbnail(path: str) -> bytes | None:
 
     try:
         pixels = images.load_image(path, 128, "rgb")
-    except MedimgError:
+    except Exception:  # the scan report already lists why; a thumbnail is just left out
         return None
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
     return encoded.tobytes() if ok else None
@@ -114,6 +114,8 @@ if report.leakage:
         "Test metrics will be optimistic until they are removed.",
         icon=":material/warning:",
     )
+for warning in report.warnings:  # what training will do about classes and splits: the scan says it first
+    st.warning(warning, icon=":material/warning:")
 left, right = st.columns(2)
 left.plotly_chart(charts.class_counts_figure(report.splits or report.classes), key="class_counts")
 with right:

@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from medimg import charts, clinical, evaluation, images, subgroups
-from medimg.errors import MedimgError
+from medimg.errors import MedimgError, file_reason
 from pages import common
 
 RESAMPLES = 2000
@@ -84,8 +84,8 @@ if metrics.get("one_class"):
 
 if "val" not in scored or metrics.get("evaluation_version", 0) < evaluation.EVALUATION_VERSION:
     st.info(
-        "This run was evaluated by an older medimg: without validation predictions there is no temperature scaling, "
-        "and preset thresholds fall back to the test split. Re-evaluating keeps the model and rescores both splits."
+        "This run was evaluated by an older medimg: without validation predictions there is no temperature scaling "
+        "and no operating point chosen on validation. Re-evaluating keeps the model and rescores both splits."
     )
     if st.button("Re-evaluate this run"):
         try:
@@ -108,10 +108,13 @@ if test.binary:
     )
     target = middle.number_input("Target", 0.5, 0.999, 0.95, 0.01, format="%.2f", help="For the two target presets.")
     choices, chosen_on = presets(str(run.path), stamp, positive, target)
-    right.caption(
-        f"Operating-point presets, chosen on the {'validation' if chosen_on == 'val' else 'test'} split and "
-        "measured on test. A preset moves the slider."
-    )
+    unavailable = evaluation.presets_unavailable(scored.get("val"), names)
+    if unavailable:
+        right.warning(f"No operating-point presets: {unavailable}.", icon=":material/warning:")
+    else:
+        right.caption(
+            "Operating-point presets, chosen on the validation split and measured on test. A preset moves the slider."
+        )
     buttons = right.columns(len(PRESET_LABELS))
     # One slider per run and positive class, starting at the operating point chosen on validation: a threshold
     # carried over from another run, or 0.5 left standing, is a threshold nobody chose for this model.
@@ -228,7 +231,8 @@ elif calibration["temperature"]:
         f"{calibration['before']['ece']:.3f} → {calibration['after']['ece']:.3f}."
     )
 else:
-    right.caption(f"Test ECE {calibration['before']['ece']:.3f}; no validation predictions to fit a temperature.")
+    skipped = calibration.get("skipped") or "no validation predictions to fit a temperature on"
+    right.caption(f"Test ECE {calibration['before']['ece']:.3f}; {skipped}.")
 
 if not test.binary:
     per_class = pd.DataFrame(metrics["per_class"]).T
@@ -307,8 +311,8 @@ else:
     for i in picked:
         try:
             loaded.append((i, images.load_image(test.paths[i], size, color)))
-        except MedimgError as error:
-            failures.append(f"{test.paths[i]}: {error}")
+        except Exception as error:  # a file that changed since the test: listed, the gallery goes on
+            failures.append(f"{test.paths[i]}: {file_reason(error)}")
     heatmaps = None
     if show_cam and loaded:
         from medimg.explain import gradcam_heatmaps

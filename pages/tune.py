@@ -290,7 +290,7 @@ def show_run(run: runs.Run) -> None:
             )
     if record.get("search_warning"):
         st.warning(record["search_warning"], icon=":material/warning:")
-    objective_name = run.spec.tune.objective
+    objective_name = record.get("objective") or run.spec.tune.objective  # val_loss for a one-class val
     finished_run = progress["status"] not in runs.ACTIVE_STATUSES
     best = runs.trial_number(record.get("best_trial")) if record.get("best_params") else None
     if finished_run and best is not None:

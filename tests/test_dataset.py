@@ -155,6 +155,110 @@ def test_bad_manifests(tmp_path: Path, content: str, message: str) -> None:
         dataset.list_files(manifest)
 
 
+@pytest.mark.parametrize(
+    ("content", "delimiter"),
+    [
+        ("path\tlabel\na/a_000.png\ta\n", "tab"),
+        ("path;label\na/a_000.png;a\n", "semicolon"),
+        ('path,label\n"a/a_000.png","a"\n', "quoted comma"),
+    ],
+)
+def test_manifest_delimiter_is_sniffed(tmp_path: Path, content: str, delimiter: str) -> None:
+    root = make_class_folders(tmp_path / "data", {"a": 1, "b": 1})
+    manifest = root / "m.csv"
+    manifest.write_text(content)
+    listing = dataset.list_files(manifest)
+    assert [(Path(f.path).relative_to(root).as_posix(), f.label) for f in listing.files] == [("a/a_000.png", "a")]
+
+
+def test_commas_in_paths_and_labels_do_not_make_a_comma_delimiter(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data", {"x,y": 2})
+    manifest = root / "m.csv"
+    manifest.write_text("path;label\nx,y/x,y_000.png;a,b\nx,y/x,y_001.png;a,b\n")
+    listing = dataset.list_files(manifest)
+    assert [(Path(f.path).name, f.label) for f in listing.files] == [("x,y_000.png", "a,b"), ("x,y_001.png", "a,b")]
+
+
+def test_absolute_manifest_paths(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data", {"a": 2})
+    write_png(tmp_path / "elsewhere.png", 9)
+    manifest = root / "m.csv"
+    manifest.write_text(
+        "path,label\n"
+        "C:\\Users\\rad\\export\\a\\a_000.png,a\n"  # Windows, found by its tail a/a_000.png
+        f"{root / 'a' / 'a_001.png'},a\n"  # exists here, inside the manifest's folder
+        "C:\\Users\\rad\\export\\zz\\gone.png,a\n"  # no tail exists here
+        f"{tmp_path / 'elsewhere.png'},a\n"  # exists, but outside the manifest's folder
+    )
+    listing = dataset.list_files(manifest)
+    assert [Path(f.path).relative_to(root).as_posix() for f in listing.files] == ["a/a_000.png", "a/a_001.png"]
+    assert [(p.path, p.reason) for p in listing.problems] == [
+        ("C:\\Users\\rad\\export\\zz\\gone.png", dataset.FOREIGN_ABSOLUTE),
+        (str(tmp_path / "elsewhere.png"), "manifest path outside the manifest's folder: refused"),
+    ]
+    assert "make paths relative to the CSV's folder" in dataset.FOREIGN_ABSOLUTE
+
+
+def test_backslashes_cannot_climb_out_of_the_manifest_folder(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data", {"a": 1})
+    write_png(tmp_path / "outside.png", 5)
+    manifest = root / "m.csv"
+    manifest.write_text("path,label\na\\a_000.png,a\n..\\outside.png,a\n,a\n/x/a\x00.png,a\n")
+    listing = dataset.list_files(manifest)
+    assert [Path(f.path).name for f in listing.files] == ["a_000.png"]
+    assert [(p.path, p.reason) for p in listing.problems] == [
+        ("..\\outside.png", "manifest path outside the manifest's folder: refused"),
+        ("(empty path)", "row without a path: skipped"),
+        ("/x/a\x00.png", "path holds a NUL character (a damaged export?): skipped"),
+    ]
+
+
+def test_manifest_labels_are_stripped_and_nfc(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data", {"a": 2})
+    manifest = root / "m.csv"
+    manifest.write_text("path,label\na/a_000.png, Neumonía \na/a_001.png,Neumoni\u0301a\n", encoding="utf-8")
+    listing = dataset.list_files(manifest)
+    assert [f.label for f in listing.files] == ["Neumon\u00eda", "Neumon\u00eda"]
+    assert listing.problems == []
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("path,label\na/a_000.png,Neumonía\n".encode("cp1252"), r"is not UTF-8 text .*save it as 'CSV UTF-8'"),
+        (b"path,label\na/a_000.png," + b"x" * 200_000 + b"\n", "cannot read manifest .*field larger than field limit"),
+    ],
+)
+def test_unreadable_manifests_raise_dataset_errors(tmp_path: Path, content: bytes, message: str) -> None:
+    root = make_class_folders(tmp_path / "data", {"a": 1})
+    manifest = root / "m.csv"
+    manifest.write_bytes(content)
+    with pytest.raises(DatasetError, match=message):
+        dataset.list_files(manifest)
+
+
+def test_empty_class_folders_are_named(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path / "data", {"a": 2, "b": 2})
+    (root / "c").mkdir()
+    (root / "c" / ".gitkeep").write_bytes(b"")
+    (root / "__MACOSX" / "a").mkdir(parents=True)  # Finder's clutter from an unzipped archive: not a class
+    (root / "__MACOSX" / "a" / "._a_000.png").write_bytes(b"\x00\x05\x16\x07")
+    listing = dataset.list_files(root)
+    assert listing.empty_classes == ("c",)
+    assert Counter(f.label for f in listing.files) == {"a": 2, "b": 2}
+
+
+def test_empty_classes_in_split_folders_are_those_empty_everywhere(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_class_folders(root / "train", {"a": 2, "b": 2})
+    make_class_folders(root / "val", {"a": 1}, start=10)
+    for empty in ("val/b", "train/c", "val/c"):
+        (root / empty).mkdir()
+    listing = dataset.list_files(root)
+    assert listing.layout == "split_folders"
+    assert listing.empty_classes == ("c",)  # b is empty in val only: its per-split counts come from files
+
+
 def test_path_that_is_not_a_folder_or_csv(tmp_path: Path) -> None:
     image = write_png(tmp_path / "one.png", 1)
     with pytest.raises(DatasetError, match="is a file; give a folder of class folders or a CSV manifest"):

@@ -240,15 +240,37 @@ def test_metrics_json_holds_the_clinical_summary_at_one_half(evaluated) -> None:
     assert leakage["passed"] is True and leakage["cross_split_duplicates"] == []
 
 
-def test_clinical_summary_presets_fall_back_to_test_without_val(evaluated) -> None:
+def test_without_val_no_operating_point_is_chosen_on_test_and_the_reason_is_given(evaluated) -> None:
     run, _, _, _ = evaluated
     test = evaluation.load_scored(run)["test"]
     summary = evaluation.clinical_summary(test, None, threshold=0.3, positive="NORMAL", n_resamples=200)
-    assert summary["presets_split"] == "test" and summary["calibration"]["after"] is None
+    assert summary["presets_split"] is None and summary["presets"] == {}
+    assert summary["presets_reason"].startswith("there are no validation predictions")
+    assert summary["calibration"]["after"] is None
+    assert summary["calibration"]["skipped"] == "no validation predictions to fit a temperature on"
     assert summary["threshold"] == 0.3 and summary["positive_class"] == "NORMAL"
     assert summary["confusion_matrix"] == clinical.confusion_matrix(test, 0.3, "NORMAL")
     assert list(summary["curves"]["roc"]) == ["NORMAL"]
-    assert summary["preset_points"]["default"] == clinical.operating_point(test, 0.5, "NORMAL").to_dict()
+    assert summary["preset_points"] == {}
+
+
+def test_a_one_class_validation_split_skips_presets_and_calibration_with_the_reason(evaluated) -> None:
+    run, _, _, _ = evaluated
+    scored = evaluation.load_scored(run)
+    test, val = scored["test"], scored["val"]
+    normal = val.labels == 0
+    one_class = clinical.Scored(
+        val.labels[normal], val.probs[normal], val.class_names, list(np.array(val.paths)[normal])
+    )
+    summary = evaluation.clinical_summary(test, one_class, positive="PNEUMONIA", n_resamples=200)
+    expected = f"it holds only 'NORMAL' images ({int(normal.sum())})"
+    assert summary["presets"] == {} and summary["presets_split"] is None
+    assert summary["presets_reason"] == f"the validation split has one class: {expected}; an operating point needs both"
+    assert summary["calibration"]["temperature"] is None and summary["calibration"]["after"] is None
+    assert summary["calibration"]["skipped"] == (
+        f"temperature scaling skipped: the validation split has one class ({expected})"
+    )
+    assert evaluation.default_threshold(test, one_class, "PNEUMONIA") == 0.5
 
 
 def test_leakage_check_finds_copies_across_splits_and_their_labels(tmp_path: Path) -> None:

@@ -167,3 +167,62 @@ def test_only_this_apps_runs_are_loaded(tmp_path: Path) -> None:
         runs.find_run(str(outside), tmp_path / "runs").load_model()
     with pytest.raises(RunError, match="not a medimg run"):
         runs.Run(outside).load_model()
+
+
+def _decoder_crashes_on(monkeypatch: pytest.MonkeyPatch, name: str, function: str) -> None:
+    """`images.<function>` raises what a library raised in the field (pydicom's struct.error on a malformed header)
+    for the one file called `name`; every other file is decoded for real."""
+    import struct
+
+    from medimg import images
+
+    real = getattr(images, function)
+
+    def crashing(source, *args, **kwargs):
+        if str(source).endswith(name):
+            raise struct.error("unpack requires a buffer of 4 bytes")
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(images, function, crashing)
+
+
+def test_a_decoder_crash_on_one_file_is_its_reason_and_the_cache_build_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medimg import cache
+
+    files = sorted((DEMO / "val" / "NORMAL").glob("*.jpeg"))[:3]
+    _decoder_crashes_on(monkeypatch, files[1].name, "load_image")
+    arrays = cache.load_arrays([str(f) for f in files], [0, 0, 0], 16, "gray")
+    assert arrays.images.shape == (2, 16, 16, 1)
+    assert arrays.failures == [
+        {"path": str(files[1]), "reason": "the decoder failed (struct.error: unpack requires a buffer of 4 bytes)"}
+    ]
+
+
+def test_a_decoder_crash_on_one_file_is_listed_by_the_scan_and_the_rest_scanned(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from medimg import images, scanning
+
+    data = tmp_path / "data"
+    shutil.copytree(DEMO / "val", data)
+    victim = sorted((data / "PNEUMONIA").glob("*.jpeg"))[0]
+    real = images.inspect
+
+    def crashing(content: bytes):
+        if content == victim.read_bytes():
+            raise NotImplementedError("Conversion from YBR_RCT to RGB is not supported.")
+        return real(content)
+
+    monkeypatch.setattr(images, "inspect", crashing)
+    report = scanning.scan(data)
+    assert report.image_count == sum(1 for _ in data.rglob("*.jpeg")) - 1
+    assert report.unreadable == [
+        {
+            "path": str(victim),
+            "reason": "the decoder failed (NotImplementedError: Conversion from YBR_RCT to RGB is not supported.)",
+        }
+    ]

@@ -112,7 +112,7 @@ def test_report_metrics_are_those_at_the_chosen_threshold(report_html: tuple[Pat
     )
     auc = summary["intervals"]["metrics"]["auc"]
     assert f"ROC AUC {auc['estimate']:.3f} {auc['low']:.3f} {auc['high']:.3f}" in text
-    assert "2000 resamples (seed 0)" in text and "thresholds chosen on the val split" in text
+    assert "2000 resamples (seed 0)" in text and "thresholds chosen on the validation split" in text
     temperature = summary["calibration"]["temperature"]
     assert f"T = {temperature:.3f}" in text
     # Two Grad-CAM examples per non-empty confusion cell, each an input and an overlay.

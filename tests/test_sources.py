@@ -120,3 +120,80 @@ def test_a_refused_upload_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="points outside the archive folder"):
         sources.keep_upload(make_zip({"../evil.png": b"x"}), "evil.zip", tmp_path)
     assert not [p for p in (tmp_path / "uploads").iterdir() if p.name.startswith("evil")]
+
+
+def legacy_zip(names: dict[str, bytes]) -> bytes:
+    """A zip whose entry names are the given raw bytes, without the UTF-8 flag (as DOS-era tools write them)."""
+    placeholders = {f"{i:0{len(raw)}d}"[-len(raw) :]: raw for i, raw in enumerate(names)}
+    data = make_zip({placeholder: names[raw] for placeholder, raw in placeholders.items()})
+    for placeholder, raw in placeholders.items():  # names appear in the local and the central header
+        data = data.replace(placeholder.encode(), raw)
+    return data
+
+
+def test_backslash_entry_names_are_folders(tmp_path: Path) -> None:
+    folder = sources.extract_zip(
+        make_zip({"data\\NORMAL\\a.png": b"1", "data\\PNEUMONIA\\b.png": b"2"}), parent=tmp_path
+    )
+    assert folder.name == "data"
+    assert (folder / "NORMAL" / "a.png").read_bytes() == b"1" and (folder / "PNEUMONIA" / "b.png").read_bytes() == b"2"
+
+
+@pytest.mark.parametrize("name", ["a\\..\\..\\evil.png", "\\evil.png", "C:\\evil.png", "..\\evil.png"])
+def test_backslash_names_cannot_leave_the_archive_folder(tmp_path: Path, name: str) -> None:
+    with pytest.raises(DatasetError, match="points outside the archive folder"):
+        sources.extract_zip(make_zip({name: b"x"}), parent=tmp_path)
+    assert not list(tmp_path.glob(f"{sources.UPLOAD_PREFIX}*"))
+
+
+def test_macos_clutter_is_not_extracted(tmp_path: Path) -> None:
+    data = make_zip(
+        {
+            "data/a/x.png": b"1",
+            "__MACOSX/data/a/._x.png": b"\x00\x05\x16\x07",
+            "data/a/.DS_Store": b"Bud1",
+            "data/b/._y.png": b"\x00\x05\x16\x07",
+            "data/b/y.png": b"2",
+        }
+    )
+    folder = sources.extract_zip(data, parent=tmp_path)
+    assert sorted(p.relative_to(folder.parent).as_posix() for p in folder.parent.rglob("*")) == [
+        "data",
+        "data/a",
+        "data/a/x.png",
+        "data/b",
+        "data/b/y.png",
+    ]
+
+
+def test_legacy_names_are_decoded_as_utf8_then_code_page_850(tmp_path: Path) -> None:
+    utf8 = sources.extract_zip(legacy_zip({"Neumonía/a.png".encode(): b"1", b"Normal/b.png": b"2"}), parent=tmp_path)
+    assert sorted(p.name for p in utf8.iterdir()) == ["Neumonía", "Normal"]
+    dos = sources.extract_zip(legacy_zip({"Neumonía/a.png".encode("cp850"): b"1"}), parent=tmp_path)
+    assert dos.name == "Neumonía" and (dos / "a.png").read_bytes() == b"1"
+
+
+@pytest.mark.parametrize("raw", ["пневмония/a.png".encode("cp866"), "結節/a.png".encode("shift_jis")])
+def test_names_in_an_unknown_code_page_are_refused(tmp_path: Path, raw: bytes) -> None:
+    with pytest.raises(DatasetError, match=r"unknown legacy encoding .*neither UTF-8 nor DOS Latin \(code page 850\)"):
+        sources.extract_zip(legacy_zip({raw: b"1"}), parent=tmp_path)
+    assert not list(tmp_path.glob(f"{sources.UPLOAD_PREFIX}*"))
+
+
+def test_encrypted_and_corrupt_entries_are_refused_and_leave_nothing(tmp_path: Path) -> None:
+    encrypted = bytearray(make_zip({"a/x.png": b"1"}))
+    for signature, flag_offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # local and central headers
+        encrypted[encrypted.index(signature) + flag_offset] |= sources.ENCRYPTED_FLAG
+    with pytest.raises(DatasetError, match=r"'a/x\.png' is encrypted; upload a zip made without a password"):
+        sources.extract_zip(bytes(encrypted), parent=tmp_path)
+    deflate64 = bytearray(make_zip({"a/x.png": b"1"}))
+    for signature, method_offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):
+        deflate64[deflate64.index(signature) + method_offset] = 9  # Deflate64, which zipfile cannot read
+    with pytest.raises(DatasetError, match=r"compression Python cannot read .*re-create it with Deflate"):
+        sources.extract_zip(bytes(deflate64), parent=tmp_path)
+    payload = os.urandom(2048)
+    data = make_zip({"a/x.png": payload, "b/y.png": payload})
+    corrupt = data.replace(data[40:80], bytes(40), 1)  # inside the first entry's compressed data
+    with pytest.raises(DatasetError, match="not a valid zip file"):
+        sources.extract_zip(corrupt, parent=tmp_path)
+    assert not list(tmp_path.glob(f"{sources.UPLOAD_PREFIX}*"))

@@ -126,7 +126,7 @@ def test_a_class_with_only_unreadable_training_images_is_refused(tmp_path: Path)
         shutil.copy(path, root / ("train" if i < 4 else "val") / "a" / path.name)
     shutil.copy(path, root / "val" / "b" / "x.jpeg")
     (root / "train" / "b" / "fake.jpeg").write_text("not an image")
-    with pytest.raises(DatasetError, match="no readable training images for class b; 1 files were unreadable"):
+    with pytest.raises(DatasetError, match="no readable training images for class b; 1 file was unreadable"):
         training.prepare_data(DatasetConfig(path=str(root), image_size=16))
 
 
@@ -245,3 +245,36 @@ def test_interrupted_training_resumes_and_history_continues(tmp_path: Path) -> N
     assert history["epoch"] == [1, 2, 3, 4]
     assert [e["status"] for e in run.events("status")] == ["queued", "running", "stopped", "running", "completed"]
     assert run.record["status"] == "completed"
+
+
+def test_the_field_case_class_folders_leave_out_the_empty_and_unusable_classes_as_the_scan_says(
+    tmp_path: Path,
+) -> None:
+    from medimg import scanning
+
+    case = Path(__file__).parent / "data" / "cases" / "class-folder-names"
+    data = training.prepare_data(DatasetConfig(path=str(case), image_size=16))
+    report = scanning.scan(case)
+    assert data.class_names == ["Neumonía viral", "Normal (sano)", "结节 nodule"]
+    assert sorted(report.classes) == data.class_names
+    assert (
+        data.warnings
+        == report.warnings
+        == [
+            "class folder 'Artefact' holds only unreadable files (1): left out of training (the model will not know "
+            "this class).",
+            "class folder 'COVID-19' holds no image file: left out of training (the model will not know this class).",
+        ]
+    )
+    labels = np.concatenate([a.labels for a in data.arrays.values()])
+    assert sorted(np.bincount(labels).tolist()) == [12, 12, 12]  # relabelled 0..2, every image kept
+
+
+def test_a_one_class_validation_split_is_warned_and_searched_on_validation_loss() -> None:
+    case = Path(__file__).parent / "data" / "cases" / "val-split-one-class"
+    data = training.prepare_data(DatasetConfig(path=str(case), image_size=16))
+    assert data.val_one_class and data.undefined_metrics == ("val_auc",)
+    assert data.usable_objective("val_auc") == data.usable_objective("val_accuracy") == "val_loss"
+    assert data.warnings[0].startswith("The validation split has one class: it holds only 'NORMAL' images (4).")
+    demo = training.prepare_data(DatasetConfig(path=str(DEMO), image_size=16))
+    assert demo.warnings == [] and demo.usable_objective("val_auc") == "val_auc"

@@ -1,0 +1,52 @@
+"""What a dataset's class and split counts mean for training, in words: the one rule the scan and training share.
+
+The scan report and a run's start both call these functions on counts of readable images, so what the scan warns
+about is exactly what training then does (a class with no readable image is left out with a notice; a validation
+split holding one class makes validation AUC, the operating point and calibration undefined).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+
+def unusable_classes(listed: Mapping[str, int], readable: Mapping[str, int], empty: Iterable[str] = ()) -> list[str]:
+    """Class names that training leaves out: folders holding no image file (`empty`) and classes whose every
+    listed file is unreadable (`listed[c] > 0`, `readable.get(c, 0) == 0`). Sorted, each name once."""
+    return sorted({*empty, *(name for name, count in listed.items() if count and not readable.get(name, 0))})
+
+
+def class_warnings(listed: Mapping[str, int], readable: Mapping[str, int], empty: Iterable[str] = ()) -> list[str]:
+    """One warning per class that training leaves out, saying why (no image file, or only unreadable ones)."""
+    warnings = []
+    for name in unusable_classes(listed, readable, empty):
+        count = listed.get(name, 0)
+        why = "holds no image file" if not count else f"holds only unreadable files ({count})"
+        warnings.append(f"class folder '{name}' {why}: left out of training (the model will not know this class).")
+    return warnings
+
+
+def one_class_reason(counts: Mapping[str, int]) -> str | None:
+    """Why a split's figures that need two classes (AUC, Youden's J, sensitivity targets, temperature scaling)
+    are undefined on it, or None when at least two classes have images. `counts`: readable images per class."""
+    present = [name for name, count in counts.items() if count]
+    if len(present) >= 2 or not present:
+        return None
+    return f"it holds only '{present[0]}' images ({counts[present[0]]})"
+
+
+def split_warnings(splits: Mapping[str, Mapping[str, int]]) -> list[str]:
+    """Warnings about the validation and test splits' class make-up; `splits`: split → class → readable images."""
+    warnings = []
+    val = one_class_reason(splits.get("val", {}))
+    if val:
+        warnings.append(
+            f"The validation split has one class: {val}. Validation AUC is undefined (one class), so the search "
+            "and early stopping follow validation loss; the operating point (Youden's J), the sensitivity and "
+            "specificity targets and temperature scaling, which need both classes, are skipped. Add images of the "
+            "other classes to val/, or drop val/ to let medimg carve a stratified validation split from train/."
+        )
+    test = one_class_reason(splits.get("test", {}))
+    if test:
+        warnings.append(f"The test split has one class: {test}. Test AUC and specificity are undefined.")
+    return warnings
