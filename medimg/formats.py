@@ -21,3 +21,9 @@ class ImageInfo:
     channels: int
     bit_depth: int
     note: str = ""
+    sample_format: str = "uint"  # "uint", "int" or "float": how the stored samples are to be read
+
+    @property
+    def depth_name(self) -> str:
+        """The stored depth as the scan report names it: "8-bit", "12-bit", or "32-bit float"."""
+        return f"{self.bit_depth}-bit float" if self.sample_format == "float" else f"{self.bit_depth}-bit"

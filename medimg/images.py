@@ -7,21 +7,21 @@ so that a decompression bomb is refused by the decoder instead of filling memory
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import io
 import os
 import stat
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from medimg import dicom
 from medimg.errors import ImageReadError
 from medimg.formats import MAX_IMAGE_PIXELS, ImageInfo
-
-if TYPE_CHECKING:
-    from medimg.dicom import DicomWindow
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
@@ -55,18 +55,10 @@ def sniff_format(head: bytes) -> str:
     return ""
 
 
-def _looks_like_headerless_dicom(head: bytes) -> bool:
-    # DICOM without the 128-byte preamble starts with a group 0x0002 or 0x0008 tag, little endian; element 0000 is
-    # the group length, accepted only as such (VR UL, or implicit VR with length 4), the usual first element.
-    if len(head) < 8 or head[1:2] != b"\x00" or head[0:1] not in (b"\x02", b"\x08"):
-        return False
-    return head[2:4] != b"\x00\x00" or head[4:6] == b"UL" or head[4:8] == b"\x04\x00\x00\x00"
-
-
 def is_dicom(data: bytes) -> bool:
     """Whether bytes hold DICOM, with or without the 128-byte preamble (the test `decode` uses)."""
     kind = sniff_format(data[:132])
-    return kind == "dicom" or (not kind and _looks_like_headerless_dicom(data[:8]))
+    return kind == "dicom" or (not kind and dicom.looks_like_bare_dataset(data))
 
 
 def read_bytes(path: str | Path) -> bytes:
@@ -107,7 +99,7 @@ def read_file(path: str | Path) -> tuple[bytes, os.stat_result]:
         os.close(handle)
 
 
-def decode(data: bytes, *, frame: int = 0, window: DicomWindow | None = None) -> tuple[np.ndarray, ImageInfo]:
+def decode(data: bytes, *, frame: int = 0, window: dicom.DicomWindow | None = None) -> tuple[np.ndarray, ImageInfo]:
     """Decode image bytes to the stored pixels (H×W or H×W×C, uint8/uint16/float) and what they were.
 
     Colour images come back in RGB/RGBA order (OpenCV's BGR is converted here, once). `frame` and `window` apply to
@@ -116,17 +108,30 @@ def decode(data: bytes, *, frame: int = 0, window: DicomWindow | None = None) ->
     if not data:
         raise ImageReadError("empty file (0 bytes)")
     kind = sniff_format(data[:132])
-    if not kind and _looks_like_headerless_dicom(data[:8]):
+    if not kind and dicom.looks_like_bare_dataset(data):
         kind = "dicom"
-    if kind == "dicom":
-        from medimg import dicom
-
-        return dicom.decode_dicom(data, frame, window)
     if kind == "gif":
         raise ImageReadError("GIF is not a supported image format; export the image as PNG")
     if not kind:
         raise ImageReadError("not an image: the content is not PNG, JPEG, BMP, TIFF or DICOM")
-    return _decode_opencv(data, kind)
+    with _library_errors_as_reasons(kind):
+        if kind == "dicom":
+            return dicom.decode_dicom(data, frame, window)
+        return _decode_opencv(data, kind)
+
+
+@contextlib.contextmanager
+def _library_errors_as_reasons(kind: str) -> Iterator[None]:
+    """Any exception a decoding library raises becomes an ImageReadError naming its type and first line: callers
+    (scan, training, prediction) handle one error class, and a bad file is never a traceback."""
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Exception as error:
+        lines = str(error).strip().splitlines()
+        detail = f": {lines[0][:300]}" if lines else ""
+        raise ImageReadError(f"the {kind.upper()} decoder failed ({type(error).__name__}{detail})") from error
 
 
 def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:
@@ -142,18 +147,15 @@ def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:
     except cv2.error as error:
         raise ImageReadError(f"corrupt or unsupported {kind.upper()}: {str(error).strip().splitlines()[-1]}") from error
     if pixels is None or pixels.size == 0:
-        raise ImageReadError(
-            f"corrupt, truncated or too large {kind.upper()} (the decoder refused it; the limit is "
-            f"{MAX_IMAGE_PIXELS // 2**20} megapixels)"
-        )
+        raise ImageReadError(_refusal_reason(data, kind))
     _check_pixel_limit(pixels.shape[1], pixels.shape[0], kind)
     if pixels.ndim == 3 and pixels.shape[2] == 1:
         pixels = pixels[:, :, 0]
     if pixels.ndim == 3 and pixels.shape[2] in (3, 4):
         code = cv2.COLOR_BGR2RGB if pixels.shape[2] == 3 else cv2.COLOR_BGRA2RGBA
         pixels = cv2.cvtColor(pixels, code)
-    if kind == "jpeg":
-        pixels = _apply_exif_orientation(pixels, data)
+    if kind in _ORIENTED_KINDS and not _opencv_applies_orientation(kind):
+        pixels = _rotate_to_orientation(pixels, _orientation(data, kind))
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     info = ImageInfo(kind, pixels.shape[1], pixels.shape[0], channels, pixels.dtype.itemsize * 8)
     return pixels, info
@@ -166,21 +168,100 @@ def _check_pixel_limit(width: int, height: int, kind: str) -> None:
         )
 
 
-def _exif_orientation(data: bytes) -> object:
+def _refusal_reason(data: bytes, kind: str) -> str:
+    """Why OpenCV returned no image: a JPEG kind its libjpeg cannot decode is named, since the file is valid."""
+    frame = jpeg_frame(data) if kind == "jpeg" else None
+    if frame is not None and frame[1] != 8:  # a valid header: the precision, not the file, is the cause
+        return f"{frame[1]}-bit JPEG: not supported by the installed decoder; convert it to a 16-bit PNG or TIFF"
+    return (
+        f"corrupt, truncated or too large {kind.upper()} (the decoder refused it; the limit is "
+        f"{MAX_IMAGE_PIXELS // 2**20} megapixels)"
+    )
+
+
+# Formats that can carry an EXIF orientation (tag 274): JPEG in APP1, PNG in an eXIf chunk, TIFF in its IFD.
+_ORIENTED_KINDS = ("jpeg", "png", "tiff")
+
+
+@functools.cache
+def _opencv_applies_orientation(kind: str) -> bool:
+    """Whether OpenCV's decode (as `_decode_opencv` calls it) already turned the image upright. OpenCV 5 does so for
+    TIFF (through libtiff) but not for JPEG or PNG under IMREAD_UNCHANGED, and this has changed between releases:
+    a 2×1 image tagged orientation 6 (turn 90° clockwise) is decoded once to find out."""
+    import cv2
+    from PIL import Image
+
+    probe = Image.new("L", (2, 1))
+    stream = io.BytesIO()
+    try:
+        if kind == "tiff":
+            probe.save(stream, "TIFF", tiffinfo={0x0112: 6})
+        else:
+            exif = Image.Exif()
+            exif[0x0112] = 6
+            probe.save(stream, kind.upper(), exif=exif.tobytes())
+    except (OSError, KeyError, ValueError):  # this Pillow cannot write it: orient ourselves
+        return False
+    decoded = cv2.imdecode(np.frombuffer(stream.getvalue(), np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_ANYDEPTH)
+    return decoded is not None and decoded.shape[:2] == (2, 1)
+
+
+def _orientation(data: bytes, kind: str) -> int:
+    """The EXIF orientation (1..8) of JPEG, PNG or TIFF bytes; 1 when there is none or it cannot be read."""
+    if kind == "jpeg":
+        return _exif_orientation(data)
+    try:
+        from PIL import Image
+
+        if kind == "png":
+            payload = _png_chunk(data, b"eXIf")
+            if payload is None:
+                return 1
+            exif = Image.Exif()
+            exif.load(payload)
+        else:
+            exif = Image.open(io.BytesIO(data)).getexif()  # reads the first IFD's tags, not the pixels
+        orientation = exif.get(0x0112, 1)
+    except Exception:  # an unreadable tag leaves the image as stored, like a viewer does
+        return 1
+    return orientation if orientation in range(1, 9) else 1
+
+
+def _png_chunk(data: bytes, wanted: bytes) -> bytes | None:
+    """The payload of a PNG's first chunk of type `wanted`, walking the chunk lengths (not searching the bytes,
+    which compressed image data could imitate); None if there is none."""
+    position = 8
+    while position + 8 <= len(data):
+        length = int.from_bytes(data[position : position + 4], "big")
+        kind = data[position + 4 : position + 8]
+        if kind == wanted:
+            return data[position + 8 : position + 8 + length]
+        if kind == b"IEND":
+            return None
+        position += 12 + length
+    return None
+
+
+def _exif_orientation(data: bytes) -> int:
     """The EXIF orientation tag of JPEG bytes (1..8), 1 when there is none or it cannot be read."""
     if data.find(b"Exif", 0, 65536) < 0:  # `in data[:65536]` without copying the slice
         return 1
     try:
         from PIL import Image
 
-        return Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+        orientation = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
     except Exception:
         return 1
+    return orientation if orientation in range(1, 9) else 1
 
 
 def _apply_exif_orientation(pixels: np.ndarray, data: bytes) -> np.ndarray:
     # OpenCV ignores EXIF orientation with IMREAD_UNCHANGED; a phone photo of a film would come out rotated.
-    orientation = _exif_orientation(data)
+    return _rotate_to_orientation(pixels, _exif_orientation(data))
+
+
+def _rotate_to_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Stored pixels turned (and mirrored) upright for an EXIF orientation 1..8 (TIFF 6.0 tag 274)."""
     turns = {3: 2, 6: 3, 8: 1}.get(orientation, 0)
     pixels = np.rot90(pixels, turns) if turns else pixels
     if orientation in (2, 4, 5, 7):
@@ -205,7 +286,8 @@ def inspect(data: bytes) -> tuple[ImageInfo, str]:
     identical. Every other file is decoded fully and its key is 'exact:' + `pixel_digest`. Raises ImageReadError
     with `decode`'s reasons.
     """
-    quick = _inspect_jpeg(data)
+    with _library_errors_as_reasons("jpeg"):
+        quick = _inspect_jpeg(data)
     if quick is not None:
         return quick
     pixels, info = decode(data)
@@ -329,7 +411,7 @@ def prepare(pixels: np.ndarray, size: int, color: str) -> np.ndarray:
 
 
 def load_image(
-    source: str | Path | bytes, size: int, color: str, *, frame: int = 0, window: DicomWindow | None = None
+    source: str | Path | bytes, size: int, color: str, *, frame: int = 0, window: dicom.DicomWindow | None = None
 ) -> np.ndarray:
     """Read a file (or its bytes) into a size×size×C uint8 array. Raises ImageReadError with the reason.
 
@@ -337,11 +419,13 @@ def load_image(
     Training, evaluation and prediction all load through here, so they see the same pixels.
     """
     data = source if isinstance(source, bytes) else read_bytes(source)
-    scaled = _load_jpeg_scaled(data, size, color)
+    with _library_errors_as_reasons("jpeg"):
+        scaled = _load_jpeg_scaled(data, size, color)
     if scaled is not None:
         return scaled
     pixels, _ = decode(data, frame=frame, window=window)
-    return prepare(pixels, size, color)
+    with _library_errors_as_reasons(sniff_format(data[:132]) or "image"):
+        return prepare(pixels, size, color)
 
 
 def _load_jpeg_scaled(data: bytes, size: int, color: str) -> np.ndarray | None:

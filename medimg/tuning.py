@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medimg.config import AugmentConfig, ModelParams, SearchSpace, TrainConfig
+from medimg.config import AugmentConfig, ModelParams, SearchSpace, TrainConfig, TuneConfig
 from medimg.errors import ConfigError, SearchSpaceMismatchError
 from medimg.runs import Run, trial_number
 
@@ -220,6 +221,10 @@ def build_tuner(
             reason = should_end()
             if reason:
                 raise SearchEnded(reason)
+            # Hyperband's oracle takes no trial count; the user's is honoured as a cap (said before the search:
+            # `tuner_notice`).
+            if kind == "hyperband" and len(self.oracle.trials) >= max_trials:
+                raise SearchEnded(f"the cap of {max_trials} trial{'s' if max_trials != 1 else ''} reached")
 
         def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
             self.hypermodel.trial_id = trial.trial_id
@@ -245,13 +250,53 @@ def build_tuner(
         "distribution_strategy": distribution,
     }
     if kind == "hyperband":
-        arguments.update(max_epochs=max(2, epochs), factor=3)
+        arguments.update(max_epochs=epochs, factor=HYPERBAND_FACTOR)
     else:
         arguments.update(max_trials=max_trials)
     tuner = MedimgTuner(**arguments)
     if first_values:
         start_with(tuner.oracle, first_values)
     return tuner
+
+
+HYPERBAND_FACTOR = 3  # KerasTuner's default and the paper's (Li et al. 2018, "Hyperband", JMLR 18(185))
+
+
+def hyperband_schedule(max_epochs: int, factor: int = HYPERBAND_FACTOR) -> list[tuple[int, int, int, int]]:
+    """The trials one Hyperband iteration runs: (bracket, round, trials, epochs each reaches), in the order
+    KerasTuner's HyperbandOracle starts them (its `_get_num_brackets`, `_get_size` and `_get_epochs`, keras-tuner
+    1.4; tests/test_tuning.py checks this copy against the oracle). A round after the first continues the best
+    trials of the round before it, each as a new trial, from the epoch it had reached."""
+    brackets, epochs = 0, float(max_epochs)
+    while epochs >= 1:
+        epochs, brackets = epochs / factor, brackets + 1
+    end_size = math.ceil(1 + math.log(max_epochs, factor))
+    schedule = []
+    for bracket in range(brackets - 1, -1, -1):
+        for round_ in range(bracket + 1):
+            size = math.ceil(end_size / (bracket + 1) * factor ** (bracket - round_))
+            schedule.append((bracket, round_, size, math.ceil(max_epochs / factor ** (bracket - round_))))
+    return schedule
+
+
+def tuner_notice(tune: TuneConfig, epochs: int) -> str | None:
+    """What the tuner will do that the settings do not say, in words, or None. Said before a search starts (CLI
+    and Tune page): Hyperband chooses its own trial count and epochs per trial from `epochs` (its max_epochs)."""
+    if tune.tuner != "hyperband":
+        return None
+    schedule = hyperband_schedule(epochs)
+    trials = sum(size for _, _, size, _ in schedule)
+    rounds = "; ".join(
+        f"{size} trial{'s' if size != 1 else ''} to {reach} epoch{'s' if reach != 1 else ''}"
+        for _, _, size, reach in schedule
+    )
+    cap = tune.max_trials
+    capped = f" The trial cap ends it after {cap} trial{'s' if cap != 1 else ''}." if cap < trials else ""
+    return (
+        f"Hyperband sets the trials and their epochs itself: with up to {epochs} epoch{'s' if epochs != 1 else ''} "
+        f"per trial (factor {HYPERBAND_FACTOR}) one pass is {trials} trial{'s' if trials != 1 else ''} ({rounds}); "
+        f"later rounds continue the best trials of the round before.{capped}"
+    )
 
 
 def start_with(oracle: Any, values: dict[str, Any]) -> None:
@@ -328,6 +373,11 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
             warnings=data.warnings,
         )
         training.say_warnings(data.warnings, echo)
+        notice = tuner_notice(spec.tune, spec.train.epochs)
+        if notice:
+            run.update(tuner_notice=notice)
+            if echo:
+                echo(notice)
     tuner_dir = run.path / TUNER_FOLDER
     check_search_space(tuner_dir, spec.search, record=not worker)
     deadline = started + spec.tune.max_minutes * 60 if spec.tune.max_minutes else None

@@ -256,6 +256,9 @@ else:
         f"{describe_augment(common.get('augment'))} · about {space.size_estimate():,.0f} "
         "points in this space"
     )
+    notice = tuning.tuner_notice(tune, train.epochs)
+    if notice:  # Hyperband overrides the trial count and epochs per trial: said before Start, not discovered after
+        st.info(notice, icon=":material/info:")
     if st.button("Start search", type="primary", disabled=busy):
         common.launch(
             RunSpec(kind="tune", dataset=data, augment=common.get("augment"), train=train, search=space, tune=tune)
@@ -288,6 +291,8 @@ def show_run(run: runs.Run) -> None:
                 hide_index=True,
                 use_container_width=True,
             )
+    if record.get("tuner_notice"):
+        st.info(record["tuner_notice"], icon=":material/info:")
     if record.get("search_warning"):
         st.warning(record["search_warning"], icon=":material/warning:")
     objective_name = record.get("objective") or run.spec.tune.objective  # val_loss for a one-class val

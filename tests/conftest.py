@@ -21,6 +21,15 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def isolated_runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test starts with its own empty runs folder (a test may point it elsewhere), so no test writes the
+    project's ./runs or reads choices another test kept there (runs/choices.json is read when a page starts)."""
+    path = tmp_path_factory.mktemp("runs")
+    monkeypatch.setenv("MEDIMG_RUNS_DIR", str(path))
+    return path
+
+
 @pytest.fixture()
 def demo_dir() -> Path:
     return DEMO

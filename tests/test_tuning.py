@@ -231,3 +231,42 @@ def test_a_trial_cut_short_by_stop_is_recorded_as_stopped(tmp_path: Path) -> Non
     assert [row["status"] for row in tuning.trial_table(run)] == ["STOPPED"]
     # Stopped during the first trial: its epochs so far are all there is, so that model is kept.
     assert record["best_trial"] == "0" and run.model_path.is_file()
+
+
+@pytest.mark.parametrize("max_epochs", [1, 2, 3, 10, 30, 100])
+def test_the_hyperband_schedule_is_the_oracles(max_epochs: int) -> None:
+    from keras_tuner.src.tuners.hyperband import HyperbandOracle
+
+    oracle = HyperbandOracle(max_epochs=max_epochs, factor=tuning.HYPERBAND_FACTOR)
+    brackets = oracle._get_num_brackets()
+    expected = [
+        (b, r, oracle._get_size(b, r), oracle._get_epochs(b, r))
+        for b in range(brackets - 1, -1, -1)
+        for r in range(b + 1)
+    ]
+    assert tuning.hyperband_schedule(max_epochs) == expected
+
+
+def test_only_hyperband_gets_a_notice_and_it_names_the_cap() -> None:
+    assert tuning.tuner_notice(TuneConfig(tuner="random", max_trials=3), 5) is None
+    notice = tuning.tuner_notice(TuneConfig(tuner="hyperband", max_trials=10), 10)
+    assert "one pass is 30 trials (12 trials to 2 epochs; 4 trials to 4 epochs; 2 trials to 10 epochs;" in notice
+    assert notice.endswith("The trial cap ends it after 10 trials.")
+    assert "cap" not in tuning.tuner_notice(TuneConfig(tuner="hyperband", max_trials=50), 10)
+
+
+@pytest.mark.slow
+def test_hyperband_honours_one_epoch_and_one_trial_and_says_what_it_does(tmp_path: Path) -> None:
+    spec = tune_spec(max_trials=1)
+    spec = spec.replace(tune=spec.tune.replace(tuner="hyperband"))
+    run = runs.create_run(spec, tmp_path)
+    lines: list[str] = []
+    jobs.execute(run, echo=lines.append)
+    record = run.record
+    assert record["status"] == "completed"
+    assert record["tuner_notice"] in lines  # said before the first trial, on the console and in run.json
+    assert lines.index(record["tuner_notice"]) < next(i for i, line in enumerate(lines) if line.startswith("trial "))
+    trials = run.read_json("trials.json")
+    assert len(trials) == 1  # the field report: 2 trials of 2 epochs, silently
+    epochs = [e for e in run.events("epoch") if e.get("trial") == trials[0]["trial_id"]]
+    assert [e["epoch"] for e in epochs] == [0]
