@@ -50,6 +50,12 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-fraction", type=float, help="validation fraction when the data has no split folders")
     parser.add_argument("--test-fraction", type=float, help="test fraction when the data has no split folders")
     parser.add_argument("--group-regex", help=r"regex with one group giving the patient ID, e.g. 'person(\d+)_'")
+    parser.add_argument(
+        "--merge-label-case",
+        action="store_true",
+        default=None,
+        help="CSV manifests: 'Normal' and 'normal' are one class",
+    )
     parser.add_argument("--epochs", type=int, help="epochs per trial (tune) or for the final fit (train)")
     parser.add_argument("--spec", help="JSON or TOML file with sections dataset, augment, search, tune, train, params")
     parser.add_argument("--augment", help="augmentations as name=value pairs, e.g. 'flip_horizontal=1,rotation=0.05'")
@@ -66,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("data", nargs="?")
     scan.add_argument("--json", action="store_true", help="print one JSON object")
     scan.add_argument("--group-regex", default="")
+    scan.add_argument(
+        "--merge-label-case", action="store_true", help="CSV manifests: 'Normal' and 'normal' are one class"
+    )
 
     tune = commands.add_parser("tune", help="KerasTuner search over the given ranges")
     _add_data_options(tune)
@@ -152,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
 def command_scan(args: argparse.Namespace) -> int:
     from medimg import scanning
 
-    report = scanning.scan(args.data or DEMO_DATASET, args.group_regex, on_progress=ProgressBar())
+    report = scanning.scan(
+        args.data or DEMO_DATASET, args.group_regex, on_progress=ProgressBar(), merge_label_case=args.merge_label_case
+    )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
         return 0
@@ -215,6 +226,7 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
         "val_fraction": args.val_fraction,
         "test_fraction": args.test_fraction,
         "group_regex": args.group_regex,
+        "merge_label_case": args.merge_label_case,
     }
     dataset.update({k: v for k, v in flags.items() if v is not None})
     dataset["path"] = str(Path(dataset.get("path") or DEMO_DATASET).resolve())

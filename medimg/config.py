@@ -81,6 +81,9 @@ class DatasetConfig(_Config):
     group_regex: str = ""
     window_center: float = 0.0
     window_width: float = 0.0
+    # CSV manifests: labels that differ only in case ("Normal", "normal") are one class when True; reported and kept
+    # apart when False (a spreadsheet's typo, or two real classes: only the user knows).
+    merge_label_case: bool = False
 
     def __post_init__(self) -> None:
         _check(

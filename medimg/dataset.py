@@ -319,7 +319,10 @@ def _label_case_variants(files: list[ImageFile], merge: bool) -> tuple[list[Imag
             rename.update({name: kept for name in names})
             notices.append(f"labels {listed} differ only in case: merged as '{kept}'")
         else:
-            notices.append(f"labels {listed} differ only in case: kept apart; pass merge_label_case=True to merge")
+            notices.append(
+                f"labels {listed} differ only in case: kept apart; merge them with --merge-label-case (CLI) or "
+                "'Merge labels that differ only in case' (Dataset page)"
+            )
     if rename:
         files = [dataclasses.replace(f, label=rename.get(f.label, f.label)) for f in files]
     return files, notices

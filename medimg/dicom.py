@@ -12,6 +12,7 @@ import io
 import logging
 import struct
 import threading
+import warnings
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -87,10 +88,16 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
     if data.startswith(b"DICM"):  # preamble stripped but marker kept: what follows is the file meta group
         data = data[4:]
     try:
-        with _pydicom_logs_silenced():
+        # pydicom warns (warnings and logging both) when the file ends early and returns what it read; the warning
+        # is kept here to name the cause instead of reaching the console.
+        with _pydicom_logs_silenced(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as error:  # a malformed header fails wherever the parser trips (struct.error, KeyError, ...)
         raise ImageReadError(f"corrupt DICOM: {_first_line(error)}") from error
+    ended_early = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
+    if ended_early and "PixelData" not in dataset and "FloatPixelData" not in dataset:
+        raise ImageReadError(f"truncated DICOM: the file ends before its pixel data is complete ({ended_early[0]})")
     if "TransferSyntaxUID" not in dataset.file_meta:
         # A bare dataset (no preamble, no file meta): pydicom needs the transfer syntax it was read with to decode.
         implicit, little = dataset.original_encoding

@@ -67,7 +67,7 @@ class PreparedData:
 
 def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], None] | None = None) -> PreparedData:
     """List, split and decode (once, cached) the dataset a run uses."""
-    listing = dataset.list_files(config.path, config.group_regex)
+    listing = dataset.list_files(config.path, config.group_regex, config.merge_label_case)
     splits = dataset.make_splits(listing.files, config.val_fraction, config.test_fraction, config.seed)
     arrays = {}
     unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems]

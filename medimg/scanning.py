@@ -85,13 +85,17 @@ def exact_key(path: str) -> str:
 
 
 def scan(
-    path: str | Path, group_regex: str = "", on_progress: ProgressCallback | None = None, workers: int | None = None
+    path: str | Path,
+    group_regex: str = "",
+    on_progress: ProgressCallback | None = None,
+    workers: int | None = None,
+    merge_label_case: bool = False,
 ) -> ScanReport:
     """Inspect every new or changed file once (in threads: OpenCV and hashlib release the GIL) and report what
     the dataset holds. Results are cached by path, size and modification time, so scanning an unchanged folder
     again decodes nothing. Duplicates are files with identical decoded pixels: JPEGs are first compared by a
     cheap candidate key (see `images.inspect`) and only those whose candidates meet are decoded in full."""
-    listing = list_files(path, group_regex)
+    listing = list_files(path, group_regex, merge_label_case)
     paths = [f.path for f in listing.files]
     cache = _ScanCache(listing.root)
     results: list[Inspection | None] = [cache.get(p) for p in paths]
@@ -163,7 +167,8 @@ class _ScanCache:
     An entry is [size, mtime_ns, info fields or None, key or reason, exact key or ""].
     """
 
-    VERSION = 2  # 2: JPEG keys are candidates (images.inspect), with the exact key once one was needed
+    VERSION = 3  # 2: JPEG keys are candidates (images.inspect), with the exact key once one was needed; 3: every
+    # ImageInfo field (sample_format: a float file is listed as float)
 
     def __init__(self, root: str) -> None:
         from medimg.cache import cache_dir
@@ -194,7 +199,7 @@ class _ScanCache:
     def put(self, path: str, result: Inspection, stamp: list[int] | None) -> None:
         info, detail = result
         if stamp is not None:
-            fields = [info.format, info.width, info.height, info.channels, info.bit_depth, info.note] if info else None
+            fields = dataclasses.astuple(info) if info else None
             self.fresh[path] = [*stamp, fields, detail, ""]
 
     def exact(self, path: str) -> str:
@@ -219,10 +224,12 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
     classes: Counter[str] = Counter()
     splits: dict[str, Counter[str]] = defaultdict(Counter)
     sizes: Counter[tuple[int, int]] = Counter()
-    modes: Counter[tuple[str, int, int]] = Counter()
+    modes: Counter[tuple[str, int, str]] = Counter()
     by_hash: dict[str, list[ImageFile]] = defaultdict(list)
     good: list[ImageFile] = []
-    unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems]
+    # A problem filed against the manifest itself (labels differing only in case) is about the dataset, not a file.
+    unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems if p.path != listing.root]
+    manifest_warnings = [p.reason for p in listing.problems if p.path == listing.root]
     notes: list[dict[str, str]] = []
     for file, (info, detail) in zip(listing.files, results, strict=True):
         if info is None:
@@ -233,13 +240,13 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
         if file.split:
             splits[file.split][file.label] += 1
         sizes[info.width, info.height] += 1  # counted as tuples, named once per distinct value below
-        modes[info.format, info.channels, info.bit_depth] += 1
+        modes[info.format, info.channels, info.depth_name] += 1
         by_hash[detail].append(file)
         if info.note:
             notes.append({"path": file.path, "note": info.note})
     duplicates = [[f.path for f in group] for group in by_hash.values() if len(group) > 1]
     listed = Counter(f.label for f in listing.files)
-    warnings = datachecks.class_warnings(listed, classes, listing.empty_classes)
+    warnings = manifest_warnings + datachecks.class_warnings(listed, classes, listing.empty_classes)
     warnings += datachecks.split_warnings(splits)
     leakage = [
         [f"{f.split}:{f.path}" for f in group] for group in by_hash.values() if len({f.split for f in group}) > 1
@@ -251,7 +258,7 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
         splits={s: dict(sorted(c.items())) for s, c in sorted(splits.items(), key=lambda kv: SPLIT_NAMES.index(kv[0]))},
         sizes={f"{width}x{height}": count for (width, height), count in sizes.most_common()},
         modes={
-            f"{kind} {_mode_name(channels)} {bits}-bit": count for (kind, channels, bits), count in modes.most_common()
+            f"{kind} {_mode_name(channels)} {depth}": count for (kind, channels, depth), count in modes.most_common()
         },
         unreadable=unreadable,
         duplicates=duplicates,

@@ -16,8 +16,8 @@ config: DatasetConfig = common.get("dataset")
 
 
 @st.cache_data(show_spinner="Scanning images…", max_entries=8, ttl=600)
-def scan_cached(path: str, group_regex: str) -> scanning.ScanReport:
-    return scanning.scan(path, group_regex)
+def scan_cached(path: str, group_regex: str, merge_label_case: bool = False) -> scanning.ScanReport:
+    return scanning.scan(path, group_regex, merge_label_case=merge_label_case)
 
 
 @st.cache_data(max_entries=256)
@@ -97,8 +97,17 @@ group_regex = st.text_input(
 if st.button("Rescan", help="Read the folder again (after adding or changing files)."):
     scan_cached.clear()
 try:
+    merge_label_case = (
+        st.checkbox(
+            "Merge labels that differ only in case",
+            key=common.seed_widget("ds_merge_case", config.merge_label_case),
+            help="For a CSV manifest: 'Normal', 'normal ' and 'NORMAL' become one class (spaces are always trimmed).",
+        )
+        if path.lower().endswith(".csv")
+        else False
+    )
     DatasetConfig(path=path, group_regex=group_regex)
-    report = scan_cached(path, group_regex)
+    report = scan_cached(path, group_regex, merge_label_case)
 except MedimgError as error:
     common.show_error(error)
     st.stop()
@@ -206,6 +215,7 @@ try:
         test_fraction=float(test_fraction),
         seed=int(seed),
         group_regex=group_regex,
+        merge_label_case=merge_label_case,
         window_center=float(window_center),
         window_width=float(window_width),
     )

@@ -83,3 +83,30 @@ def test_tune_train_evaluate_predict_end_to_end(tmp_path: Path) -> None:
     listing = json.loads(medimg("runs", "--runs", runs, "--json").stdout)
     assert {row["id"] for row in listing} == {tune_dir.name, train_dir.name}
     assert all(row["status"] == "completed" for row in listing)
+
+
+def test_unicode_class_folders_end_to_end_with_the_unusable_ones_left_out(tmp_path: Path) -> None:
+    case = PROJECT / "tests" / "data" / "cases" / "class-folder-names"
+    runs = str(tmp_path / "runs")
+    scanned = medimg("scan", str(case))
+    left_out = [
+        "class folder 'Artefact' holds only unreadable files (1): left out of training",
+        "class folder 'COVID-19' holds no image file: left out of training",
+    ]
+    assert all(line in scanned.stdout for line in left_out)
+    params = '{"filters": [4], "dense_units": 8, "batch_size": 8}'
+    train = medimg("train", str(case), "--runs", runs, "--image-size", "16", "--epochs", "1", "--params", params)
+    assert all(line in train.stdout + train.stderr for line in left_out)  # said again when training starts
+    run_dir = Path(train.stdout.strip().splitlines()[-1])
+    record = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
+    names = ["Neumonía viral", "Normal (sano)", "结节 nodule"]
+    assert record["status"] == "completed" and record["class_names"] == names
+    metrics = json.loads(medimg("evaluate", str(run_dir), "--json").stdout)
+    assert list(metrics["per_class"]) == names
+    medimg("report", str(run_dir))
+    assert "结节 nodule" in (run_dir / "report.html").read_text(encoding="utf-8")
+    files = [next((case / name).glob("*.png")) for name in ("结节 nodule", "Artefact")]
+    rows = list(csv.DictReader(io.StringIO(medimg("predict", str(run_dir), *map(str, files)).stdout)))
+    assert [row["file"] for row in rows] == [str(f) for f in files]
+    assert {f"p_{name}" for name in names} <= set(rows[0]) and rows[0]["predicted"] in names
+    assert rows[1]["error"].startswith("not an image")

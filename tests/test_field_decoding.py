@@ -322,3 +322,22 @@ def test_cmyk_and_progressive_jpegs_read_with_the_same_colours() -> None:
     for path in (JPEGS / "cmyk.jpg", JPEGS / "progressive.jpg"):
         assert images.inspect(path.read_bytes())[0].channels == 3
         assert images.load_image(path, 32, "rgb").shape == (32, 32, 3)
+
+
+def test_a_truncated_dicom_says_truncated_and_warns_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    import warnings
+
+    data = (CASES / "dicom-j2k-ybr-rct" / "malignant" / "us_doppler_j2k.dcm").read_bytes()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning pydicom let through would fail here
+        with pytest.raises(ImageReadError, match=r"^truncated DICOM: the file ends before its pixel data is complete"):
+            images.decode(data[: len(data) // 2])
+    assert capsys.readouterr().err == ""
+
+
+def test_the_scan_lists_float_pixel_data_as_float() -> None:
+    from medimg import scanning
+
+    report = scanning.scan(CASES / "dicom-odd-headers")
+    assert report.modes["dicom gray 32-bit float"] == 1
+    assert report.unreadable == []

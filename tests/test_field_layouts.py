@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from medimg import dataset, sources
+from medimg import dataset, scanning, sources
 
 CASES = Path(__file__).parent / "data" / "cases"
 MANIFESTS = CASES / "csv-manifest-windows"
@@ -54,17 +54,15 @@ def test_labels_differing_only_in_case_are_kept_apart_and_reported() -> None:
         "Effusion": 4,
         "effusion": 4,
     }
+    how = "merge them with --merge-label-case (CLI) or 'Merge labels that differ only in case' (Dataset page)"
     assert [(p.path, p.reason) for p in listing.problems] == [
-        (
-            str(manifest),
-            "labels 'NORMAL', 'Normal' and 'normal' differ only in case: kept apart; "
-            "pass merge_label_case=True to merge",
-        ),
-        (
-            str(manifest),
-            "labels 'Effusion' and 'effusion' differ only in case: kept apart; pass merge_label_case=True to merge",
-        ),
+        (str(manifest), f"labels 'NORMAL', 'Normal' and 'normal' differ only in case: kept apart; {how}"),
+        (str(manifest), f"labels 'Effusion' and 'effusion' differ only in case: kept apart; {how}"),
     ]
+    report = scanning.scan(manifest)  # the scan shows them as warnings about the dataset, not unreadable files
+    assert report.warnings == [p.reason for p in listing.problems] and report.unreadable == []
+    merged = scanning.scan(manifest, merge_label_case=True)
+    assert merged.classes == {"Effusion": 8, "normal": 8}
 
 
 def test_labels_differing_only_in_case_are_merged_when_asked() -> None:

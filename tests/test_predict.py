@@ -148,3 +148,18 @@ def test_a_run_without_a_trained_model_cannot_predict(tmp_path: Path) -> None:
     run.update(input={"image_size": 16, "color": "gray", "channels": 1}, class_names=["a", "b"])
     with pytest.raises(RunError, match="has no model yet"):
         Predictor(run)
+
+
+def test_a_batch_with_undecodable_dicoms_gets_a_row_per_file(predictor: Predictor, tmp_path: Path) -> None:
+    """The field report: one DICOM that could not be decoded printed a traceback and no CSV for the others."""
+    case = Path(__file__).parent / "data" / "cases" / "dicom-j2k-ybr-rct"
+    ultrasound = case / "malignant" / "us_doppler_j2k.dcm"
+    truncated = tmp_path / "truncated.dcm"
+    truncated.write_bytes(ultrasound.read_bytes()[:50_000])
+    files = [*sorted(case.glob("*/*.png"))[:2], ultrasound, truncated, TEST_IMAGES[0]]
+    results = predictor.predict([(str(f), f) for f in files])
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(results, predictor.class_names))))
+    assert [row["file"] for row in rows] == [str(f) for f in files]
+    assert [bool(row["error"]) for row in rows] == [False, False, False, True, False]
+    assert rows[3]["error"].startswith("truncated DICOM: the file ends before its pixel data is complete")
+    assert all(row["predicted"] in predictor.class_names for row in rows if not row["error"])
