@@ -56,12 +56,14 @@ elif source == "Folder on the server":
         )
         st.stop()
     folders = [str(p) for p in sources.list_dataset_folders(roots)]
+    # A key, not `index=`: an index that follows the chosen dataset would change the widget's identity on the run
+    # after a choice, so a second choice in a row was dropped and the first one came back.
     typed = st.selectbox(
         "Folder",
         folders,
-        index=folders.index(path) if path in folders else None,
         placeholder="Choose a folder under the data roots",
         accept_new_options=True,
+        key=common.seed_widget("ds_folder", path if path in folders else None),
     )
     if not typed:
         st.stop()

@@ -12,7 +12,7 @@ import pytest
 
 from medimg.config import DatasetConfig
 
-from .conftest import DEMO, by_label, no_exception, open_page, values
+from .conftest import DEMO, PROJECT, by_label, no_exception, open_page, values
 
 ZIP_LABEL = "Zip of class folders (or train/val/test folders)"
 SERVER = "Folder on the server"
@@ -275,3 +275,39 @@ def test_an_empty_test_split_is_refused_before_any_run(tmp_path: Path, monkeypat
         "The test split is empty: runs on this dataset would fail before training (no validation to choose on, or "
         "no test to evaluate on). Raise the fractions or add the split folders."
     ]
+
+
+def test_the_scan_warns_about_the_classes_training_leaves_out_and_a_one_class_validation_split(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cases = PROJECT / "tests" / "data" / "cases"
+    monkeypatch.setenv("MEDIMG_DATA_ROOTS", str(cases))
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    choose_folder(at, str(cases / "class-folder-names"))
+    no_exception(at)
+    shown = [w.value for w in at.warning]
+    assert any(w.startswith("class folder 'Artefact' holds only unreadable files (1): left out") for w in shown)
+    assert any(w.startswith("class folder 'COVID-19' holds no image file: left out") for w in shown)
+    assert metrics(at)["Classes"] == "3"
+    choose_folder(at, str(cases / "val-split-one-class"))
+    no_exception(at)
+    assert any(w.value.startswith("The validation split has one class: it holds only 'NORMAL'") for w in at.warning)
+
+
+def test_a_manifest_offers_to_merge_labels_that_differ_only_in_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    cases = PROJECT / "tests" / "data" / "cases"
+    monkeypatch.setenv("MEDIMG_DATA_ROOTS", str(cases))
+    at = open_page("dataset")
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    manifest = str(cases / "csv-manifest-windows" / "manifest_labelcase.csv")
+    choose_folder(at, manifest)
+    no_exception(at)
+    assert metrics(at)["Classes"] == "5"
+    assert any("differ only in case: kept apart" in w.value for w in at.warning)
+    # AppTest rebuilds the options from the script's list, which holds folders only; a browser keeps the typed path.
+    by_label(at.selectbox, "Folder").options.append(manifest)
+    at.checkbox(key="ds_merge_case").check().run()
+    no_exception(at)
+    assert metrics(at)["Classes"] == "2"
+    assert at.session_state["dataset"].merge_label_case is True

@@ -248,7 +248,8 @@ def test_an_old_evaluation_is_offered_a_re_evaluation(finished_runs: FinishedRun
     at = open_page("evaluate", run=run.id)
     no_exception(at)
     assert values(at.info)[0].startswith("This run was evaluated by an older medimg")
-    assert "Operating-point presets, chosen on the test split" in values(at.caption)[0]
+    assert "No operating-point presets: there are no validation predictions" in " ".join(values(at.warning))
+    assert "Operating-point presets, chosen on the test split" not in " ".join(values(at.caption))  # never on test
     assert "no validation predictions to fit a temperature" in " ".join(values(at.caption))
     by_label(at.button, "Re-evaluate this run").click().run()
     no_exception(at)
@@ -377,3 +378,36 @@ def test_a_threshold_that_calls_every_image_one_class_is_flagged(finished_runs: 
     calls = evaluation.load_scored(runs.Run(finished_runs.root / finished_runs.train_id))["test"].probs[:, 1] >= 0.5
     flagged = any("every one of the 30 test images" in w for w in values(at.warning))
     assert flagged == (calls.all() or not calls.any())
+
+
+@pytest.fixture(scope="module")
+def one_class_val_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path) -> runs.Run:
+    """A real run on the field case whose val/ holds NORMAL images only."""
+    from medimg import jobs
+    from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+
+    case = Path(__file__).parents[1] / "data" / "cases" / "val-split-one-class"
+    spec = RunSpec(
+        kind="train",
+        dataset=DatasetConfig(path=str(case), image_size=16),
+        train=TrainConfig(epochs=1),
+        params=ModelParams(filters=(4,), dense_units=8, batch_size=8),
+    )
+    run = runs.create_run(spec, tmp_path_factory.mktemp("one-class-val-runs"))
+    jobs.execute(run)
+    return run
+
+
+def test_a_one_class_validation_split_is_explained_not_shown_as_figures(
+    one_class_val_run: runs.Run, runs_dir: Path
+) -> None:
+    shutil.copytree(one_class_val_run.path, runs_dir / one_class_val_run.id)
+    at = open_page("evaluate")
+    no_exception(at)
+    warnings = " ".join(values(at.warning))
+    assert "No operating-point presets: the validation split has one class: it holds only 'NORMAL' images" in warnings
+    assert "0.5, the arg-max: not chosen on any split" in warnings  # the slider starts at a threshold nobody chose
+    assert "temperature scaling skipped: the validation split has one class" in " ".join(values(at.caption))
+    assert all(button.disabled for button in at.button if str(button.key).startswith("preset_"))
+    assert one_class_val_run.record["monitor"] == "val_loss"
+    assert "val_auc" not in one_class_val_run.read_json("history.json")  # undefined, so not charted as 0.0
