@@ -145,6 +145,34 @@ def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     }
 
 
+def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
+    """Test scores of the mean of the top k completed trials (ranked by their validation score), for every k: does
+    a larger ensemble help, or do the members plateau together?"""
+    import warnings
+
+    from medimg import models, runs, tuning
+    from medimg.evaluation import predict_arrays
+
+    run = runs.Run(run_path)
+    objective = run.record.get("objective") or run.spec.tune.objective
+    trials = [
+        t
+        for t in tuning.read_trials(run_path / tuning.TUNER_FOLDER)
+        if t["status"] == "COMPLETED" and t.get("score") is not None
+    ]
+    trials.sort(key=lambda t: t["score"], reverse=not objective.endswith("loss"))
+    test = data.arrays["test"]
+    probs = []
+    for trial in trials:
+        params = tuning.params_from_values(trial["hyperparameters"], run.spec.search)
+        model = models.build_model(params, data.input_shape, data.num_classes)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial['trial_id']}" / "checkpoint.weights.h5")
+        probs.append(predict_arrays(model, test.images))
+    return [scores(test.labels, np.mean(probs[:k], axis=0)) for k in range(1, len(probs) + 1)]
+
+
 def speed() -> None:
     """Seconds per training image per epoch of the plain CNN at a few sizes (the constants in medimg/auto.py)."""
     from medimg import models
@@ -169,6 +197,9 @@ def main() -> None:
     parser.add_argument("--save", action="store_true", help="append the tables to bench/quality-results.md")
     parser.add_argument("--speed", action="store_true", help="only time the plain CNN per image (medimg/auto.py)")
     parser.add_argument("--rules", nargs="+", type=Path, help="only compare the final-model rules of these runs")
+    parser.add_argument(
+        "--every-k", action="store_true", help="with --rules: test AUC/acc of the mean of the top k, for every k"
+    )
     args = parser.parse_args()
     if args.speed:
         speed()
@@ -181,6 +212,11 @@ def main() -> None:
             rules = final_model_rules(run_path, training.prepare_data(runs_spec_dataset(record)))
             shown = "  ".join(f"{r}: AUC {rules[r][0]:.3f} acc {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
             print(f"{run_path.name}  {shown}  (k={rules['chosen_k']})", flush=True)
+            if args.every_k:
+                for k, (auc, accuracy, _) in enumerate(
+                    every_k(run_path, training.prepare_data(runs_spec_dataset(record))), 1
+                ):
+                    print(f"  top {k:>2} by validation: AUC {auc:.3f} acc {accuracy:.3f}", flush=True)
         return
     isolate_caches()
     from medimg import training
