@@ -1,4 +1,4 @@
-"""`python -m medimg scan | tune | train | evaluate | predict | report | runs | resume | stop`.
+"""`python -m medimg scan | tune | train | evaluate | predict | report | export | runs | resume | stop`.
 
 Long commands print progress to standard error and the run directory as the last line of standard output, so
 scripts can capture it.
@@ -61,6 +61,15 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", help="augmentations as name=value pairs, e.g. 'flip_horizontal=1,rotation=0.05'")
     parser.add_argument("--distribution", choices=["none", "mirrored"], help="tf.distribute strategy")
     parser.add_argument("--background", action="store_true", help="start the run as its own process and return")
+    _add_mlflow_option(parser)
+
+
+def _add_mlflow_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--mlflow",
+        metavar="URI",
+        help="log the finished run to MLflow at this tracking URI, e.g. sqlite:///mlruns.db ($MLFLOW_TRACKING_URI)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--color", choices=["gray", "rgb"], help="channel mode (default: chosen from the data)")
     auto.add_argument("--spec", help="JSON or TOML spec whose dataset section is kept (fractions, group regex)")
     auto.add_argument("--background", action="store_true", help="start the run as its own process and return")
+    _add_mlflow_option(auto)
 
     train = commands.add_parser("train", help="final training with the best (or given) hyperparameters")
     _add_data_options(train)
@@ -129,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--threshold", type=float, default=0.5, help="call positive when p(positive) >= T (0.5)")
     report.add_argument("--positive", help="positive class of a two-class task (default: the not-normal class)")
 
+    exporting = commands.add_parser(
+        "export", help="the model as ONNX, LiteRT, SavedModel or .keras, with its contract and a parity check"
+    )
+    exporting.add_argument("run")
+    exporting.add_argument("--runs")
+    exporting.add_argument("--format", required=True, choices=["onnx", "litert", "saved_model", "keras"])
+    exporting.add_argument("--out", required=True, help="folder to write the export folder into")
+    exporting.add_argument("--quantize", choices=["float16", "int8"], help="litert only: weights (and activations)")
+
     listing = commands.add_parser("runs", help="list runs with status and headline metrics")
     listing.add_argument("--runs")
     listing.add_argument("--json", action="store_true")
@@ -147,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if getattr(args, "mlflow", None):  # the environment, so a --background run's own process sees it too
+        os.environ["MLFLOW_TRACKING_URI"] = args.mlflow
     handler = globals()[f"command_{args.command}"]
     try:
         return handler(args) or 0
@@ -482,6 +503,19 @@ def command_report(args: argparse.Namespace) -> int:
     path = report.write_report(run, args.out or run.path / "report.html", args.threshold, args.positive)
     _err(f"wrote the report of {run.id} ({path.stat().st_size / 2**20:.1f} MB, opens offline)")
     print(path)
+    return 0
+
+
+def command_export(args: argparse.Namespace) -> int:
+    from medimg import export, runs
+
+    export.check_request(args.format, args.quantize)  # a wrong request is told before any model is loaded
+    result = export.export_run(runs.find_run(args.run, args.runs), args.format, args.out, args.quantize)
+    _err(
+        f"exported {result.model_file.name} ({result.size_bytes / 1024:.0f} KB); parity on {result.sample_size} test "
+        f"images: max |p - p_keras| = {result.max_abs_diff:.2e} (tolerance {result.tolerance:g})"
+    )
+    print(result.path)
     return 0
 
 

@@ -32,7 +32,7 @@ def max_concurrent_runs() -> int:
 
 def execute(run: runs.Run, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Carry out a run in this process; the run record ends completed, stopped or failed, never 'running'."""
-    from medimg import training, tuning
+    from medimg import tracking, training, tuning
 
     if run.stop_requested() and not run.record.get("started"):
         run.set_status("stopped", message="stopped before it started")  # Stop pressed while it was queued
@@ -54,6 +54,7 @@ def execute(run: runs.Run, echo: Callable[[str], None] | None = None) -> dict[st
         raise
     if run.record.get("status") == "running":
         run.set_status("completed")
+    tracking.after_run(run, echo)  # MLflow, only when MLFLOW_TRACKING_URI is set; mlflow is imported only then
     return result
 
 

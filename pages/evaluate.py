@@ -383,4 +383,48 @@ right.download_button(
     disabled=not exports_ready,
     help="model.keras with contract.json: image size, channel mode, class names, positive class and threshold.",
 )
+
+EXPORT_CHOICES = {
+    "ONNX (onnxruntime)": ("onnx", None),
+    "LiteRT / TFLite": ("litert", None),
+    "LiteRT, float16 weights": ("litert", "float16"),
+    "LiteRT, int8 (calibrated on training images)": ("litert", "int8"),
+    "TensorFlow SavedModel (TF Serving)": ("saved_model", None),
+    "Keras (.keras)": ("keras", None),
+}
+choice_column, button_column = st.columns([3, 1], vertical_alignment="bottom")
+choice = choice_column.selectbox(
+    "Export for deployment",
+    list(EXPORT_CHOICES),
+    key="evaluate_export_format",
+    help="The model in another format, with contract.json and a reference script predict_<format>.py. The export "
+    "is run in its own runtime on up to 32 test images and must match the Keras model's probabilities.",
+)
+if button_column.button("Export and check", disabled=not exports_ready, key="evaluate_export"):
+    from medimg import export
+
+    fmt, quantize = EXPORT_CHOICES[choice]
+    try:
+        with st.spinner(f"Exporting to {fmt} and checking it against the Keras model…"):
+            result = export.export_run(
+                run, fmt, run.path / "exports", quantize, threshold=float(threshold), positive=positive
+            )
+        st.session_state["evaluate_export_result"] = (run.id, result, export.export_zip(result))
+    except MedimgError as error:
+        st.error(str(error))
+exported = st.session_state.get("evaluate_export_result")
+if exported and exported[0] == run.id:
+    _, result, archive = exported
+    st.success(
+        f"{result.model_file.name}: {result.size_bytes / 1024:.0f} KB; largest probability difference to the Keras "
+        f"model on {result.sample_size} test images {result.max_abs_diff:.1e} (tolerance {result.tolerance:g})."
+    )
+    st.download_button(
+        f"Download {result.path.name}.zip",
+        archive,
+        file_name=f"{result.path.name}.zip",
+        mime="application/zip",
+        on_click="ignore",
+        key="evaluate_export_download",
+    )
 common.next_step("evaluate")

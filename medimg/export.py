@@ -1,0 +1,429 @@
+"""A run's model as a folder that leaves the app: ONNX, LiteRT (TFLite), SavedModel or .keras, each with the input
+contract, a reference script, and a parity check against the Keras model run in the format's own runtime.
+
+| format        | model file     | written by                             | checked in                 | quantize      |
+|---------------|----------------|----------------------------------------|----------------------------|---------------|
+| `onnx`        | `model.onnx`   | Keras `model.export("onnx")` (tf2onnx) | onnxruntime                | no            |
+| `litert`      | `model.tflite` | Keras `model.export("litert")`         | ai_edge_litert Interpreter | float16, int8 |
+| `saved_model` | `saved_model/` | Keras `model.export("tf_saved_model")` | `tf.saved_model.load`      | no            |
+| `keras`       | `model.keras`  | the run's hash-checked file, copied    | `keras.saving.load_model`  | no            |
+
+Every exported model takes N×H×W×C float32 pixel values 0..255 (the model rescales itself) and returns the Keras
+model's output: N×1 sigmoid p(second class) for two classes, N×K softmax otherwise. Quantised LiteRT models keep
+float32 inputs and outputs (weights float16; or weights and activations int8, calibrated on training images).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import io
+import json
+import os
+import shutil
+import time
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medimg import __version__
+from medimg.errors import ConfigError, MedimgError
+from medimg.runs import Run
+
+FORMATS = ("onnx", "litert", "saved_model", "keras")
+QUANTIZATIONS: dict[str, tuple[str | None, ...]] = {
+    "onnx": (None,),
+    "litert": (None, "float16", "int8"),
+    "saved_model": (None,),
+    "keras": (None,),
+}
+MODEL_FILES = {"onnx": "model.onnx", "litert": "model.tflite", "saved_model": "saved_model", "keras": "model.keras"}
+RUNTIMES = {"onnx": "onnxruntime", "litert": "ai-edge-litert", "saved_model": "tensorflow", "keras": "keras"}
+# Largest |p_export - p_keras| over the parity sample, in probability units. float32 formats differ only by the
+# order of float operations; float16 weights move probabilities by ~1e-4..1e-3, int8 activations by ~1e-3..1e-2.
+TOLERANCES: dict[str | None, float] = {None: 1e-4, "float16": 1e-2, "int8": 5e-2}
+PARITY_SAMPLE = 32  # test images, evenly spaced over the split
+REPRESENTATIVE_SAMPLE = 100  # training images that calibrate int8 ranges
+EXPORT_VERSION = 1
+
+
+class ExportError(MedimgError):
+    """An export could not be written or loaded: a missing optional package, or a converter that failed."""
+
+
+class ParityError(ExportError):
+    """The exported model's probabilities differ from the Keras model's by more than the stated tolerance."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """One export folder and its parity figure (probability units, over `sample_size` test images)."""
+
+    path: Path
+    format: str
+    quantize: str | None
+    model_file: Path
+    max_abs_diff: float
+    tolerance: float
+    sample_size: int
+    size_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "path": str(self.path), "model_file": str(self.model_file)}
+
+
+def check_request(fmt: str, quantize: str | None) -> None:
+    """Raise ConfigError unless `fmt` is a known format that accepts `quantize` (see QUANTIZATIONS)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}.")
+    if quantize not in QUANTIZATIONS[fmt]:
+        accepted = [q for q in QUANTIZATIONS[fmt] if q]
+        hint = f"it accepts {' or '.join(accepted)}" if accepted else "only litert accepts float16 or int8"
+        raise ConfigError(f"format {fmt} cannot be quantised to {quantize!r}; {hint}. Leave quantize off otherwise.")
+
+
+def folder_name(run: Run, fmt: str, quantize: str | None = None) -> str:
+    return f"{run.id}-{fmt}" + (f"-{quantize}" if quantize else "")
+
+
+def export_run(
+    run: Run,
+    fmt: str,
+    out_dir: str | Path,
+    quantize: str | None = None,
+    *,
+    threshold: float | None = None,
+    positive: str | None = None,
+    sample_size: int = PARITY_SAMPLE,
+) -> ExportResult:
+    """Write `out_dir/<run>-<fmt>[-<quantize>]/` (model, contract.json, export.json, predict_<fmt>.py) and check it.
+
+    Args:
+        run: a run with a trained model.keras.
+        fmt: one of FORMATS; quantize: None, or float16 / int8 for litert only.
+        threshold, positive: the two-class decision rule written into contract.json; default: the run's own
+            operating point (`predict.decision_threshold`).
+        sample_size: test images (evenly spaced over the split) both models predict for the parity check.
+    Returns:
+        ExportResult with the folder and the largest absolute probability difference to the Keras model.
+    Raises:
+        ConfigError: unknown format or a quantisation the format does not take. RunError: no model or contract.
+        ExportError: an optional package is missing or the converter failed. ParityError: difference > tolerance.
+    """
+    from medimg import bundle, predict, prepared
+
+    check_request(fmt, quantize)
+    model = run.load_model()
+    default_positive, default_threshold = predict.decision_threshold(run.record)
+    terms = bundle.contract(run, default_threshold if threshold is None else threshold, positive or default_positive)
+    data = prepared.prepare_data(run.spec.dataset)
+    sample = _evenly_spaced(data.arrays["test"].images, sample_size)
+    final = Path(out_dir) / folder_name(run, fmt, quantize)
+    staging = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        representative = _evenly_spaced(data.arrays["train"].images, REPRESENTATIVE_SAMPLE)
+        write_model(model, fmt, staging / MODEL_FILES[fmt], quantize, representative, source=run.model_path)
+        difference = parity(model, runtime_predictor(fmt, staging), sample)
+        tolerance = TOLERANCES[quantize]
+        if not difference <= tolerance:
+            raise ParityError(
+                f"the {fmt}{f' ({quantize})' if quantize else ''} export of run {run.id} differs from the Keras "
+                f"model by {difference:.3g} in probability on {len(sample)} test images, above the tolerance "
+                f"{tolerance:g}; nothing was written. "
+                + ("Try float16 or no quantisation." if quantize else "This is a converter bug; export keras.")
+            )
+        terms.update(model_file=MODEL_FILES[fmt], format=fmt, quantize=quantize, input_dtype="float32")
+        _write_text(staging / "contract.json", json.dumps(terms, indent=2))
+        _write_text(staging / f"predict_{fmt}.py", reference_script(fmt))
+        metadata = _metadata(run, fmt, quantize, difference, tolerance, len(sample))
+        _write_text(staging / "export.json", json.dumps(metadata, indent=2))
+        _replace_folder(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ExportResult(
+        final,
+        fmt,
+        quantize,
+        final / MODEL_FILES[fmt],
+        difference,
+        tolerance,
+        len(sample),
+        _size(final / MODEL_FILES[fmt]),
+    )
+
+
+def write_model(
+    model: Any, fmt: str, path: Path, quantize: str | None, representative: np.ndarray, source: Path | None = None
+) -> None:
+    """Write the model file (or SavedModel folder) at `path` with Keras' own exporter or the format's converter.
+
+    `representative`: N×H×W×C uint8 training images that calibrate int8. `source`: the .keras file to copy for
+    format keras. Raises ExportError when the format's package is missing or its converter fails.
+    """
+    import tensorflow as tf
+
+    # An explicit signature: Keras infers one only from a model that has been called, and this names the input.
+    signature = [tf.TensorSpec((None, *model.input_shape[1:]), tf.float32, name="image")]
+    try:
+        if fmt == "keras" and source:
+            shutil.copyfile(source, path)
+        elif fmt == "keras":
+            model.save(path)
+        elif fmt == "saved_model":
+            model.export(str(path), format="tf_saved_model", verbose=False, input_signature=signature)
+        elif fmt == "onnx":
+            model.export(str(path), format="onnx", verbose=False, input_signature=signature)
+        else:
+            options = litert_options(quantize, representative)
+            model.export(str(path), format="litert", verbose=False, input_signature=signature, **options)
+    except ImportError as error:
+        raise ExportError(f"{fmt} export needs {_missing(error)}; {INSTALL_HINT}") from error
+    except (ValueError, RuntimeError, TypeError) as error:  # the converters' own failures, first line kept
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+        raise ExportError(f"the {fmt} converter failed ({type(error).__name__}: {first}); export keras.") from error
+
+
+INSTALL_HINT = "install the optional export packages with `pip install -r requirements-export.txt`."
+
+
+def litert_options(quantize: str | None, representative: np.ndarray) -> dict[str, Any]:
+    """TFLiteConverter settings for a quantisation, as `keras.Model.export(format="litert", **options)` takes them.
+
+    float16: weights stored as float16. int8: weights and activations int8, ranges calibrated on `representative`
+    (N×H×W×C uint8, one image per step); inputs and outputs stay float32 so the contract does not change.
+    """
+    import tensorflow as tf
+
+    if quantize is None:
+        return {}
+    if quantize == "float16":
+        return {"optimizations": [tf.lite.Optimize.DEFAULT], "target_spec": {"supported_types": [tf.float16]}}
+
+    def dataset() -> Any:
+        for image in representative:
+            yield [np.asarray(image, np.float32)[np.newaxis]]
+
+    return {"optimizations": [tf.lite.Optimize.DEFAULT], "representative_dataset": dataset}
+
+
+def runtime_predictor(fmt: str, folder: str | Path) -> Callable[[np.ndarray], np.ndarray]:
+    """A function N×H×W×C float32 (0..255) → the model's raw output (N×1 or N×K), run by the format's runtime on
+    the export in `folder`. Raises ExportError when the runtime is not installed."""
+    path = Path(folder) / MODEL_FILES[fmt]
+    try:
+        return _LOADERS[fmt](path)
+    except ImportError as error:
+        raise ExportError(f"loading a {fmt} export needs {_missing(error)}; {INSTALL_HINT}") from error
+
+
+def _onnx(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda batch: session.run(None, {name: np.asarray(batch, np.float32)})[0]
+
+
+def _litert(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(model_path=str(path))
+    source, target = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    shape: list[tuple[int, ...]] = [()]
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        if shape[0] != batch.shape:  # the batch dimension is dynamic; tensors are re-allocated when it changes
+            interpreter.resize_tensor_input(source["index"], batch.shape)
+            interpreter.allocate_tensors()
+            shape[0] = batch.shape
+        interpreter.set_tensor(source["index"], np.asarray(batch, np.float32))
+        interpreter.invoke()
+        return interpreter.get_tensor(target["index"]).copy()
+
+    return forward
+
+
+def _saved_model(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(path))
+    return lambda batch: loaded.serve(tf.constant(batch, tf.float32)).numpy()
+
+
+def _keras(path: Path) -> Callable[[np.ndarray], np.ndarray]:
+    import keras
+
+    from medimg import models
+
+    models.sparse_auc(3)  # registers medimg's metric class, named in the file's compile configuration
+    model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    return lambda batch: np.asarray(model(np.asarray(batch, np.float32), training=False))
+
+
+_LOADERS = {"onnx": _onnx, "litert": _litert, "saved_model": _saved_model, "keras": _keras}
+
+
+def parity(model: Any, forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> float:
+    """Largest absolute difference between the Keras model's class probabilities and `forward`'s on `images`
+    (N×H×W×C uint8), both as N×K probabilities (`models.probabilities`); 0.0 for no images."""
+    from medimg.models import probabilities
+
+    if len(images) == 0:
+        return 0.0
+    batch = np.asarray(images, np.float32)
+    expected = probabilities(model, batch)
+    output = np.asarray(forward(batch), np.float32)
+    actual = np.concatenate([1.0 - output, output], axis=-1) if output.shape[-1] == 1 else output
+    return float(np.max(np.abs(actual - expected)))
+
+
+def export_zip(result: ExportResult) -> bytes:
+    """The export folder as a zip (paths inside start with the folder's name)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for path in sorted(result.path.rglob("*")):
+            if path.is_file():
+                archive.write(path, str(path.relative_to(result.path.parent)))
+    return buffer.getvalue()
+
+
+def _evenly_spaced(images: np.ndarray, count: int) -> np.ndarray:
+    if len(images) <= count:
+        return np.asarray(images)
+    return np.asarray(images[np.linspace(0, len(images) - 1, count).round().astype(int)])
+
+
+def _metadata(run: Run, fmt: str, quantize: str | None, difference: float, tolerance: float, count: int) -> dict:
+    return {
+        "export_version": EXPORT_VERSION,
+        "run_id": run.id,
+        "source_model_sha256": run.record.get("model_sha256"),
+        "format": fmt,
+        "quantize": quantize,
+        "model_file": MODEL_FILES[fmt],
+        "reference_script": f"predict_{fmt}.py",
+        "parity": {
+            "max_abs_diff": difference,
+            "tolerance": tolerance,
+            "images": count,
+            "split": "test",
+            "runtime": f"{RUNTIMES[fmt]} {_version(RUNTIMES[fmt])}",
+        },
+        "versions": {name: _version(name) for name in ("tensorflow", "keras", "tf2onnx", "onnxruntime")},
+        "medimg_version": __version__,
+        "created": time.time(),
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _missing(error: ImportError) -> str:
+    return f"the {error.name} package" if getattr(error, "name", None) else "an optional package"
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+def _replace_folder(staging: Path, final: Path) -> None:
+    """Move the checked export into place; an older export of the same name is replaced, anything else kept."""
+    if final.exists():
+        if not (final / "export.json").is_file():
+            raise ExportError(f"{final} exists and is not a medimg export; choose another --out folder.")
+        shutil.rmtree(final)
+    os.replace(staging, final)
+
+
+def _size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size
+
+
+def reference_script(fmt: str) -> str:
+    """The `predict_<fmt>.py` written next to an export: one image file in, probabilities JSON out."""
+    return _SCRIPT.format(fmt=fmt, runtime=RUNTIMES[fmt], loader=_SCRIPT_LOADERS[fmt].strip())
+
+
+_SCRIPT = '''"""Predict one image with the {fmt} model in this folder:  python predict_{fmt}.py IMAGE
+
+Needs {runtime} and medimg (for its preprocessing, medimg.images.load_image, the same code training used).
+Prints one JSON object: the probability of each class and the class called by contract.json's decision rule.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from medimg.dicom import DicomWindow
+from medimg.images import load_image
+
+HERE = Path(__file__).resolve().parent
+contract = json.loads((HERE / "contract.json").read_text(encoding="utf-8"))
+window = DicomWindow(*contract["dicom_window"]) if contract["dicom_window"] else None
+pixels = load_image(sys.argv[1], contract["image_size"], contract["color"], window=window)
+batch = pixels[np.newaxis].astype(np.float32)  # 1 x H x W x C, values 0..255: the model rescales itself
+
+{loader}
+
+output = np.asarray(output, np.float32)[0]
+names = contract["class_names"]
+probabilities = [1.0 - float(output[0]), float(output[0])] if output.shape[-1] == 1 else output.tolist()
+result = {{"probabilities": dict(zip(names, probabilities))}}
+if "positive_class" in contract:  # two classes: the operating point in contract.json
+    positive = contract["positive_class"]
+    other = names[1 - names.index(positive)]
+    result["called"] = positive if result["probabilities"][positive] >= contract["threshold"] else other
+else:
+    result["called"] = names[int(np.argmax(probabilities))]
+print(json.dumps(result))
+'''
+
+_SCRIPT_LOADERS = {
+    "onnx": """
+import onnxruntime
+
+session = onnxruntime.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
+output = session.run(None, {session.get_inputs()[0].name: batch})[0]
+""",
+    "litert": """
+try:
+    from ai_edge_litert.interpreter import Interpreter
+except ImportError:  # older installs: the interpreter bundled with TensorFlow (deprecated there)
+    import tensorflow as tf
+
+    Interpreter = tf.lite.Interpreter
+
+interpreter = Interpreter(model_path=str(HERE / "model.tflite"))
+interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
+interpreter.allocate_tensors()
+interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+interpreter.invoke()
+output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+""",
+    "saved_model": """
+import tensorflow as tf
+
+model = tf.saved_model.load(str(HERE / "saved_model"))
+output = model.serve(tf.constant(batch)).numpy()  # also served as signature "serving_default" (TF Serving)
+""",
+    "keras": """
+import keras
+
+from medimg.models import sparse_auc
+
+sparse_auc(3)  # registers medimg's metric class, named in the file's compile configuration
+model = keras.saving.load_model(HERE / "model.keras", compile=False, safe_mode=True)
+output = model(batch, training=False)
+""",
+}
