@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 from typing import Any, TypeVar
 
+from medimg.backbones import BACKBONE_NAMES
 from medimg.errors import ConfigError
 
 COLOR_MODES = ("gray", "rgb")
@@ -167,7 +168,14 @@ class AugmentConfig(_Config):
 
 @dataclasses.dataclass(frozen=True)
 class ModelParams(_Config):
-    """One point of the configurable CNN. `filters` has one entry per conv block."""
+    """One point of the configurable CNN, or a pretrained backbone with a head. `filters` has one entry per conv block.
+
+    Backbones (`medimg.backbones`): `backbone` is "cnn" (the configurable CNN) or a `keras.applications` network
+    (`BACKBONE_NAMES`); `weights` is "imagenet" (looked up offline, see `backbones.resolve_weights`), "none" (random
+    weights, the whole network trained) or a weight file's path, and matters only for a backbone;
+    `fine_tune_blocks` is how many top blocks stage 2 unfreezes (0: only the head is trained) at
+    `fine_tune_learning_rate`. For a backbone, `filters`, `kernel_size`, `batch_norm` and `head` are not used.
+    """
 
     filters: tuple[int, ...] = (32, 64)
     kernel_size: int = 3
@@ -183,8 +191,32 @@ class ModelParams(_Config):
     batch_size: int = 32
     augment_strength: float = 1.0
     class_weights: str = ""
+    backbone: str = "cnn"
+    weights: str = "imagenet"
+    fine_tune_blocks: int = 0
+    fine_tune_learning_rate: float = 1e-5
 
     def __post_init__(self) -> None:
+        _check(
+            self.backbone in ("cnn", *BACKBONE_NAMES),
+            f"backbone '{self.backbone}' must be 'cnn' or one of {list(BACKBONE_NAMES)}.",
+        )
+        _check(
+            isinstance(self.weights, str) and self.weights.strip() != "",
+            "weights must be 'imagenet', 'none' or the path of a weight file.",
+        )
+        _check(
+            self.backbone != "cnn" or self.weights in ("imagenet", "none"),
+            f"weights file '{self.weights}' needs a backbone; backbone 'cnn' is trained from random weights.",
+        )
+        _check(
+            isinstance(self.fine_tune_blocks, int) and 0 <= self.fine_tune_blocks <= 100,
+            f"fine_tune_blocks {self.fine_tune_blocks} must be a whole number in 0..100 (0: train only the head).",
+        )
+        _check(
+            0 < self.fine_tune_learning_rate < 1,
+            f"fine_tune_learning_rate {self.fine_tune_learning_rate} must be in (0, 1), typically 1e-5.",
+        )
         _check(
             self.class_weights in ("", *CLASS_WEIGHTS),
             f"class_weights '{self.class_weights}' must be one of {list(CLASS_WEIGHTS)} (or empty for the run's).",

@@ -1,4 +1,5 @@
-"""The configurable CNN. The seed tutorial's network is one point of its space (`ModelParams.seed_tutorial`)."""
+"""The configurable CNN (the seed tutorial's network is one point of its space, `ModelParams.seed_tutorial`) and the
+pretrained-backbone model (`build_backbone_model`: a `keras.applications` network with a small head)."""
 
 from __future__ import annotations
 
@@ -52,9 +53,12 @@ def build_model(params: ModelParams, input_shape: tuple[int, int, int], num_clas
     """A compiled functional CNN: Rescaling → conv blocks → head → output right for the task.
 
     Two classes: one sigmoid unit with binary cross-entropy. More: softmax with sparse categorical cross-entropy.
+    `params.backbone` other than "cnn": `build_backbone_model` instead.
     """
     import keras
 
+    if params.backbone != "cnn":
+        return build_backbone_model(params, input_shape, num_classes)
     inputs = keras.Input(shape=input_shape, name="image")
     model = keras.Model(inputs, network(params, inputs, num_classes), name="medimg_cnn")
     compile_model(model, params, num_classes)
@@ -103,6 +107,56 @@ def network(params: ModelParams, inputs: keras.KerasTensor, num_classes: int, pr
     )(x)
 
 
+HEAD_START = "head_gap"  # the first layer after a backbone; `backbone_layers` reads the backbone up to it
+
+
+def build_backbone_model(params: ModelParams, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A compiled model: uint8-range input (H×W×1 or ×3, H and W at least 32 px) → gray to RGB → the backbone's own
+    preprocessing → `keras.applications` backbone → global average pooling → dropout → optional dense → the same
+    output and loss as `build_model`.
+
+    With weights (ImageNet or a file) the backbone is frozen, its BatchNorm layers in inference mode (stage 1 of
+    https://keras.io/guides/transfer_learning/ ; `training.fit_model` runs stage 2); with `weights="none"` the
+    whole network is trainable (nothing to keep). Raises ConfigError for a too small input or missing weights
+    (`backbones.resolve_weights`); never falls back to random weights.
+    """
+    import keras
+
+    from medimg import backbones
+
+    backbones.check_input_size(params.backbone, input_shape)
+    weights_path, _ = backbones.resolve_weights(params.backbone, params.weights)
+    regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2) if (params.l1 or params.l2) else None
+    inputs = keras.Input(shape=input_shape, name="image")
+    features = backbones.build_backbone(params.backbone, inputs, weights_path)
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_START)(features)
+    if params.dropout:
+        x = keras.layers.Dropout(params.dropout, name="head_dropout")(x)
+    if params.dense_units:
+        x = keras.layers.Dense(
+            params.dense_units, activation=params.activation, kernel_regularizer=regularizer, name="head_dense"
+        )(x)
+    binary = num_classes == 2
+    outputs = keras.layers.Dense(
+        1 if binary else num_classes,
+        activation="sigmoid" if binary else "softmax",
+        dtype="float32",
+        name="probabilities",
+    )(x)
+    model = keras.Model(inputs, outputs, name=f"medimg_{params.backbone}")
+    if weights_path is not None:
+        backbones.set_trainable_blocks(params.backbone, backbone_layers(model), 0)
+    compile_model(model, params, num_classes)
+    return model
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The backbone's layers of a `build_backbone_model` model, in graph order (preprocessing and head excluded)."""
+    from medimg import backbones
+
+    return backbones.backbone_layers(model, HEAD_START)
+
+
 ENSEMBLE_NAME = "medimg_ensemble"
 MEMBER_PREFIX = "m{}_"
 
@@ -115,12 +169,16 @@ def build_ensemble(
     The members' layers are rebuilt in one graph (names prefixed m0_, m1_, …, m0_ the first member) with their
     trained weights copied, not nested as sub-models: the file loads with Keras' safe_mode (no Lambda, no custom
     layer) and Grad-CAM finds a convolution (the first member's, see `explain.last_conv_layer_name`).
-    Raises ValueError when the lists differ in length.
+    Raises ValueError when the lists differ in length, ConfigError when a member has a backbone.
     """
     import keras
 
     if len(members) != len(params) or not members:
         raise ValueError(f"{len(members)} members but {len(params)} parameter sets")
+    if any(p.backbone != "cnn" for p in params):
+        from medimg.errors import ConfigError
+
+        raise ConfigError("an ensemble combines configurable CNNs only; a backbone model cannot be a member yet.")
     inputs = keras.Input(shape=input_shape, name="image")
     outputs = [network(p, inputs, num_classes, MEMBER_PREFIX.format(i)) for i, p in enumerate(params)]
     model = keras.Model(inputs, keras.layers.Average(name="mean_probabilities")(outputs), name=ENSEMBLE_NAME)

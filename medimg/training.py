@@ -156,7 +156,10 @@ def fit_model(
     epochs: int | None = None,
     distribution: str = "none",
 ) -> tuple[Any, Any]:
-    """Build and fit one model on prepared data; returns (model, keras History)."""
+    """Build and fit one model on prepared data; returns (model, keras History).
+
+    A backbone with pretrained weights and `params.fine_tune_blocks` > 0 is fitted in two stages (see
+    `fine_tunes`): half the epochs for the head, the rest with the top blocks unfrozen; the History covers both."""
     import keras
 
     from medimg import batchnorm, models, pipeline
@@ -174,17 +177,96 @@ def fit_model(
     )
     val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
     weights = class_weights(data.arrays["train"].labels, data.num_classes, params.class_weights or config.class_weights)
+    total = epochs or config.epochs
+    two_stage = fine_tunes(params) and total >= 2
     history = model.fit(
         train,
         validation_data=val,
-        epochs=epochs or config.epochs,
+        epochs=total // 2 if two_stage else total,
         # First, so validation, early stopping and best-weight keepers all see precise BatchNorm statistics.
         callbacks=[batchnorm.precise_batchnorm_callback(data.arrays["train"].images, config.seed), *callbacks],
         class_weight=weights,
         verbose=0,
         shuffle=False,
     )
+    if two_stage and stage_one_finished(model, callbacks, history):
+        first = history.epoch[-1] + 1 if history.epoch else total // 2
+        unfreeze_top_blocks(model, params, data.num_classes, distribution)
+        stage_two = model.fit(
+            train,
+            validation_data=val,
+            epochs=total,
+            initial_epoch=first,
+            callbacks=[
+                batchnorm.precise_batchnorm_callback(data.arrays["train"].images, config.seed),
+                *stage_two_callbacks(callbacks),
+            ],
+            class_weight=weights,
+            verbose=0,
+            shuffle=False,
+        )
+        history = joined_history(history, stage_two)
     return model, history
+
+
+# ---- Two-stage fine-tuning of a pretrained backbone (https://keras.io/guides/transfer_learning/) -----------------
+# Stage 1 (above): the first half of the epochs train the head, the backbone frozen. Stage 2: the top
+# `params.fine_tune_blocks` blocks unfrozen (BatchNorm still frozen, in inference mode) at
+# `params.fine_tune_learning_rate`, numbered on from stage 1 (`initial_epoch`), so events and charts show one run.
+
+
+def fine_tunes(params: ModelParams) -> bool:
+    """Whether `fit_model` runs stage 2: a backbone with pretrained weights and `fine_tune_blocks` > 0 (with
+    `weights="none"` the whole backbone trains from the start, so there is nothing to unfreeze)."""
+    return params.backbone != "cnn" and params.weights != "none" and params.fine_tune_blocks > 0
+
+
+def stage_one_finished(model: Any, callbacks: list, history: Any) -> bool:
+    """Stage 1 ran to its end or early stopping ended it; not a stop request, a deadline or a NaN loss."""
+    import keras
+
+    losses = history.history.get("loss", [])
+    if (losses and not math.isfinite(losses[-1])) or any(getattr(c, "stopped_by_request", False) for c in callbacks):
+        return False
+    early = any(isinstance(c, keras.callbacks.EarlyStopping) and c.stopped_epoch > 0 for c in callbacks)
+    return early or not model.stop_training
+
+
+def unfreeze_top_blocks(model: Any, params: ModelParams, num_classes: int, distribution: str = "none") -> list[str]:
+    """Unfreeze the top `params.fine_tune_blocks` backbone blocks (BatchNorm stays frozen) and recompile at
+    `params.fine_tune_learning_rate`. Returns the unfrozen blocks' names, top first."""
+    from medimg import backbones, models
+
+    unfrozen = backbones.set_trainable_blocks(params.backbone, models.backbone_layers(model), params.fine_tune_blocks)
+    log.info("fine-tuning %s blocks of %s: %s", len(unfrozen), params.backbone, ", ".join(unfrozen))
+    scope = model.distribute_strategy.scope() if distribution == "mirrored" else contextlib.nullcontext()
+    with scope:
+        models.compile_model(model, params.replace(learning_rate=params.fine_tune_learning_rate), num_classes)
+    # Keras keeps the epoch a BackupAndRestore restored (a resumed stage 1) on the model; stage 2 starts from its
+    # own `initial_epoch` unless its own backup says otherwise.
+    model._initial_epoch = None
+    return unfrozen
+
+
+def stage_two_callbacks(callbacks: list) -> list:
+    """The same callbacks, except each BackupAndRestore gets a `stage2` folder of its own: stage 2 trains more
+    variables, so its optimizer state does not fit stage 1's checkpoint (and a resume restores each stage's own)."""
+    import keras
+
+    return [
+        type(c)(os.path.join(c.backup_dir, "stage2"), save_freq=c.save_freq, delete_checkpoint=c.delete_checkpoint)
+        if isinstance(c, keras.callbacks.BackupAndRestore)
+        else c
+        for c in callbacks
+    ]
+
+
+def joined_history(first: Any, second: Any) -> Any:
+    """Stage 2's History with stage 1's epochs and values in front, as one run's."""
+    second.epoch = [*first.epoch, *second.epoch]
+    for key, values in first.history.items():
+        second.history[key] = [*values, *second.history.get(key, [])]
+    return second
 
 
 def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
