@@ -383,3 +383,13 @@ def weights_command(argv: list[str]) -> int:
         print(f"error: {error}")
         return 1
     return 0
+
+
+def weights_record(name: str, weights: str) -> dict[str, str] | None:
+    """What run.json and the model card say about a backbone's starting weights: {"backbone", "weights", "file",
+    "sha256"}; None for the CNN and for random weights. Resolved when a run starts, so a missing file stops it
+    before any work with `resolve_weights`' message (ConfigError)."""
+    if name == "cnn" or weights == "none":
+        return None
+    path, sha256 = resolve_weights(name, weights)
+    return {"backbone": name, "weights": weights, "file": str(path), "sha256": str(sha256)}

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medimg.backbones import BACKBONE_NAMES
 from medimg.errors import MedimgError
 
 DEMO_DATASET = Path(__file__).parent / "demo" / "chest_xray_mini"
@@ -62,6 +63,16 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distribution", choices=["none", "mirrored"], help="tf.distribute strategy")
     parser.add_argument("--background", action="store_true", help="start the run as its own process and return")
     _add_mlflow_option(parser)
+    backbones = "cnn, " + ", ".join(BACKBONE_NAMES)
+    parser.add_argument(
+        "--backbone",
+        help=f"network: {backbones}; for tune a comma-separated list to search over (default cnn)",
+    )
+    parser.add_argument(
+        "--weights",
+        help="a backbone's starting weights: imagenet (found offline: see `weights list`), none, or a file (train)",
+    )
+    parser.add_argument("--fine-tune-blocks", help="top backbone blocks unfrozen in stage 2 (tune: a list), default 0")
 
 
 def _add_mlflow_option(parser: argparse.ArgumentParser) -> None:
@@ -151,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("runs", help="list runs with status and headline metrics")
     listing.add_argument("--runs")
     listing.add_argument("--json", action="store_true")
+
+    weights = commands.add_parser(
+        "weights", help="backbone weight files: list | fetch NAME | import FILE", add_help=False, prefix_chars="\0"
+    )
+    weights.add_argument("rest", nargs=argparse.REMAINDER)
 
     for name, text in (
         ("resume", "carry out or resume a run from its run directory"),
@@ -285,6 +301,20 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
                 tune[key] = getattr(args, flag)
         spec.update(search=search, tune=tune)
         train.setdefault("monitor", tune.get("objective", "val_auc"))
+        if args.backbone:
+            search["backbones"] = [name.strip() for name in args.backbone.split(",") if name.strip()]
+        if args.weights:
+            search["weights"] = args.weights
+        if args.fine_tune_blocks:
+            search["fine_tune_blocks"] = [int(n) for n in args.fine_tune_blocks.split(",")]
+    else:
+        params = spec["params"]
+        if args.backbone:
+            params["backbone"] = args.backbone
+        if args.weights:
+            params["weights"] = args.weights
+        if args.fine_tune_blocks:
+            params["fine_tune_blocks"] = int(args.fine_tune_blocks)
     return RunSpec.from_dict(spec)
 
 
@@ -492,6 +522,12 @@ def command_predict(args: argparse.Namespace) -> int:
     for result in failed:
         _err(f"skipped {result.name}: {result.error}")
     return 1 if failed and len(failed) == len(results) else 0
+
+
+def command_weights(args: argparse.Namespace) -> int:
+    from medimg.backbones import weights_command
+
+    return weights_command(args.rest)
 
 
 def command_report(args: argparse.Namespace) -> int:

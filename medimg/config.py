@@ -379,9 +379,22 @@ class SearchSpace(_Config):
     batch_sizes: tuple[int, ...] = (32,)
     augment_strengths: tuple[float, ...] = (1.0,)
     class_weights: tuple[str, ...] = ("",)
+    # Networks the trials choose from ("cnn": the configurable CNN above; others: `medimg.backbones`), the weights
+    # every backbone starts from ("imagenet" looked up offline, or "none"), and how many top blocks a backbone
+    # unfreezes in its second stage. For a backbone trial the conv settings above are not used.
+    backbones: tuple[str, ...] = ("cnn",)
+    weights: str = "imagenet"
+    fine_tune_blocks: tuple[int, ...] = (0,)
 
     def __post_init__(self) -> None:
         _check_choices("class_weights", self.class_weights, ("", *CLASS_WEIGHTS))
+        _check_choices("backbones", self.backbones, ("cnn", *BACKBONE_NAMES))
+        _check(bool(self.backbones), "backbones needs at least one value (cnn for the configurable CNN).")
+        _check(self.weights in ("imagenet", "none"), f"weights '{self.weights}' must be imagenet or none for a search.")
+        _check(
+            bool(self.fine_tune_blocks) and all(0 <= b <= 100 for b in self.fine_tune_blocks),
+            "fine_tune_blocks must be in 0..100.",
+        )
         _check(
             0 < self.learning_rate_min <= self.learning_rate_max < 1,
             "learning rate range must satisfy 0 < min <= max < 1.",
@@ -442,7 +455,10 @@ class SearchSpace(_Config):
             self.augment_strengths,
             self.class_weights,
         ]
-        return per_model * math.prod(len(c) for c in choices)
+        networks = ("cnn" in self.backbones) * per_model + (len(self.backbones) - ("cnn" in self.backbones)) * len(
+            self.fine_tune_blocks
+        )
+        return networks * math.prod(len(c) for c in choices)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -216,6 +216,13 @@ def _training(run: Run, record: dict[str, Any]) -> list[Any]:
         ),
         htmldoc.table(["hyperparameter", "value"], [[k, v] for k, v in params.items()]),
     ]
+    for weights in record.get("weights") or []:  # a pretrained backbone: which file it started from
+        parts.append(
+            htmldoc.paragraph(
+                f"Backbone {weights['backbone']} started from {weights['weights']} weights: "
+                f"{Path(weights['file']).name}, SHA-256 {weights['sha256']}."
+            )
+        )
     for metric in ("loss", "auc"):
         if history.get(metric):
             parts.append(htmldoc.Figure(charts.history_figure(history, metric, f"training {metric}")))

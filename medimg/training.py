@@ -273,9 +273,12 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
     """Carry out a train run from its record: prepare, fit (resumable), save, evaluate. Returns test metrics."""
     import keras
 
-    from medimg import evaluation
+    from medimg import backbones, evaluation
 
     spec = run.spec
+    weights = backbones.weights_record(spec.params.backbone, spec.params.weights)  # a missing file stops here
+    if weights:
+        run.update(weights=[weights])
     data = prepare_data(spec.dataset, _echo_progress(echo))
     run.update(
         data=data.summary(),

@@ -62,7 +62,20 @@ def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
         augment_strength=choice("augment_strength", space.augment_strengths),
         # Declared only when searched, so searches that leave it to the training settings keep their trial tables.
         class_weights=choice("class_weights", space.class_weights) if space.class_weights != ("",) else "",
+        **_backbone_values(hp, space, choice),
     )
+
+
+def _backbone_values(hp: kt.HyperParameters, space: SearchSpace, choice: Callable) -> dict[str, Any]:
+    """The backbone hyperparameters of one trial; none declared for a CNN-only space (the default), so existing
+    searches keep their trial tables and resume unchanged."""
+    if space.backbones == ("cnn",):
+        return {}
+    backbone = choice("backbone", space.backbones)
+    if backbone == "cnn":
+        return {"backbone": "cnn"}
+    blocks = choice("fine_tune_blocks", space.fine_tune_blocks) if space.weights != "none" else 0
+    return {"backbone": backbone, "weights": space.weights, "fine_tune_blocks": blocks}
 
 
 def params_from_values(values: dict[str, Any], space: SearchSpace) -> ModelParams:
@@ -102,6 +115,8 @@ def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any
     ):
         values[name] = getattr(params, name)
     values["head"] = params.head
+    if space.backbones != ("cnn",):
+        values["backbone"] = params.backbone
     widths = set(params.filters) if space.filters_growth == "free" else {params.filters[0]}
     inside = (
         len(params.filters) in space.conv_blocks
@@ -358,12 +373,16 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
     """Carry out a tune run from its record; best parameters and the best trial's model go into the run."""
     import keras
 
-    from medimg import evaluation, prepared, training
+    from medimg import backbones, evaluation, prepared, training
 
     spec = run.spec
     worker = is_distributed_worker()
     # The budget counts from here: decoding the images is part of the time the user gave.
     started = time.time()
+    # Every backbone's weights are found (or the search stops with the one message) before any trial starts.
+    weights = [backbones.weights_record(name, spec.search.weights) for name in spec.search.backbones]
+    if any(weights) and not worker:
+        run.update(weights=[w for w in weights if w])
     data = prepared.prepare_data(spec.dataset, training._echo_progress(echo))
     if not worker:  # the chief (or a lone process) owns run.json; workers only add events and trials
         run.update(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from medimg import charts, jobs, runs
+from medimg import backbones, charts, jobs, runs
 from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, ModelParams, RunSpec, TrainConfig, describe_params
 from medimg.errors import MedimgError
 from pages import common
@@ -54,6 +54,41 @@ if source == "Best of a search":
     )
     st.table(pd.DataFrame(describe_params(params), columns=["Setting", "Value"]).set_index("Setting"))
 else:
+    b1, b2, b3 = st.columns(3)
+    network = b1.selectbox(
+        "Network",
+        ["cnn", *backbones.BACKBONE_NAMES],
+        format_func=lambda name: "configurable CNN (below)" if name == "cnn" else name,
+        key=common.seed_widget("tr_backbone", params.backbone),
+        disabled=busy,
+        help="A keras.applications network with a new head, or medimg's CNN trained from scratch.",
+    )
+    start_from = b2.selectbox(
+        "Starting weights",
+        ["imagenet", "none"],
+        format_func={"imagenet": "ImageNet (found offline)", "none": "none (random)"}.__getitem__,
+        key=common.seed_widget(
+            "tr_start_weights", params.weights if params.weights in ("imagenet", "none") else "imagenet"
+        ),
+        disabled=busy or network == "cnn",
+    )
+    fine_tune_blocks = b3.number_input(
+        "Top blocks fine-tuned in stage 2",
+        0,
+        100,
+        key=common.seed_widget("tr_ft_blocks", params.fine_tune_blocks),
+        disabled=busy or network == "cnn" or start_from == "none",
+        help="Stage 1 trains the head on the frozen backbone; stage 2 unfreezes this many top blocks at a low rate.",
+    )
+    if network != "cnn":
+        status = next(row for row in backbones.weights_status() if row["backbone"] == network)
+        if start_from == "imagenet" and not status["found"]:
+            st.warning(backbones.missing_weights_message(backbones.get_backbone(network)), icon=":material/warning:")
+        st.caption(
+            f"{network}: ImageNet weights suit {backbones.get_backbone(network).size} px inputs "
+            "(the dataset's image size is used); the filter, kernel, batch-norm and head settings below are the CNN's "
+            "and are not used."
+        )
     c1, c2, c3, c4 = st.columns(4)
     filters_text = c1.text_input(
         "Filters per block",
@@ -101,6 +136,9 @@ else:
             optimizer=optimizer,
             learning_rate=float(learning_rate),
             batch_size=int(batch_size),
+            backbone=network,
+            weights=start_from if network != "cnn" else "imagenet",
+            fine_tune_blocks=int(fine_tune_blocks) if network != "cnn" else 0,
         )
         common.put("params", params)
     except ValueError as error:

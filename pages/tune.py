@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from medimg import auto, charts, importance, jobs, runs, tuning
+from medimg import auto, backbones, charts, importance, jobs, runs, tuning
 from medimg.config import (
     ACTIVATIONS,
     HEADS,
@@ -167,6 +167,37 @@ else:
             disabled=busy,
             key=common.seed_widget("tn_aug", list(space.augment_strengths)),
         )
+        c16, c17, c18 = st.columns(3)
+        networks = c16.multiselect(
+            "Networks",
+            ["cnn", *backbones.BACKBONE_NAMES],
+            disabled=busy,
+            help="The configurable CNN and/or keras.applications backbones with a new head (issue #14).",
+            key=common.seed_widget("tn_backbones", list(space.backbones)),
+        )
+        start_from = c17.selectbox(
+            "Backbone starting weights",
+            ["imagenet", "none"],
+            disabled=busy,
+            key=common.seed_widget("tn_weights", space.weights),
+        )
+        fine_tune = c18.multiselect(
+            "Top blocks fine-tuned in stage 2",
+            [0, 1, 2, 3, 4],
+            disabled=busy,
+            key=common.seed_widget("tn_ft_blocks", list(space.fine_tune_blocks)),
+        )
+        missing = [
+            row["file"]
+            for row in backbones.weights_status()
+            if row["backbone"] in networks and not row["found"] and start_from == "imagenet"
+        ]
+        if missing:
+            st.warning(
+                f"No ImageNet weights here for {', '.join(missing)}: the search would stop before its first trial. "
+                "`python -m medimg weights list` says what is missing; fetch or import them, or start from none.",
+                icon=":material/warning:",
+            )
         if st.button(
             "Use the wide default ranges",
             disabled=busy,
@@ -234,6 +265,9 @@ else:
             optimizers=tuple(optimizers),
             batch_sizes=tuple(batch_sizes),
             augment_strengths=tuple(strengths),
+            backbones=tuple(networks),
+            weights=start_from,
+            fine_tune_blocks=tuple(sorted(fine_tune)),
         )
         tune = TuneConfig(
             tuner=tuner_kind,

@@ -290,3 +290,82 @@ def test_stage_two_unfreezes_exactly_the_top_blocks(offline: Path, demo: dict[st
     }
     assert trainable == expected and "conv_1" in expected and "expanded_conv_8_project" not in trainable
     assert float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)) == pytest.approx(1e-5)
+
+
+# ------------------------------------------------------------------------------------------ runs, search, CLI
+def test_a_train_run_records_its_starting_weights_and_the_model_card_names_them(offline: Path) -> None:
+    from medimg import jobs, report, runs
+    from medimg.config import RunSpec, TrainConfig
+
+    weights = save_notop_weights("mobilenet_v3_small", offline / "my-weights.h5")
+    spec = RunSpec(
+        kind="train",
+        dataset=DatasetConfig(path=str(DEMO), image_size=SIZE, color="gray"),
+        params=ModelParams(backbone="mobilenet_v3_small", weights=str(weights), dense_units=0, batch_size=16),
+        train=TrainConfig(epochs=1, early_stopping_patience=0, reduce_lr_patience=0),
+    )
+    run = runs.create_run(spec, offline / "runs")
+    jobs.execute(run)
+    assert run.status == "completed"
+    assert run.record["weights"] == [
+        {"backbone": "mobilenet_v3_small", "weights": str(weights), "file": str(weights), "sha256": sha256(weights)}
+    ]
+    card = report.write_report(run, offline / "report.html").read_text(encoding="utf-8")
+    assert f"Backbone mobilenet_v3_small started from {weights} weights: my-weights.h5, SHA-256 {sha256(weights)}" in (
+        card
+    )
+
+
+def test_missing_imagenet_weights_stop_a_search_before_any_trial(offline: Path) -> None:
+    from medimg import jobs, runs
+    from medimg.config import RunSpec, SearchSpace, TrainConfig, TuneConfig
+
+    spec = RunSpec(
+        kind="tune",
+        dataset=DatasetConfig(path=str(DEMO), image_size=SIZE),
+        search=SearchSpace.quick().replace(backbones=("cnn", "efficientnet_b0")),
+        tune=TuneConfig(max_trials=2),
+        train=TrainConfig(epochs=1),
+    )
+    run = runs.create_run(spec, offline / "runs")
+    with pytest.raises(ConfigError, match=r"no file efficientnetb0_notop\.h5 \(MD5 50bc09e76180e00e4465e1a485ddc09d\)"):
+        jobs.execute(run)
+    assert run.events("trial_begin") == []
+
+
+def test_a_search_space_with_backbones_draws_them_and_a_cnn_only_space_declares_none() -> None:
+    import keras_tuner as kt
+
+    from medimg import tuning
+    from medimg.config import SearchSpace
+
+    space = SearchSpace.quick().replace(backbones=("cnn", "mobilenet_v3_small"), fine_tune_blocks=(0, 2))
+    hp = kt.HyperParameters()
+    tuning.params_from_hp(hp, space)
+    assert {p.name for p in hp.space} >= {"backbone"}
+    drawn = tuning.params_from_values({"backbone": "mobilenet_v3_small", "fine_tune_blocks": 2}, space)
+    assert (drawn.backbone, drawn.weights, drawn.fine_tune_blocks) == ("mobilenet_v3_small", "imagenet", 2)
+    assert tuning.params_from_values({"backbone": "cnn"}, space).backbone == "cnn"
+    cnn_only = kt.HyperParameters()
+    tuning.params_from_hp(cnn_only, SearchSpace.quick())
+    assert not {"backbone", "fine_tune_blocks"} & {p.name for p in cnn_only.space}
+    backbone_only = SearchSpace.quick().replace(backbones=("mobilenet_v3_small",), fine_tune_blocks=(0, 2))
+    assert space.size_estimate() == SearchSpace.quick().size_estimate() + backbone_only.size_estimate()
+
+
+def test_the_cli_sets_backbones_for_train_and_tune_and_lists_weights(offline: Path, capsys) -> None:
+    from medimg import cli
+
+    parser = cli.build_parser()
+    train = cli.build_spec(
+        parser.parse_args(["train", "--backbone", "densenet121", "--weights", "none", "--fine-tune-blocks", "1"]),
+        "train",
+    )
+    assert (train.params.backbone, train.params.weights, train.params.fine_tune_blocks) == ("densenet121", "none", 1)
+    tune = cli.build_spec(
+        parser.parse_args(["tune", "--backbone", "cnn,resnet50_v2", "--fine-tune-blocks", "0,2"]), "tune"
+    )
+    assert tune.search.backbones == ("cnn", "resnet50_v2") and tune.search.fine_tune_blocks == (0, 2)
+    assert cli.main(["weights", "list"]) == 0
+    listed = capsys.readouterr().out
+    assert "resnet50_v2" in listed and "missing: resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5" in listed

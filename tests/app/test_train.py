@@ -201,3 +201,22 @@ def test_stop_pressed_while_queued_is_honoured(runs_dir: Path) -> None:
     jobs.start_process(run)  # the process picks the run up a moment after the press
     wait_for(lambda: run.status not in runs.ACTIVE_STATUSES, 90, "the run to end")
     assert run.status == "stopped"
+
+
+def test_a_backbone_without_its_weights_is_warned_before_start_and_chosen_into_the_params(
+    runs_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "empty-keras-home"))  # no ImageNet weights anywhere
+    monkeypatch.delenv("MEDIMG_WEIGHTS_DIR", raising=False)
+    at = open_page("train")
+    assert at.selectbox(key="tr_start_weights").disabled  # the CNN has no starting weights to choose
+    at.selectbox(key="tr_backbone").set_value("efficientnet_b0").run()
+    no_exception(at)
+    warning = " ".join(values(at.warning))
+    assert "no file efficientnetb0_notop.h5 (MD5 50bc09e76180e00e4465e1a485ddc09d)" in warning
+    assert "python -m medimg weights import FILE" in warning
+    at.selectbox(key="tr_start_weights").set_value("none").run()
+    no_exception(at)
+    assert not [w for w in values(at.warning) if "efficientnetb0_notop.h5" in w]
+    params = at.session_state["params"]
+    assert (params.backbone, params.weights, params.fine_tune_blocks) == ("efficientnet_b0", "none", 0)
