@@ -35,9 +35,14 @@ def class_counts_figure(
     return _layout(fig, title, yaxis_title="images")
 
 
-def history_figure(history: dict[str, list[float]], metric: str, title: str | None = None) -> go.Figure:
-    """Train and validation curves of one metric by epoch (`loss`, `accuracy`, `auc`)."""
+def history_figure(
+    history: dict[str, list[float]], metric: str, title: str | None = None, stage_starts: list[int] | None = None
+) -> go.Figure:
+    """Train and validation curves of one metric by epoch (`loss`, `accuracy`, `auc`); a dotted line where each
+    later fine-tuning stage began (`Run.stage_starts`: epochs from 1)."""
     fig = go.Figure()
+    for epoch in stage_starts or []:
+        fig.add_vline(x=epoch - 0.5, line_dash="dot", annotation_text="fine-tuning", annotation_position="top left")
     longest = max(len(history.get(metric) or []), len(history.get(f"val_{metric}") or []))
     epochs = history.get("epoch") or list(range(1, longest + 1))
     for name, dash in ((metric, "solid"), (f"val_{metric}", "dash")):

@@ -159,6 +159,17 @@ class Run:
         """Per-epoch metrics from the event log (continues across a resume), for the final fit or one trial."""
         return self._histories().get(trial, {"epoch": []})
 
+    def stage_starts(self, trial: str | None = None) -> list[int]:
+        """Epochs (numbered from 1, as in `epoch_history`) at which a later fine-tuning stage began, from the epoch
+        events' `stage` (`training.fit_model`); [] for a one-stage fit."""
+        stages = {
+            int(event["epoch"]) + 1: int(event["stage"])
+            for event in self.events("epoch")
+            if event.get("trial") == trial and event.get("stage")
+        }
+        ordered = sorted(stages.items())
+        return [epoch for (epoch, stage), (_, before) in zip(ordered[1:], ordered, strict=False) if stage > before]
+
     def trial_histories(self) -> dict[str, dict[str, list[float]]]:
         """Per-epoch metrics of every trial, by trial id, from one read of the event log (as `epoch_history`)."""
         return {trial: history for trial, history in self._histories().items() if trial is not None}

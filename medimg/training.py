@@ -60,10 +60,17 @@ def make_progress_callback(
             self.steps: int | None = None
             self.epoch = 0
             self.stopped_by_request = False
+            self.stage: int | None = None  # 1 or 2 when `fit_model` fine-tunes a backbone in two stages
+            self.planned_epochs: int | None = None
+
+        def begin_stage(self, stage: int, epochs: int) -> None:
+            """Called by `fit_model` before each fine-tuning stage: events carry the stage, and "epoch k of N" counts
+            the whole run's N, not the stage's own end."""
+            self.stage, self.planned_epochs = stage, epochs
 
         def on_train_begin(self, logs: dict | None = None) -> None:
             self.steps = self.params.get("steps")
-            self.epochs = self.params.get("epochs")
+            self.epochs = self.planned_epochs or self.params.get("epochs")
 
         def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
             self.epoch = epoch
@@ -90,7 +97,10 @@ def make_progress_callback(
             values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v) and k not in undefined}
             seconds = round(time.time() - self.epoch_start, 3)
             if run is not None:
-                run.append_event("epoch", trial=trial, epoch=epoch, epochs=self.epochs, logs=values, seconds=seconds)
+                staged = {"stage": self.stage} if self.stage else {}
+                run.append_event(
+                    "epoch", trial=trial, epoch=epoch, epochs=self.epochs, logs=values, seconds=seconds, **staged
+                )
             if echo:
                 shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "learning_rate")
                 shown += "".join(f"  {k} undefined (one class)" for k in undefined if k in (logs or {}))
@@ -179,6 +189,7 @@ def fit_model(
     weights = class_weights(data.arrays["train"].labels, data.num_classes, params.class_weights or config.class_weights)
     total = epochs or config.epochs
     two_stage = fine_tunes(params) and total >= 2
+    _begin_stage(callbacks, 1 if two_stage else None, total)
     history = model.fit(
         train,
         validation_data=val,
@@ -192,6 +203,7 @@ def fit_model(
     if two_stage and stage_one_finished(model, callbacks, history):
         first = history.epoch[-1] + 1 if history.epoch else total // 2
         unfreeze_top_blocks(model, params, data.num_classes, distribution)
+        _begin_stage(callbacks, 2, total)
         stage_two = model.fit(
             train,
             validation_data=val,
@@ -213,6 +225,12 @@ def fit_model(
 # Stage 1 (above): the first half of the epochs train the head, the backbone frozen. Stage 2: the top
 # `params.fine_tune_blocks` blocks unfrozen (BatchNorm still frozen, in inference mode) at
 # `params.fine_tune_learning_rate`, numbered on from stage 1 (`initial_epoch`), so events and charts show one run.
+
+
+def _begin_stage(callbacks: list, stage: int | None, epochs: int) -> None:
+    for callback in callbacks:
+        if stage and hasattr(callback, "begin_stage"):
+            callback.begin_stage(stage, epochs)
 
 
 def fine_tunes(params: ModelParams) -> bool:

@@ -191,7 +191,10 @@ def live() -> None:
         if history.get("epoch"):
             cols = st.columns(3)
             for column, metric in zip(cols, ("loss", "accuracy", "auc"), strict=True):
-                column.plotly_chart(charts.history_figure(history, metric), key=f"train_{run.id}_{metric}")
+                column.plotly_chart(
+                    charts.history_figure(history, metric, stage_starts=run.stage_starts()),
+                    key=f"train_{run.id}_{metric}",
+                )
         common.show_test_metrics(run)
     except MedimgError as error:
         common.show_error(error)

@@ -377,7 +377,10 @@ def show_run(run: runs.Run) -> None:
             st.markdown(f"**Trial {runs.trial_number(current)}: per-epoch curves**")
             cols = st.columns(3)
             for column, metric in zip(cols, ("loss", "accuracy", "auc"), strict=True):
-                column.plotly_chart(charts.history_figure(history, metric), key=f"trial_{run.id}_{metric}")
+                column.plotly_chart(
+                    charts.history_figure(history, metric, stage_starts=run.stage_starts(current)),
+                    key=f"trial_{run.id}_{metric}",
+                )
 
 
 STATUS_WORDS = {

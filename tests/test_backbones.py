@@ -274,10 +274,18 @@ def test_stage_two_unfreezes_exactly_the_top_blocks(offline: Path, demo: dict[st
         def on_epoch_end(self, epoch, logs=None):
             epochs_seen.append(epoch)
 
+    from medimg import runs
+    from medimg.config import RunSpec
+
+    run = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(path=str(DEMO))), offline / "runs")
+    progress = training.make_progress_callback(run)
     backup = training.backup_and_restore(offline / "backup")  # each stage keeps its own checkpoint
     config = TrainConfig(epochs=3)
-    model, history = training.fit_model(params, demo["gray"], AugmentConfig(), config, [Epochs(), backup])
+    model, history = training.fit_model(params, demo["gray"], AugmentConfig(), config, [progress, Epochs(), backup])
     assert epochs_seen == [0, 1, 2] and history.epoch == [0, 1, 2]  # stage 1: epoch 0; stage 2: 1 and 2
+    events = run.events("epoch")
+    assert [(e["epoch"], e["stage"], e["epochs"]) for e in events] == [(0, 1, 3), (1, 2, 3), (2, 2, 3)]
+    assert run.stage_starts() == [2]  # the charts' "fine-tuning" line: before epoch 2 of 1..3
     assert (offline / "backup" / "stage2" / "latest.weights.h5").is_file()
     assert len(history.history["loss"]) == 3
     layers = models.backbone_layers(model)
