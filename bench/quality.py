@@ -145,6 +145,50 @@ def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     }
 
 
+def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
+    """Issue #11 item 6's alternative final model: each ensemble member's configuration retrained on train + val
+    for the number of epochs its trial peaked at (no validation left to stop on), averaged. Returns test scores of
+    the members as searched, of the retrained ones, and of all of them together."""
+    import dataclasses
+    import warnings
+
+    from medimg import models, runs, training, tuning
+    from medimg.cache import CachedArrays
+    from medimg.evaluation import predict_arrays
+
+    run = runs.Run(run_path)
+    members = (run.record.get("ensemble") or {}).get("members") or [run.record["best_trial"]]
+    trials = {t["trial_id"]: t for t in tuning.read_trials(run_path / tuning.TUNER_FOLDER)}
+    histories = run.trial_histories()
+    train, val, test = (data.arrays[s] for s in ("train", "val", "test"))
+    joined = CachedArrays(
+        np.concatenate([train.images, val.images]),
+        np.concatenate([train.labels, val.labels]),
+        train.paths + val.paths,
+        [],
+    )
+    data_joined = dataclasses.replace(data, arrays={"train": joined, "val": val, "test": test})
+    objective = run.record.get("objective") or run.spec.tune.objective
+    kept, retrained = [], []
+    for trial_id in members:
+        params = tuning.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
+        model = models.build_model(params, data.input_shape, data.num_classes)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+        kept.append(predict_arrays(model, test.images))
+        curve = histories.get(trial_id, {}).get(objective) or []
+        best = (int(np.argmin(curve) if objective.endswith("loss") else np.argmax(curve)) + 1) if curve else None
+        config = run.spec.train.replace(early_stopping_patience=0, reduce_lr_patience=0)
+        model, _ = training.fit_model(params, data_joined, run.spec.augment, config, [], epochs=best)
+        retrained.append(predict_arrays(model, test.images))
+    return (
+        scores(test.labels, np.mean(kept, axis=0)),
+        scores(test.labels, np.mean(retrained, axis=0)),
+        scores(test.labels, np.mean(kept + retrained, axis=0)),
+    )
+
+
 def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     """Test scores of the mean of the top k completed trials (ranked by their validation score), for every k: does
     a larger ensemble help, or do the members plateau together?"""
@@ -200,6 +244,11 @@ def main() -> None:
     parser.add_argument(
         "--every-k", action="store_true", help="with --rules: test AUC/acc of the mean of the top k, for every k"
     )
+    parser.add_argument(
+        "--train-val",
+        action="store_true",
+        help="with --rules: the ensemble's members retrained on train + val for their best epoch count, vs as is",
+    )
     args = parser.parse_args()
     if args.speed:
         speed()
@@ -212,6 +261,14 @@ def main() -> None:
             rules = final_model_rules(run_path, training.prepare_data(runs_spec_dataset(record)))
             shown = "  ".join(f"{r}: AUC {rules[r][0]:.3f} acc {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
             print(f"{run_path.name}  {shown}  (k={rules['chosen_k']})", flush=True)
+            if args.train_val:
+                data = training.prepare_data(runs_spec_dataset(record))
+                kept, retrained, both = train_val_rule(run_path, data)
+                print(
+                    f"  members as searched: AUC {kept[0]:.3f} acc {kept[1]:.3f}; retrained on train + val: AUC "
+                    f"{retrained[0]:.3f} acc {retrained[1]:.3f}; all of them: AUC {both[0]:.3f} acc {both[1]:.3f}",
+                    flush=True,
+                )
             if args.every_k:
                 for k, (auc, accuracy, _) in enumerate(
                     every_k(run_path, training.prepare_data(runs_spec_dataset(record))), 1
