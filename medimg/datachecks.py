@@ -38,6 +38,14 @@ def one_class_reason(counts: Mapping[str, int]) -> str | None:
 def split_warnings(splits: Mapping[str, Mapping[str, int]]) -> list[str]:
     """Warnings about the validation and test splits' class make-up; `splits`: split → class → readable images."""
     warnings = []
+    if "train" in splits:
+        every = {name for counts in splits.values() for name, count in counts.items() if count}
+        untrained = sorted(name for name in every if not splits["train"].get(name))
+        if untrained:
+            warnings.append(
+                f"class {', '.join(repr(n) for n in untrained)} has readable images but none in train/: training "
+                "stops before it starts; move some of them into train/."
+            )
     val = one_class_reason(splits.get("val", {}))
     if val:
         warnings.append(

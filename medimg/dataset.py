@@ -406,9 +406,14 @@ def _carve(files: list[ImageFile], fraction: float, seed: int) -> tuple[list[Ima
         from sklearn.model_selection import train_test_split
 
         counts = Counter(labels)
-        stratify = labels if min(counts.values()) >= 2 else None
-        count = max(len(counts) if stratify else 1, round(fraction * len(files)))
-        if count >= len(files):
+        # A class with one file cannot be stratified; it stays in the first part, and the others stay stratified
+        # (one such class used to turn stratification off for the whole dataset).
+        singles = [i for i, label in enumerate(labels) if counts[label] < 2]
+        rest = [i for i, label in enumerate(labels) if counts[label] >= 2]
+        rest_labels = [labels[i] for i in rest]
+        count = max(len(set(rest_labels)), round(fraction * len(files)))
+        if len(rest) < 2 or count >= len(rest):
             return list(files), []
-        keep, take = train_test_split(range(len(files)), test_size=count, random_state=seed, stratify=stratify)
+        keep, take = train_test_split(rest, test_size=count, random_state=seed, stratify=rest_labels)
+        keep = [*keep, *singles]
     return [files[i] for i in sorted(keep)], [files[i] for i in sorted(take)]

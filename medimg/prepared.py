@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from medimg import cache, datachecks, dataset
+from medimg import cache, datachecks, dataset, scanning
 from medimg.cache import CachedArrays
 from medimg.config import DatasetConfig
 from medimg.errors import DatasetError
@@ -66,11 +66,19 @@ class PreparedData:
 
 
 def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], None] | None = None) -> PreparedData:
-    """List, split and decode (once, cached) the dataset a run uses."""
-    listing = dataset.list_files(config.path, config.group_regex, config.merge_label_case)
-    splits = dataset.make_splits(listing.files, config.val_fraction, config.test_fraction, config.seed)
+    """Scan, split and decode (once, cached) the dataset a run uses.
+
+    The split is made from the files the scan could read (`scanning.scan`, cached by path, size and modification
+    time, so a dataset the Dataset page already showed is not read again): exactly the split that page previews,
+    and the scan's warnings (classes left out, manifest labels) are said before any decoding. An unreadable file
+    used to be split with the rest and only dropped at decoding, which shifted every split away from the preview.
+    """
+    report = scanning.scan(config.path, config.group_regex, on_progress, merge_label_case=config.merge_label_case)
+    splits = dataset.make_splits(report.files, config.val_fraction, config.test_fraction, config.seed)
     arrays = {}
-    unreadable = [{"path": p.path, "reason": p.reason} for p in listing.problems]
+    unreadable = list(report.unreadable)
+    scanned_splits = datachecks.split_warnings(report.splits)  # recounted below on what was decoded
+    warnings = [w for w in report.warnings if w not in scanned_splits]
     for name, files in splits.items():
         arrays[name] = cache.load_arrays(
             [f.path for f in files],
@@ -81,7 +89,8 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
             window=dicom_window(config),
         )
         unreadable += arrays[name].failures
-    class_names, arrays, warnings = _leave_out_unusable_classes(splits, arrays, listing)
+    class_names, arrays, changed = _leave_out_unusable_classes(splits, arrays)
+    warnings += changed
     if len(class_names) < 2:
         raise DatasetError(
             f"only {len(class_names)} class has readable images; a classifier needs two. " + " ".join(warnings)
@@ -108,15 +117,14 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
 
 
 def _leave_out_unusable_classes(
-    splits: dataset.Splits, arrays: dict[str, CachedArrays], listing: dataset.Listing
+    splits: dataset.Splits, arrays: dict[str, CachedArrays]
 ) -> tuple[list[str], dict[str, CachedArrays], list[str]]:
-    """Class names, arrays relabelled to them, and warnings, once the classes with no readable image (the scan
-    names the same ones: `datachecks.class_warnings`) are left out. Their files are all unreadable, so no array row
-    belongs to them and relabelling only closes the gaps in the label numbers."""
-    listed = {c: sum(f.label == c for f in listing.files) for c in splits.class_names}
+    """Class names, arrays relabelled to them, and warnings, once classes that no longer have a readable image are
+    left out (the scan read them; every one of their files changed or went since). Their files all failed, so no
+    array row belongs to them and relabelling only closes the gaps in the label numbers."""
+    listed = {c: sum(f.label == c for _, files in splits.items() for f in files) for c in splits.class_names}
     readable = {c: sum(int(np.sum(a.labels == i)) for a in arrays.values()) for i, c in enumerate(splits.class_names)}
-    empty = listing.empty_classes
-    warnings = datachecks.class_warnings(listed, readable, empty)
+    warnings = datachecks.class_warnings(listed, readable)
     left_out = set(datachecks.unusable_classes(listed, readable))
     if not left_out:
         return list(splits.class_names), arrays, warnings

@@ -17,6 +17,7 @@ from medimg.runs import Run, trial_number
 if TYPE_CHECKING:
     import keras_tuner as kt
 
+    from medimg.features import FeatureStore
     from medimg.prepared import PreparedData
 
 TUNER_FOLDER = "tuner"
@@ -143,9 +144,14 @@ def build_hypermodel(
     extra_callbacks: Callable[[str], list],
     on_collapsed: Callable[[str, str], None] | None = None,
     objective: str = "val_auc",
+    feature_store: FeatureStore | None = None,
 ) -> kt.HyperModel:
     """A HyperModel drawing `ModelParams` from `space`; a trial whose best model calls every validation image one
-    class is reported to `on_collapsed(trial_id, class_name)` and scored as the worst possible, so it never wins."""
+    class is reported to `on_collapsed(trial_id, class_name)` and scored as the worst possible, so it never wins.
+
+    With a `feature_store`, a trial whose backbone stays frozen and sees no augmentation (`features.unused_reason`)
+    trains only the head, on cached backbone features; the model KerasTuner checkpoints is still the full image
+    model (`features.head_model` shares its head layers)."""
     import keras_tuner as kt
 
     from medimg import batchnorm, models, pipeline, training
@@ -156,6 +162,9 @@ def build_hypermodel(
 
         def fit(self, hp: kt.HyperParameters, model: Any, *args: Any, **kwargs: Any) -> Any:
             params = params_from_hp(hp, space)
+            cached = feature_store.for_trial(params, model) if feature_store else None
+            if cached is not None:
+                return self.fit_head(params, model, cached, kwargs)
             trial_train = pipeline.make_dataset(
                 data.arrays["train"],
                 params.batch_size,
@@ -180,7 +189,34 @@ def build_hypermodel(
                 verbose=0,
                 shuffle=False,
             )
-            called = one_class_called(model, data.arrays["val"].images, data.arrays["val"].labels)
+            return self.scored(history, model, data.arrays["val"].images)
+
+        def fit_head(self, params: ModelParams, model: Any, cached: dict, kwargs: dict) -> Any:
+            """Train `model`'s head on cached N×D features; KerasTuner's callbacks (its best-epoch checkpoint)
+            see the full model, whose head is the one trained; the trial's own callbacks see the head model."""
+            from medimg import features
+
+            with model.distribute_strategy.scope():
+                head = features.head_model(model, params, data.num_classes)
+            tuner_callbacks = [features.on_full_model(c, model) for c in kwargs.pop("callbacks", [])]
+            history = head.fit(
+                cached["train"],
+                label_array(data.arrays["train"].labels, data.num_classes),
+                batch_size=params.batch_size,
+                validation_data=(cached["val"], label_array(data.arrays["val"].labels, data.num_classes)),
+                epochs=kwargs.pop("epochs", train.epochs),
+                callbacks=[*tuner_callbacks, *extra_callbacks(self.trial_id)],
+                class_weight=training.class_weights(
+                    data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
+                ),
+                verbose=0,
+                shuffle=True,
+            )
+            return self.scored(history, head, cached["val"])
+
+        def scored(self, history: Any, model: Any, val_inputs: Any) -> Any:
+            """The fit's history, or the worst score when the model calls every validation input one class."""
+            called = one_class_called(model, val_inputs, data.arrays["val"].labels)
             if called is None:
                 return history
             if on_collapsed:
@@ -188,6 +224,15 @@ def build_hypermodel(
             return {objective: WORST_SCORE["min" if objective.endswith("loss") else "max"]}
 
     return MedimgHyperModel(name="medimg_cnn")
+
+
+def label_array(labels: Any, num_classes: int) -> Any:
+    """Labels as `pipeline.make_dataset` gives them: N×1 float32 for two classes (a sigmoid unit), else N int32."""
+    import numpy as np
+
+    if num_classes == 2:
+        return np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+    return np.asarray(labels, dtype=np.int32)
 
 
 # The score a collapsed trial gets, so no tuner ranks it above a trial that learnt something.
@@ -450,7 +495,10 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
                 "be the best"
             )
 
-    hypermodel = build_hypermodel(spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective)
+    store = feature_cache(run, data, echo, worker)
+    hypermodel = build_hypermodel(
+        spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective, store
+    )
     first = (
         first_trial_values(ModelParams.plain_cnn(spec.dataset.image_size), spec.search)
         if spec.tune.first_trial == "plain_cnn" and spec.tune.tuner != "hyperband"
@@ -480,6 +528,27 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
     if worker:
         return {}
     return _finish_search(run, tuner, data, ended, evaluation)
+
+
+def feature_cache(
+    run: Run, data: PreparedData, echo: Callable[[str], None] | None, worker: bool
+) -> FeatureStore | None:
+    """The backbone features the search's frozen-backbone trials train on, computed (or read) before the first
+    trial; whether each backbone's trials use them, and why not, goes into run.json (`feature_cache`) and onto the
+    console. None for a CNN-only search."""
+    from medimg import features, prepared, training
+
+    spec = run.spec
+    if spec.search.backbones == ("cnn",):
+        return None
+    store = features.FeatureStore(data, spec.augment, prepared.dicom_window(spec.dataset))
+    records = store.prepare(spec.search, training._echo_progress(echo))
+    if not worker:
+        run.update(feature_cache=records)
+    for record in records:
+        if echo:
+            echo(record["message"])
+    return store
 
 
 def is_distributed_worker() -> bool:

@@ -39,7 +39,7 @@ with left:
             0.0,
             unit.maximum,
             step=unit.step,
-            format=f"%g{unit.unit}",
+            format=f"%g{unit.unit.replace('%', '%%')}",  # sprintf: a literal % must be doubled
             help=unit.help,
             key=common.seed_widget(f"aug_{field}", unit.shown(float(getattr(config, field)))),
         )

@@ -207,6 +207,10 @@ def test_user_journey(server: dict, page) -> None:
     wait_idle(page)
     page.get_by_text("#12").wait_for(timeout=60_000)
     assert wait_count(page, "[data-testid='stImage'] img", 13) >= 13
+    # Every strength slider is drawn by the browser: a bad sprintf format ('%g%') replaced six of them with an error.
+    for label in ("Rotation", "Zoom", "Brightness", "Noise"):
+        expect(page.locator("[data-testid='stSlider']", has_text=label).first).to_be_visible()
+    assert page.get_by_text("unexpected placeholder").count() == 0
     shoot(page, "2-augment")
     # A reload is a new session: the choice is still there (kept beside the runs, not only in the browser session).
     page.reload()
