@@ -141,6 +141,8 @@ def bootstrap_intervals(
         values = values[np.isfinite(values)]
         low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (math.nan, math.nan)
         metrics[name] = {"estimate": _number(point[0]), "low": _number(low), "high": _number(high)}
+    if scored.binary:
+        _wilson_where_collapsed(metrics, scored, threshold, positive, confidence)
     return {
         "method": "stratified percentile bootstrap",
         "resamples": n_resamples,
@@ -149,6 +151,38 @@ def bootstrap_intervals(
         "threshold": float(threshold) if scored.binary else None,
         "metrics": metrics,
     }
+
+
+def _wilson_where_collapsed(
+    metrics: dict[str, dict], scored: Scored, threshold: float, positive: str | int | None, confidence: float
+) -> None:
+    """Replace a proportion's percentile interval that collapsed to a point (every resample equal: 4 of 4 positives
+    called, so sensitivity is 1.000 in all of them) by the Wilson score interval of its counts, and say so in the
+    metric's `interval`. A width of zero would read as certainty from a handful of images. Wilson: E. B. Wilson,
+    "Probable inference, the law of succession, and statistical inference", JASA 22 (1927); computed by
+    `scipy.stats.binomtest(k, n).proportion_ci(method="wilson")`."""
+    from scipy.stats import binomtest
+
+    index = positive_index(scored.class_names, positive)
+    is_positive, called = scored.labels == index, scored.probs[:, index] >= threshold
+    tp, fn = int(np.sum(is_positive & called)), int(np.sum(is_positive & ~called))
+    tn, fp = int(np.sum(~is_positive & ~called)), int(np.sum(~is_positive & called))
+    counts = {
+        "sensitivity": (tp, tp + fn),
+        "specificity": (tn, tn + fp),
+        "ppv": (tp, tp + fp),
+        "npv": (tn, tn + fn),
+        "accuracy": (tp + tn, tp + tn + fp + fn),
+    }
+    for name, (successes, trials) in counts.items():
+        metric = metrics.get(name)
+        if metric is None or not trials or metric["low"] is None or metric["low"] != metric["high"]:
+            continue
+        interval = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
+        metric.update(low=float(interval.low), high=float(interval.high), interval=f"Wilson ({successes}/{trials})")
+    for metric in metrics.values():  # AUC, F1, balanced accuracy: no count to fall back on; said, not hidden
+        if metric["low"] is not None and metric["low"] == metric["high"] and "interval" not in metric:
+            metric["interval"] = "collapsed: every resample gave the same value, which is not certainty"
 
 
 def _number(value: float) -> float | None:

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser("predict", help="class probabilities for image files, CSV out")
     predict.add_argument("run")
-    predict.add_argument("images", nargs="+")
+    predict.add_argument("images", nargs="+", help="image files, or folders (every file under them)")
     predict.add_argument("--runs")
     predict.add_argument("--out", help="write the CSV here instead of standard output")
 
@@ -147,7 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run")
     report.add_argument("--runs")
     report.add_argument("--out", help="HTML file to write (default: report.html in the run's folder)")
-    report.add_argument("--threshold", type=float, default=0.5, help="call positive when p(positive) >= T (0.5)")
+    report.add_argument(
+        "--threshold", type=float, help="call positive when p(positive) >= T (default: the validation operating point)"
+    )
     report.add_argument("--positive", help="positive class of a two-class task (default: the not-normal class)")
 
     exporting = commands.add_parser(
@@ -511,17 +513,33 @@ def command_predict(args: argparse.Namespace) -> int:
     from medimg.predict import Predictor, predictions_csv
 
     predictor = Predictor(runs.find_run(args.run, args.runs))
-    results = predictor.predict([(path, path) for path in args.images])
+    results = predictor.predict([(path, path) for path in _expand_folders(args.images)])
     text = predictions_csv(results, predictor.class_names)
+    _err(f"called: {predictor.decision}")  # so p = 0.69 called NORMAL at a 0.72 operating point is not a surprise
     if args.out:
-        Path(args.out).write_text(text)
-        _err(f"wrote {len(results)} rows to {args.out}")
+        Path(args.out).write_text(text, encoding="utf-8")
+        _err(f"wrote {len(results)} row{'s' if len(results) != 1 else ''} to {args.out}")
     else:
         sys.stdout.write(text)
     failed = [r for r in results if r.error]
     for result in failed:
         _err(f"skipped {result.name}: {result.error}")
     return 1 if failed and len(failed) == len(results) else 0
+
+
+def _expand_folders(paths: list[str]) -> list[str]:
+    """Each folder given becomes the files under it (sorted, hidden and OS files left out); files stay as given."""
+    from medimg.images import is_ignored
+
+    expanded = []
+    for path in paths:
+        folder = Path(path)
+        if folder.is_dir():
+            files = (f for f in folder.rglob("*") if f.is_file())
+            expanded += sorted(str(f) for f in files if not any(is_ignored(p) for p in f.relative_to(folder).parts))
+        else:
+            expanded.append(path)
+    return expanded
 
 
 def command_weights(args: argparse.Namespace) -> int:
@@ -533,7 +551,7 @@ def command_weights(args: argparse.Namespace) -> int:
 def command_report(args: argparse.Namespace) -> int:
     from medimg import report, runs
 
-    if not 0.0 <= args.threshold <= 1.0:
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise MedimgError(f"--threshold {args.threshold} is not a probability; give a value between 0 and 1.")
     run = runs.find_run(args.run, args.runs)
     path = report.write_report(run, args.out or run.path / "report.html", args.threshold, args.positive)

@@ -19,7 +19,7 @@ import numpy as np
 
 from medimg import __version__, charts, clinical, dicom, evaluation, htmldoc, images, subgroups
 from medimg.errors import file_reason
-from medimg.runs import Run
+from medimg.runs import Run, trial_number
 
 NOT_FOR_CLINICAL_USE = (
     "Not for clinical use. This model and report come from a research and teaching tool. They are not a medical "
@@ -66,12 +66,12 @@ def software_versions() -> dict[str, str]:
 def write_report(
     run: Run,
     path: str | Path,
-    threshold: float = 0.5,
+    threshold: float | None = None,
     positive: str | int | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
 ) -> Path:
-    """Write the run's report to `path` (one HTML file) and return the path."""
+    """Write the run's report to `path` (one HTML file) and return the path. `threshold`: as `build_report`."""
     path = Path(path)
     text = build_report(run, threshold, positive, n_resamples, seed)
     temporary = path.with_name(f".{path.name}.tmp")
@@ -81,11 +81,19 @@ def write_report(
 
 
 def build_report(
-    run: Run, threshold: float = 0.5, positive: str | int | None = None, n_resamples: int = 2000, seed: int = 0
+    run: Run,
+    threshold: float | None = None,
+    positive: str | int | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
 ) -> str:
-    """The report as one self-contained HTML document."""
+    """The report as one self-contained HTML document, at `threshold` for two classes: by default the operating
+    point chosen on validation (`evaluation.default_threshold`: Youden's J, else 0.5), the one Predict calls at."""
     metrics = ensure_evaluated(run)
     scored = evaluation.load_scored(run)
+    if threshold is None:  # several classes: the arg-max, and the threshold is not used
+        binary = scored["test"].binary
+        threshold = evaluation.default_threshold(scored["test"], scored.get("val"), positive) if binary else 0.5
     summary = evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive, n_resamples, seed)
     record = run.record
     parts = [
@@ -201,16 +209,36 @@ def _leakage(leakage: dict[str, Any]) -> list[str]:
 
 def _training(run: Run, record: dict[str, Any]) -> list[Any]:
     spec = record.get("spec", {})
-    params = spec.get("params", {})
     train, augment = spec.get("train", {}), spec.get("augment", {})
-    history = run.read_json("history.json") or run.epoch_history()
+    search = spec.get("kind") == "tune"
+    # A search's model is its best trial (or the mean of its best trials): its settings and curves, not the spec's
+    # default parameters and an empty final-fit history.
+    params = dict(record.get("best_params") or {}) if search else dict(spec.get("params", {}))
+    if params.get("backbone", "cnn") == "cnn":  # backbone settings mean nothing for the configurable CNN
+        for name in ("backbone", "weights", "fine_tune_blocks", "fine_tune_learning_rate"):
+            params.pop(name, None)
+    best = record.get("best_trial")
+    history = run.epoch_history(trial=best) if search and best else run.read_json("history.json") or run.epoch_history()
     epochs = len(history.get("loss", []))
     active = {k: v for k, v in augment.items() if v}
+    monitor = record.get("objective") or record.get("monitor") or train.get("monitor")
+    ensemble = record.get("ensemble") or {}
+    members = ensemble.get("members") or []
+    if search and len(members) > 1:
+        model = (
+            f"The model is the mean of {len(members)} trials' models (trials "
+            f"{', '.join(str(trial_number(m)) for m in members)} of {record.get('trials_completed', '?')} completed, "
+            f"the best by validation {ensemble.get('objective', monitor)}); the settings below are the best trial's. "
+        )
+    elif search and best:
+        model = f"The model is the search's best trial (trial {trial_number(best)}, by validation {monitor}). "
+    else:
+        model = ""
     parts: list[Any] = [
         htmldoc.paragraph(
-            f"Epochs run: {epochs} of {train.get('epochs')} "
+            f"{model}Epochs run{' by the best trial' if search else ''}: {epochs} of {train.get('epochs')} "
             f"(early-stopping patience {train.get('early_stopping_patience')}, "
-            f"monitor {train.get('monitor')}); class weights: {train.get('class_weights')}; seed {train.get('seed')}; "
+            f"monitor {monitor}); class weights: {train.get('class_weights')}; seed {train.get('seed')}; "
             f"augmentation: {', '.join(f'{k}={v}' for k, v in active.items()) or 'none'}; "
             f"distribution: {spec.get('distribution', 'none')}; model SHA-256 {record.get('model_sha256', '?')}."
         ),
@@ -233,7 +261,7 @@ def _performance(summary: dict[str, Any]) -> list[Any]:
     intervals = summary["intervals"]
     confidence = f"{intervals['confidence']:.0%}"
     rows = [
-        [clinical.metric_label(name), value["estimate"], value["low"], value["high"]]
+        [clinical.metric_label(name), value["estimate"], value["low"], value["high"], value.get("interval", "")]
         for name, value in intervals["metrics"].items()
     ]
     parts: list[Any] = []
@@ -254,7 +282,7 @@ def _performance(summary: dict[str, Any]) -> list[Any]:
             "class counts are kept in each resample, so PPV and NPV hold at the test split's prevalence."
         )
     )
-    parts.append(htmldoc.table(["metric", "estimate", f"{confidence} CI low", f"{confidence} CI high"], rows))
+    parts.append(htmldoc.table(["metric", "estimate", f"{confidence} CI low", f"{confidence} CI high", "note"], rows))
     if summary["presets"]:
         parts.append(_presets(summary))
     names = summary["class_names"]
@@ -293,7 +321,7 @@ def _calibration(calibration: dict[str, Any]) -> list[Any]:
         f"({'softens over-confident' if temperature > 1 else 'sharpens under-confident'} probabilities; ranks, hence "
         "AUC, unchanged)."
         if temperature
-        else "No validation predictions: temperature scaling was not fitted."
+        else f"Temperature scaling was not fitted: {calibration.get('skipped') or 'no validation predictions'}."
     )
     if calibration.get("warning"):
         text += " " + calibration["warning"]

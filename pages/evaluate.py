@@ -175,7 +175,12 @@ for column, (label, key) in zip(cols, tiles, strict=False):
     column.metric(label, "–" if value["estimate"] is None else f"{value['estimate']:.3f}", help=ci or None)
 cols[-1].metric("Test images", summary["count"])
 rows = [
-    {"metric": clinical.metric_label(name), "estimate": value["estimate"], "95% CI": interval_text(value, False)}
+    {
+        "metric": clinical.metric_label(name),
+        "estimate": value["estimate"],
+        "95% CI": interval_text(value, False),
+        "note": value.get("interval", ""),  # Wilson where the bootstrap collapsed, or that it collapsed
+    }
     for name, value in intervals.items()
 ]
 st.table(

@@ -69,7 +69,8 @@ if mode == MODES[0]:
         "Augmentation: horizontal flips and rotations up to ±18°, their strength searched (the Augment page's "
         "settings apply under Advanced)."
     )
-    if st.button(f"Find a good model in {minutes:g} minutes", type="primary", disabled=busy):
+    label = f"Find a good model in {minutes:g} minute{'s' if minutes != 1 else ''}"
+    if st.button(label, type="primary", disabled=busy):
         try:
             chosen = auto.plan(data.path, minutes, seed=data.seed, base=RunSpec(dataset=data))
         except MedimgError as error:
@@ -323,7 +324,7 @@ def show_run(run: runs.Run) -> None:
                     [{"Setting": c["setting"].replace("_", " "), "Why": c["reason"]} for c in record["auto"]["choices"]]
                 ),
                 hide_index=True,
-                use_container_width=True,
+                width="stretch",
             )
     if record.get("tuner_notice"):
         st.info(record["tuner_notice"], icon=":material/info:")

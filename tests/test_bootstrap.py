@@ -149,3 +149,21 @@ def test_bootstrap_of_1000_images_is_vectorised(capsys: pytest.CaptureFixture) -
         )
     assert speedup > 10, "the bootstrap is not vectorised"
     assert vectorised_1000 < 10.0  # a loose ceiling for slow CI machines; the brief's target is under a second
+
+
+def test_a_collapsed_proportion_interval_becomes_wilson_and_other_collapses_are_said() -> None:
+    """4 of 4 positives and 15 of 15 negatives called right: every stratified resample gives 1.000, which the page
+    showed as a 95% CI of 1.000-1.000."""
+    from scipy.stats import binomtest
+
+    labels = np.array([0] * 15 + [1] * 4)
+    p = np.r_[np.linspace(0.0, 0.4, 15), [0.9, 0.8, 0.95, 0.7]]
+    scored = Scored(labels, np.stack([1 - p, p], axis=1), ["NORMAL", "PNEUMONIA"], [str(i) for i in range(19)])
+    found = bootstrap.bootstrap_intervals(scored, 0.5, "PNEUMONIA", n_resamples=200)["metrics"]
+    wilson = binomtest(4, 4).proportion_ci(confidence_level=0.95, method="wilson")
+    assert found["sensitivity"]["low"] == pytest.approx(wilson.low) and found["sensitivity"]["high"] == 1.0
+    assert found["sensitivity"]["interval"] == "Wilson (4/4)" and found["specificity"]["interval"] == "Wilson (15/15)"
+    assert found["auc"]["low"] == found["auc"]["high"] == 1.0
+    assert found["auc"]["interval"].startswith("collapsed: every resample gave the same value")
+    wide = bootstrap.bootstrap_intervals(noisy_binary(200, 0), 0.5, n_resamples=200)["metrics"]
+    assert not any("interval" in value for value in wide.values())  # a real spread keeps the percentile interval

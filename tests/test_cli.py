@@ -79,6 +79,9 @@ def test_tune_train_evaluate_predict_end_to_end(tmp_path: Path) -> None:
         assert row["predicted"] in ("NORMAL", "PNEUMONIA")
         assert abs(float(row["p_NORMAL"]) + float(row["p_PNEUMONIA"]) - 1) < 1e-4
     assert "not an image" in rows[3]["error"]
+    assert "called: " in predicted.stderr  # the decision rule the calls were made by
+    folder = medimg("predict", str(train_dir), str(DEMO / "test" / "NORMAL"))  # a folder: every file under it
+    assert len(list(csv.DictReader(io.StringIO(folder.stdout)))) == len(list((DEMO / "test" / "NORMAL").glob("*")))
 
     listing = json.loads(medimg("runs", "--runs", runs, "--json").stdout)
     assert {row["id"] for row in listing} == {tune_dir.name, train_dir.name}

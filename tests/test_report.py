@@ -238,3 +238,40 @@ def test_a_threshold_that_calls_every_image_one_class_is_flagged_in_the_report(t
     calls = scored.probs[:, 1] >= 0.5
     at_half = text_of(report.build_report(trained_run, threshold=0.5, n_resamples=200))
     assert ("every one of the 30 test images" in at_half) == (calls.all() or not calls.any())
+
+
+def test_by_default_the_report_is_at_the_validation_operating_point(trained_run: runs.Run, tmp_path: Path) -> None:
+    """Predict calls at the operating point chosen on validation; the report used to say 0.5 for the same run."""
+    scored = evaluation.load_scored(trained_run)
+    chosen = evaluation.default_threshold(scored["test"], scored["val"], "PNEUMONIA")
+    assert cli.main(["report", str(trained_run.path), "--out", str(tmp_path / "r.html")]) == 0
+    text = text_of((tmp_path / "r.html").read_text(encoding="utf-8"))
+    assert f"Decision: positive when p(PNEUMONIA) ≥ {chosen:.3f}" in text
+    assert ("J on the validation split)" in text) == (chosen != 0.5)  # Youden's, HTML-escaped
+
+
+def test_a_search_runs_model_card_describes_its_trials_not_the_default_parameters(tmp_path: Path) -> None:
+    from medimg import jobs
+    from medimg.config import SearchSpace, TrainConfig, TuneConfig
+
+    spec = RunSpec(
+        kind="tune",
+        dataset=DatasetConfig(path=str(DEMO), image_size=16, color="gray"),
+        search=SearchSpace.quick().replace(conv_blocks=(1,), filters_min=4, filters_max=8, filters_step=4),
+        tune=TuneConfig(max_trials=2, ensemble_size=2),
+        train=TrainConfig(epochs=2, early_stopping_patience=0, reduce_lr_patience=0),
+    )
+    run = runs.create_run(spec, tmp_path / "runs")
+    jobs.execute(run)
+    record = run.record
+    text = text_of(report.build_report(run, n_resamples=200))
+    best = runs.trial_number(record["best_trial"])
+    members = (record.get("ensemble") or {}).get("members") or [record["best_trial"]]  # none kept when one ranked
+    if len(members) > 1:
+        numbers = ", ".join(str(runs.trial_number(m)) for m in members)
+        assert f"models (trials {numbers} of" in text and f"The model is the mean of {len(members)} trials" in text
+    else:
+        assert f"best trial (trial {best}, by validation val_auc)" in text  # search's, HTML-escaped
+    epochs = len(run.epoch_history(trial=record["best_trial"])["loss"])
+    assert f"Epochs run by the best trial: {epochs} of 2" in text and epochs > 0
+    assert "fine_tune_learning_rate" not in text  # a CNN's card lists no backbone settings

@@ -204,7 +204,7 @@ def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_wh
     assert "Start search" not in [button.label for button in at.button]  # the ranges are under Advanced
     assert values(at.info) == ["No search yet: give a time budget and press Find a good model."]
     at.number_input(key="tn_auto_minutes").set_value(1.0).run()
-    by_label(at.button, "Find a good model in 1 minutes").click().run()
+    by_label(at.button, "Find a good model in 1 minute").click().run()
     no_exception(at)
     run = runs.Run(runs_dir / at.query_params["run"])
     record = run.record
