@@ -215,13 +215,15 @@ def _list_manifest(manifest: Path, merge_label_case: bool) -> Listing:
     base = manifest.parent
     root = os.path.realpath(base)
     rows = _read_manifest(manifest)
-    files, problems = [], []
+    files, problems, by_tail = [], [], []
     for row in rows:
         given = (row.get("path") or "").strip()
         found, reason = _manifest_path(given, base, root)
         if reason:
             problems.append(FileProblem(given or "(empty path)", reason))
             continue
+        if found != given and (given.startswith(("/", "\\")) or _DRIVE.match(given.replace("\\", "/"))):
+            by_tail.append((given, found))
         split = SPLIT_ALIASES.get((row.get("split") or "").strip().lower(), "")
         label = _class_name((row.get("label") or "").strip())
         files.append(ImageFile(found, label, split, (row.get("group") or "").strip()))
@@ -230,6 +232,13 @@ def _list_manifest(manifest: Path, merge_label_case: bool) -> Listing:
     if files and any(f.split for f in files) and not all(f.split for f in files):
         raise DatasetError(f"manifest {manifest}: the split column must be filled for every row or for none.")
     files, notices = _label_case_variants(files, merge_label_case)
+    if by_tail:  # found, but not where the manifest says: the user should know which files were matched
+        given, found = by_tail[0]
+        notices.append(
+            f"{len(by_tail)} absolute path{'s' if len(by_tail) != 1 else ''} from another machine found under the "
+            f"CSV's folder by {'their' if len(by_tail) != 1 else 'its'} tail (e.g. {given} -> "
+            f"{os.path.relpath(found, base)}); make the paths relative to the CSV's folder to be sure"
+        )
     problems.extend(FileProblem(str(manifest), notice) for notice in notices)
     return Listing(str(manifest), "manifest", files, problems)
 
@@ -388,6 +397,14 @@ def make_splits(
     if not val:
         raise DatasetError("the validation split is empty; use a val_fraction above 0 or add a val/ folder.")
     return splits
+
+
+def manifest_hint(root: str | Path) -> str:
+    """' A CSV manifest is in the folder: choose ... instead.' when the dataset folder given holds CSV files (the
+    manifest was probably meant, and its images' folder was read as one class); '' otherwise."""
+    folder = Path(root)
+    manifests = sorted(str(m) for m in folder.glob("*.csv")) if folder.is_dir() else []
+    return f" A CSV manifest is in this folder: choose {manifests[0]} instead." if manifests else ""
 
 
 def _carve(files: list[ImageFile], fraction: float, seed: int) -> tuple[list[ImageFile], list[ImageFile]]:

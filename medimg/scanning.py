@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from medimg import datachecks, images
-from medimg.dataset import SPLIT_NAMES, ImageFile, Listing, ProgressCallback, list_files
+from medimg.dataset import SPLIT_NAMES, ImageFile, Listing, ProgressCallback, list_files, manifest_hint
 from medimg.errors import ImageReadError, file_reason
 
 
@@ -247,6 +247,12 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
     duplicates = [[f.path for f in group] for group in by_hash.values() if len(group) > 1]
     listed = Counter(f.label for f in listing.files)
     warnings = manifest_warnings + datachecks.class_warnings(listed, classes, listing.empty_classes)
+    if len(classes) == 1:  # make_splits refuses it; the scan says so first
+        only = next(iter(classes))
+        warnings.append(
+            f"only one class ('{only}') has readable images: a classifier needs at least two, so training stops."
+            + manifest_hint(listing.root)
+        )
     warnings += datachecks.split_warnings(splits)
     leakage = [
         [f"{f.split}:{f.path}" for f in group] for group in by_hash.values() if len({f.split for f in group}) > 1

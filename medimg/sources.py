@@ -72,14 +72,17 @@ def resolve_in_roots(user_path: str, roots: list[Path]) -> Path:
 
 
 def list_dataset_folders(roots: list[Path], depth: int = 2) -> list[Path]:
-    """Folders under the roots (to `depth` levels) that hold sub-folders: candidates to pick from."""
+    """Folders under the roots (to `depth` levels) that hold sub-folders, and the CSV manifests beside them:
+    candidates to pick from (a manifest is a dataset too, and typing its path was the only way to open one)."""
     found: list[Path] = []
     for root in roots:
-        for current, dirs, _ in os.walk(root, followlinks=False):
+        for current, dirs, files in os.walk(root, followlinks=False):
             level = len(Path(current).relative_to(root).parts)
             dirs[:] = sorted(d for d in dirs if not d.startswith("."))
             if dirs and level <= depth:
                 found.append(Path(current))
+            if level <= depth:
+                found += [Path(current) / f for f in sorted(files) if f.lower().endswith(".csv") and f[0] != "."]
             if level >= depth:
                 dirs[:] = []
     return found

@@ -195,6 +195,12 @@ def test_absolute_manifest_paths(tmp_path: Path) -> None:
     assert [(p.path, p.reason) for p in listing.problems] == [
         ("C:\\Users\\rad\\export\\zz\\gone.png", dataset.FOREIGN_ABSOLUTE),
         (str(tmp_path / "elsewhere.png"), "manifest path outside the manifest's folder: refused"),
+        (
+            str(manifest),
+            "1 absolute path from another machine found under the CSV's folder by its tail (e.g. "
+            "C:\\Users\\rad\\export\\a\\a_000.png -> a/a_000.png); make the paths relative to the CSV's "
+            "folder to be sure",
+        ),
     ]
     assert "make paths relative to the CSV's folder" in dataset.FOREIGN_ABSOLUTE
 

@@ -40,7 +40,15 @@ def test_windows_and_spreadsheet_manifests_list_every_file(name: str) -> None:
     assert Counter(f.label for f in listing.files) == {"normal": 8, "effusion": 8}
     assert relative_paths(listing, MANIFESTS) == MANIFEST_FILES
     assert all(os.path.isfile(f.path) for f in listing.files)
-    assert listing.problems == [] and listing.empty_classes == ()
+    assert listing.empty_classes == ()
+    if name == "manifest_absolute.csv":  # found, and said so: the user should know the paths were matched by tail
+        assert [p.reason for p in listing.problems] == [
+            "16 absolute paths from another machine found under the CSV's folder by their tail (e.g. "
+            "/mnt/pacs-export/csv-manifest-windows/images/normal/n00.png -> images/normal/n00.png); make the paths "
+            "relative to the CSV's folder to be sure"
+        ]
+    else:
+        assert listing.problems == []
 
 
 def test_labels_differing_only_in_case_are_kept_apart_and_reported() -> None:
