@@ -192,7 +192,7 @@ def plan(
         Choice(
             "first_trial",
             "plain_cnn",
-            "trial 0 is the plain Keras CNN (32-64-128 conv blocks, BatchNorm, dropout 0.3, Adam 1e-3), so the "
+            "trial 1 is the plain Keras CNN (32-64-128 conv blocks, BatchNorm, dropout 0.3, Adam 1e-3), so the "
             "search can only improve on it",
         )
     )

@@ -16,6 +16,7 @@ float32 inputs and outputs (weights float16; or weights and activations int8, ca
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.metadata
 import io
 import json
@@ -137,7 +138,18 @@ def export_run(
                 f"{tolerance:g}; nothing was written. "
                 + ("Try float16 or no quantisation." if quantize else "This is a converter bug; export keras.")
             )
-        terms.update(model_file=MODEL_FILES[fmt], format=fmt, quantize=quantize, input_dtype="float32")
+        # model_sha256 names the file beside it (a SavedModel folder: its saved_model.pb); the Keras model it was
+        # converted from keeps its own hash under source_model_sha256.
+        exported = staging / MODEL_FILES[fmt]
+        hashed = exported / "saved_model.pb" if exported.is_dir() else exported
+        terms.update(
+            model_file=MODEL_FILES[fmt],
+            model_sha256=hashlib.sha256(hashed.read_bytes()).hexdigest(),
+            source_model_sha256=run.record.get("model_sha256"),
+            format=fmt,
+            quantize=quantize,
+            input_dtype="float32",
+        )
         _write_text(staging / "contract.json", json.dumps(terms, indent=2))
         _write_text(staging / f"predict_{fmt}.py", reference_script(fmt))
         metadata = _metadata(run, fmt, quantize, difference, tolerance, len(sample))

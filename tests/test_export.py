@@ -3,6 +3,7 @@ tracking into a temporary sqlite store, read back with mlflow.search_runs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -118,6 +119,9 @@ def test_contract_carries_the_runs_input_and_decision_rule(trained_run: runs.Run
     assert contract["class_names"] == ["NORMAL", "PNEUMONIA"] and contract["dicom_window"] is None
     assert contract["positive_class"] == "PNEUMONIA" and contract["threshold"] == pytest.approx(point["threshold"])
     assert (contract["model_file"], contract["format"], contract["input_dtype"]) == ("model.onnx", "onnx", "float32")
+    onnx_file = exports[("onnx", None)].path / "model.onnx"
+    assert contract["model_sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()  # the file beside it
+    assert contract["source_model_sha256"] == trained_run.record["model_sha256"]
 
 
 def test_reference_scripts_predict_a_file_like_the_keras_model(trained_run: runs.Run, exports: dict) -> None:
