@@ -43,7 +43,6 @@ ENSEMBLE_CANDIDATES = 5
 # Unlimited in practice: the budget, not a trial count, ends an automatic search.
 BUDGET_MAX_TRIALS = BUDGET_ONLY_TRIALS
 COLOUR_SAMPLE = 48
-COLOUR_LEVELS = 3.0  # mean |R-G| + |G-B| above this (0-255 levels) counts as colour; JPEG noise on gray is below 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -317,12 +316,10 @@ def _choose_color(report: Any, seed: int) -> tuple[str, str]:
     read = 0
     for file in sample:
         try:
-            pixels = images.load_image(file.path, 32, "rgb").astype(np.float32)
+            colour += images.carries_colour(file.path)
         except Exception:  # an unreadable file is the scan's business; it just does not vote
             continue
         read += 1
-        spread = np.abs(pixels[..., 0] - pixels[..., 1]).mean() + np.abs(pixels[..., 1] - pixels[..., 2]).mean()
-        colour += spread > COLOUR_LEVELS
     if read and colour / read >= 0.5:
         return "rgb", f"rgb: {colour} of {read} sampled images carry colour"
     return "gray", (

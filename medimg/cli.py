@@ -524,6 +524,9 @@ def command_predict(args: argparse.Namespace) -> int:
     failed = [r for r in results if r.error]
     for result in failed:
         _err(f"skipped {result.name}: {result.error}")
+    for result in results:
+        if result.note:
+            _err(f"note {result.name}: {result.note}")
     return 1 if failed and len(failed) == len(results) else 0
 
 

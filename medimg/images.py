@@ -470,3 +470,16 @@ def _load_jpeg_scaled(data: bytes, size: int, color: str) -> np.ndarray | None:
     if app1:  # where EXIF lives; without it there is no orientation to apply
         pixels = _apply_exif_orientation(pixels, data)
     return resize(pixels[:, :, np.newaxis] if pixels.ndim == 2 else pixels, size)
+
+
+# Mean |R - G| + |G - B| (0-255 levels) above which an image carries colour; JPEG noise on a gray picture stored as
+# RGB stays below 1, a colour Doppler or a photograph is far above (measured on the demo X-rays and the field cases).
+COLOUR_LEVELS = 3.0
+
+
+def carries_colour(source: str | Path | bytes) -> bool:
+    """Whether an image file (or its bytes) shows colour, not gray copied into three channels: judged on a 32 px RGB
+    version (`load_image`). Raises ImageReadError as `load_image`."""
+    pixels = load_image(source, 32, "rgb").astype(np.float32)
+    spread = np.abs(pixels[..., 0] - pixels[..., 1]).mean() + np.abs(pixels[..., 1] - pixels[..., 2]).mean()
+    return bool(spread > COLOUR_LEVELS)

@@ -23,6 +23,7 @@ class Prediction:
     predicted: str = ""
     error: str = ""
     image: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    note: str = ""  # predicted, but the input is unlike the training images (`Predictor.input_note`)
 
 
 class Predictor:
@@ -64,6 +65,20 @@ class Predictor:
     ) -> np.ndarray:
         return images.load_image(source, self.size, self.color, frame=frame, window=window or self.window)
 
+    def input_note(self, source: str | Path | bytes) -> str:
+        """Why this input is unlike what the model was trained on, or "": colour given to a model trained on gray
+        images (it sees the colour converted to gray) or gray to one trained on colour. A probability is still
+        given; the note says not to trust it as much (`images.carries_colour`)."""
+        try:
+            colour = images.carries_colour(source)
+        except Exception:  # read already by `prepare`; a second failure only means no note
+            return ""
+        if colour and self.color == "gray":
+            return "a colour image, and this model was trained on gray images: it sees it converted to gray"
+        if not colour and self.color == "rgb":
+            return "a gray image, and this model was trained on colour images"
+        return ""
+
     def predict_images(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N × K) through a forward pass traced once (an eager call is ~4× slower)."""
         import tensorflow as tf
@@ -97,7 +112,7 @@ class Predictor:
             try:
                 pixels = self.prepare(source, (frames or {}).get(position, 0), window)
                 ready.append((len(results), pixels))
-                results.append(Prediction(name, {}, image=pixels))
+                results.append(Prediction(name, {}, image=pixels, note=self.input_note(source)))
             except Exception as error:  # one file's decoder failure is that file's row; the others are predicted
                 results.append(Prediction(name, {}, error=file_reason(error)))
         if ready:
@@ -146,10 +161,10 @@ def dicom_summary(source: str | Path | bytes) -> dicom.DicomSummary | None:
 
 def predictions_csv(predictions: list[Prediction], class_names: list[str]) -> str:
     """All predictions as CSV text: file, called class (by the Predictor's decision rule), one probability column
-    per class, error."""
+    per class, error (why a file was skipped), note (why a prediction may not hold: `Predictor.input_note`)."""
     stream = io.StringIO()
     writer = csv.writer(stream)
-    writer.writerow(["file", "predicted", *[f"p_{c}" for c in class_names], "error"])
+    writer.writerow(["file", "predicted", *[f"p_{c}" for c in class_names], "error", "note"])
     for p in predictions:
         writer.writerow(
             [
@@ -157,6 +172,7 @@ def predictions_csv(predictions: list[Prediction], class_names: list[str]) -> st
                 p.predicted,
                 *[f"{p.probabilities[c]:.6f}" if p.probabilities else "" for c in class_names],
                 p.error,
+                p.note,
             ]
         )
     return stream.getvalue()

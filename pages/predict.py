@@ -147,4 +147,6 @@ for index, result in enumerate(results):
         except MedimgError as error:
             middle.caption(str(error))
     right.markdown(f"Called **{result.predicted}**")
+    if result.note:  # a probability for an input unlike the training images is not to be read as one
+        right.warning(f"Outside what the model was trained on: {result.note}.", icon=":material/warning:")
     right.plotly_chart(charts.probabilities_figure(result.probabilities), key=f"probs_{index}_{result.name}")

@@ -106,10 +106,17 @@ def test_predictions_csv_columns_and_rows(predictor: Predictor) -> None:
     results = predictor.predict([("a.jpeg", TEST_IMAGES[0]), ("bad.png", b"oops")])
     text = predictions_csv(results, predictor.class_names)
     rows = list(csv.DictReader(io.StringIO(text)))
-    assert list(rows[0]) == ["file", "predicted", "p_NORMAL", "p_PNEUMONIA", "error"]
+    assert list(rows[0]) == ["file", "predicted", "p_NORMAL", "p_PNEUMONIA", "error", "note"]
     assert rows[0]["file"] == "a.jpeg" and rows[0]["error"] == ""
     assert float(rows[0]["p_NORMAL"]) == pytest.approx(results[0].probabilities["NORMAL"], abs=1e-6)
-    assert rows[1] == {"file": "bad.png", "predicted": "", "p_NORMAL": "", "p_PNEUMONIA": "", "error": results[1].error}
+    assert rows[1] == {
+        "file": "bad.png",
+        "predicted": "",
+        "p_NORMAL": "",
+        "p_PNEUMONIA": "",
+        "error": results[1].error,
+        "note": "",
+    }
 
 
 def test_two_class_runs_call_at_their_validation_operating_point() -> None:
@@ -163,3 +170,18 @@ def test_a_batch_with_undecodable_dicoms_gets_a_row_per_file(predictor: Predicto
     assert [bool(row["error"]) for row in rows] == [False, False, False, True, False]
     assert rows[3]["error"].startswith("truncated DICOM: the file ends before its pixel data is complete")
     assert all(row["predicted"] in predictor.class_names for row in rows if not row["error"])
+
+
+def test_a_colour_image_given_to_a_gray_model_is_predicted_with_a_note(predictor: Predictor) -> None:
+    cases = Path(__file__).parent / "data" / "cases"
+    colour = [
+        cases / "dicom-j2k-ybr-rct" / "malignant" / "us_doppler_j2k.dcm",
+        cases / "jpeg-variants" / "imgs" / "cmyk.jpg",
+    ]
+    gray_as_rgb = TEST_IMAGES[0]  # an X-ray JPEG stored with three equal channels: gray, no note
+    results = predictor.predict([(str(f), f) for f in [*colour, gray_as_rgb]])
+    assert predictor.color == "gray" and all(r.predicted for r in results)
+    note = "a colour image, and this model was trained on gray images: it sees it converted to gray"
+    assert [r.note for r in results] == [note, note, ""]
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(results, predictor.class_names))))
+    assert [row["note"] for row in rows] == [note, note, ""]
