@@ -189,7 +189,7 @@ def fit_model(
     weights = class_weights(data.arrays["train"].labels, data.num_classes, params.class_weights or config.class_weights)
     total = epochs or config.epochs
     two_stage = fine_tunes(params) and total >= 2
-    _begin_stage(callbacks, 1 if two_stage else None, total)
+    begin_stage(callbacks, 1 if two_stage else None, total)
     history = model.fit(
         train,
         validation_data=val,
@@ -203,7 +203,7 @@ def fit_model(
     if two_stage and stage_one_finished(model, callbacks, history):
         first = history.epoch[-1] + 1 if history.epoch else total // 2
         unfreeze_top_blocks(model, params, data.num_classes, distribution)
-        _begin_stage(callbacks, 2, total)
+        begin_stage(callbacks, 2, total)
         stage_two = model.fit(
             train,
             validation_data=val,
@@ -227,7 +227,9 @@ def fit_model(
 # `params.fine_tune_learning_rate`, numbered on from stage 1 (`initial_epoch`), so events and charts show one run.
 
 
-def _begin_stage(callbacks: list, stage: int | None, epochs: int) -> None:
+def begin_stage(callbacks: list, stage: int | None, epochs: int) -> None:
+    """Tell the callbacks that have `begin_stage` (the progress events) which fine-tuning stage starts and the
+    whole fit's epochs; nothing for a one-stage fit (`stage` None)."""
     for callback in callbacks:
         if stage and hasattr(callback, "begin_stage"):
             callback.begin_stage(stage, epochs)

@@ -180,15 +180,18 @@ def build_hypermodel(
             weights = training.class_weights(
                 data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
             )
-            history = model.fit(
-                trial_train,
-                validation_data=trial_val,
-                epochs=kwargs.pop("epochs", train.epochs),
-                callbacks=callbacks,
-                class_weight=weights,
-                verbose=0,
-                shuffle=False,
-            )
+            epochs = kwargs.pop("epochs", train.epochs)
+            # Two stages as `training.fit_model` (head, then the top blocks); not for a trial Hyperband continues.
+            two_stage = training.fine_tunes(params) and epochs >= 2 and not kwargs.get("initial_epoch")
+            training.begin_stage(callbacks, 1 if two_stage else None, epochs)
+            fit = {"validation_data": trial_val, "callbacks": callbacks, "class_weight": weights, "verbose": 0}
+            history = model.fit(trial_train, epochs=epochs // 2 if two_stage else epochs, shuffle=False, **fit)
+            if two_stage and training.stage_one_finished(model, callbacks, history):
+                first = history.epoch[-1] + 1 if history.epoch else epochs // 2
+                training.unfreeze_top_blocks(model, params, data.num_classes)
+                training.begin_stage(callbacks, 2, epochs)
+                second = model.fit(trial_train, epochs=epochs, initial_epoch=first, shuffle=False, **fit)
+                history = training.joined_history(history, second)
             return self.scored(history, model, data.arrays["val"].images)
 
         def fit_head(self, params: ModelParams, model: Any, cached: dict, kwargs: dict) -> Any:

@@ -192,3 +192,22 @@ def test_an_augmented_search_says_the_cache_is_not_used_and_trains_on_pixels(
     ]
     assert f"backbone feature cache not used for {NAME}: augmentation needs pixels" in run.lines
     assert computed == [] and heads == []
+
+
+def test_a_fine_tuning_search_trial_runs_both_stages(tmp_path: Path) -> None:
+    """fine_tune_blocks > 0: no feature cache (the top blocks train), and the trial fine-tunes as `train` does."""
+    spec = RunSpec(
+        kind="tune",
+        dataset=DatasetConfig(path=str(DEMO), image_size=SIZE, color="gray", seed=3),
+        search=SearchSpace(backbones=(NAME,), fine_tune_blocks=(1,), dense_units=(0,), batch_sizes=(16,)),
+        tune=TuneConfig(tuner="random", max_trials=1, objective="val_loss", ensemble_size=1),
+        train=TrainConfig(epochs=2, early_stopping_patience=0, reduce_lr_patience=0, seed=3),
+    )
+    run = runs.create_run(spec, tmp_path / "runs")
+    jobs.execute(run)
+    assert run.record["status"] == "completed"
+    assert run.record["feature_cache"][0]["used"] is False
+    trial = run.record["best_trial"]
+    stages = [(e["epoch"], e["stage"], e["epochs"]) for e in run.events("epoch") if e.get("trial") == trial]
+    assert stages == [(0, 1, 2), (1, 2, 2)]
+    assert run.stage_starts(trial) == [2]
