@@ -187,6 +187,7 @@ def plan(
             "model of this space (KerasTuner starts one after 3 random trials per dimension)",
         )
     )
+    choices.append(Choice("network", "cnn", _network_reason()))
     choices.append(
         Choice(
             "first_trial",
@@ -300,6 +301,24 @@ def _epochs(n_train: int) -> tuple[int, int, str]:
         patience,
         f"up to {epochs} per trial ({steps} steps of 32 per epoch), stopping after {patience} epochs without a "
         "better validation AUC, best epoch kept",
+    )
+
+
+def _network_reason() -> str:
+    """Why the automatic search trains the CNN from scratch and leaves pretrained backbones to the Train and Tune
+    pages: their quality here is unmeasured (bench/ cannot download ImageNet weights), and a default is only what
+    bench/ has measured."""
+    from medimg import backbones
+
+    found = [row["backbone"] for row in backbones.weights_status() if row["found"]]
+    where = (
+        f"ImageNet weights are here for {', '.join(found)}, but"
+        if found
+        else "no ImageNet weights are on this machine (`python -m medimg weights list`), and"
+    )
+    return (
+        f"the configurable CNN from scratch: {where} pretrained backbones are not in the automatic search until the "
+        "benchmarks measure them; choose one on the Train page or with `tune --backbone`"
     )
 
 

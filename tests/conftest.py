@@ -27,6 +27,10 @@ def isolated_runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     project's ./runs or reads choices another test kept there (runs/choices.json is read when a page starts)."""
     path = tmp_path_factory.mktemp("runs")
     monkeypatch.setenv("MEDIMG_RUNS_DIR", str(path))
+    # Nor do weight files on this machine decide a test: an empty Keras home, no weights folder, no downloads.
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path_factory.mktemp("keras_home")))
+    monkeypatch.delenv("MEDIMG_WEIGHTS_DIR", raising=False)
+    monkeypatch.delenv("MEDIMG_ALLOW_DOWNLOADS", raising=False)
     return path
 
 

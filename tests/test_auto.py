@@ -32,6 +32,23 @@ def test_breastmnist_is_used_at_its_own_28_px_in_gray_with_class_weights_searche
     assert spec.tune.first_trial == "plain_cnn" and spec.tune.max_trials == auto.BUDGET_MAX_TRIALS
     assert spec.tune.max_minutes == pytest.approx(10 - auto.final_stage_seconds(10) / 60, abs=1e-3)
     assert json.loads(json.dumps(chosen.record()))["choices"][0]["setting"] == "color"
+    # No ImageNet weights here (the tests' own Keras home is empty): the search stays with the CNN, and says why.
+    assert spec.search.backbones == ("cnn",)
+    assert why["network"].startswith("the configurable CNN from scratch: no ImageNet weights are on this machine")
+
+
+def test_found_imagenet_weights_are_named_but_not_searched_until_measured(
+    breastmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medimg import backbones
+
+    monkeypatch.setenv("MEDIMG_WEIGHTS_DIR", str(tmp_path))
+    (tmp_path / backbones.get_backbone("mobilenet_v3_small").file_name).write_bytes(b"weights")
+    chosen = auto.plan(breastmnist_dir, 10)
+    assert chosen.spec.search.backbones == ("cnn",)
+    assert reasons(chosen)["network"].startswith(
+        "the configurable CNN from scratch: ImageNet weights are here for mobilenet_v3_small, but pretrained"
+    )
 
 
 def test_gray_pictures_stored_as_rgb_stay_gray_and_large_images_shrink_with_the_budget() -> None:
