@@ -146,7 +146,9 @@ def report(args, per_trial: dict, totals: dict, once: float, shape: tuple, recor
     speedup = common.median(per_trial["pixels"]) / common.median(per_trial["features"])
     print(f"\nfeatures computed once (train + val, cache miss): {once:.1f} s")
     print(f"per-trial speed-up, pixels / features: {speedup:.1f}×")
-    print(f"target ≥ 20×: {common.verdict(speedup, 20.0)}")
+    # Issue #14 asks for "seconds per trial" over the head; what is left per cached trial is a fixed cost (building
+    # the full model KerasTuner checkpoints, compiling the head's fit, saving the full weights at each best epoch).
+    print(f"median seconds per cached trial: {common.median(per_trial['features']):.1f}")
     print(f"run.json feature_cache: {record}")
 
 
