@@ -57,4 +57,30 @@ def split_warnings(splits: Mapping[str, Mapping[str, int]]) -> list[str]:
     test = one_class_reason(splits.get("test", {}))
     if test:
         warnings.append(f"The test split has one class: {test}. Test AUC and specificity are undefined.")
+    small = small_test_reason(splits.get("test", {}))
+    if small:
+        warnings.append(small)
     return warnings
+
+
+# Below this many test images in a class, even a perfect score on it has a 95% interval reaching under about 0.72.
+SMALL_TEST_CLASS = 10
+Z95 = 1.959964  # the standard normal's 97.5th percentile
+
+
+def small_test_reason(counts: Mapping[str, int]) -> str | None:
+    """A warning when a class has fewer than `SMALL_TEST_CLASS` test images, or None. The figure quoted is the lower
+    end of the Wilson 95% interval when all k images of that class are called right, k / (k + z²) (E. B. Wilson,
+    JASA 22, 1927; p̂ = 1 in the score interval)."""
+    present = {name: count for name, count in counts.items() if count}
+    if not present:
+        return None
+    name, count = min(present.items(), key=lambda item: item[1])
+    if count >= SMALL_TEST_CLASS:
+        return None
+    floor = count / (count + Z95**2)
+    return (
+        f"The test split has only {count} '{name}' image{'s' if count != 1 else ''} ({sum(present.values())} in "
+        f"all): even if every one is called right, the 95% interval of its sensitivity reaches down to {floor:.2f}. "
+        "Read the test figures as anecdotes; a larger test split (test fraction or test/ folder) makes them evidence."
+    )

@@ -245,6 +245,7 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
         if info.note:
             notes.append({"path": file.path, "note": info.note})
     duplicates = [[f.path for f in group] for group in by_hash.values() if len(group) > 1]
+    relabelled = [group for group in by_hash.values() if len({f.label for f in group}) > 1]
     listed = Counter(f.label for f in listing.files)
     warnings = manifest_warnings + datachecks.class_warnings(listed, classes, listing.empty_classes)
     if len(classes) == 1:  # make_splits refuses it; the scan says so first
@@ -254,6 +255,12 @@ def _report(listing: Listing, results: list[tuple[images.ImageInfo | None, str]]
             + manifest_hint(listing.root)
         )
     warnings += datachecks.split_warnings(splits)
+    if relabelled:  # the same pixels under two labels: one of them is wrong, whatever the model learns
+        example = " == ".join(f"{f.path} ({f.label})" for f in relabelled[0][:2])
+        warnings.append(
+            f"{len(relabelled)} group{'s' if len(relabelled) != 1 else ''} of identical images carry different "
+            f"labels, e.g. {example}: a labelling problem to settle before training."
+        )
     leakage = [
         [f"{f.split}:{f.path}" for f in group] for group in by_hash.values() if len({f.split for f in group}) > 1
     ]
