@@ -393,3 +393,14 @@ def weights_record(name: str, weights: str) -> dict[str, str] | None:
         return None
     path, sha256 = resolve_weights(name, weights)
     return {"backbone": name, "weights": weights, "file": str(path), "sha256": str(sha256)}
+
+
+def check_spec_weights(spec: Any) -> None:
+    """Find every starting-weights file a run spec needs (its params' backbone, or every backbone its search may
+    draw) before a run folder is made, so a missing file is the one message and not a failed run. Raises ConfigError
+    as `resolve_weights`."""
+    if spec.kind == "tune":
+        for name in spec.search.backbones:
+            weights_record(name, spec.search.weights)
+    else:
+        weights_record(spec.params.backbone, spec.params.weights)

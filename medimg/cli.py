@@ -328,6 +328,9 @@ def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] |
         _err(f"started {run.id} in the background (pid {run.record['pid']}); watch it with `python -m medimg runs`")
         print(run.path)
         return 0
+    from medimg import backbones
+
+    backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
     run = runs.create_run(spec, args.runs, extra=extra)
     _err(f"run {run.id}: {spec.kind} on {spec.dataset.path}")
     echo = _err

@@ -80,6 +80,9 @@ def launch(
     """Start a run as its own process (`python -m medimg resume RUN`), after checking the concurrency limit.
 
     `extra`: more fields for the run's first run.json (see `runs.create_run`)."""
+    from medimg import backbones
+
+    backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
     root = runs.runs_root(root)
     limit = limit or max_concurrent_runs()
     with _launch_lock(root):

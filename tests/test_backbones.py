@@ -377,3 +377,16 @@ def test_the_cli_sets_backbones_for_train_and_tune_and_lists_weights(offline: Pa
     assert cli.main(["weights", "list"]) == 0
     listed = capsys.readouterr().out
     assert "resnet50_v2" in listed and "missing: resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5" in listed
+
+
+def test_missing_weights_are_a_message_before_any_run_folder(offline: Path, capsys) -> None:
+    from medimg import cli, jobs
+    from medimg.config import RunSpec
+
+    runs_folder = offline / "runs"
+    assert cli.main(["train", "--runs", str(runs_folder), "--image-size", "32", "--backbone", "efficientnet_b0"]) == 2
+    assert "no file efficientnetb0_notop.h5 (MD5 50bc09e76180e00e4465e1a485ddc09d)" in capsys.readouterr().err
+    spec = RunSpec(kind="train", params=ModelParams(backbone="densenet121"))
+    with pytest.raises(ConfigError, match=r"densenet121_weights_tf_dim_ordering_tf_kernels_notop\.h5"):
+        jobs.launch(spec, runs_folder)  # what the Train page's Start calls
+    assert not runs_folder.exists() or not any(runs_folder.iterdir())
