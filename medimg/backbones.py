@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import hashlib
 import logging
 import os
@@ -228,7 +229,15 @@ def keras_cache_dir() -> Path:
 
 
 def file_hashes(path: str | Path) -> tuple[str, str]:
-    """(SHA-256, MD5) hex digests of a file, read once in 1 MiB pieces."""
+    """(SHA-256, MD5) hex digests of a file, read once in 1 MiB pieces and remembered by (path, size, mtime): a
+    run resolves its weights when it starts, and again for every model a search builds (ResNet50V2's file is
+    ~95 MB)."""
+    status = os.stat(path)
+    return _file_hashes(os.path.realpath(path), status.st_size, status.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _file_hashes(path: str, size: int, mtime_ns: int) -> tuple[str, str]:
     sha256, md5 = hashlib.sha256(), hashlib.md5()
     with open(path, "rb") as stream:
         for piece in iter(lambda: stream.read(1 << 20), b""):

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from medimg.errors import ImageReadError
+from medimg.errors import ImageReadError, first_line
 from medimg.formats import MAX_IMAGE_PIXELS, ImageInfo
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def read_dicom_dataset(data: bytes) -> pydicom.Dataset:
             warnings.simplefilter("always")
             dataset = pydicom.dcmread(io.BytesIO(data), force=True)
     except Exception as error:  # a malformed header fails wherever the parser trips (struct.error, KeyError, ...)
-        raise ImageReadError(f"corrupt DICOM: {_first_line(error)}") from error
+        raise ImageReadError(f"corrupt DICOM: {first_line(error)}") from error
     ended_early = [str(w.message) for w in caught if "End of file reached" in str(w.message)]
     if ended_early and "PixelData" not in dataset and "FloatPixelData" not in dataset:
         raise ImageReadError(f"truncated DICOM: the file ends before its pixel data is complete ({ended_early[0]})")
@@ -218,13 +218,8 @@ def decode_dicom(data: bytes, frame: int, window: DicomWindow | None = None) -> 
         except ImageReadError:
             raise
         except Exception as error:  # pydicom reads elements lazily: a malformed one fails wherever it is first used
-            raise ImageReadError(f"DICOM pixel data is unreadable ({_first_line(error)})") from error
+            raise ImageReadError(f"DICOM pixel data is unreadable ({first_line(error)})") from error
     return pixels, info
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0][:300]}" if lines else type(error).__name__
 
 
 # While medimg decodes, pydicom (and the pylibjpeg/openjpeg plugins) log every failed plugin with

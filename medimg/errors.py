@@ -27,6 +27,15 @@ class SearchSpaceMismatchError(ConfigError):
     """A saved search was started with a different search space than the one requested."""
 
 
+def first_line(error: BaseException, *, qualified: bool = False) -> str:
+    """'Type: first line of the message' (at most 300 characters), or 'Type' for an empty message: how a library's
+    exception is named in a one-line reason. `qualified` adds the module for non-builtin types ('struct.error')."""
+    kind = type(error)
+    name = f"{kind.__module__}.{kind.__qualname__}" if qualified and kind.__module__ != "builtins" else kind.__name__
+    lines = str(error).strip().splitlines()
+    return f"{name}: {lines[0][:300]}" if lines else name
+
+
 def file_reason(error: Exception) -> str:
     """The one-line reason shown next to a file that could not be used, for any exception a per-file step caught.
 
@@ -36,8 +45,4 @@ def file_reason(error: Exception) -> str:
     """
     if isinstance(error, MedimgError):
         return str(error)
-    kind = type(error)
-    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-    lines = str(error).strip().splitlines()
-    detail = f": {lines[0][:300]}" if lines else ""
-    return f"the decoder failed ({name}{detail})"
+    return f"the decoder failed ({first_line(error, qualified=True)})"

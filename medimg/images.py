@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medimg import dicom
-from medimg.errors import ImageReadError
+from medimg.errors import ImageReadError, first_line
 from medimg.formats import MAX_IMAGE_PIXELS, ImageInfo
 
 MAX_FILE_BYTES = 512 * 1024 * 1024
@@ -129,9 +129,7 @@ def _library_errors_as_reasons(kind: str) -> Iterator[None]:
     except ImageReadError:
         raise
     except Exception as error:
-        lines = str(error).strip().splitlines()
-        detail = f": {lines[0][:300]}" if lines else ""
-        raise ImageReadError(f"the {kind.upper()} decoder failed ({type(error).__name__}{detail})") from error
+        raise ImageReadError(f"the {kind.upper()} decoder failed ({first_line(error)})") from error
 
 
 def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:

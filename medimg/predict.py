@@ -110,9 +110,10 @@ class Predictor:
         ready: list[tuple[int, np.ndarray]] = []
         for position, (name, source) in enumerate(sources):
             try:
-                pixels = self.prepare(source, (frames or {}).get(position, 0), window)
+                data = source if isinstance(source, bytes) else images.read_bytes(source)  # once, for both uses
+                pixels = self.prepare(data, (frames or {}).get(position, 0), window)
                 ready.append((len(results), pixels))
-                results.append(Prediction(name, {}, image=pixels, note=self.input_note(source)))
+                results.append(Prediction(name, {}, image=pixels, note=self.input_note(data)))
             except Exception as error:  # one file's decoder failure is that file's row; the others are predicted
                 results.append(Prediction(name, {}, error=file_reason(error)))
         if ready:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,17 @@ def isolated_runs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     monkeypatch.delenv("MEDIMG_WEIGHTS_DIR", raising=False)
     monkeypatch.delenv("MEDIMG_ALLOW_DOWNLOADS", raising=False)
     return path
+
+
+@pytest.fixture(scope="module")
+def eager_functions() -> Iterator[None]:
+    """TensorFlow functions run eagerly for one test module (`pytestmark = pytest.mark.usefixtures(...)`): the same
+    fit and Grad-CAM code, without tracing graphs that take longer to build than tiny test models take to train."""
+    import tensorflow as tf
+
+    tf.config.run_functions_eagerly(True)
+    yield
+    tf.config.run_functions_eagerly(False)
 
 
 @pytest.fixture()

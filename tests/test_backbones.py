@@ -24,13 +24,7 @@ NAMES = list(backbones.BACKBONE_NAMES)
 SIZE = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def eager():
-    import tensorflow as tf
-
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
+pytestmark = pytest.mark.usefixtures("eager_functions")
 
 
 @pytest.fixture(autouse=True)

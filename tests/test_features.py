@@ -23,13 +23,7 @@ SIZE = 32
 PARAMS = ModelParams(backbone=NAME, weights="imagenet", dense_units=0, dropout=0.0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def eager():
-    import tensorflow as tf
-
-    tf.config.run_functions_eagerly(True)
-    yield
-    tf.config.run_functions_eagerly(False)
+pytestmark = pytest.mark.usefixtures("eager_functions")
 
 
 @pytest.fixture(autouse=True)
