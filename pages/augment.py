@@ -26,12 +26,8 @@ with left:
         "draw every epoch."
     )
     values = {
-        "flip_horizontal": st.checkbox(
-            "Horizontal flip", key=common.seed_widget("aug_flip_horizontal", config.flip_horizontal)
-        ),
-        "flip_vertical": st.checkbox(
-            "Vertical flip", key=common.seed_widget("aug_flip_vertical", config.flip_vertical)
-        ),
+        "flip_horizontal": st.checkbox("Horizontal flip", **common.kept("aug_flip_horizontal", config.flip_horizontal)),
+        "flip_vertical": st.checkbox("Vertical flip", **common.kept("aug_flip_vertical", config.flip_vertical)),
     }
     for field, unit in AUGMENT_UNITS.items():
         shown = st.slider(
@@ -41,7 +37,7 @@ with left:
             step=unit.step,
             format=f"%g{unit.unit.replace('%', '%%')}",  # sprintf: a literal % must be doubled
             help=unit.help,
-            key=common.seed_widget(f"aug_{field}", unit.shown(float(getattr(config, field)))),
+            **common.kept(f"aug_{field}", unit.shown(float(getattr(config, field)))),
         )
         values[field] = unit.stored(shown)
     try:

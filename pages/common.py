@@ -219,23 +219,18 @@ def launch(spec: RunSpec, extra: dict[str, Any] | None = None) -> None:
     st.rerun()
 
 
-def keep_widget_state(prefix: str) -> None:
-    """Keep the values of this page's widgets (keys starting with `prefix`) through runs that stop before drawing
-    them. Streamlit drops a widget's state at the end of a run that did not draw it, and the widget then comes back
-    at its minimum (seen: seed 0, 16 px, validation 0.05, test 0.00 after a visit to another dataset source).
-    Re-assigning the keys is the remedy in Streamlit's docs ("Widget behavior": interrupting the clean-up)."""
-    for key in [k for k in st.session_state if str(k).startswith(prefix)]:
-        st.session_state[key] = st.session_state[key]
+def kept(key: str, value: Any) -> dict[str, Any]:
+    """A widget's `key` and persistence: its starting value comes from the kept choices the first time it is drawn
+    in this session, and Streamlit keeps it while the widget is not drawn (another dataset source, a page switch).
 
-
-def seed_widget(key: str, value: Any) -> str:
-    """Give a widget its starting value from the kept choices the first time it is drawn on this visit.
-
-    Widgets then take only `key=` (no `value=`), so changing a value never changes the widget's identity.
+    Widgets then take only these keyword arguments (no `value=`), so changing a value never changes the widget's
+    identity. Without `persist_state="session"` Streamlit drops a hidden widget's state at the end of the run and the
+    widget comes back at its minimum (seen: seed 0, 16 px after a visit to another dataset source); Streamlit's
+    docs, `st.number_input(persist_state=...)`.
     """
     if key not in st.session_state:
         st.session_state[key] = value
-    return key
+    return {"key": key, "persist_state": "session"}
 
 
 NEXT_STEPS = {  # the first-time path: dataset → (augmentation) → automatic search → evaluate → predict

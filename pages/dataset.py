@@ -11,7 +11,6 @@ from medimg.errors import ConfigError, MedimgError
 from pages import common
 
 st.title("Dataset")
-common.keep_widget_state("ds_")  # the other sources stop the page before its settings are drawn
 config: DatasetConfig = common.get("dataset")
 
 
@@ -63,7 +62,7 @@ elif source == "Folder on the server":
         folders,
         placeholder="Choose a folder under the data roots",
         accept_new_options=True,
-        key=common.seed_widget("ds_folder", path if path in folders else None),
+        **common.kept("ds_folder", path if path in folders else None),
     )
     if not typed:
         st.stop()
@@ -92,7 +91,7 @@ else:
 
 group_regex = st.text_input(
     "Patient ID pattern (optional regex with one group, over file names)",
-    key=common.seed_widget("ds_group", config.group_regex),
+    **common.kept("ds_group", config.group_regex),
     placeholder=r"^(person\d+|IM-\d+)",
     help="Images with the same patient ID are kept in the same split.",
 )
@@ -102,7 +101,7 @@ try:
     merge_label_case = (
         st.checkbox(
             "Merge labels that differ only in case",
-            key=common.seed_widget("ds_merge_case", config.merge_label_case),
+            **common.kept("ds_merge_case", config.merge_label_case),
             help="For a CSV manifest: 'Normal', 'normal ' and 'NORMAL' become one class (spaces are always trimmed).",
         )
         if path.lower().endswith(".csv")
@@ -169,7 +168,7 @@ val_fraction = c1.slider(
     0.4,
     step=0.05,
     disabled=has_split_folders,
-    key=common.seed_widget("ds_val", float(config.val_fraction)),
+    **common.kept("ds_val", float(config.val_fraction)),
 )
 test_fraction = c2.slider(
     "Test fraction",
@@ -177,17 +176,17 @@ test_fraction = c2.slider(
     0.4,
     step=0.05,
     disabled=has_split_folders and "test" in report.splits,
-    key=common.seed_widget("ds_test", float(config.test_fraction)),
+    **common.kept("ds_test", float(config.test_fraction)),
 )
-seed = c3.number_input("Seed", 0, 2**31 - 1, key=common.seed_widget("ds_seed", int(config.seed)))
+seed = c3.number_input("Seed", 0, 2**31 - 1, **common.kept("ds_seed", int(config.seed)))
 c4, c5 = st.columns(2)
 image_size = c4.select_slider(
     "Image size (pixels, square)",
     sizes,
-    key=common.seed_widget("ds_size", config.image_size if config.image_size in sizes else 64),
+    **common.kept("ds_size", config.image_size if config.image_size in sizes else 64),
     help="Small sizes train fast on a CPU: 64 px is a good start for X-rays.",
 )
-color = c5.radio("Channel mode", ["gray", "rgb"], horizontal=True, key=common.seed_widget("ds_color", config.color))
+color = c5.radio("Channel mode", ["gray", "rgb"], horizontal=True, **common.kept("ds_color", config.color))
 window_center, window_width = 0.0, 0.0
 if any(mode.startswith("dicom") for mode in report.modes):
     presets = {"each file's own (header)": None, **{name: (w.center, w.width) for name, w in dicom.CT_WINDOWS.items()}}
@@ -196,15 +195,15 @@ if any(mode.startswith("dicom") for mode in report.modes):
     choice = w1.selectbox(
         "DICOM window",
         [*presets, "custom"],
-        key=common.seed_widget("ds_window", current),
+        **common.kept("ds_window", current),
         help="Training and prediction both use it; CT presets are in Hounsfield units.",
     )
     if choice == "custom":
         window_center = w2.number_input(
-            "Window centre", -5000.0, 50000.0, key=common.seed_widget("ds_wc", float(config.window_center or 40.0))
+            "Window centre", -5000.0, 50000.0, **common.kept("ds_wc", float(config.window_center or 40.0))
         )
         window_width = w3.number_input(
-            "Window width", 2.0, 100000.0, key=common.seed_widget("ds_ww", float(config.window_width or 400.0))
+            "Window width", 2.0, 100000.0, **common.kept("ds_ww", float(config.window_width or 400.0))
         )
     elif presets[choice]:
         window_center, window_width = presets[choice]

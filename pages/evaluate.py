@@ -136,7 +136,7 @@ if test.binary:
         1.0,
         step=0.001,
         format="%.3f",
-        key=common.seed_widget(threshold_key, evaluation.default_threshold(test, scored.get("val"), positive)),
+        **common.kept(threshold_key, evaluation.default_threshold(test, scored.get("val"), positive)),
     )
     origin, chosen_on_data = evaluation.threshold_origin(float(threshold), choices, chosen_on)
     (st.caption if chosen_on_data else st.warning)(

@@ -45,7 +45,7 @@ mode = st.radio(
     MODES,
     horizontal=True,
     disabled=busy,
-    key=common.seed_widget("tn_mode", MODES[0] if attached is None or attached.record.get("auto") else MODES[1]),
+    **common.kept("tn_mode", MODES[0] if attached is None or attached.record.get("auto") else MODES[1]),
     captions=[
         "Find a good model in a time budget: every setting chosen from the data, each with its reason.",
         "Set the search ranges, the tuner and the trial count yourself.",
@@ -60,7 +60,7 @@ if mode == MODES[0]:
         step=1.0,
         format="%g",
         disabled=busy,
-        key=common.seed_widget("tn_auto_minutes", 10.0),
+        **common.kept("tn_auto_minutes", 10.0),
         help="Every stage counts: decoding the images, the search, the final model and its evaluation.",
     )
     st.caption(
@@ -87,17 +87,17 @@ else:
             format_func=lambda v: f"{v:.0e}",
             disabled=busy,
             help="Searched on a log scale between the two: Adam's usual 1e-3 sits in the middle of 1e-4 … 1e-2.",
-            key=common.seed_widget("tn_lr_min", nearest_rate(space.learning_rate_min)),
+            **common.kept("tn_lr_min", nearest_rate(space.learning_rate_min)),
         )
         lr_high = high_column.selectbox(
             "to",
             LEARNING_RATES,
             format_func=lambda v: f"{v:.0e}",
             disabled=busy,
-            key=common.seed_widget("tn_lr_max", nearest_rate(space.learning_rate_max)),
+            **common.kept("tn_lr_max", nearest_rate(space.learning_rate_max)),
         )
         blocks = c2.multiselect(
-            "Conv blocks", [1, 2, 3, 4, 5], disabled=busy, key=common.seed_widget("tn_blocks", list(space.conv_blocks))
+            "Conv blocks", [1, 2, 3, 4, 5], disabled=busy, **common.kept("tn_blocks", list(space.conv_blocks))
         )
         filters = c3.slider(
             "Filters per block",
@@ -105,37 +105,37 @@ else:
             512,
             step=8,
             disabled=busy,
-            key=common.seed_widget("tn_filters", (space.filters_min, space.filters_max)),
+            **common.kept("tn_filters", (space.filters_min, space.filters_max)),
         )
         c4, c5, c6 = st.columns(3)
         filters_step = c4.select_slider(
             "Filter step",
             [8, 16, 32, 64],
             disabled=busy,
-            key=common.seed_widget("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16),
+            **common.kept("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16),
         )
         kernels = c5.multiselect(
-            "Kernel sizes", [3, 5, 7], disabled=busy, key=common.seed_widget("tn_kernels", list(space.kernel_sizes))
+            "Kernel sizes", [3, 5, 7], disabled=busy, **common.kept("tn_kernels", list(space.kernel_sizes))
         )
         activations = c6.multiselect(
-            "Activations", list(ACTIVATIONS), disabled=busy, key=common.seed_widget("tn_act", list(space.activations))
+            "Activations", list(ACTIVATIONS), disabled=busy, **common.kept("tn_act", list(space.activations))
         )
         c7, c8, c9 = st.columns(3)
         dropouts = c7.multiselect(
-            "Dropout", [0.0, 0.1, 0.25, 0.5], disabled=busy, key=common.seed_widget("tn_dropout", list(space.dropouts))
+            "Dropout", [0.0, 0.1, 0.25, 0.5], disabled=busy, **common.kept("tn_dropout", list(space.dropouts))
         )
         dense = c8.multiselect(
             "Dense units (0 = none)",
             [0, 32, 64, 128, 256, 512],
             disabled=busy,
-            key=common.seed_widget("tn_dense", list(space.dense_units)),
+            **common.kept("tn_dense", list(space.dense_units)),
         )
         batch_norm = c9.multiselect(
             "Batch normalisation",
             [True, False],
             format_func=lambda on: "with" if on else "without",
             disabled=busy,
-            key=common.seed_widget("tn_bn", list(space.batch_norm)),
+            **common.kept("tn_bn", list(space.batch_norm)),
         )
         c10, c11, c12 = st.columns(3)
         l2 = c10.multiselect(
@@ -143,30 +143,28 @@ else:
             [0.0, 1e-5, 1e-4, 1e-3],
             format_func=lambda v: f"{v:.0e}" if v else "none",
             disabled=busy,
-            key=common.seed_widget("tn_l2", list(space.l2)),
+            **common.kept("tn_l2", list(space.l2)),
         )
         l1 = c11.multiselect(
             "L1 weight decay",
             [0.0, 1e-5, 1e-4],
             format_func=lambda v: f"{v:.0e}" if v else "none",
             disabled=busy,
-            key=common.seed_widget("tn_l1", list(space.l1)),
+            **common.kept("tn_l1", list(space.l1)),
         )
-        heads = c12.multiselect(
-            "Head", list(HEADS), disabled=busy, key=common.seed_widget("tn_heads", list(space.heads))
-        )
+        heads = c12.multiselect("Head", list(HEADS), disabled=busy, **common.kept("tn_heads", list(space.heads)))
         c13, c14, c15 = st.columns(3)
         optimizers = c13.multiselect(
-            "Optimizer", list(OPTIMIZERS), disabled=busy, key=common.seed_widget("tn_opt", list(space.optimizers))
+            "Optimizer", list(OPTIMIZERS), disabled=busy, **common.kept("tn_opt", list(space.optimizers))
         )
         batch_sizes = c14.multiselect(
-            "Batch size", [8, 16, 32, 64, 128], disabled=busy, key=common.seed_widget("tn_bs", list(space.batch_sizes))
+            "Batch size", [8, 16, 32, 64, 128], disabled=busy, **common.kept("tn_bs", list(space.batch_sizes))
         )
         strengths = c15.multiselect(
             "Augmentation strength (× the Augment page)",
             [0.0, 0.5, 1.0, 1.5, 2.0],
             disabled=busy,
-            key=common.seed_widget("tn_aug", list(space.augment_strengths)),
+            **common.kept("tn_aug", list(space.augment_strengths)),
         )
         c16, c17, c18 = st.columns(3)
         networks = c16.multiselect(
@@ -174,19 +172,19 @@ else:
             ["cnn", *backbones.BACKBONE_NAMES],
             disabled=busy,
             help="The configurable CNN and/or keras.applications backbones with a new head (issue #14).",
-            key=common.seed_widget("tn_backbones", list(space.backbones)),
+            **common.kept("tn_backbones", list(space.backbones)),
         )
         start_from = c17.selectbox(
             "Backbone starting weights",
             ["imagenet", "none"],
             disabled=busy,
-            key=common.seed_widget("tn_weights", space.weights),
+            **common.kept("tn_weights", space.weights),
         )
         fine_tune = c18.multiselect(
             "Top blocks fine-tuned in stage 2",
             [0, 1, 2, 3, 4],
             disabled=busy,
-            key=common.seed_widget("tn_ft_blocks", list(space.fine_tune_blocks)),
+            **common.kept("tn_ft_blocks", list(space.fine_tune_blocks)),
         )
         missing = [
             row["file"]
@@ -212,7 +210,7 @@ else:
     with st.expander("Search settings", expanded=attached is None):
         s1, s2, s3 = st.columns(3)
         tuner_kind = s1.selectbox(
-            "Tuner", ["random", "bayesian", "hyperband"], disabled=busy, key=common.seed_widget("tn_tuner", tune.tuner)
+            "Tuner", ["random", "bayesian", "hyperband"], disabled=busy, **common.kept("tn_tuner", tune.tuner)
         )
         objective = s2.selectbox(
             "Objective",
@@ -220,7 +218,7 @@ else:
             format_func=OBJECTIVE_WORDS.__getitem__,
             help="What trials are ranked by, on the validation split.",
             disabled=busy,
-            key=common.seed_widget("tn_objective", tune.objective),
+            **common.kept("tn_objective", tune.objective),
         )
         max_minutes = s3.number_input(
             "Time budget (minutes, 0 = none)",
@@ -228,15 +226,11 @@ else:
             24 * 60.0,
             step=5.0,
             disabled=busy,
-            key=common.seed_widget("tn_minutes", float(tune.max_minutes)),
+            **common.kept("tn_minutes", float(tune.max_minutes)),
         )
         s4, s5, s6 = st.columns(3)
-        max_trials = s4.number_input(
-            "Trials", 1, 500, disabled=busy, key=common.seed_widget("tn_trials", tune.max_trials)
-        )
-        epochs = s5.number_input(
-            "Epochs per trial", 1, 500, disabled=busy, key=common.seed_widget("tn_epochs", train.epochs)
-        )
+        max_trials = s4.number_input("Trials", 1, 500, disabled=busy, **common.kept("tn_trials", tune.max_trials))
+        epochs = s5.number_input("Epochs per trial", 1, 500, disabled=busy, **common.kept("tn_epochs", train.epochs))
         executions = s6.number_input(
             "Repeats per trial (averaged)",
             1,
@@ -244,7 +238,7 @@ else:
             disabled=busy,
             help="Each trial is trained this many times from different random starts and scored by the mean: less "
             "noise, proportionally more time.",
-            key=common.seed_widget("tn_exec", tune.executions_per_trial),
+            **common.kept("tn_exec", tune.executions_per_trial),
         )
 
     try:
