@@ -46,8 +46,9 @@ def medimg_loader(paths: list[str], labels: list[int], args, cache_dir: Path, au
     """Set-up (decode into the cache, or open it) and medimg's training dataset, with its own augmentation."""
     from medimg import cache, pipeline
     from medimg.config import AugmentConfig
+    from medimg.contract import InputContract
 
-    arrays = cache.load_arrays(paths, labels, args.image_size, args.color, directory=cache_dir)
+    arrays = cache.load_arrays(paths, labels, InputContract(args.image_size, args.color), directory=cache_dir)
     own = AugmentConfig(**AUGMENT) if augment else None
     return pipeline.make_dataset(arrays, args.batch_size, 2, training=True, augment=own, seed=0)
 

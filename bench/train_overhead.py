@@ -48,11 +48,12 @@ def cached_files(spec) -> dict[str, dict]:
     import sklearn.metrics  # noqa: F401  (imported once, untimed, for both sides)
 
     from medimg import cache, training
+    from medimg.contract import InputContract
 
     data = training.prepare_data(spec.dataset)
     entries = {}
     for name, files in data.splits.items():
-        key = cache.cache_key([f.path for f in files], spec.dataset.image_size, spec.dataset.color)
+        key = cache.cache_key([f.path for f in files], InputContract.from_config(spec.dataset))
         entries[name] = {
             "npy": str(cache.cache_dir() / f"{key}.npy"),
             "count": len(data.arrays[name]),

@@ -16,8 +16,9 @@ from medimg.runs import Run
 def contract(run: Run, threshold: float = 0.5, positive: str | int | None = None) -> dict[str, Any]:
     """The preprocessing and decision contract that goes with model.keras: what goes in, what comes out."""
     record = run.record
-    if "input" not in record or "class_names" not in record:
+    if "class_names" not in record:
         raise RunError(f"run {run.id} has no input contract yet; it has not trained a model.")
+    terms = run.input_contract.to_json()
     names = list(record["class_names"])
     binary = len(names) == 2
     metrics = run.read_json("metrics.json") or {}
@@ -25,10 +26,7 @@ def contract(run: Run, threshold: float = 0.5, positive: str | int | None = None
         "run_id": run.id,
         "model_file": "model.keras",
         "model_sha256": record.get("model_sha256"),
-        "image_size": int(record["input"]["image_size"]),
-        "color": record["input"]["color"],
-        "channels": int(record["input"]["channels"]),
-        "dicom_window": record["input"].get("dicom_window"),
+        **terms,
         "class_names": names,
         "input": (
             "uint8 pixel values 0..255, shape (batch, image_size, image_size, channels); the model rescales to "

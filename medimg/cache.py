@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medimg import dicom, images
+from medimg.contract import InputContract
 from medimg.errors import file_reason
 
 CACHE_VERSION = 2  # 2: JPEGs decoded at a reduced DCT scale (images.load_image)
@@ -44,9 +44,11 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDIMG_CACHE_DIR") or Path.home() / ".cache" / "medimg")
 
 
-def cache_key(paths: list[str], size: int, color: str, window: dicom.DicomWindow | None = None) -> str:
-    stamp = f"|{window.center}|{window.width}" if window else ""  # a DICOM window changes the decoded pixels
-    digest = hashlib.sha256(f"v{CACHE_VERSION}|{size}|{color}{stamp}".encode())
+def cache_key(paths: list[str], contract: InputContract) -> str:
+    """The cache entry's name: the contract (size, colour, DICOM window) and each file's path, size and mtime."""
+    window = contract.dicom_window
+    stamp = f"|{window[0]}|{window[1]}" if window else ""  # a DICOM window changes the decoded pixels
+    digest = hashlib.sha256(f"v{CACHE_VERSION}|{contract.image_size}|{contract.color}{stamp}".encode())
     for path in paths:
         try:
             stat = os.stat(path)
@@ -58,13 +60,13 @@ def cache_key(paths: list[str], size: int, color: str, window: dicom.DicomWindow
     return digest.hexdigest()[:32]
 
 
-def _decode_many(paths: list[str], size: int, color: str, window: dicom.DicomWindow | None) -> list[np.ndarray | str]:
+def _decode_many(paths: list[str], contract: InputContract) -> list[np.ndarray | str]:
     """Decoded images, or the reason a file could not be read; one thread-pool task decodes many files, so the
     pool's per-task cost stays small next to decoding a small image (~0.1–0.3 ms)."""
     results: list[np.ndarray | str] = []
     for path in paths:
         try:
-            results.append(images.load_image(path, size, color, window=window))
+            results.append(contract.load(path))
         except Exception as error:  # one file's decoder failure is that file's reason; the others are trained on
             results.append(file_reason(error))
     return results
@@ -73,17 +75,14 @@ def _decode_many(paths: list[str], size: int, color: str, window: dicom.DicomWin
 def load_arrays(
     paths: list[str],
     labels: list[int],
-    size: int,
-    color: str,
+    contract: InputContract,
     on_progress: ProgressCallback | None = None,
     directory: Path | None = None,
-    window: dicom.DicomWindow | None = None,
 ) -> CachedArrays:
-    """The decoded arrays for these files, from the cache or decoded now (once) and cached.
-
-    `window` replaces each DICOM file's own window (other formats ignore it)."""
+    """The decoded arrays (N×S×S×C uint8, S and C from `contract`) for these files, from the cache or decoded now
+    (once, through `contract.load`) and cached."""
     directory = Path(directory or cache_dir())
-    key = cache_key(paths, size, color, window)
+    key = cache_key(paths, contract)
     meta_path, array_path = directory / f"{key}.json", directory / f"{key}.npy"
     if meta_path.exists() and array_path.exists():
         try:
@@ -91,7 +90,7 @@ def load_arrays(
         except (OSError, ValueError, KeyError):
             pass  # a damaged entry is rebuilt below
     directory.mkdir(parents=True, exist_ok=True)
-    return _build_entry(meta_path, array_path, paths, labels, size, color, on_progress, window)
+    return _build_entry(meta_path, array_path, paths, labels, contract, on_progress)
 
 
 def _read_entry(meta_path: Path, array_path: Path, paths: list[str], labels: list[int]) -> CachedArrays:
@@ -107,12 +106,10 @@ def _build_entry(
     array_path: Path,
     paths: list[str],
     labels: list[int],
-    size: int,
-    color: str,
+    contract: InputContract,
     on_progress: ProgressCallback | None,
-    window: dicom.DicomWindow | None = None,
 ) -> CachedArrays:
-    channels = 1 if color == "gray" else 3
+    size, color, channels = contract.image_size, contract.color, contract.channels
     handle, temporary = tempfile.mkstemp(dir=meta_path.parent, suffix=".npy.tmp")
     os.close(handle)
     array = np.lib.format.open_memmap(
@@ -123,7 +120,7 @@ def _build_entry(
     workers = min(4, (os.cpu_count() or 2) + 1)
     chunks = [paths[start : start + DECODE_CHUNK] for start in range(0, len(paths), DECODE_CHUNK)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        decoded = itertools.chain.from_iterable(pool.map(lambda c: _decode_many(c, size, color, window), chunks))
+        decoded = itertools.chain.from_iterable(pool.map(lambda c: _decode_many(c, contract), chunks))
         for index, result in enumerate(decoded):
             if isinstance(result, str):
                 failures.append({"path": paths[index], "reason": result})

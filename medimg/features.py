@@ -23,12 +23,12 @@ import numpy as np
 
 from medimg import backbones, cache
 from medimg.config import AugmentConfig, ModelParams, SearchSpace
+from medimg.contract import InputContract
 
 if TYPE_CHECKING:
     import keras
 
     from medimg.cache import CachedArrays
-    from medimg.dicom import DicomWindow
     from medimg.prepared import PreparedData
 
 FEATURE_CACHE_VERSION = 1
@@ -70,14 +70,16 @@ def search_reasons(space: SearchSpace, augment: AugmentConfig) -> dict[str, str 
 
 
 # ----------------------------------------------------------------------------------------------------- the cache
-def feature_key(arrays: CachedArrays, params: ModelParams, sha256: str, window: DicomWindow | None = None) -> str:
+def feature_key(
+    arrays: CachedArrays, params: ModelParams, sha256: str, window: tuple[float, float] | None = None
+) -> str:
     """The cache key of `arrays`' features: the image cache's key for its files (which covers each file's path,
     size and modification time), the image shape, the backbone, the weights' SHA-256 and FEATURE_CACHE_VERSION.
     Arrays whose rows no longer match their paths (a subset taken in memory) are keyed by their pixels instead."""
     size, channels = arrays.images.shape[1], arrays.images.shape[3]
     color = "gray" if channels == 1 else "rgb"
     if len(arrays.paths) == len(arrays.images):
-        files = cache.cache_key(arrays.paths, size, color, window)
+        files = cache.cache_key(arrays.paths, InputContract(size, color, window))
     else:
         files = hashlib.sha256(np.ascontiguousarray(arrays.images).tobytes()).hexdigest()
     stamp = f"features|v{FEATURE_CACHE_VERSION}|{files}|{arrays.images.shape}|{params.backbone}|{sha256}"
@@ -89,7 +91,6 @@ def backbone_features(
     params: ModelParams,
     data: PreparedData,
     *,
-    window: DicomWindow | None = None,
     directory: Path | None = None,
     model: keras.Model | None = None,
     on_progress: ProgressCallback | None = None,
@@ -98,8 +99,8 @@ def backbone_features(
     backbone's channel count (the tensor the head starts from, `models.HEAD_START`), memory-mapped from the cache
     (`cache.cache_dir()` unless `directory`) or computed now in inference mode and cached.
 
-    `data`: the run's prepared data (input shape, class count); `window`: the run's DICOM window, part of the image
-    key; `model`: a built full model of `params` to take the backbone from (else one is built). Raises ConfigError
+    `data`: the run's prepared data (input shape, class count; its contract's DICOM window is part of the image
+    key); `model`: a built full model of `params` to take the backbone from (else one is built). Raises ConfigError
     when `params` cannot use features (`unused_reason` for the identity augmentation) or its weights are missing.
     """
     from medimg.errors import ConfigError
@@ -109,6 +110,7 @@ def backbone_features(
         raise ConfigError(f"backbone features cannot be cached for this model: {reason}.")
     _, sha256 = backbones.resolve_weights(params.backbone, params.weights)
     directory = Path(directory or cache.cache_dir())
+    window = data.contract.dicom_window if data.contract else None
     key = feature_key(arrays, params, str(sha256), window)
     meta_path, array_path = directory / f"{key}.json", directory / f"{key}.npy"
     if meta_path.exists() and array_path.exists():
@@ -236,11 +238,10 @@ class FeatureStore:
     Args:
         data: the run's prepared data.
         augment: the run's augmentation (each trial scales it by its `augment_strength`).
-        window: the run's DICOM window (part of the image key), or None.
     """
 
-    def __init__(self, data: PreparedData, augment: AugmentConfig, window: DicomWindow | None = None) -> None:
-        self.data, self.augment, self.window = data, augment, window
+    def __init__(self, data: PreparedData, augment: AugmentConfig) -> None:
+        self.data, self.augment = data, augment
         self.loaded: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
     def for_trial(self, params: ModelParams, model: keras.Model | None = None) -> dict[str, np.ndarray] | None:
@@ -251,7 +252,7 @@ class FeatureStore:
         key = (params.backbone, params.weights)
         if key not in self.loaded:
             self.loaded[key] = {
-                split: backbone_features(self.data.arrays[split], params, self.data, window=self.window, model=model)
+                split: backbone_features(self.data.arrays[split], params, self.data, model=model)
                 for split in ("train", "val")
             }
         return self.loaded[key]
@@ -268,9 +269,7 @@ class FeatureStore:
                 continue
             params = ModelParams(backbone=name, weights=space.weights)
             found = {
-                split: backbone_features(
-                    self.data.arrays[split], params, self.data, window=self.window, on_progress=on_progress
-                )
+                split: backbone_features(self.data.arrays[split], params, self.data, on_progress=on_progress)
                 for split in ("train", "val")
             }
             self.loaded[(name, space.weights)] = found

@@ -31,13 +31,12 @@ class Predictor:
 
     def __init__(self, run: Run) -> None:
         record = run.record
-        if "input" not in record or "class_names" not in record:
+        if "class_names" not in record:
             raise RunError(f"run {run.id} has no input contract yet; it has not trained a model.")
         self.run = run
-        self.size = int(record["input"]["image_size"])
-        self.color = str(record["input"]["color"])
-        trained_window = record["input"].get("dicom_window")
-        self.window = dicom.DicomWindow(*trained_window) if trained_window else None  # the one training used
+        self.contract = run.input_contract
+        self.size, self.color = self.contract.image_size, self.contract.color
+        self.window = self.contract.window  # the one training used
         self.class_names = list(record["class_names"])
         self.positive, self.threshold = decision_threshold(record)
         self.model = run.load_model()
@@ -63,7 +62,8 @@ class Predictor:
     def prepare(
         self, source: str | Path | bytes, frame: int = 0, window: dicom.DicomWindow | None = None
     ) -> np.ndarray:
-        return images.load_image(source, self.size, self.color, frame=frame, window=window or self.window)
+        """One file as model input (S×S×C uint8) through the run's contract; `window` overrides the trained one."""
+        return self.contract.load(source, frame=frame, window=window)
 
     def input_note(self, source: str | Path | bytes) -> str:
         """Why this input is unlike what the model was trained on, or "": colour given to a model trained on gray

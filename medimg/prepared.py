@@ -14,6 +14,7 @@ import numpy as np
 from medimg import cache, datachecks, dataset, scanning
 from medimg.cache import CachedArrays
 from medimg.config import DatasetConfig
+from medimg.contract import InputContract
 from medimg.errors import DatasetError
 
 
@@ -26,6 +27,7 @@ class PreparedData:
     splits: dataset.Splits
     unreadable: list[dict[str, str]]
     warnings: list[str] = dataclasses.field(default_factory=list)  # said at the start of a run (datachecks)
+    contract: InputContract | None = None  # how every array above was decoded; None only for hand-built data
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -76,6 +78,7 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
     report = scanning.scan(config.path, config.group_regex, on_progress, merge_label_case=config.merge_label_case)
     splits = dataset.make_splits(report.files, config.val_fraction, config.test_fraction, config.seed)
     arrays = {}
+    contract = InputContract.from_config(config)
     unreadable = list(report.unreadable)
     scanned_splits = datachecks.split_warnings(report.splits)  # recounted below on what was decoded
     warnings = [w for w in report.warnings if w not in scanned_splits]
@@ -83,10 +86,8 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
         arrays[name] = cache.load_arrays(
             [f.path for f in files],
             splits.labels(name),
-            config.image_size,
-            config.color,
+            contract,
             on_progress,
-            window=dicom_window(config),
         )
         unreadable += arrays[name].failures
     class_names, arrays, changed = _leave_out_unusable_classes(splits, arrays)
@@ -113,7 +114,7 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
         )
     counts = {name: {c: int(np.sum(a.labels == i)) for i, c in enumerate(class_names)} for name, a in arrays.items()}
     warnings += datachecks.split_warnings(counts)
-    return PreparedData(class_names, arrays, splits, unreadable, warnings)
+    return PreparedData(class_names, arrays, splits, unreadable, warnings, contract)
 
 
 def _leave_out_unusable_classes(
@@ -135,19 +136,3 @@ def _leave_out_unusable_classes(
         for name, a in arrays.items()
     }
     return kept, relabelled, warnings
-
-
-def input_contract(config: DatasetConfig) -> dict[str, Any]:
-    """What prediction must do to a file to feed this run's model: size, channel mode, DICOM window."""
-    return {
-        "image_size": config.image_size,
-        "color": config.color,
-        "channels": config.channels,
-        "dicom_window": list(config.window) if config.window else None,
-    }
-
-
-def dicom_window(config: DatasetConfig) -> Any:
-    from medimg.dicom import DicomWindow
-
-    return DicomWindow(*config.window) if config.window else None

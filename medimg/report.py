@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medimg import __version__, charts, clinical, dicom, evaluation, htmldoc, images, subgroups
-from medimg.errors import file_reason
+from medimg import __version__, charts, clinical, evaluation, htmldoc, subgroups
 from medimg.runs import Run, trial_number
 
 NOT_FOR_CLINICAL_USE = (
@@ -360,15 +359,7 @@ def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell
     chosen = _examples(test, threshold, positive, per_cell)
     if not chosen:
         return [htmldoc.paragraph("No test images to show.")]
-    contract = run.record["input"]
-    window = dicom.DicomWindow(*contract["dicom_window"]) if contract.get("dicom_window") else None
-    loaded, skipped = [], []
-    size, color = int(contract["image_size"]), contract["color"]
-    for i in chosen:
-        try:
-            loaded.append((i, images.load_image(test.paths[i], size, color, window=window)))
-        except Exception as error:  # a file changed or removed since the test: named below, the gallery goes on
-            skipped.append(f"{Path(test.paths[i]).name}: {file_reason(error)}")
+    loaded, skipped = run.input_contract.load_many(test.paths, chosen)
     if not loaded:
         return [htmldoc.paragraph("No test image could be read again: " + "; ".join(skipped))]
     chosen = [i for i, _ in loaded]

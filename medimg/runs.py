@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from medimg.config import RunSpec
+from medimg.contract import InputContract
 from medimg.errors import RunError
 
 ACTIVE_STATUSES = ("queued", "running")
@@ -87,6 +88,11 @@ class Run:
     @property
     def id(self) -> str:
         return self.path.name
+
+    @property
+    def input_contract(self) -> InputContract:
+        """How a file becomes this run's model input (run.json "input"). Raises RunError before a model exists."""
+        return InputContract.from_record(self.record, self.id)
 
     @property
     def record(self) -> dict[str, Any]:

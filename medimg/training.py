@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from medimg.config import AugmentConfig, ModelParams, TrainConfig
-from medimg.prepared import PreparedData, input_contract, prepare_data
+from medimg.contract import InputContract
+from medimg.prepared import PreparedData, prepare_data
 from medimg.runs import Run, trial_number
 
 if TYPE_CHECKING:
@@ -303,7 +304,7 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
     run.update(
         data=data.summary(),
         class_names=data.class_names,
-        input=input_contract(spec.dataset),
+        input=InputContract.from_config(spec.dataset).to_json(),
         warnings=data.warnings,
     )
     say_warnings(data.warnings, echo)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from medimg.config import AugmentConfig, ModelParams, SearchSpace, TrainConfig, TuneConfig
+from medimg.contract import InputContract
 from medimg.errors import ConfigError, SearchSpaceMismatchError
 from medimg.runs import Run, trial_number
 
@@ -436,7 +437,7 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
         run.update(
             data=data.summary(),
             class_names=data.class_names,
-            input=prepared.input_contract(spec.dataset),
+            input=InputContract.from_config(spec.dataset).to_json(),
             warnings=data.warnings,
         )
         training.say_warnings(data.warnings, echo)
@@ -539,12 +540,12 @@ def feature_cache(
     """The backbone features the search's frozen-backbone trials train on, computed (or read) before the first
     trial; whether each backbone's trials use them, and why not, goes into run.json (`feature_cache`) and onto the
     console. None for a CNN-only search."""
-    from medimg import features, prepared, training
+    from medimg import features, training
 
     spec = run.spec
     if spec.search.backbones == ("cnn",):
         return None
-    store = features.FeatureStore(data, spec.augment, prepared.dicom_window(spec.dataset))
+    store = features.FeatureStore(data, spec.augment)
     records = store.prepare(spec.search, training._echo_progress(echo))
     if not worker:
         run.update(feature_cache=records)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import streamlit as st
 
-from medimg import dataset, images
+from medimg import dataset
 from medimg.config import AUGMENT_UNITS, AugmentConfig
+from medimg.contract import InputContract
 from medimg.errors import MedimgError, file_reason
 from pages import common
 
@@ -63,7 +64,7 @@ with right:
     names = [f.path for f in files]
     chosen = st.selectbox("Image", names, format_func=lambda p: "/".join(p.rsplit("/", 3)[-3:]), key="aug_image")
     try:
-        image = images.load_image(chosen, data.image_size, data.color)
+        image = InputContract.from_config(data).load(chosen)
     except Exception as error:
         st.error(f"{chosen}: {file_reason(error)}")
         st.stop()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from medimg import charts, clinical, evaluation, images, subgroups
-from medimg.errors import MedimgError, file_reason
+from medimg import charts, clinical, evaluation, subgroups
+from medimg.errors import MedimgError
 from pages import common
 
 RESAMPLES = 2000
@@ -310,14 +310,8 @@ else:
     count = min(MAX_CELL_IMAGES, len(members))
     shown_count = 1 if count == 1 else st.slider("How many", 1, count, min(12, count))
     show_cam = st.toggle("Grad-CAM overlay", value=True)
-    size, color = int(run.record["input"]["image_size"]), run.record["input"]["color"]
-    picked = members[:shown_count]
-    loaded, failures = [], []
-    for i in picked:
-        try:
-            loaded.append((i, images.load_image(test.paths[i], size, color)))
-        except Exception as error:  # a file that changed since the test: listed, the gallery goes on
-            failures.append(f"{test.paths[i]}: {file_reason(error)}")
+    # The run's own size, colour and DICOM window: the images as the model was tested on them.
+    loaded, failures = run.input_contract.load_many(test.paths, list(members[:shown_count]))
     heatmaps = None
     if show_cam and loaded:
         from medimg.explain import gradcam_heatmaps

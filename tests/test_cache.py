@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from medimg import cache, images
+from medimg.contract import InputContract
 
 
 @pytest.fixture()
@@ -40,7 +41,7 @@ def test_first_load_decodes_second_load_is_a_hit(
     tmp_path: Path, demo_files: tuple[list[str], list[int]], decode_counter: list[str]
 ) -> None:
     paths, labels = demo_files
-    first = cache.load_arrays(paths, labels, 16, "gray", directory=tmp_path)
+    first = cache.load_arrays(paths, labels, InputContract(16, "gray"), directory=tmp_path)
     assert sorted(decode_counter) == sorted(paths)
     assert first.images.shape == (8, 16, 16, 1) and first.images.dtype == np.uint8
     assert isinstance(first.images, np.memmap)
@@ -48,7 +49,7 @@ def test_first_load_decodes_second_load_is_a_hit(
     for index, path in enumerate(paths):  # stored in the order of the paths, as prediction will load them
         np.testing.assert_array_equal(first.images[index], images.load_image(path, 16, "gray"))
     decode_counter.clear()
-    second = cache.load_arrays(paths, labels, 16, "gray", directory=tmp_path)
+    second = cache.load_arrays(paths, labels, InputContract(16, "gray"), directory=tmp_path)
     assert decode_counter == []  # nothing decoded again
     np.testing.assert_array_equal(np.asarray(second.images), np.asarray(first.images))
     assert second.paths == paths and second.failures == []
@@ -60,9 +61,9 @@ def test_size_and_color_are_part_of_the_key(
     tmp_path: Path, demo_files: tuple[list[str], list[int]], decode_counter: list[str]
 ) -> None:
     paths, labels = demo_files
-    gray = cache.load_arrays(paths, labels, 16, "gray", directory=tmp_path)
-    rgb = cache.load_arrays(paths, labels, 16, "rgb", directory=tmp_path)
-    bigger = cache.load_arrays(paths, labels, 24, "gray", directory=tmp_path)
+    gray = cache.load_arrays(paths, labels, InputContract(16, "gray"), directory=tmp_path)
+    rgb = cache.load_arrays(paths, labels, InputContract(16, "rgb"), directory=tmp_path)
+    bigger = cache.load_arrays(paths, labels, InputContract(24, "gray"), directory=tmp_path)
     assert (gray.images.shape[-1], rgb.images.shape[-1], bigger.images.shape[1]) == (1, 3, 24)
     assert len(decode_counter) == 3 * len(paths)
     assert len(list(tmp_path.glob("*.npy"))) == 3
@@ -79,11 +80,11 @@ def test_changed_mtime_makes_a_new_entry(
         copy.write_bytes(Path(path).read_bytes())
         paths.append(str(copy))
     store = tmp_path / "cache"
-    cache.load_arrays(paths, labels, 16, "gray", directory=store)
+    cache.load_arrays(paths, labels, InputContract(16, "gray"), directory=store)
     stat = os.stat(paths[0])
     os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 5_000_000_000))
     decode_counter.clear()
-    cache.load_arrays(paths, labels, 16, "gray", directory=store)
+    cache.load_arrays(paths, labels, InputContract(16, "gray"), directory=store)
     assert len(decode_counter) == len(paths)
     assert len(list(store.glob("*.npy"))) == 2
 
@@ -96,13 +97,13 @@ def test_changed_content_and_size_is_seen(tmp_path: Path) -> None:
     other = tmp_path / "two.png"
     cv2.imwrite(str(other), np.full((8, 8), 50, np.uint8))
     store = tmp_path / "cache"
-    before = cache.load_arrays([str(path), str(other)], [0, 1], 8, "gray", directory=store)
+    before = cache.load_arrays([str(path), str(other)], [0, 1], InputContract(8, "gray"), directory=store)
     assert int(before.images[0].max()) == 0
     mtime = os.stat(path).st_mtime_ns
     cv2.imwrite(str(path), np.random.default_rng(0).integers(0, 256, (8, 8), dtype=np.uint8))
     os.utime(path, ns=(mtime, mtime))  # same mtime: only the size tells the file changed
     assert os.stat(path).st_mtime_ns == mtime
-    after = cache.load_arrays([str(path), str(other)], [0, 1], 8, "gray", directory=store)
+    after = cache.load_arrays([str(path), str(other)], [0, 1], InputContract(8, "gray"), directory=store)
     assert int(after.images[0].max()) > 0
 
 
@@ -118,7 +119,11 @@ def test_unreadable_files_are_recorded_and_labels_stay_aligned(
     mixed_labels = [1, 0, 0, 0, 1, 1]
     progress: list[tuple[int, int, str]] = []
     result = cache.load_arrays(
-        mixed_paths, mixed_labels, 16, "gray", directory=tmp_path / "c", on_progress=lambda *a: progress.append(a)
+        mixed_paths,
+        mixed_labels,
+        InputContract(16, "gray"),
+        directory=tmp_path / "c",
+        on_progress=lambda *a: progress.append(a),
     )
     assert len(result) == 4 and result.images.shape[0] == 4
     assert result.paths == [*paths[:2], *paths[6:]]
@@ -128,14 +133,14 @@ def test_unreadable_files_are_recorded_and_labels_stay_aligned(
     assert result.failures[1]["reason"] == "empty file (0 bytes)"
     assert progress[-1] == (6, 6, "decoding images into the cache")
     decode_counter.clear()
-    again = cache.load_arrays(mixed_paths, mixed_labels, 16, "gray", directory=tmp_path / "c")
+    again = cache.load_arrays(mixed_paths, mixed_labels, InputContract(16, "gray"), directory=tmp_path / "c")
     assert decode_counter == [] and again.failures == result.failures  # failures are cached too
 
 
 def test_all_unreadable_gives_an_empty_array(tmp_path: Path) -> None:
     bad = tmp_path / "bad.png"
     bad.write_text("x")
-    result = cache.load_arrays([str(bad)], [0], 16, "gray", directory=tmp_path / "c")
+    result = cache.load_arrays([str(bad)], [0], InputContract(16, "gray"), directory=tmp_path / "c")
     assert len(result) == 0 and result.images.shape == (0, 16, 16, 1)
     assert len(result.failures) == 1
 
@@ -144,17 +149,17 @@ def test_damaged_entry_is_rebuilt(
     tmp_path: Path, demo_files: tuple[list[str], list[int]], decode_counter: list[str]
 ) -> None:
     paths, labels = demo_files
-    first = np.asarray(cache.load_arrays(paths, labels, 16, "gray", directory=tmp_path).images).copy()
+    first = np.asarray(cache.load_arrays(paths, labels, InputContract(16, "gray"), directory=tmp_path).images).copy()
     (meta,) = tmp_path.glob("*.json")
     meta.write_text("{ half written")
     decode_counter.clear()
-    rebuilt = cache.load_arrays(paths, labels, 16, "gray", directory=tmp_path)
+    rebuilt = cache.load_arrays(paths, labels, InputContract(16, "gray"), directory=tmp_path)
     assert len(decode_counter) == len(paths)
     np.testing.assert_array_equal(np.asarray(rebuilt.images), first)
 
 
 def test_key_is_stable_and_covers_the_file_list(demo_files: tuple[list[str], list[int]]) -> None:
     paths, _ = demo_files
-    assert cache.cache_key(paths, 16, "gray") == cache.cache_key(list(paths), 16, "gray")
-    assert cache.cache_key(paths, 16, "gray") != cache.cache_key(paths[::-1], 16, "gray")
-    assert cache.cache_key(paths, 16, "gray") != cache.cache_key(paths[:-1], 16, "gray")
+    assert cache.cache_key(paths, InputContract(16, "gray")) == cache.cache_key(list(paths), InputContract(16, "gray"))
+    assert cache.cache_key(paths, InputContract(16, "gray")) != cache.cache_key(paths[::-1], InputContract(16, "gray"))
+    assert cache.cache_key(paths, InputContract(16, "gray")) != cache.cache_key(paths[:-1], InputContract(16, "gray"))

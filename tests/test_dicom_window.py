@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from medimg import cache, dicom, images, jobs, runs
+from medimg import cache, dicom, evaluation, images, jobs, runs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+from medimg.contract import InputContract
 from medimg.errors import ConfigError
 from medimg.predict import Predictor
+from tests.app.conftest import open_page
 from tests.conftest import PROJECT
 from tests.test_phi import ct_dicom, ct_image
 
@@ -39,16 +41,20 @@ def test_the_window_is_validated_and_optional() -> None:
 def test_the_cache_keeps_one_entry_per_window(ct_folder: Path, tmp_path: Path) -> None:
     paths = [str(p) for p in sorted(ct_folder.glob("*/*.dcm"))]
     labels = [0] * len(paths)
-    header = cache.load_arrays(paths, labels, 16, "gray", directory=tmp_path)
-    lung = cache.load_arrays(paths, labels, 16, "gray", directory=tmp_path, window=LUNG)
-    assert cache.cache_key(paths, 16, "gray") != cache.cache_key(paths, 16, "gray", LUNG)
+    header = cache.load_arrays(paths, labels, InputContract(16, "gray"), directory=tmp_path)
+    lung = cache.load_arrays(paths, labels, InputContract(16, "gray", (LUNG.center, LUNG.width)), directory=tmp_path)
+    assert cache.cache_key(paths, InputContract(16, "gray")) != cache.cache_key(
+        paths, InputContract(16, "gray", (LUNG.center, LUNG.width))
+    )
     assert not np.array_equal(np.asarray(header.images), np.asarray(lung.images))
     expected = images.load_image(paths[0], 16, "gray", window=LUNG)
     np.testing.assert_array_equal(np.asarray(lung.images[0]), expected)
 
 
 @pytest.mark.slow
-def test_training_records_the_window_and_prediction_applies_it(ct_folder: Path, tmp_path: Path) -> None:
+def test_training_records_the_window_and_prediction_and_the_evaluate_page_apply_it(
+    ct_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = RunSpec(
         kind="train",
         dataset=DatasetConfig(path=str(ct_folder), image_size=16, window_center=LUNG.center, window_width=LUNG.width),
@@ -62,6 +68,26 @@ def test_training_records_the_window_and_prediction_applies_it(ct_folder: Path, 
     file = next(ct_folder.glob("lesion/*.dcm"))
     np.testing.assert_array_equal(predictor.prepare(file), images.load_image(file, 16, "gray", window=LUNG))
     assert not np.array_equal(predictor.prepare(file), images.load_image(file, 16, "gray"))  # not the header's
+
+    # The Evaluate page's confusion-cell gallery and Grad-CAMs decode the test images as the model was tested on
+    # them: every test file it reads goes through the run's window (it once used each file's header window).
+    monkeypatch.setenv("MEDIMG_RUNS_DIR", str(tmp_path))
+    test_paths = set(evaluation.load_scored(run)["test"].paths)
+    windows: list[tuple[str, object]] = []
+    real = images.load_image
+
+    def recording(source, *args, **kwargs):
+        windows.append((str(source), kwargs.get("window")))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(images, "load_image", recording)
+    at = open_page("evaluate", run=run.id)
+    assert not at.exception
+    gallery = [window for source, window in windows if source in test_paths]
+    assert gallery and all(window == LUNG for window in gallery)
+    loaded, failures = run.input_contract.load_many(sorted(test_paths), [0])
+    assert not failures
+    np.testing.assert_array_equal(loaded[0][1], real(sorted(test_paths)[0], 16, "gray", window=LUNG))
 
 
 def test_the_dataset_page_offers_windows_for_dicom_data(ct_folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:

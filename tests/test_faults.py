@@ -15,6 +15,7 @@ import pytest
 
 from medimg import jobs, runs, training
 from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+from medimg.contract import InputContract
 from medimg.errors import MedimgError, RunError
 from tests.conftest import DEMO
 
@@ -193,7 +194,7 @@ def test_a_decoder_crash_on_one_file_is_its_reason_and_the_cache_build_goes_on(
 
     files = sorted((DEMO / "val" / "NORMAL").glob("*.jpeg"))[:3]
     _decoder_crashes_on(monkeypatch, files[1].name, "load_image")
-    arrays = cache.load_arrays([str(f) for f in files], [0, 0, 0], 16, "gray")
+    arrays = cache.load_arrays([str(f) for f in files], [0, 0, 0], InputContract(16, "gray"))
     assert arrays.images.shape == (2, 16, 16, 1)
     assert arrays.failures == [
         {"path": str(files[1]), "reason": "the decoder failed (struct.error: unpack requires a buffer of 4 bytes)"}

@@ -10,6 +10,7 @@ import pytest
 from medimg import cache, pipeline
 from medimg.cache import CachedArrays
 from medimg.config import AugmentConfig
+from medimg.contract import InputContract
 
 
 def indexed_arrays(count: int, num_classes: int, size: int = 8) -> CachedArrays:
@@ -113,7 +114,7 @@ def test_augmented_values_stay_in_0_255() -> None:
 def test_from_the_real_cache(demo_dir: Path, tmp_path: Path) -> None:
     paths = [str(p) for p in sorted((demo_dir / "test").glob("*/*.jpeg"))[:12]]
     labels = [0 if "/NORMAL/" in p else 1 for p in paths]
-    arrays = cache.load_arrays(paths, labels, 16, "rgb", directory=tmp_path)
+    arrays = cache.load_arrays(paths, labels, InputContract(16, "rgb"), directory=tmp_path)
     x, y = next(iter(pipeline.make_dataset(arrays, 5, 2)))
     assert tuple(x.shape) == (5, 16, 16, 3) and tuple(y.shape) == (5, 1)
     np.testing.assert_array_equal(x.numpy(), np.asarray(arrays.images[:5], dtype=np.float32))
