@@ -66,7 +66,7 @@ def run_auto(data: Path, minutes: float, seed: int, runs: Path) -> tuple[Path, f
 def scores(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float, float]:
     from sklearn import metrics
 
-    from medimg.evaluation import roc_auc
+    from medimg.clinical import roc_auc
 
     predicted = probs.argmax(axis=1)
     return (
@@ -122,7 +122,7 @@ def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
 def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     """Test AUC of: the best trial alone, the mean of the top-5 candidates, and the k chosen on validation."""
     from medimg import models, runs, tuning
-    from medimg.evaluation import predict_arrays
+    from medimg.models import predict_arrays
 
     run = runs.Run(run_path)
     record = run.record
@@ -154,7 +154,7 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
 
     from medimg import models, runs, training, tuning
     from medimg.cache import CachedArrays
-    from medimg.evaluation import predict_arrays
+    from medimg.models import predict_arrays
 
     run = runs.Run(run_path)
     members = (run.record.get("ensemble") or {}).get("members") or [run.record["best_trial"]]
@@ -195,7 +195,7 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     import warnings
 
     from medimg import models, runs, tuning
-    from medimg.evaluation import predict_arrays
+    from medimg.models import predict_arrays
 
     run = runs.Run(run_path)
     objective = run.record.get("objective") or run.spec.tune.objective

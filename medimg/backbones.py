@@ -21,6 +21,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from medimg.config import BACKBONE_NAMES
 from medimg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ BACKBONES: dict[str, Backbone] = {
         ),
     )
 }
-BACKBONE_NAMES = tuple(BACKBONES)
+assert tuple(BACKBONES) == BACKBONE_NAMES, "config.BACKBONE_NAMES names every registry entry, in order"
 
 
 def get_backbone(name: str) -> Backbone:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medimg.backbones import BACKBONE_NAMES
+from medimg.config import BACKBONE_NAMES
 from medimg.errors import MedimgError
 
 DEMO_DATASET = Path(__file__).parent / "demo" / "chest_xray_mini"
@@ -444,7 +444,7 @@ def _execute_existing(run: Any) -> int:
 
 def _distributed_tune(spec: Any, args: argparse.Namespace) -> int:
     """Chief: create the shared run folder and serve the oracle. Worker: join that folder and run trials."""
-    from medimg import runs, tuning
+    from medimg import runs, tuning, workflows
 
     if not args.run_name:
         raise MedimgError("a distributed search needs --run-name NAME, the same for the chief and every worker.")
@@ -460,7 +460,7 @@ def _distributed_tune(spec: Any, args: argparse.Namespace) -> int:
             raise MedimgError(f"no chief created {path} within 2 minutes; start the chief with the same --run-name.")
         time.sleep(0.5)
     run = runs.Run(path)
-    tuning.execute_tune(run, echo=_err)
+    workflows.execute_tune(run, echo=_err)
     print(run.path)
     return 0
 

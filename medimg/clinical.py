@@ -262,3 +262,17 @@ def curves(scored: Scored, positive: str | int | None = None) -> dict[str, dict[
             "prevalence": float(truth.mean()),
         }
     return result
+
+
+def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
+    """Binary AUC of the second class's probability, or macro one-vs-rest AUC; None when one class is absent."""
+    from sklearn import metrics
+
+    present = np.unique(y_true)
+    if len(present) < 2:
+        return None
+    if probs.shape[1] == 2:
+        return float(metrics.roc_auc_score(y_true, probs[:, 1]))
+    if len(present) < probs.shape[1]:
+        return None
+    return float(metrics.roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))

@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 from typing import Any, TypeVar
 
-from medimg.backbones import BACKBONE_NAMES
 from medimg.errors import ConfigError
 
 COLOR_MODES = ("gray", "rgb")
@@ -63,6 +62,11 @@ def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
     _check(len(values) > 0, f"{name} needs at least one value.")
     bad = [v for v in values if v not in allowed]
     _check(not bad, f"{name}: {bad} not supported; choose from {list(allowed)}.")
+
+
+# The keras.applications networks medimg can build (`medimg.backbones` holds how); named here, below the registry,
+# so configurations can be checked without importing TensorFlow.
+BACKBONE_NAMES = ("mobilenet_v3_small", "efficientnet_b0", "densenet121", "resnet50_v2")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,26 +9,14 @@ from typing import Any
 import numpy as np
 
 from medimg import bootstrap, clinical, datachecks
-from medimg.clinical import Scored
+from medimg.clinical import Scored, roc_auc
 from medimg.errors import RunError
+from medimg.models import load_run_model, predict_arrays
 from medimg.runs import Run
 
 SPLITS = ("val", "test")
 # 2: predictions.csv holds val and test (a `split` column), metrics.json the clinical summary and leakage check.
 EVALUATION_VERSION = 2
-
-
-def predict_arrays(model: Any, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (N × K) for uint8 images, in batches, calling the model directly."""
-    from medimg.models import probabilities
-
-    if len(images) == 0:
-        return np.zeros((0, 0))
-    chunks = [
-        probabilities(model, np.asarray(images[i : i + batch_size], dtype=np.float32))
-        for i in range(0, len(images), batch_size)
-    ]
-    return np.concatenate(chunks)
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -66,20 +54,6 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     }
 
 
-def roc_auc(y_true: np.ndarray, probs: np.ndarray) -> float | None:
-    """Binary AUC of the second class's probability, or macro one-vs-rest AUC; None when one class is absent."""
-    from sklearn import metrics
-
-    present = np.unique(y_true)
-    if len(present) < 2:
-        return None
-    if probs.shape[1] == 2:
-        return float(metrics.roc_auc_score(y_true, probs[:, 1]))
-    if len(present) < probs.shape[1]:
-        return None
-    return float(metrics.roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
-
-
 def roc_curves(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, dict[str, list]]:
     """ROC curve per class (one-vs-rest; for two classes just the positive, second class)."""
     from sklearn import metrics
@@ -106,7 +80,7 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
 
     spec = run.spec
     data = data or prepare_data(spec.dataset)
-    model = model or run.load_model()
+    model = model or load_run_model(run)
     test = data.arrays["test"]
     if len(test) == 0:
         from medimg.errors import DatasetError

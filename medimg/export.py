@@ -32,6 +32,7 @@ import numpy as np
 
 from medimg import __version__
 from medimg.errors import ConfigError, MedimgError
+from medimg.models import load_run_model
 from medimg.runs import Run
 
 FORMATS = ("onnx", "litert", "saved_model", "keras")
@@ -117,7 +118,7 @@ def export_run(
     from medimg import bundle, predict, prepared
 
     check_request(fmt, quantize)
-    model = run.load_model()
+    model = load_run_model(run)
     default_positive, default_threshold = predict.decision_threshold(run.record)
     terms = bundle.contract(run, default_threshold if threshold is None else threshold, positive or default_positive)
     data = prepared.prepare_data(run.spec.dataset)

@@ -32,7 +32,7 @@ def max_concurrent_runs() -> int:
 
 def execute(run: runs.Run, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Carry out a run in this process; the run record ends completed, stopped or failed, never 'running'."""
-    from medimg import tracking, training, tuning
+    from medimg import tracking, workflows
 
     if run.stop_requested() and not run.record.get("started"):
         run.set_status("stopped", message="stopped before it started")  # Stop pressed while it was queued
@@ -41,7 +41,7 @@ def execute(run: runs.Run, echo: Callable[[str], None] | None = None) -> dict[st
     run.set_status("running", pid=os.getpid(), error=None)
     try:
         kind = run.spec.kind
-        result = tuning.execute_tune(run, echo) if kind == "tune" else training.execute_train(run, echo)
+        result = workflows.execute_tune(run, echo) if kind == "tune" else workflows.execute_train(run, echo)
     except KeyboardInterrupt:
         run.set_status("stopped", message=f"interrupted; resume with: python -m medimg resume {run.path}")
         raise

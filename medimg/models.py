@@ -12,6 +12,8 @@ from medimg.config import ModelParams
 if TYPE_CHECKING:
     import keras
 
+    from medimg.runs import Run
+
 
 def _register_metrics() -> type:
     import keras
@@ -211,9 +213,42 @@ def compile_model(model: keras.Model, params: ModelParams, num_classes: int) -> 
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
+def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N × K) for uint8 images, in batches, calling the model directly."""
+    if len(images) == 0:
+        return np.zeros((0, 0))
+    chunks = [
+        probabilities(model, np.asarray(images[i : i + batch_size], dtype=np.float32))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks)
+
+
 def probabilities(model: keras.Model, batch: np.ndarray) -> np.ndarray:
     """Class probabilities (N × num_classes) for a float/uint8 batch, calling the model directly (no predict())."""
     output = np.asarray(model(batch, training=False))
     if output.shape[-1] == 1:
         return np.concatenate([1.0 - output, output], axis=-1)
     return output
+
+
+def load_run_model(run: Run) -> keras.Model:
+    """Load a run's model: `.keras` from that run only, hash checked, Keras safe mode on.
+
+    Raises RunError when the run has no model yet or model.keras no longer matches the SHA-256 recorded at saving.
+    """
+    from medimg.errors import RunError
+    from medimg.runs import file_sha256
+
+    if not run.model_path.is_file():
+        raise RunError(f"run {run.id} has no model yet (status: {run.status}); train it first.")
+    expected = run.record.get("model_sha256")
+    if not expected or file_sha256(run.model_path) != expected:
+        raise RunError(
+            f"run {run.id}: model.keras does not match the hash recorded when it was saved; "
+            "it was changed outside medimg and will not be loaded."
+        )
+    import keras
+
+    sparse_auc(3)  # registers the custom metric class for deserialisation
+    return keras.saving.load_model(run.model_path, compile=False, safe_mode=True)

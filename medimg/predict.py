@@ -11,6 +11,7 @@ import numpy as np
 
 from medimg import dicom, images
 from medimg.errors import RunError, file_reason
+from medimg.models import load_run_model
 from medimg.runs import Run
 
 
@@ -39,7 +40,7 @@ class Predictor:
         self.window = self.contract.window  # the one training used
         self.class_names = list(record["class_names"])
         self.positive, self.threshold = decision_threshold(record)
-        self.model = run.load_model()
+        self.model = load_run_model(run)
 
     @property
     def decision(self) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medimg import __version__, charts, clinical, evaluation, htmldoc, subgroups
+from medimg.models import load_run_model
 from medimg.runs import Run, trial_number
 
 NOT_FOR_CLINICAL_USE = (
@@ -364,7 +365,7 @@ def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell
         return [htmldoc.paragraph("No test image could be read again: " + "; ".join(skipped))]
     chosen = [i for i, _ in loaded]
     pixels = np.stack([image for _, image in loaded])
-    heatmaps, _ = gradcam_heatmaps(run.load_model(), pixels, [int(predicted[i]) for i in chosen])
+    heatmaps, _ = gradcam_heatmaps(load_run_model(run), pixels, [int(predicted[i]) for i in chosen])
     names = test.class_names
     cards = []
     for k, i in enumerate(chosen):

@@ -213,23 +213,6 @@ class Run:
         os.replace(temporary, self.model_path)
         self.update(model_sha256=file_sha256(self.model_path))
 
-    def load_model(self) -> Any:
-        """Load this run's model: `.keras` from this run only, hash checked, Keras safe mode on."""
-        if not self.model_path.is_file():
-            raise RunError(f"run {self.id} has no model yet (status: {self.status}); train it first.")
-        expected = self.record.get("model_sha256")
-        if not expected or file_sha256(self.model_path) != expected:
-            raise RunError(
-                f"run {self.id}: model.keras does not match the hash recorded when it was saved; "
-                "it was changed outside medimg and will not be loaded."
-            )
-        import keras
-
-        from medimg import models
-
-        models.sparse_auc(3)  # registers the custom metric class for deserialisation
-        return keras.saving.load_model(self.model_path, compile=False, safe_mode=True)
-
     def summary(self) -> dict[str, Any]:
         record = self.record
         metrics = record.get("metrics") or {}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from medimg.errors import MedimgError
+from medimg.models import load_run_model, predict_arrays
 from medimg.runs import Run
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,13 @@ def _log_model(mlflow: Any, run: Run) -> None:
     import numpy as np
     from mlflow.models import infer_signature
 
-    from medimg import bundle, evaluation, predict
+    from medimg import bundle, predict
 
     positive, threshold = predict.decision_threshold(run.record)
     terms = bundle.contract(run, threshold, positive)
-    model = run.load_model()
+    model = load_run_model(run)
     example = np.zeros((1, terms["image_size"], terms["image_size"], terms["channels"]), np.float32)
-    signature = infer_signature(example, evaluation.predict_arrays(model, example.astype(np.uint8)))
+    signature = infer_signature(example, predict_arrays(model, example.astype(np.uint8)))
     requirements = [f"keras=={_version('keras')}", f"tensorflow=={_version('tensorflow')}"]
     mlflow_keras.log_model(model, name="model", signature=signature, pip_requirements=requirements)
     with tempfile.TemporaryDirectory() as folder:

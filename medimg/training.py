@@ -6,10 +6,10 @@ Data preparation lives in `medimg.prepared`; its names are used here and stay im
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +19,7 @@ import numpy as np
 
 from medimg.config import AugmentConfig, ModelParams, TrainConfig
 from medimg.contract import InputContract
+from medimg.errors import MedimgError
 from medimg.prepared import PreparedData, prepare_data
 from medimg.runs import Run, trial_number
 
@@ -290,11 +291,24 @@ def joined_history(first: Any, second: Any) -> Any:
     return second
 
 
-def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
-    """Carry out a train run from its record: prepare, fit (resumable), save, evaluate. Returns test metrics."""
+@dataclasses.dataclass
+class Fitted:
+    """A run's fitted model, already saved in the run, and what is left to do once it is evaluated
+    (`workflows.evaluate_fitted`)."""
+
+    model: Any  # keras.Model
+    data: PreparedData
+    stopped: str = ""  # the run ends "stopped" with this message
+    error: MedimgError | None = None  # raised after the evaluation (a diverged loss whose best epoch was kept)
+    backup: Path | None = None  # the resume backup, removed once a run that was not stopped is evaluated
+
+
+def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
+    """A train run from its record: prepare, fit (resumable), save the model. Evaluation is the caller's
+    (`workflows.execute_train`), so this layer never imports the one above it."""
     import keras
 
-    from medimg import backbones, evaluation
+    from medimg import backbones
 
     spec = run.spec
     weights = backbones.weights_record(spec.params.backbone, spec.params.weights)  # a missing file stops here
@@ -332,22 +346,19 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
         # Keep what was learnt before the loss diverged: the best epoch's weights become the run's model.
         model.set_weights(best.weights)
         run.save_model(model)
-        evaluation.evaluate_run(run, data, model)
-        raise _nan_error(
+        error = _nan_error(
             len(losses),
             kept=f"the best model so far (epoch {best.epoch + 1}, {monitor} {best.value:.4f}) was saved and evaluated",
         )
+        return Fitted(model, data, error=error)
     run.save_model(model)
-    metrics = evaluation.evaluate_run(run, data, model)
     if progress.stopped_by_request:
-        run.set_status(
-            "stopped",
-            message=f"stopped on request after {len(losses)} epochs; model saved; "
-            f"continue with: python -m medimg resume {run.path}",
+        stopped = (
+            f"stopped on request after {len(losses)} epochs; model saved; "
+            f"continue with: python -m medimg resume {run.path}"
         )
-    else:
-        shutil.rmtree(run.path / "backup", ignore_errors=True)
-    return metrics
+        return Fitted(model, data, stopped=stopped)
+    return Fitted(model, data, backup=run.path / "backup")
 
 
 def say_warnings(warnings: list[str], echo: Echo | None) -> None:
@@ -376,13 +387,12 @@ def backup_and_restore(folder: Path) -> keras.callbacks.Callback:
                 Path(self._training_metadata_path), {"epoch": self._current_epoch, "batch": self._last_batch_seen}
             )
 
-    # Kept after a stop so `resume` continues from the last epoch; execute_train removes it once the run completes.
+    # Kept after a stop so `resume` continues from the last epoch; removed once the run completes
+    # (`workflows.evaluate_fitted`).
     return AtomicBackupAndRestore(str(folder), delete_checkpoint=False)
 
 
-def _nan_error(epoch: int, kept: str = "no epoch finished before it, so no model was saved") -> Exception:
-    from medimg.errors import MedimgError
-
+def _nan_error(epoch: int, kept: str = "no epoch finished before it, so no model was saved") -> MedimgError:
     return MedimgError(
         f"the loss became NaN at epoch {epoch}; {kept}. Lower the learning rate or the weight decay and try again."
     )

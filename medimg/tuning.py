@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
     from medimg.features import FeatureStore
     from medimg.prepared import PreparedData
+    from medimg.training import Fitted
 
 TUNER_FOLDER = "tuner"
 SPACE_FILE = "medimg_search_space.json"
@@ -248,7 +249,7 @@ def one_class_called(model: Any, images: Any, labels: Any) -> int | None:
     `labels` (N) hold at least two classes, else None."""
     import numpy as np
 
-    from medimg.evaluation import predict_arrays
+    from medimg.models import predict_arrays
 
     if len(np.unique(labels)) < 2:
         return None
@@ -418,11 +419,13 @@ def read_trials(tuner_dir: Path) -> list[dict[str, Any]]:
     return trials
 
 
-def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Carry out a tune run from its record; best parameters and the best trial's model go into the run."""
+def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | None:
+    """A tune run from its record: search, then the best trial's (or the ensemble's) model saved into the run with
+    the best parameters. Evaluation is the caller's (`workflows.execute_tune`). None on a distributed worker, whose
+    trials the chief collects."""
     import keras
 
-    from medimg import backbones, evaluation, prepared, training
+    from medimg import backbones, prepared, training
 
     spec = run.spec
     worker = is_distributed_worker()
@@ -530,8 +533,8 @@ def execute_tune(run: Run, echo: Callable[[str], None] | None = None) -> dict[st
     except SearchEnded as reason:
         ended = str(reason)
     if worker:
-        return {}
-    return _finish_search(run, tuner, data, ended, evaluation)
+        return None
+    return _finish_search(run, tuner, data, ended)
 
 
 def feature_cache(
@@ -581,7 +584,7 @@ def _strategy(distribution: str) -> Any:
     return tf.distribute.MirroredStrategy()
 
 
-def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any) -> dict[str, Any]:
+def _finish_search(run: Run, tuner: Any, data: PreparedData, ended: str) -> Fitted:
     from medimg.errors import MedimgError
 
     spec = run.spec
@@ -628,10 +631,10 @@ def _finish_search(run: Run, tuner: Any, data: Any, ended: str, evaluation: Any)
         run.append_event("warning", message=warning)
     model = final_model(run, tuner, ranked[: spec.tune.ensemble_size], data)
     run.save_model(model)
-    metrics = evaluation.evaluate_run(run, data, model)
-    if ended.startswith("stopped"):
-        run.set_status("stopped", message=f"{ended} after {len(completed)} completed trials")
-    return metrics
+    from medimg.training import Fitted
+
+    stopped = f"{ended} after {len(completed)} completed trials" if ended.startswith("stopped") else ""
+    return Fitted(model, data, stopped=stopped)
 
 
 def stopped_trials(run: Run) -> set[str]:
@@ -656,7 +659,7 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
     import numpy as np
 
     from medimg import models
-    from medimg.evaluation import predict_arrays
+    from medimg.models import predict_arrays
 
     spec = run.spec
     objective = data.usable_objective(spec.tune.objective)
@@ -697,7 +700,7 @@ def validation_score(objective: str, labels: Any, probs: Any) -> float:
     import numpy as np
     from sklearn import metrics
 
-    from medimg.evaluation import roc_auc
+    from medimg.clinical import roc_auc
 
     labels = np.asarray(labels, dtype=int)
     if objective == "val_loss":

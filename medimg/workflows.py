@@ -1,10 +1,57 @@
-"""Workflows that join several runs: today, the final training after a search."""
+"""Workflows: a train or tune run from fit to evaluation, and the final training after a search.
+
+The layer above both `training`/`tuning` (which fit and save a model) and `evaluation` (which tests it): the
+stages of a run meet here, so neither of them imports the other.
+"""
 
 from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import MedimgError
 from medimg.runs import Run
+
+if TYPE_CHECKING:
+    from medimg.training import Fitted
+
+Echo = Callable[[str], None]
+
+
+def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
+    """Carry out a train run from its record: prepare, fit (resumable), save, evaluate. Returns the test metrics.
+
+    Raises what fitting raises (`errors.MedimgError` with a one-line reason); a loss that became NaN after a
+    good epoch raises once that epoch's model is saved and evaluated."""
+    from medimg import training
+
+    return evaluate_fitted(run, training.fit_train_run(run, echo))
+
+
+def execute_tune(run: Run, echo: Echo | None = None) -> dict[str, Any]:
+    """Carry out a tune run from its record: search, save the best model, evaluate. Returns the test metrics ({} on
+    a distributed worker)."""
+    from medimg import tuning
+
+    fitted = tuning.search_run(run, echo)
+    return {} if fitted is None else evaluate_fitted(run, fitted)
+
+
+def evaluate_fitted(run: Run, fitted: Fitted) -> dict[str, Any]:
+    """Test a run's saved model (`evaluation.evaluate_run`), then end as fitting said: stopped with its message,
+    the deferred error raised, or the resume backup removed."""
+    from medimg import evaluation
+
+    metrics = evaluation.evaluate_run(run, fitted.data, fitted.model)
+    if fitted.error is not None:
+        raise fitted.error
+    if fitted.stopped:
+        run.set_status("stopped", message=fitted.stopped)
+    elif fitted.backup is not None:
+        shutil.rmtree(fitted.backup, ignore_errors=True)
+    return metrics
 
 
 def train_spec_from_search(

@@ -10,6 +10,7 @@ import streamlit as st
 
 from medimg import charts, clinical, evaluation, subgroups
 from medimg.errors import MedimgError
+from medimg.models import load_run_model
 from pages import common
 
 RESAMPLES = 2000
@@ -45,7 +46,7 @@ def presets(run_path: str, stamp: float, positive: str, target: float) -> tuple[
 def load_model(run_path: str, model_hash: str):
     from medimg.runs import Run
 
-    return Run(run_path).load_model()
+    return load_run_model(Run(run_path))
 
 
 def set_threshold(key: str, value: float) -> None:

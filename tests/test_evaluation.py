@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from medimg import calibration, clinical, evaluation, runs, training
+from medimg import calibration, clinical, evaluation, models, runs, training
 from medimg.config import DatasetConfig, ModelParams, RunSpec
 from medimg.errors import DatasetError
 from tests.conftest import DEMO
@@ -91,15 +91,15 @@ def test_multi_class_macro_auc_is_the_mean_of_one_vs_rest_aucs() -> None:
         ]
     )
     by_class = [pairwise_auc(list(probs[y_true == k, k]), list(probs[y_true != k, k])) for k in range(3)]
-    result = evaluation.roc_auc(y_true, probs)
+    result = clinical.roc_auc(y_true, probs)
     assert result == pytest.approx(np.mean(by_class))
     assert result == pytest.approx(sk.roc_auc_score(y_true, probs, multi_class="ovr", average="macro"))
 
 
 @pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
 def test_auc_is_none_when_a_class_is_absent() -> None:
-    assert evaluation.roc_auc(np.array([1, 1, 1]), one_hot_probs([1, 0, 1], 2)) is None
-    assert evaluation.roc_auc(np.array([0, 1, 0, 1]), one_hot_probs([0, 1, 1, 1], 3)) is None  # no class 2
+    assert clinical.roc_auc(np.array([1, 1, 1]), one_hot_probs([1, 0, 1], 2)) is None
+    assert clinical.roc_auc(np.array([0, 1, 0, 1]), one_hot_probs([0, 1, 1, 1], 3)) is None  # no class 2
     result = evaluation.classification_metrics(np.array([0, 0]), one_hot_probs([0, 1], 2), ["x", "y"])
     assert result["auc"] is None
     assert result["per_class"]["y"]["support"] == 0 and result["per_class"]["y"]["sensitivity"] == 0.0
@@ -125,11 +125,11 @@ def test_predict_arrays_batches_give_the_same_answer() -> None:
     keras.utils.set_random_seed(0)
     model = models.build_model(ModelParams(filters=(2,), dense_units=0, batch_norm=False), (8, 8, 1), 3)
     batch = np.random.default_rng(0).integers(0, 256, (7, 8, 8, 1), dtype=np.uint8)
-    whole = evaluation.predict_arrays(model, batch)
-    chunked = evaluation.predict_arrays(model, batch, batch_size=3)
+    whole = models.predict_arrays(model, batch)
+    chunked = models.predict_arrays(model, batch, batch_size=3)
     assert whole.shape == (7, 3)
     np.testing.assert_allclose(chunked, whole, rtol=1e-5, atol=1e-7)
-    assert evaluation.predict_arrays(model, batch[:0]).shape == (0, 0)
+    assert models.predict_arrays(model, batch[:0]).shape == (0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +171,7 @@ def test_evaluate_run_writes_metrics_predictions_and_headline(evaluated) -> None
     assert len(rows) == 30
     assert list(rows[0]) == ["path", "true", "predicted", "p_NORMAL", "p_PNEUMONIA", "split"]
     assert {row["split"] for row in rows} == {"test"}
-    probs = evaluation.predict_arrays(model, data.arrays["test"].images)
+    probs = models.predict_arrays(model, data.arrays["test"].images)
     for row, path, label, p in zip(rows, data.arrays["test"].paths, data.arrays["test"].labels, probs, strict=True):
         assert row["path"] == path and row["true"] == data.class_names[label]
         assert float(row["p_PNEUMONIA"]) == pytest.approx(p[1], abs=1e-6)
@@ -214,7 +214,7 @@ def test_val_predictions_are_saved_and_load_back(evaluated) -> None:
         arrays = data.arrays[split]
         assert scored[split].paths == list(arrays.paths)
         np.testing.assert_array_equal(scored[split].labels, arrays.labels)
-        np.testing.assert_allclose(scored[split].probs, evaluation.predict_arrays(model, arrays.images), atol=1e-6)
+        np.testing.assert_allclose(scored[split].probs, models.predict_arrays(model, arrays.images), atol=1e-6)
 
 
 def test_metrics_json_holds_the_clinical_summary_at_one_half(evaluated) -> None:
@@ -231,7 +231,7 @@ def test_metrics_json_holds_the_clinical_summary_at_one_half(evaluated) -> None:
     assert summary["presets_split"] == "val"  # thresholds are chosen on validation, never on test
     youden = clinical.youden_threshold(val.labels == 1, val.probs[:, 1])
     assert summary["presets"]["youden"] == pytest.approx(youden)
-    val_probs = evaluation.predict_arrays(model, data.arrays["val"].images)  # unrounded, as evaluate_run had them
+    val_probs = models.predict_arrays(model, data.arrays["val"].images)  # unrounded, as evaluate_run had them
     assert result["calibration"]["temperature"] == pytest.approx(calibration.fit_temperature(val.labels, val_probs))
     assert result["calibration"]["ece_before"] == pytest.approx(calibration.expected_calibration_error(test))
     assert result["evaluation_version"] == evaluation.EVALUATION_VERSION

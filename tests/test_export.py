@@ -17,6 +17,7 @@ from medimg import export, jobs, runs, tracking
 from medimg.cli import main
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
 from medimg.errors import ConfigError, RunError
+from medimg.models import load_run_model
 from medimg.prepared import prepare_data
 from tests.conftest import DEMO, PROJECT
 from tests.test_tuning import TINY_SPACE
@@ -56,7 +57,7 @@ def exports(trained_run: runs.Run, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_images(trained_run: runs.Run) -> tuple[np.ndarray, np.ndarray]:
     """The run's test images (N×16×16×1, 0..255 float32) and the Keras model's p(PNEUMONIA) for them."""
     images = np.asarray(prepare_data(trained_run.spec.dataset).arrays["test"].images, np.float32)
-    return images, np.asarray(trained_run.load_model()(images, training=False))[:, 0]
+    return images, np.asarray(load_run_model(trained_run)(images, training=False))[:, 0]
 
 
 def run_in_own_runtime(fmt: str, folder: Path, images: np.ndarray) -> np.ndarray:
@@ -255,4 +256,4 @@ def test_train_and_tune_runs_are_logged_to_mlflow(
     model = next(m for m in logged if m.source_run_id == train_id)
     reloaded = mlflow.keras.load_model(model.model_uri)
     image = np.full((1, 16, 16, 1), 128.0, np.float32)
-    assert np.asarray(reloaded(image)) == pytest.approx(np.asarray(trained_run.load_model()(image)), abs=1e-6)
+    assert np.asarray(reloaded(image)) == pytest.approx(np.asarray(load_run_model(trained_run)(image)), abs=1e-6)

@@ -17,6 +17,7 @@ from medimg import jobs, runs, training
 from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
 from medimg.contract import InputContract
 from medimg.errors import MedimgError, RunError
+from medimg.models import load_run_model
 from tests.conftest import DEMO
 
 TINY_DATA = DatasetConfig(path=str(DEMO), image_size=16)
@@ -156,7 +157,7 @@ def test_a_model_with_a_lambda_layer_is_refused_without_running_its_code(tmp_pat
     with zipfile.ZipFile(run.model_path) as archive:
         assert b"Lambda" in archive.read("config.json")
     with pytest.raises(ValueError, match=r"(?i)lambda|unsafe|safe_mode"):
-        run.load_model()
+        load_run_model(run)
     assert not marker.exists()
 
 
@@ -165,9 +166,9 @@ def test_only_this_apps_runs_are_loaded(tmp_path: Path) -> None:
     outside.mkdir()
     (outside / "model.keras").write_bytes(b"PK\x03\x04 not really a model")
     with pytest.raises(RunError, match="no run"):  # a folder without run.json is never treated as a run
-        runs.find_run(str(outside), tmp_path / "runs").load_model()
+        load_run_model(runs.find_run(str(outside), tmp_path / "runs"))
     with pytest.raises(RunError, match="not a medimg run"):
-        runs.Run(outside).load_model()
+        load_run_model(runs.Run(outside))
 
 
 def _decoder_crashes_on(monkeypatch: pytest.MonkeyPatch, name: str, function: str) -> None:

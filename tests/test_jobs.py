@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from medimg import jobs, runs, training
+from medimg import jobs, runs, workflows
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import DatasetError, RunError
 from tests.conftest import DEMO, PROJECT
@@ -76,7 +76,7 @@ def test_execute_records_an_internal_error_with_its_traceback(tmp_path: Path, mo
     def broken(run, echo=None):
         return {}["missing"]
 
-    monkeypatch.setattr(training, "execute_train", broken)
+    monkeypatch.setattr(workflows, "execute_train", broken)
     run = runs.create_run(demo_spec(1), tmp_path)
     with pytest.raises(KeyError):
         jobs.execute(run)

@@ -16,6 +16,7 @@ import pytest
 from medimg import runs
 from medimg.config import RunSpec, TrainConfig
 from medimg.errors import RunError
+from medimg.models import load_run_model
 
 SPEC = RunSpec(kind="train", train=TrainConfig(epochs=3))
 
@@ -253,11 +254,11 @@ def test_model_round_trip_with_hash(tmp_path: Path, tiny_model) -> None:
 
     run = runs.create_run(SPEC, tmp_path)
     with pytest.raises(RunError, match=f"run {run.id} has no model yet"):
-        run.load_model()
+        load_run_model(run)
     run.save_model(tiny_model)
     assert run.record["model_sha256"] == runs.file_sha256(run.model_path)
     assert not list(run.path.glob(".model*"))  # the temporary file was renamed into place
-    loaded = run.load_model()
+    loaded = load_run_model(run)
     batch = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 1)).astype("float32")
     np.testing.assert_allclose(np.asarray(loaded(batch)), np.asarray(tiny_model(batch)), rtol=1e-6)
 
@@ -268,14 +269,14 @@ def test_tampered_model_is_refused(tmp_path: Path, tiny_model) -> None:
     with open(run.model_path, "ab") as stream:
         stream.write(b"\x00")
     with pytest.raises(RunError, match=r"model\.keras does not match the hash recorded when it was saved"):
-        run.load_model()
+        load_run_model(run)
 
 
 def test_model_without_recorded_hash_is_refused(tmp_path: Path, tiny_model) -> None:
     run = runs.create_run(SPEC, tmp_path)
     tiny_model.save(run.model_path)  # put there by hand, not by medimg
     with pytest.raises(RunError, match="does not match the hash"):
-        run.load_model()
+        load_run_model(run)
 
 
 def test_progress_of_a_running_training(tmp_path: Path) -> None:
