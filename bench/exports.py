@@ -22,10 +22,11 @@ from pathlib import Path
 import common  # noqa: F401  (puts the project on sys.path, as the other bench scripts do)
 import numpy as np
 
-from medimg import export, jobs, runs
+from medimg import export, jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
-from medimg.images import load_image
-from medimg.predict import Predictor
+from medimg.imaging.images import load_image
+from medimg.results.predict import Predictor
+from medimg.store import runs
 
 DEMO = Path(__file__).resolve().parents[1] / "medimg" / "demo" / "chest_xray_mini"
 FORMATS = [("keras", None), ("saved_model", None), ("onnx", None), ("litert", None), ("litert", "float16"),

@@ -32,7 +32,7 @@ def save_weights(name: str, path: Path, images: np.ndarray) -> None:
     import keras
     from keras.src.legacy.saving import legacy_h5_format
 
-    from medimg import backbones, batchnorm
+    from medimg.model import backbones, batchnorm
 
     keras.utils.set_random_seed(1)
     application = getattr(keras.applications, backbones.get_backbone(name).constructor)(
@@ -70,7 +70,9 @@ def search(args, work: Path, on_pixels: bool) -> tuple[list[float], float, dict]
     """(seconds of each trial, whole run seconds, run.json's feature_cache) of one search."""
     import keras
 
-    from medimg import features, jobs, runs
+    from medimg import jobs
+    from medimg.model import features
+    from medimg.store import runs
 
     keras.backend.clear_session()
     original = features.FeatureStore.for_trial
@@ -90,8 +92,9 @@ def search(args, work: Path, on_pixels: bool) -> tuple[list[float], float, dict]
 
 def compute_once(args) -> tuple[float, tuple[int, int]]:
     """Seconds to compute train + val features on a cache miss, and the train features' shape."""
-    from medimg import features, prepared
     from medimg.config import ModelParams
+    from medimg.datasets import prepared
+    from medimg.model import features
 
     data = prepared.prepare_data(spec(args).dataset)
     params = ModelParams(backbone=args.backbone, weights="imagenet")
@@ -116,7 +119,8 @@ def main() -> None:
     os.environ["MEDIMG_CACHE_DIR"] = str(work / "cache")  # a fresh cache: the first computation is a real miss
     os.environ["MEDIMG_WEIGHTS_DIR"] = str(work / "weights")
     try:
-        from medimg import backbones, prepared
+        from medimg.datasets import prepared
+        from medimg.model import backbones
 
         rgb = spec(args).dataset.replace(color="rgb")
         images = prepared.prepare_data(rgb).arrays["train"].images

@@ -49,8 +49,8 @@ class AnonSampler(threading.Thread):
 
 
 def medimg_child(folder: Path, args) -> None:
-    from medimg import training
     from medimg.config import AugmentConfig, DatasetConfig, ModelParams, TrainConfig
+    from medimg.model import training
 
     data = training.prepare_data(DatasetConfig(path=str(folder), image_size=args.image_size, color=args.color))
     config = TrainConfig(epochs=1, early_stopping_patience=0, reduce_lr_patience=0)
@@ -60,8 +60,8 @@ def medimg_child(folder: Path, args) -> None:
 def seed_child(folder: Path, args) -> None:
     import keras
 
-    from medimg import models
     from medimg.config import ModelParams
+    from medimg.model import models
 
     paths, labels, _ = common.class_folder_files(folder)
     images = common.seed_load(paths, args.image_size, args.color)

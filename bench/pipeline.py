@@ -3,7 +3,7 @@
 Compared, on the same files, image size, batch size and augmentation (horizontal flip + rotation 0.05, reflected
 borders, per image, mapped after batching with AUTOTUNE in every pipeline):
 - medimg: `cache.load_arrays` (decode once into a memory map; the first, cold build is counted) + `make_dataset`
-  with medimg's augmentation (`medimg.augment`: one stateless affine resampling per batch); the warm-cache time
+  with medimg's augmentation (`medimg.datasets.augment`: one stateless affine resampling per batch); the warm-cache time
   (a later run on the same files) is shown too;
 - Keras: `keras.utils.image_dataset_from_directory` (decodes every file again every epoch) with the standard Keras
   layers a user would add (`RandomFlip("horizontal")`, `RandomRotation(0.05, fill_mode="reflect")`);
@@ -44,9 +44,9 @@ KERAS_OWN_AUGMENT = "Keras image_dataset_from_directory + medimg augmentation"
 
 def medimg_loader(paths: list[str], labels: list[int], args, cache_dir: Path, augment: bool):
     """Set-up (decode into the cache, or open it) and medimg's training dataset, with its own augmentation."""
-    from medimg import cache, pipeline
     from medimg.config import AugmentConfig
-    from medimg.contract import InputContract
+    from medimg.datasets import cache, pipeline
+    from medimg.imaging.contract import InputContract
 
     arrays = cache.load_arrays(paths, labels, InputContract(args.image_size, args.color), directory=cache_dir)
     own = AugmentConfig(**AUGMENT) if augment else None
@@ -104,8 +104,8 @@ def medimg_augment(dataset):
     """medimg's augmentation over any (batch, labels) dataset, seeded per batch as `pipeline.make_dataset` does."""
     import tensorflow as tf
 
-    from medimg import augment
     from medimg.config import AugmentConfig
+    from medimg.datasets import augment
 
     augmenter = augment.build_augmenter(AugmentConfig(**AUGMENT))
 
@@ -157,8 +157,8 @@ def fit(dataset, args) -> list[float]:
     """Seconds per epoch of fitting the default model on this dataset."""
     import keras
 
-    from medimg import models
     from medimg.config import ModelParams
+    from medimg.model import models
 
     channels = 1 if args.color == "gray" else 3
     keras.backend.clear_session()

@@ -6,8 +6,8 @@ A run is trained first (one tiny epoch on the real data) in a temporary runs fol
   (`cv2.imread` + resize, `model.predict(x)` per image, the same `explain.gradcam_heatmap`), interleaved image by
   image; p50/p95 and the split into decode / predict / Grad-CAM (target: naive p50 / medimg p50 ≥ 3);
 - prototype rows (bench-only code): the Grad-CAM model built once and the gradient step in a `tf.function`, and
-  also the forward pass in a `tf.function`, to show what those changes to `medimg.explain` / `medimg.predict`
-  would give (results checked equal to medimg's);
+  also the forward pass in a `tf.function`, to show what those changes to `medimg.model.explain` /
+  `medimg.results.predict` would give (results checked equal to medimg's);
 - batch: `Predictor.predict` on a list of N files (default 1,000 synthetic) vs a naive `model.predict` per file
   and vs one `model.predict` on the stacked batch; decode alone, sequential vs two threads.
 
@@ -30,8 +30,9 @@ TARGET = 3.0
 
 def train_run(data: Path, image_size: int, color: str, work: Path):
     """A trained run (one epoch, no callbacks that stop early) to predict with."""
-    from medimg import jobs, runs
+    from medimg import jobs
     from medimg.config import DatasetConfig, RunSpec, TrainConfig
+    from medimg.store import runs
 
     spec = RunSpec(
         kind="train",
@@ -52,7 +53,7 @@ def medimg_call(predictor, path: str, gradcam) -> dict[str, float]:
 
 def naive_call(model, path: str, size: int, color: str) -> dict[str, float]:
     """Phase seconds the naive way: cv2.imread + resize, model.predict on one image, the same Grad-CAM."""
-    from medimg import explain
+    from medimg.model import explain
 
     decode_s, image = common.timed(common.seed_read, path, size, color)
     predict_s, _ = common.timed(lambda: model.predict(image[np.newaxis].astype(np.float32), verbose=0))
@@ -61,12 +62,13 @@ def naive_call(model, path: str, size: int, color: str) -> dict[str, float]:
 
 
 def compiled_gradcam(model):
-    """Prototype: the Grad-CAM model built once and its gradient step traced once (same maths as medimg.explain)."""
+    """Prototype: the Grad-CAM model built once and its gradient step traced once (the maths of
+    medimg.model.explain)."""
     import cv2
     import keras
     import tensorflow as tf
 
-    from medimg import explain
+    from medimg.model import explain
 
     layer = model.get_layer(explain.last_conv_layer_name(model))
     grad_model = keras.Model(model.inputs, [layer.output, model.outputs[0]])
@@ -106,7 +108,7 @@ def compiled_forward(model):
 
 def fast_predictor(run, reference):
     """A second Predictor on the same run whose forward pass is compiled; checked against the reference."""
-    from medimg.predict import Predictor
+    from medimg.results.predict import Predictor
 
     fast = Predictor(run)
     fast.predict_images = compiled_forward(fast.model)
@@ -135,7 +137,7 @@ def single_image(predictor, fast, paths: list[str], args) -> dict[str, list[dict
             if index >= args.warmup:
                 times[name].append(phases)
     check = np.abs(prototype(predictor.prepare(paths[0])) - predictor.gradcam(predictor.prepare(paths[0]))).max()
-    print(f"prototype Grad-CAM vs medimg.explain: max |difference| {check:.2e}")
+    print(f"prototype Grad-CAM vs medimg.model.explain: max |difference| {check:.2e}")
     return times
 
 
@@ -190,7 +192,7 @@ def main() -> None:
     threads = common.configure_threads(args.intra, args.inter)
     work = Path(tempfile.mkdtemp(prefix="predict-", dir=common.bench_home()))
     try:
-        from medimg.predict import Predictor
+        from medimg.results.predict import Predictor
 
         run = train_run(args.data, args.image_size, args.color, work)
         predictor = Predictor(run)

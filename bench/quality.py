@@ -66,7 +66,7 @@ def run_auto(data: Path, minutes: float, seed: int, runs: Path) -> tuple[Path, f
 def scores(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float, float]:
     from sklearn import metrics
 
-    from medimg.clinical import roc_auc
+    from medimg.metrics.clinical import roc_auc
 
     predicted = probs.argmax(axis=1)
     return (
@@ -121,8 +121,9 @@ def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
 
 def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     """Test AUC of: the best trial alone, the mean of the top-5 candidates, and the k chosen on validation."""
-    from medimg import models, runs, tuning
-    from medimg.models import predict_arrays
+    from medimg.model import models, tuning
+    from medimg.model.models import predict_arrays
+    from medimg.store import runs
 
     run = runs.Run(run_path)
     record = run.record
@@ -152,9 +153,10 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
     import dataclasses
     import warnings
 
-    from medimg import models, runs, training, tuning
-    from medimg.cache import CachedArrays
-    from medimg.models import predict_arrays
+    from medimg.datasets.cache import CachedArrays
+    from medimg.model import models, training, tuning
+    from medimg.model.models import predict_arrays
+    from medimg.store import runs
 
     run = runs.Run(run_path)
     members = (run.record.get("ensemble") or {}).get("members") or [run.record["best_trial"]]
@@ -194,8 +196,9 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     a larger ensemble help, or do the members plateau together?"""
     import warnings
 
-    from medimg import models, runs, tuning
-    from medimg.models import predict_arrays
+    from medimg.model import models, tuning
+    from medimg.model.models import predict_arrays
+    from medimg.store import runs
 
     run = runs.Run(run_path)
     objective = run.record.get("objective") or run.spec.tune.objective
@@ -219,8 +222,8 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
 
 def speed() -> None:
     """Seconds per training image per epoch of the plain CNN at a few sizes (the constants in medimg/auto.py)."""
-    from medimg import models
     from medimg.config import ModelParams
+    from medimg.model import models
 
     for size, channels in ((28, 1), (64, 1), (128, 1), (64, 3)):
         model = models.build_model(ModelParams.plain_cnn(size), (size, size, channels), 2)
@@ -254,7 +257,7 @@ def main() -> None:
         speed()
         return
     if args.rules:
-        from medimg import training
+        from medimg.model import training
 
         for run_path in args.rules:
             record = json.loads((run_path / "run.json").read_text())
@@ -276,7 +279,7 @@ def main() -> None:
                     print(f"  top {k:>2} by validation: AUC {auc:.3f} acc {accuracy:.3f}", flush=True)
         return
     isolate_caches()
-    from medimg import training
+    from medimg.model import training
 
     runs_dir = bench_home() / "quality-runs"
     names = [args.only] if args.only else list(DEFAULT_PLAN)

@@ -1,4 +1,5 @@
-"""`medimg.scanning.scan` vs a sequential `cv2.imread` loop over the same files, and a second scan of the same folder.
+"""`medimg.datasets.scanning.scan` vs a sequential `cv2.imread` loop over the same files, and a second scan of the
+same folder.
 
 Compared on N synthetic JPEGs (default 20,000 at 128 px), files already in the OS page cache:
 - baseline: `for path in paths: cv2.imread(path)` (the file list is given, not timed);
@@ -43,7 +44,7 @@ def imread_loop(paths: list[str]) -> int:
 
 
 def medimg_scan(folder: Path, workers: int | None = None) -> int:
-    from medimg import scanning
+    from medimg.datasets import scanning
 
     return scanning.scan(folder, workers=workers).image_count
 
@@ -66,7 +67,8 @@ def check_scan(folder: Path) -> None:
     """The scan must find what a full decode of every file finds (sizes, modes, identical-pixel groups); untimed."""
     from collections import Counter, defaultdict
 
-    from medimg import dataset, images, scanning
+    from medimg.datasets import dataset, scanning
+    from medimg.imaging import images
 
     report = scanning.scan(folder)
     groups, sizes, modes = defaultdict(list), Counter(), Counter()
@@ -85,7 +87,7 @@ def check_scan(folder: Path) -> None:
 
 def stat_floor(folder: Path) -> int:
     """What any (path, size, mtime)-keyed cache must still do on every scan: list the files and stat each."""
-    from medimg import dataset
+    from medimg.datasets import dataset
 
     listing = dataset.list_files(folder)
     return sum(os.stat(f.path).st_size > 0 for f in listing.files)
@@ -102,7 +104,7 @@ def scandir_floor(folder: Path) -> int:
 
 
 def list_listing(folder: Path) -> list:
-    from medimg import dataset
+    from medimg.datasets import dataset
 
     return dataset.list_files(folder).files
 
@@ -160,7 +162,7 @@ def decode_modes(paths: list[str], repeats: int = 3) -> None:
     """Microseconds per image to decode the same in-memory bytes in each mode (best of `repeats`)."""
     import cv2
 
-    from medimg import images
+    from medimg.imaging import images
 
     data = [np.fromfile(path, dtype=np.uint8) for path in paths[:2000]]
     rows, base = [], None

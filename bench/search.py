@@ -28,8 +28,9 @@ CHECKPOINTS = (0.1, 0.25, 0.5, 0.75, 1.0)
 
 def medimg_search(args, work: Path) -> tuple[list[tuple[float, float]], list[float]]:
     """(seconds, val AUC) per epoch and the seconds at which each trial ended."""
-    from medimg import jobs, runs
+    from medimg import jobs
     from medimg.config import DatasetConfig, RunSpec, SearchSpace, TrainConfig, TuneConfig
+    from medimg.store import runs
 
     spec = RunSpec(
         kind="tune",

@@ -47,9 +47,10 @@ def child(index: int, steps: int) -> dict:
 
     keras.mixed_precision.set_dtype_policy(policy)
 
-    from medimg import models, pipeline
-    from medimg.cache import CachedArrays
     from medimg.config import AugmentConfig, ModelParams
+    from medimg.datasets import pipeline
+    from medimg.datasets.cache import CachedArrays
+    from medimg.model import models
 
     rng = np.random.default_rng(0)
     count = 32 * steps

@@ -47,8 +47,9 @@ def cached_files(spec) -> dict[str, dict]:
     """The split's cache `.npy` file, row count and labels, after a (warm-up) decode through medimg."""
     import sklearn.metrics  # noqa: F401  (imported once, untimed, for both sides)
 
-    from medimg import cache, training
-    from medimg.contract import InputContract
+    from medimg.datasets import cache
+    from medimg.imaging.contract import InputContract
+    from medimg.model import training
 
     data = training.prepare_data(spec.dataset)
     entries = {}
@@ -70,8 +71,8 @@ def plain_keras(entries: dict[str, dict], batch_size: int, epochs: int, out: Pat
     import keras
     from sklearn.metrics import roc_auc_score
 
-    from medimg import models
     from medimg.config import ModelParams
+    from medimg.model import models
 
     def load(name: str) -> tuple[np.ndarray, np.ndarray]:
         entry = entries[name]
@@ -91,7 +92,8 @@ def plain_keras(entries: dict[str, dict], batch_size: int, epochs: int, out: Pat
 
 def medimg_run(spec, runs_root: Path) -> dict[str, float]:
     """`create_run` + `jobs.execute`; the fit share is the sum of its epoch events' seconds."""
-    from medimg import jobs, runs
+    from medimg import jobs
+    from medimg.store import runs
 
     total, run = common.timed(lambda: runs.create_run(spec, runs_root))
     seconds, _ = common.timed(lambda: jobs.execute(run))

@@ -26,7 +26,7 @@ from medimg.config import (
     TuneConfig,
 )
 from medimg.errors import ConfigError, DatasetError
-from medimg.runs import BUDGET_ONLY_TRIALS
+from medimg.store.runs import BUDGET_ONLY_TRIALS
 
 # Seconds per training image per epoch of the plain CNN, gray, batch 32, measured on the 2-core CPU this project is
 # built on (`python bench/quality.py --speed` prints them): 0.63 ms at 28 px, 2.46 ms at 64 px, 20 ms at 128 px;
@@ -99,7 +99,7 @@ def plan(
     `scanning.ScanReport` of `path` when the caller has one. Raises ConfigError for a budget under one minute and
     DatasetError when the dataset has fewer than two classes with readable images.
     """
-    from medimg import scanning
+    from medimg.datasets import scanning
 
     if minutes < 1:
         raise ConfigError(f"a budget of {minutes:g} minutes is too short; give at least 1 minute.")
@@ -308,7 +308,7 @@ def _network_reason() -> str:
     """Why the automatic search trains the CNN from scratch and leaves pretrained backbones to the Train and Tune
     pages: their quality here is unmeasured (bench/ cannot download ImageNet weights), and a default is only what
     bench/ has measured."""
-    from medimg import backbones
+    from medimg.model import backbones
 
     found = [row["backbone"] for row in backbones.weights_status() if row["found"]]
     where = (
@@ -324,7 +324,7 @@ def _network_reason() -> str:
 
 def _choose_color(report: Any, seed: int) -> tuple[str, str]:
     """gray unless most sampled images carry colour (3-channel files holding gray copies count as gray)."""
-    from medimg import images
+    from medimg.imaging import images
 
     files = list(report.files)
     total_colour_files = sum(count for mode, count in report.modes.items() if "RGB" in mode)

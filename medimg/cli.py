@@ -16,9 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from medimg.config import BACKBONE_NAMES
+from medimg.datasets.sources import DEMO_DATASET
 from medimg.errors import MedimgError
-
-DEMO_DATASET = Path(__file__).parent / "demo" / "chest_xray_mini"
 
 
 def _err(message: str) -> None:
@@ -198,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def command_scan(args: argparse.Namespace) -> int:
-    from medimg import scanning
+    from medimg.datasets import scanning
 
     report = scanning.scan(
         args.data or DEMO_DATASET, args.group_regex, on_progress=ProgressBar(), merge_label_case=args.merge_label_case
@@ -321,14 +320,15 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
 
 
 def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> int:
-    from medimg import jobs, runs
+    from medimg import jobs
+    from medimg.store import runs
 
     if args.background:
         run = jobs.launch(spec, args.runs, extra=extra)
         _err(f"started {run.id} in the background (pid {run.record['pid']}); watch it with `python -m medimg runs`")
         print(run.path)
         return 0
-    from medimg import backbones
+    from medimg.model import backbones
 
     backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
     run = runs.create_run(spec, args.runs, extra=extra)
@@ -410,7 +410,8 @@ def command_auto(args: argparse.Namespace) -> int:
 
 
 def command_tune(args: argparse.Namespace) -> int:
-    from medimg import runs, tuning
+    from medimg.model import tuning
+    from medimg.store import runs
 
     spec = build_spec(args, "tune")
     if args.resume:
@@ -444,7 +445,9 @@ def _execute_existing(run: Any) -> int:
 
 def _distributed_tune(spec: Any, args: argparse.Namespace) -> int:
     """Chief: create the shared run folder and serve the oracle. Worker: join that folder and run trials."""
-    from medimg import runs, tuning, workflows
+    from medimg import workflows
+    from medimg.model import tuning
+    from medimg.store import runs
 
     if not args.run_name:
         raise MedimgError("a distributed search needs --run-name NAME, the same for the chief and every worker.")
@@ -466,8 +469,8 @@ def _distributed_tune(spec: Any, args: argparse.Namespace) -> int:
 
 
 def command_train(args: argparse.Namespace) -> int:
-    from medimg import runs
     from medimg.config import ModelParams
+    from medimg.store import runs
 
     spec = build_spec(args, "train")
     if args.from_run:
@@ -492,7 +495,8 @@ def command_train(args: argparse.Namespace) -> int:
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
-    from medimg import evaluation, runs
+    from medimg.results import evaluation
+    from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
     result = evaluation.evaluate_run(run)
@@ -512,8 +516,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from medimg import runs
-    from medimg.predict import Predictor, predictions_csv
+    from medimg.results.predict import Predictor, predictions_csv
+    from medimg.store import runs
 
     predictor = Predictor(runs.find_run(args.run, args.runs))
     results = predictor.predict([(path, path) for path in _expand_folders(args.images)])
@@ -535,7 +539,7 @@ def command_predict(args: argparse.Namespace) -> int:
 
 def _expand_folders(paths: list[str]) -> list[str]:
     """Each folder given becomes the files under it (sorted, hidden and OS files left out); files stay as given."""
-    from medimg.images import is_ignored
+    from medimg.imaging.images import is_ignored
 
     expanded = []
     for path in paths:
@@ -549,13 +553,14 @@ def _expand_folders(paths: list[str]) -> list[str]:
 
 
 def command_weights(args: argparse.Namespace) -> int:
-    from medimg.backbones import weights_command
+    from medimg.model.backbones import weights_command
 
     return weights_command(args.rest)
 
 
 def command_report(args: argparse.Namespace) -> int:
-    from medimg import report, runs
+    from medimg.results import report
+    from medimg.store import runs
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise MedimgError(f"--threshold {args.threshold} is not a probability; give a value between 0 and 1.")
@@ -567,7 +572,8 @@ def command_report(args: argparse.Namespace) -> int:
 
 
 def command_export(args: argparse.Namespace) -> int:
-    from medimg import export, runs
+    from medimg import export
+    from medimg.store import runs
 
     export.check_request(args.format, args.quantize)  # a wrong request is told before any model is loaded
     result = export.export_run(runs.find_run(args.run, args.runs), args.format, args.out, args.quantize)
@@ -580,7 +586,7 @@ def command_export(args: argparse.Namespace) -> int:
 
 
 def command_runs(args: argparse.Namespace) -> int:
-    from medimg import runs
+    from medimg.store import runs
 
     rows = [run.summary() for run in runs.list_runs(args.runs)]
     if args.json:
@@ -598,7 +604,8 @@ def command_runs(args: argparse.Namespace) -> int:
 
 
 def command_resume(args: argparse.Namespace) -> int:
-    from medimg import jobs, runs
+    from medimg import jobs
+    from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
     jobs.execute(run, echo=_err)
@@ -607,7 +614,8 @@ def command_resume(args: argparse.Namespace) -> int:
 
 
 def command_stop(args: argparse.Namespace) -> int:
-    from medimg import jobs, runs
+    from medimg import jobs
+    from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
     jobs.stop(run)

@@ -64,7 +64,7 @@ def _check_choices(name: str, values: tuple, allowed: tuple) -> None:
     _check(not bad, f"{name}: {bad} not supported; choose from {list(allowed)}.")
 
 
-# The keras.applications networks medimg can build (`medimg.backbones` holds how); named here, below the registry,
+# The keras.applications networks medimg can build (`medimg.model.backbones` holds how); named here, below the registry,
 # so configurations can be checked without importing TensorFlow.
 BACKBONE_NAMES = ("mobilenet_v3_small", "efficientnet_b0", "densenet121", "resnet50_v2")
 
@@ -174,7 +174,7 @@ class AugmentConfig(_Config):
 class ModelParams(_Config):
     """One point of the configurable CNN, or a pretrained backbone with a head. `filters` has one entry per conv block.
 
-    Backbones (`medimg.backbones`): `backbone` is "cnn" (the configurable CNN) or a `keras.applications` network
+    Backbones (`medimg.model.backbones`): `backbone` is "cnn" (the configurable CNN) or a `keras.applications` network
     (`BACKBONE_NAMES`); `weights` is "imagenet" (looked up offline, see `backbones.resolve_weights`), "none" (random
     weights, the whole network trained) or a weight file's path, and matters only for a backbone;
     `fine_tune_blocks` is how many top blocks stage 2 unfreezes (0: only the head is trained) at
@@ -383,7 +383,7 @@ class SearchSpace(_Config):
     batch_sizes: tuple[int, ...] = (32,)
     augment_strengths: tuple[float, ...] = (1.0,)
     class_weights: tuple[str, ...] = ("",)
-    # Networks the trials choose from ("cnn": the configurable CNN above; others: `medimg.backbones`), the weights
+    # Networks the trials choose from ("cnn": the configurable CNN above; others: `medimg.model.backbones`), the weights
     # every backbone starts from ("imagenet" looked up offline, or "none"), and how many top blocks a backbone
     # unfreezes in its second stage. For a backbone trial the conv settings above are not used.
     backbones: tuple[str, ...] = ("cnn",)

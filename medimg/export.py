@@ -32,8 +32,8 @@ import numpy as np
 
 from medimg import __version__
 from medimg.errors import ConfigError, MedimgError
-from medimg.models import load_run_model
-from medimg.runs import Run
+from medimg.model.models import load_run_model
+from medimg.store.runs import Run
 
 FORMATS = ("onnx", "litert", "saved_model", "keras")
 QUANTIZATIONS: dict[str, tuple[str | None, ...]] = {
@@ -115,7 +115,8 @@ def export_run(
         ConfigError: unknown format or a quantisation the format does not take. RunError: no model or contract.
         ExportError: an optional package is missing or the converter failed. ParityError: difference > tolerance.
     """
-    from medimg import bundle, predict, prepared
+    from medimg.datasets import prepared
+    from medimg.results import bundle, predict
 
     check_request(fmt, quantize)
     model = load_run_model(run)
@@ -271,7 +272,7 @@ def _saved_model(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 def _keras(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     import keras
 
-    from medimg import models
+    from medimg.model import models
 
     models.sparse_auc(3)  # registers medimg's metric class, named in the file's compile configuration
     model = keras.saving.load_model(path, compile=False, safe_mode=True)
@@ -284,7 +285,7 @@ _LOADERS = {"onnx": _onnx, "litert": _litert, "saved_model": _saved_model, "kera
 def parity(model: Any, forward: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> float:
     """Largest absolute difference between the Keras model's class probabilities and `forward`'s on `images`
     (N×H×W×C uint8), both as N×K probabilities (`models.probabilities`); 0.0 for no images."""
-    from medimg.models import probabilities
+    from medimg.model.models import probabilities
 
     if len(images) == 0:
         return 0.0
@@ -368,7 +369,7 @@ def reference_script(fmt: str) -> str:
 
 _SCRIPT = '''"""Predict one image with the {fmt} model in this folder:  python predict_{fmt}.py IMAGE
 
-Needs {runtime} and medimg (for its preprocessing, medimg.images.load_image, the same code training used).
+Needs {runtime} and medimg (for its preprocessing, medimg.imaging.images.load_image, the same code training used).
 Prints one JSON object: the probability of each class and the class called by contract.json's decision rule.
 """
 
@@ -378,8 +379,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medimg.dicom import DicomWindow
-from medimg.images import load_image
+from medimg.imaging.dicom import DicomWindow
+from medimg.imaging.images import load_image
 
 HERE = Path(__file__).resolve().parent
 contract = json.loads((HERE / "contract.json").read_text(encoding="utf-8"))
@@ -433,7 +434,7 @@ output = model.serve(tf.constant(batch)).numpy()  # also served as signature "se
     "keras": """
 import keras
 
-from medimg.models import sparse_auc
+from medimg.model.models import sparse_auc
 
 sparse_auc(3)  # registers medimg's metric class, named in the file's compile configuration
 model = keras.saving.load_model(HERE / "model.keras", compile=False, safe_mode=True)

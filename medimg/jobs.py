@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from medimg import runs
 from medimg.config import RunSpec
 from medimg.errors import MedimgError, RunError
+from medimg.store import runs
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_CONCURRENT = 1
@@ -80,7 +80,7 @@ def launch(
     """Start a run as its own process (`python -m medimg resume RUN`), after checking the concurrency limit.
 
     `extra`: more fields for the run's first run.json (see `runs.create_run`)."""
-    from medimg import backbones
+    from medimg.model import backbones
 
     backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
     root = runs.runs_root(root)

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from medimg.errors import MedimgError
-from medimg.models import load_run_model, predict_arrays
-from medimg.runs import Run
+from medimg.model.models import load_run_model, predict_arrays
+from medimg.store.runs import Run
 
 log = logging.getLogger(__name__)
 URI_VARIABLE = "MLFLOW_TRACKING_URI"
@@ -98,7 +98,7 @@ def _log_body(mlflow: Any, run: Run) -> None:
 
 
 def _log_trial(mlflow: Any, run: Run, trial: dict[str, Any], experiment_id: str) -> None:
-    from medimg.runs import trial_number
+    from medimg.store.runs import trial_number
 
     name = f"trial {trial_number(trial['trial_id'])}"
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, nested=True, tags={"medimg.trial": "1"}):
@@ -122,7 +122,7 @@ def _log_model(mlflow: Any, run: Run) -> None:
     import numpy as np
     from mlflow.models import infer_signature
 
-    from medimg import bundle, predict
+    from medimg.results import bundle, predict
 
     positive, threshold = predict.decision_threshold(run.record)
     terms = bundle.contract(run, threshold, positive)

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import MedimgError
-from medimg.runs import Run
+from medimg.store.runs import Run
 
 if TYPE_CHECKING:
-    from medimg.training import Fitted
+    from medimg.model.training import Fitted
 
 Echo = Callable[[str], None]
 
@@ -25,7 +25,7 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
 
     Raises what fitting raises (`errors.MedimgError` with a one-line reason); a loss that became NaN after a
     good epoch raises once that epoch's model is saved and evaluated."""
-    from medimg import training
+    from medimg.model import training
 
     return evaluate_fitted(run, training.fit_train_run(run, echo))
 
@@ -33,7 +33,7 @@ def execute_train(run: Run, echo: Echo | None = None) -> dict[str, Any]:
 def execute_tune(run: Run, echo: Echo | None = None) -> dict[str, Any]:
     """Carry out a tune run from its record: search, save the best model, evaluate. Returns the test metrics ({} on
     a distributed worker)."""
-    from medimg import tuning
+    from medimg.model import tuning
 
     fitted = tuning.search_run(run, echo)
     return {} if fitted is None else evaluate_fitted(run, fitted)
@@ -42,7 +42,7 @@ def execute_tune(run: Run, echo: Echo | None = None) -> dict[str, Any]:
 def evaluate_fitted(run: Run, fitted: Fitted) -> dict[str, Any]:
     """Test a run's saved model (`evaluation.evaluate_run`), then end as fitting said: stopped with its message,
     the deferred error raised, or the resume backup removed."""
-    from medimg import evaluation
+    from medimg.results import evaluation
 
     metrics = evaluation.evaluate_run(run, fitted.data, fitted.model)
     if fitted.error is not None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
-from medimg import dataset
 from medimg.config import AUGMENT_UNITS, AugmentConfig
-from medimg.contract import InputContract
+from medimg.datasets import dataset
 from medimg.errors import MedimgError, file_reason
+from medimg.imaging.contract import InputContract
 from pages import common
 
 st.title("Augment")
@@ -70,7 +70,7 @@ with right:
         st.stop()
     if config.is_identity:
         st.info("No augmentation is on: training sees the images as they are.")
-    from medimg import augment  # TensorFlow is loaded here, only for the preview
+    from medimg.datasets import augment
 
     with st.spinner("Augmenting…"):
         previews = augment.preview(image, config, n=copies, seed=int(st.session_state.get("aug_seed", 0)))

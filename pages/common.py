@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from medimg import choices, jobs, runs, sources
+from medimg import jobs
 from medimg.config import (
     AugmentConfig,
     DatasetConfig,
@@ -21,7 +21,9 @@ from medimg.config import (
     TuneConfig,
     describe_augment,
 )
+from medimg.datasets import sources
 from medimg.errors import MedimgError
+from medimg.store import choices, runs
 
 log = logging.getLogger("medimg.app")
 
@@ -47,7 +49,7 @@ FOLLOW_KEY = "follow_run"  # the run this session launched last, until a run pic
 
 
 # Choices live in plain session-state keys (not widget keys), so they survive moving between pages, and in
-# medimg.choices' file, so they survive a reload, a second tab and a second launch.
+# medimg.store.choices' file, so they survive a reload, a second tab and a second launch.
 DEFAULTS: dict[str, Any] = {
     "dataset": DatasetConfig(path=str(sources.DEMO_DATASET)),
     "augment": AugmentConfig(),

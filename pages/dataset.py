@@ -5,9 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from medimg import charts, dataset, dicom, images, scanning, sources
 from medimg.config import DatasetConfig
+from medimg.datasets import dataset, scanning, sources
 from medimg.errors import ConfigError, MedimgError
+from medimg.imaging import dicom, images
+from medimg.results import charts
 from pages import common
 
 st.title("Dataset")

@@ -8,9 +8,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from medimg import charts, clinical, evaluation, subgroups
 from medimg.errors import MedimgError
-from medimg.models import load_run_model
+from medimg.metrics import clinical, subgroups
+from medimg.model.models import load_run_model
+from medimg.results import charts, evaluation
 from pages import common
 
 RESAMPLES = 2000
@@ -25,7 +26,7 @@ PRESET_LABELS = {
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def load_scored(run_path: str, stamp: float) -> dict[str, clinical.Scored]:
-    from medimg.runs import Run
+    from medimg.store.runs import Run
 
     return evaluation.load_scored(Run(run_path))
 
@@ -44,7 +45,7 @@ def presets(run_path: str, stamp: float, positive: str, target: float) -> tuple[
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def load_model(run_path: str, model_hash: str):
-    from medimg.runs import Run
+    from medimg.store.runs import Run
 
     return load_run_model(Run(run_path))
 
@@ -315,14 +316,14 @@ else:
     loaded, failures = run.input_contract.load_many(test.paths, list(members[:shown_count]))
     heatmaps = None
     if show_cam and loaded:
-        from medimg.explain import gradcam_heatmaps
+        from medimg.model.explain import gradcam_heatmaps
 
         try:
             model = load_model(str(run.path), run.record.get("model_sha256", ""))
             heatmaps, _ = gradcam_heatmaps(model, [pixels for _, pixels in loaded], [called] * len(loaded))
         except MedimgError as error:
             common.show_error(error)
-    from medimg.explain import for_display, side_by_side
+    from medimg.model.explain import for_display, side_by_side
 
     grid = st.columns(3)
     for position, (i, pixels) in enumerate(loaded):
@@ -353,13 +354,13 @@ left, right = st.columns(2)
 
 
 def report_bytes() -> bytes:
-    from medimg import report
+    from medimg.results import report
 
     return report.build_report(run, float(threshold), positive).encode("utf-8")
 
 
 def bundle_bytes() -> bytes:
-    from medimg import bundle
+    from medimg.results import bundle
 
     return bundle.model_bundle(run, float(threshold), positive)
 

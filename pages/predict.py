@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import streamlit as st
 
-from medimg import charts
 from medimg.errors import MedimgError
+from medimg.results import charts
 from pages import common
 
 MAX_FILES = 50
@@ -19,8 +19,8 @@ if run is None:
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the model…")
 def load_predictor(run_path: str, model_hash: str):
-    from medimg.predict import Predictor
-    from medimg.runs import Run
+    from medimg.results.predict import Predictor
+    from medimg.store.runs import Run
 
     return Predictor(Run(run_path))
 
@@ -46,9 +46,9 @@ if len(uploads) > MAX_FILES:
     st.warning(f"{len(uploads)} files uploaded; only the first {MAX_FILES} are predicted.")
     uploads = uploads[:MAX_FILES]
 
-from medimg import dicom  # noqa: E402
-from medimg.explain import overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
-from medimg.predict import dicom_summary, predictions_csv, summary_line  # noqa: E402
+from medimg.imaging import dicom  # noqa: E402
+from medimg.model.explain import overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
+from medimg.results.predict import dicom_summary, predictions_csv, summary_line  # noqa: E402
 
 WINDOW_CHOICES = ["As in training", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
 

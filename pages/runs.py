@@ -5,8 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from medimg import charts, runs
 from medimg.errors import MedimgError
+from medimg.results import charts
+from medimg.store import runs
 from pages import common
 
 st.title("Runs")

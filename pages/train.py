@@ -5,9 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from medimg import backbones, charts, jobs, runs
+from medimg import jobs
 from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, ModelParams, RunSpec, TrainConfig, describe_params
 from medimg.errors import MedimgError
+from medimg.model import backbones
+from medimg.results import charts
+from medimg.store import runs
 from pages import common
 
 st.title("Train")

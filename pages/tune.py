@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from medimg import auto, backbones, charts, importance, jobs, runs, tuning
+from medimg import auto, jobs
 from medimg.config import (
     ACTIVATIONS,
     HEADS,
@@ -20,6 +20,10 @@ from medimg.config import (
     describe_params,
 )
 from medimg.errors import MedimgError
+from medimg.metrics import importance
+from medimg.model import backbones, tuning
+from medimg.results import charts
+from medimg.store import runs
 from pages import common
 
 OBJECTIVE_WORDS = {"val_auc": "validation AUC", "val_accuracy": "validation accuracy", "val_loss": "validation loss"}

@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medimg import auto, runs, tuning
+from medimg import auto
 from medimg.config import ModelParams, SearchSpace
 from medimg.errors import ConfigError
+from medimg.model import tuning
+from medimg.store import runs
 from tests.conftest import DEMO
 from tests.test_cli import medimg
 
@@ -40,7 +42,7 @@ def test_breastmnist_is_used_at_its_own_28_px_in_gray_with_class_weights_searche
 def test_found_imagenet_weights_are_named_but_not_searched_until_measured(
     breastmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medimg import backbones
+    from medimg.model import backbones
 
     monkeypatch.setenv("MEDIMG_WEIGHTS_DIR", str(tmp_path))
     (tmp_path / backbones.get_backbone("mobilenet_v3_small").file_name).write_bytes(b"weights")
@@ -92,7 +94,7 @@ def test_the_plain_cnn_is_a_point_of_every_automatic_space(breastmnist_dir: Path
 def tiny_member(seed: int) -> object:
     import keras
 
-    from medimg import models
+    from medimg.model import models
 
     keras.utils.set_random_seed(seed)
     return models.build_model(ModelParams(filters=(4, 8), dense_units=0, dropout=0.0), (16, 16, 1), 3)
@@ -101,7 +103,7 @@ def tiny_member(seed: int) -> object:
 def test_an_ensemble_loads_in_safe_mode_and_predicts_the_mean_of_its_members(tmp_path: Path) -> None:
     import keras
 
-    from medimg import explain, models
+    from medimg.model import explain, models
 
     members = [tiny_member(0), tiny_member(1)]
     params = [ModelParams(filters=(4, 8), dense_units=0, dropout=0.0)] * 2
@@ -118,8 +120,8 @@ def test_an_ensemble_loads_in_safe_mode_and_predicts_the_mean_of_its_members(tmp
 
 
 def test_a_trial_that_calls_every_validation_image_one_class_scores_worst(breastmnist_dir: Path) -> None:
-    from medimg import training
     from medimg.config import AugmentConfig, DatasetConfig, TrainConfig
+    from medimg.model import training
 
     data = training.prepare_data(DatasetConfig(path=str(breastmnist_dir), image_size=16, color="gray"))
     space = SearchSpace(learning_rate_min=1e-6, learning_rate_max=1e-6, conv_blocks=(1,), filters_min=4, filters_max=4)

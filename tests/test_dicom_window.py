@@ -8,11 +8,15 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from medimg import cache, dicom, evaluation, images, jobs, runs
+from medimg import jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
-from medimg.contract import InputContract
+from medimg.datasets import cache
 from medimg.errors import ConfigError
-from medimg.predict import Predictor
+from medimg.imaging import dicom, images
+from medimg.imaging.contract import InputContract
+from medimg.results import evaluation
+from medimg.results.predict import Predictor
+from medimg.store import runs
 from tests.app.conftest import open_page
 from tests.conftest import PROJECT
 from tests.test_phi import ct_dicom, ct_image

@@ -13,14 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medimg import export, jobs, runs, tracking
+from medimg import export, jobs, tracking
 from medimg.cli import main
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
+from medimg.datasets.prepared import prepare_data
 from medimg.errors import ConfigError, RunError
-from medimg.models import load_run_model
-from medimg.prepared import prepare_data
+from medimg.model.models import load_run_model
+from medimg.store import runs
 from tests.conftest import DEMO, PROJECT
-from tests.test_tuning import TINY_SPACE
+from tests.model.test_tuning import TINY_SPACE
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("ai_edge_litert")
@@ -126,7 +127,7 @@ def test_contract_carries_the_runs_input_and_decision_rule(trained_run: runs.Run
 
 
 def test_reference_scripts_predict_a_file_like_the_keras_model(trained_run: runs.Run, exports: dict) -> None:
-    from medimg.predict import Predictor
+    from medimg.results.predict import Predictor
 
     expected = Predictor(trained_run).predict([("x", DEMO_IMAGE)])[0]
     processes = {
@@ -215,7 +216,7 @@ def test_mlflow_flag_is_taken_by_the_commands_that_train(command: str) -> None:
 
 def test_tracking_off_never_imports_mlflow(trained_run: runs.Run) -> None:
     code = (
-        "import sys; from medimg import jobs, tracking, runs;"
+        "import sys; from medimg import jobs, tracking; from medimg.store import runs;"
         f"print(tracking.after_run(runs.Run({str(trained_run.path)!r})), 'mlflow' in sys.modules)"
     )
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}

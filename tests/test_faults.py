@@ -13,11 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medimg import jobs, runs, training
+from medimg import jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
-from medimg.contract import InputContract
 from medimg.errors import MedimgError, RunError
-from medimg.models import load_run_model
+from medimg.imaging.contract import InputContract
+from medimg.model import training
+from medimg.model.models import load_run_model
+from medimg.store import runs
 from tests.conftest import DEMO
 
 TINY_DATA = DatasetConfig(path=str(DEMO), image_size=16)
@@ -176,7 +178,7 @@ def _decoder_crashes_on(monkeypatch: pytest.MonkeyPatch, name: str, function: st
     for the one file called `name`; every other file is decoded for real."""
     import struct
 
-    from medimg import images
+    from medimg.imaging import images
 
     real = getattr(images, function)
 
@@ -191,7 +193,7 @@ def _decoder_crashes_on(monkeypatch: pytest.MonkeyPatch, name: str, function: st
 def test_a_decoder_crash_on_one_file_is_its_reason_and_the_cache_build_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from medimg import cache
+    from medimg.datasets import cache
 
     files = sorted((DEMO / "val" / "NORMAL").glob("*.jpeg"))[:3]
     _decoder_crashes_on(monkeypatch, files[1].name, "load_image")
@@ -207,7 +209,8 @@ def test_a_decoder_crash_on_one_file_is_listed_by_the_scan_and_the_rest_scanned(
 ) -> None:
     import shutil
 
-    from medimg import images, scanning
+    from medimg.datasets import scanning
+    from medimg.imaging import images
 
     data = tmp_path / "data"
     shutil.copytree(DEMO / "val", data)

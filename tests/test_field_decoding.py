@@ -17,8 +17,8 @@ from pydicom.pixels import apply_voi_lut
 from pydicom.pixels.decoders.base import Decoder
 from pydicom.pixels.utils import pack_bits
 
-from medimg import images
 from medimg.errors import ImageReadError
+from medimg.imaging import images
 from tests.conftest import PROJECT
 from tests.dicom_files import new_dicom
 
@@ -336,7 +336,7 @@ def test_a_truncated_dicom_says_truncated_and_warns_nothing(capsys: pytest.Captu
 
 
 def test_the_scan_lists_float_pixel_data_as_float() -> None:
-    from medimg import scanning
+    from medimg.datasets import scanning
 
     report = scanning.scan(CASES / "dicom-odd-headers")
     assert report.modes["dicom gray 32-bit float"] == 1

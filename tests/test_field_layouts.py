@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from medimg import dataset, scanning, sources
+from medimg.datasets import dataset, scanning, sources
 
 CASES = Path(__file__).parent / "data" / "cases"
 MANIFESTS = CASES / "csv-manifest-windows"

@@ -9,9 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from medimg import jobs, runs, workflows
+from medimg import jobs, workflows
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import DatasetError, RunError
+from medimg.store import runs
 from tests.conftest import DEMO, PROJECT
 
 

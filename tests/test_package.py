@@ -15,25 +15,61 @@ def test_core_never_imports_streamlit() -> None:
     assert offenders == []
 
 
+# The layers, bottom first: a module may import its own layer and those below it, never one above. The foundation
+# (errors, config) and the top (workflows, auto, jobs, export, tracking, cli) are modules at the package's root;
+# every other layer is a folder of medimg/ (medimg/README.md).
+FOUNDATION = ("errors", "config")
+LAYERS = ("imaging", "datasets", "store", "metrics", "model", "results")
+
+
+def layer(module: str) -> int:
+    """0 for the foundation, 1.. for the folders in LAYERS order, len(LAYERS) + 1 for the root's other modules."""
+    if module in FOUNDATION:
+        return 0
+    folder = module.split(".")[0]
+    return LAYERS.index(folder) + 1 if folder in LAYERS else len(LAYERS) + 1
+
+
 def medimg_imports() -> dict[str, set[str]]:
-    """Module → the medimg modules it imports, at module level or inside functions."""
-    modules = {path.stem: path for path in (PROJECT / "medimg").glob("*.py")}
+    """Module ("imaging.images", "jobs") → the medimg modules it imports, at module level or inside functions."""
+    base = PROJECT / "medimg"
+    modules = {
+        ".".join(path.relative_to(base).with_suffix("").parts): path
+        for path in base.rglob("*.py")
+        if path.name != "__init__.py"
+    }
+
+    def resolve(dotted: str) -> str | None:  # "imaging.images.load_image" → "imaging.images"
+        parts = dotted.split(".")
+        for end in range(len(parts), 0, -1):
+            if ".".join(parts[:end]) in modules:
+                return ".".join(parts[:end])
+        return None
+
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module == "medimg":
-                graph[name] |= {alias.name for alias in node.names if alias.name in modules}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("medimg."):
-                graph[name].add(node.module.split(".")[1])
+            found: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "medimg":
+                inside = node.module.removeprefix("medimg").lstrip(".")
+                found = [f"{inside}.{a.name}".lstrip(".") for a in node.names] + ([inside] if inside else [])
             elif isinstance(node, ast.Import):
-                graph[name] |= {a.name.split(".")[1] for a in node.names if a.name.startswith("medimg.")}
-        graph[name] = {target for target in graph[name] if target in modules and target != name}
+                found = [a.name.removeprefix("medimg.") for a in node.names if a.name.startswith("medimg.")]
+            graph[name] |= {target for target in map(resolve, found) if target and target != name}
     return graph
+
+
+def test_imports_point_down_the_layers_only() -> None:
+    graph = medimg_imports()
+    # The walk sees function-level imports too (jobs imports workflows inside `execute`).
+    assert "imaging.dicom" in graph["imaging.images"] and "workflows" in graph["jobs"]
+    assert {layer(name) for name in graph} == set(range(len(LAYERS) + 2)), "every layer holds a module"
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if layer(b) > layer(a))
+    assert upward == []
 
 
 def test_medimg_modules_import_each_other_without_cycles() -> None:
     graph = medimg_imports()
-    assert "dicom" in graph["images"] and "training" in graph["jobs"]  # the walk sees function-level imports
 
     def path_back(start: str, node: str, seen: set[str]) -> list[str] | None:
         for target in sorted(graph[node]):
@@ -50,9 +86,17 @@ def test_medimg_modules_import_each_other_without_cycles() -> None:
     assert {name: cycle for name, cycle in cycles.items() if cycle} == {}
 
 
+def test_every_module_lives_in_a_layer_folder_or_is_a_named_root_module() -> None:
+    roots = {p.stem for p in (PROJECT / "medimg").glob("*.py")} - {"__init__", "__main__"}
+    assert roots == {*FOUNDATION, "workflows", "auto", "jobs", "export", "tracking", "cli"}
+    folders = {p.name for p in (PROJECT / "medimg").iterdir() if (p / "__init__.py").is_file()}
+    assert folders == set(LAYERS)
+
+
 def test_import_medimg_does_not_load_tensorflow_or_streamlit() -> None:
     code = (
-        "import sys, medimg, medimg.config, medimg.dataset, medimg.runs, medimg.jobs, medimg.charts, medimg.images;"
+        "import sys, medimg, medimg.config, medimg.datasets.dataset, medimg.store.runs, medimg.jobs,"
+        " medimg.results.charts, medimg.imaging.images, medimg.imaging.contract;"
         "print(sorted(m for m in ('tensorflow', 'keras', 'streamlit', 'keras_tuner') if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)

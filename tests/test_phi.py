@@ -18,8 +18,12 @@ import pydicom
 import pytest
 from pydicom.uid import CTImageStorage
 
-from medimg import bundle, cli, dicom, jobs, predict, report, runs, scanning
+from medimg import cli, jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+from medimg.datasets import scanning
+from medimg.imaging import dicom
+from medimg.results import bundle, predict, report
+from medimg.store import runs
 from tests.dicom_files import new_dicom
 
 IDENTIFIERS = {

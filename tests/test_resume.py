@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from medimg import jobs, runs
+from medimg import jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+from medimg.store import runs
 from tests.conftest import DEMO
 
 pytestmark = pytest.mark.slow

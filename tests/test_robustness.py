@@ -12,10 +12,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medimg import images, jobs, runs, scanning
+from medimg import jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+from medimg.datasets import scanning
 from medimg.errors import ImageReadError
-from medimg.predict import Predictor
+from medimg.imaging import images
+from medimg.results.predict import Predictor
+from medimg.store import runs
 from tests.conftest import DEMO, PROJECT
 from tests.corpus import Case, byte_edits, mutate, write_corpus
 

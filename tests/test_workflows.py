@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from medimg import runs, workflows
+from medimg import workflows
 from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
 from medimg.errors import MedimgError
+from medimg.store import runs
 from tests.conftest import DEMO
 
 

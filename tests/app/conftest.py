@@ -115,7 +115,7 @@ def wait_for(condition: Callable[[], Any], seconds: float, what: str) -> Any:
 
 def kill_run_processes(root: Path) -> None:
     """Kill the process group of every run under `root` whose process is still alive, and wait until it is gone."""
-    from medimg import runs
+    from medimg.store import runs
 
     for run in runs.list_runs(root):
         try:
@@ -157,8 +157,9 @@ def runs_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def engine_runs(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path) -> FinishedRuns:
     """One tiny train run and one tiny tune run on the demo data, carried out by the real engine (about 10 s)."""
-    from medimg import jobs, runs
+    from medimg import jobs
     from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
+    from medimg.store import runs
 
     root = tmp_path_factory.mktemp("finished-runs")
     dataset = DatasetConfig(**TINY_DATASET)

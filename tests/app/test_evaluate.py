@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from medimg import clinical, evaluation, runs, subgroups
+from medimg.metrics import clinical, subgroups
+from medimg.results import evaluation
+from medimg.store import runs
 
 from .conftest import APP, DEMO, TIMEOUT, FinishedRuns, by_label, charts, no_exception, open_page, run_picker, values
 

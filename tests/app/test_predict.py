@@ -12,7 +12,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 
-from medimg import dicom, runs
+from medimg.imaging import dicom
+from medimg.store import runs
 from tests.dicom_files import new_dicom
 
 from .conftest import DEMO, FinishedRuns, by_label, charts, no_exception, open_page, run_picker, values
@@ -164,7 +165,7 @@ def probabilities_shown(at, index: int, name: str) -> dict[str, float]:
 
 
 def expected_probabilities(run_path: Path, data: bytes, **options) -> dict[str, float]:
-    from medimg.predict import Predictor
+    from medimg.results.predict import Predictor
 
     [result] = Predictor(runs.Run(run_path)).predict([("x", data)], **options)
     return result.probabilities

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from medimg import runs
 from medimg.config import DatasetConfig, RunSpec
+from medimg.store import runs
 
 from .conftest import TINY_DATASET, FinishedRuns, by_label, charts, damaged_run, no_exception, open_page, values
 

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from medimg import jobs, runs
+from medimg import jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig, describe_params
+from medimg.store import runs
 
 from .conftest import (
     TINY_DATASET,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medimg import runs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
+from medimg.store import runs
 
 from . import conftest
 from .conftest import (

@@ -1,0 +1,292 @@
+"""A feature cache for frozen-backbone trials: each image's pooled backbone features computed once per (file set,
+size, colour, backbone, weights hash) into a memory-mapped float32 array, so a search over the head (dense units,
+dropout, learning rate, weight decay) trains a small head model on N×D features instead of the backbone on pixels.
+
+A trial qualifies (`unused_reason` is None) when its backbone has pretrained weights, stays frozen for the whole
+fit (`fine_tune_blocks == 0`) and sees no augmentation (augmented training needs pixels). The key extends the image
+cache's (`cache.cache_key`: paths, sizes, modification times), so a changed file makes new features exactly as it
+makes a new image entry. The head model reuses the full model's head layers (shared weights, same names), so what
+the head learns is the full image model's head: KerasTuner's checkpoint of the full model needs no copying.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medimg.config import AugmentConfig, ModelParams, SearchSpace
+from medimg.datasets import cache
+from medimg.imaging.contract import InputContract
+from medimg.model import backbones
+
+if TYPE_CHECKING:
+    import keras
+
+    from medimg.datasets.cache import CachedArrays
+    from medimg.datasets.prepared import PreparedData
+
+FEATURE_CACHE_VERSION = 1
+BATCH = 64  # images per forward pass of the backbone while computing features
+ProgressCallback = Callable[[int, int, str], None]
+
+
+# ------------------------------------------------------------------------------------------------------ qualifying
+def unused_reason(params: ModelParams, augment: AugmentConfig) -> str | None:
+    """Why a trial with `params` cannot train on cached features, or None when it can. `augment`: the run's
+    augmentation before the trial's `augment_strength` scales it."""
+    if params.backbone == "cnn":
+        return "the configurable CNN has no frozen backbone"
+    if params.weights == "none":
+        return "weights 'none': the whole backbone trains"
+    if params.fine_tune_blocks > 0:
+        return "fine_tune_blocks > 0: the top blocks train"
+    if not augment.scaled(params.augment_strength).is_identity:
+        return "augmentation needs pixels"
+    return None
+
+
+def search_reasons(space: SearchSpace, augment: AugmentConfig) -> dict[str, str | None]:
+    """Per backbone of `space` (the CNN left out): None when some of its trials can use cached features, else the
+    reason none can (the first of `unused_reason`'s, over every fine_tune_blocks and augment_strength value)."""
+    reasons: dict[str, str | None] = {}
+    for name in space.backbones:
+        if name == "cnn":
+            continue
+        found: list[str | None] = [
+            unused_reason(
+                ModelParams(backbone=name, weights=space.weights, fine_tune_blocks=b, augment_strength=s), augment
+            )
+            for b in (space.fine_tune_blocks if space.weights != "none" else (0,))
+            for s in space.augment_strengths
+        ]
+        reasons[name] = None if None in found else sorted(str(r) for r in found)[0]
+    return reasons
+
+
+# ----------------------------------------------------------------------------------------------------- the cache
+def feature_key(
+    arrays: CachedArrays, params: ModelParams, sha256: str, window: tuple[float, float] | None = None
+) -> str:
+    """The cache key of `arrays`' features: the image cache's key for its files (which covers each file's path,
+    size and modification time), the image shape, the backbone, the weights' SHA-256 and FEATURE_CACHE_VERSION.
+    Arrays whose rows no longer match their paths (a subset taken in memory) are keyed by their pixels instead."""
+    size, channels = arrays.images.shape[1], arrays.images.shape[3]
+    color = "gray" if channels == 1 else "rgb"
+    if len(arrays.paths) == len(arrays.images):
+        files = cache.cache_key(arrays.paths, InputContract(size, color, window))
+    else:
+        files = hashlib.sha256(np.ascontiguousarray(arrays.images).tobytes()).hexdigest()
+    stamp = f"features|v{FEATURE_CACHE_VERSION}|{files}|{arrays.images.shape}|{params.backbone}|{sha256}"
+    return "features_" + hashlib.sha256(stamp.encode()).hexdigest()[:32]
+
+
+def backbone_features(
+    arrays: CachedArrays,
+    params: ModelParams,
+    data: PreparedData,
+    *,
+    directory: Path | None = None,
+    model: keras.Model | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """The frozen backbone's pooled features of every image in `arrays` (N×H×W×C, 0-255): N×D float32, D the
+    backbone's channel count (the tensor the head starts from, `models.HEAD_START`), memory-mapped from the cache
+    (`cache.cache_dir()` unless `directory`) or computed now in inference mode and cached.
+
+    `data`: the run's prepared data (input shape, class count; its contract's DICOM window is part of the image
+    key); `model`: a built full model of `params` to take the backbone from (else one is built). Raises ConfigError
+    when `params` cannot use features (`unused_reason` for the identity augmentation) or its weights are missing.
+    """
+    from medimg.errors import ConfigError
+
+    reason = unused_reason(params, AugmentConfig())
+    if reason:
+        raise ConfigError(f"backbone features cannot be cached for this model: {reason}.")
+    _, sha256 = backbones.resolve_weights(params.backbone, params.weights)
+    directory = Path(directory or cache.cache_dir())
+    window = data.contract.dicom_window if data.contract else None
+    key = feature_key(arrays, params, str(sha256), window)
+    meta_path, array_path = directory / f"{key}.json", directory / f"{key}.npy"
+    if meta_path.exists() and array_path.exists():
+        try:
+            return _read_entry(meta_path, array_path, len(arrays.images))
+        except (OSError, ValueError, KeyError):
+            pass  # a damaged entry is computed again below
+    directory.mkdir(parents=True, exist_ok=True)
+    extractor = feature_extractor(model if model is not None else _build(params, data))
+    features = _compute_features(extractor, arrays.images, on_progress)
+    _write_entry(meta_path, array_path, features, {"backbone": params.backbone, "weights_sha256": sha256})
+    return _read_entry(meta_path, array_path, len(arrays.images))
+
+
+def _build(params: ModelParams, data: PreparedData) -> keras.Model:
+    from medimg.model import models
+
+    return models.build_model(params, data.input_shape, data.num_classes)
+
+
+def feature_extractor(model: keras.Model) -> keras.Model:
+    """The part of a `models.build_backbone_model` model from its image input to the pooled features (N×D)."""
+    import keras
+
+    from medimg.model import models
+
+    return keras.Model(model.input, model.get_layer(models.HEAD_START).output, name="feature_extractor")
+
+
+def _compute_features(extractor: keras.Model, images: np.ndarray, on_progress: ProgressCallback | None) -> np.ndarray:
+    """N×D float32 features of `images`, BATCH images per forward pass in inference mode (BatchNorm statistics
+    and dropout as at prediction)."""
+    chunks = []
+    for start in range(0, len(images), BATCH):
+        batch = np.asarray(images[start : start + BATCH], dtype=np.float32)
+        chunks.append(np.asarray(extractor(batch, training=False), dtype=np.float32))
+        if on_progress:
+            on_progress(min(start + BATCH, len(images)), len(images), "computing backbone features")
+    width = extractor.output.shape[-1]
+    return np.concatenate(chunks) if chunks else np.zeros((0, width), np.float32)
+
+
+def _write_entry(meta_path: Path, array_path: Path, features: np.ndarray, about: dict[str, Any]) -> None:
+    """Write the array, then its metadata, each to a temporary file renamed into place (the json marks a complete
+    entry), so a process killed mid-write leaves no entry that looks whole."""
+    handle, temporary = tempfile.mkstemp(dir=array_path.parent, suffix=".npy.tmp")
+    with os.fdopen(handle, "wb") as stream:  # a file object: np.save would append ".npy" to a name
+        np.save(stream, features)
+    os.replace(temporary, array_path)
+    meta = {"count": len(features), "width": int(features.shape[1]), **about}
+    temporary_meta = meta_path.with_suffix(".json.tmp")
+    temporary_meta.write_text(json.dumps(meta))
+    os.replace(temporary_meta, meta_path)
+
+
+def _read_entry(meta_path: Path, array_path: Path, count: int) -> np.ndarray:
+    meta = json.loads(meta_path.read_text())
+    features = np.load(array_path, mmap_mode="r")
+    if meta["count"] != count or features.shape != (count, meta["width"]) or features.dtype != np.float32:
+        raise ValueError(f"feature cache entry {array_path} holds {features.shape}, expected {count} rows")
+    return features
+
+
+# -------------------------------------------------------------------------------------------------- the head model
+def head_model(model: keras.Model, params: ModelParams, num_classes: int) -> keras.Model:
+    """A compiled model from N×D features to the probabilities, made of `model`'s own head layers (everything after
+    `models.HEAD_START`: dropout, optional dense, output), so training it trains `model`'s head: same layers, same
+    names, same weights. Compiled like `model` (`models.compile_model`: loss, metrics, optimizer and rate)."""
+    import keras
+
+    from medimg.model import models
+
+    names = [layer.name for layer in model.layers]
+    start = names.index(models.HEAD_START)
+    inputs = keras.Input(shape=model.get_layer(models.HEAD_START).output.shape[1:], name="features")
+    x = inputs
+    for layer in model.layers[start + 1 :]:  # the head is a chain: each layer feeds the next
+        x = layer(x)
+    head = keras.Model(inputs, x, name=f"{model.name}_head")
+    models.compile_model(head, params, num_classes)
+    return head
+
+
+def on_full_model(callback: keras.callbacks.Callback, model: keras.Model) -> keras.callbacks.Callback:
+    """`callback` seeing `model` (the full image model) while the head model trains: every hook is passed on, but
+    `set_model` gives it `model`, so KerasTuner's best-epoch checkpoint saves the full model's weights."""
+    import keras
+
+    class OnFullModel(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = callback
+
+        def set_model(self, trained: keras.Model) -> None:
+            super().set_model(trained)
+            callback.set_model(model)
+
+        def set_params(self, params: dict) -> None:
+            super().set_params(params)
+            callback.set_params(params)
+
+    for hook in HOOKS:
+        setattr(OnFullModel, hook, _forward(hook))
+    return OnFullModel()
+
+
+HOOKS = tuple(
+    f"on_{scope}_{moment}"
+    for scope in ("epoch", "batch", "train_batch", "test_batch", "predict_batch", "train", "test", "predict")
+    for moment in ("begin", "end")
+)
+
+
+def _forward(hook: str) -> Callable:
+    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return getattr(self.inner, hook)(*args, **kwargs)
+
+    return forward
+
+
+# ---------------------------------------------------------------------------------------------------- for a search
+class FeatureStore:
+    """The features of a run's train and validation images, per backbone, for the trials that can use them.
+
+    Args:
+        data: the run's prepared data.
+        augment: the run's augmentation (each trial scales it by its `augment_strength`).
+    """
+
+    def __init__(self, data: PreparedData, augment: AugmentConfig) -> None:
+        self.data, self.augment = data, augment
+        self.loaded: dict[tuple[str, str], dict[str, np.ndarray]] = {}
+
+    def for_trial(self, params: ModelParams, model: keras.Model | None = None) -> dict[str, np.ndarray] | None:
+        """{"train": N×D, "val": M×D} float32 features for a qualifying trial (computed on the first call per
+        backbone and weights, then read from the cache), or None when the trial must train on pixels."""
+        if unused_reason(params, self.augment):
+            return None
+        key = (params.backbone, params.weights)
+        if key not in self.loaded:
+            self.loaded[key] = {
+                split: backbone_features(self.data.arrays[split], params, self.data, model=model)
+                for split in ("train", "val")
+            }
+        return self.loaded[key]
+
+    def prepare(self, space: SearchSpace, on_progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
+        """Compute (or read) the features every qualifying backbone of `space` needs, before the first trial, and
+        say for each backbone whether its trials use them: [{"backbone", "used", "reason" | "train", "val",
+        "width", "message"}]."""
+        records = []
+        for name, reason in search_reasons(space, self.augment).items():
+            if reason:
+                message = f"backbone feature cache not used for {name}: {reason}"
+                records.append({"backbone": name, "used": False, "reason": reason, "message": message})
+                continue
+            params = ModelParams(backbone=name, weights=space.weights)
+            found = {
+                split: backbone_features(self.data.arrays[split], params, self.data, on_progress=on_progress)
+                for split in ("train", "val")
+            }
+            self.loaded[(name, space.weights)] = found
+            rows, width = len(found["train"]), found["train"].shape[1]
+            message = (
+                f"backbone features cached for {name}: trials over the head train on {rows:,} × {width} features "
+                "(trials that fine-tune or augment train on pixels)"
+            )
+            records.append(
+                {
+                    "backbone": name,
+                    "used": True,
+                    "train": rows,
+                    "val": len(found["val"]),
+                    "width": int(width),
+                    "message": message,
+                }
+            )
+        return records

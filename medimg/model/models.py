@@ -1,0 +1,254 @@
+"""The configurable CNN (the seed tutorial's network is one point of its space, `ModelParams.seed_tutorial`) and the
+pretrained-backbone model (`build_backbone_model`: a `keras.applications` network with a small head)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from medimg.config import ModelParams
+
+if TYPE_CHECKING:
+    import keras
+
+    from medimg.store.runs import Run
+
+
+def _register_metrics() -> type:
+    import keras
+
+    @keras.saving.register_keras_serializable(package="medimg")
+    class SparseAUC(keras.metrics.AUC):
+        """ROC AUC (macro over classes) for integer labels and softmax outputs."""
+
+        def __init__(self, num_classes: int = 2, **kwargs) -> None:
+            kwargs.setdefault("multi_label", True)
+            kwargs.setdefault("num_labels", num_classes)
+            super().__init__(**kwargs)
+            self.num_classes = num_classes
+
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            y_true = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
+            return super().update_state(y_true, y_pred, sample_weight)
+
+        def get_config(self) -> dict:
+            config = super().get_config()
+            config.pop("num_labels", None)
+            config.pop("multi_label", None)
+            return {**config, "num_classes": self.num_classes}
+
+    return SparseAUC
+
+
+_SPARSE_AUC: type | None = None
+
+
+def sparse_auc(num_classes: int) -> keras.metrics.Metric:
+    global _SPARSE_AUC
+    if _SPARSE_AUC is None:
+        _SPARSE_AUC = _register_metrics()
+    return _SPARSE_AUC(num_classes=num_classes, name="auc")
+
+
+def build_model(params: ModelParams, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A compiled functional CNN: Rescaling → conv blocks → head → output right for the task.
+
+    Two classes: one sigmoid unit with binary cross-entropy. More: softmax with sparse categorical cross-entropy.
+    `params.backbone` other than "cnn": `build_backbone_model` instead.
+    """
+    import keras
+
+    if params.backbone != "cnn":
+        return build_backbone_model(params, input_shape, num_classes)
+    inputs = keras.Input(shape=input_shape, name="image")
+    model = keras.Model(inputs, network(params, inputs, num_classes), name="medimg_cnn")
+    compile_model(model, params, num_classes)
+    return model
+
+
+def network(params: ModelParams, inputs: keras.KerasTensor, num_classes: int, prefix: str = "") -> keras.KerasTensor:
+    """The CNN's layers applied to `inputs` (N×H×W×C, 0-255); returns the probability output. Every layer that
+    holds weights is named `prefix` + a fixed name, so several networks can share one graph (an ensemble)."""
+    import keras
+
+    regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2) if (params.l1 or params.l2) else None
+    x = keras.layers.Rescaling(1.0 / 255, name=f"{prefix}rescale")(inputs)
+    for block, filters in enumerate(params.filters):
+        x = keras.layers.Conv2D(
+            int(filters),
+            params.kernel_size,
+            padding="same",
+            use_bias=not params.batch_norm,
+            kernel_regularizer=regularizer,
+            name=f"{prefix}conv{block}",
+        )(x)
+        if params.batch_norm:
+            x = keras.layers.BatchNormalization(name=f"{prefix}bn{block}")(x)
+        x = keras.layers.Activation(params.activation, name=f"{prefix}act{block}")(x)
+        last = block == len(params.filters) - 1
+        # Global average pooling follows the last block directly: a max pool before it only discards positions.
+        if min(x.shape[1], x.shape[2]) >= 2 and not (last and params.head == "global_average"):
+            x = keras.layers.MaxPooling2D(name=f"{prefix}pool{block}")(x)
+    if params.head == "flatten":
+        x = keras.layers.Flatten(name=f"{prefix}flatten")(x)
+    else:
+        x = keras.layers.GlobalAveragePooling2D(name=f"{prefix}gap")(x)
+    if params.dense_units:
+        x = keras.layers.Dense(
+            params.dense_units, activation=params.activation, kernel_regularizer=regularizer, name=f"{prefix}dense"
+        )(x)
+    if params.dropout:
+        x = keras.layers.Dropout(params.dropout, name=f"{prefix}dropout")(x)
+    binary = num_classes == 2
+    return keras.layers.Dense(
+        1 if binary else num_classes,
+        activation="sigmoid" if binary else "softmax",
+        dtype="float32",
+        name=f"{prefix}probabilities",
+    )(x)
+
+
+HEAD_START = "head_gap"  # the first layer after a backbone; `backbone_layers` reads the backbone up to it
+
+
+def build_backbone_model(params: ModelParams, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
+    """A compiled model: uint8-range input (H×W×1 or ×3, H and W at least 32 px) → gray to RGB → the backbone's own
+    preprocessing → `keras.applications` backbone → global average pooling → dropout → optional dense → the same
+    output and loss as `build_model`.
+
+    With weights (ImageNet or a file) the backbone is frozen, its BatchNorm layers in inference mode (stage 1 of
+    https://keras.io/guides/transfer_learning/ ; `training.fit_model` runs stage 2); with `weights="none"` the
+    whole network is trainable (nothing to keep). Raises ConfigError for a too small input or missing weights
+    (`backbones.resolve_weights`); never falls back to random weights.
+    """
+    import keras
+
+    from medimg.model import backbones
+
+    backbones.check_input_size(params.backbone, input_shape)
+    weights_path, _ = backbones.resolve_weights(params.backbone, params.weights)
+    regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2) if (params.l1 or params.l2) else None
+    inputs = keras.Input(shape=input_shape, name="image")
+    features = backbones.build_backbone(params.backbone, inputs, weights_path)
+    x = keras.layers.GlobalAveragePooling2D(name=HEAD_START)(features)
+    if params.dropout:
+        x = keras.layers.Dropout(params.dropout, name="head_dropout")(x)
+    if params.dense_units:
+        x = keras.layers.Dense(
+            params.dense_units, activation=params.activation, kernel_regularizer=regularizer, name="head_dense"
+        )(x)
+    binary = num_classes == 2
+    outputs = keras.layers.Dense(
+        1 if binary else num_classes,
+        activation="sigmoid" if binary else "softmax",
+        dtype="float32",
+        name="probabilities",
+    )(x)
+    model = keras.Model(inputs, outputs, name=f"medimg_{params.backbone}")
+    if weights_path is not None:
+        backbones.set_trainable_blocks(params.backbone, backbone_layers(model), 0)
+    compile_model(model, params, num_classes)
+    return model
+
+
+def backbone_layers(model: keras.Model) -> list:
+    """The backbone's layers of a `build_backbone_model` model, in graph order (preprocessing and head excluded)."""
+    from medimg.model import backbones
+
+    return backbones.backbone_layers(model, HEAD_START)
+
+
+ENSEMBLE_NAME = "medimg_ensemble"
+MEMBER_PREFIX = "m{}_"
+
+
+def build_ensemble(
+    members: list[keras.Model], params: list[ModelParams], input_shape: tuple[int, int, int], num_classes: int
+) -> keras.Model:
+    """One flat, compiled model whose output is the mean of the members' probabilities (N × 1 or N × K).
+
+    The members' layers are rebuilt in one graph (names prefixed m0_, m1_, …, m0_ the first member) with their
+    trained weights copied, not nested as sub-models: the file loads with Keras' safe_mode (no Lambda, no custom
+    layer) and Grad-CAM finds a convolution (the first member's, see `explain.last_conv_layer_name`).
+    Raises ValueError when the lists differ in length, ConfigError when a member has a backbone.
+    """
+    import keras
+
+    if len(members) != len(params) or not members:
+        raise ValueError(f"{len(members)} members but {len(params)} parameter sets")
+    if any(p.backbone != "cnn" for p in params):
+        from medimg.errors import ConfigError
+
+        raise ConfigError("an ensemble combines configurable CNNs only; a backbone model cannot be a member yet.")
+    inputs = keras.Input(shape=input_shape, name="image")
+    outputs = [network(p, inputs, num_classes, MEMBER_PREFIX.format(i)) for i, p in enumerate(params)]
+    model = keras.Model(inputs, keras.layers.Average(name="mean_probabilities")(outputs), name=ENSEMBLE_NAME)
+    for i, member in enumerate(members):
+        prefix = MEMBER_PREFIX.format(i)
+        for layer in member.layers:
+            if layer.weights:
+                model.get_layer(prefix + layer.name).set_weights(layer.get_weights())
+    compile_model(model, params[0], num_classes)
+    return model
+
+
+def compile_model(model: keras.Model, params: ModelParams, num_classes: int) -> None:
+    import keras
+
+    optimizers = {
+        "adam": keras.optimizers.Adam,
+        "sgd": keras.optimizers.SGD,
+        "rmsprop": keras.optimizers.RMSprop,
+        "adamw": keras.optimizers.AdamW,
+    }
+    optimizer = optimizers[params.optimizer](learning_rate=params.learning_rate)
+    if num_classes == 2:
+        loss = keras.losses.BinaryCrossentropy()
+        metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), sparse_auc(num_classes)]
+    # Keyword arguments only: Keras 3 changed compile()'s positional order.
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+
+
+def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (N × K) for uint8 images, in batches, calling the model directly."""
+    if len(images) == 0:
+        return np.zeros((0, 0))
+    chunks = [
+        probabilities(model, np.asarray(images[i : i + batch_size], dtype=np.float32))
+        for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(chunks)
+
+
+def probabilities(model: keras.Model, batch: np.ndarray) -> np.ndarray:
+    """Class probabilities (N × num_classes) for a float/uint8 batch, calling the model directly (no predict())."""
+    output = np.asarray(model(batch, training=False))
+    if output.shape[-1] == 1:
+        return np.concatenate([1.0 - output, output], axis=-1)
+    return output
+
+
+def load_run_model(run: Run) -> keras.Model:
+    """Load a run's model: `.keras` from that run only, hash checked, Keras safe mode on.
+
+    Raises RunError when the run has no model yet or model.keras no longer matches the SHA-256 recorded at saving.
+    """
+    from medimg.errors import RunError
+    from medimg.store.runs import file_sha256
+
+    if not run.model_path.is_file():
+        raise RunError(f"run {run.id} has no model yet (status: {run.status}); train it first.")
+    expected = run.record.get("model_sha256")
+    if not expected or file_sha256(run.model_path) != expected:
+        raise RunError(
+            f"run {run.id}: model.keras does not match the hash recorded when it was saved; "
+            "it was changed outside medimg and will not be loaded."
+        )
+    import keras
+
+    sparse_auc(3)  # registers the custom metric class for deserialisation
+    return keras.saving.load_model(run.model_path, compile=False, safe_mode=True)

@@ -1,0 +1,426 @@
+"""Fit a model with the callbacks a run needs (events, stop, resume, early stop); carry out a train run.
+
+Data preparation lives in `medimg.datasets.prepared`; its names are used here and stay importable from this module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from medimg.config import AugmentConfig, ModelParams, TrainConfig
+from medimg.datasets.prepared import PreparedData, prepare_data
+from medimg.errors import MedimgError
+from medimg.imaging.contract import InputContract
+from medimg.store.runs import Run, trial_number
+
+if TYPE_CHECKING:
+    import keras
+
+log = logging.getLogger(__name__)
+Echo = Callable[[str], None]
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, float] | None:
+    """Balanced weights (n / (k * count)) when asked, or in 'auto' mode when classes differ by more than 1.5×."""
+    counts = np.bincount(labels, minlength=num_classes).astype(float)
+    if mode == "none" or counts.min() == 0:
+        return None
+    if mode == "auto" and counts.max() / counts.min() <= 1.5:
+        return None
+    weights = counts.sum() / (num_classes * counts)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+def make_progress_callback(
+    run: Run | None,
+    trial: str | None = None,
+    echo: Echo | None = None,
+    deadline: float | None = None,
+    undefined: tuple[str, ...] = (),
+) -> keras.callbacks.Callback:
+    """Events per epoch and (throttled) per batch; a stop request or a deadline ends the fit at the next batch.
+
+    `undefined`: metrics that mean nothing on this data (`PreparedData.undefined_metrics`: validation AUC of a
+    one-class validation split, which Keras reports as 0.0); they are left out of the events and charts, and the
+    console says "undefined (one class)" instead of a number."""
+    import keras
+
+    class ProgressEvents(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.last_tick = 0.0
+            self.steps: int | None = None
+            self.epoch = 0
+            self.stopped_by_request = False
+            self.stage: int | None = None  # 1 or 2 when `fit_model` fine-tunes a backbone in two stages
+            self.planned_epochs: int | None = None
+
+        def begin_stage(self, stage: int, epochs: int) -> None:
+            """Called by `fit_model` before each fine-tuning stage: events carry the stage, and "epoch k of N" counts
+            the whole run's N, not the stage's own end."""
+            self.stage, self.planned_epochs = stage, epochs
+
+        def on_train_begin(self, logs: dict | None = None) -> None:
+            self.steps = self.params.get("steps")
+            self.epochs = self.planned_epochs or self.params.get("epochs")
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self.epoch = epoch
+            self.epoch_start = time.time()
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            now = time.time()
+            if now - self.last_tick < 0.5:
+                return
+            self.last_tick = now
+            if run is not None:
+                if run.stop_requested() and not self.stopped_by_request:
+                    self.stopped_by_request = True
+                    self.model.stop_training = True
+                    if trial is not None:  # a trial cut short by Stop is not a finished trial
+                        run.append_event("trial_stopped", trial=trial, epoch=self.epoch, epochs=self.epochs)
+                run.append_event(
+                    "batch", trial=trial, epoch=self.epoch, batch=batch + 1, steps=self.steps, epochs=self.epochs
+                )
+            if deadline and now > deadline:
+                self.model.stop_training = True
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v) and k not in undefined}
+            seconds = round(time.time() - self.epoch_start, 3)
+            if run is not None:
+                staged = {"stage": self.stage} if self.stage else {}
+                run.append_event(
+                    "epoch", trial=trial, epoch=epoch, epochs=self.epochs, logs=values, seconds=seconds, **staged
+                )
+            if echo:
+                shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "learning_rate")
+                shown += "".join(f"  {k} undefined (one class)" for k in undefined if k in (logs or {}))
+                prefix = f"trial {trial_number(trial)} " if trial else ""
+                echo(f"{prefix}epoch {epoch + 1}/{self.epochs} ({seconds:.1f}s)  {shown}")
+            if any(math.isnan(v) for v in values.values()):
+                self.model.stop_training = True
+
+    return ProgressEvents()
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def fit_callbacks(config: TrainConfig, monitor: str, mode: str) -> list:
+    """Early stopping with best weights restored, learning-rate reduction on plateau, NaN guard."""
+    import keras
+
+    callbacks: list = [keras.callbacks.TerminateOnNaN()]
+    if config.early_stopping_patience:
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, mode=mode, restore_best_weights=True, patience=config.early_stopping_patience
+            )
+        )
+    if config.reduce_lr_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, mode=mode, factor=0.5, min_lr=1e-6, patience=config.reduce_lr_patience
+            )
+        )
+    return callbacks
+
+
+def monitor_mode(monitor: str) -> str:
+    return "min" if monitor.endswith("loss") else "max"
+
+
+@contextlib.contextmanager
+def distribution_scope(distribution: str):
+    """`tf.distribute.MirroredStrategy` scope when asked for (every visible device), else nothing."""
+    if distribution != "mirrored":
+        yield None
+        return
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy()
+    with strategy.scope():
+        yield strategy
+
+
+def fit_model(
+    params: ModelParams,
+    data: PreparedData,
+    augment: AugmentConfig,
+    config: TrainConfig,
+    callbacks: list,
+    epochs: int | None = None,
+    distribution: str = "none",
+) -> tuple[Any, Any]:
+    """Build and fit one model on prepared data; returns (model, keras History).
+
+    A backbone with pretrained weights and `params.fine_tune_blocks` > 0 is fitted in two stages (see
+    `fine_tunes`): half the epochs for the head, the rest with the top blocks unfrozen; the History covers both."""
+    import keras
+
+    from medimg.datasets import pipeline
+    from medimg.model import batchnorm, models
+
+    keras.utils.set_random_seed(config.seed)
+    with distribution_scope(distribution):
+        model = models.build_model(params, data.input_shape, data.num_classes)
+    train = pipeline.make_dataset(
+        data.arrays["train"],
+        params.batch_size,
+        data.num_classes,
+        training=True,
+        augment=augment.scaled(params.augment_strength),
+        seed=config.seed,
+    )
+    val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
+    weights = class_weights(data.arrays["train"].labels, data.num_classes, params.class_weights or config.class_weights)
+    total = epochs or config.epochs
+    two_stage = fine_tunes(params) and total >= 2
+    begin_stage(callbacks, 1 if two_stage else None, total)
+    history = model.fit(
+        train,
+        validation_data=val,
+        epochs=total // 2 if two_stage else total,
+        # First, so validation, early stopping and best-weight keepers all see precise BatchNorm statistics.
+        callbacks=[batchnorm.precise_batchnorm_callback(data.arrays["train"].images, config.seed), *callbacks],
+        class_weight=weights,
+        verbose=0,
+        shuffle=False,
+    )
+    if two_stage and stage_one_finished(model, callbacks, history):
+        first = history.epoch[-1] + 1 if history.epoch else total // 2
+        unfreeze_top_blocks(model, params, data.num_classes, distribution)
+        begin_stage(callbacks, 2, total)
+        stage_two = model.fit(
+            train,
+            validation_data=val,
+            epochs=total,
+            initial_epoch=first,
+            callbacks=[
+                batchnorm.precise_batchnorm_callback(data.arrays["train"].images, config.seed),
+                *stage_two_callbacks(callbacks),
+            ],
+            class_weight=weights,
+            verbose=0,
+            shuffle=False,
+        )
+        history = joined_history(history, stage_two)
+    return model, history
+
+
+# ---- Two-stage fine-tuning of a pretrained backbone (https://keras.io/guides/transfer_learning/) -----------------
+# Stage 1 (above): the first half of the epochs train the head, the backbone frozen. Stage 2: the top
+# `params.fine_tune_blocks` blocks unfrozen (BatchNorm still frozen, in inference mode) at
+# `params.fine_tune_learning_rate`, numbered on from stage 1 (`initial_epoch`), so events and charts show one run.
+
+
+def begin_stage(callbacks: list, stage: int | None, epochs: int) -> None:
+    """Tell the callbacks that have `begin_stage` (the progress events) which fine-tuning stage starts and the
+    whole fit's epochs; nothing for a one-stage fit (`stage` None)."""
+    for callback in callbacks:
+        if stage and hasattr(callback, "begin_stage"):
+            callback.begin_stage(stage, epochs)
+
+
+def fine_tunes(params: ModelParams) -> bool:
+    """Whether `fit_model` runs stage 2: a backbone with pretrained weights and `fine_tune_blocks` > 0 (with
+    `weights="none"` the whole backbone trains from the start, so there is nothing to unfreeze)."""
+    return params.backbone != "cnn" and params.weights != "none" and params.fine_tune_blocks > 0
+
+
+def stage_one_finished(model: Any, callbacks: list, history: Any) -> bool:
+    """Stage 1 ran to its end or early stopping ended it; not a stop request, a deadline or a NaN loss."""
+    import keras
+
+    losses = history.history.get("loss", [])
+    if (losses and not math.isfinite(losses[-1])) or any(getattr(c, "stopped_by_request", False) for c in callbacks):
+        return False
+    early = any(isinstance(c, keras.callbacks.EarlyStopping) and c.stopped_epoch > 0 for c in callbacks)
+    return early or not model.stop_training
+
+
+def unfreeze_top_blocks(model: Any, params: ModelParams, num_classes: int, distribution: str = "none") -> list[str]:
+    """Unfreeze the top `params.fine_tune_blocks` backbone blocks (BatchNorm stays frozen) and recompile at
+    `params.fine_tune_learning_rate`. Returns the unfrozen blocks' names, top first."""
+    from medimg.model import backbones, models
+
+    unfrozen = backbones.set_trainable_blocks(params.backbone, models.backbone_layers(model), params.fine_tune_blocks)
+    log.info("fine-tuning %s blocks of %s: %s", len(unfrozen), params.backbone, ", ".join(unfrozen))
+    scope = model.distribute_strategy.scope() if distribution == "mirrored" else contextlib.nullcontext()
+    with scope:
+        models.compile_model(model, params.replace(learning_rate=params.fine_tune_learning_rate), num_classes)
+    # Keras keeps the epoch a BackupAndRestore restored (a resumed stage 1) on the model; stage 2 starts from its
+    # own `initial_epoch` unless its own backup says otherwise.
+    model._initial_epoch = None
+    return unfrozen
+
+
+def stage_two_callbacks(callbacks: list) -> list:
+    """The same callbacks, except each BackupAndRestore gets a `stage2` folder of its own: stage 2 trains more
+    variables, so its optimizer state does not fit stage 1's checkpoint (and a resume restores each stage's own)."""
+    import keras
+
+    return [
+        type(c)(os.path.join(c.backup_dir, "stage2"), save_freq=c.save_freq, delete_checkpoint=c.delete_checkpoint)
+        if isinstance(c, keras.callbacks.BackupAndRestore)
+        else c
+        for c in callbacks
+    ]
+
+
+def joined_history(first: Any, second: Any) -> Any:
+    """Stage 2's History with stage 1's epochs and values in front, as one run's."""
+    second.epoch = [*first.epoch, *second.epoch]
+    for key, values in first.history.items():
+        second.history[key] = [*values, *second.history.get(key, [])]
+    return second
+
+
+@dataclasses.dataclass
+class Fitted:
+    """A run's fitted model, already saved in the run, and what is left to do once it is evaluated
+    (`workflows.evaluate_fitted`)."""
+
+    model: Any  # keras.Model
+    data: PreparedData
+    stopped: str = ""  # the run ends "stopped" with this message
+    error: MedimgError | None = None  # raised after the evaluation (a diverged loss whose best epoch was kept)
+    backup: Path | None = None  # the resume backup, removed once a run that was not stopped is evaluated
+
+
+def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
+    """A train run from its record: prepare, fit (resumable), save the model. Evaluation is the caller's
+    (`workflows.execute_train`), so this layer never imports the one above it."""
+    import keras
+
+    from medimg.model import backbones
+
+    spec = run.spec
+    weights = backbones.weights_record(spec.params.backbone, spec.params.weights)  # a missing file stops here
+    if weights:
+        run.update(weights=[weights])
+    data = prepare_data(spec.dataset, _echo_progress(echo))
+    run.update(
+        data=data.summary(),
+        class_names=data.class_names,
+        input=InputContract.from_config(spec.dataset).to_json(),
+        warnings=data.warnings,
+    )
+    say_warnings(data.warnings, echo)
+    monitor = data.usable_objective(spec.train.monitor)
+    run.update(monitor=monitor)  # what early stopping followed, when the data made it differ from the spec's
+    progress = make_progress_callback(run, echo=echo, undefined=data.undefined_metrics)
+    best = best_weights_keeper(monitor, monitor_mode(monitor))
+    callbacks = [
+        progress,
+        best,
+        *fit_callbacks(spec.train, monitor, monitor_mode(monitor)),
+        # Kept after a stop so `resume` continues from the last epoch; removed below once the run completes.
+        backup_and_restore(run.path / "backup"),
+        keras.callbacks.TensorBoard(str(run.path / "logs"), profile_batch=0, write_graph=False),
+    ]
+    model, _ = fit_model(spec.params, data, spec.augment, spec.train, callbacks, distribution=spec.distribution)
+    history = run.epoch_history()
+    run.write_json("history.json", history)
+    strategy = getattr(model, "distribute_strategy", None)
+    run.update(replicas=int(getattr(strategy, "num_replicas_in_sync", 1)))
+    losses = history.get("loss", [])
+    if losses and not math.isfinite(losses[-1]):
+        if best.weights is None:
+            raise _nan_error(len(losses))
+        # Keep what was learnt before the loss diverged: the best epoch's weights become the run's model.
+        model.set_weights(best.weights)
+        run.save_model(model)
+        error = _nan_error(
+            len(losses),
+            kept=f"the best model so far (epoch {best.epoch + 1}, {monitor} {best.value:.4f}) was saved and evaluated",
+        )
+        return Fitted(model, data, error=error)
+    run.save_model(model)
+    if progress.stopped_by_request:
+        stopped = (
+            f"stopped on request after {len(losses)} epochs; model saved; "
+            f"continue with: python -m medimg resume {run.path}"
+        )
+        return Fitted(model, data, stopped=stopped)
+    return Fitted(model, data, backup=run.path / "backup")
+
+
+def say_warnings(warnings: list[str], echo: Echo | None) -> None:
+    """The dataset's warnings (`PreparedData.warnings`) before any epoch: on the console and in the log."""
+    for warning in warnings:
+        if echo:
+            echo(f"WARNING: {warning}")
+        else:
+            log.warning("%s", warning)
+
+
+def backup_and_restore(folder: Path) -> keras.callbacks.Callback:
+    """Keras' BackupAndRestore, but each checkpoint is written to a temporary file and renamed: a process killed
+    mid-write leaves the previous epoch's checkpoint intact instead of a corrupt file that cannot be resumed."""
+    import keras
+
+    from medimg.store.runs import write_json_atomic
+
+    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+        def _save_model(self) -> None:
+            os.makedirs(self.backup_dir, exist_ok=True)
+            temporary = os.path.join(self.backup_dir, ".partial.weights.h5")
+            self.model.save_weights(filepath=temporary, overwrite=True)
+            os.replace(temporary, self._weights_path)
+            write_json_atomic(
+                Path(self._training_metadata_path), {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+            )
+
+    # Kept after a stop so `resume` continues from the last epoch; removed once the run completes
+    # (`workflows.evaluate_fitted`).
+    return AtomicBackupAndRestore(str(folder), delete_checkpoint=False)
+
+
+def _nan_error(epoch: int, kept: str = "no epoch finished before it, so no model was saved") -> MedimgError:
+    return MedimgError(
+        f"the loss became NaN at epoch {epoch}; {kept}. Lower the learning rate or the weight decay and try again."
+    )
+
+
+def best_weights_keeper(monitor: str, mode: str) -> keras.callbacks.Callback:
+    """Holds (in memory) the weights of the best epoch by `monitor`, ignoring epochs whose value is not finite."""
+    import keras
+
+    class BestWeights(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weights: list | None = None
+            self.value = math.inf if mode == "min" else -math.inf
+            self.epoch = -1
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            value = float((logs or {}).get(monitor, math.nan))
+            if not math.isfinite(value) or not math.isfinite(float((logs or {}).get("loss", math.nan))):
+                return
+            if (value < self.value) if mode == "min" else (value > self.value):
+                self.value, self.epoch, self.weights = value, epoch, self.model.get_weights()
+
+    return BestWeights()
+
+
+def _echo_progress(echo: Echo | None) -> Callable[[int, int, str], None] | None:
+    if echo is None:
+        return None
+    return lambda done, total, message: echo(f"{message}: {done}/{total}")

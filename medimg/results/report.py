@@ -1,0 +1,452 @@
+"""A finished run's report: one self-contained HTML file, a model card (the model bundle is in `bundle.py`).
+
+It opens offline: plotly.js is embedded once, inline, and every image is a base64 data URI. It holds the
+intended use and the not-for-clinical-use notice, the dataset and its splits, the leakage check, the training
+setup, metrics with bootstrap intervals at the chosen operating point, curves, calibration, example Grad-CAMs
+and the software versions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from medimg import __version__
+from medimg.metrics import clinical, subgroups
+from medimg.model.models import load_run_model
+from medimg.results import charts, evaluation, htmldoc
+from medimg.store.runs import Run, trial_number
+
+NOT_FOR_CLINICAL_USE = (
+    "Not for clinical use. This model and report come from a research and teaching tool. They are not a medical "
+    "device, have not been validated for diagnosis, triage, screening or treatment decisions, and must not be used "
+    "for patient care."
+)
+PACKAGES = (
+    "tensorflow",
+    "keras",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "pandas",
+    "plotly",
+    "pydicom",
+    "opencv-python-headless",
+    "pillow",
+    "keras-tuner",
+    "streamlit",
+)
+
+
+def ensure_evaluated(run: Run) -> dict[str, Any]:
+    """The run's metrics.json, re-evaluating first when it predates val predictions and the leakage check."""
+    metrics = run.read_json("metrics.json") or {}
+    current = metrics.get("evaluation_version", 0) >= evaluation.EVALUATION_VERSION
+    if not current or not evaluation.read_predictions(run, "val"):
+        metrics = evaluation.evaluate_run(run)
+    return metrics
+
+
+def software_versions() -> dict[str, str]:
+    """Python, platform, medimg and the installed versions of the packages the engine relies on."""
+    versions = {"python": platform.python_version(), "platform": platform.platform(), "medimg": __version__}
+    for package in PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+# ------------------------------------------------------------------------------------------------------- report
+def write_report(
+    run: Run,
+    path: str | Path,
+    threshold: float | None = None,
+    positive: str | int | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> Path:
+    """Write the run's report to `path` (one HTML file) and return the path. `threshold`: as `build_report`."""
+    path = Path(path)
+    text = build_report(run, threshold, positive, n_resamples, seed)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    temporary.replace(path)
+    return path
+
+
+def build_report(
+    run: Run,
+    threshold: float | None = None,
+    positive: str | int | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> str:
+    """The report as one self-contained HTML document, at `threshold` for two classes: by default the operating
+    point chosen on validation (`evaluation.default_threshold`: Youden's J, else 0.5), the one Predict calls at."""
+    metrics = ensure_evaluated(run)
+    scored = evaluation.load_scored(run)
+    if threshold is None:  # several classes: the arg-max, and the threshold is not used
+        binary = scored["test"].binary
+        threshold = evaluation.default_threshold(scored["test"], scored.get("val"), positive) if binary else 0.5
+    summary = evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive, n_resamples, seed)
+    record = run.record
+    parts = [
+        _header(run, summary, metrics),
+        htmldoc.section("Intended use", _intended_use(record)),
+        htmldoc.section("Dataset and splits", _dataset(record)),
+        htmldoc.section("Leakage check", _leakage(metrics.get("leakage") or {})),
+        htmldoc.section("Training setup", _training(run, record)),
+        htmldoc.section("Performance on the test split", _performance(summary)),
+        htmldoc.section("Calibration", _calibration(summary["calibration"])),
+    ]
+    by_subgroup = _subgroups(run, scored["test"], summary)
+    if by_subgroup:
+        parts.append(htmldoc.section("Subgroups", by_subgroup))
+    parts += [
+        htmldoc.section("Example Grad-CAMs", _gradcams(run, scored["test"], summary)),
+        htmldoc.section("Limitations", _limitations(summary, metrics, record)),
+        htmldoc.section("Software", htmldoc.table(["component", "version"], list(software_versions().items()))),
+    ]
+    return htmldoc.document(f"medimg report · {run.id}", "\n".join(htmldoc.embed_figures(parts)), NOT_FOR_CLINICAL_USE)
+
+
+def _header(run: Run, summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
+    stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
+    point = (
+        f"operating point: p({summary['positive_class']}) ≥ {summary['threshold']:.3f} ("
+        + evaluation.threshold_origin(summary["threshold"], summary["presets"], summary["presets_split"])[0]
+        + ")"
+        if summary["positive_class"]
+        else "multi-class, arg-max decision"
+    )
+    return (
+        f"<h1>Model card and evaluation report</h1><p class='meta'>run {html.escape(run.id)} · generated {stamp} · "
+        f"medimg {__version__} · {html.escape(point)}</p>"
+        f"<div class='warning'><strong>{html.escape(NOT_FOR_CLINICAL_USE)}</strong></div>"
+        + "".join(
+            f"<div class='warning'><strong>{html.escape(text)}</strong></div>"
+            for text in (
+                f"Degenerate model: {(metrics or {}).get('one_class')}." if (metrics or {}).get("one_class") else "",
+                evaluation.one_class_at_threshold(summary) or "",
+            )
+            if text
+        )
+    )
+
+
+def _intended_use(record: dict[str, Any]) -> list[str]:
+    names = ", ".join(record.get("class_names", []))
+    return [
+        htmldoc.paragraph(
+            f"Research and education only: a convolutional classifier of {names} trained with medimg, and an "
+            "evaluation of it on a held-out test split drawn from the same source as its training data."
+        ),
+        htmldoc.paragraph(
+            "Out of scope: any clinical decision; images from other sites, devices, protocols or populations than "
+            "the training data (performance there is unknown); use without a qualified reader."
+        ),
+    ]
+
+
+def _dataset(record: dict[str, Any]) -> list[Any]:
+    data, spec = record.get("data", {}), record.get("spec", {}).get("dataset", {})
+    counts = data.get("split_counts", {})
+    names = data.get("class_names", record.get("class_names", []))
+    rows = [[split, *[per.get(c, 0) for c in names], sum(per.values())] for split, per in counts.items()]
+    totals = [sum(per.get(c, 0) for per in counts.values()) for c in names]
+    rows.append(["all", *totals, sum(totals)])
+    parts: list[Any] = [
+        htmldoc.paragraph(
+            f"Source: {spec.get('path', '?')} · split: {data.get('split_source', '?')} (seed {spec.get('seed')}) · "
+            f"model input: {spec.get('image_size')} px, {spec.get('color')} · unreadable files skipped: "
+            f"{len(data.get('unreadable', []))}."
+        ),
+        htmldoc.table(["split", *names, "total"], rows),
+    ]
+    if counts:
+        parts.append(htmldoc.Figure(charts.class_counts_figure(counts, "Images per class and split")))
+    return parts
+
+
+def _leakage(leakage: dict[str, Any]) -> list[str]:
+    if not leakage:
+        return [htmldoc.paragraph("No leakage check was recorded.")]
+    verdict = "PASSED" if leakage.get("passed") else "FAILED"
+    lines = [
+        f"<p class='{'ok' if leakage.get('passed') else 'bad'}'><strong>{verdict}</strong>: "
+        f"{html.escape(leakage['method'])}; {leakage['images']} images checked.</p>",
+        htmldoc.paragraph(
+            f"Identical images in more than one split: {len(leakage['cross_split_duplicates'])} group(s). "
+            f"Duplicate groups within one split: {leakage['within_split_duplicate_groups']}. "
+            f"Duplicate groups whose copies have different labels: {leakage.get('conflicting_label_groups', 0)}."
+        ),
+    ]
+    if leakage["cross_split_duplicates"]:
+        lines.append(
+            htmldoc.table(
+                ["identical images (split:path)"], [[" = ".join(g)] for g in leakage["cross_split_duplicates"][:20]]
+            )
+        )
+    if leakage.get("groups_known"):
+        overlap = leakage.get("group_overlap") or []
+        shown = f"Patients (groups) in more than one split: {len(overlap)} {overlap[:20] or ''}"
+        lines.append(htmldoc.paragraph(shown))
+    else:
+        lines.append(
+            htmldoc.paragraph(
+                "The dataset gives no patient (group) identifiers, so images of one patient in two splits cannot be "
+                "ruled out; only exact duplicates were checked."
+            )
+        )
+    return lines
+
+
+def _training(run: Run, record: dict[str, Any]) -> list[Any]:
+    spec = record.get("spec", {})
+    train, augment = spec.get("train", {}), spec.get("augment", {})
+    search = spec.get("kind") == "tune"
+    # A search's model is its best trial (or the mean of its best trials): its settings and curves, not the spec's
+    # default parameters and an empty final-fit history.
+    params = dict(record.get("best_params") or {}) if search else dict(spec.get("params", {}))
+    if params.get("backbone", "cnn") == "cnn":  # backbone settings mean nothing for the configurable CNN
+        for name in ("backbone", "weights", "fine_tune_blocks", "fine_tune_learning_rate"):
+            params.pop(name, None)
+    best = record.get("best_trial")
+    history = run.epoch_history(trial=best) if search and best else run.read_json("history.json") or run.epoch_history()
+    epochs = len(history.get("loss", []))
+    active = {k: v for k, v in augment.items() if v}
+    monitor = record.get("objective") or record.get("monitor") or train.get("monitor")
+    ensemble = record.get("ensemble") or {}
+    members = ensemble.get("members") or []
+    if search and len(members) > 1:
+        model = (
+            f"The model is the mean of {len(members)} trials' models (trials "
+            f"{', '.join(str(trial_number(m)) for m in members)} of {record.get('trials_completed', '?')} completed, "
+            f"the best by validation {ensemble.get('objective', monitor)}); the settings below are the best trial's. "
+        )
+    elif search and best:
+        model = f"The model is the search's best trial (trial {trial_number(best)}, by validation {monitor}). "
+    else:
+        model = ""
+    parts: list[Any] = [
+        htmldoc.paragraph(
+            f"{model}Epochs run{' by the best trial' if search else ''}: {epochs} of {train.get('epochs')} "
+            f"(early-stopping patience {train.get('early_stopping_patience')}, "
+            f"monitor {monitor}); class weights: {train.get('class_weights')}; seed {train.get('seed')}; "
+            f"augmentation: {', '.join(f'{k}={v}' for k, v in active.items()) or 'none'}; "
+            f"distribution: {spec.get('distribution', 'none')}; model SHA-256 {record.get('model_sha256', '?')}."
+        ),
+        htmldoc.table(["hyperparameter", "value"], [[k, v] for k, v in params.items()]),
+    ]
+    for weights in record.get("weights") or []:  # a pretrained backbone: which file it started from
+        parts.append(
+            htmldoc.paragraph(
+                f"Backbone {weights['backbone']} started from {weights['weights']} weights: "
+                f"{Path(weights['file']).name}, SHA-256 {weights['sha256']}."
+            )
+        )
+    for metric in ("loss", "auc"):
+        if history.get(metric):
+            parts.append(htmldoc.Figure(charts.history_figure(history, metric, f"training {metric}")))
+    return parts
+
+
+def _performance(summary: dict[str, Any]) -> list[Any]:
+    intervals = summary["intervals"]
+    confidence = f"{intervals['confidence']:.0%}"
+    rows = [
+        [clinical.metric_label(name), value["estimate"], value["low"], value["high"], value.get("interval", "")]
+        for name, value in intervals["metrics"].items()
+    ]
+    parts: list[Any] = []
+    if summary["positive_class"]:
+        point = summary["operating_point"]
+        parts.append(
+            htmldoc.paragraph(
+                f"Positive class: {summary['positive_class']}. Decision: positive when p({summary['positive_class']}) "
+                f"≥ {summary['threshold']:.3f}. Test images: {summary['count']} "
+                f"({point['tp'] + point['fn']} positive). TP {point['tp']}, FN {point['fn']}, FP {point['fp']}, "
+                f"TN {point['tn']}."
+            )
+        )
+    parts.append(
+        htmldoc.paragraph(
+            f"{confidence} intervals: {intervals['method']}, {intervals['resamples']} resamples "
+            f"(seed {intervals['seed']}); "
+            "class counts are kept in each resample, so PPV and NPV hold at the test split's prevalence."
+        )
+    )
+    parts.append(htmldoc.table(["metric", "estimate", f"{confidence} CI low", f"{confidence} CI high", "note"], rows))
+    if summary["presets"]:
+        parts.append(_presets(summary))
+    names = summary["class_names"]
+    parts.append(htmldoc.Figure(charts.confusion_matrix_figure(summary["confusion_matrix"], names)))
+    point = summary["operating_point"]
+    parts.append(htmldoc.Figure(charts.roc_figure(summary["curves"]["roc"], point)))
+    parts.append(htmldoc.Figure(charts.precision_recall_figure(summary["curves"]["pr"], point)))
+    return parts
+
+
+def _presets(summary: dict[str, Any]) -> str:
+    labels = {
+        "default": "default 0.5",
+        "youden": "Youden's J",
+        "sensitivity": "sensitivity ≥ 0.95",
+        "specificity": "specificity ≥ 0.95",
+    }
+    rows = [
+        [labels.get(name, name), p["threshold"], p["sensitivity"], p["specificity"], p["ppv"], p["npv"]]
+        for name, p in summary["preset_points"].items()
+    ]
+    note = htmldoc.paragraph("Other operating points: thresholds chosen on the validation split, measured on test.")
+    return note + htmldoc.table(["preset", "threshold", "sensitivity", "specificity", "PPV", "NPV"], rows)
+
+
+def _calibration(calibration: dict[str, Any]) -> list[Any]:
+    before, after = calibration["before"], calibration["after"]
+    rows = [["expected calibration error (test)", before["ece"], after["ece"] if after else None]]
+    rows.append(["maximum calibration error (test)", before["mce"], after["mce"] if after else None])
+    if after:
+        rows.append(["negative log-likelihood (test)", calibration["test_nll_before"], calibration["test_nll_after"]])
+        rows.append(["expected calibration error (val)", calibration["val_ece_before"], calibration["val_ece_after"]])
+    temperature = calibration.get("temperature")
+    text = (
+        f"Temperature scaling fitted on the validation split: T = {temperature:.3f} "
+        f"({'softens over-confident' if temperature > 1 else 'sharpens under-confident'} probabilities; ranks, hence "
+        "AUC, unchanged)."
+        if temperature
+        else f"Temperature scaling was not fitted: {calibration.get('skipped') or 'no validation predictions'}."
+    )
+    if calibration.get("warning"):
+        text += " " + calibration["warning"]
+    return [
+        htmldoc.paragraph(f"{before['kind']}, {before['bins']} equal-width bins. {text}"),
+        htmldoc.table(["", "before", "after temperature scaling"], rows),
+        htmldoc.Figure(charts.reliability_figure(before, after)),
+    ]
+
+
+def _subgroups(run: Run, test: clinical.Scored, summary: dict[str, Any]) -> list[str]:
+    attributes = subgroups.manifest_attributes(run.spec.dataset.path)
+    parts = []
+    for column, values in attributes.items():
+        rows = subgroups.subgroup_metrics(test, values, summary["threshold"] or 0.5, summary["positive_class"])
+        keys = [k for k in ("auc", "sensitivity", "specificity", "accuracy") if k in rows[0]]
+        table = [[r["value"], r["count"], r.get("positives"), *[_interval_text(r[k]) for k in keys]] for r in rows]
+        parts.append(f"<h3>by {html.escape(column)}</h3>")
+        parts.append(htmldoc.table([column, "images", "positives", *[clinical.metric_label(k) for k in keys]], table))
+    return parts
+
+
+def _interval_text(value: dict[str, Any]) -> str:
+    if value["estimate"] is None:
+        return "–"
+    if value["low"] is None:
+        return f"{value['estimate']:.3f}"
+    return f"{value['estimate']:.3f} ({value['low']:.2f}–{value['high']:.2f})"
+
+
+def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell: int = 2) -> list[str]:
+    from medimg.model.explain import gradcam_heatmaps, overlay
+
+    threshold, positive = summary["threshold"] or 0.5, summary["positive_class"]
+    predicted = clinical.predicted_labels(test, threshold, positive)
+    chosen = _examples(test, threshold, positive, per_cell)
+    if not chosen:
+        return [htmldoc.paragraph("No test images to show.")]
+    loaded, skipped = run.input_contract.load_many(test.paths, chosen)
+    if not loaded:
+        return [htmldoc.paragraph("No test image could be read again: " + "; ".join(skipped))]
+    chosen = [i for i, _ in loaded]
+    pixels = np.stack([image for _, image in loaded])
+    heatmaps, _ = gradcam_heatmaps(load_run_model(run), pixels, [int(predicted[i]) for i in chosen])
+    names = test.class_names
+    cards = []
+    for k, i in enumerate(chosen):
+        probability = test.probs[i, predicted[i]]
+        caption = (
+            f"{_cell_name(summary, int(test.labels[i]), int(predicted[i]))}{Path(test.paths[i]).name}: "
+            f"true {names[test.labels[i]]}, called {names[predicted[i]]} "
+            f"(p = {probability:.2f}); Grad-CAM for {names[predicted[i]]}"
+        )
+        blended = overlay(pixels[k], heatmaps[k])
+        images_html = f"<img src='{htmldoc.png_uri(pixels[k])}' alt='input'>"
+        images_html += f"<img src='{htmldoc.png_uri(blended)}' alt='Grad-CAM'>"
+        cards.append(f"<figure>{images_html}<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return [
+        htmldoc.paragraph(
+            "Up to two test images per confusion-matrix cell, most confident first; the overlay shows where "
+            "the evidence for the called class lies (last convolutional layer, Grad-CAM)."
+        ),
+        "<div class='gallery'>" + "".join(cards) + "</div>",
+        *([htmldoc.paragraph("Not shown (could not be read again): " + "; ".join(skipped))] if skipped else []),
+    ]
+
+
+def _cell_name(summary: dict[str, Any], true: int, called: int) -> str:
+    """'TP · ' style prefix for a binary task's cells, '' for multi-class."""
+    if not summary["positive_class"]:
+        return ""
+    positive = summary["class_names"].index(summary["positive_class"])
+    return {(True, True): "TP · ", (True, False): "FN · ", (False, True): "FP · ", (False, False): "TN · "}[
+        (true == positive, called == positive)
+    ]
+
+
+def _examples(test: clinical.Scored, threshold: float, positive: str | None, per_cell: int) -> list[int]:
+    chosen: list[int] = []
+    for true in range(len(test.class_names)):
+        for called in range(len(test.class_names)):
+            chosen += clinical.cell_indices(test, true, called, threshold, positive)[:per_cell].tolist()
+    return chosen
+
+
+def _limitations(summary: dict[str, Any], metrics: dict[str, Any], record: dict[str, Any]) -> list[str]:
+    notes = [
+        "Internal validation only: the test split comes from the same source as the training data; performance on "
+        "other sites, devices and populations is unknown."
+    ]
+    if summary["positive_class"]:
+        positives = summary["operating_point"]["tp"] + summary["operating_point"]["fn"]
+        if positives < 100:
+            notes.append(
+                f"Only {positives} positive test images: the intervals above are wide; read them, not the point."
+            )
+    leakage = metrics.get("leakage") or {}
+    if leakage and not leakage.get("passed"):
+        notes.append("The leakage check failed: the test metrics may be optimistic.")
+    if leakage and not leakage.get("groups_known"):
+        notes.append("No patient identifiers: patient-level leakage between splits could not be checked.")
+    before, after = summary["calibration"]["before"]["ece"], summary["calibration"]["after"]
+    if before > 0.05:
+        if after is None:
+            remedy = summary["calibration"].get("skipped") or "there are no validation predictions to recalibrate with"
+        elif summary["calibration"].get("warning"):
+            remedy = "temperature scaling failed on it (see Calibration)"
+        elif after["ece"] < before / 2:
+            remedy = f"temperature scaling brings it to {after['ece']:.3f}"
+        else:
+            remedy = (
+                f"temperature scaling does not fix it ({after['ece']:.3f} after); recalibrate (e.g. Platt or "
+                "isotonic on validation) before reading them as such"
+            )
+        notes.append(f"Expected calibration error {before:.3f}: the probabilities are not risks; {remedy}.")
+    weighting = record.get("spec", {}).get("train", {}).get("class_weights", "none")
+    if weighting != "none" and before > 0.05:
+        notes.append(
+            f"Trained with class weights ({weighting}): weighting shifts the probabilities towards the rarer class, "
+            "a shift that temperature scaling (one scale factor) cannot remove."
+        )
+    if summary.get("presets_reason"):
+        notes.append(f"No operating point was chosen: {summary['presets_reason']}.")
+    if summary["calibration"].get("skipped"):
+        notes.append(f"Calibration: {summary['calibration']['skipped']}.")
+    return ["<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>"]

@@ -1,0 +1,427 @@
+"""The run directory: the single source of truth for a tune or train run.
+
+run.json        spec, status, class names, input contract, best parameters, headline metrics
+events.jsonl    one JSON line per epoch / batch tick / trial / status change, appended and flushed
+history.json    per-epoch metrics of the final training
+metrics.json    test-split evaluation (headline metrics, per class, ROC)
+predictions.csv per-image probabilities for the val and test splits (`split` column)
+model.keras     the model (its SHA-256 is recorded in run.json and checked on load)
+tuner/          KerasTuner's project folder;  logs/  TensorBoard;  log.txt  the process's output
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from medimg.config import RunSpec
+from medimg.errors import RunError
+from medimg.imaging.contract import InputContract
+
+ACTIVE_STATUSES = ("queued", "running")
+FINAL_STATUSES = ("completed", "stopped", "failed")
+QUEUED_GRACE_S = 120.0
+# A trial cap this high means "until the time budget is spent" (medimg.auto.BUDGET_MAX_TRIALS).
+BUDGET_ONLY_TRIALS = 999
+
+
+def runs_root(path: str | Path | None = None) -> Path:
+    """Where runs live: the given path, else $MEDIMG_RUNS_DIR, else ./runs."""
+    return Path(path or os.environ.get("MEDIMG_RUNS_DIR") or "runs")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder and rename it over the target (never half-written)."""
+    path = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(data, stream, indent=2, default=str)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    with contextlib.suppress(OSError):
+        # A zombie (exited, not yet reaped by its parent) is not a live run.
+        if Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z":
+            return False
+    return True
+
+
+class Run:
+    """One run directory. Cheap to construct; every property reads the disk (another process writes it)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def input_contract(self) -> InputContract:
+        """How a file becomes this run's model input (run.json "input"). Raises RunError before a model exists."""
+        return InputContract.from_record(self.record, self.id)
+
+    @property
+    def record(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.path / "run.json").read_text(encoding="utf-8"))
+        except FileNotFoundError as error:
+            raise RunError(
+                f"{self.path} is not a medimg run (no run.json); pick a folder from `medimg runs`."
+            ) from error
+        except json.JSONDecodeError as error:
+            raise RunError(f"{self.path}/run.json is damaged: {error}") from error
+
+    @property
+    def spec(self) -> RunSpec:
+        return RunSpec.from_dict(self.record["spec"])
+
+    @property
+    def status(self) -> str:
+        record = self.record
+        status = record.get("status", "failed")
+        if status in ACTIVE_STATUSES and record.get("pid") and not pid_alive(record.get("pid")):
+            return "failed"
+        if status == "queued" and not record.get("pid") and time.time() - record.get("created", 0) > QUEUED_GRACE_S:
+            return "failed"  # its process never started; do not let it hold the concurrency limit forever
+        return status
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        record = self.record
+        record.update(fields)
+        write_json_atomic(self.path / "run.json", record)
+        return record
+
+    def set_status(self, status: str, **fields: Any) -> None:
+        now = time.time()
+        extra = {"started": now} if status == "running" else {}
+        if status in FINAL_STATUSES:
+            extra = {"finished": now}
+        self.update(status=status, **extra, **fields)
+        self.append_event("status", status=status, **{k: v for k, v in fields.items() if k in ("message", "error")})
+
+    def append_event(self, kind: str, **data: Any) -> None:
+        line = json.dumps({"t": round(time.time(), 3), "type": kind, **data}, default=str)
+        with open(self.path / "events.jsonl", "a", encoding="utf-8") as stream:
+            stream.write(line + "\n")
+            stream.flush()
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = (self.path / "events.jsonl").read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        events = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
+                event = json.loads(line)
+                if kind is None or event.get("type") == kind:
+                    events.append(event)
+        return events
+
+    def read_json(self, name: str) -> Any:
+        try:
+            return json.loads((self.path / name).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_json(self, name: str, data: Any) -> None:
+        write_json_atomic(self.path / name, data)
+
+    def epoch_history(self, trial: str | None = None) -> dict[str, list[float]]:
+        """Per-epoch metrics from the event log (continues across a resume), for the final fit or one trial."""
+        return self._histories().get(trial, {"epoch": []})
+
+    def stage_starts(self, trial: str | None = None) -> list[int]:
+        """Epochs (numbered from 1, as in `epoch_history`) at which a later fine-tuning stage began, from the epoch
+        events' `stage` (`training.fit_model`); [] for a one-stage fit."""
+        stages = {
+            int(event["epoch"]) + 1: int(event["stage"])
+            for event in self.events("epoch")
+            if event.get("trial") == trial and event.get("stage")
+        }
+        ordered = sorted(stages.items())
+        return [epoch for (epoch, stage), (_, before) in zip(ordered[1:], ordered, strict=False) if stage > before]
+
+    def trial_histories(self) -> dict[str, dict[str, list[float]]]:
+        """Per-epoch metrics of every trial, by trial id, from one read of the event log (as `epoch_history`)."""
+        return {trial: history for trial, history in self._histories().items() if trial is not None}
+
+    def _histories(self) -> dict[str | None, dict[str, list[float]]]:
+        # One pass over the log; a resumed epoch's later event replaces its earlier one.
+        by_trial: dict[str | None, dict[int, dict[str, float]]] = {}
+        for event in self.events("epoch"):
+            by_trial.setdefault(event.get("trial"), {})[int(event["epoch"])] = event["logs"]
+        histories = {}
+        for trial, by_epoch in by_trial.items():
+            history: dict[str, list[float]] = {"epoch": []}
+            for epoch in sorted(by_epoch):
+                history["epoch"].append(epoch + 1)
+                for name, value in by_epoch[epoch].items():
+                    history.setdefault(name, []).append(value)
+            histories[trial] = history
+        return histories
+
+    def request_stop(self) -> None:
+        (self.path / "STOP").touch()
+        self.append_event("stop_requested")
+
+    def stop_requested(self) -> bool:
+        return (self.path / "STOP").exists()
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.keras"
+
+    def save_model(self, model: Any) -> None:
+        """Save model.keras atomically and record its hash, which `load_model` checks."""
+        temporary = self.path / ".model.tmp.keras"
+        model.save(temporary)
+        os.replace(temporary, self.model_path)
+        self.update(model_sha256=file_sha256(self.model_path))
+
+    def summary(self) -> dict[str, Any]:
+        record = self.record
+        metrics = record.get("metrics") or {}
+        finished = record.get("finished") or (time.time() if record.get("status") in ACTIVE_STATUSES else None)
+        started = record.get("started") or record.get("created")
+        return {
+            "id": self.id,
+            "kind": record.get("spec", {}).get("kind", "?"),
+            "status": self.status,
+            "dataset": record.get("spec", {}).get("dataset", {}).get("path", ""),
+            "created": record.get("created"),
+            "duration_s": round(finished - started, 1) if finished and started else None,
+            "test_auc": metrics.get("auc"),
+            "test_accuracy": metrics.get("accuracy"),
+            "best_score": record.get("best_score"),
+            **self.validation_score(),
+        }
+
+    def table_row(self) -> dict[str, Any]:
+        """`summary` for people: plain column names, the local start time, a duration as m:ss, the validation
+        score named by its metric, '–' for what is not known (never None)."""
+        summary = self.summary()
+        started = summary.get("created")
+        duration = summary.get("duration_s")
+        metric = str(summary.get("val_metric") or "")
+        score, auc, accuracy = summary.get("val_score"), summary.get("test_auc"), summary.get("test_accuracy")
+        return {
+            "run": summary["id"],
+            "kind": {"tune": "search", "train": "training"}.get(summary["kind"], summary["kind"]),
+            "status": summary["status"],
+            "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
+            "duration": f"{int(duration) // 60}:{int(duration) % 60:02d}" if duration is not None else "–",
+            "dataset": summary["dataset"],
+            "validation": f"{METRIC_WORDS.get(metric, metric)} {score:.3f}" if isinstance(score, float) else "–",
+            "test AUC": f"{auc:.3f}" if isinstance(auc, float) else "–",
+            "test accuracy": f"{accuracy:.3f}" if isinstance(accuracy, float) else "–",
+        }
+
+    def validation_score(self) -> dict[str, Any]:
+        """The run's score on validation, the split models are chosen on: a search's best trial score, or the best
+        epoch of a training by its monitor. {"val_metric": name, "val_score": value}, values None when unknown."""
+        record = self.record
+        spec = record.get("spec", {})
+        if spec.get("kind") == "tune":
+            objective = record.get("objective") or spec.get("tune", {}).get("objective", "val_auc")
+            return {"val_metric": objective, "val_score": record.get("best_score")}
+        monitor = record.get("monitor") or spec.get("train", {}).get("monitor", "val_auc")
+        values = [v for v in ((self.read_json("history.json") or {}).get(monitor) or []) if v == v]
+        best = (min(values) if monitor.endswith("loss") else max(values)) if values else None
+        return {"val_metric": monitor, "val_score": best}
+
+
+def new_run_id(kind: str) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{kind}-{stamp}-{secrets.token_hex(2)}"
+
+
+def create_run(
+    spec: RunSpec, root: str | Path | None = None, status: str = "queued", extra: dict[str, Any] | None = None
+) -> Run:
+    """A new, uniquely named run directory holding the spec (`mkdir` fails rather than share a folder).
+
+    `extra`: more fields for the first run.json (e.g. the automatic mode's choices), written with it in one go."""
+    root = runs_root(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for _ in range(20):
+        path = root / new_run_id(spec.kind)
+        try:
+            path.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise RunError(f"could not create a new run folder under {root}.")
+    return _start_record(path, spec, status, extra)
+
+
+def create_named_run(spec: RunSpec, path: str | Path, status: str = "queued") -> Run:
+    """A run in a folder of a fixed name (a distributed search's shared folder); an existing one is resumed."""
+    path = Path(path)
+    if (path / "run.json").is_file():
+        return Run(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return _start_record(path, spec, status)
+
+
+def _start_record(path: Path, spec: RunSpec, status: str, extra: dict[str, Any] | None = None) -> Run:
+    write_json_atomic(
+        path / "run.json",
+        {
+            **(extra or {}),
+            "id": path.name,
+            "spec": spec.to_dict(),
+            "status": status,
+            "created": time.time(),
+            "pid": None,
+        },
+    )
+    run = Run(path)
+    run.append_event("status", status=status)
+    return run
+
+
+METRIC_WORDS = {"val_auc": "AUC", "val_accuracy": "accuracy", "val_loss": "loss"}  # on validation
+
+
+def trial_number(trial_id: Any) -> Any:
+    """KerasTuner's trial id ("00", "01", …, counted from 0) as the number people see, counted from 1 (the one
+    numbering of the trial table, the charts, the progress line and the best trial); a non-numeric id as it is."""
+    try:
+        return int(trial_id) + 1
+    except (TypeError, ValueError):
+        return trial_id
+
+
+def list_runs(root: str | Path | None = None) -> list[Run]:
+    """Runs under root, newest first."""
+    root = runs_root(root)
+    if not root.is_dir():
+        return []
+    found = [Run(p) for p in root.iterdir() if (p / "run.json").is_file()]
+    # Ids are "<kind>-<YYYYmmdd-HHMMSS>-<random>": the part after the kind sorts by creation time.
+    return sorted(found, key=lambda run: run.id.split("-", 1)[-1], reverse=True)
+
+
+def find_run(reference: str | Path, root: str | Path | None = None) -> Run:
+    """A run by folder path or by id under the runs root."""
+    candidate = Path(reference)
+    if (candidate / "run.json").is_file():
+        return Run(candidate)
+    by_id = runs_root(root) / str(reference)
+    if (by_id / "run.json").is_file():
+        return Run(by_id)
+    raise RunError(f"no run '{reference}' (looked for {candidate} and {by_id}); `python -m medimg runs` lists them.")
+
+
+def delete_run(run: Run) -> None:
+    try:
+        status = run.status
+    except RunError:
+        status = "damaged"  # an unreadable run.json must still be removable
+    if status in ACTIVE_STATUSES:
+        raise RunError(f"run {run.id} is still {status}; stop it before deleting it.")
+    shutil.rmtree(run.path)
+
+
+def progress(run: Run) -> dict[str, Any]:
+    """What a watcher shows: status, trials done of N, current epoch and batch, elapsed time and an ETA."""
+    record = run.record
+    spec = record.get("spec", {})
+    events = run.events()
+    trials_done = sum(1 for e in events if e["type"] == "trial_end")
+    batches = [e for e in events if e["type"] == "batch"]
+    epochs = [e for e in events if e["type"] == "epoch"]
+    last = (batches or epochs or [{}])[-1]
+    if epochs and batches and epochs[-1]["t"] >= batches[-1]["t"]:
+        last = {**epochs[-1], "batch": batches[-1].get("steps"), "steps": batches[-1].get("steps")}
+    started = record.get("started")
+    end = record.get("finished") or time.time()
+    elapsed = end - started if started else 0.0
+    kind = spec.get("kind", "train")
+    total_trials = spec.get("tune", {}).get("max_trials") if kind == "tune" else None
+    if kind == "tune":
+        # The running trial counts by its epochs, so the first minute of a search is not "0 %" and no ETA.
+        ended = {e.get("trial") for e in events if e["type"] == "trial_end"}
+        running_trial = 0.0
+        if record.get("status") == "running" and last.get("trial") not in ended and last.get("epochs"):
+            done_epochs = sum(1 for e in epochs if e.get("trial") == last["trial"])
+            running_trial = min(1.0, done_epochs / last["epochs"])
+        fraction = (trials_done + running_trial) / total_trials if total_trials else 0.0
+    else:
+        total_epochs = spec.get("train", {}).get("epochs") or 1
+        done_epochs = len({e["epoch"] for e in epochs if e.get("trial") is None})
+        fraction = done_epochs / total_epochs
+    running = record.get("status") == "running"
+    eta = elapsed / fraction * (1 - fraction) if 0 < fraction < 1 and running else None
+    # A search with a time budget ends with the budget: its progress is the time spent, and its trial count is a
+    # cap only when one was asked for (the automatic mode's is not shown). The automatic mode's budget counts
+    # every stage, the final model and evaluation included.
+    budget_s = 60 * float((record.get("auto") or {}).get("minutes") or spec.get("tune", {}).get("max_minutes") or 0)
+    if kind == "tune" and budget_s:
+        if total_trials and total_trials >= BUDGET_ONLY_TRIALS:
+            total_trials = None
+        spent = max(trials_done / total_trials if total_trials else 0.0, min(1.0, elapsed / budget_s))
+        if running:
+            fraction, eta = min(0.99, spent), max(0.0, budget_s - elapsed)
+        else:
+            fraction = 1.0 if record.get("status") == "completed" else spent
+    return {
+        "status": run.status,
+        "kind": kind,
+        "trials_done": trials_done,
+        "max_trials": total_trials,
+        "trial": last.get("trial"),
+        "epoch": last.get("epoch"),
+        "epochs": last.get("epochs") or spec.get("train", {}).get("epochs"),
+        "batch": last.get("batch"),
+        "steps": last.get("steps"),
+        "elapsed_s": elapsed,
+        "eta_s": eta,
+        "fraction": min(1.0, fraction),
+        "error": record.get("error"),
+        "message": _last_message(events),
+        "warnings": list(record.get("warnings") or []),  # the dataset's, said when the run started (datachecks)
+    }
+
+
+def _last_message(events: list[dict[str, Any]]) -> str:
+    for event in reversed(events):
+        if event.get("type") == "status" and (event.get("message") or event.get("error")):
+            return event.get("message") or event.get("error")
+    return ""

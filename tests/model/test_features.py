@@ -1,0 +1,209 @@
+"""The backbone feature cache: computed once and then read from the memory map, invalidated by a changed file;
+a frozen-backbone search trains its heads on features and checkpoints full image models; augmentation keeps a
+search on pixels and says so.
+
+Runs eagerly like tests/test_backbones.py (tracing MobileNetV3 costs more than running it on 32 px images)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from medimg import jobs
+from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+from medimg.errors import ConfigError
+from medimg.model import backbones, batchnorm, features, models, training, tuning
+from medimg.store import runs
+from tests.conftest import DEMO
+
+NAME = "mobilenet_v3_small"
+SIZE = 32
+PARAMS = ModelParams(backbone=NAME, weights="imagenet", dense_units=0, dropout=0.0)
+
+
+pytestmark = pytest.mark.usefixtures("eager_functions")
+
+
+@pytest.fixture(autouse=True)
+def weights_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A test-saved MobileNetV3Small weight file in $MEDIMG_WEIGHTS_DIR under Keras' name; downloads off."""
+    folder = tmp_path_factory.getbasetemp() / "feature_weights"
+    path = folder / backbones.get_backbone(NAME).file_name
+    if not path.exists():
+        save_calibrated_weights(NAME, path)
+    monkeypatch.setenv(backbones.WEIGHTS_DIR_VARIABLE, str(folder))
+    monkeypatch.delenv(backbones.DOWNLOADS_VARIABLE, raising=False)
+    return folder
+
+
+def save_calibrated_weights(name: str, path: Path) -> Path:
+    """Random notop weights in Keras' file format, their BatchNorm statistics set from demo images: a randomly
+    initialised MobileNetV3 with the initial statistics (mean 0, variance 1) pools to ~1e-11 everywhere, which would
+    make every head predict 0.5 and every comparison below vacuous."""
+    import h5py
+    import keras
+    from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(1)
+    application = getattr(keras.applications, backbones.get_backbone(name).constructor)(
+        include_top=False, weights=None, input_shape=(SIZE, SIZE, 3)
+    )
+    images = training.prepare_data(DatasetConfig(path=str(DEMO), image_size=SIZE, color="rgb")).arrays["train"].images
+    batchnorm.recompute_statistics(application, np.asarray(images, np.float32))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as stream:
+        legacy_h5_format.save_weights_to_hdf5_group(stream, application)
+    return path
+
+
+@pytest.fixture()
+def computed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of images each backbone forward pass over a split was asked for (one entry per computation)."""
+    calls: list[int] = []
+    compute = features._compute_features
+
+    def counting(extractor, images, on_progress):
+        calls.append(len(images))
+        return compute(extractor, images, on_progress)
+
+    monkeypatch.setattr(features, "_compute_features", counting)
+    return calls
+
+
+def test_which_trials_can_use_cached_features() -> None:
+    assert features.unused_reason(PARAMS, AugmentConfig()) is None
+    assert features.unused_reason(PARAMS.replace(augment_strength=0.0), AugmentConfig(rotation=0.1)) is None
+    assert features.unused_reason(PARAMS, AugmentConfig(flip_horizontal=True)) == "augmentation needs pixels"
+    assert "fine_tune_blocks > 0" in features.unused_reason(PARAMS.replace(fine_tune_blocks=2), AugmentConfig())
+    assert "weights 'none'" in features.unused_reason(PARAMS.replace(weights="none"), AugmentConfig())
+    assert "no frozen backbone" in features.unused_reason(ModelParams(), AugmentConfig())
+    space = SearchSpace(backbones=("cnn", NAME), fine_tune_blocks=(0, 2))
+    assert features.search_reasons(space, AugmentConfig()) == {NAME: None}
+    assert features.search_reasons(space.replace(fine_tune_blocks=(2,)), AugmentConfig()) == {
+        NAME: "fine_tune_blocks > 0: the top blocks train"
+    }
+    with pytest.raises(ConfigError, match="cannot be cached for this model: fine_tune_blocks > 0"):
+        features.backbone_features(None, PARAMS.replace(fine_tune_blocks=1), None)  # type: ignore[arg-type]
+
+
+def test_features_are_computed_once_and_a_changed_file_invalidates_them(tmp_path: Path, computed: list[int]) -> None:
+    root = tmp_path / "demo"
+    shutil.copytree(DEMO, root)
+    config = DatasetConfig(path=str(root), image_size=SIZE, color="gray")
+    data = training.prepare_data(config)
+    val = data.arrays["val"]
+    first = features.backbone_features(val, PARAMS, data)
+    assert computed == [len(val)] and first.dtype == np.float32 and first.shape == (len(val), 576)
+    again = features.backbone_features(val, PARAMS, data)
+    assert computed == [len(val)] and isinstance(again, np.memmap)  # read from the memory map, not computed
+    np.testing.assert_array_equal(again, first)
+    # The features are the pooled output of the full model's frozen backbone.
+    model = models.build_model(PARAMS, data.input_shape, data.num_classes)
+    expected = features.feature_extractor(model)(np.asarray(val.images[:4], np.float32), training=False)
+    np.testing.assert_allclose(first[:4], np.asarray(expected), atol=1e-5)
+
+    changed = Path(val.paths[0])
+    stat = changed.stat()
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a changed file: new image key
+    data = training.prepare_data(config)
+    features.backbone_features(data.arrays["val"], PARAMS, data)
+    assert computed == [len(val), len(val)]
+
+
+def frozen_search(tmp_path: Path, augment: AugmentConfig, trials: int, epochs: int) -> runs.Run:
+    spec = RunSpec(
+        kind="tune",
+        dataset=DatasetConfig(path=str(DEMO), image_size=SIZE, color="gray", seed=3),
+        augment=augment,
+        search=SearchSpace(
+            backbones=(NAME,),
+            weights="imagenet",
+            fine_tune_blocks=(0,),
+            learning_rate_min=1e-3,
+            learning_rate_max=1e-2,
+            dropouts=(0.0, 0.25),
+            dense_units=(0, 8),
+            batch_sizes=(16,),
+        ),
+        tune=TuneConfig(tuner="random", max_trials=trials, objective="val_loss", ensemble_size=1),
+        train=TrainConfig(epochs=epochs, early_stopping_patience=0, reduce_lr_patience=0, seed=3),
+    )
+    run = runs.create_run(spec, tmp_path / "runs")
+    lines: list[str] = []
+    jobs.execute(run, echo=lines.append)
+    run.lines = lines  # type: ignore[attr-defined]
+    return run
+
+
+def test_a_frozen_backbone_search_trains_heads_on_features_and_checkpoints_full_models(
+    tmp_path: Path, computed: list[int]
+) -> None:
+    from sklearn.metrics import log_loss
+
+    run = frozen_search(tmp_path, AugmentConfig(), trials=2, epochs=2)
+    record = run.record
+    assert record["status"] == "completed" and record["trials_completed"] == 2
+    (cache_use,) = record["feature_cache"]
+    assert cache_use["used"] and cache_use["backbone"] == NAME and cache_use["width"] == 576
+    assert any(line.startswith(f"backbone features cached for {NAME}: trials over the head") for line in run.lines)
+    assert len(computed) <= 2  # train and val once for the whole search (none when an earlier test cached them)
+
+    # The best trial's checkpoint in a freshly built full model: its predictions on images are the head's on the
+    # features, and its validation loss is the score KerasTuner recorded for the trial (its best epoch's).
+    data = training.prepare_data(run.spec.dataset)
+    trial = next(t for t in tuning.read_trials(run.path / tuning.TUNER_FOLDER) if t["trial_id"] == record["best_trial"])
+    params = tuning.params_from_values(trial["hyperparameters"], run.spec.search)
+    model = models.build_model(params, data.input_shape, data.num_classes)
+    (checkpoint,) = (run.path / tuning.TUNER_FOLDER / f"trial_{trial['trial_id']}").glob("checkpoint*.h5")
+    model.load_weights(checkpoint)
+    val = data.arrays["val"]
+    from_images = models.probabilities(model, np.asarray(val.images, np.float32))
+    head = features.head_model(model, params, data.num_classes)
+    from_features = models.probabilities(head, features.backbone_features(val, params, data))
+    np.testing.assert_allclose(from_images, from_features, atol=1e-5)
+    weight_decay = sum(float(loss) for loss in model.losses)  # Keras adds the head's L1/L2 terms to val_loss
+    loss = log_loss(val.labels, from_images, labels=[0, 1]) + weight_decay
+    assert loss == pytest.approx(trial["score"], abs=1e-4)
+    assert (run.path / "model.keras").exists()
+
+
+def test_an_augmented_search_says_the_cache_is_not_used_and_trains_on_pixels(
+    tmp_path: Path, computed: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heads: list[str] = []
+    monkeypatch.setattr(features, "head_model", lambda *args: heads.append("head") or pytest.fail("a head model"))
+    run = frozen_search(tmp_path, AugmentConfig(flip_horizontal=True), trials=1, epochs=1)
+    assert run.record["status"] == "completed"
+    assert run.record["feature_cache"] == [
+        {
+            "backbone": NAME,
+            "used": False,
+            "reason": "augmentation needs pixels",
+            "message": f"backbone feature cache not used for {NAME}: augmentation needs pixels",
+        }
+    ]
+    assert f"backbone feature cache not used for {NAME}: augmentation needs pixels" in run.lines
+    assert computed == [] and heads == []
+
+
+def test_a_fine_tuning_search_trial_runs_both_stages(tmp_path: Path) -> None:
+    """fine_tune_blocks > 0: no feature cache (the top blocks train), and the trial fine-tunes as `train` does."""
+    spec = RunSpec(
+        kind="tune",
+        dataset=DatasetConfig(path=str(DEMO), image_size=SIZE, color="gray", seed=3),
+        search=SearchSpace(backbones=(NAME,), fine_tune_blocks=(1,), dense_units=(0,), batch_sizes=(16,)),
+        tune=TuneConfig(tuner="random", max_trials=1, objective="val_loss", ensemble_size=1),
+        train=TrainConfig(epochs=2, early_stopping_patience=0, reduce_lr_patience=0, seed=3),
+    )
+    run = runs.create_run(spec, tmp_path / "runs")
+    jobs.execute(run)
+    assert run.record["status"] == "completed"
+    assert run.record["feature_cache"][0]["used"] is False
+    trial = run.record["best_trial"]
+    stages = [(e["epoch"], e["stage"], e["epochs"]) for e in run.events("epoch") if e.get("trial") == trial]
+    assert stages == [(0, 1, 2), (1, 2, 2)]
+    assert run.stage_starts(trial) == [2]

@@ -1,0 +1,274 @@
+"""KerasTuner search: the space as hyperparameters, a real tiny search, resume checks, stop between trials."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medimg import jobs
+from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+from medimg.errors import ConfigError, SearchSpaceMismatchError
+from medimg.model import tuning
+from medimg.store import runs
+from tests.conftest import DEMO
+
+TINY_SPACE = SearchSpace(
+    learning_rate_min=1e-3,
+    learning_rate_max=1e-2,
+    conv_blocks=(1, 2),
+    filters_min=4,
+    filters_max=8,
+    filters_step=4,
+    activations=("relu", "tanh"),
+    dropouts=(0.0,),
+    dense_units=(8,),
+    batch_sizes=(16,),
+)
+
+
+def tune_spec(max_trials: int) -> RunSpec:
+    return RunSpec(
+        kind="tune",
+        dataset=DatasetConfig(path=str(DEMO), image_size=16, color="gray", seed=3),
+        search=TINY_SPACE,
+        tune=TuneConfig(tuner="random", max_trials=max_trials),
+        train=TrainConfig(epochs=1, early_stopping_patience=0, reduce_lr_patience=0, seed=3),
+    )
+
+
+def sampled_params(space: SearchSpace, seed: int) -> ModelParams:
+    """One random point, drawn the way a tuner draws it: each declared hyperparameter's own random_sample."""
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    tuning.params_from_hp(hp, space)
+    values = {p.name: p.random_sample(seed + i) for i, p in enumerate(hp.space)}
+    if values["conv_blocks"] > 1:  # conditional filters of deeper blocks, declared once more blocks are drawn
+        hp.values.update(values)
+        tuning.params_from_hp(hp, space)
+        values.update({p.name: p.random_sample(seed + 100 + i) for i, p in enumerate(hp.space) if p.name not in values})
+    return tuning.params_from_values(values, space)
+
+
+@pytest.mark.parametrize("space", [SearchSpace(), SearchSpace.quick(), TINY_SPACE], ids=["seed", "quick", "tiny"])
+def test_params_from_hp_stay_within_the_space(space: SearchSpace) -> None:
+    for seed in range(25):
+        params = sampled_params(space, seed)
+        assert len(params.filters) in space.conv_blocks
+        for f in params.filters:
+            assert space.filters_min <= f <= space.filters_max
+            assert (f - space.filters_min) % space.filters_step == 0
+        assert space.learning_rate_min <= params.learning_rate <= space.learning_rate_max
+        assert params.activation in space.activations
+        assert params.dropout in space.dropouts
+        assert params.kernel_size in space.kernel_sizes
+        assert params.dense_units in space.dense_units
+        assert params.head in space.heads and params.optimizer in space.optimizers
+        assert params.batch_size in space.batch_sizes
+
+
+def test_single_valued_choices_are_fixed_not_searched() -> None:
+    import keras_tuner as kt
+
+    hp = kt.HyperParameters()
+    params = tuning.params_from_hp(hp, TINY_SPACE.replace(learning_rate_max=1e-3))
+    kinds = {p.name: type(p).__name__ for p in hp.space}
+    assert kinds["conv_blocks"] == "Choice" and kinds["activation"] == "Choice"
+    assert kinds["filters_0"] == "Int"
+    for name in ("dropout", "dense_units", "batch_size", "kernel_size", "head", "optimizer", "learning_rate"):
+        assert kinds[name] == "Fixed", name
+    assert params.learning_rate == 1e-3 and params.dense_units == 8
+    fixed_filters = kt.HyperParameters()
+    tuning.params_from_hp(fixed_filters, TINY_SPACE.replace(filters_min=8))
+    assert {type(p).__name__ for p in fixed_filters.space if p.name.startswith("filters_")} == {"Fixed"}
+
+
+def test_params_from_saved_values_ignore_tuner_bookkeeping() -> None:
+    values = {
+        "conv_blocks": 2,
+        "filters_0": 8,
+        "filters_1": 4,
+        "activation": "tanh",
+        "learning_rate": 0.005,
+        "tuner/epochs": 3,
+        "tuner/trial_id": "0001",
+    }
+    params = tuning.params_from_values(values, TINY_SPACE)
+    assert params.filters == (8, 4) and params.activation == "tanh" and params.learning_rate == 0.005
+
+
+def test_search_space_is_recorded_and_checked(tmp_path: Path) -> None:
+    folder = tmp_path / "tuner"
+    tuning.check_search_space(folder, TINY_SPACE)
+    assert json.loads((folder / tuning.SPACE_FILE).read_text()) == json.loads(TINY_SPACE.to_json())
+    tuning.check_search_space(folder, TINY_SPACE)  # the same space resumes
+    changed = TINY_SPACE.replace(dropouts=(0.0, 0.5), filters_max=16)
+    with pytest.raises(SearchSpaceMismatchError, match=r"changed: dropouts, filters_max\)") as caught:
+        tuning.check_search_space(folder, changed)
+    assert isinstance(caught.value, ConfigError)
+    assert "Start a new run for the new ranges, or resume with the original ranges" in str(caught.value)
+
+
+def test_read_trials(tmp_path: Path) -> None:
+    for trial_id, score in (("0", 0.7), ("1", None)):
+        folder = tmp_path / f"trial_{trial_id}"
+        folder.mkdir()
+        state = {
+            "trial_id": trial_id,
+            "status": "COMPLETED" if score else "FAILED",
+            "score": score,
+            "best_step": 0,
+            "hyperparameters": {"values": {"activation": "relu"}},
+        }
+        (folder / "trial.json").write_text(json.dumps(state))
+    (tmp_path / "trial_2").mkdir()
+    (tmp_path / "trial_2" / "trial.json").write_text("{ being written")
+    trials = tuning.read_trials(tmp_path)
+    assert [(t["trial_id"], t["status"], t["score"]) for t in trials] == [
+        ("0", "COMPLETED", 0.7),
+        ("1", "FAILED", None),
+    ]
+    assert trials[0]["hyperparameters"] == {"activation": "relu"}
+
+
+@pytest.fixture(scope="module")
+def finished_search(tmp_path_factory: pytest.TempPathFactory) -> tuple[runs.Run, dict, list[str]]:
+    run = runs.create_run(tune_spec(max_trials=2), tmp_path_factory.mktemp("runs"))
+    lines: list[str] = []
+    metrics = jobs.execute(run, echo=lines.append)
+    return run, metrics, lines
+
+
+@pytest.mark.slow
+def test_two_trial_random_search_completes(finished_search) -> None:
+    run, metrics, lines = finished_search
+    record = run.record
+    assert record["status"] == "completed" and record["ended"] == "all trials done"
+    # A 1-epoch trial of this tiny network may call every validation image one class: it is then COLLAPSED.
+    assert record["trials_completed"] + len(record["trials_collapsed"]) == 2 and record["trials_completed"] >= 1
+    trials = run.read_json("trials.json")
+    assert len(trials) == 2 and all(t["status"] in ("COMPLETED", "COLLAPSED") for t in trials)
+    scores = [t["score"] for t in trials if t["status"] == "COMPLETED"]
+    assert record["best_score"] == max(scores)  # objective val_auc is maximised, over trials that learnt
+    best = ModelParams.from_dict(record["best_params"])
+    assert len(best.filters) in TINY_SPACE.conv_blocks and best.activation in TINY_SPACE.activations
+    best_trial = next(t for t in trials if t["trial_id"] == record["best_trial"])
+    assert best.activation == best_trial["hyperparameters"]["activation"]
+    assert [e["type"] for e in run.events() if e["type"] in ("trial_begin", "trial_end")] == [
+        "trial_begin",
+        "trial_end",
+        "trial_begin",
+        "trial_end",
+    ]
+    assert run.model_path.is_file() and metrics["count"] == 30
+    assert sum(line.startswith("trial ") and "COMPLETED" in line for line in lines) == 2  # as KerasTuner ended it
+    assert json.loads((run.path / "tuner" / tuning.SPACE_FILE).read_text())["activations"] == ["relu", "tanh"]
+
+
+@pytest.mark.slow
+def test_trial_table_of_the_finished_search(finished_search) -> None:
+    run, _, _ = finished_search
+    table = tuning.trial_table(run)
+    trials = run.read_json("trials.json")
+    assert [row["trial"] for row in table] == sorted(int(t["trial_id"]) + 1 for t in trials)  # numbered from 1
+    assert all(row["status"] in ("COMPLETED", "COLLAPSED") and row["score"] is not None for row in table)
+    assert [row["status"] for row in table] == [t["status"] for t in sorted(trials, key=lambda t: t["trial_id"])]
+    assert all(row["activation"] in TINY_SPACE.activations for row in table)
+    assert not any(key.startswith("tuner/") for row in table for key in row)
+
+
+def test_trial_table_shows_the_running_trial_from_the_events(tmp_path: Path) -> None:
+    run = runs.create_run(tune_spec(max_trials=3), tmp_path)
+    run.append_event("trial_begin", trial="0", hyperparameters={"activation": "relu", "tuner/trial_id": "x"})
+    assert tuning.trial_table(run) == [{"trial": 1, "status": "RUNNING", "score": None, "activation": "relu"}]
+
+
+@pytest.mark.slow
+def test_resuming_with_a_different_search_space_is_refused(finished_search) -> None:
+    run, _, _ = finished_search
+    record = run.record
+    record["spec"]["search"]["activations"] = ["relu"]
+    runs.write_json_atomic(run.path / "run.json", record)
+    with pytest.raises(SearchSpaceMismatchError, match=r"different search space \(changed: activations\)"):
+        jobs.execute(run)
+    assert run.record["status"] == "failed"
+    assert "changed: activations" in run.record["error"]
+    assert len(tuning.read_trials(run.path / "tuner")) == 2  # the finished trials are untouched
+
+
+@pytest.mark.slow
+def test_stop_request_ends_the_search_before_the_next_trial(tmp_path: Path) -> None:
+    run = runs.create_run(tune_spec(max_trials=3), tmp_path)
+
+    def echo(line: str) -> None:
+        if line.startswith("trial ") and "COMPLETED" in line:
+            run.request_stop()  # arrives between trials
+
+    jobs.execute(run, echo=echo)
+    record = run.record
+    assert record["status"] == "stopped"
+    assert record["trials_completed"] == 1 and record["ended"] == "stopped on request"
+    assert record["message"] == "stopped on request after 1 completed trials"
+    assert len(list((run.path / "tuner").glob("trial_*"))) == 1  # no second trial was created
+    assert run.model_path.is_file()
+
+
+@pytest.mark.slow
+def test_a_trial_cut_short_by_stop_is_recorded_as_stopped(tmp_path: Path) -> None:
+    spec = tune_spec(max_trials=3)
+    run = runs.create_run(spec.replace(train=spec.train.replace(epochs=400)), tmp_path)
+
+    def echo(line: str) -> None:
+        if line.startswith("trial 1 epoch 3/"):  # the first trial, numbered from 1 as on the page
+            run.request_stop()  # mid-trial: seen at the next batch tick
+
+    jobs.execute(run, echo=echo)
+    record = run.record
+    assert record["status"] == "stopped" and record["trials_stopped"] == ["0"]
+    epochs_run = len(run.epoch_history(trial="0").get("epoch", []))
+    assert 3 <= epochs_run < 400
+    assert [t["status"] for t in run.read_json("trials.json")] == ["STOPPED"]
+    assert [row["status"] for row in tuning.trial_table(run)] == ["STOPPED"]
+    # Stopped during the first trial: its epochs so far are all there is, so that model is kept.
+    assert record["best_trial"] == "0" and run.model_path.is_file()
+
+
+@pytest.mark.parametrize("max_epochs", [1, 2, 3, 10, 30, 100])
+def test_the_hyperband_schedule_is_the_oracles(max_epochs: int) -> None:
+    from keras_tuner.src.tuners.hyperband import HyperbandOracle
+
+    oracle = HyperbandOracle(max_epochs=max_epochs, factor=tuning.HYPERBAND_FACTOR)
+    brackets = oracle._get_num_brackets()
+    expected = [
+        (b, r, oracle._get_size(b, r), oracle._get_epochs(b, r))
+        for b in range(brackets - 1, -1, -1)
+        for r in range(b + 1)
+    ]
+    assert tuning.hyperband_schedule(max_epochs) == expected
+
+
+def test_only_hyperband_gets_a_notice_and_it_names_the_cap() -> None:
+    assert tuning.tuner_notice(TuneConfig(tuner="random", max_trials=3), 5) is None
+    notice = tuning.tuner_notice(TuneConfig(tuner="hyperband", max_trials=10), 10)
+    assert "one pass is 30 trials (12 trials to 2 epochs; 4 trials to 4 epochs; 2 trials to 10 epochs;" in notice
+    assert notice.endswith("The trial cap ends it after 10 trials.")
+    assert "cap" not in tuning.tuner_notice(TuneConfig(tuner="hyperband", max_trials=50), 10)
+
+
+@pytest.mark.slow
+def test_hyperband_honours_one_epoch_and_one_trial_and_says_what_it_does(tmp_path: Path) -> None:
+    spec = tune_spec(max_trials=1)
+    spec = spec.replace(tune=spec.tune.replace(tuner="hyperband"))
+    run = runs.create_run(spec, tmp_path)
+    lines: list[str] = []
+    jobs.execute(run, echo=lines.append)
+    record = run.record
+    assert record["status"] == "completed"
+    assert record["tuner_notice"] in lines  # said before the first trial, on the console and in run.json
+    assert lines.index(record["tuner_notice"]) < next(i for i, line in enumerate(lines) if line.startswith("trial "))
+    trials = run.read_json("trials.json")
+    assert len(trials) == 1  # the field report: 2 trials of 2 epochs, silently
+    epochs = [e for e in run.events("epoch") if e.get("trial") == trials[0]["trial_id"]]
+    assert [e["epoch"] for e in epochs] == [0]
