@@ -272,9 +272,8 @@ def _saved_model(path: Path) -> Callable[[np.ndarray], np.ndarray]:
 def _keras(path: Path) -> Callable[[np.ndarray], np.ndarray]:
     import keras
 
-    from medimg.model import models
+    from medimg.model.auc import SparseAUC  # noqa: F401 - registers the metric class the file's config names
 
-    models.sparse_auc(3)  # registers medimg's metric class, named in the file's compile configuration
     model = keras.saving.load_model(path, compile=False, safe_mode=True)
     return lambda batch: np.asarray(model(np.asarray(batch, np.float32), training=False))
 
@@ -434,9 +433,8 @@ output = model.serve(tf.constant(batch)).numpy()  # also served as signature "se
     "keras": """
 import keras
 
-from medimg.model.models import sparse_auc
+from medimg.model.auc import SparseAUC  # noqa: F401 - registers the metric class the file's config names
 
-sparse_auc(3)  # registers medimg's metric class, named in the file's compile configuration
 model = keras.saving.load_model(HERE / "model.keras", compile=False, safe_mode=True)
 output = model(batch, training=False)
 """,

@@ -17,7 +17,7 @@ from medimg import jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
 from medimg.errors import MedimgError, RunError
 from medimg.imaging.contract import InputContract
-from medimg.model import training
+from medimg.model import callbacks
 from medimg.model.models import load_run_model
 from medimg.store import runs
 from tests.conftest import DEMO
@@ -91,7 +91,7 @@ def test_best_weights_keeper_ignores_diverged_epochs() -> None:
     import keras
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    keeper = training.best_weights_keeper("val_auc", "max")
+    keeper = callbacks.BestWeights("val_auc", "max")
     keeper.set_model(model)
     keeper.on_epoch_end(0, {"loss": 0.7, "val_auc": 0.6})
     first = [w.copy() for w in keeper.weights]

@@ -62,15 +62,3 @@ def recompute_statistics(model: Any, images: np.ndarray, seed: int = 0) -> int:
         for layer, momentum in zip(layers, momenta, strict=True):
             layer.momentum = momentum
     return count
-
-
-def precise_batchnorm_callback(images: np.ndarray, seed: int = 0) -> Any:
-    """A Keras callback recomputing the statistics before every validation pass inside `fit` (`on_test_begin`),
-    so the validation score, early stopping and the checkpoints KerasTuner keeps all see precise statistics."""
-    import keras
-
-    class PreciseBatchNorm(keras.callbacks.Callback):
-        def on_test_begin(self, logs: dict | None = None) -> None:
-            recompute_statistics(self.model, images, seed)
-
-    return PreciseBatchNorm()

@@ -195,43 +195,6 @@ def head_model(model: keras.Model, params: ModelParams, num_classes: int) -> ker
     return head
 
 
-def on_full_model(callback: keras.callbacks.Callback, model: keras.Model) -> keras.callbacks.Callback:
-    """`callback` seeing `model` (the full image model) while the head model trains: every hook is passed on, but
-    `set_model` gives it `model`, so KerasTuner's best-epoch checkpoint saves the full model's weights."""
-    import keras
-
-    class OnFullModel(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = callback
-
-        def set_model(self, trained: keras.Model) -> None:
-            super().set_model(trained)
-            callback.set_model(model)
-
-        def set_params(self, params: dict) -> None:
-            super().set_params(params)
-            callback.set_params(params)
-
-    for hook in HOOKS:
-        setattr(OnFullModel, hook, _forward(hook))
-    return OnFullModel()
-
-
-HOOKS = tuple(
-    f"on_{scope}_{moment}"
-    for scope in ("epoch", "batch", "train_batch", "test_batch", "predict_batch", "train", "test", "predict")
-    for moment in ("begin", "end")
-)
-
-
-def _forward(hook: str) -> Callable:
-    def forward(self: Any, *args: Any, **kwargs: Any) -> Any:
-        return getattr(self.inner, hook)(*args, **kwargs)
-
-    return forward
-
-
 # ---------------------------------------------------------------------------------------------------- for a search
 class FeatureStore:
     """The features of a run's train and validation images, per backbone, for the trials that can use them.

@@ -15,42 +15,6 @@ if TYPE_CHECKING:
     from medimg.store.runs import Run
 
 
-def _register_metrics() -> type:
-    import keras
-
-    @keras.saving.register_keras_serializable(package="medimg")
-    class SparseAUC(keras.metrics.AUC):
-        """ROC AUC (macro over classes) for integer labels and softmax outputs."""
-
-        def __init__(self, num_classes: int = 2, **kwargs) -> None:
-            kwargs.setdefault("multi_label", True)
-            kwargs.setdefault("num_labels", num_classes)
-            super().__init__(**kwargs)
-            self.num_classes = num_classes
-
-        def update_state(self, y_true, y_pred, sample_weight=None):
-            y_true = keras.ops.one_hot(keras.ops.cast(keras.ops.reshape(y_true, (-1,)), "int32"), self.num_classes)
-            return super().update_state(y_true, y_pred, sample_weight)
-
-        def get_config(self) -> dict:
-            config = super().get_config()
-            config.pop("num_labels", None)
-            config.pop("multi_label", None)
-            return {**config, "num_classes": self.num_classes}
-
-    return SparseAUC
-
-
-_SPARSE_AUC: type | None = None
-
-
-def sparse_auc(num_classes: int) -> keras.metrics.Metric:
-    global _SPARSE_AUC
-    if _SPARSE_AUC is None:
-        _SPARSE_AUC = _register_metrics()
-    return _SPARSE_AUC(num_classes=num_classes, name="auc")
-
-
 def build_model(params: ModelParams, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """A compiled functional CNN: Rescaling → conv blocks → head → output right for the task.
 
@@ -196,6 +160,8 @@ def build_ensemble(
 def compile_model(model: keras.Model, params: ModelParams, num_classes: int) -> None:
     import keras
 
+    from medimg.model.auc import SparseAUC
+
     optimizers = {
         "adam": keras.optimizers.Adam,
         "sgd": keras.optimizers.SGD,
@@ -208,7 +174,7 @@ def compile_model(model: keras.Model, params: ModelParams, num_classes: int) -> 
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
-        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), sparse_auc(num_classes)]
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), SparseAUC(num_classes, name="auc")]
     # Keyword arguments only: Keras 3 changed compile()'s positional order.
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
@@ -250,5 +216,6 @@ def load_run_model(run: Run) -> keras.Model:
         )
     import keras
 
-    sparse_auc(3)  # registers the custom metric class for deserialisation
+    from medimg.model.auc import SparseAUC  # noqa: F401 - registers the metric class the file's config names
+
     return keras.saving.load_model(run.model_path, compile=False, safe_mode=True)

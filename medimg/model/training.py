@@ -10,7 +10,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,10 +20,10 @@ from medimg.config import AugmentConfig, ModelParams, TrainConfig
 from medimg.datasets.prepared import PreparedData, prepare_data
 from medimg.errors import MedimgError
 from medimg.imaging.contract import InputContract
-from medimg.store.runs import Run, trial_number
+from medimg.store.runs import Run
 
 if TYPE_CHECKING:
-    import keras
+    pass
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -39,87 +38,6 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, 
         return None
     weights = counts.sum() / (num_classes * counts)
     return {i: float(w) for i, w in enumerate(weights)}
-
-
-def make_progress_callback(
-    run: Run | None,
-    trial: str | None = None,
-    echo: Echo | None = None,
-    deadline: float | None = None,
-    undefined: tuple[str, ...] = (),
-) -> keras.callbacks.Callback:
-    """Events per epoch and (throttled) per batch; a stop request or a deadline ends the fit at the next batch.
-
-    `undefined`: metrics that mean nothing on this data (`PreparedData.undefined_metrics`: validation AUC of a
-    one-class validation split, which Keras reports as 0.0); they are left out of the events and charts, and the
-    console says "undefined (one class)" instead of a number."""
-    import keras
-
-    class ProgressEvents(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.last_tick = 0.0
-            self.steps: int | None = None
-            self.epoch = 0
-            self.stopped_by_request = False
-            self.stage: int | None = None  # 1 or 2 when `fit_model` fine-tunes a backbone in two stages
-            self.planned_epochs: int | None = None
-
-        def begin_stage(self, stage: int, epochs: int) -> None:
-            """Called by `fit_model` before each fine-tuning stage: events carry the stage, and "epoch k of N" counts
-            the whole run's N, not the stage's own end."""
-            self.stage, self.planned_epochs = stage, epochs
-
-        def on_train_begin(self, logs: dict | None = None) -> None:
-            self.steps = self.params.get("steps")
-            self.epochs = self.planned_epochs or self.params.get("epochs")
-
-        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-            self.epoch = epoch
-            self.epoch_start = time.time()
-
-        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-            now = time.time()
-            if now - self.last_tick < 0.5:
-                return
-            self.last_tick = now
-            if run is not None:
-                if run.stop_requested() and not self.stopped_by_request:
-                    self.stopped_by_request = True
-                    self.model.stop_training = True
-                    if trial is not None:  # a trial cut short by Stop is not a finished trial
-                        run.append_event("trial_stopped", trial=trial, epoch=self.epoch, epochs=self.epochs)
-                run.append_event(
-                    "batch", trial=trial, epoch=self.epoch, batch=batch + 1, steps=self.steps, epochs=self.epochs
-                )
-            if deadline and now > deadline:
-                self.model.stop_training = True
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            values = {k: float(v) for k, v in (logs or {}).items() if _is_number(v) and k not in undefined}
-            seconds = round(time.time() - self.epoch_start, 3)
-            if run is not None:
-                staged = {"stage": self.stage} if self.stage else {}
-                run.append_event(
-                    "epoch", trial=trial, epoch=epoch, epochs=self.epochs, logs=values, seconds=seconds, **staged
-                )
-            if echo:
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "learning_rate")
-                shown += "".join(f"  {k} undefined (one class)" for k in undefined if k in (logs or {}))
-                prefix = f"trial {trial_number(trial)} " if trial else ""
-                echo(f"{prefix}epoch {epoch + 1}/{self.epochs} ({seconds:.1f}s)  {shown}")
-            if any(math.isnan(v) for v in values.values()):
-                self.model.stop_training = True
-
-    return ProgressEvents()
-
-
-def _is_number(value: Any) -> bool:
-    try:
-        float(value)
-        return True
-    except (TypeError, ValueError):
-        return False
 
 
 def fit_callbacks(config: TrainConfig, monitor: str, mode: str) -> list:
@@ -175,7 +93,8 @@ def fit_model(
     import keras
 
     from medimg.datasets import pipeline
-    from medimg.model import batchnorm, models
+    from medimg.model import models
+    from medimg.model.callbacks import PreciseBatchNorm
 
     keras.utils.set_random_seed(config.seed)
     with distribution_scope(distribution):
@@ -198,7 +117,7 @@ def fit_model(
         validation_data=val,
         epochs=total // 2 if two_stage else total,
         # First, so validation, early stopping and best-weight keepers all see precise BatchNorm statistics.
-        callbacks=[batchnorm.precise_batchnorm_callback(data.arrays["train"].images, config.seed), *callbacks],
+        callbacks=[PreciseBatchNorm(data.arrays["train"].images, config.seed), *callbacks],
         class_weight=weights,
         verbose=0,
         shuffle=False,
@@ -213,7 +132,7 @@ def fit_model(
             epochs=total,
             initial_epoch=first,
             callbacks=[
-                batchnorm.precise_batchnorm_callback(data.arrays["train"].images, config.seed),
+                PreciseBatchNorm(data.arrays["train"].images, config.seed),
                 *stage_two_callbacks(callbacks),
             ],
             class_weight=weights,
@@ -310,6 +229,7 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
     import keras
 
     from medimg.model import backbones
+    from medimg.model.callbacks import AtomicBackupAndRestore, BestWeights, ProgressEvents
 
     spec = run.spec
     weights = backbones.weights_record(spec.params.backbone, spec.params.weights)  # a missing file stops here
@@ -325,14 +245,14 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
     say_warnings(data.warnings, echo)
     monitor = data.usable_objective(spec.train.monitor)
     run.update(monitor=monitor)  # what early stopping followed, when the data made it differ from the spec's
-    progress = make_progress_callback(run, echo=echo, undefined=data.undefined_metrics)
-    best = best_weights_keeper(monitor, monitor_mode(monitor))
+    progress = ProgressEvents(run, echo=echo, undefined=data.undefined_metrics)
+    best = BestWeights(monitor, monitor_mode(monitor))
     callbacks = [
         progress,
         best,
         *fit_callbacks(spec.train, monitor, monitor_mode(monitor)),
         # Kept after a stop so `resume` continues from the last epoch; removed below once the run completes.
-        backup_and_restore(run.path / "backup"),
+        AtomicBackupAndRestore(run.path / "backup"),
         keras.callbacks.TensorBoard(str(run.path / "logs"), profile_batch=0, write_graph=False),
     ]
     model, _ = fit_model(spec.params, data, spec.augment, spec.train, callbacks, distribution=spec.distribution)
@@ -371,53 +291,10 @@ def say_warnings(warnings: list[str], echo: Echo | None) -> None:
             log.warning("%s", warning)
 
 
-def backup_and_restore(folder: Path) -> keras.callbacks.Callback:
-    """Keras' BackupAndRestore, but each checkpoint is written to a temporary file and renamed: a process killed
-    mid-write leaves the previous epoch's checkpoint intact instead of a corrupt file that cannot be resumed."""
-    import keras
-
-    from medimg.store.runs import write_json_atomic
-
-    class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
-        def _save_model(self) -> None:
-            os.makedirs(self.backup_dir, exist_ok=True)
-            temporary = os.path.join(self.backup_dir, ".partial.weights.h5")
-            self.model.save_weights(filepath=temporary, overwrite=True)
-            os.replace(temporary, self._weights_path)
-            write_json_atomic(
-                Path(self._training_metadata_path), {"epoch": self._current_epoch, "batch": self._last_batch_seen}
-            )
-
-    # Kept after a stop so `resume` continues from the last epoch; removed once the run completes
-    # (`workflows.evaluate_fitted`).
-    return AtomicBackupAndRestore(str(folder), delete_checkpoint=False)
-
-
 def _nan_error(epoch: int, kept: str = "no epoch finished before it, so no model was saved") -> MedimgError:
     return MedimgError(
         f"the loss became NaN at epoch {epoch}; {kept}. Lower the learning rate or the weight decay and try again."
     )
-
-
-def best_weights_keeper(monitor: str, mode: str) -> keras.callbacks.Callback:
-    """Holds (in memory) the weights of the best epoch by `monitor`, ignoring epochs whose value is not finite."""
-    import keras
-
-    class BestWeights(keras.callbacks.Callback):
-        def __init__(self) -> None:
-            super().__init__()
-            self.weights: list | None = None
-            self.value = math.inf if mode == "min" else -math.inf
-            self.epoch = -1
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            value = float((logs or {}).get(monitor, math.nan))
-            if not math.isfinite(value) or not math.isfinite(float((logs or {}).get("loss", math.nan))):
-                return
-            if (value < self.value) if mode == "min" else (value > self.value):
-                self.value, self.epoch, self.weights = value, epoch, self.model.get_weights()
-
-    return BestWeights()
 
 
 def _echo_progress(echo: Echo | None) -> Callable[[int, int, str], None] | None:

@@ -157,7 +157,8 @@ def build_hypermodel(
     import keras_tuner as kt
 
     from medimg.datasets import pipeline
-    from medimg.model import batchnorm, models, training
+    from medimg.model import models, training
+    from medimg.model.callbacks import OnFullModel, PreciseBatchNorm
 
     class MedimgHyperModel(kt.HyperModel):
         def build(self, hp: kt.HyperParameters) -> Any:
@@ -178,7 +179,7 @@ def build_hypermodel(
             )
             trial_val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
             # Precise BatchNorm statistics first, so the objective and KerasTuner's checkpoint see them.
-            precise = batchnorm.precise_batchnorm_callback(data.arrays["train"].images, train.seed)
+            precise = PreciseBatchNorm(data.arrays["train"].images, train.seed)
             callbacks = [precise, *kwargs.pop("callbacks", []), *extra_callbacks(self.trial_id)]
             weights = training.class_weights(
                 data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
@@ -204,7 +205,7 @@ def build_hypermodel(
 
             with model.distribute_strategy.scope():
                 head = features.head_model(model, params, data.num_classes)
-            tuner_callbacks = [features.on_full_model(c, model) for c in kwargs.pop("callbacks", [])]
+            tuner_callbacks = [OnFullModel(c, model) for c in kwargs.pop("callbacks", [])]
             history = head.fit(
                 cached["train"],
                 label_array(data.arrays["train"].labels, data.num_classes),
@@ -428,6 +429,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
 
     from medimg.datasets import prepared
     from medimg.model import backbones, training
+    from medimg.model.callbacks import ProgressEvents
 
     spec = run.spec
     worker = is_distributed_worker()
@@ -461,9 +463,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
         run.update(objective=objective)
 
     def trial_callbacks(trial_id: str) -> list:
-        progress = training.make_progress_callback(
-            run, trial=trial_id, echo=echo, deadline=deadline, undefined=data.undefined_metrics
-        )
+        progress = ProgressEvents(run, trial=trial_id, echo=echo, deadline=deadline, undefined=data.undefined_metrics)
         return [
             progress,
             *training.fit_callbacks(

@@ -17,7 +17,7 @@ import pytest
 
 from medimg.config import AugmentConfig, DatasetConfig, ModelParams, TrainConfig
 from medimg.errors import ConfigError
-from medimg.model import backbones, explain, models, training
+from medimg.model import backbones, callbacks, explain, models, training
 from tests.conftest import DEMO
 
 NAMES = list(backbones.BACKBONE_NAMES)
@@ -129,7 +129,6 @@ def test_every_backbone_builds_flat_trains_loads_safely_and_explains(
 
     path = tmp_path / "model.keras"
     model.save(path)
-    models.sparse_auc(3)
     loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
     images = data.arrays["val"].images[:4]
     np.testing.assert_allclose(models.probabilities(loaded, images), models.probabilities(model, images), atol=1e-5)
@@ -272,8 +271,8 @@ def test_stage_two_unfreezes_exactly_the_top_blocks(offline: Path, demo: dict[st
     from medimg.store import runs
 
     run = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(path=str(DEMO))), offline / "runs")
-    progress = training.make_progress_callback(run)
-    backup = training.backup_and_restore(offline / "backup")  # each stage keeps its own checkpoint
+    progress = callbacks.ProgressEvents(run)
+    backup = callbacks.AtomicBackupAndRestore(offline / "backup")  # each stage keeps its own checkpoint
     config = TrainConfig(epochs=3)
     model, history = training.fit_model(params, demo["gray"], AugmentConfig(), config, [progress, Epochs(), backup])
     assert epochs_seen == [0, 1, 2] and history.epoch == [0, 1, 2]  # stage 1: epoch 0; stage 2: 1 and 2

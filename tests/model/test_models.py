@@ -120,7 +120,9 @@ def test_sparse_auc_matches_scikit_learn_macro_one_vs_rest(keras) -> None:
     labels = np.repeat([0, 1, 2], 40)
     logits = rng.normal(size=(120, 3)) + np.eye(3)[labels] * 1.2
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-    metric = models.sparse_auc(3)
+    from medimg.model.auc import SparseAUC
+
+    metric = SparseAUC(3, name="auc")
     metric.update_state(labels, probs.astype("float32"))
     expected = roc_auc_score(labels, probs, multi_class="ovr", average="macro")
     assert float(metric.result()) == pytest.approx(expected, abs=0.01)  # Keras uses 200 thresholds
@@ -143,7 +145,6 @@ def test_model_saves_and_loads_as_keras_file(keras, tmp_path: Path, num_classes:
     model = models.build_model(SMALL, (16, 16, 1), num_classes)
     path = tmp_path / "model.keras"
     model.save(path)
-    models.sparse_auc(num_classes)  # registers the custom metric class, as runs.load_model does
     loaded = keras.saving.load_model(path, compile=False, safe_mode=True)
     batch = np.random.default_rng(4).uniform(0, 255, (3, 16, 16, 1)).astype("float32")
     np.testing.assert_allclose(models.probabilities(loaded, batch), models.probabilities(model, batch), rtol=1e-5)

@@ -14,7 +14,7 @@ import pytest
 from medimg import jobs
 from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import DatasetError
-from medimg.model import training
+from medimg.model import callbacks, training
 from medimg.store import runs
 from tests.conftest import DEMO
 
@@ -138,7 +138,7 @@ def test_a_class_with_only_unreadable_training_images_is_refused(tmp_path: Path)
 def test_stop_request_ends_fit_at_the_next_batch(tmp_path: Path, demo_data: training.PreparedData) -> None:
     run = runs.create_run(train_spec(epochs=3), tmp_path)
     run.request_stop()
-    progress = training.make_progress_callback(run)
+    progress = callbacks.ProgressEvents(run)
     counter = BatchCounter()
     _, history = training.fit_model(PARAMS, demo_data, AugmentConfig(), TrainConfig(epochs=3), [progress, counter])
     assert counter.batches == 1  # 80 images / 16 = 5 batches per epoch; only the first ran
@@ -149,7 +149,7 @@ def test_stop_request_ends_fit_at_the_next_batch(tmp_path: Path, demo_data: trai
 
 
 def test_deadline_ends_fit_without_a_run(demo_data: training.PreparedData) -> None:
-    progress = training.make_progress_callback(None, deadline=time.time() - 1)
+    progress = callbacks.ProgressEvents(None, deadline=time.time() - 1)
     counter = BatchCounter()
     _, history = training.fit_model(PARAMS, demo_data, AugmentConfig(), TrainConfig(epochs=4), [progress, counter])
     assert counter.batches == 1 and len(history.history["loss"]) == 1
@@ -160,7 +160,7 @@ def test_nan_in_epoch_logs_stops_training() -> None:
     import keras
 
     model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
-    progress = training.make_progress_callback(None, echo=lambda line: None)
+    progress = callbacks.ProgressEvents(None, echo=lambda line: None)
     model.stop_training = False  # as fit() sets it
     progress.set_model(model)
     progress.set_params({"epochs": 5, "steps": 2})
