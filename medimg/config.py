@@ -359,6 +359,44 @@ def describe_params(params: ModelParams) -> list[tuple[str, str]]:
 
 
 @dataclasses.dataclass(frozen=True)
+class Choice:
+    """A categorical hyperparameter: `ModelParams.<name>` is one of `SearchSpace.<space_field>` (KerasTuner's
+    `hp.Choice(name, ...)`, or `hp.Fixed` when the space holds one value); the Tune page offers `offered` under
+    `label`, shown as `shown` says ("" as it is, "rate": 1e-04 and 0 as none, "with": with / without)."""
+
+    name: str
+    space_field: str
+    label: str
+    offered: tuple
+    shown: str = ""
+
+
+# The categorical hyperparameters, in the order KerasTuner declares them (a resumed search keeps its vector order).
+# `tuning.params_from_hp`, `tuning.first_trial_values`, `SearchSpace.size_estimate` and the Tune page's widgets all
+# read this table: a new categorical hyperparameter is one entry here, its ModelParams and SearchSpace fields, and
+# its use in `models.build_model`. The structured ones (conv blocks and widths, the learning-rate range, backbones,
+# searched class weights) are declared in `tuning.params_from_hp` itself.
+CHOICES = (
+    Choice("kernel_size", "kernel_sizes", "Kernel sizes", (3, 5, 7)),
+    Choice("activation", "activations", "Activations", ACTIVATIONS),
+    Choice("dropout", "dropouts", "Dropout", (0.0, 0.1, 0.25, 0.5)),
+    Choice("dense_units", "dense_units", "Dense units (0 = none)", (0, 32, 64, 128, 256, 512)),
+    Choice("batch_norm", "batch_norm", "Batch normalisation", (True, False), "with"),
+    Choice("l1", "l1", "L1 weight decay", (0.0, 1e-5, 1e-4), "rate"),
+    Choice("l2", "l2", "L2 weight decay", (0.0, 1e-5, 1e-4, 1e-3), "rate"),
+    Choice("head", "heads", "Head", HEADS),
+    Choice("optimizer", "optimizers", "Optimizer", OPTIMIZERS),
+    Choice("batch_size", "batch_sizes", "Batch size", (8, 16, 32, 64, 128)),
+    Choice(
+        "augment_strength",
+        "augment_strengths",
+        "Augmentation strength (× the Augment page)",
+        (0.0, 0.5, 1.0, 1.5, 2.0),
+    ),
+)
+
+
+@dataclasses.dataclass(frozen=True)
 class SearchSpace(_Config):
     """Ranges KerasTuner searches. The defaults are the seed tutorial's ranges."""
 
@@ -445,20 +483,7 @@ class SearchSpace(_Config):
             if self.filters_growth == "double"
             else sum(filters**b for b in self.conv_blocks)
         )
-        choices = [
-            self.kernel_sizes,
-            self.activations,
-            self.dropouts,
-            self.dense_units,
-            self.batch_norm,
-            self.l1,
-            self.l2,
-            self.heads,
-            self.optimizers,
-            self.batch_sizes,
-            self.augment_strengths,
-            self.class_weights,
-        ]
+        choices = [getattr(self, choice.space_field) for choice in CHOICES] + [self.class_weights]
         networks = ("cnn" in self.backbones) * per_model + (len(self.backbones) - ("cnn" in self.backbones)) * len(
             self.fine_tune_blocks
         )

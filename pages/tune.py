@@ -9,9 +9,7 @@ import streamlit as st
 
 from medimg import auto, jobs
 from medimg.config import (
-    ACTIVATIONS,
-    HEADS,
-    OPTIMIZERS,
+    CHOICES,
     ModelParams,
     RunSpec,
     SearchSpace,
@@ -32,6 +30,29 @@ LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e
 
 def nearest_rate(value: float) -> float:
     return min(LEARNING_RATES, key=lambda rate: abs(math.log10(rate) - math.log10(value)))
+
+
+SHOWN = {
+    "": str,
+    "rate": lambda v: f"{v:.0e}" if v else "none",
+    "with": lambda on: "with" if on else "without",
+}
+
+
+def choice_widgets(space: SearchSpace, columns: list, busy: bool) -> dict[str, tuple]:
+    """One multiselect per categorical hyperparameter (`config.CHOICES`), in `columns` in turn; returns the chosen
+    values as SearchSpace fields."""
+    chosen = {}
+    for choice, column in zip(CHOICES, columns, strict=False):
+        values = column.multiselect(
+            choice.label,
+            list(choice.offered),
+            format_func=SHOWN[choice.shown],
+            disabled=busy,
+            **common.kept(f"tn_{choice.name}", list(getattr(space, choice.space_field))),
+        )
+        chosen[choice.space_field] = tuple(values)
+    return chosen
 
 
 MODES = ("Automatic", "Advanced")
@@ -118,58 +139,7 @@ else:
             disabled=busy,
             **common.kept("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16),
         )
-        kernels = c5.multiselect(
-            "Kernel sizes", [3, 5, 7], disabled=busy, **common.kept("tn_kernels", list(space.kernel_sizes))
-        )
-        activations = c6.multiselect(
-            "Activations", list(ACTIVATIONS), disabled=busy, **common.kept("tn_act", list(space.activations))
-        )
-        c7, c8, c9 = st.columns(3)
-        dropouts = c7.multiselect(
-            "Dropout", [0.0, 0.1, 0.25, 0.5], disabled=busy, **common.kept("tn_dropout", list(space.dropouts))
-        )
-        dense = c8.multiselect(
-            "Dense units (0 = none)",
-            [0, 32, 64, 128, 256, 512],
-            disabled=busy,
-            **common.kept("tn_dense", list(space.dense_units)),
-        )
-        batch_norm = c9.multiselect(
-            "Batch normalisation",
-            [True, False],
-            format_func=lambda on: "with" if on else "without",
-            disabled=busy,
-            **common.kept("tn_bn", list(space.batch_norm)),
-        )
-        c10, c11, c12 = st.columns(3)
-        l2 = c10.multiselect(
-            "L2 weight decay",
-            [0.0, 1e-5, 1e-4, 1e-3],
-            format_func=lambda v: f"{v:.0e}" if v else "none",
-            disabled=busy,
-            **common.kept("tn_l2", list(space.l2)),
-        )
-        l1 = c11.multiselect(
-            "L1 weight decay",
-            [0.0, 1e-5, 1e-4],
-            format_func=lambda v: f"{v:.0e}" if v else "none",
-            disabled=busy,
-            **common.kept("tn_l1", list(space.l1)),
-        )
-        heads = c12.multiselect("Head", list(HEADS), disabled=busy, **common.kept("tn_heads", list(space.heads)))
-        c13, c14, c15 = st.columns(3)
-        optimizers = c13.multiselect(
-            "Optimizer", list(OPTIMIZERS), disabled=busy, **common.kept("tn_opt", list(space.optimizers))
-        )
-        batch_sizes = c14.multiselect(
-            "Batch size", [8, 16, 32, 64, 128], disabled=busy, **common.kept("tn_bs", list(space.batch_sizes))
-        )
-        strengths = c15.multiselect(
-            "Augmentation strength (× the Augment page)",
-            [0.0, 0.5, 1.0, 1.5, 2.0],
-            disabled=busy,
-            **common.kept("tn_aug", list(space.augment_strengths)),
-        )
+        chosen = choice_widgets(space, [c5, c6, *st.columns(3), *st.columns(3), *st.columns(3)], busy)
         c16, c17, c18 = st.columns(3)
         networks = c16.multiselect(
             "Networks",
@@ -253,17 +223,7 @@ else:
             filters_min=filters[0],
             filters_max=filters[1],
             filters_step=filters_step,
-            kernel_sizes=tuple(kernels),
-            activations=tuple(activations),
-            dropouts=tuple(dropouts),
-            dense_units=tuple(dense),
-            batch_norm=tuple(batch_norm),
-            l1=tuple(l1),
-            l2=tuple(l2),
-            heads=tuple(heads),
-            optimizers=tuple(optimizers),
-            batch_sizes=tuple(batch_sizes),
-            augment_strengths=tuple(strengths),
+            **chosen,
             backbones=tuple(networks),
             weights=start_from,
             fine_tune_blocks=tuple(sorted(fine_tune)),

@@ -106,7 +106,8 @@ def test_mirrored_strategy_trains_on_two_logical_cpu_devices(tmp_path: Path) -> 
         import json, tensorflow as tf
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from medimg import jobs, runs
+        from medimg import jobs
+        from medimg.store import runs
         from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
         spec = RunSpec(kind="train", dataset=DatasetConfig(path={str(DEMO)!r}, image_size=16),
                        train=TrainConfig(epochs=1), params=ModelParams(filters=(8,), dense_units=8),

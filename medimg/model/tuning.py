@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medimg.config import AugmentConfig, ModelParams, SearchSpace, TrainConfig, TuneConfig
+from medimg.config import CHOICES, AugmentConfig, ModelParams, SearchSpace, TrainConfig, TuneConfig
 from medimg.errors import ConfigError, SearchSpaceMismatchError
 from medimg.imaging.contract import InputContract
 from medimg.store.runs import Run, trial_number
@@ -52,17 +52,7 @@ def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
     return ModelParams(
         filters=filters,
         learning_rate=learning_rate,
-        kernel_size=choice("kernel_size", space.kernel_sizes),
-        activation=choice("activation", space.activations),
-        dropout=choice("dropout", space.dropouts),
-        dense_units=choice("dense_units", space.dense_units),
-        batch_norm=bool(choice("batch_norm", space.batch_norm)),
-        l1=choice("l1", space.l1),
-        l2=choice("l2", space.l2),
-        head=choice("head", space.heads),
-        optimizer=choice("optimizer", space.optimizers),
-        batch_size=choice("batch_size", space.batch_sizes),
-        augment_strength=choice("augment_strength", space.augment_strengths),
+        **{c.name: choice(c.name, getattr(space, c.space_field)) for c in CHOICES},
         # Declared only when searched, so searches that leave it to the training settings keep their trial tables.
         class_weights=choice("class_weights", space.class_weights) if space.class_weights != ("",) else "",
         **_backbone_values(hp, space, choice),
@@ -102,22 +92,8 @@ def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any
         values["filters"] = params.filters[0]
     else:
         values.update({f"filters_{i}": f for i, f in enumerate(params.filters)})
-    for name in (
-        "learning_rate",
-        "kernel_size",
-        "activation",
-        "dropout",
-        "dense_units",
-        "batch_norm",
-        "l1",
-        "l2",
-        "optimizer",
-        "batch_size",
-        "augment_strength",
-        "class_weights",
-    ):
+    for name in ("learning_rate", *(c.name for c in CHOICES), "class_weights"):
         values[name] = getattr(params, name)
-    values["head"] = params.head
     if space.backbones != ("cnn",):
         values["backbone"] = params.backbone
     widths = set(params.filters) if space.filters_growth == "free" else {params.filters[0]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
+from medimg.config import CHOICES, DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
 from medimg.store import runs
 
 from . import conftest
@@ -29,17 +29,7 @@ WIDGET_KEYS = [
     "tn_blocks",
     "tn_filters",
     "tn_step",
-    "tn_kernels",
-    "tn_act",
-    "tn_dropout",
-    "tn_dense",
-    "tn_bn",
-    "tn_l2",
-    "tn_l1",
-    "tn_heads",
-    "tn_opt",
-    "tn_bs",
-    "tn_aug",
+    *(f"tn_{choice.name}" for choice in CHOICES),
     "tn_tuner",
     "tn_objective",
     "tn_minutes",
@@ -72,7 +62,7 @@ def test_no_search_yet_shows_every_range_and_how_to_start(runs_dir: Path) -> Non
     # Plain values: a learning rate as 1e-04, not a log10 exponent; batch normalisation with/without, not True.
     assert (at.selectbox(key="tn_lr_min").value, at.selectbox(key="tn_lr_max").value) == (1e-4, 1e-2)
     assert "1e-04" in at.selectbox(key="tn_lr_min").options
-    assert set(at.multiselect(key="tn_bn").options) == {"with", "without"}
+    assert set(at.multiselect(key="tn_batch_norm").options) == {"with", "without"}
     assert not by_label(at.button, "Start search").disabled
     assert values(at.info) == ["No search yet: set the ranges and press Start search."]
     assert "augmentation: none" in values(at.caption)[0]
@@ -80,7 +70,7 @@ def test_no_search_yet_shows_every_range_and_how_to_start(runs_dir: Path) -> Non
 
 def test_an_empty_choice_is_explained_and_nothing_can_be_started(runs_dir: Path) -> None:
     at = open_page("tune", tn_mode="Advanced")
-    at.multiselect(key="tn_act").set_value([]).run()
+    at.multiselect(key="tn_activation").set_value([]).run()
     no_exception(at)
     assert values(at.error) == ["activations needs at least one value."]
     assert "Start search" not in [button.label for button in at.button]
