@@ -121,7 +121,7 @@ def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
 
 def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     """Test AUC of: the best trial alone, the mean of the top-5 candidates, and the k chosen on validation."""
-    from medimg.model import models, tuning
+    from medimg.model import hyperparameters, models, tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -133,7 +133,7 @@ def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     test = data.arrays["test"]
     probs = []
     for trial_id in candidates:
-        params = tuning.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
+        params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
         model = models.build_model(params, data.input_shape, data.num_classes)
         model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
         probs.append(predict_arrays(model, test.images))
@@ -154,7 +154,7 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
     import warnings
 
     from medimg.datasets.cache import CachedArrays
-    from medimg.model import models, training, tuning
+    from medimg.model import hyperparameters, models, training, tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -173,7 +173,7 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
     objective = run.record.get("objective") or run.spec.tune.objective
     kept, retrained = [], []
     for trial_id in members:
-        params = tuning.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
+        params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
         model = models.build_model(params, data.input_shape, data.num_classes)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
@@ -196,7 +196,7 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     a larger ensemble help, or do the members plateau together?"""
     import warnings
 
-    from medimg.model import models, tuning
+    from medimg.model import hyperparameters, models, tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -211,7 +211,7 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     test = data.arrays["test"]
     probs = []
     for trial in trials:
-        params = tuning.params_from_values(trial["hyperparameters"], run.spec.search)
+        params = hyperparameters.params_from_values(trial["hyperparameters"], run.spec.search)
         model = models.build_model(params, data.input_shape, data.num_classes)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")

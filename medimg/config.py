@@ -358,6 +358,9 @@ def describe_params(params: ModelParams) -> list[tuple[str, str]]:
     ]
 
 
+HYPERBAND_FACTOR = 3  # KerasTuner's default and the paper's (Li et al. 2018, "Hyperband", JMLR 18(185))
+
+
 @dataclasses.dataclass(frozen=True)
 class Choice:
     """A categorical hyperparameter: `ModelParams.<name>` is one of `SearchSpace.<space_field>` (KerasTuner's
@@ -372,10 +375,10 @@ class Choice:
 
 
 # The categorical hyperparameters, in the order KerasTuner declares them (a resumed search keeps its vector order).
-# `tuning.params_from_hp`, `tuning.first_trial_values`, `SearchSpace.size_estimate` and the Tune page's widgets all
-# read this table: a new categorical hyperparameter is one entry here, its ModelParams and SearchSpace fields, and
-# its use in `models.build_model`. The structured ones (conv blocks and widths, the learning-rate range, backbones,
-# searched class weights) are declared in `tuning.params_from_hp` itself.
+# `hyperparameters.params_from_hp` and `first_trial_values`, `SearchSpace.size_estimate` and the Tune page's widgets
+# all read this table: a new categorical hyperparameter is one entry here, its ModelParams and SearchSpace fields,
+# and its use in `models.build_model`. The structured ones (conv blocks and widths, the learning-rate range,
+# backbones, searched class weights) are declared in `hyperparameters.params_from_hp` itself.
 CHOICES = (
     Choice("kernel_size", "kernel_sizes", "Kernel sizes", (3, 5, 7)),
     Choice("activation", "activations", "Activations", ACTIVATIONS),

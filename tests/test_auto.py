@@ -12,7 +12,7 @@ import pytest
 from medimg import auto
 from medimg.config import ModelParams, SearchSpace
 from medimg.errors import ConfigError
-from medimg.model import tuning
+from medimg.model import hyperparameters
 from medimg.store import runs
 from tests.conftest import DEMO
 from tests.test_cli import medimg
@@ -85,10 +85,10 @@ def test_a_budget_under_a_minute_is_refused(breastmnist_dir: Path) -> None:
 @pytest.mark.parametrize("size", [28, 64])
 def test_the_plain_cnn_is_a_point_of_every_automatic_space(breastmnist_dir: Path, size: int) -> None:
     spec = auto.plan(breastmnist_dir, 10, image_size=size).spec
-    values = tuning.first_trial_values(ModelParams.plain_cnn(size), spec.search)
-    assert tuning.params_from_values(values, spec.search) == ModelParams.plain_cnn(size)
+    values = hyperparameters.first_trial_values(ModelParams.plain_cnn(size), spec.search)
+    assert hyperparameters.params_from_values(values, spec.search) == ModelParams.plain_cnn(size)
     with pytest.raises(ConfigError, match="not a point of the search space"):
-        tuning.first_trial_values(ModelParams.plain_cnn(size), SearchSpace.quick())
+        hyperparameters.first_trial_values(ModelParams.plain_cnn(size), SearchSpace.quick())
 
 
 def tiny_member(seed: int) -> object:
@@ -121,12 +121,12 @@ def test_an_ensemble_loads_in_safe_mode_and_predicts_the_mean_of_its_members(tmp
 
 def test_a_trial_that_calls_every_validation_image_one_class_scores_worst(breastmnist_dir: Path) -> None:
     from medimg.config import AugmentConfig, DatasetConfig, TrainConfig
-    from medimg.model import training
+    from medimg.model import search, training
 
     data = training.prepare_data(DatasetConfig(path=str(breastmnist_dir), image_size=16, color="gray"))
     space = SearchSpace(learning_rate_min=1e-6, learning_rate_max=1e-6, conv_blocks=(1,), filters_min=4, filters_max=4)
     reported: list[tuple[str, str]] = []
-    hypermodel = tuning.build_hypermodel(
+    hypermodel = search.MedimgHyperModel(
         space,
         data,
         AugmentConfig(),
@@ -144,11 +144,11 @@ def test_a_trial_that_calls_every_validation_image_one_class_scores_worst(breast
     output.set_weights([np.zeros_like(kernel), np.full_like(bias, 20.0)])
     hypermodel.trial_id = "007"
     result = hypermodel.fit(hp, model)
-    assert result == {"val_auc": tuning.WORST_SCORE["max"]}
+    assert result == {"val_auc": search.WORST_SCORE["max"]}
     assert reported == [("007", data.class_names[1])]
     labels = data.arrays["val"].labels
     # All-one-class calls on a split holding one class are right, not a collapse.
-    assert tuning.one_class_called(model, data.arrays["val"].images[labels == 1], labels[labels == 1]) is None
+    assert search.one_class_called(model, data.arrays["val"].images[labels == 1], labels[labels == 1]) is None
 
 
 @pytest.mark.slow
@@ -170,7 +170,7 @@ def test_auto_on_the_demo_keeps_starting_trials_until_the_budget_and_records_its
     assert epochs[-1]["t"] >= deadline - longest_epoch - 1.0  # still training when the budget ran out
     # Trial 0 is the plain CNN.
     first = next(event for event in begins if event["trial"] == "000")
-    plain = tuning.first_trial_values(ModelParams.plain_cnn(16), run.spec.search)
+    plain = hyperparameters.first_trial_values(ModelParams.plain_cnn(16), run.spec.search)
     assert {k: first["hyperparameters"][k] for k in plain} == plain
     assert "test (threshold 0.5 / arg-max)" in result.stderr
     evaluated = json.loads(medimg("evaluate", str(run.path), "--json").stdout)

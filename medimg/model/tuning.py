@@ -10,9 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from medimg.config import CHOICES, AugmentConfig, ModelParams, SearchSpace, TrainConfig, TuneConfig
+from medimg.config import HYPERBAND_FACTOR, ModelParams, SearchSpace, TuneConfig
 from medimg.errors import ConfigError, SearchSpaceMismatchError
 from medimg.imaging.contract import InputContract
+from medimg.model.hyperparameters import first_trial_values, params_from_values
 from medimg.store.runs import Run, trial_number
 
 if TYPE_CHECKING:
@@ -24,285 +25,6 @@ if TYPE_CHECKING:
 
 TUNER_FOLDER = "tuner"
 SPACE_FILE = "medimg_search_space.json"
-
-
-def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
-    """Draw (or read back) one point of the space. Single-valued choices are fixed, not searched."""
-
-    def choice(name: str, values: tuple) -> Any:
-        return hp.Fixed(name, values[0]) if len(values) == 1 else hp.Choice(name, list(values))
-
-    blocks = choice("conv_blocks", space.conv_blocks)
-
-    def width(name: str) -> int:
-        if space.filters_min < space.filters_max:
-            return hp.Int(name, space.filters_min, space.filters_max, step=space.filters_step)
-        return hp.Fixed(name, space.filters_min)
-
-    if space.filters_growth == "double":
-        base = width("filters")
-        filters = tuple(min(base * 2**i, 4 * base) for i in range(blocks))
-    else:
-        filters = tuple(width(f"filters_{i}") for i in range(blocks))
-    learning_rate = (
-        hp.Float("learning_rate", space.learning_rate_min, space.learning_rate_max, sampling="log")
-        if space.learning_rate_min < space.learning_rate_max
-        else hp.Fixed("learning_rate", space.learning_rate_min)
-    )
-    return ModelParams(
-        filters=filters,
-        learning_rate=learning_rate,
-        **{c.name: choice(c.name, getattr(space, c.space_field)) for c in CHOICES},
-        # Declared only when searched, so searches that leave it to the training settings keep their trial tables.
-        class_weights=choice("class_weights", space.class_weights) if space.class_weights != ("",) else "",
-        **_backbone_values(hp, space, choice),
-    )
-
-
-def _backbone_values(hp: kt.HyperParameters, space: SearchSpace, choice: Callable) -> dict[str, Any]:
-    """The backbone hyperparameters of one trial; none declared for a CNN-only space (the default), so existing
-    searches keep their trial tables and resume unchanged."""
-    if space.backbones == ("cnn",):
-        return {}
-    backbone = choice("backbone", space.backbones)
-    if backbone == "cnn":
-        return {"backbone": "cnn"}
-    blocks = choice("fine_tune_blocks", space.fine_tune_blocks) if space.weights != "none" else 0
-    return {"backbone": backbone, "weights": space.weights, "fine_tune_blocks": blocks}
-
-
-def params_from_values(values: dict[str, Any], space: SearchSpace) -> ModelParams:
-    """ModelParams from a trial's saved hyperparameter values."""
-    import keras_tuner as kt
-
-    hp = kt.HyperParameters()
-    params_from_hp(hp, space)  # declares the names
-    hp.values.update({k: v for k, v in values.items() if not k.startswith("tuner/")})
-    return params_from_hp(hp, space)
-
-
-def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any]:
-    """The hyperparameter values (KerasTuner names) that make one trial exactly `params`.
-
-    Raises ConfigError when `params` is not a point of `space` (a value outside a range or a choice list), since a
-    tuner cannot record, nor a Bayesian oracle vectorise, a value its space does not hold.
-    """
-    values: dict[str, Any] = {"conv_blocks": len(params.filters)}
-    if space.filters_growth == "double":
-        values["filters"] = params.filters[0]
-    else:
-        values.update({f"filters_{i}": f for i, f in enumerate(params.filters)})
-    for name in ("learning_rate", *(c.name for c in CHOICES), "class_weights"):
-        values[name] = getattr(params, name)
-    if space.backbones != ("cnn",):
-        values["backbone"] = params.backbone
-    widths = set(params.filters) if space.filters_growth == "free" else {params.filters[0]}
-    inside = (
-        len(params.filters) in space.conv_blocks
-        and all(
-            space.filters_min <= f <= space.filters_max and (f - space.filters_min) % space.filters_step == 0
-            for f in widths
-        )
-        and space.learning_rate_min <= params.learning_rate <= space.learning_rate_max
-    )
-    drawn = params_from_values(values, space) if inside else None
-    if drawn != params:
-        raise ConfigError(
-            f"the first trial's configuration is not a point of the search space (space: {space.to_dict()}; "
-            f"configuration: {params.to_dict()})."
-        )
-    return values
-
-
-def build_hypermodel(
-    space: SearchSpace,
-    data: PreparedData,
-    augment: AugmentConfig,
-    train: TrainConfig,
-    extra_callbacks: Callable[[str], list],
-    on_collapsed: Callable[[str, str], None] | None = None,
-    objective: str = "val_auc",
-    feature_store: FeatureStore | None = None,
-) -> kt.HyperModel:
-    """A HyperModel drawing `ModelParams` from `space`; a trial whose best model calls every validation image one
-    class is reported to `on_collapsed(trial_id, class_name)` and scored as the worst possible, so it never wins.
-
-    With a `feature_store`, a trial whose backbone stays frozen and sees no augmentation (`features.unused_reason`)
-    trains only the head, on cached backbone features; the model KerasTuner checkpoints is still the full image
-    model (`features.head_model` shares its head layers)."""
-    import keras_tuner as kt
-
-    from medimg.datasets import pipeline
-    from medimg.model import models, training
-    from medimg.model.callbacks import OnFullModel, PreciseBatchNorm
-
-    class MedimgHyperModel(kt.HyperModel):
-        def build(self, hp: kt.HyperParameters) -> Any:
-            return models.build_model(params_from_hp(hp, space), data.input_shape, data.num_classes)
-
-        def fit(self, hp: kt.HyperParameters, model: Any, *args: Any, **kwargs: Any) -> Any:
-            params = params_from_hp(hp, space)
-            cached = feature_store.for_trial(params, model) if feature_store else None
-            if cached is not None:
-                return self.fit_head(params, model, cached, kwargs)
-            trial_train = pipeline.make_dataset(
-                data.arrays["train"],
-                params.batch_size,
-                data.num_classes,
-                training=True,
-                augment=augment.scaled(params.augment_strength),
-                seed=train.seed,
-            )
-            trial_val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
-            # Precise BatchNorm statistics first, so the objective and KerasTuner's checkpoint see them.
-            precise = PreciseBatchNorm(data.arrays["train"].images, train.seed)
-            callbacks = [precise, *kwargs.pop("callbacks", []), *extra_callbacks(self.trial_id)]
-            weights = training.class_weights(
-                data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
-            )
-            epochs = kwargs.pop("epochs", train.epochs)
-            # Two stages as `training.fit_model` (head, then the top blocks); not for a trial Hyperband continues.
-            two_stage = training.fine_tunes(params) and epochs >= 2 and not kwargs.get("initial_epoch")
-            training.begin_stage(callbacks, 1 if two_stage else None, epochs)
-            fit = {"validation_data": trial_val, "callbacks": callbacks, "class_weight": weights, "verbose": 0}
-            history = model.fit(trial_train, epochs=epochs // 2 if two_stage else epochs, shuffle=False, **fit)
-            if two_stage and training.stage_one_finished(model, callbacks, history):
-                first = history.epoch[-1] + 1 if history.epoch else epochs // 2
-                training.unfreeze_top_blocks(model, params, data.num_classes)
-                training.begin_stage(callbacks, 2, epochs)
-                second = model.fit(trial_train, epochs=epochs, initial_epoch=first, shuffle=False, **fit)
-                history = training.joined_history(history, second)
-            return self.scored(history, model, data.arrays["val"].images)
-
-        def fit_head(self, params: ModelParams, model: Any, cached: dict, kwargs: dict) -> Any:
-            """Train `model`'s head on cached N×D features; KerasTuner's callbacks (its best-epoch checkpoint)
-            see the full model, whose head is the one trained; the trial's own callbacks see the head model."""
-            from medimg.model import features
-
-            with model.distribute_strategy.scope():
-                head = features.head_model(model, params, data.num_classes)
-            tuner_callbacks = [OnFullModel(c, model) for c in kwargs.pop("callbacks", [])]
-            history = head.fit(
-                cached["train"],
-                label_array(data.arrays["train"].labels, data.num_classes),
-                batch_size=params.batch_size,
-                validation_data=(cached["val"], label_array(data.arrays["val"].labels, data.num_classes)),
-                epochs=kwargs.pop("epochs", train.epochs),
-                callbacks=[*tuner_callbacks, *extra_callbacks(self.trial_id)],
-                class_weight=training.class_weights(
-                    data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
-                ),
-                verbose=0,
-                shuffle=True,
-            )
-            return self.scored(history, head, cached["val"])
-
-        def scored(self, history: Any, model: Any, val_inputs: Any) -> Any:
-            """The fit's history, or the worst score when the model calls every validation input one class."""
-            called = one_class_called(model, val_inputs, data.arrays["val"].labels)
-            if called is None:
-                return history
-            if on_collapsed:
-                on_collapsed(self.trial_id, data.class_names[called])
-            return {objective: WORST_SCORE["min" if objective.endswith("loss") else "max"]}
-
-    return MedimgHyperModel(name="medimg_cnn")
-
-
-def label_array(labels: Any, num_classes: int) -> Any:
-    """Labels as `pipeline.make_dataset` gives them: N×1 float32 for two classes (a sigmoid unit), else N int32."""
-    import numpy as np
-
-    if num_classes == 2:
-        return np.asarray(labels, dtype=np.float32).reshape(-1, 1)
-    return np.asarray(labels, dtype=np.int32)
-
-
-# The score a collapsed trial gets, so no tuner ranks it above a trial that learnt something.
-WORST_SCORE = {"max": 0.0, "min": 1e9}
-
-
-def one_class_called(model: Any, images: Any, labels: Any) -> int | None:
-    """The class index when the model's arg-max calls every one of `images` (N×H×W×C) the same class although
-    `labels` (N) hold at least two classes, else None."""
-    import numpy as np
-
-    from medimg.model.models import predict_arrays
-
-    if len(np.unique(labels)) < 2:
-        return None
-    called = np.unique(predict_arrays(model, images).argmax(axis=1))
-    return int(called[0]) if len(called) == 1 else None
-
-
-class SearchEnded(Exception):
-    """Raised before a new trial when the stop request or the time budget says the search is over."""
-
-
-def build_tuner(
-    kind: str,
-    hypermodel: kt.HyperModel,
-    objective: str,
-    max_trials: int,
-    executions: int,
-    directory: Path,
-    epochs: int,
-    seed: int,
-    should_end: Callable[[], str | None],
-    on_trial: Callable[[str, kt.engine.trial.Trial], None],
-    distribution: Any = None,
-    first_values: dict[str, Any] | None = None,
-) -> kt.Tuner:
-    """A RandomSearch / BayesianOptimization / Hyperband that resumes (overwrite=False) and ends on request."""
-    import keras_tuner as kt
-
-    bases = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization, "hyperband": kt.Hyperband}
-    base = bases[kind]
-
-    class MedimgTuner(base):  # type: ignore[valid-type, misc]
-        def pre_create_trial(self) -> None:
-            reason = should_end()
-            if reason:
-                raise SearchEnded(reason)
-            # Hyperband's oracle takes no trial count; the user's is honoured as a cap (said before the search:
-            # `tuner_notice`).
-            if kind == "hyperband" and len(self.oracle.trials) >= max_trials:
-                raise SearchEnded(f"the cap of {max_trials} trial{'s' if max_trials != 1 else ''} reached")
-
-        def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
-            self.hypermodel.trial_id = trial.trial_id
-            return super().run_trial(trial, *args, **kwargs)
-
-        def on_trial_begin(self, trial: Any) -> None:
-            super().on_trial_begin(trial)
-            on_trial("trial_begin", trial)
-
-        def on_trial_end(self, trial: Any) -> None:
-            super().on_trial_end(trial)
-            on_trial("trial_end", trial)
-
-    direction = "min" if objective.endswith("loss") else "max"
-    arguments: dict[str, Any] = {
-        "hypermodel": hypermodel,
-        "objective": kt.Objective(objective, direction),
-        "directory": str(directory),
-        "project_name": TUNER_FOLDER,
-        "overwrite": False,
-        "seed": seed,
-        "executions_per_trial": executions,
-        "distribution_strategy": distribution,
-    }
-    if kind == "hyperband":
-        arguments.update(max_epochs=epochs, factor=HYPERBAND_FACTOR)
-    else:
-        arguments.update(max_trials=max_trials)
-    tuner = MedimgTuner(**arguments)
-    if first_values:
-        start_with(tuner.oracle, first_values)
-    return tuner
-
-
-HYPERBAND_FACTOR = 3  # KerasTuner's default and the paper's (Li et al. 2018, "Hyperband", JMLR 18(185))
 
 
 def hyperband_schedule(max_epochs: int, factor: int = HYPERBAND_FACTOR) -> list[tuple[int, int, int, int]]:
@@ -340,22 +62,6 @@ def tuner_notice(tune: TuneConfig, epochs: int) -> str | None:
         f"per trial (factor {HYPERBAND_FACTOR}) one pass is {trials} trial{'s' if trials != 1 else ''} ({rounds}); "
         f"later rounds continue the best trials of the round before.{capped}"
     )
-
-
-def start_with(oracle: Any, values: dict[str, Any]) -> None:
-    """Make the oracle's first trial use `values` (later trials are drawn as usual); a resumed search that already
-    has trials is unchanged. KerasTuner calls `populate_space` once per new trial, on the chief in a distributed
-    search, so wrapping it there covers every mode."""
-    from keras_tuner.src.engine import trial as trial_module
-
-    populate = oracle.populate_space
-
-    def populate_first(trial_id: str) -> dict[str, Any]:
-        if not oracle.trials:
-            return {"status": trial_module.TrialStatus.RUNNING, "values": dict(values)}
-        return populate(trial_id)
-
-    oracle.populate_space = populate_first
 
 
 def check_search_space(tuner_dir: Path, space: SearchSpace, record: bool = True) -> None:
@@ -404,7 +110,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
     import keras
 
     from medimg.datasets import prepared
-    from medimg.model import backbones, training
+    from medimg.model import backbones, search, training
     from medimg.model.callbacks import ProgressEvents
 
     spec = run.spec
@@ -481,7 +187,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
             )
 
     store = feature_cache(run, data, echo, worker)
-    hypermodel = build_hypermodel(
+    hypermodel = search.MedimgHyperModel(
         spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective, store
     )
     first = (
@@ -490,13 +196,14 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
         else None
     )
     strategy = _strategy(spec.distribution)
-    tuner = build_tuner(
+    tuner = search.build_tuner(
         spec.tune.tuner,
         hypermodel,
         objective,
         spec.tune.max_trials,
         spec.tune.executions_per_trial,
         run.path,
+        TUNER_FOLDER,
         spec.train.epochs,
         spec.train.seed,
         should_end,
@@ -508,7 +215,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
     ended = ""
     try:
         tuner.search(epochs=spec.train.epochs, verbose=0)
-    except SearchEnded as reason:
+    except search.SearchEnded as reason:
         ended = str(reason)
     if worker:
         return None
@@ -544,7 +251,6 @@ def is_distributed_worker() -> bool:
 
 def set_distributed_role(role: str, address: str, worker_id: str | None = None) -> None:
     """Set KerasTuner's environment for this process: `role` is 'chief' or 'worker', `address` HOST:PORT."""
-    from medimg.errors import ConfigError
 
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():

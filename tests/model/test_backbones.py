@@ -17,7 +17,7 @@ import pytest
 
 from medimg.config import AugmentConfig, DatasetConfig, ModelParams, TrainConfig
 from medimg.errors import ConfigError
-from medimg.model import backbones, callbacks, explain, models, training
+from medimg.model import backbones, callbacks, explain, hyperparameters, models, training
 from tests.conftest import DEMO
 
 NAMES = list(backbones.BACKBONE_NAMES)
@@ -341,17 +341,16 @@ def test_a_search_space_with_backbones_draws_them_and_a_cnn_only_space_declares_
     import keras_tuner as kt
 
     from medimg.config import SearchSpace
-    from medimg.model import tuning
 
     space = SearchSpace.quick().replace(backbones=("cnn", "mobilenet_v3_small"), fine_tune_blocks=(0, 2))
     hp = kt.HyperParameters()
-    tuning.params_from_hp(hp, space)
+    hyperparameters.params_from_hp(hp, space)
     assert {p.name for p in hp.space} >= {"backbone"}
-    drawn = tuning.params_from_values({"backbone": "mobilenet_v3_small", "fine_tune_blocks": 2}, space)
+    drawn = hyperparameters.params_from_values({"backbone": "mobilenet_v3_small", "fine_tune_blocks": 2}, space)
     assert (drawn.backbone, drawn.weights, drawn.fine_tune_blocks) == ("mobilenet_v3_small", "imagenet", 2)
-    assert tuning.params_from_values({"backbone": "cnn"}, space).backbone == "cnn"
+    assert hyperparameters.params_from_values({"backbone": "cnn"}, space).backbone == "cnn"
     cnn_only = kt.HyperParameters()
-    tuning.params_from_hp(cnn_only, SearchSpace.quick())
+    hyperparameters.params_from_hp(cnn_only, SearchSpace.quick())
     assert not {"backbone", "fine_tune_blocks"} & {p.name for p in cnn_only.space}
     backbone_only = SearchSpace.quick().replace(backbones=("mobilenet_v3_small",), fine_tune_blocks=(0, 2))
     assert space.size_estimate() == SearchSpace.quick().size_estimate() + backbone_only.size_estimate()

@@ -16,7 +16,7 @@ import pytest
 from medimg import jobs
 from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
 from medimg.errors import ConfigError
-from medimg.model import backbones, batchnorm, features, models, training, tuning
+from medimg.model import backbones, batchnorm, features, hyperparameters, models, training, tuning
 from medimg.store import runs
 from tests.conftest import DEMO
 
@@ -156,7 +156,7 @@ def test_a_frozen_backbone_search_trains_heads_on_features_and_checkpoints_full_
     # features, and its validation loss is the score KerasTuner recorded for the trial (its best epoch's).
     data = training.prepare_data(run.spec.dataset)
     trial = next(t for t in tuning.read_trials(run.path / tuning.TUNER_FOLDER) if t["trial_id"] == record["best_trial"])
-    params = tuning.params_from_values(trial["hyperparameters"], run.spec.search)
+    params = hyperparameters.params_from_values(trial["hyperparameters"], run.spec.search)
     model = models.build_model(params, data.input_shape, data.num_classes)
     (checkpoint,) = (run.path / tuning.TUNER_FOLDER / f"trial_{trial['trial_id']}").glob("checkpoint*.h5")
     model.load_weights(checkpoint)

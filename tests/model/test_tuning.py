@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from medimg import jobs
-from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
+from medimg.config import HYPERBAND_FACTOR, DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
 from medimg.errors import ConfigError, SearchSpaceMismatchError
-from medimg.model import tuning
+from medimg.model import hyperparameters, tuning
 from medimg.store import runs
 from tests.conftest import DEMO
 
@@ -43,13 +43,13 @@ def sampled_params(space: SearchSpace, seed: int) -> ModelParams:
     import keras_tuner as kt
 
     hp = kt.HyperParameters()
-    tuning.params_from_hp(hp, space)
+    hyperparameters.params_from_hp(hp, space)
     values = {p.name: p.random_sample(seed + i) for i, p in enumerate(hp.space)}
     if values["conv_blocks"] > 1:  # conditional filters of deeper blocks, declared once more blocks are drawn
         hp.values.update(values)
-        tuning.params_from_hp(hp, space)
+        hyperparameters.params_from_hp(hp, space)
         values.update({p.name: p.random_sample(seed + 100 + i) for i, p in enumerate(hp.space) if p.name not in values})
-    return tuning.params_from_values(values, space)
+    return hyperparameters.params_from_values(values, space)
 
 
 @pytest.mark.parametrize("space", [SearchSpace(), SearchSpace.quick(), TINY_SPACE], ids=["seed", "quick", "tiny"])
@@ -73,7 +73,7 @@ def test_single_valued_choices_are_fixed_not_searched() -> None:
     import keras_tuner as kt
 
     hp = kt.HyperParameters()
-    params = tuning.params_from_hp(hp, TINY_SPACE.replace(learning_rate_max=1e-3))
+    params = hyperparameters.params_from_hp(hp, TINY_SPACE.replace(learning_rate_max=1e-3))
     kinds = {p.name: type(p).__name__ for p in hp.space}
     assert kinds["conv_blocks"] == "Choice" and kinds["activation"] == "Choice"
     assert kinds["filters_0"] == "Int"
@@ -81,7 +81,7 @@ def test_single_valued_choices_are_fixed_not_searched() -> None:
         assert kinds[name] == "Fixed", name
     assert params.learning_rate == 1e-3 and params.dense_units == 8
     fixed_filters = kt.HyperParameters()
-    tuning.params_from_hp(fixed_filters, TINY_SPACE.replace(filters_min=8))
+    hyperparameters.params_from_hp(fixed_filters, TINY_SPACE.replace(filters_min=8))
     assert {type(p).__name__ for p in fixed_filters.space if p.name.startswith("filters_")} == {"Fixed"}
 
 
@@ -95,7 +95,7 @@ def test_params_from_saved_values_ignore_tuner_bookkeeping() -> None:
         "tuner/epochs": 3,
         "tuner/trial_id": "0001",
     }
-    params = tuning.params_from_values(values, TINY_SPACE)
+    params = hyperparameters.params_from_values(values, TINY_SPACE)
     assert params.filters == (8, 4) and params.activation == "tanh" and params.learning_rate == 0.005
 
 
@@ -239,7 +239,7 @@ def test_a_trial_cut_short_by_stop_is_recorded_as_stopped(tmp_path: Path) -> Non
 def test_the_hyperband_schedule_is_the_oracles(max_epochs: int) -> None:
     from keras_tuner.src.tuners.hyperband import HyperbandOracle
 
-    oracle = HyperbandOracle(max_epochs=max_epochs, factor=tuning.HYPERBAND_FACTOR)
+    oracle = HyperbandOracle(max_epochs=max_epochs, factor=HYPERBAND_FACTOR)
     brackets = oracle._get_num_brackets()
     expected = [
         (b, r, oracle._get_size(b, r), oracle._get_epochs(b, r))

@@ -1,0 +1,269 @@
+"""KerasTuner's side of a search, as module-level classes with their settings in `__init__`: the HyperModel that
+builds and fits one trial, and the tuners that end on a stop request or a time budget. Importing this module
+imports KerasTuner; `tuning.search_run` imports it inside the function, so `import medimg` stays free of it.
+(KerasTuner's API: https://keras.io/keras_tuner/api/.)"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import keras_tuner as kt
+import numpy as np
+
+from medimg.config import HYPERBAND_FACTOR, AugmentConfig, ModelParams, SearchSpace, TrainConfig
+from medimg.datasets import pipeline
+from medimg.model import models, training
+from medimg.model.callbacks import OnFullModel, PreciseBatchNorm
+from medimg.model.hyperparameters import params_from_hp
+
+if TYPE_CHECKING:
+    from medimg.datasets.prepared import PreparedData
+    from medimg.model.features import FeatureStore
+
+# The score a collapsed trial gets, so no tuner ranks it above a trial that learnt something.
+WORST_SCORE = {"max": 0.0, "min": 1e9}
+
+
+class MedimgHyperModel(kt.HyperModel):
+    """A HyperModel drawing `ModelParams` from `space`; a trial whose best model calls every validation image one
+    class is reported to `on_collapsed(trial_id, class_name)` and scored as the worst possible, so it never wins.
+
+    With a `feature_store`, a trial whose backbone stays frozen and sees no augmentation (`features.unused_reason`)
+    trains only the head, on cached backbone features; the model KerasTuner checkpoints is still the full image
+    model (`features.head_model` shares its head layers).
+
+    Args:
+        space: the ranges trials are drawn from.
+        data: the run's prepared data (train and validation arrays, class names).
+        augment: the run's augmentation, scaled per trial by `augment_strength`.
+        train: the per-trial fit settings (epochs, seed, class weights).
+        extra_callbacks: the callbacks of one trial, by trial id (progress events, early stopping, TensorBoard).
+        on_collapsed: told (trial id, class name) when a trial collapses to one class, or None.
+        objective: the metric trials are ranked by ("val_auc", "val_accuracy" or "val_loss").
+        feature_store: the frozen backbones' cached features, or None.
+    """
+
+    def __init__(
+        self,
+        space: SearchSpace,
+        data: PreparedData,
+        augment: AugmentConfig,
+        train: TrainConfig,
+        extra_callbacks: Callable[[str], list],
+        on_collapsed: Callable[[str, str], None] | None = None,
+        objective: str = "val_auc",
+        feature_store: FeatureStore | None = None,
+    ) -> None:
+        super().__init__(name="medimg_cnn")
+        self.space, self.data, self.augment, self.train = space, data, augment, train
+        self.extra_callbacks, self.on_collapsed, self.objective = extra_callbacks, on_collapsed, objective
+        self.feature_store = feature_store
+        self.trial_id = ""  # set by the tuner before each trial (`EndingTuner.run_trial`)
+
+    def build(self, hp: kt.HyperParameters) -> Any:
+        return models.build_model(params_from_hp(hp, self.space), self.data.input_shape, self.data.num_classes)
+
+    def fit(self, hp: kt.HyperParameters, model: Any, *args: Any, **kwargs: Any) -> Any:
+        data, train = self.data, self.train
+        params = params_from_hp(hp, self.space)
+        cached = self.feature_store.for_trial(params, model) if self.feature_store else None
+        if cached is not None:
+            return self.fit_head(params, model, cached, kwargs)
+        trial_train = pipeline.make_dataset(
+            data.arrays["train"],
+            params.batch_size,
+            data.num_classes,
+            training=True,
+            augment=self.augment.scaled(params.augment_strength),
+            seed=train.seed,
+        )
+        trial_val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
+        # Precise BatchNorm statistics first, so the objective and KerasTuner's checkpoint see them.
+        precise = PreciseBatchNorm(data.arrays["train"].images, train.seed)
+        callbacks = [precise, *kwargs.pop("callbacks", []), *self.extra_callbacks(self.trial_id)]
+        weights = training.class_weights(
+            data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
+        )
+        epochs = kwargs.pop("epochs", train.epochs)
+        # Two stages as `training.fit_model` (head, then the top blocks); not for a trial Hyperband continues.
+        two_stage = training.fine_tunes(params) and epochs >= 2 and not kwargs.get("initial_epoch")
+        training.begin_stage(callbacks, 1 if two_stage else None, epochs)
+        fit = {"validation_data": trial_val, "callbacks": callbacks, "class_weight": weights, "verbose": 0}
+        history = model.fit(trial_train, epochs=epochs // 2 if two_stage else epochs, shuffle=False, **fit)
+        if two_stage and training.stage_one_finished(model, callbacks, history):
+            first = history.epoch[-1] + 1 if history.epoch else epochs // 2
+            training.unfreeze_top_blocks(model, params, data.num_classes)
+            training.begin_stage(callbacks, 2, epochs)
+            second = model.fit(trial_train, epochs=epochs, initial_epoch=first, shuffle=False, **fit)
+            history = training.joined_history(history, second)
+        return self.scored(history, model, data.arrays["val"].images)
+
+    def fit_head(self, params: ModelParams, model: Any, cached: dict, kwargs: dict) -> Any:
+        """Train `model`'s head on cached N×D features; KerasTuner's callbacks (its best-epoch checkpoint) see the
+        full model, whose head is the one trained; the trial's own callbacks see the head model."""
+        from medimg.model import features
+
+        data, train = self.data, self.train
+        with model.distribute_strategy.scope():
+            head = features.head_model(model, params, data.num_classes)
+        tuner_callbacks = [OnFullModel(c, model) for c in kwargs.pop("callbacks", [])]
+        history = head.fit(
+            cached["train"],
+            label_array(data.arrays["train"].labels, data.num_classes),
+            batch_size=params.batch_size,
+            validation_data=(cached["val"], label_array(data.arrays["val"].labels, data.num_classes)),
+            epochs=kwargs.pop("epochs", train.epochs),
+            callbacks=[*tuner_callbacks, *self.extra_callbacks(self.trial_id)],
+            class_weight=training.class_weights(
+                data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
+            ),
+            verbose=0,
+            shuffle=True,
+        )
+        return self.scored(history, head, cached["val"])
+
+    def scored(self, history: Any, model: Any, val_inputs: Any) -> Any:
+        """The fit's history, or the worst score when the model calls every validation input one class."""
+        called = one_class_called(model, val_inputs, self.data.arrays["val"].labels)
+        if called is None:
+            return history
+        if self.on_collapsed:
+            self.on_collapsed(self.trial_id, self.data.class_names[called])
+        return {self.objective: WORST_SCORE["min" if self.objective.endswith("loss") else "max"]}
+
+
+def label_array(labels: Any, num_classes: int) -> np.ndarray:
+    """Labels as `pipeline.make_dataset` gives them: N×1 float32 for two classes (a sigmoid unit), else N int32."""
+    if num_classes == 2:
+        return np.asarray(labels, dtype=np.float32).reshape(-1, 1)
+    return np.asarray(labels, dtype=np.int32)
+
+
+def one_class_called(model: Any, images: Any, labels: Any) -> int | None:
+    """The class index when the model's arg-max calls every one of `images` (N×H×W×C) the same class although
+    `labels` (N) hold at least two classes, else None."""
+    if len(np.unique(labels)) < 2:
+        return None
+    called = np.unique(models.predict_arrays(model, images).argmax(axis=1))
+    return int(called[0]) if len(called) == 1 else None
+
+
+class SearchEnded(Exception):
+    """Raised before a new trial when the stop request or the time budget says the search is over."""
+
+
+class EndingTuner:
+    """What medimg adds to a KerasTuner tuner (mixed in before it): before each new trial `should_end()` may end
+    the search (a stop request, the time budget), a `trial_cap` caps Hyperband's trials, the hypermodel learns the
+    trial id, and `on_trial(event, trial)` hears "trial_begin" and "trial_end".
+
+    Args (keywords, before the tuner's own):
+        should_end: returns why the search is over, or None to go on.
+        on_trial: told ("trial_begin" | "trial_end", trial).
+        trial_cap: the most trials to start (Hyperband's oracle takes no trial count), or None.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        should_end: Callable[[], str | None],
+        on_trial: Callable[[str, Any], None],
+        trial_cap: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.should_end, self.on_trial, self.trial_cap = should_end, on_trial, trial_cap
+        super().__init__(*args, **kwargs)
+
+    def pre_create_trial(self) -> None:
+        reason = self.should_end()
+        if reason:
+            raise SearchEnded(reason)
+        # The user's trial count is honoured as a cap (said before the search: `tuning.tuner_notice`).
+        cap = self.trial_cap
+        if cap is not None and len(self.oracle.trials) >= cap:
+            raise SearchEnded(f"the cap of {cap} trial{'s' if cap != 1 else ''} reached")
+
+    def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
+        self.hypermodel.trial_id = trial.trial_id
+        return super().run_trial(trial, *args, **kwargs)
+
+    def on_trial_begin(self, trial: Any) -> None:
+        super().on_trial_begin(trial)
+        self.on_trial("trial_begin", trial)
+
+    def on_trial_end(self, trial: Any) -> None:
+        super().on_trial_end(trial)
+        self.on_trial("trial_end", trial)
+
+
+class RandomTuner(EndingTuner, kt.RandomSearch):
+    """KerasTuner's RandomSearch, ending on request (`EndingTuner`)."""
+
+
+class BayesianTuner(EndingTuner, kt.BayesianOptimization):
+    """KerasTuner's BayesianOptimization (Gaussian process), ending on request (`EndingTuner`)."""
+
+
+class HyperbandTuner(EndingTuner, kt.Hyperband):
+    """KerasTuner's Hyperband (Li et al. 2018), ending on request and capped in trials (`EndingTuner`)."""
+
+
+TUNERS = {"random": RandomTuner, "bayesian": BayesianTuner, "hyperband": HyperbandTuner}
+
+
+def build_tuner(
+    kind: str,
+    hypermodel: MedimgHyperModel,
+    objective: str,
+    max_trials: int,
+    executions: int,
+    directory: Path,
+    project: str,
+    epochs: int,
+    seed: int,
+    should_end: Callable[[], str | None],
+    on_trial: Callable[[str, Any], None],
+    distribution: Any = None,
+    first_values: dict[str, Any] | None = None,
+) -> EndingTuner:
+    """A `TUNERS[kind]` that resumes (overwrite=False) from `directory/project` and ends on request; with
+    `first_values`, its first trial is that point (`start_with`)."""
+    direction = "min" if objective.endswith("loss") else "max"
+    arguments: dict[str, Any] = {
+        "hypermodel": hypermodel,
+        "objective": kt.Objective(objective, direction),
+        "directory": str(directory),
+        "project_name": project,
+        "overwrite": False,
+        "seed": seed,
+        "executions_per_trial": executions,
+        "distribution_strategy": distribution,
+        "should_end": should_end,
+        "on_trial": on_trial,
+    }
+    if kind == "hyperband":
+        arguments.update(max_epochs=epochs, factor=HYPERBAND_FACTOR, trial_cap=max_trials)
+    else:
+        arguments.update(max_trials=max_trials)
+    tuner = TUNERS[kind](**arguments)
+    if first_values:
+        start_with(tuner.oracle, first_values)
+    return tuner
+
+
+def start_with(oracle: Any, values: dict[str, Any]) -> None:
+    """Make the oracle's first trial use `values` (later trials are drawn as usual); a resumed search that already
+    has trials is unchanged. KerasTuner calls `populate_space` once per new trial, on the chief in a distributed
+    search, so wrapping it there covers every mode."""
+    from keras_tuner.src.engine import trial as trial_module
+
+    populate = oracle.populate_space
+
+    def populate_first(trial_id: str) -> dict[str, Any]:
+        if not oracle.trials:
+            return {"status": trial_module.TrialStatus.RUNNING, "values": dict(values)}
+        return populate(trial_id)
+
+    oracle.populate_space = populate_first
