@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -97,9 +98,15 @@ def launch(
 
 
 def start_process(run: runs.Run) -> runs.Run:
-    """Start (or resume) an existing run's process, detached from the caller's session."""
+    """Start (or resume) an existing run's process, detached from the caller's session.
+
+    The run is marked queued before its process exists; from then on the process is the only writer of run.json
+    (a launcher writing after the start could overwrite the process's "running"). The launcher keeps the process
+    id beside it (`runs.LAUNCHED_PID`) so a process that dies before its first word is seen as failed."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERASTUNER_")}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    (run.path / runs.LAUNCHED_PID).unlink(missing_ok=True)
+    run.update(status="queued", pid=None, queued_at=time.time())
     with open(run.path / "log.txt", "ab") as log_file:
         process = subprocess.Popen(
             [sys.executable, "-m", "medimg", "resume", str(run.path.resolve())],
@@ -110,7 +117,7 @@ def start_process(run: runs.Run) -> runs.Run:
             env=env,
             cwd=Path.cwd(),
         )
-    run.update(pid=process.pid, status="queued")
+    runs.write_json_atomic(run.path / runs.LAUNCHED_PID, process.pid)
     # Reap the child when it ends, so a finished run is not left as a zombie of a long-lived server.
     threading.Thread(target=process.wait, daemon=True).start()
     return run

@@ -52,10 +52,10 @@ def test_search_killed_mid_trial_keeps_completed_trials_and_reruns_the_interrupt
                 break
             assert time.time() < deadline, "the search never reached trial 1"
             time.sleep(0.05)
-        os.kill(run.record["pid"], signal.SIGKILL)
+        os.kill(run.pid, signal.SIGKILL)
     finally:
         try:
-            os.kill(run.record["pid"], signal.SIGKILL)
+            os.kill(run.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     time.sleep(0.5)
@@ -139,7 +139,7 @@ def test_simultaneous_launches_get_separate_folders_or_a_clear_refusal(
     finally:
         for run in started:
             try:
-                os.kill(run.record["pid"], signal.SIGKILL)
+                os.kill(run.pid, signal.SIGKILL)
             except (ProcessLookupError, TypeError):
                 pass
 

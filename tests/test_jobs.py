@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def test_launch_limit_stop_and_a_completed_launch(tmp_path: Path, monkeypatch: p
     root = tmp_path / "runs"
 
     long_run = jobs.launch(demo_spec(500), root)
-    pid = long_run.record["pid"]
+    pid = long_run.launched_pid()
     assert pid and runs.pid_alive(pid)
     assert long_run.status in runs.ACTIVE_STATUSES
 
@@ -128,3 +129,39 @@ def test_launch_limit_stop_and_a_completed_launch(tmp_path: Path, monkeypatch: p
     assert short_run.read_json("history.json")["epoch"] == [1]
     assert (short_run.path / "log.txt").is_file()
     assert [run.id for run in runs.list_runs(root)] == [short_run.id, long_run.id]
+
+
+def test_after_starting_a_process_the_launcher_never_writes_run_json(tmp_path: Path, monkeypatch) -> None:
+    """A child that says "running" before `start_process` returns keeps its word: the launcher marked the run
+    queued before the start and only keeps the process id beside run.json."""
+    import subprocess
+
+    run = runs.create_run(demo_spec(1), tmp_path)
+    run.set_status("stopped", message="stopped on request")  # a run being resumed
+
+    class FastChild:
+        pid = os.getpid()  # alive, as a real child is
+
+        def __init__(self, *args, **kwargs) -> None:
+            assert run.record["status"] == "queued"  # marked before the process exists
+            run.set_status("running", pid=self.pid)
+
+        def wait(self) -> int:
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FastChild)
+    jobs.start_process(run)
+    assert run.record["status"] == "running" and run.status == "running"
+    assert run.launched_pid() == FastChild.pid and run.pid == FastChild.pid
+
+
+def test_a_queued_run_whose_process_died_before_its_first_word_is_failed(tmp_path: Path) -> None:
+    import subprocess
+
+    run = runs.create_run(demo_spec(1), tmp_path)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    runs.write_json_atomic(run.path / runs.LAUNCHED_PID, gone.pid)
+    assert run.record["status"] == "queued" and run.status == "failed"
+    (run.path / runs.LAUNCHED_PID).unlink()
+    assert run.status == "queued"  # no process yet, within the grace period

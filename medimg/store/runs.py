@@ -30,6 +30,7 @@ from medimg.imaging.contract import InputContract
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
 QUEUED_GRACE_S = 120.0
+LAUNCHED_PID = "launched.pid"  # the launcher's record of a queued run's process id (run.json is the run's own)
 # A trial cap this high means "until the time budget is spent" (medimg.auto.BUDGET_MAX_TRIALS).
 BUDGET_ONLY_TRIALS = 999
 
@@ -115,9 +116,26 @@ class Run:
         status = record.get("status", "failed")
         if status in ACTIVE_STATUSES and record.get("pid") and not pid_alive(record.get("pid")):
             return "failed"
-        if status == "queued" and not record.get("pid") and time.time() - record.get("created", 0) > QUEUED_GRACE_S:
-            return "failed"  # its process never started; do not let it hold the concurrency limit forever
+        if status == "queued" and not record.get("pid"):
+            launched = self.launched_pid()
+            if launched is not None and not pid_alive(launched):
+                return "failed"  # its process ended before it said a word
+            queued = record.get("queued_at") or record.get("created", 0)
+            if launched is None and time.time() - queued > QUEUED_GRACE_S:
+                return "failed"  # its process never started; do not let it hold the concurrency limit forever
         return status
+
+    @property
+    def pid(self) -> int | None:
+        """The run's process id: the one the process recorded once it started, else the one its launcher kept."""
+        return self.record.get("pid") or self.launched_pid()
+
+    def launched_pid(self) -> int | None:
+        """The process id the launcher started for this run (`jobs.start_process`), or None."""
+        try:
+            return int((self.path / LAUNCHED_PID).read_text())
+        except (OSError, ValueError):
+            return None
 
     def update(self, **fields: Any) -> dict[str, Any]:
         record = self.record

@@ -119,7 +119,7 @@ def kill_run_processes(root: Path) -> None:
 
     for run in runs.list_runs(root):
         try:
-            pid = run.record.get("pid")
+            pid = run.pid
         except Exception:
             continue
         if not pid or pid == os.getpid() or not runs.pid_alive(pid):

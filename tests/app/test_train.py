@@ -120,7 +120,7 @@ def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_
     spec = run.spec
     assert spec.kind == "train" and spec.params == TINY_PARAMS and spec.dataset == DatasetConfig(**TINY_DATASET)
     assert spec.train.epochs == 500 and spec.train.early_stopping_patience == 0
-    assert runs.pid_alive(run.record["pid"]), "training runs in its own process"
+    assert runs.pid_alive(run.pid), "training runs in its own process"
     assert run_picker(at, "train_run").value == run_id
     assert shown_metrics(at)["Status"] in ("queued", "running")
     assert by_label(at.button, "Start training").disabled and at.get_by_key("tr_epochs").disabled

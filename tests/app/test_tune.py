@@ -92,7 +92,7 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     run_id = at.query_params["run"]
     run = runs.Run(runs_dir / run_id)
     assert run.spec.kind == "tune" and run.spec.search == TINY_SEARCH and run.spec.tune.max_trials == 20
-    assert runs.pid_alive(run.record["pid"]), "the search runs in its own process"
+    assert runs.pid_alive(run.pid), "the search runs in its own process"
     assert run_picker(at, "tune_run").value == run_id
     assert shown_metrics(at)["Status"] in ("queued", "running")
     assert by_label(at.button, "Start search").disabled, "one search per session while it runs"
@@ -201,7 +201,7 @@ def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_wh
     # Chosen from the demo's images, not from the Dataset page's 16 px: 224 px JPEGs holding gray pictures.
     assert run.spec.dataset.color == "gray" and run.spec.dataset.path == TINY_DATASET["path"]
     assert run.spec.tune.first_trial == "plain_cnn" and record["auto"]["minutes"] == 1.0
-    assert runs.pid_alive(record["pid"])
+    assert runs.pid_alive(run.pid)
     watcher = open_page("tune", run=run.id)
     no_exception(watcher)
     assert watcher.radio(key="tn_mode").value == "Automatic" and watcher.radio(key="tn_mode").disabled
