@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from medimg import jobs
+from medimg import jobs, workflows
 from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, ModelParams, RunSpec, TrainConfig, describe_params
 from medimg.errors import MedimgError
 from medimg.model import backbones
@@ -32,6 +32,8 @@ source = st.radio(
 )
 dataset_config = common.get("dataset")
 augment = common.get("augment")
+base: RunSpec | None = None  # the final training of a search, as `workflows.train_spec_from_search` makes it
+schedule = train
 if source == "Best of a search":
     if not searches:
         st.info("No finished search yet. Run one on the Tune page, or choose Manual.")
@@ -49,11 +51,17 @@ if source == "Best of a search":
     if chosen and st.query_params.get("from") != chosen:
         st.query_params["from"] = chosen
     search = searches[ids.index(chosen)]
-    params = ModelParams.from_dict(search.record["best_params"])
-    dataset_config, augment = search.spec.dataset, search.spec.augment
+    base = workflows.train_spec_from_search(search)  # the same final training as `train --from-run`
+    params, dataset_config, augment = base.params, base.dataset, base.augment
+    schedule = attached.spec.train if busy else base.train
     st.caption(
         f"Dataset and augmentation of {search.id}: {dataset_config.path}, {dataset_config.image_size} px "
         f"{dataset_config.color}."
+    )
+    st.caption(
+        f"Final-fit schedule: up to {base.train.epochs} epochs, early stopping on {base.train.monitor} after "
+        f"{base.train.early_stopping_patience} epochs without progress (the best epoch's weights kept), the "
+        "learning rate halved on plateaus."
     )
     st.table(pd.DataFrame(describe_params(params), columns=["Setting", "Value"]).set_index("Setting"))
 else:
@@ -142,27 +150,35 @@ else:
         )
         st.stop()
 
+# A search's schedule is seeded per search run; the manual one is the page's own kept choice.
+prefix = f"tr_{search.id}_" if base else "tr_"
 t1, t2, t3 = st.columns(3)
-epochs = t1.number_input("Epochs", 1, 1000, **common.kept("tr_epochs", train.epochs), disabled=busy)
+epochs = t1.number_input("Epochs", 1, 1000, **common.kept(f"{prefix}epochs", schedule.epochs), disabled=busy)
 patience = t2.number_input(
     "Early-stopping patience (0 = off)",
     0,
     100,
-    **common.kept("tr_patience", train.early_stopping_patience),
+    **common.kept(f"{prefix}patience", schedule.early_stopping_patience),
     disabled=busy,
 )
 weights = t3.selectbox(
     "Class weights",
     ["auto", "balanced", "none"],
     disabled=busy,
-    **common.kept("tr_weights", train.class_weights),
+    **common.kept(f"{prefix}weights", schedule.class_weights),
     help="auto: balanced weights when the classes differ by more than 1.5×.",
 )
-train = train.replace(epochs=int(epochs), early_stopping_patience=int(patience), class_weights=weights)
-common.put("train", train)
+schedule = schedule.replace(epochs=int(epochs), early_stopping_patience=int(patience), class_weights=weights)
+if base is None:
+    common.put("train", schedule)
 
 if st.button("Start training", type="primary", disabled=busy):
-    common.launch(RunSpec(kind="train", dataset=dataset_config, augment=augment, train=train, params=params))
+    spec = (
+        base.replace(train=schedule)
+        if base
+        else RunSpec(kind="train", dataset=dataset_config, augment=augment, train=schedule, params=params)
+    )
+    common.launch(spec)
 
 run = common.pick_run("Training run", kind="train", key="train_run")
 if run is None:

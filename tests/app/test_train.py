@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from medimg import jobs
+from medimg import jobs, workflows
 from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig, describe_params
 from medimg.store import runs
 
@@ -92,6 +92,12 @@ def test_a_finished_search_supplies_the_parameters_and_the_dataset(finished_runs
         at.caption
     )
     assert "tr_filters" not in [widget.key for widget in at.text_input]
+    # The schedule is the search's final fit, as `train --from-run` makes it, not the page's manual one.
+    final = workflows.train_spec_from_search(search).train
+    assert final.epochs >= 50 and final.monitor == search.spec.tune.objective
+    assert at.number_input(key=f"tr_{search.id}_epochs").value == final.epochs
+    assert at.number_input(key=f"tr_{search.id}_patience").value == final.early_stopping_patience
+    assert any(f"Final-fit schedule: up to {final.epochs} epochs" in text for text in values(at.caption))
 
 
 def test_a_finished_training_run_shows_curves_and_test_metrics(finished_runs: FinishedRuns) -> None:
