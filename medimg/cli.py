@@ -17,7 +17,7 @@ from typing import Any
 
 from medimg.config import BACKBONE_NAMES
 from medimg.datasets.sources import DEMO_DATASET
-from medimg.errors import MedimgError
+from medimg.errors import ConfigError, MedimgError, RunError
 
 
 def _err(message: str) -> None:
@@ -450,7 +450,7 @@ def _distributed_tune(spec: Any, args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     if not args.run_name:
-        raise MedimgError("a distributed search needs --run-name NAME, the same for the chief and every worker.")
+        raise ConfigError("a distributed search needs --run-name NAME, the same for the chief and every worker.")
     tuning.set_distributed_role("chief" if args.chief else "worker", args.chief or args.worker)
     path = runs.runs_root(args.runs) / args.run_name
     if args.chief:
@@ -460,7 +460,7 @@ def _distributed_tune(spec: Any, args: argparse.Namespace) -> int:
     deadline = time.time() + 120
     while not (path / "run.json").is_file():  # the chief creates the folder; workers may start first
         if time.time() > deadline:
-            raise MedimgError(f"no chief created {path} within 2 minutes; start the chief with the same --run-name.")
+            raise RunError(f"no chief created {path} within 2 minutes; start the chief with the same --run-name.")
         time.sleep(0.5)
     run = runs.Run(path)
     workflows.execute_tune(run, echo=_err)
@@ -489,7 +489,7 @@ def command_train(args: argparse.Namespace) -> int:
         try:
             given = json.loads(args.params)
         except ValueError as error:
-            raise MedimgError(f"--params is not valid JSON: {error}") from error
+            raise ConfigError(f"--params is not valid JSON: {error}") from error
         spec = spec.replace(params=ModelParams.from_dict({**spec.params.to_dict(), **given}))
     return _run_and_report(spec, args)
 
@@ -563,7 +563,7 @@ def command_report(args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
-        raise MedimgError(f"--threshold {args.threshold} is not a probability; give a value between 0 and 1.")
+        raise ConfigError(f"--threshold {args.threshold} is not a probability; give a value between 0 and 1.")
     run = runs.find_run(args.run, args.runs)
     path = report.write_report(run, args.out or run.path / "report.html", args.threshold, args.positive)
     _err(f"wrote the report of {run.id} ({path.stat().st_size / 2**20:.1f} MB, opens offline)")

@@ -23,6 +23,14 @@ class RunError(MedimgError):
     """A run directory is missing, unfinished, busy or does not belong to this app."""
 
 
+class TrainingError(MedimgError):
+    """Fitting or searching ended without a usable model (the loss became NaN, no trial completed)."""
+
+
+class ModelError(MedimgError):
+    """A trained model cannot do what was asked of it (Grad-CAM of a model without a convolution, an export)."""
+
+
 class SearchSpaceMismatchError(ConfigError):
     """A saved search was started with a different search space than the one requested."""
 

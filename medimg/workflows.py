@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, TrainConfig
-from medimg.errors import MedimgError
+from medimg.errors import RunError
 from medimg.store.runs import Run
 
 if TYPE_CHECKING:
@@ -66,11 +66,11 @@ def train_spec_from_search(
     augmentation unless given, and the final-fit schedule (`TrainConfig.final_fit`: more epochs, longer patience,
     the best epoch restored) unless a training config is given. `epochs` overrides the number of epochs last.
 
-    Raises MedimgError when the search has no best hyperparameters (not finished, or every trial failed).
+    Raises RunError when the search has no best hyperparameters (not finished, or every trial failed).
     """
     record = search.record
     if not record.get("best_params"):
-        raise MedimgError(
+        raise RunError(
             f"run {search.id} has no best hyperparameters (status: {search.status}); pick a completed tune run."
         )
     source = search.spec

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from medimg.errors import MedimgError
+from medimg.errors import ModelError
 
 
 def last_conv_layer_name(model: Any) -> str:
@@ -24,7 +24,7 @@ def last_conv_layer_name(model: Any) -> str:
             shape = getattr(layer.output, "shape", None)
             if shape is not None and len(shape) == 4:
                 return layer.name
-    raise MedimgError("this model has no convolutional layer, so Grad-CAM cannot be computed.")
+    raise ModelError("this model has no convolutional layer, so Grad-CAM cannot be computed.")
 
 
 def gradcam_heatmap(

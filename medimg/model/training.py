@@ -18,7 +18,7 @@ import numpy as np
 
 from medimg.config import AugmentConfig, ModelParams, TrainConfig
 from medimg.datasets.prepared import PreparedData, prepare_data
-from medimg.errors import MedimgError
+from medimg.errors import MedimgError, TrainingError
 from medimg.imaging.contract import InputContract
 from medimg.store.runs import Run
 
@@ -291,8 +291,8 @@ def say_warnings(warnings: list[str], echo: Echo | None) -> None:
             log.warning("%s", warning)
 
 
-def _nan_error(epoch: int, kept: str = "no epoch finished before it, so no model was saved") -> MedimgError:
-    return MedimgError(
+def _nan_error(epoch: int, kept: str = "no epoch finished before it, so no model was saved") -> TrainingError:
+    return TrainingError(
         f"the loss became NaN at epoch {epoch}; {kept}. Lower the learning rate or the weight decay and try again."
     )
 

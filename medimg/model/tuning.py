@@ -269,7 +269,7 @@ def _strategy(distribution: str) -> Any:
 
 
 def _finish_search(run: Run, tuner: Any, data: PreparedData, ended: str) -> Fitted:
-    from medimg.errors import MedimgError
+    from medimg.errors import TrainingError
 
     spec = run.spec
     collapsed = collapsed_trials(run)
@@ -295,7 +295,7 @@ def _finish_search(run: Run, tuner: Any, data: PreparedData, ended: str) -> Fitt
     if not completed and stopped:  # Stop during the first trial: its epochs so far are all there is
         completed = {t["trial_id"] for t in trials if t["status"] == "STOPPED" and t["score"] is not None}
     if not completed:
-        raise MedimgError(f"no trial completed ({ended or 'every trial failed'}); see log.txt in {run.path}.")
+        raise TrainingError(f"no trial completed ({ended or 'every trial failed'}); see log.txt in {run.path}.")
     ranked = [t for t in tuner.oracle.get_best_trials(len(tuner.oracle.trials)) if t.trial_id in completed]
     if warning or not ranked:  # collapsed (or stopped) trials may all carry the worst score: trial order
         ranked = [tuner.oracle.trials[t["trial_id"]] for t in trials if t["trial_id"] in completed]
