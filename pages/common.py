@@ -23,6 +23,7 @@ from medimg.config import (
 )
 from medimg.datasets import sources
 from medimg.errors import MedimgError
+from medimg.results import charts
 from medimg.store import choices, runs
 
 log = logging.getLogger("medimg.app")
@@ -278,3 +279,45 @@ def show_test_metrics(run: runs.Run) -> None:
             f"accuracy {point['accuracy']:.3f} on test."
         )
     st.page_link("pages/evaluate.py", label="Evaluate this model", icon=":material/analytics:")
+
+
+def live_run_header(run: runs.Run, stopping: str) -> dict[str, Any]:
+    """The top of the live-run panel of Tune and Train: what the run was given, its progress, and Stop (then
+    `stopping` says what happens). Returns the run's progress (`runs.progress`)."""
+    progress = runs.progress(run)
+    run_settings_caption(run)
+    progress_header(progress)
+    if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
+        jobs.stop(run)
+        st.toast(stopping)
+    return progress
+
+
+def epoch_curves(run: runs.Run, key: str, trial: str | None = None) -> None:
+    """Loss, accuracy and AUC per epoch of a train run (or of one trial of a search), fine-tuning stages marked."""
+    history = run.epoch_history(trial=trial)
+    if not history.get("epoch"):
+        return
+    stage_starts = run.stage_starts(trial)
+    for column, metric in zip(st.columns(3), ("loss", "accuracy", "auc"), strict=True):
+        column.plotly_chart(
+            charts.history_figure(history, metric, stage_starts=stage_starts), key=f"{key}_{run.id}_{metric}"
+        )
+
+
+def follow_live(run: runs.Run, body: Any) -> None:
+    """Draw `body(run)` now and, while the run is active, again every POLL_SECONDS (a fragment, so the rest of the
+    page stays put); a MedimgError is shown as its message; the page redraws once when the run ends (enabling the
+    controls again)."""
+    active = run.status in runs.ACTIVE_STATUSES
+
+    @st.fragment(run_every=POLL_SECONDS if active else None)
+    def live() -> None:
+        try:
+            body(run)
+        except MedimgError as error:
+            show_error(error)
+        if active and run.status not in runs.ACTIVE_STATUSES:
+            st.rerun()
+
+    live()

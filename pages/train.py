@@ -5,11 +5,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from medimg import jobs, workflows
+from medimg import workflows
 from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, ModelParams, RunSpec, TrainConfig, describe_params
 from medimg.errors import MedimgError
 from medimg.model import backbones
-from medimg.results import charts
 from medimg.store import runs
 from pages import common
 
@@ -184,31 +183,12 @@ run = common.pick_run("Training run", kind="train", key="train_run")
 if run is None:
     st.info("No training run yet: press Start training.")
     st.stop()
-active = run.status in runs.ACTIVE_STATUSES
 
 
-@st.fragment(run_every=common.POLL_SECONDS if active else None)
-def live() -> None:
-    try:
-        progress = runs.progress(run)
-        common.run_settings_caption(run)
-        common.progress_header(progress)
-        if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
-            jobs.stop(run)
-            st.toast("Stop requested: training ends at the next batch and saves the model it has.")
-        history = run.epoch_history()
-        if history.get("epoch"):
-            cols = st.columns(3)
-            for column, metric in zip(cols, ("loss", "accuracy", "auc"), strict=True):
-                column.plotly_chart(
-                    charts.history_figure(history, metric, stage_starts=run.stage_starts()),
-                    key=f"train_{run.id}_{metric}",
-                )
-        common.show_test_metrics(run)
-    except MedimgError as error:
-        common.show_error(error)
-    if active and run.status not in runs.ACTIVE_STATUSES:
-        st.rerun()
+def show_run(run: runs.Run) -> None:
+    common.live_run_header(run, "Stop requested: training ends at the next batch and saves the model it has.")
+    common.epoch_curves(run, "train")
+    common.show_test_metrics(run)
 
 
-live()
+common.follow_live(run, show_run)

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import streamlit as st
 
-from medimg import auto, jobs
+from medimg import auto
 from medimg.config import (
     CHOICES,
     ModelParams,
@@ -268,12 +268,9 @@ if run is None:
 
 
 def show_run(run: runs.Run) -> None:
-    progress = runs.progress(run)
-    common.run_settings_caption(run)
-    common.progress_header(progress)
-    if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
-        jobs.stop(run)
-        st.toast("Stop requested: the search ends at the next batch and keeps its completed trials.")
+    progress = common.live_run_header(
+        run, "Stop requested: the search ends at the next batch and keeps its completed trials."
+    )
     record = run.record
     if record.get("auto"):
         with st.expander("What the automatic mode chose, and why", expanded=progress["status"] in runs.ACTIVE_STATUSES):
@@ -330,16 +327,9 @@ def show_run(run: runs.Run) -> None:
     else:
         st.caption("The charts of the trials appear when the first trial ends; its epochs are drawn below.")
     current = progress.get("trial")
-    if current is not None and not finished_run:
-        history = run.epoch_history(trial=current)
-        if history.get("epoch"):
-            st.markdown(f"**Trial {runs.trial_number(current)}: per-epoch curves**")
-            cols = st.columns(3)
-            for column, metric in zip(cols, ("loss", "accuracy", "auc"), strict=True):
-                column.plotly_chart(
-                    charts.history_figure(history, metric, stage_starts=run.stage_starts(current)),
-                    key=f"trial_{run.id}_{metric}",
-                )
+    if current is not None and not finished_run and run.epoch_history(trial=current).get("epoch"):
+        st.markdown(f"**Trial {runs.trial_number(current)}: per-epoch curves**")
+        common.epoch_curves(run, "trial", trial=current)
 
 
 STATUS_WORDS = {
@@ -394,17 +384,4 @@ def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> No
         st.switch_page("pages/train.py", query_params={"from": run.id})
 
 
-active = run.status in runs.ACTIVE_STATUSES
-
-
-@st.fragment(run_every=common.POLL_SECONDS if active else None)
-def live() -> None:
-    try:
-        show_run(run)
-    except MedimgError as error:
-        common.show_error(error)
-    if active and run.status not in runs.ACTIVE_STATUSES:
-        st.rerun()  # the run just ended: redraw the whole page once (enables the controls again)
-
-
-live()
+common.follow_live(run, show_run)
