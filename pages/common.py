@@ -172,7 +172,7 @@ def attached_run(kind: str) -> runs.Run | None:
     return candidates[0] if candidates else None
 
 
-def progress_header(progress: dict[str, Any]) -> None:
+def progress_header(progress: runs.Progress) -> None:
     """Status line, progress bar (per trial or per epoch, with the batch inside the epoch) and timing."""
     status = progress["status"]
     cols = st.columns(4)
@@ -281,7 +281,7 @@ def show_test_metrics(run: runs.Run) -> None:
     st.page_link("pages/evaluate.py", label="Evaluate this model", icon=":material/analytics:")
 
 
-def live_run_header(run: runs.Run, stopping: str) -> dict[str, Any]:
+def live_run_header(run: runs.Run, stopping: str) -> runs.Progress:
     """The top of the live-run panel of Tune and Train: what the run was given, its progress, and Stop (then
     `stopping` says what happens). Returns the run's progress (`runs.progress`)."""
     progress = runs.progress(run)

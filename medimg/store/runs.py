@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from medimg.config import RunSpec
 from medimg.errors import RunError
@@ -30,6 +30,43 @@ from medimg.imaging.contract import InputContract
 ACTIVE_STATUSES = ("queued", "running")
 FINAL_STATUSES = ("completed", "stopped", "failed")
 QUEUED_GRACE_S = 120.0
+
+
+class Progress(TypedDict):
+    """What a watcher shows of a run (`progress`): times in seconds, `fraction` of the whole run in 0..1, epochs and
+    trials numbered from 0 as in the event log, None for what is not known yet."""
+
+    status: str
+    kind: str  # "tune" or "train"
+    trials_done: int
+    max_trials: int | None  # None for a training, or a search that only a time budget ends
+    trial: str | None  # the KerasTuner id of the running (or last) trial
+    epoch: int | None
+    epochs: int | None
+    batch: int | None
+    steps: int | None
+    elapsed_s: float
+    eta_s: float | None
+    fraction: float
+    error: str | None
+    message: str  # the last status message (a stop, a failure)
+    warnings: list[str]  # the dataset's, said when the run started (`datachecks`)
+
+
+class RunSummary(TypedDict):
+    """One run in a list (`Run.summary`): scores as fractions, `duration_s` in seconds, `created` a Unix time."""
+
+    id: str
+    kind: str
+    status: str
+    dataset: str
+    created: float | None
+    duration_s: float | None
+    test_auc: float | None
+    test_accuracy: float | None
+    best_score: float | None
+    val_metric: str  # what `val_score` measures: the search's objective or the training's monitor
+    val_score: float | None
 LAUNCHED_PID = "launched.pid"  # the launcher's record of a queued run's process id (run.json is the run's own)
 # A trial cap this high means "until the time budget is spent" (medimg.auto.BUDGET_MAX_TRIALS).
 BUDGET_ONLY_TRIALS = 999
@@ -231,7 +268,7 @@ class Run:
         os.replace(temporary, self.model_path)
         self.update(model_sha256=file_sha256(self.model_path))
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> RunSummary:
         record = self.record
         metrics = record.get("metrics") or {}
         finished = record.get("finished") or (time.time() if record.get("status") in ACTIVE_STATUSES else None)
@@ -377,7 +414,7 @@ def delete_run(run: Run) -> None:
     shutil.rmtree(run.path)
 
 
-def progress(run: Run) -> dict[str, Any]:
+def progress(run: Run) -> Progress:
     """What a watcher shows: status, trials done of N, current epoch and batch, elapsed time and an ETA."""
     record = run.record
     spec = record.get("spec", {})
