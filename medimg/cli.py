@@ -325,7 +325,7 @@ def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] |
 
     if args.background:
         run = jobs.launch(spec, args.runs, extra=extra)
-        _err(f"started {run.id} in the background (pid {run.record['pid']}); watch it with `python -m medimg runs`")
+        _err(f"started {run.id} in the background (pid {run.pid}); watch it with `python -m medimg runs`")
         print(run.path)
         return 0
     from medimg.model import backbones

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,29 @@ def test_unicode_class_folders_end_to_end_with_the_unusable_ones_left_out(tmp_pa
     assert [row["file"] for row in rows] == [str(f) for f in files]
     assert {f"p_{name}" for name in names} <= set(rows[0]) and rows[0]["predicted"] in names
     assert rows[1]["error"].startswith("not an image")
+
+
+def test_a_background_train_names_its_process_and_completes(tmp_path: Path) -> None:
+    from medimg.store import runs
+
+    params = '{"filters": [4], "dense_units": 8, "batch_size": 16}'
+    started = medimg(
+        "train",
+        str(DEMO),
+        "--runs",
+        str(tmp_path),
+        "--image-size",
+        "16",
+        "--epochs",
+        "1",
+        "--params",
+        params,
+        "--background",
+    )
+    run = runs.Run(Path(started.stdout.strip().splitlines()[-1]))
+    said = started.stderr.strip().splitlines()[-1]
+    assert said.startswith(f"started {run.id} in the background (pid {run.launched_pid()});"), said
+    deadline = time.time() + 240
+    while run.status in runs.ACTIVE_STATUSES and time.time() < deadline:
+        time.sleep(0.5)
+    assert run.record["status"] == "completed", (run.path / "log.txt").read_text()[-2000:]
