@@ -595,11 +595,11 @@ def command_runs(args: argparse.Namespace) -> int:
     if not rows:
         print(f"no runs under {runs.runs_root(args.runs)}")
         return 0
-    print(f"{'run':<32}{'kind':<7}{'status':<11}{'test AUC':>9}{'test acc':>9}{'seconds':>9}")
-    for row in rows:
-        auc = "" if row["test_auc"] is None else f"{row['test_auc']:.3f}"
-        accuracy = "" if row["test_accuracy"] is None else f"{row['test_accuracy']:.3f}"
-        print(f"{row['id']:<32}{row['kind']:<7}{row['status']:<11}{auc:>9}{accuracy:>9}{row['duration_s'] or '':>9}")
+    table = [run.table_row() for run in runs.list_runs(args.runs)]  # the Runs page's columns
+    widths = {column: max(len(column), *(len(str(row[column])) for row in table)) for column in table[0]}
+    print("  ".join(column.ljust(width) for column, width in widths.items()).rstrip())
+    for row in table:
+        print("  ".join(str(row[column]).ljust(width) for column, width in widths.items()).rstrip())
     return 0
 
 

@@ -140,3 +140,28 @@ def test_a_background_train_names_its_process_and_completes(tmp_path: Path) -> N
     while run.status in runs.ACTIVE_STATUSES and time.time() < deadline:
         time.sleep(0.5)
     assert run.record["status"] == "completed", (run.path / "log.txt").read_text()[-2000:]
+
+
+def test_runs_lists_what_the_runs_page_shows_with_why_a_run_failed(tmp_path: Path) -> None:
+    from medimg.config import DatasetConfig, RunSpec
+    from medimg.store import runs
+
+    failed = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(path=str(DEMO))), tmp_path)
+    failed.set_status("failed", error="the loss became NaN at epoch 3; no epoch finished before it")
+    header, line = medimg("runs", "--runs", str(tmp_path)).stdout.splitlines()
+    assert header.split() == [
+        "run",
+        "kind",
+        "status",
+        "started",
+        "duration",
+        "dataset",
+        "validation",
+        "test",
+        "AUC",
+        "test",
+        "accuracy",
+        "note",
+    ]
+    assert line.startswith(failed.id) and str(DEMO) in line
+    assert line.endswith("the loss became NaN at epoch 3; no epoch finished before it")

@@ -67,6 +67,8 @@ class RunSummary(TypedDict):
     best_score: float | None
     val_metric: str  # what `val_score` measures: the search's objective or the training's monitor
     val_score: float | None
+
+
 LAUNCHED_PID = "launched.pid"  # the launcher's record of a queued run's process id (run.json is the run's own)
 # A trial cap this high means "until the time budget is spent" (medimg.auto.BUDGET_MAX_TRIALS).
 BUDGET_ONLY_TRIALS = 999
@@ -288,8 +290,9 @@ class Run:
 
     def table_row(self) -> dict[str, Any]:
         """`summary` for people: plain column names, the local start time, a duration as m:ss, the validation
-        score named by its metric, '–' for what is not known (never None)."""
+        score named by its metric, '–' for what is not known (never None); `note`: why a run failed or stopped."""
         summary = self.summary()
+        record = self.record
         started = summary.get("created")
         duration = summary.get("duration_s")
         metric = str(summary.get("val_metric") or "")
@@ -304,6 +307,7 @@ class Run:
             "validation": f"{METRIC_WORDS.get(metric, metric)} {score:.3f}" if isinstance(score, float) else "–",
             "test AUC": f"{auc:.3f}" if isinstance(auc, float) else "–",
             "test accuracy": f"{accuracy:.3f}" if isinstance(accuracy, float) else "–",
+            "note": _note(summary["status"], record),
         }
 
     def validation_score(self) -> dict[str, Any]:
@@ -473,6 +477,18 @@ def progress(run: Run) -> Progress:
         "message": _last_message(events),
         "warnings": list(record.get("warnings") or []),  # the dataset's, said when the run started (datachecks)
     }
+
+
+def _note(status: str, record: dict[str, Any]) -> str:
+    """A run's failure reason or stop message, on one line of at most 100 characters ("" when neither)."""
+    if status == "failed":
+        text = record.get("error") or "its process ended without saying why; see log.txt"
+    elif status == "stopped":
+        text = record.get("message") or ""
+    else:
+        return ""
+    line = str(text).splitlines()[0] if text else ""
+    return line if len(line) <= 100 else line[:99] + "…"
 
 
 def _last_message(events: list[dict[str, Any]]) -> str:

@@ -44,6 +44,7 @@ def test_lists_every_run_with_its_kind_status_and_metrics(finished_runs: Finishe
         "validation",
         "test AUC",
         "test accuracy",
+        "note",
     ]
     assert table.loc[finished_runs.train_id, "started"] == time.strftime(
         "%Y-%m-%d %H:%M", time.localtime(record["created"])
