@@ -59,3 +59,24 @@ BREASTMNIST = PROJECT / "tests" / "data" / "breastmnist"
 @pytest.fixture()
 def breastmnist_dir() -> Path:
     return BREASTMNIST
+
+
+def train_demo_run(folder: Path, params: dict | None = None, color: str = "gray", epochs: int = 2):
+    """A completed train run on the bundled demo at 16 px (a small CNN; `params` override ModelParams fields),
+    trained in this process through `jobs.execute`: the real path a run takes, kept small for the tests."""
+    from medimg import jobs
+    from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+    from medimg.store import runs
+
+    spec = RunSpec(
+        kind="train",
+        dataset=DatasetConfig(path=str(DEMO), image_size=16, color=color),
+        params=ModelParams(**{"filters": (8,), "dense_units": 8, **(params or {})}),
+        train=TrainConfig(epochs=epochs, early_stopping_patience=0, reduce_lr_patience=0),
+    )
+    run = runs.create_run(spec, folder)
+    jobs.execute(run)
+    assert run.record["status"] == "completed", (
+        (run.path / "log.txt").read_text()[-2000:] if (run.path / "log.txt").exists() else run.record
+    )
+    return run

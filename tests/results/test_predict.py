@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from medimg import jobs
-from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+from medimg.config import RunSpec
 from medimg.errors import RunError
 from medimg.results import evaluation
 from medimg.results.predict import Prediction, Predictor, decision_threshold, predictions_csv, summary_line, top_k
 from medimg.store import runs
-from tests.conftest import DEMO
+from tests.conftest import DEMO, train_demo_run
 
 TEST_IMAGES = (
     sorted((DEMO / "test" / "NORMAL").glob("*.jpeg"))[:3] + sorted((DEMO / "test" / "PNEUMONIA").glob("*.jpeg"))[:3]
@@ -25,16 +24,7 @@ TEST_IMAGES = (
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> runs.Run:
-    spec = RunSpec(
-        kind="train",
-        dataset=DatasetConfig(path=str(DEMO), image_size=16, color="gray"),
-        params=ModelParams(filters=(4, 8), dense_units=8, batch_size=16),
-        train=TrainConfig(epochs=2, early_stopping_patience=0, reduce_lr_patience=0),
-    )
-    run = runs.create_run(spec, tmp_path_factory.mktemp("runs"))
-    jobs.execute(run)
-    assert run.record["status"] == "completed"
-    return run
+    return train_demo_run(tmp_path_factory.mktemp("runs"), {"filters": (4, 8), "batch_size": 16})
 
 
 @pytest.fixture(scope="module")

@@ -20,21 +20,12 @@ from medimg.metrics import bootstrap, clinical, subgroups
 from medimg.results import bundle, evaluation, report
 from medimg.results.predict import Predictor
 from medimg.store import runs
-from tests.conftest import DEMO
+from tests.conftest import DEMO, train_demo_run
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> runs.Run:
-    spec = RunSpec(
-        kind="train",
-        dataset=DatasetConfig(path=str(DEMO), image_size=16),
-        params=ModelParams(filters=(8,), dense_units=8),
-        train=TrainConfig(epochs=2, early_stopping_patience=0, reduce_lr_patience=0),
-    )
-    run = runs.create_run(spec, tmp_path_factory.mktemp("runs"))
-    jobs.execute(run)
-    assert run.record["status"] == "completed"
-    return run
+    return train_demo_run(tmp_path_factory.mktemp("runs"), None)
 
 
 @pytest.fixture(scope="module")
