@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medimg.config import BACKBONE_NAMES
+from medimg.config import BACKBONE_NAMES, DEFAULT_PRESET, PRESETS
 from medimg.datasets.sources import DEMO_DATASET
 from medimg.errors import ConfigError, MedimgError, RunError
 
@@ -108,9 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     role.add_argument("--chief", metavar="HOST:PORT", help="run KerasTuner's oracle here (distributed search)")
     role.add_argument("--worker", metavar="HOST:PORT", help="run trials for the chief at HOST:PORT")
     tune.add_argument(
+        "--preset",
         "--space",
-        choices=["seed", "quick"],
-        help="preset search space: the seed tutorial's ranges, or a small one for 2 cores",
+        dest="preset",
+        choices=list(PRESETS),
+        help="; ".join(f"{p.name}: {p.about}" for p in PRESETS.values())
+        + f" (default {DEFAULT_PRESET}, as on the Tune page)",
     )
 
     auto = commands.add_parser(
@@ -252,7 +255,7 @@ def _pairs(text: str | None) -> dict[str, Any]:
 
 def build_spec(args: argparse.Namespace, kind: str) -> Any:
     """A RunSpec from the spec file (if any) overridden by the flags given."""
-    from medimg.config import RunSpec, SearchSpace, load_spec_file
+    from medimg.config import RunSpec, load_spec_file
 
     sections = load_spec_file(args.spec) if args.spec else {}
     dataset = dict(sections.get("dataset", {}))
@@ -268,7 +271,8 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
     }
     dataset.update({k: v for k, v in flags.items() if v is not None})
     dataset["path"] = str(Path(dataset.get("path") or DEMO_DATASET).resolve())
-    train = dict(sections.get("train", {"epochs": 10 if kind == "tune" else 30}))
+    preset = PRESETS[getattr(args, "preset", None) or DEFAULT_PRESET]  # the pages start from the same one
+    train = dict(sections.get("train", {"epochs": preset.trial_epochs if kind == "tune" else preset.train_epochs}))
     if args.epochs:
         train["epochs"] = args.epochs
     if args.seed is not None:
@@ -283,10 +287,8 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
         "distribution": args.distribution or "none",
     }
     if kind == "tune":
-        search = sections.get("search") or (
-            SearchSpace().to_dict() if args.space == "seed" else SearchSpace.quick().to_dict()
-        )
-        tune = dict(sections.get("tune", {}))
+        search = sections.get("search") or preset.search.to_dict()
+        tune = dict(sections.get("tune", {"max_trials": preset.max_trials}))
         if args.max_minutes and args.max_trials is None and "max_trials" not in tune:
             from medimg.auto import BUDGET_MAX_TRIALS
 

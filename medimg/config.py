@@ -563,6 +563,30 @@ def _nested(cls: type[T], value: Any) -> T:
 
 
 @dataclasses.dataclass(frozen=True)
+class Preset:
+    """A named starting point for a hand-set search and a hand-set training, the same from the CLI (`tune
+    --preset NAME`, `train`) and on the pages (the values they start with). The automatic mode needs none: it
+    chooses from the data and the budget (`auto.plan`)."""
+
+    name: str
+    about: str
+    search: SearchSpace
+    max_trials: int
+    trial_epochs: int  # epochs per trial of a search
+    train_epochs: int  # epochs of a training set by hand
+
+
+PRESETS = {
+    preset.name: preset
+    for preset in (
+        Preset("quick", "a small space for 2 cores: 4 trials of 10 epochs", SearchSpace.quick(), 4, 10, 30),
+        Preset("seed", "the seed tutorial's wide ranges: 10 trials of 10 epochs", SearchSpace(), 10, 10, 30),
+    )
+}
+DEFAULT_PRESET = "quick"
+
+
+@dataclasses.dataclass(frozen=True)
 class RunSpec(_Config):
     """Everything that defines a run; rerunning from this record gives the same model (seeded)."""
 

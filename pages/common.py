@@ -12,11 +12,12 @@ import streamlit as st
 
 from medimg import jobs
 from medimg.config import (
+    DEFAULT_PRESET,
+    PRESETS,
     AugmentConfig,
     DatasetConfig,
     ModelParams,
     RunSpec,
-    SearchSpace,
     TrainConfig,
     TuneConfig,
     describe_augment,
@@ -54,9 +55,10 @@ FOLLOW_KEY = "follow_run"  # the run this session launched last, until a run pic
 DEFAULTS: dict[str, Any] = {
     "dataset": DatasetConfig(path=str(sources.DEMO_DATASET)),
     "augment": AugmentConfig(),
-    "search": SearchSpace.quick(),
-    "tune": TuneConfig(max_trials=4),
-    "train": TrainConfig(epochs=10),
+    "search": PRESETS[DEFAULT_PRESET].search,
+    "tune": TuneConfig(max_trials=PRESETS[DEFAULT_PRESET].max_trials),
+    "train": TrainConfig(epochs=PRESETS[DEFAULT_PRESET].trial_epochs),
+    "final": TrainConfig(epochs=PRESETS[DEFAULT_PRESET].train_epochs),
     "params": ModelParams(),
 }
 

@@ -13,7 +13,7 @@ from medimg.store import runs
 from pages import common
 
 st.title("Train")
-train: TrainConfig = common.get("train")
+train: TrainConfig = common.get("final")  # the Tune page's "train" is its per-trial fit
 params: ModelParams = common.get("params")
 attached = common.attached_run("train")
 busy = attached is not None and attached.status in runs.ACTIVE_STATUSES
@@ -169,7 +169,7 @@ weights = t3.selectbox(
 )
 schedule = schedule.replace(epochs=int(epochs), early_stopping_patience=int(patience), class_weights=weights)
 if base is None:
-    common.put("train", schedule)
+    common.put("final", schedule)
 
 if st.button("Start training", type="primary", disabled=busy):
     spec = (

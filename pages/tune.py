@@ -10,6 +10,7 @@ import streamlit as st
 from medimg import auto
 from medimg.config import (
     CHOICES,
+    PRESETS,
     ModelParams,
     RunSpec,
     SearchSpace,
@@ -171,13 +172,15 @@ else:
                 "`python -m medimg weights list` says what is missing; fetch or import them, or start from none.",
                 icon=":material/warning:",
             )
-        if st.button(
-            "Use the wide default ranges",
-            disabled=busy,
-            help="Every option of each hyperparameter, as in KerasTuner's getting-started example: slower to search.",
-        ):
-            common.put("search", SearchSpace())
-            for key in [k for k in st.session_state if str(k).startswith("tn_")]:
+        p1, p2 = st.columns([1, 2])
+        preset_name = p1.selectbox("Preset", list(PRESETS), disabled=busy, key="tn_preset")
+        preset = PRESETS[preset_name]
+        p2.caption(f"{preset.about} (`python -m medimg tune --preset {preset.name}` starts from the same).")
+        if p1.button("Start from this preset", disabled=busy):
+            common.put("search", preset.search)
+            common.put("tune", tune.replace(max_trials=preset.max_trials))
+            common.put("train", train.replace(epochs=preset.trial_epochs))
+            for key in [k for k in st.session_state if str(k).startswith("tn_") and k not in ("tn_preset", "tn_mode")]:
                 del st.session_state[key]
             st.rerun()
 

@@ -22,7 +22,8 @@ KINDS: dict[str, type] = {
     "augment": AugmentConfig,
     "search": SearchSpace,
     "tune": TuneConfig,
-    "train": TrainConfig,
+    "train": TrainConfig,  # a search's per-trial fit (the Tune page)
+    "final": TrainConfig,  # a training set by hand (the Train page)
     "params": ModelParams,
 }
 log = logging.getLogger(__name__)

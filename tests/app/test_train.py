@@ -77,7 +77,7 @@ def test_manual_choices_become_the_parameters_of_the_next_run(runs_dir: Path) ->
     at.number_input(key="tr_epochs").set_value(3).run()
     no_exception(at)
     assert at.session_state["params"] == ModelParams(filters=(16, 32, 64), activation="gelu")
-    assert at.session_state["train"].epochs == 3
+    assert at.session_state["final"].epochs == 3  # the Train page's own, not the Tune page's per-trial fit
 
 
 def test_a_finished_search_supplies_the_parameters_and_the_dataset(finished_runs: FinishedRuns) -> None:

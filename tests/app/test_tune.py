@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from medimg.config import CHOICES, DatasetConfig, ModelParams, RunSpec, TrainConfig, TuneConfig
+from medimg.config import CHOICES, PRESETS, DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig
 from medimg.store import runs
 
 from . import conftest
@@ -65,7 +65,31 @@ def test_no_search_yet_shows_every_range_and_how_to_start(runs_dir: Path) -> Non
     assert set(at.multiselect(key="tn_batch_norm").options) == {"with", "without"}
     assert not by_label(at.button, "Start search").disabled
     assert values(at.info) == ["No search yet: set the ranges and press Start search."]
-    assert "augmentation: none" in values(at.caption)[0]
+    assert any("augmentation: none" in caption for caption in values(at.caption))
+
+
+def test_a_preset_sets_the_ranges_trials_and_epochs_the_cli_starts_from(runs_dir: Path) -> None:
+    from medimg.cli import build_parser, build_spec
+
+    at = open_page("tune", tn_mode="Advanced")
+    at.selectbox(key="tn_preset").set_value("seed").run()
+    by_label(at.button, "Start from this preset").click().run()
+    no_exception(at)
+    seed = PRESETS["seed"]
+    assert at.session_state["search"] == seed.search == SearchSpace()
+    assert at.session_state["tune"].max_trials == seed.max_trials
+    assert at.session_state["train"].epochs == seed.trial_epochs
+    assert at.multiselect(key="tn_activation").value == list(SearchSpace().activations)  # the widgets follow
+    spec = build_spec(build_parser().parse_args(["tune", "--preset", "seed"]), "tune")
+    assert (spec.search, spec.tune.max_trials, spec.train.epochs) == (seed.search, 10, seed.trial_epochs)
+    default = build_spec(build_parser().parse_args(["tune"]), "tune")  # the page's first values, from the CLI
+    quick = PRESETS["quick"]
+    assert (default.search, default.tune.max_trials, default.train.epochs) == (
+        quick.search,
+        quick.max_trials,
+        quick.trial_epochs,
+    )
+    assert build_spec(build_parser().parse_args(["train"]), "train").train.epochs == quick.train_epochs
 
 
 def test_an_empty_choice_is_explained_and_nothing_can_be_started(runs_dir: Path) -> None:
