@@ -253,71 +253,74 @@ def _pairs(text: str | None) -> dict[str, Any]:
     return result
 
 
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _numbers(text: str) -> list[int]:
+    return [int(n) for n in _names(text)]
+
+
+# One row per flag that sets a spec field: (argparse dest, run kinds, spec section, field, conversion). A flag not
+# given (None, or False for a switch) leaves the spec file's value, else the preset's, else the dataclass default.
+SPEC_FLAGS: tuple[tuple[str, tuple[str, ...], str, str, Any], ...] = (
+    ("data", ("tune", "train"), "dataset", "path", None),
+    ("image_size", ("tune", "train"), "dataset", "image_size", None),
+    ("color", ("tune", "train"), "dataset", "color", None),
+    ("seed", ("tune", "train"), "dataset", "seed", None),
+    ("val_fraction", ("tune", "train"), "dataset", "val_fraction", None),
+    ("test_fraction", ("tune", "train"), "dataset", "test_fraction", None),
+    ("group_regex", ("tune", "train"), "dataset", "group_regex", None),
+    ("merge_label_case", ("tune", "train"), "dataset", "merge_label_case", None),
+    ("epochs", ("tune", "train"), "train", "epochs", None),
+    ("seed", ("tune", "train"), "train", "seed", None),
+    ("max_trials", ("tune",), "tune", "max_trials", None),
+    ("max_minutes", ("tune",), "tune", "max_minutes", None),
+    ("tuner", ("tune",), "tune", "tuner", None),
+    ("objective", ("tune",), "tune", "objective", None),
+    ("executions_per_trial", ("tune",), "tune", "executions_per_trial", None),
+    ("backbone", ("tune",), "search", "backbones", _names),
+    ("weights", ("tune",), "search", "weights", None),
+    ("fine_tune_blocks", ("tune",), "search", "fine_tune_blocks", _numbers),
+    ("backbone", ("train",), "params", "backbone", None),
+    ("weights", ("train",), "params", "weights", None),
+    ("fine_tune_blocks", ("train",), "params", "fine_tune_blocks", int),
+)
+
+
 def build_spec(args: argparse.Namespace, kind: str) -> Any:
-    """A RunSpec from the spec file (if any) overridden by the flags given."""
+    """A RunSpec ("tune" or "train"): each section from the spec file (if it has it), else the preset's (search,
+    trial count, epochs), else the configuration's defaults; then the flags given (`SPEC_FLAGS`) on top. Raises
+    ConfigError for a value the configuration refuses."""
     from medimg.config import RunSpec, load_spec_file
 
     sections = load_spec_file(args.spec) if args.spec else {}
-    dataset = dict(sections.get("dataset", {}))
-    flags = {
-        "path": args.data,
-        "image_size": args.image_size,
-        "color": args.color,
-        "seed": args.seed,
-        "val_fraction": args.val_fraction,
-        "test_fraction": args.test_fraction,
-        "group_regex": args.group_regex,
-        "merge_label_case": args.merge_label_case,
-    }
-    dataset.update({k: v for k, v in flags.items() if v is not None})
-    dataset["path"] = str(Path(dataset.get("path") or DEMO_DATASET).resolve())
     preset = PRESETS[getattr(args, "preset", None) or DEFAULT_PRESET]  # the pages start from the same one
-    train = dict(sections.get("train", {"epochs": preset.trial_epochs if kind == "tune" else preset.train_epochs}))
-    if args.epochs:
-        train["epochs"] = args.epochs
-    if args.seed is not None:
-        train["seed"] = args.seed
-    augment = {**sections.get("augment", {}), **_pairs(args.augment)}
     spec: dict[str, Any] = {
         "kind": kind,
-        "dataset": dataset,
-        "train": train,
-        "augment": augment,
-        "params": sections.get("params", {}),
+        "dataset": dict(sections.get("dataset", {})),
+        "train": {
+            "epochs": preset.trial_epochs if kind == "tune" else preset.train_epochs,
+            **sections.get("train", {}),
+        },
+        "augment": {**sections.get("augment", {}), **_pairs(args.augment)},
+        "params": dict(sections.get("params", {})),
         "distribution": args.distribution or "none",
     }
     if kind == "tune":
-        search = sections.get("search") or preset.search.to_dict()
-        tune = dict(sections.get("tune", {"max_trials": preset.max_trials}))
-        if args.max_minutes and args.max_trials is None and "max_trials" not in tune:
+        spec["search"] = dict(sections.get("search") or preset.search.to_dict())
+        spec["tune"] = dict(sections.get("tune", {"max_trials": preset.max_trials}))
+        if args.max_minutes and args.max_trials is None and "max_trials" not in sections.get("tune", {}):
             from medimg.auto import BUDGET_MAX_TRIALS
 
-            tune["max_trials"] = BUDGET_MAX_TRIALS  # the budget ends the search, not a trial count
-        for flag, key in (
-            ("max_trials", "max_trials"),
-            ("max_minutes", "max_minutes"),
-            ("tuner", "tuner"),
-            ("objective", "objective"),
-            ("executions_per_trial", "executions_per_trial"),
-        ):
-            if getattr(args, flag) is not None:
-                tune[key] = getattr(args, flag)
-        spec.update(search=search, tune=tune)
-        train.setdefault("monitor", tune.get("objective", "val_auc"))
-        if args.backbone:
-            search["backbones"] = [name.strip() for name in args.backbone.split(",") if name.strip()]
-        if args.weights:
-            search["weights"] = args.weights
-        if args.fine_tune_blocks:
-            search["fine_tune_blocks"] = [int(n) for n in args.fine_tune_blocks.split(",")]
-    else:
-        params = spec["params"]
-        if args.backbone:
-            params["backbone"] = args.backbone
-        if args.weights:
-            params["weights"] = args.weights
-        if args.fine_tune_blocks:
-            params["fine_tune_blocks"] = int(args.fine_tune_blocks)
+            spec["tune"]["max_trials"] = BUDGET_MAX_TRIALS  # the budget ends the search, not a trial count
+    for flag, kinds, section, field, convert in SPEC_FLAGS:
+        value = getattr(args, flag, None)
+        if kind in kinds and value is not None and value is not False:
+            spec[section][field] = convert(value) if convert else value
+    spec["dataset"]["path"] = str(Path(spec["dataset"].get("path") or DEMO_DATASET).resolve())
+    if kind == "tune":
+        spec["train"].setdefault("monitor", spec["tune"].get("objective", "val_auc"))
     return RunSpec.from_dict(spec)
 
 

@@ -152,3 +152,29 @@ def test_runs_lists_what_the_runs_page_shows_with_why_a_run_failed(tmp_path: Pat
     assert header.split() == " ".join(failed.table_row()).split()  # the Runs page's columns, in its order
     assert line.startswith(failed.id) and str(DEMO) in line
     assert line.endswith("the loss became NaN at epoch 3; no epoch finished before it")
+
+
+def test_flags_override_the_spec_file_which_overrides_the_preset(tmp_path: Path) -> None:
+    from medimg.auto import BUDGET_MAX_TRIALS
+    from medimg.cli import build_parser, build_spec
+    from medimg.config import PRESETS, TuneConfig
+
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(
+        json.dumps({"dataset": {"merge_label_case": True, "image_size": 32}, "tune": {"tuner": "bayesian"}})
+    )
+    parse = build_parser().parse_args
+    spec = build_spec(
+        parse(["tune", "--spec", str(spec_file), "--image-size", "24", "--backbone", "cnn, densenet121"]), "tune"
+    )
+    assert spec.dataset.image_size == 24 and spec.dataset.merge_label_case  # a switch not given keeps the file's
+    assert spec.tune.tuner == "bayesian" and spec.search.backbones == ("cnn", "densenet121")
+    assert spec.tune.max_trials == TuneConfig().max_trials  # the file's tune section replaces the preset's
+    assert build_spec(parse(["tune"]), "tune").tune.max_trials == PRESETS["quick"].max_trials  # no file: the preset
+    # A time budget without a trial count: the budget ends the search, whatever the preset's trial count.
+    assert build_spec(parse(["tune", "--max-minutes", "5"]), "tune").tune.max_trials == BUDGET_MAX_TRIALS
+    assert build_spec(parse(["tune", "--max-minutes", "5", "--max-trials", "3"]), "tune").tune.max_trials == 3
+    train = build_spec(
+        parse(["train", "--fine-tune-blocks", "2", "--backbone", "densenet121", "--weights", "none"]), "train"
+    )
+    assert (train.params.backbone, train.params.fine_tune_blocks, train.params.weights) == ("densenet121", 2, "none")
