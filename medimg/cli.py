@@ -299,10 +299,9 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
     spec: dict[str, Any] = {
         "kind": kind,
         "dataset": dict(sections.get("dataset", {})),
-        "train": {
-            "epochs": preset.trial_epochs if kind == "tune" else preset.train_epochs,
-            **sections.get("train", {}),
-        },
+        "train": dict(
+            sections.get("train", {"epochs": preset.trial_epochs if kind == "tune" else preset.train_epochs})
+        ),
         "augment": {**sections.get("augment", {}), **_pairs(args.augment)},
         "params": dict(sections.get("params", {})),
         "distribution": args.distribution or "none",
@@ -422,10 +421,23 @@ def command_tune(args: argparse.Namespace) -> int:
     if args.resume:
         run = runs.find_run(args.resume, args.runs)
         saved = run.spec
-        if args.space is None and not (args.spec and "search" in load_sections(args.spec)):
+        sections = load_sections(args.spec) if args.spec else {}
+
+        def given(*flags: str) -> bool:
+            return any(getattr(args, flag, None) is not None for flag in flags)
+
+        # A resumed search keeps what it was started with unless this command says otherwise.
+        if args.preset is None and "search" not in sections:
             spec = spec.replace(search=saved.search)
         if args.data is None:
             spec = spec.replace(dataset=saved.dataset)
+        if (
+            not given("max_trials", "max_minutes", "tuner", "objective", "executions_per_trial")
+            and "tune" not in sections
+        ):
+            spec = spec.replace(tune=saved.tune)
+        if not given("epochs", "seed") and "train" not in sections:
+            spec = spec.replace(train=saved.train)
         tuning.check_search_space(run.path / tuning.TUNER_FOLDER, spec.search, record=False)
         run.update(spec=spec.to_dict())
         return _execute_existing(run)

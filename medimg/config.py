@@ -372,6 +372,7 @@ class Choice:
     label: str
     offered: tuple
     shown: str = ""
+    cast: type | None = None  # KerasTuner gives a Choice of booleans back as 1 / 0
 
 
 # The categorical hyperparameters, in the order KerasTuner declares them (a resumed search keeps its vector order).
@@ -384,7 +385,7 @@ CHOICES = (
     Choice("activation", "activations", "Activations", ACTIVATIONS),
     Choice("dropout", "dropouts", "Dropout", (0.0, 0.1, 0.25, 0.5)),
     Choice("dense_units", "dense_units", "Dense units (0 = none)", (0, 32, 64, 128, 256, 512)),
-    Choice("batch_norm", "batch_norm", "Batch normalisation", (True, False), "with"),
+    Choice("batch_norm", "batch_norm", "Batch normalisation", (True, False), "with", bool),
     Choice("l1", "l1", "L1 weight decay", (0.0, 1e-5, 1e-4), "rate"),
     Choice("l2", "l2", "L2 weight decay", (0.0, 1e-5, 1e-4, 1e-3), "rate"),
     Choice("head", "heads", "Head", HEADS),

@@ -224,7 +224,7 @@ def launch(spec: RunSpec, extra: dict[str, Any] | None = None) -> None:
     st.rerun()
 
 
-def kept(key: str, value: Any) -> dict[str, Any]:
+def kept(key: str, value: Any, from_run: bool = False) -> dict[str, Any]:
     """A widget's `key` and persistence: its starting value comes from the kept choices the first time it is drawn
     in this session, and Streamlit keeps it while the widget is not drawn (another dataset source, a page switch).
 
@@ -232,8 +232,11 @@ def kept(key: str, value: Any) -> dict[str, Any]:
     identity. Without `persist_state="session"` Streamlit drops a hidden widget's state at the end of the run and the
     widget comes back at its minimum (seen: seed 0, 16 px after a visit to another dataset source); Streamlit's
     docs, `st.number_input(persist_state=...)`.
+
+    `from_run`: the page shows the settings of a run in progress (its widgets disabled): `value` is that run's,
+    shown whatever this session chose before (a run started in another tab, or before a page switch).
     """
-    if key not in st.session_state:
+    if from_run or key not in st.session_state:
         st.session_state[key] = value
     return {"key": key, "persist_state": "session"}
 

@@ -69,7 +69,7 @@ else:
         "Network",
         ["cnn", *backbones.BACKBONE_NAMES],
         format_func=lambda name: "configurable CNN (below)" if name == "cnn" else name,
-        **common.kept("tr_backbone", params.backbone),
+        **common.kept("tr_backbone", params.backbone, busy),
         disabled=busy,
         help="A keras.applications network with a new head, or medimg's CNN trained from scratch.",
     )
@@ -77,14 +77,16 @@ else:
         "Starting weights",
         ["imagenet", "none"],
         format_func={"imagenet": "ImageNet (found offline)", "none": "none (random)"}.__getitem__,
-        **common.kept("tr_start_weights", params.weights if params.weights in ("imagenet", "none") else "imagenet"),
+        **common.kept(
+            "tr_start_weights", params.weights if params.weights in ("imagenet", "none") else "imagenet", busy
+        ),
         disabled=busy or network == "cnn",
     )
     fine_tune_blocks = b3.number_input(
         "Top blocks fine-tuned in stage 2",
         0,
         100,
-        **common.kept("tr_ft_blocks", params.fine_tune_blocks),
+        **common.kept("tr_ft_blocks", params.fine_tune_blocks, busy),
         disabled=busy or network == "cnn" or start_from == "none",
         help="Stage 1 trains the head on the frozen backbone; stage 2 unfreezes this many top blocks at a low rate.",
     )
@@ -100,27 +102,33 @@ else:
     c1, c2, c3, c4 = st.columns(4)
     filters_text = c1.text_input(
         "Filters per block",
-        **common.kept("tr_filters", ", ".join(map(str, params.filters))),
+        **common.kept("tr_filters", ", ".join(map(str, params.filters)), busy),
         disabled=busy,
         help="Comma-separated, one number per conv block.",
     )
-    kernel = c2.selectbox("Kernel size", [3, 5, 7], **common.kept("tr_kernel", params.kernel_size), disabled=busy)
+    kernel = c2.selectbox("Kernel size", [3, 5, 7], **common.kept("tr_kernel", params.kernel_size, busy), disabled=busy)
     activation = c3.selectbox(
-        "Activation", list(ACTIVATIONS), **common.kept("tr_act", params.activation), disabled=busy
+        "Activation", list(ACTIVATIONS), **common.kept("tr_act", params.activation, busy), disabled=busy
     )
-    batch_norm = c4.checkbox("Batch norm", **common.kept("tr_bn", params.batch_norm), disabled=busy)
+    batch_norm = c4.checkbox("Batch norm", **common.kept("tr_bn", params.batch_norm, busy), disabled=busy)
     c5, c6, c7, c8 = st.columns(4)
-    dropout = c5.slider("Dropout", 0.0, 0.8, step=0.05, **common.kept("tr_dropout", params.dropout), disabled=busy)
-    dense_units = c6.number_input("Dense units", 0, 2048, **common.kept("tr_dense", params.dense_units), disabled=busy)
-    l2 = c7.number_input("L2", 0.0, 0.1, format="%.5f", **common.kept("tr_l2", params.l2), disabled=busy)
-    head = c8.selectbox("Head", list(HEADS), **common.kept("tr_head", params.head), disabled=busy)
+    dropout = c5.slider(
+        "Dropout", 0.0, 0.8, step=0.05, **common.kept("tr_dropout", params.dropout, busy), disabled=busy
+    )
+    dense_units = c6.number_input(
+        "Dense units", 0, 2048, **common.kept("tr_dense", params.dense_units, busy), disabled=busy
+    )
+    l2 = c7.number_input("L2", 0.0, 0.1, format="%.5f", **common.kept("tr_l2", params.l2, busy), disabled=busy)
+    head = c8.selectbox("Head", list(HEADS), **common.kept("tr_head", params.head, busy), disabled=busy)
     c9, c10, c11 = st.columns(3)
-    optimizer = c9.selectbox("Optimizer", list(OPTIMIZERS), **common.kept("tr_opt", params.optimizer), disabled=busy)
+    optimizer = c9.selectbox(
+        "Optimizer", list(OPTIMIZERS), **common.kept("tr_opt", params.optimizer, busy), disabled=busy
+    )
     learning_rate = c10.number_input(
-        "Learning rate", 1e-6, 0.5, format="%.5f", **common.kept("tr_lr", params.learning_rate), disabled=busy
+        "Learning rate", 1e-6, 0.5, format="%.5f", **common.kept("tr_lr", params.learning_rate, busy), disabled=busy
     )
     batch_size = c11.selectbox(
-        "Batch size", [8, 16, 32, 64, 128], **common.kept("tr_bs", params.batch_size), disabled=busy
+        "Batch size", [8, 16, 32, 64, 128], **common.kept("tr_bs", params.batch_size, busy), disabled=busy
     )
     try:
         filters = tuple(int(x) for x in filters_text.replace(" ", "").split(",") if x)
@@ -152,19 +160,19 @@ else:
 # A search's schedule is seeded per search run; the manual one is the page's own kept choice.
 prefix = f"tr_{search.id}_" if base else "tr_"
 t1, t2, t3 = st.columns(3)
-epochs = t1.number_input("Epochs", 1, 1000, **common.kept(f"{prefix}epochs", schedule.epochs), disabled=busy)
+epochs = t1.number_input("Epochs", 1, 1000, **common.kept(f"{prefix}epochs", schedule.epochs, busy), disabled=busy)
 patience = t2.number_input(
     "Early-stopping patience (0 = off)",
     0,
     100,
-    **common.kept(f"{prefix}patience", schedule.early_stopping_patience),
+    **common.kept(f"{prefix}patience", schedule.early_stopping_patience, busy),
     disabled=busy,
 )
 weights = t3.selectbox(
     "Class weights",
     ["auto", "balanced", "none"],
     disabled=busy,
-    **common.kept(f"{prefix}weights", schedule.class_weights),
+    **common.kept(f"{prefix}weights", schedule.class_weights, busy),
     help="auto: balanced weights when the classes differ by more than 1.5×.",
 )
 schedule = schedule.replace(epochs=int(epochs), early_stopping_patience=int(patience), class_weights=weights)

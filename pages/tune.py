@@ -50,7 +50,7 @@ def choice_widgets(space: SearchSpace, columns: list, busy: bool) -> dict[str, t
             list(choice.offered),
             format_func=SHOWN[choice.shown],
             disabled=busy,
-            **common.kept(f"tn_{choice.name}", list(getattr(space, choice.space_field))),
+            **common.kept(f"tn_{choice.name}", list(getattr(space, choice.space_field)), busy),
         )
         chosen[choice.space_field] = tuple(values)
     return chosen
@@ -71,7 +71,7 @@ mode = st.radio(
     MODES,
     horizontal=True,
     disabled=busy,
-    **common.kept("tn_mode", MODES[0] if attached is None or attached.record.get("auto") else MODES[1]),
+    **common.kept("tn_mode", MODES[0] if attached is None or attached.record.get("auto") else MODES[1], busy),
     captions=[
         "Find a good model in a time budget: every setting chosen from the data, each with its reason.",
         "Set the search ranges, the tuner and the trial count yourself.",
@@ -86,7 +86,9 @@ if mode == MODES[0]:
         step=1.0,
         format="%g",
         disabled=busy,
-        **common.kept("tn_auto_minutes", 10.0),
+        **common.kept(
+            "tn_auto_minutes", float((attached.record.get("auto") or {}).get("minutes", 10.0)) if busy else 10.0, busy
+        ),
         help="Every stage counts: decoding the images, the search, the final model and its evaluation.",
     )
     st.caption(
@@ -113,17 +115,17 @@ else:
             format_func=lambda v: f"{v:.0e}",
             disabled=busy,
             help="Searched on a log scale between the two: Adam's usual 1e-3 sits in the middle of 1e-4 … 1e-2.",
-            **common.kept("tn_lr_min", nearest_rate(space.learning_rate_min)),
+            **common.kept("tn_lr_min", nearest_rate(space.learning_rate_min), busy),
         )
         lr_high = high_column.selectbox(
             "to",
             LEARNING_RATES,
             format_func=lambda v: f"{v:.0e}",
             disabled=busy,
-            **common.kept("tn_lr_max", nearest_rate(space.learning_rate_max)),
+            **common.kept("tn_lr_max", nearest_rate(space.learning_rate_max), busy),
         )
         blocks = c2.multiselect(
-            "Conv blocks", [1, 2, 3, 4, 5], disabled=busy, **common.kept("tn_blocks", list(space.conv_blocks))
+            "Conv blocks", [1, 2, 3, 4, 5], disabled=busy, **common.kept("tn_blocks", list(space.conv_blocks), busy)
         )
         filters = c3.slider(
             "Filters per block",
@@ -131,14 +133,14 @@ else:
             512,
             step=8,
             disabled=busy,
-            **common.kept("tn_filters", (space.filters_min, space.filters_max)),
+            **common.kept("tn_filters", (space.filters_min, space.filters_max), busy),
         )
         c4, c5, c6 = st.columns(3)
         filters_step = c4.select_slider(
             "Filter step",
             [8, 16, 32, 64],
             disabled=busy,
-            **common.kept("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16),
+            **common.kept("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16, busy),
         )
         chosen = choice_widgets(space, [c5, c6, *st.columns(3), *st.columns(3), *st.columns(3)], busy)
         c16, c17, c18 = st.columns(3)
@@ -147,19 +149,19 @@ else:
             ["cnn", *backbones.BACKBONE_NAMES],
             disabled=busy,
             help="The configurable CNN and/or keras.applications backbones with a new head (issue #14).",
-            **common.kept("tn_backbones", list(space.backbones)),
+            **common.kept("tn_backbones", list(space.backbones), busy),
         )
         start_from = c17.selectbox(
             "Backbone starting weights",
             ["imagenet", "none"],
             disabled=busy,
-            **common.kept("tn_weights", space.weights),
+            **common.kept("tn_weights", space.weights, busy),
         )
         fine_tune = c18.multiselect(
             "Top blocks fine-tuned in stage 2",
             [0, 1, 2, 3, 4],
             disabled=busy,
-            **common.kept("tn_ft_blocks", list(space.fine_tune_blocks)),
+            **common.kept("tn_ft_blocks", list(space.fine_tune_blocks), busy),
         )
         missing = [
             row["file"]
@@ -187,7 +189,7 @@ else:
     with st.expander("Search settings", expanded=attached is None):
         s1, s2, s3 = st.columns(3)
         tuner_kind = s1.selectbox(
-            "Tuner", ["random", "bayesian", "hyperband"], disabled=busy, **common.kept("tn_tuner", tune.tuner)
+            "Tuner", ["random", "bayesian", "hyperband"], disabled=busy, **common.kept("tn_tuner", tune.tuner, busy)
         )
         objective = s2.selectbox(
             "Objective",
@@ -195,7 +197,7 @@ else:
             format_func=OBJECTIVE_WORDS.__getitem__,
             help="What trials are ranked by, on the validation split.",
             disabled=busy,
-            **common.kept("tn_objective", tune.objective),
+            **common.kept("tn_objective", tune.objective, busy),
         )
         max_minutes = s3.number_input(
             "Time budget (minutes, 0 = none)",
@@ -203,11 +205,13 @@ else:
             24 * 60.0,
             step=5.0,
             disabled=busy,
-            **common.kept("tn_minutes", float(tune.max_minutes)),
+            **common.kept("tn_minutes", float(tune.max_minutes), busy),
         )
         s4, s5, s6 = st.columns(3)
-        max_trials = s4.number_input("Trials", 1, 500, disabled=busy, **common.kept("tn_trials", tune.max_trials))
-        epochs = s5.number_input("Epochs per trial", 1, 500, disabled=busy, **common.kept("tn_epochs", train.epochs))
+        max_trials = s4.number_input("Trials", 1, 500, disabled=busy, **common.kept("tn_trials", tune.max_trials, busy))
+        epochs = s5.number_input(
+            "Epochs per trial", 1, 500, disabled=busy, **common.kept("tn_epochs", train.epochs, busy)
+        )
         executions = s6.number_input(
             "Repeats per trial (averaged)",
             1,
@@ -215,7 +219,7 @@ else:
             disabled=busy,
             help="Each trial is trained this many times from different random starts and scored by the mean: less "
             "noise, proportionally more time.",
-            **common.kept("tn_exec", tune.executions_per_trial),
+            **common.kept("tn_exec", tune.executions_per_trial, busy),
         )
 
     try:

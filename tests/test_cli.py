@@ -178,3 +178,23 @@ def test_flags_override_the_spec_file_which_overrides_the_preset(tmp_path: Path)
         parse(["train", "--fine-tune-blocks", "2", "--backbone", "densenet121", "--weights", "none"]), "train"
     )
     assert (train.params.backbone, train.params.fine_tune_blocks, train.params.weights) == ("densenet121", 2, "none")
+
+
+def test_tune_resume_keeps_the_searchs_own_settings(tmp_path: Path) -> None:
+    from medimg.config import DatasetConfig, RunSpec, SearchSpace, TrainConfig, TuneConfig
+    from medimg.store import runs
+
+    small = SearchSpace(conv_blocks=(1,), filters_min=4, filters_max=4, activations=("relu",), dropouts=(0.0,))
+    spec = RunSpec(
+        kind="tune",
+        dataset=DatasetConfig(path=str(DEMO), image_size=16),
+        search=small,
+        tune=TuneConfig(max_trials=1),
+        train=TrainConfig(epochs=1, early_stopping_patience=0, reduce_lr_patience=0),
+    )
+    run = runs.create_run(spec, tmp_path)
+    run.set_status("stopped", message="stopped before it started")
+    medimg("tune", "--resume", run.id, "--runs", str(tmp_path))
+    assert run.record["status"] == "completed"
+    assert run.spec == spec  # not the default preset's 4 trials of 10 epochs
+    assert len(run.read_json("trials.json")) == 1

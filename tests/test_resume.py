@@ -61,14 +61,14 @@ def test_sigkill_mid_epoch_loses_at_most_one_epoch(tmp_path: Path) -> None:
     run = jobs.launch(spec(epochs=30), tmp_path)
     try:
         wait_for_epochs(run, 3)
-        os.kill(run.record["pid"], signal.SIGKILL)
+        os.kill(run.pid, signal.SIGKILL)
         deadline = time.time() + 30
         while run.status != "failed":  # the watcher sees a dead process, not a run "running" forever
             assert time.time() < deadline
             time.sleep(0.1)
     finally:
         try:
-            os.kill(run.record["pid"], signal.SIGKILL)
+            os.kill(run.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     completed_before_kill = max(epoch_events(run))

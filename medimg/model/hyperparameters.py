@@ -41,7 +41,7 @@ def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
     return ModelParams(
         filters=filters,
         learning_rate=learning_rate,
-        **{c.name: choice(c.name, getattr(space, c.space_field)) for c in CHOICES},
+        **{c.name: (c.cast or _same)(choice(c.name, getattr(space, c.space_field))) for c in CHOICES},
         # Declared only when searched, so searches that leave it to the training settings keep their trial tables.
         class_weights=choice("class_weights", space.class_weights) if space.class_weights != ("",) else "",
         **_backbone_values(hp, space, choice),
@@ -101,3 +101,7 @@ def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any
             f"configuration: {params.to_dict()})."
         )
     return values
+
+
+def _same(value: Any) -> Any:
+    return value

@@ -133,8 +133,11 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     assert [r.id for r in runs.list_runs(runs_dir)] == [run_id]
 
     wait_for(lambda: run.events("trial_end"), 90, "the first trial to finish")
-    watcher = open_page("tune", run=run_id)  # a refresh: the URL reattaches to the running search
+    # A refresh, or a tab whose own choices differ: the URL reattaches to the running search and its settings show.
+    watcher = open_page("tune", run=run_id, tn_trials=7, tn_activation=["gelu"])
     no_exception(watcher)
+    assert watcher.number_input(key="tn_trials").value == 20 and watcher.get_by_key("tn_trials").disabled
+    assert watcher.multiselect(key="tn_activation").value == list(TINY_SEARCH.activations)
     assert run_picker(watcher, "tune_run").value == run_id
     assert shown_metrics(watcher)["Status"] == "running"
     assert by_label(watcher.button, "Start search").disabled

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from medimg.store import runs
 from tests.conftest import DEMO, PROJECT
 
 pytestmark = pytest.mark.browser
@@ -98,7 +99,7 @@ def streamlit_server(folder: Path) -> Iterator[dict]:
     process.wait(timeout=20)
     log.close()
     for run_json in runs_dir.glob("*/run.json"):  # leave no run process behind
-        pid = json.loads(run_json.read_text()).get("pid")
+        pid = runs.Run(run_json.parent).pid  # the run's own, or its launcher's while it is queued
         if pid:
             try:
                 os.kill(pid, 9)

@@ -272,3 +272,10 @@ def test_hyperband_honours_one_epoch_and_one_trial_and_says_what_it_does(tmp_pat
     assert len(trials) == 1  # the field report: 2 trials of 2 epochs, silently
     epochs = [e for e in run.events("epoch") if e.get("trial") == trials[0]["trial_id"]]
     assert [e["epoch"] for e in epochs] == [0]
+
+
+def test_a_searched_switch_comes_back_as_a_bool_not_as_keras_tuners_integer() -> None:
+    space = TINY_SPACE.replace(batch_norm=(True, False))
+    drawn = {sampled_params(space, seed).batch_norm for seed in range(12)}
+    assert drawn == {True, False} and all(type(value) is bool for value in drawn)
+    assert ModelParams.from_dict(sampled_params(space, 0).to_dict()) == sampled_params(space, 0)
