@@ -10,6 +10,7 @@ import streamlit as st
 
 from medimg.errors import MedimgError
 from medimg.metrics import clinical, subgroups
+from medimg.metrics.bootstrap import interval_text
 from medimg.model.models import load_run_model
 from medimg.results import charts, evaluation
 from pages import common
@@ -52,16 +53,6 @@ def load_model(run_path: str, model_hash: str):
 
 def set_threshold(key: str, value: float) -> None:
     st.session_state[key] = round(float(value), 3)
-
-
-def interval_text(value: dict, with_estimate: bool = True) -> str:
-    """'0.833 (0.714–0.952)', or only the interval."""
-    if value["estimate"] is None:
-        return "–"
-    if value["low"] is None:
-        return f"{value['estimate']:.3f}" if with_estimate else "–"
-    interval = f"{value['low']:.3f}–{value['high']:.3f}"
-    return f"{value['estimate']:.3f} ({interval})" if with_estimate else interval
 
 
 st.title("Evaluate")

@@ -188,3 +188,14 @@ def _wilson_where_collapsed(
 def _number(value: float) -> float | None:
     """A JSON-ready number: None where the metric is undefined (NaN), e.g. sensitivity without positives."""
     return None if math.isnan(value) else float(value)
+
+
+def interval_text(value: dict[str, Any], with_estimate: bool = True) -> str:
+    """A metric with its interval as people read it, the same on the Evaluate page and in the report:
+    '0.833 (0.714–0.952)', or only '0.714–0.952'; '–' for an undefined metric or a missing interval."""
+    if value["estimate"] is None:
+        return "–"
+    if value["low"] is None:
+        return f"{value['estimate']:.3f}" if with_estimate else "–"
+    interval = f"{value['low']:.3f}–{value['high']:.3f}"
+    return f"{value['estimate']:.3f} ({interval})" if with_estimate else interval

@@ -19,6 +19,7 @@ import numpy as np
 
 from medimg import __version__
 from medimg.metrics import clinical, subgroups
+from medimg.metrics.bootstrap import interval_text
 from medimg.model.models import load_run_model
 from medimg.results import charts, evaluation, htmldoc
 from medimg.store.runs import Run, trial_number
@@ -340,18 +341,10 @@ def _subgroups(run: Run, test: clinical.Scored, summary: dict[str, Any]) -> list
     for column, values in attributes.items():
         rows = subgroups.subgroup_metrics(test, values, summary["threshold"] or 0.5, summary["positive_class"])
         keys = [k for k in ("auc", "sensitivity", "specificity", "accuracy") if k in rows[0]]
-        table = [[r["value"], r["count"], r.get("positives"), *[_interval_text(r[k]) for k in keys]] for r in rows]
+        table = [[r["value"], r["count"], r.get("positives"), *[interval_text(r[k]) for k in keys]] for r in rows]
         parts.append(f"<h3>by {html.escape(column)}</h3>")
         parts.append(htmldoc.table([column, "images", "positives", *[clinical.metric_label(k) for k in keys]], table))
     return parts
-
-
-def _interval_text(value: dict[str, Any]) -> str:
-    if value["estimate"] is None:
-        return "–"
-    if value["low"] is None:
-        return f"{value['estimate']:.3f}"
-    return f"{value['estimate']:.3f} ({value['low']:.2f}–{value['high']:.2f})"
 
 
 def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell: int = 2) -> list[str]:

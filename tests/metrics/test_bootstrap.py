@@ -167,3 +167,12 @@ def test_a_collapsed_proportion_interval_becomes_wilson_and_other_collapses_are_
     assert found["auc"]["interval"].startswith("collapsed: every resample gave the same value")
     wide = bootstrap.bootstrap_intervals(noisy_binary(200, 0), 0.5, n_resamples=200)["metrics"]
     assert not any("interval" in value for value in wide.values())  # a real spread keeps the percentile interval
+
+
+def test_an_interval_reads_the_same_on_the_page_and_in_the_report() -> None:
+    from medimg.metrics.bootstrap import interval_text
+
+    value = {"estimate": 0.83333, "low": 0.71428, "high": 0.95238}
+    assert interval_text(value) == "0.833 (0.714–0.952)" and interval_text(value, False) == "0.714–0.952"
+    assert interval_text({"estimate": 0.5, "low": None, "high": None}) == "0.500"
+    assert interval_text({"estimate": None, "low": None, "high": None}) == "–"
