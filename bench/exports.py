@@ -24,7 +24,6 @@ import numpy as np
 
 from medimg import export, jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
-from medimg.imaging.images import load_image
 from medimg.results.predict import Predictor
 from medimg.store import runs
 
@@ -75,7 +74,7 @@ def main() -> None:
         forward = export.runtime_predictor(fmt, result.path)
 
         def file_to_probabilities(forward=forward) -> object:
-            return forward(load_image(image_path, predictor.size, predictor.color)[None].astype(np.float32))
+            return forward(predictor.prepare(image_path)[None].astype(np.float32))  # the run's own contract
 
         forward_ms = timed(lambda forward=forward: forward(pixels))
         file_ms = timed(file_to_probabilities)

@@ -26,8 +26,8 @@ class PreparedData:
     arrays: dict[str, CachedArrays]
     splits: dataset.Splits
     unreadable: list[dict[str, str]]
+    contract: InputContract  # how every array above was decoded
     warnings: list[str] = dataclasses.field(default_factory=list)  # said at the start of a run (datachecks)
-    contract: InputContract | None = None  # how every array above was decoded; None only for hand-built data
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -114,7 +114,7 @@ def prepare_data(config: DatasetConfig, on_progress: Callable[[int, int, str], N
         )
     counts = {name: {c: int(np.sum(a.labels == i)) for i, c in enumerate(class_names)} for name, a in arrays.items()}
     warnings += datachecks.split_warnings(counts)
-    return PreparedData(class_names, arrays, splits, unreadable, warnings, contract)
+    return PreparedData(class_names, arrays, splits, unreadable, contract, warnings)
 
 
 def _leave_out_unusable_classes(

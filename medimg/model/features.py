@@ -71,16 +71,13 @@ def search_reasons(space: SearchSpace, augment: AugmentConfig) -> dict[str, str 
 
 
 # ----------------------------------------------------------------------------------------------------- the cache
-def feature_key(
-    arrays: CachedArrays, params: ModelParams, sha256: str, window: tuple[float, float] | None = None
-) -> str:
+def feature_key(arrays: CachedArrays, params: ModelParams, sha256: str, contract: InputContract) -> str:
     """The cache key of `arrays`' features: the image cache's key for its files (which covers each file's path,
     size and modification time), the image shape, the backbone, the weights' SHA-256 and FEATURE_CACHE_VERSION.
-    Arrays whose rows no longer match their paths (a subset taken in memory) are keyed by their pixels instead."""
-    size, channels = arrays.images.shape[1], arrays.images.shape[3]
-    color = "gray" if channels == 1 else "rgb"
+    Arrays whose rows no longer match their paths (a subset taken in memory) are keyed by their pixels instead.
+    `contract`: how the arrays were decoded (`PreparedData.contract`)."""
     if len(arrays.paths) == len(arrays.images):
-        files = cache.cache_key(arrays.paths, InputContract(size, color, window))
+        files = cache.cache_key(arrays.paths, contract)
     else:
         files = hashlib.sha256(np.ascontiguousarray(arrays.images).tobytes()).hexdigest()
     stamp = f"features|v{FEATURE_CACHE_VERSION}|{files}|{arrays.images.shape}|{params.backbone}|{sha256}"
@@ -111,8 +108,7 @@ def backbone_features(
         raise ConfigError(f"backbone features cannot be cached for this model: {reason}.")
     _, sha256 = backbones.resolve_weights(params.backbone, params.weights)
     directory = Path(directory or cache.cache_dir())
-    window = data.contract.dicom_window if data.contract else None
-    key = feature_key(arrays, params, str(sha256), window)
+    key = feature_key(arrays, params, str(sha256), data.contract)
     meta_path, array_path = directory / f"{key}.json", directory / f"{key}.npy"
     if meta_path.exists() and array_path.exists():
         try:

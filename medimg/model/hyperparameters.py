@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from medimg.config import CHOICES, ModelParams, SearchSpace
+from medimg.config import CHOICES, Choice, ModelParams, SearchSpace
 from medimg.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
     return ModelParams(
         filters=filters,
         learning_rate=learning_rate,
-        **{c.name: (c.cast or _same)(choice(c.name, getattr(space, c.space_field))) for c in CHOICES},
+        **{c.name: _drawn(c, choice(c.name, getattr(space, c.space_field))) for c in CHOICES},
         # Declared only when searched, so searches that leave it to the training settings keep their trial tables.
         class_weights=choice("class_weights", space.class_weights) if space.class_weights != ("",) else "",
         **_backbone_values(hp, space, choice),
@@ -103,5 +103,5 @@ def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any
     return values
 
 
-def _same(value: Any) -> Any:
-    return value
+def _drawn(choice: Choice, value: Any) -> Any:
+    return choice.cast(value) if choice.cast else value
