@@ -10,9 +10,8 @@ import streamlit as st
 
 from medimg.errors import MedimgError
 from medimg.metrics import clinical, subgroups
-from medimg.metrics.bootstrap import interval_text
 from medimg.model.models import load_run_model
-from medimg.results import charts, evaluation
+from medimg.results import charts, evaluation, tables
 from pages import common
 
 RESAMPLES = 2000
@@ -151,39 +150,13 @@ called_one_class = evaluation.one_class_at_threshold(summary)
 if called_one_class:
     st.warning(called_one_class, icon=":material/warning:")
 
-if test.binary:
-    tiles = [
-        ("Sensitivity", "sensitivity"),
-        ("Specificity", "specificity"),
-        ("PPV", "ppv"),
-        ("NPV", "npv"),
-        ("ROC AUC", "auc"),
-    ]
-else:
-    tiles = [("Accuracy", "accuracy"), ("Balanced accuracy", "balanced_accuracy"), ("ROC AUC", "auc")]
+tiles = tables.headline(summary)
 cols = st.columns(len(tiles) + 1)
-for column, (label, key) in zip(cols, tiles, strict=False):
-    value = intervals[key]
-    ci = "" if value["low"] is None else f"95% CI {value['low']:.3f}–{value['high']:.3f}"
-    column.metric(label, "–" if value["estimate"] is None else f"{value['estimate']:.3f}", help=ci or None)
+for column, (label, estimate, interval) in zip(cols, tiles, strict=False):
+    column.metric(label, estimate, help=interval)
 cols[-1].metric("Test images", summary["count"])
-rows = [
-    {
-        "metric": clinical.metric_label(name),
-        "estimate": value["estimate"],
-        "95% CI": interval_text(value, False),
-        "note": value.get("interval", ""),  # Wilson where the bootstrap collapsed, or that it collapsed
-    }
-    for name, value in intervals.items()
-]
-st.table(
-    pd.DataFrame(rows)
-    .set_index("metric")
-    .style.format({"estimate": lambda v: "–" if v is None or v != v else f"{v:.3f}"})
-)
-st.caption(
-    f"Test split only. 95% intervals: stratified percentile bootstrap, {RESAMPLES} resamples. Not for clinical use."
-)
+st.table(pd.DataFrame(tables.metric_rows(summary["intervals"])).set_index("metric"))
+st.caption(f"Test split only. {tables.intervals_note(summary['intervals'])} Not for clinical use.")
 
 # ------------------------------------------------------------------------------------------------------ charts
 cell_key = f"evaluate_cell_{run.id}"
@@ -221,16 +194,11 @@ left, right = st.columns(2)
 left.plotly_chart(charts.precision_recall_figure(summary["curves"]["pr"], summary["operating_point"]), key="pr")
 calibration = summary["calibration"]
 right.plotly_chart(charts.reliability_figure(calibration["before"], calibration["after"]), key="calibration")
-if calibration.get("warning"):
-    right.warning(calibration["warning"], icon=":material/warning:")
-elif calibration["temperature"]:
-    right.caption(
-        f"Temperature scaling fitted on validation: T = {calibration['temperature']:.3f}; test ECE "
-        f"{calibration['before']['ece']:.3f} → {calibration['after']['ece']:.3f}."
-    )
+calibration_text, calibration_warning = tables.calibration_note(calibration)
+if calibration_warning:
+    right.warning(calibration_warning, icon=":material/warning:")
 else:
-    skipped = calibration.get("skipped") or "no validation predictions to fit a temperature on"
-    right.caption(f"Test ECE {calibration['before']['ece']:.3f}; {skipped}.")
+    right.caption(calibration_text)
 
 if not test.binary:
     per_class = pd.DataFrame(metrics["per_class"]).T
@@ -256,31 +224,15 @@ if attributes:
     st.subheader("Subgroups")
     column = st.selectbox("Manifest column", list(attributes), key="evaluate_subgroup")
     rows = subgroups.subgroup_metrics(test, attributes[column], float(threshold), positive)
-    shown = [
-        {
-            column: row["value"],
-            "images": row["count"],
-            **({"positives": row["positives"]} if "positives" in row else {}),
-            **{key: interval_text(row[key]) for key in ("auc", "sensitivity", "specificity", "accuracy") if key in row},
-        }
-        for row in rows
-    ]
-    st.dataframe(pd.DataFrame(shown).set_index(column), key="subgroups")
+    st.dataframe(pd.DataFrame(tables.subgroup_rows(rows, column)).set_index(column), key="subgroups")
 
 leakage = metrics.get("leakage")
 if leakage:
-    duplicates = leakage["cross_split_duplicates"]
-    if leakage["passed"]:
-        st.success(f"Leakage check passed: no identical images across splits ({leakage['images']} checked).")
-    else:
-        conflicts = leakage.get("conflicting_label_groups", 0)
-        st.warning(
-            f"Leakage check failed: {len(duplicates)} identical image group(s) across splits"
-            f"{f' ({conflicts} with different labels)' if conflicts else ''}, "
-            f"{len(leakage['group_overlap'])} patient(s) in more than one split. The test metrics may be optimistic."
-        )
+    passed, verdict = tables.leakage_verdict(leakage)
+    (st.success if passed else st.warning)(verdict)
+    if leakage["cross_split_duplicates"]:
         with st.expander("Identical images across splits"):
-            st.write("\n".join(f"- {' = '.join(group)}" for group in duplicates[:50]))
+            st.write("\n".join(f"- {' = '.join(group)}" for group in leakage["cross_split_duplicates"][:50]))
 
 # ------------------------------------------------------------------------------------------ cell drill-down
 st.subheader("Images in a confusion-matrix cell")

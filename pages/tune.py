@@ -322,15 +322,7 @@ def show_run(run: runs.Run) -> None:
                 f"Hyperparameter importance appears from {importance.MIN_TRIALS} completed trials "
                 f"({len(completed)} so far)."
             )
-        finished = [
-            {
-                "trial_id": row["trial"],
-                "score": row["score"],
-                "hyperparameters": {k: v for k, v in row.items() if k not in ("trial", "status", "score")},
-            }
-            for row in completed
-        ]
-        st.plotly_chart(charts.parallel_coordinates_figure(finished, objective_name), key=f"parallel_{run.id}")
+        st.plotly_chart(charts.parallel_coordinates_figure(completed, objective_name), key=f"parallel_{run.id}")
     else:
         st.caption("The charts of the trials appear when the first trial ends; its epochs are drawn below.")
     current = progress.get("trial")
@@ -349,9 +341,11 @@ STATUS_WORDS = {
 }
 
 
-def trial_frame(table: list[dict]) -> pd.DataFrame:
+def trial_frame(table: list[tuning.TrialRow]) -> pd.DataFrame:
     """The trial table in words: states as optuna-dashboard names them, plain column names, no None or True."""
-    frame = pd.DataFrame(table)
+    frame = pd.DataFrame(
+        [{"trial": r["trial"], "status": r["status"], "score": r["score"], **r["hyperparameters"]} for r in table]
+    )
     frame["status"] = frame["status"].map(lambda s: STATUS_WORDS.get(s, str(s).lower()))
     frame["score"] = frame["score"].map(lambda v: "–" if v is None or v != v else f"{v:.4f}")
     for column in frame.columns.drop(["trial", "status", "score"]):

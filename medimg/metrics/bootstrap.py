@@ -8,15 +8,37 @@ a fraction of a second instead of the seconds a loop over scikit-learn calls tak
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
 from medimg.errors import ConfigError
-from medimg.metrics.clinical import Scored, positive_index
+from medimg.metrics.clinical import Scored, binary_rates, one_vs_rest_rates, positive_index
 
 # Memory bound: resamples are drawn in chunks of at most this many weights (rows × cases).
 BOOTSTRAP_CHUNK = 4_000_000
+
+
+class Interval(TypedDict):
+    """One metric's point estimate and interval bounds, fractions (None where undefined); `interval` says when the
+    bounds are not the percentile bootstrap's (a Wilson interval, or a collapsed one)."""
+
+    estimate: float | None
+    low: float | None
+    high: float | None
+    interval: NotRequired[str]
+
+
+class Intervals(TypedDict):
+    """`bootstrap_intervals`' answer: how the intervals were made, and one `Interval` per metric name ("auc",
+    "sensitivity", …; "sensitivity:<class>" per class for more than two classes)."""
+
+    method: str
+    resamples: int
+    seed: int
+    confidence: float
+    threshold: float | None
+    metrics: dict[str, Interval]
 
 
 def stratified_weights(labels: np.ndarray, n_resamples: int, seed: int = 0) -> np.ndarray:
@@ -62,18 +84,7 @@ def _binary_replicates(weights: np.ndarray, is_positive: np.ndarray, scores: np.
     called = scores >= threshold
     tp, fn = weights @ (is_positive & called), weights @ (is_positive & ~called)
     tn, fp = weights @ (~is_positive & ~called), weights @ (~is_positive & called)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
-        return {
-            "auc": weighted_auc(weights, is_positive, scores),
-            "sensitivity": sensitivity,
-            "specificity": specificity,
-            "ppv": tp / (tp + fp),
-            "npv": tn / (tn + fn),
-            "f1": 2 * tp / (2 * tp + fp + fn),
-            "accuracy": (tp + tn) / (tp + tn + fp + fn),
-            "balanced_accuracy": (sensitivity + specificity) / 2,
-        }
+    return {"auc": weighted_auc(weights, is_positive, scores), **binary_rates(tp, fp, tn, fn)}
 
 
 def _multiclass_replicates(weights: np.ndarray, scored: Scored) -> dict:
@@ -81,17 +92,14 @@ def _multiclass_replicates(weights: np.ndarray, scored: Scored) -> dict:
     size = len(scored.class_names)
     cells = scored.labels * size + scored.probs.argmax(axis=1)
     counts = (weights @ np.eye(size * size)[cells]).reshape(-1, size, size)  # rows × true × predicted
-    total = counts.sum(axis=(1, 2))
-    diagonal = np.diagonal(counts, axis1=1, axis2=2)
-    row, column = counts.sum(axis=2), counts.sum(axis=1)
+    rates = one_vs_rest_rates(counts)
+    sensitivity, specificity = rates["sensitivity"], rates["specificity"]
+    present = [k for k in range(size) if (scored.labels == k).any()]
+    aucs = [weighted_auc(weights, scored.labels == k, scored.probs[:, k]) for k in present]
     with np.errstate(invalid="ignore", divide="ignore"):
-        sensitivity = diagonal / row
-        specificity = (total[:, None] - row - column + diagonal) / (total[:, None] - row)
-        present = [k for k in range(size) if (scored.labels == k).any()]
-        aucs = [weighted_auc(weights, scored.labels == k, scored.probs[:, k]) for k in present]
         result = {
             "auc": np.mean(aucs, axis=0) if len(present) == size else np.full(len(weights), np.nan),
-            "accuracy": diagonal.sum(axis=1) / total,
+            "accuracy": np.trace(counts, axis1=1, axis2=2) / counts.sum(axis=(1, 2)),
             "balanced_accuracy": np.nanmean(sensitivity[:, present], axis=1),
         }
     for k, name in enumerate(scored.class_names):
@@ -117,7 +125,7 @@ def bootstrap_intervals(
     n_resamples: int = 2000,
     seed: int = 0,
     confidence: float = 0.95,
-) -> dict[str, Any]:
+) -> Intervals:
     """Point estimates with stratified percentile-bootstrap intervals, vectorised over resamples.
 
     Binary: AUC, sensitivity, specificity, PPV, NPV, F1, accuracy, balanced accuracy at the threshold. Multi-class:
@@ -135,26 +143,26 @@ def bootstrap_intervals(
         for name, values in replicates(scored, weights, threshold, positive).items():
             samples[name].append(values)
     tail = (1 - confidence) / 2 * 100
-    metrics = {}
+    metrics: dict[str, Interval] = {}
     for name, point in estimate.items():
         values = np.concatenate(samples[name])
         values = values[np.isfinite(values)]
         low, high = np.percentile(values, [tail, 100 - tail]) if len(values) else (math.nan, math.nan)
-        metrics[name] = {"estimate": _number(point[0]), "low": _number(low), "high": _number(high)}
+        metrics[name] = Interval(estimate=_number(point[0]), low=_number(low), high=_number(high))
     if scored.binary:
         _wilson_where_collapsed(metrics, scored, threshold, positive, confidence)
-    return {
-        "method": "stratified percentile bootstrap",
-        "resamples": n_resamples,
-        "seed": seed,
-        "confidence": confidence,
-        "threshold": float(threshold) if scored.binary else None,
-        "metrics": metrics,
-    }
+    return Intervals(
+        method="stratified percentile bootstrap",
+        resamples=n_resamples,
+        seed=seed,
+        confidence=confidence,
+        threshold=float(threshold) if scored.binary else None,
+        metrics=metrics,
+    )
 
 
 def _wilson_where_collapsed(
-    metrics: dict[str, dict], scored: Scored, threshold: float, positive: str | int | None, confidence: float
+    metrics: dict[str, Interval], scored: Scored, threshold: float, positive: str | int | None, confidence: float
 ) -> None:
     """Replace a proportion's percentile interval that collapsed to a point (every resample equal: 4 of 4 positives
     called, so sensitivity is 1.000 in all of them) by the Wilson score interval of its counts, and say so in the
@@ -190,7 +198,7 @@ def _number(value: float) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
-def interval_text(value: dict[str, Any], with_estimate: bool = True) -> str:
+def interval_text(value: Interval, with_estimate: bool = True) -> str:
     """A metric with its interval as people read it, the same on the Evaluate page and in the report:
     '0.833 (0.714–0.952)', or only '0.714–0.952'; '–' for an undefined metric or a missing interval."""
     if value["estimate"] is None:

@@ -7,7 +7,7 @@ scikit-learn's `calibration_curve` edges, so the two agree bin for bin.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
@@ -38,7 +38,37 @@ def bin_indices(confidence: np.ndarray, bins: int) -> np.ndarray:
     return np.searchsorted(edges[1:-1], confidence)
 
 
-def reliability(scored: Scored, positive: str | int | None = None, bins: int = 10) -> dict[str, Any]:
+class Reliability(TypedDict):
+    """A reliability diagram's non-empty bins (edges `low`/`high`, mean `confidence`, observed `frequency`, case
+    `count`) and its expected and maximum calibration errors, as fractions. `kind`: what the confidence is of."""
+
+    kind: str
+    bins: int
+    low: list[float]
+    high: list[float]
+    confidence: list[float]
+    frequency: list[float]
+    count: list[int]
+    ece: float
+    mce: float
+
+
+class CalibrationSummary(TypedDict):
+    """Reliability on test before and after temperature scaling fitted on validation (`after` None and `skipped`
+    saying why when no temperature could be fitted); ECE as fractions, NLL in nats per image."""
+
+    before: Reliability
+    temperature: float | None
+    after: Reliability | None
+    skipped: NotRequired[str]
+    val_ece_before: NotRequired[float]
+    val_ece_after: NotRequired[float]
+    test_nll_before: NotRequired[float]
+    test_nll_after: NotRequired[float]
+    warning: NotRequired[str | None]
+
+
+def reliability(scored: Scored, positive: str | int | None = None, bins: int = 10) -> Reliability:
     """Per non-empty bin: mean confidence, observed frequency, count; and the ECE and maximum gap over bins."""
     if bins < 2:
         raise ConfigError(f"a reliability diagram needs at least 2 bins; got {bins}.")
@@ -108,9 +138,9 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
 
 def calibration_summary(
     test: Scored, val: Scored | None, positive: str | int | None = None, bins: int = 10
-) -> dict[str, Any]:
+) -> CalibrationSummary:
     """Reliability on test before and after a temperature fitted on validation (after is None without val)."""
-    summary: dict[str, Any] = {"before": reliability(test, positive, bins), "temperature": None, "after": None}
+    summary = CalibrationSummary(before=reliability(test, positive, bins), temperature=None, after=None)
     if val is None or len(val) == 0:
         summary["skipped"] = "no validation predictions to fit a temperature on"
         return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
@@ -112,6 +112,44 @@ def cell_indices(
     return members[np.argsort(-scored.probs[members, called], kind="stable")]
 
 
+# ------------------------------------------------------------------------------------------ rates from confusion counts
+# The one implementation of every count-based figure: `OperatingPoint`, the bootstrap's resamples (arrays of counts,
+# one per resample) and the per-class table of `results.evaluation` all call these two functions.
+def binary_rates(tp: Any, fp: Any, tn: Any, fn: Any) -> dict[str, np.ndarray]:
+    """Sensitivity, specificity, PPV, NPV, F1, accuracy and balanced accuracy from confusion counts.
+
+    Counts are scalars or arrays of one shape (for example one entry per bootstrap resample, weighted counts
+    allowed); every rate has that shape, NaN where its denominator is zero (a rate of no cases is undefined, not 0).
+    Definitions: Altman & Bland, "Diagnostic tests 1 and 2", BMJ 1994; F1 = 2TP / (2TP + FP + FN)."""
+    tp, fp, tn, fn = (np.asarray(count, dtype=np.float64) for count in (tp, fp, tn, fn))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sensitivity, specificity = tp / (tp + fn), tn / (tn + fp)
+        return {
+            "sensitivity": sensitivity,
+            "specificity": specificity,
+            "ppv": tp / (tp + fp),
+            "npv": tn / (tn + fn),
+            "f1": 2 * tp / (2 * tp + fp + fn),
+            "accuracy": (tp + tn) / (tp + tn + fp + fn),
+            "balanced_accuracy": (sensitivity + specificity) / 2,
+        }
+
+
+def one_vs_rest_rates(counts: Any) -> dict[str, np.ndarray]:
+    """Per-class sensitivity and specificity, one class against the rest, from confusion counts (… × K × K, rows the
+    true class, columns the called one; leading axes for example one per bootstrap resample): each of shape … × K,
+    NaN for a class with no cases (sensitivity) or no other cases (specificity)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    total = counts.sum(axis=(-2, -1))[..., None]
+    called_right = np.diagonal(counts, axis1=-2, axis2=-1)
+    truly, called = counts.sum(axis=-1), counts.sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return {
+            "sensitivity": called_right / truly,
+            "specificity": (total - truly - called + called_right) / (total - truly),
+        }
+
+
 # ------------------------------------------------------------------------------------------------ operating point
 @dataclasses.dataclass(frozen=True)
 class OperatingPoint:
@@ -124,41 +162,60 @@ class OperatingPoint:
     tn: int
     fn: int
 
+    def rates(self) -> dict[str, float]:
+        """Every rate of `binary_rates` at this point, as floats (NaN where undefined)."""
+        return {name: float(value) for name, value in binary_rates(self.tp, self.fp, self.tn, self.fn).items()}
+
     @property
     def sensitivity(self) -> float:
-        return _ratio(self.tp, self.tp + self.fn)
+        return self.rates()["sensitivity"]
 
     @property
     def specificity(self) -> float:
-        return _ratio(self.tn, self.tn + self.fp)
+        return self.rates()["specificity"]
 
     @property
     def ppv(self) -> float:
-        return _ratio(self.tp, self.tp + self.fp)
+        return self.rates()["ppv"]
 
     @property
     def npv(self) -> float:
-        return _ratio(self.tn, self.tn + self.fn)
+        return self.rates()["npv"]
 
     @property
     def f1(self) -> float:
-        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+        return self.rates()["f1"]
 
     @property
     def accuracy(self) -> float:
-        return _ratio(self.tp + self.tn, self.tp + self.tn + self.fp + self.fn)
+        return self.rates()["accuracy"]
 
     @property
     def balanced_accuracy(self) -> float:
-        return (self.sensitivity + self.specificity) / 2
+        return self.rates()["balanced_accuracy"]
 
-    def to_dict(self) -> dict[str, Any]:
-        rates = {name: _plain(getattr(self, name)) for name in BINARY_METRICS if name != "auc"}
-        return {**dataclasses.asdict(self), **rates}
+    def to_dict(self) -> OperatingPointRecord:
+        rates = {name: _plain(value) for name, value in self.rates().items()}
+        return OperatingPointRecord(**dataclasses.asdict(self), **rates)  # type: ignore[typeddict-item]
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    return float(numerator / denominator) if denominator else math.nan
+class OperatingPointRecord(TypedDict):
+    """`OperatingPoint` as stored in metrics.json and shown: counts, the threshold on p(`positive`), rates as
+    fractions (None where undefined)."""
+
+    threshold: float
+    positive: str
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    sensitivity: float | None
+    specificity: float | None
+    ppv: float | None
+    npv: float | None
+    f1: float | None
+    accuracy: float | None
+    balanced_accuracy: float | None
 
 
 def _plain(value: float) -> float | None:

@@ -9,27 +9,26 @@ from typing import Any
 import numpy as np
 
 MIN_TRIALS = 8  # below this a forest over a handful of points ranks noise; the page says so instead
-NOT_HYPERPARAMETERS = ("trial", "status", "score")
 
 
-def hyperparameter_importance(trials: list[dict[str, Any]], seed: int = 0) -> list[tuple[str, float]]:
+def hyperparameter_importance(trials: list[Any], seed: int = 0) -> list[tuple[str, float]]:
     """(hyperparameter, share) pairs, shares summing to 1, largest first; [] below `MIN_TRIALS` completed trials,
     when no hyperparameter varies, or when every trial scored the same.
 
-    `trials`: rows of `tuning.trial_table` (a "score" and the hyperparameters' values); pass completed trials only.
+    `trials`: rows of `tuning.trial_table` (a "score" and a "hyperparameters" mapping); pass completed trials only.
     Numbers are used as they are (a forest's splits ignore monotone transforms such as log10), other values as
     category codes."""
     from sklearn.ensemble import RandomForestRegressor
 
     done = [t for t in trials if t.get("score") is not None]
-    names = sorted({k for t in done for k in t if k not in NOT_HYPERPARAMETERS})
-    names = [n for n in names if len({repr(t.get(n)) for t in done}) > 1]
+    names = sorted({k for t in done for k in t["hyperparameters"]})
+    names = [n for n in names if len({repr(t["hyperparameters"].get(n)) for t in done}) > 1]
     scores = np.array([float(t["score"]) for t in done])
     if len(done) < MIN_TRIALS or not names or np.ptp(scores) == 0:
         return []
     columns = []
     for name in names:
-        values = [t.get(name) for t in done]
+        values = [t["hyperparameters"].get(name) for t in done]
         if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
             columns.append(np.array(values, dtype=float))
         else:

@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from medimg.config import HYPERBAND_FACTOR, ModelParams, SearchSpace, TuneConfig
 from medimg.errors import ConfigError, SearchSpaceMismatchError
@@ -82,7 +82,30 @@ def check_search_space(tuner_dir: Path, space: SearchSpace, record: bool = True)
         path.write_text(space.to_json())
 
 
-def read_trials(tuner_dir: Path) -> list[dict[str, Any]]:
+class TrialRecord(TypedDict):
+    """One trial as KerasTuner recorded it (its trial.json): `trial_id` KerasTuner's ("0", "1", …), `status` its
+    ("COMPLETED", "RUNNING", "INVALID", …), `score` the objective's best value (None before it has one),
+    `hyperparameters` every value drawn, KerasTuner's own "tuner/…" entries included, `best_step` the best epoch."""
+
+    trial_id: str
+    status: str | None
+    score: float | None
+    hyperparameters: dict[str, Any]
+    best_step: int | None
+
+
+class TrialRow(TypedDict):
+    """One row of the trial table people see: `trial` numbered from 1, `status` KerasTuner's or ours ("STOPPED": cut
+    short by Stop; "COLLAPSED": called every validation image one class, never the best), `score` the objective
+    (None while running), `hyperparameters` the values drawn, without KerasTuner's "tuner/…" bookkeeping."""
+
+    trial: int
+    status: str
+    score: float | None
+    hyperparameters: dict[str, Any]
+
+
+def read_trials(tuner_dir: Path) -> list[TrialRecord]:
     """Every trial KerasTuner recorded in a project folder (works for local and distributed searches)."""
     trials = []
     for path in sorted(Path(tuner_dir).glob("trial_*/trial.json")):
@@ -92,13 +115,13 @@ def read_trials(tuner_dir: Path) -> list[dict[str, Any]]:
             continue
         values = state.get("hyperparameters", {}).get("values", {})
         trials.append(
-            {
-                "trial_id": state.get("trial_id"),
-                "status": state.get("status"),
-                "score": state.get("score"),
-                "hyperparameters": values,
-                "best_step": state.get("best_step"),
-            }
+            TrialRecord(
+                trial_id=state.get("trial_id"),
+                status=state.get("status"),
+                score=state.get("score"),
+                hyperparameters=values,
+                best_step=state.get("best_step"),
+            )
         )
     return trials
 
@@ -400,28 +423,32 @@ def better(objective: str, value: float, than: float) -> bool:
     return value < than if objective.endswith("loss") else value > than
 
 
-def trial_table(run: Run) -> list[dict[str, Any]]:
+def trial_table(run: Run) -> list[TrialRow]:
     """One row per trial (finished ones from KerasTuner's folder, the running one from the event log), numbered
     from 1 (`runs.trial_number`)."""
     rows = {t["trial_id"]: t for t in read_trials(run.path / TUNER_FOLDER)}
     for event in run.events("trial_begin"):
         rows.setdefault(
             event["trial"],
-            {
-                "trial_id": event["trial"],
-                "status": "RUNNING",
-                "score": None,
-                "hyperparameters": event.get("hyperparameters", {}),
-            },
+            TrialRecord(
+                trial_id=event["trial"],
+                status="RUNNING",
+                score=None,
+                hyperparameters=event.get("hyperparameters", {}),
+                best_step=None,
+            ),
         )
     collapsed, stopped = collapsed_trials(run), stopped_trials(run)
     table = []
     for trial_id in sorted(rows):
         trial = rows[trial_id]
-        if trial_id in stopped and trial["status"] in ("COMPLETED", "RUNNING"):
-            trial = {**trial, "status": "STOPPED"}
+        status = trial["status"] or "UNKNOWN"
+        if trial_id in stopped and status in ("COMPLETED", "RUNNING"):
+            status = "STOPPED"
         elif trial_id in collapsed:
-            trial = {**trial, "status": "COLLAPSED"}
+            status = "COLLAPSED"
         values = {k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")}
-        table.append({"trial": trial_number(trial_id), "status": trial["status"], "score": trial["score"], **values})
+        table.append(
+            TrialRow(trial=trial_number(trial_id), status=status, score=trial["score"], hyperparameters=values)
+        )
     return table

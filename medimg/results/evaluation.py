@@ -4,20 +4,45 @@ from __future__ import annotations
 
 import csv
 import hashlib
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from medimg.datasets import datachecks
 from medimg.errors import RunError
 from medimg.metrics import bootstrap, clinical
-from medimg.metrics.clinical import Scored, roc_auc
+from medimg.metrics.bootstrap import Intervals
+from medimg.metrics.calibration import CalibrationSummary
+from medimg.metrics.clinical import OperatingPointRecord, Scored, roc_auc
 from medimg.model.models import load_run_model, predict_arrays
 from medimg.store.runs import Run
 
 SPLITS = ("val", "test")
 # 2: predictions.csv holds val and test (a `split` column), metrics.json the clinical summary and leakage check.
 EVALUATION_VERSION = 2
+
+
+class ClinicalSummary(TypedDict):
+    """Everything the Evaluate page and the report show of one split at one operating point (`clinical_summary`).
+
+    Two classes: `threshold` on p(`positive_class`), its `operating_point`, the `presets` thresholds chosen on
+    `presets_split` (validation, never test; {} and `presets_reason` saying why when none could be chosen) and the
+    test figures at each (`preset_points`). More classes: those are None / empty, decisions are the arg-max.
+    `confusion_matrix`: rows the true class, columns the called one. `curves`: `clinical.curves`."""
+
+    class_names: list[str]
+    count: int
+    positive_class: str | None
+    threshold: float | None
+    operating_point: OperatingPointRecord | None
+    presets: dict[str, float | None]
+    presets_split: str | None
+    presets_reason: str | None
+    preset_points: dict[str, OperatingPointRecord]
+    confusion_matrix: list[list[int]]
+    intervals: Intervals
+    curves: dict[str, dict[str, dict[str, Any]]]
+    calibration: CalibrationSummary
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, Any]:
@@ -29,17 +54,15 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     labels = list(range(len(class_names)))
     y_pred = probs.argmax(axis=1)
     matrix = metrics.confusion_matrix(y_true, y_pred, labels=labels)
-    precision, recall, f1, support = metrics.precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    total = matrix.sum()
+    precision, _, f1, support = metrics.precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    rates = clinical.one_vs_rest_rates(matrix)
     per_class = {}
     for i, name in enumerate(class_names):
-        true_negative = total - matrix[i, :].sum() - matrix[:, i].sum() + matrix[i, i]
-        negatives = total - matrix[i, :].sum()
+        # A rate of no cases is stored as 0 here, as scikit-learn's zero_division=0 does for precision and F1.
+        sensitivity, specificity = (float(np.nan_to_num(rates[rate][i])) for rate in ("sensitivity", "specificity"))
         per_class[name] = {
-            "sensitivity": float(recall[i]),
-            "specificity": float(true_negative / negatives) if negatives else 0.0,
+            "sensitivity": sensitivity,
+            "specificity": specificity,
             "precision": float(precision[i]),
             "f1": float(f1[i]),
             "support": int(support[i]),
@@ -125,7 +148,7 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
     return result
 
 
-def one_class_at_threshold(summary: dict[str, Any]) -> str | None:
+def one_class_at_threshold(summary: ClinicalSummary) -> str | None:
     """For a two-class `clinical_summary`: a warning when its threshold calls every test image one class."""
     point = summary.get("operating_point")
     if not point:
@@ -166,30 +189,29 @@ def clinical_summary(
     positive: str | int | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
-) -> dict[str, Any]:
-    """Everything the Evaluate page and the report show at one operating point, from predictions alone."""
+) -> ClinicalSummary:
+    """Everything the Evaluate page and the report show at one operating point, from predictions alone: see
+    `ClinicalSummary`. Bootstrap intervals from `n_resamples` stratified resamples drawn with `seed`."""
     from medimg.metrics import calibration
 
     binary = test.binary
     index = clinical.positive_index(test.class_names, positive) if binary else None
     presets, presets_split = preset_thresholds(test, val, index) if binary else ({}, None)
-    return {
-        "class_names": list(test.class_names),
-        "count": len(test),
-        "positive_class": test.class_names[index] if binary else None,
-        "threshold": float(threshold) if binary else None,
-        "operating_point": clinical.operating_point(test, threshold, index).to_dict() if binary else None,
-        "presets": presets,
-        "presets_split": presets_split,
-        "presets_reason": presets_unavailable(val, test.class_names) if binary else None,
-        "preset_points": {
-            name: clinical.operating_point(test, value, index).to_dict() for name, value in presets.items()
-        },
-        "confusion_matrix": clinical.confusion_matrix(test, threshold, index),
-        "intervals": bootstrap.bootstrap_intervals(test, threshold, index, n_resamples, seed),
-        "curves": clinical.curves(test, index),
-        "calibration": calibration.calibration_summary(test, val, index),
-    }
+    return ClinicalSummary(
+        class_names=list(test.class_names),
+        count=len(test),
+        positive_class=test.class_names[index] if binary else None,
+        threshold=float(threshold) if binary else None,
+        operating_point=clinical.operating_point(test, threshold, index).to_dict() if binary else None,
+        presets=presets,
+        presets_split=presets_split,
+        presets_reason=presets_unavailable(val, test.class_names) if binary else None,
+        preset_points={name: clinical.operating_point(test, value, index).to_dict() for name, value in presets.items()},
+        confusion_matrix=clinical.confusion_matrix(test, threshold, index),
+        intervals=bootstrap.bootstrap_intervals(test, threshold, index, n_resamples, seed),
+        curves=clinical.curves(test, index),
+        calibration=calibration.calibration_summary(test, val, index),
+    )
 
 
 def preset_thresholds(

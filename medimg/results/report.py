@@ -19,9 +19,9 @@ import numpy as np
 
 from medimg import __version__
 from medimg.metrics import clinical, subgroups
-from medimg.metrics.bootstrap import interval_text
+from medimg.metrics.calibration import CalibrationSummary
 from medimg.model.models import load_run_model
-from medimg.results import charts, evaluation, htmldoc
+from medimg.results import charts, evaluation, htmldoc, tables
 from medimg.store.runs import Run, trial_number
 
 NOT_FOR_CLINICAL_USE = (
@@ -119,7 +119,7 @@ def build_report(
     return htmldoc.document(f"medimg report · {run.id}", "\n".join(htmldoc.embed_figures(parts)), NOT_FOR_CLINICAL_USE)
 
 
-def _header(run: Run, summary: dict[str, Any], metrics: dict[str, Any] | None = None) -> str:
+def _header(run: Run, summary: evaluation.ClinicalSummary, metrics: dict[str, Any] | None = None) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     point = (
         f"operating point: p({summary['positive_class']}) ≥ {summary['threshold']:.3f} ("
@@ -180,10 +180,10 @@ def _dataset(record: dict[str, Any]) -> list[Any]:
 def _leakage(leakage: dict[str, Any]) -> list[str]:
     if not leakage:
         return [htmldoc.paragraph("No leakage check was recorded.")]
-    verdict = "PASSED" if leakage.get("passed") else "FAILED"
+    passed, verdict = tables.leakage_verdict(leakage)
     lines = [
-        f"<p class='{'ok' if leakage.get('passed') else 'bad'}'><strong>{verdict}</strong>: "
-        f"{html.escape(leakage['method'])}; {leakage['images']} images checked.</p>",
+        f"<p class='{'ok' if passed else 'bad'}'><strong>{html.escape(verdict)}</strong> "
+        f"Method: {html.escape(leakage['method'])}.</p>",
         htmldoc.paragraph(
             f"Identical images in more than one split: {len(leakage['cross_split_duplicates'])} group(s). "
             f"Duplicate groups within one split: {leakage['within_split_duplicate_groups']}. "
@@ -260,32 +260,15 @@ def _training(run: Run, record: dict[str, Any]) -> list[Any]:
     return parts
 
 
-def _performance(summary: dict[str, Any]) -> list[Any]:
+def _performance(summary: evaluation.ClinicalSummary) -> list[Any]:
     intervals = summary["intervals"]
-    confidence = f"{intervals['confidence']:.0%}"
-    rows = [
-        [clinical.metric_label(name), value["estimate"], value["low"], value["high"], value.get("interval", "")]
-        for name, value in intervals["metrics"].items()
-    ]
     parts: list[Any] = []
-    if summary["positive_class"]:
-        point = summary["operating_point"]
-        parts.append(
-            htmldoc.paragraph(
-                f"Positive class: {summary['positive_class']}. Decision: positive when p({summary['positive_class']}) "
-                f"≥ {summary['threshold']:.3f}. Test images: {summary['count']} "
-                f"({point['tp'] + point['fn']} positive). TP {point['tp']}, FN {point['fn']}, FP {point['fp']}, "
-                f"TN {point['tn']}."
-            )
-        )
-    parts.append(
-        htmldoc.paragraph(
-            f"{confidence} intervals: {intervals['method']}, {intervals['resamples']} resamples "
-            f"(seed {intervals['seed']}); "
-            "class counts are kept in each resample, so PPV and NPV hold at the test split's prevalence."
-        )
-    )
-    parts.append(htmldoc.table(["metric", "estimate", f"{confidence} CI low", f"{confidence} CI high", "note"], rows))
+    decision = tables.decision_note(summary)
+    if decision:
+        parts.append(htmldoc.paragraph(decision))
+    parts.append(htmldoc.paragraph(tables.intervals_note(intervals)))
+    rows = tables.metric_rows(intervals)
+    parts.append(htmldoc.table(list(rows[0]), [list(row.values()) for row in rows]))
     if summary["presets"]:
         parts.append(_presets(summary))
     names = summary["class_names"]
@@ -296,7 +279,7 @@ def _performance(summary: dict[str, Any]) -> list[Any]:
     return parts
 
 
-def _presets(summary: dict[str, Any]) -> str:
+def _presets(summary: evaluation.ClinicalSummary) -> str:
     labels = {
         "default": "default 0.5",
         "youden": "Youden's J",
@@ -304,50 +287,39 @@ def _presets(summary: dict[str, Any]) -> str:
         "specificity": "specificity ≥ 0.95",
     }
     rows = [
-        [labels.get(name, name), p["threshold"], p["sensitivity"], p["specificity"], p["ppv"], p["npv"]]
+        [
+            labels.get(name, name),
+            *(tables.number(p[key]) for key in ("threshold", "sensitivity", "specificity", "ppv", "npv")),
+        ]
         for name, p in summary["preset_points"].items()
     ]
     note = htmldoc.paragraph("Other operating points: thresholds chosen on the validation split, measured on test.")
     return note + htmldoc.table(["preset", "threshold", "sensitivity", "specificity", "PPV", "NPV"], rows)
 
 
-def _calibration(calibration: dict[str, Any]) -> list[Any]:
-    before, after = calibration["before"], calibration["after"]
-    rows = [["expected calibration error (test)", before["ece"], after["ece"] if after else None]]
-    rows.append(["maximum calibration error (test)", before["mce"], after["mce"] if after else None])
-    if after:
-        rows.append(["negative log-likelihood (test)", calibration["test_nll_before"], calibration["test_nll_after"]])
-        rows.append(["expected calibration error (val)", calibration["val_ece_before"], calibration["val_ece_after"]])
-    temperature = calibration.get("temperature")
-    text = (
-        f"Temperature scaling fitted on the validation split: T = {temperature:.3f} "
-        f"({'softens over-confident' if temperature > 1 else 'sharpens under-confident'} probabilities; ranks, hence "
-        "AUC, unchanged)."
-        if temperature
-        else f"Temperature scaling was not fitted: {calibration.get('skipped') or 'no validation predictions'}."
-    )
-    if calibration.get("warning"):
-        text += " " + calibration["warning"]
+def _calibration(calibration: CalibrationSummary) -> list[Any]:
+    text, warning = tables.calibration_note(calibration)
+    rows = tables.calibration_rows(calibration)
+    before = calibration["before"]
     return [
-        htmldoc.paragraph(f"{before['kind']}, {before['bins']} equal-width bins. {text}"),
-        htmldoc.table(["", "before", "after temperature scaling"], rows),
-        htmldoc.Figure(charts.reliability_figure(before, after)),
+        htmldoc.paragraph(f"{before['kind']}, {before['bins']} equal-width bins. {text} {warning or ''}".strip()),
+        htmldoc.table(list(rows[0]), [list(row.values()) for row in rows]),
+        htmldoc.Figure(charts.reliability_figure(before, calibration["after"])),
     ]
 
 
-def _subgroups(run: Run, test: clinical.Scored, summary: dict[str, Any]) -> list[str]:
+def _subgroups(run: Run, test: clinical.Scored, summary: evaluation.ClinicalSummary) -> list[str]:
     attributes = subgroups.manifest_attributes(run.spec.dataset.path)
     parts = []
     for column, values in attributes.items():
         rows = subgroups.subgroup_metrics(test, values, summary["threshold"] or 0.5, summary["positive_class"])
-        keys = [k for k in ("auc", "sensitivity", "specificity", "accuracy") if k in rows[0]]
-        table = [[r["value"], r["count"], r.get("positives"), *[interval_text(r[k]) for k in keys]] for r in rows]
+        shown = tables.subgroup_rows(rows, column)
         parts.append(f"<h3>by {html.escape(column)}</h3>")
-        parts.append(htmldoc.table([column, "images", "positives", *[clinical.metric_label(k) for k in keys]], table))
+        parts.append(htmldoc.table(list(shown[0]), [list(row.values()) for row in shown]))
     return parts
 
 
-def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell: int = 2) -> list[str]:
+def _gradcams(run: Run, test: clinical.Scored, summary: evaluation.ClinicalSummary, per_cell: int = 2) -> list[str]:
     from medimg.model.explain import gradcam_heatmaps, overlay
 
     threshold, positive = summary["threshold"] or 0.5, summary["positive_class"]
@@ -384,7 +356,7 @@ def _gradcams(run: Run, test: clinical.Scored, summary: dict[str, Any], per_cell
     ]
 
 
-def _cell_name(summary: dict[str, Any], true: int, called: int) -> str:
+def _cell_name(summary: evaluation.ClinicalSummary, true: int, called: int) -> str:
     """'TP · ' style prefix for a binary task's cells, '' for multi-class."""
     if not summary["positive_class"]:
         return ""
@@ -402,7 +374,7 @@ def _examples(test: clinical.Scored, threshold: float, positive: str | None, per
     return chosen
 
 
-def _limitations(summary: dict[str, Any], metrics: dict[str, Any], record: dict[str, Any]) -> list[str]:
+def _limitations(summary: evaluation.ClinicalSummary, metrics: dict[str, Any], record: dict[str, Any]) -> list[str]:
     notes = [
         "Internal validation only: the test split comes from the same source as the training data; performance on "
         "other sites, devices and populations is unknown."

@@ -69,6 +69,37 @@ def test_operating_point_at_half_by_hand_and_by_scikit_learn() -> None:
     assert point.to_dict()["positive"] == "disease" and point.to_dict()["npv"] == pytest.approx(0.6)
 
 
+def test_rates_from_counts_are_scikit_learns_and_vectorise_over_resamples() -> None:
+    scored = noisy_binary(300, seed=3)
+    called = (scored.probs[:, 1] >= 0.4).astype(int)
+    tn, fp, fn, tp = sk.confusion_matrix(scored.labels, called).ravel()
+    rates = clinical.binary_rates(tp, fp, tn, fn)
+    assert rates["sensitivity"] == pytest.approx(sk.recall_score(scored.labels, called))
+    assert rates["specificity"] == pytest.approx(sk.recall_score(scored.labels, called, pos_label=0))
+    assert rates["ppv"] == pytest.approx(sk.precision_score(scored.labels, called))
+    assert rates["npv"] == pytest.approx(sk.precision_score(scored.labels, called, pos_label=0))
+    assert rates["f1"] == pytest.approx(sk.f1_score(scored.labels, called))
+    assert rates["balanced_accuracy"] == pytest.approx(sk.balanced_accuracy_score(scored.labels, called))
+    # One row per resample: each row's rates are the scalar rates of that row's counts.
+    counts = np.array([[tp, fp, tn, fn], [0, 0, 5, 5], [3, 0, 0, 0]])
+    batched = clinical.binary_rates(*counts.T)
+    for row, (a, b, c, d) in enumerate(counts):
+        for name, value in clinical.binary_rates(a, b, c, d).items():
+            np.testing.assert_equal(batched[name][row], value)
+    assert np.isnan(batched["ppv"][1]) and np.isnan(batched["specificity"][2])  # nothing called / no negatives
+
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 2, 2])
+    predicted = np.array([0, 1, 1, 1, 2, 2, 2, 0, 2])
+    matrix = sk.confusion_matrix(labels, predicted)
+    ovr = clinical.one_vs_rest_rates(matrix)
+    np.testing.assert_allclose(ovr["sensitivity"], sk.recall_score(labels, predicted, average=None))
+    for k in range(3):
+        np.testing.assert_allclose(ovr["specificity"][k], sk.recall_score(labels != k, predicted != k))
+    stacked = clinical.one_vs_rest_rates(np.stack([matrix, np.diag([2, 0, 1])]))
+    np.testing.assert_allclose(stacked["sensitivity"][0], ovr["sensitivity"])
+    assert np.isnan(stacked["sensitivity"][1, 1])  # class 1 has no cases in the second matrix
+
+
 def test_threshold_is_inclusive_and_moves_the_counts() -> None:
     scored = binary(LABELS, P_DISEASE)
     at_point_four = clinical.operating_point(scored, 0.4)  # 0.4 itself is called positive

@@ -22,10 +22,7 @@ def trials(count: int, seed: int = 0) -> list[dict]:
                 "trial": number,
                 "status": "COMPLETED",
                 "score": score,
-                "learning_rate": rate,
-                "activation": activation,
-                "dropout": dropout,
-                "filters": 32,
+                "hyperparameters": {"learning_rate": rate, "activation": activation, "dropout": dropout, "filters": 32},
             }
         )
     return rows

@@ -175,14 +175,16 @@ def test_trial_table_of_the_finished_search(finished_search) -> None:
     assert [row["trial"] for row in table] == sorted(int(t["trial_id"]) + 1 for t in trials)  # numbered from 1
     assert all(row["status"] in ("COMPLETED", "COLLAPSED") and row["score"] is not None for row in table)
     assert [row["status"] for row in table] == [t["status"] for t in sorted(trials, key=lambda t: t["trial_id"])]
-    assert all(row["activation"] in TINY_SPACE.activations for row in table)
-    assert not any(key.startswith("tuner/") for row in table for key in row)
+    assert all(row["hyperparameters"]["activation"] in TINY_SPACE.activations for row in table)
+    assert not any(key.startswith("tuner/") for row in table for key in row["hyperparameters"])
 
 
 def test_trial_table_shows_the_running_trial_from_the_events(tmp_path: Path) -> None:
     run = runs.create_run(tune_spec(max_trials=3), tmp_path)
     run.append_event("trial_begin", trial="0", hyperparameters={"activation": "relu", "tuner/trial_id": "x"})
-    assert tuning.trial_table(run) == [{"trial": 1, "status": "RUNNING", "score": None, "activation": "relu"}]
+    assert tuning.trial_table(run) == [
+        {"trial": 1, "status": "RUNNING", "score": None, "hyperparameters": {"activation": "relu"}}
+    ]
 
 
 @pytest.mark.slow

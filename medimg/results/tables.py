@@ -1,0 +1,133 @@
+"""What the Evaluate page and the report both show of an evaluation, worded once: rows of display strings and the
+sentences beside them. The page puts the rows in a table widget, the report in an HTML table; neither formats a
+figure of its own, so a reviewer reading both sees the same numbers to the same digits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from medimg.metrics.bootstrap import Intervals, interval_text
+from medimg.metrics.calibration import CalibrationSummary
+from medimg.metrics.clinical import metric_label
+from medimg.results.evaluation import ClinicalSummary
+
+MISSING = "–"
+# The figures of a binary task's headline, in the order a reviewer reads them; a multi-class task's headline.
+BINARY_HEADLINE = ("sensitivity", "specificity", "ppv", "npv", "auc")
+MULTICLASS_HEADLINE = ("accuracy", "balanced_accuracy", "auc")
+SHORT_LABELS = {"ppv": "PPV", "npv": "NPV", "auc": "ROC AUC", "balanced_accuracy": "Balanced accuracy"}
+SUBGROUP_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
+
+
+def number(value: float | None) -> str:
+    """A fraction or score as both show it: three decimals, '–' for an undefined one (None or NaN)."""
+    return MISSING if value is None or value != value else f"{value:.3f}"
+
+
+def confidence_label(intervals: Intervals) -> str:
+    """'95% CI' for intervals at 95 % confidence."""
+    return f"{intervals['confidence']:.0%} CI"
+
+
+def headline(summary: ClinicalSummary) -> list[tuple[str, str, str | None]]:
+    """(label, estimate, interval) per headline figure: sensitivity, specificity, PPV, NPV and AUC for two classes,
+    accuracy, balanced accuracy and macro AUC otherwise; the interval None where there is none."""
+    intervals = summary["intervals"]
+    names = BINARY_HEADLINE if summary["positive_class"] else MULTICLASS_HEADLINE
+    tiles = []
+    for name in names:
+        value = intervals["metrics"][name]
+        interval = None if value["low"] is None else f"{confidence_label(intervals)} {interval_text(value, False)}"
+        tiles.append((SHORT_LABELS.get(name, name.capitalize()), number(value["estimate"]), interval))
+    return tiles
+
+
+def metric_rows(intervals: Intervals) -> list[dict[str, str]]:
+    """One row per metric: its name for people, the estimate, the interval, and a note where the interval is not
+    the percentile bootstrap's (Wilson where the bootstrap collapsed, or that it collapsed)."""
+    return [
+        {
+            "metric": metric_label(name),
+            "estimate": number(value["estimate"]),
+            confidence_label(intervals): interval_text(value, False),
+            "note": value.get("interval", ""),
+        }
+        for name, value in intervals["metrics"].items()
+    ]
+
+
+def intervals_note(intervals: Intervals) -> str:
+    """How the intervals were made, in one sentence."""
+    return (
+        f"{intervals['confidence']:.0%} intervals: {intervals['method']}, {intervals['resamples']} resamples "
+        f"(seed {intervals['seed']}); class counts are kept in each resample, so PPV and NPV hold at the test "
+        "split's prevalence."
+    )
+
+
+def decision_note(summary: ClinicalSummary) -> str | None:
+    """The two-class decision rule and its confusion counts in one sentence; None for more classes."""
+    point, positive = summary["operating_point"], summary["positive_class"]
+    if point is None or positive is None:
+        return None
+    return (
+        f"Positive class: {positive}. Decision: positive when p({positive}) ≥ {point['threshold']:.3f}. "
+        f"Test images: {summary['count']} ({point['tp'] + point['fn']} positive). TP {point['tp']}, "
+        f"FN {point['fn']}, FP {point['fp']}, TN {point['tn']}."
+    )
+
+
+def calibration_note(calibration: CalibrationSummary) -> tuple[str, str | None]:
+    """(what temperature scaling did, in one sentence; the warning when its fit should not be trusted, else None)."""
+    before, after, temperature = calibration["before"], calibration["after"], calibration["temperature"]
+    if temperature and after:
+        text = (
+            f"Temperature scaling fitted on validation: T = {temperature:.3f} "
+            f"({'softens over-confident' if temperature > 1 else 'sharpens under-confident'} probabilities; ranks, "
+            f"hence AUC, unchanged); test ECE {before['ece']:.3f} → {after['ece']:.3f}."
+        )
+    else:
+        skipped = calibration.get("skipped") or "no validation predictions to fit a temperature on"
+        text = f"Test ECE {before['ece']:.3f}; {skipped}."
+    return text, calibration.get("warning")
+
+
+def calibration_rows(calibration: CalibrationSummary) -> list[dict[str, str]]:
+    """Calibration errors (and the test negative log-likelihood) before and after temperature scaling."""
+    before, after = calibration["before"], calibration["after"]
+    rows = [
+        ("expected calibration error (test)", before["ece"], after["ece"] if after else None),
+        ("maximum calibration error (test)", before["mce"], after["mce"] if after else None),
+    ]
+    if after:
+        rows.append(("negative log-likelihood (test)", calibration["test_nll_before"], calibration["test_nll_after"]))
+        rows.append(("expected calibration error (val)", calibration["val_ece_before"], calibration["val_ece_after"]))
+    return [{"": name, "before": number(old), "after temperature scaling": number(new)} for name, old, new in rows]
+
+
+def subgroup_rows(rows: list[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """`subgroups.subgroup_metrics` rows for people: the subgroup under `column`, its image and positive counts,
+    and each metric with its interval."""
+    shown = []
+    for row in rows:
+        entry: dict[str, Any] = {column: row["value"], "images": row["count"]}
+        if "positives" in row:
+            entry["positives"] = row["positives"]
+        for key in SUBGROUP_METRICS:
+            if key in row:
+                entry[metric_label(key)] = interval_text(row[key])
+        shown.append(entry)
+    return shown
+
+
+def leakage_verdict(leakage: dict[str, Any]) -> tuple[bool, str]:
+    """(passed, the verdict in one sentence) of `evaluation.leakage_check`."""
+    duplicates = leakage["cross_split_duplicates"]
+    if leakage["passed"]:
+        return True, f"Leakage check passed: no identical images across splits ({leakage['images']} checked)."
+    conflicts = leakage.get("conflicting_label_groups", 0)
+    return False, (
+        f"Leakage check failed: {len(duplicates)} identical image group(s) across splits"
+        f"{f' ({conflicts} with different labels)' if conflicts else ''}, "
+        f"{len(leakage['group_overlap'])} patient(s) in more than one split. The test metrics may be optimistic."
+    )

@@ -1,0 +1,72 @@
+"""The rows and sentences the Evaluate page and the report share: one wording, three decimals, '–' for undefined."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from medimg.metrics.clinical import Scored
+from medimg.results import evaluation, tables
+
+
+def scored(labels: list[int], p_positive: list[float]) -> Scored:
+    p = np.array(p_positive)
+    return Scored(np.array(labels), np.column_stack([1 - p, p]), ["NORMAL", "PNEUMONIA"])
+
+
+TEST = scored([0, 0, 0, 0, 1, 1, 1, 1, 1, 1], [0.1, 0.2, 0.3, 0.6, 0.4, 0.45, 0.7, 0.8, 0.9, 0.95])
+VAL = scored([0, 0, 0, 1, 1, 1], [0.2, 0.3, 0.55, 0.5, 0.7, 0.9])
+
+
+def test_binary_rows_headline_and_decision_read_the_summary() -> None:
+    summary = evaluation.clinical_summary(TEST, VAL, threshold=0.5, n_resamples=200)
+    # TP 4 (0.7 0.8 0.9 0.95), FP 1 (0.6), TN 3, FN 2 (0.4 0.45)
+    assert tables.decision_note(summary) == (
+        "Positive class: PNEUMONIA. Decision: positive when p(PNEUMONIA) ≥ 0.500. Test images: 10 (6 positive). "
+        "TP 4, FN 2, FP 1, TN 3."
+    )
+    labels = [label for label, _, _ in tables.headline(summary)]
+    assert labels == ["Sensitivity", "Specificity", "PPV", "NPV", "ROC AUC"]
+    sensitivity = tables.headline(summary)[0]
+    assert sensitivity[1] == "0.667"  # 4 of 6
+    low, high = (
+        summary["intervals"]["metrics"]["sensitivity"]["low"],
+        summary["intervals"]["metrics"]["sensitivity"]["high"],
+    )
+    assert sensitivity[2] == f"95% CI {low:.3f}–{high:.3f}"
+    rows = {row["metric"]: row for row in tables.metric_rows(summary["intervals"])}
+    assert rows["PPV (precision)"]["estimate"] == "0.800" and list(rows["NPV"]) == [
+        "metric",
+        "estimate",
+        "95% CI",
+        "note",
+    ]
+
+
+def test_undefined_figures_are_a_dash_and_multi_class_has_no_decision_rule() -> None:
+    assert tables.number(None) == "–" and tables.number(float("nan")) == "–" and tables.number(0.12345) == "0.123"
+    three = Scored(np.array([0, 1, 2, 2]), np.eye(3)[[0, 1, 2, 1]] * 0.8 + 0.2 / 3, ["a", "b", "c"])
+    summary = evaluation.clinical_summary(three, None, n_resamples=200)
+    assert tables.decision_note(summary) is None
+    assert [label for label, _, _ in tables.headline(summary)] == ["Accuracy", "Balanced accuracy", "ROC AUC"]
+    text, warning = tables.calibration_note(summary["calibration"])
+    assert text.endswith("no validation predictions to fit a temperature on.") and warning is None
+    rows = tables.calibration_rows(summary["calibration"])
+    assert [row["after temperature scaling"] for row in rows] == ["–", "–"]  # nothing fitted, nothing to show
+
+
+def test_leakage_verdicts() -> None:
+    passed = {"passed": True, "images": 140, "cross_split_duplicates": [], "group_overlap": []}
+    assert tables.leakage_verdict(passed) == (
+        True,
+        "Leakage check passed: no identical images across splits (140 checked).",
+    )
+    failed = {
+        "passed": False,
+        "images": 140,
+        "cross_split_duplicates": [["train:a.png", "test:b.png"]],
+        "conflicting_label_groups": 1,
+        "group_overlap": ["p1", "p2"],
+    }
+    ok, text = tables.leakage_verdict(failed)
+    assert not ok and text.startswith("Leakage check failed: 1 identical image group(s) across splits (1 with")
+    assert "2 patient(s) in more than one split" in text
