@@ -381,8 +381,8 @@ class Choice:
 # and its use in `models.build_model`. The structured ones (conv blocks and widths, the learning-rate range,
 # backbones, searched class weights) are declared in `hyperparameters.params_from_hp` itself.
 CHOICES = (
-    Choice("kernel_size", "kernel_sizes", "Kernel sizes", (3, 5, 7)),
-    Choice("activation", "activations", "Activations", ACTIVATIONS),
+    Choice("kernel_size", "kernel_sizes", "Kernel size", (3, 5, 7)),
+    Choice("activation", "activations", "Activation", ACTIVATIONS),
     Choice("dropout", "dropouts", "Dropout", (0.0, 0.1, 0.25, 0.5)),
     Choice("dense_units", "dense_units", "Dense units (0 = none)", (0, 32, 64, 128, 256, 512)),
     Choice("batch_norm", "batch_norm", "Batch normalisation", (True, False), "with", bool),

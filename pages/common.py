@@ -12,12 +12,14 @@ import streamlit as st
 
 from medimg import jobs
 from medimg.config import (
+    CHOICES,
     DEFAULT_PRESET,
     PRESETS,
     AugmentConfig,
     DatasetConfig,
     ModelParams,
     RunSpec,
+    SearchSpace,
     TrainConfig,
     TuneConfig,
     describe_augment,
@@ -239,6 +241,47 @@ def kept(key: str, value: Any, from_run: bool = False) -> dict[str, Any]:
     if from_run or key not in st.session_state:
         st.session_state[key] = value
     return {"key": key, "persist_state": "session"}
+
+
+SHOWN = {  # how `config.Choice.shown` asks a value to be written
+    "": str,
+    "rate": lambda v: f"{v:.0e}" if v else "none",
+    "with": lambda on: "with" if on else "without",
+}
+
+
+def choice_widgets(space: SearchSpace, columns: list, busy: bool) -> dict[str, tuple]:
+    """One multiselect per categorical hyperparameter (`config.CHOICES`), in `columns` in turn, starting from
+    `space`; returns the chosen values as SearchSpace fields (the Tune page's ranges)."""
+    chosen = {}
+    for choice, column in zip(CHOICES, columns, strict=False):
+        values = column.multiselect(
+            choice.label,
+            list(choice.offered),
+            format_func=SHOWN[choice.shown],
+            disabled=busy,
+            **kept(f"tn_{choice.name}", list(getattr(space, choice.space_field)), busy),
+        )
+        chosen[choice.space_field] = tuple(values)
+    return chosen
+
+
+def value_widgets(params: ModelParams, columns: list, busy: bool) -> dict[str, Any]:
+    """One selectbox per categorical hyperparameter (`config.CHOICES`), in `columns` in turn, starting from
+    `params`; returns the chosen values as ModelParams fields (the Train page's single model). A value outside the
+    offered ones (a search's, or a preset's such as the plain CNN's dropout 0.3) is offered too."""
+    chosen = {}
+    for choice, column in zip(CHOICES, columns, strict=False):
+        current = getattr(params, choice.name)
+        options = list(choice.offered) + ([] if current in choice.offered else [current])
+        chosen[choice.name] = column.selectbox(
+            choice.label,
+            options,
+            format_func=SHOWN[choice.shown],
+            disabled=busy,
+            **kept(f"tr_{choice.name}", current, busy),
+        )
+    return chosen
 
 
 NEXT_STEPS = {  # the first-time path: dataset → (augmentation) → automatic search → evaluate → predict

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from medimg import workflows
-from medimg.config import ACTIVATIONS, HEADS, OPTIMIZERS, ModelParams, RunSpec, TrainConfig, describe_params
+from medimg.config import ModelParams, RunSpec, TrainConfig, describe_params
 from medimg.errors import MedimgError
 from medimg.model import backbones
 from medimg.store import runs
@@ -106,44 +106,16 @@ else:
         disabled=busy,
         help="Comma-separated, one number per conv block.",
     )
-    kernel = c2.selectbox("Kernel size", [3, 5, 7], **common.kept("tr_kernel", params.kernel_size, busy), disabled=busy)
-    activation = c3.selectbox(
-        "Activation", list(ACTIVATIONS), **common.kept("tr_act", params.activation, busy), disabled=busy
-    )
-    batch_norm = c4.checkbox("Batch norm", **common.kept("tr_bn", params.batch_norm, busy), disabled=busy)
-    c5, c6, c7, c8 = st.columns(4)
-    dropout = c5.slider(
-        "Dropout", 0.0, 0.8, step=0.05, **common.kept("tr_dropout", params.dropout, busy), disabled=busy
-    )
-    dense_units = c6.number_input(
-        "Dense units", 0, 2048, **common.kept("tr_dense", params.dense_units, busy), disabled=busy
-    )
-    l2 = c7.number_input("L2", 0.0, 0.1, format="%.5f", **common.kept("tr_l2", params.l2, busy), disabled=busy)
-    head = c8.selectbox("Head", list(HEADS), **common.kept("tr_head", params.head, busy), disabled=busy)
-    c9, c10, c11 = st.columns(3)
-    optimizer = c9.selectbox(
-        "Optimizer", list(OPTIMIZERS), **common.kept("tr_opt", params.optimizer, busy), disabled=busy
-    )
-    learning_rate = c10.number_input(
+    learning_rate = c2.number_input(
         "Learning rate", 1e-6, 0.5, format="%.5f", **common.kept("tr_lr", params.learning_rate, busy), disabled=busy
     )
-    batch_size = c11.selectbox(
-        "Batch size", [8, 16, 32, 64, 128], **common.kept("tr_bs", params.batch_size, busy), disabled=busy
-    )
+    chosen = common.value_widgets(params, [c3, c4, *st.columns(4), *st.columns(4), *st.columns(4)], busy)
     try:
         filters = tuple(int(x) for x in filters_text.replace(" ", "").split(",") if x)
-        params = ModelParams(
+        params = params.replace(
+            **chosen,
             filters=filters,
-            kernel_size=kernel,
-            activation=activation,
-            batch_norm=batch_norm,
-            dropout=dropout,
-            dense_units=int(dense_units),
-            l2=float(l2),
-            head=head,
-            optimizer=optimizer,
             learning_rate=float(learning_rate),
-            batch_size=int(batch_size),
             backbone=network,
             weights=start_from if network != "cnn" else "imagenet",
             fine_tune_blocks=int(fine_tune_blocks) if network != "cnn" else 0,

@@ -9,7 +9,6 @@ import streamlit as st
 
 from medimg import auto
 from medimg.config import (
-    CHOICES,
     PRESETS,
     ModelParams,
     RunSpec,
@@ -31,29 +30,6 @@ LEARNING_RATES = [1e-6, 3e-6, 1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e
 
 def nearest_rate(value: float) -> float:
     return min(LEARNING_RATES, key=lambda rate: abs(math.log10(rate) - math.log10(value)))
-
-
-SHOWN = {
-    "": str,
-    "rate": lambda v: f"{v:.0e}" if v else "none",
-    "with": lambda on: "with" if on else "without",
-}
-
-
-def choice_widgets(space: SearchSpace, columns: list, busy: bool) -> dict[str, tuple]:
-    """One multiselect per categorical hyperparameter (`config.CHOICES`), in `columns` in turn; returns the chosen
-    values as SearchSpace fields."""
-    chosen = {}
-    for choice, column in zip(CHOICES, columns, strict=False):
-        values = column.multiselect(
-            choice.label,
-            list(choice.offered),
-            format_func=SHOWN[choice.shown],
-            disabled=busy,
-            **common.kept(f"tn_{choice.name}", list(getattr(space, choice.space_field)), busy),
-        )
-        chosen[choice.space_field] = tuple(values)
-    return chosen
 
 
 MODES = ("Automatic", "Advanced")
@@ -142,7 +118,7 @@ else:
             disabled=busy,
             **common.kept("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16, busy),
         )
-        chosen = choice_widgets(space, [c5, c6, *st.columns(3), *st.columns(3), *st.columns(3)], busy)
+        chosen = common.choice_widgets(space, [c5, c6, *st.columns(3), *st.columns(3), *st.columns(3)], busy)
         c16, c17, c18 = st.columns(3)
         networks = c16.multiselect(
             "Networks",

@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from medimg import jobs, workflows
-from medimg.config import DatasetConfig, ModelParams, RunSpec, SearchSpace, TrainConfig, TuneConfig, describe_params
+from medimg.config import (
+    CHOICES,
+    DatasetConfig,
+    ModelParams,
+    RunSpec,
+    SearchSpace,
+    TrainConfig,
+    TuneConfig,
+    describe_params,
+)
 from medimg.store import runs
 
 from .conftest import (
@@ -24,8 +33,9 @@ from .conftest import (
 )
 
 TINY_PARAMS = ModelParams(filters=(8,), dense_units=8)
-MANUAL_KEYS = ["tr_filters", "tr_kernel", "tr_act", "tr_bn", "tr_dropout", "tr_dense", "tr_l2", "tr_head", "tr_opt"]
-MANUAL_KEYS += ["tr_lr", "tr_bs", "tr_epochs", "tr_patience", "tr_weights"]
+# Every categorical hyperparameter has its widget (from `config.CHOICES`), beside filters, rate and the schedule.
+MANUAL_KEYS = ["tr_filters", "tr_lr", *(f"tr_{choice.name}" for choice in CHOICES)]
+MANUAL_KEYS += ["tr_epochs", "tr_patience", "tr_weights"]
 LIMIT = "the limit is 1. Wait for it to finish or stop it; the limit is set by MEDIMG_MAX_CONCURRENT_RUNS."
 
 
@@ -73,10 +83,11 @@ def test_bad_filters_are_explained_and_nothing_can_be_started(runs_dir: Path, fi
 def test_manual_choices_become_the_parameters_of_the_next_run(runs_dir: Path) -> None:
     at = open_page("train")
     at.text_input(key="tr_filters").input("16, 32, 64")
-    at.selectbox(key="tr_act").set_value("gelu")
+    at.selectbox(key="tr_activation").set_value("gelu")
+    at.selectbox(key="tr_dropout").set_value(0.1)
     at.number_input(key="tr_epochs").set_value(3).run()
     no_exception(at)
-    assert at.session_state["params"] == ModelParams(filters=(16, 32, 64), activation="gelu")
+    assert at.session_state["params"] == ModelParams(filters=(16, 32, 64), activation="gelu", dropout=0.1)
     assert at.session_state["final"].epochs == 3  # the Train page's own, not the Tune page's per-trial fit
 
 
@@ -227,3 +238,12 @@ def test_a_backbone_without_its_weights_is_warned_before_start_and_chosen_into_t
     assert not [w for w in values(at.warning) if "efficientnetb0_notop.h5" in w]
     params = at.session_state["params"]
     assert (params.backbone, params.weights, params.fine_tune_blocks) == ("efficientnet_b0", "none", 0)
+
+
+def test_a_value_the_widgets_do_not_offer_is_kept_not_replaced(runs_dir: Path) -> None:
+    plain = ModelParams.plain_cnn(28)  # dropout 0.3: not among the offered 0, 0.1, 0.25, 0.5
+    at = open_page("train", params=plain)
+    no_exception(at)
+    assert at.selectbox(key="tr_dropout").value == 0.3 and "0.3" in at.selectbox(key="tr_dropout").options
+    at.number_input(key="tr_epochs").set_value(2).run()
+    assert at.session_state["params"] == plain
