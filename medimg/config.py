@@ -182,6 +182,7 @@ class ModelParams(_Config):
     """
 
     filters: tuple[int, ...] = (32, 64)
+    conv_layers: int = 1  # convolutions per block before its pooling (2: VGG's stacked 3×3 convolutions)
     kernel_size: int = 3
     activation: str = "relu"
     batch_norm: bool = True
@@ -228,6 +229,7 @@ class ModelParams(_Config):
         _check(1 <= len(self.filters) <= 6, f"{len(self.filters)} conv blocks; use 1 to 6.")
         _check(all(1 <= int(f) <= 1024 for f in self.filters), f"filters {list(self.filters)} must be in 1..1024.")
         _check(self.kernel_size in (1, 3, 5, 7), f"kernel_size {self.kernel_size} must be 1, 3, 5 or 7.")
+        _check(self.conv_layers in (1, 2, 3), f"conv_layers {self.conv_layers} must be 1, 2 or 3 per block.")
         _check(self.activation in ACTIVATIONS, f"activation '{self.activation}' must be one of {list(ACTIVATIONS)}.")
         _check(0.0 <= self.dropout < 1.0, f"dropout {self.dropout} must be in [0, 1).")
         _check(self.dense_units >= 0, "dense_units must be >= 0 (0 means no hidden dense layer).")
@@ -338,22 +340,26 @@ def describe_augment(config: AugmentConfig) -> str:
 
 def describe_params(params: ModelParams) -> list[tuple[str, str]]:
     """(setting, value) rows in plain words and units for people: filters per block, learning rate as 1e-3, dropout
-    and weight decay as numbers, class weights and augmentation strength named."""
+    and weight decay as numbers, class weights and augmentation strength named; a categorical hyperparameter with
+    no wording of its own here (`CHOICES`) under its label, as it is."""
     weights = {"": "as the training settings say", "none": "none", "balanced": "balanced", "auto": "auto"}
+    worded = {
+        "kernel_size": ("Kernel size", f"{params.kernel_size}×{params.kernel_size}"),
+        "activation": ("Activation", params.activation),
+        "batch_norm": ("Batch normalisation", "yes" if params.batch_norm else "no"),
+        "head": ("Head", "global average pooling" if params.head == "global_average" else "flatten"),
+        "dense_units": ("Dense layer", f"{params.dense_units} units" if params.dense_units else "none"),
+        "dropout": ("Dropout", f"{params.dropout:g}"),
+        "l2": ("L2 weight decay", f"{params.l2:g}"),
+        "l1": ("L1 weight decay", f"{params.l1:g}"),
+        "optimizer": ("Optimizer", params.optimizer),
+        "batch_size": ("Batch size", str(params.batch_size)),
+        "augment_strength": ("Augmentation strength", f"{params.augment_strength:g}× the chosen augmentation"),
+    }
     return [
         ("Conv blocks (filters each)", " → ".join(str(int(f)) for f in params.filters)),
-        ("Kernel size", f"{params.kernel_size}×{params.kernel_size}"),
-        ("Activation", params.activation),
-        ("Batch normalisation", "yes" if params.batch_norm else "no"),
-        ("Head", "global average pooling" if params.head == "global_average" else "flatten"),
-        ("Dense layer", f"{params.dense_units} units" if params.dense_units else "none"),
-        ("Dropout", f"{params.dropout:g}"),
-        ("L2 weight decay", f"{params.l2:g}"),
-        ("L1 weight decay", f"{params.l1:g}"),
-        ("Optimizer", params.optimizer),
+        *(worded.get(c.name, (c.label, str(getattr(params, c.name)))) for c in CHOICES),
         ("Learning rate", f"{params.learning_rate:.1e}"),
-        ("Batch size", str(params.batch_size)),
-        ("Augmentation strength", f"{params.augment_strength:g}× the chosen augmentation"),
         ("Class weights", weights.get(params.class_weights, params.class_weights)),
     ]
 
@@ -397,6 +403,7 @@ CHOICES = (
         "Augmentation strength (× the Augment page)",
         (0.0, 0.5, 1.0, 1.5, 2.0),
     ),
+    Choice("conv_layers", "conv_layers", "Conv layers per block", (1, 2)),
 )
 
 
@@ -414,6 +421,7 @@ class SearchSpace(_Config):
     # usual CNN shape, and one hyperparameter instead of one per block).
     filters_growth: str = "free"
     kernel_sizes: tuple[int, ...] = (3,)
+    conv_layers: tuple[int, ...] = (1,)
     activations: tuple[str, ...] = ("relu", "tanh", "sigmoid")
     dropouts: tuple[float, ...] = (0.0, 0.25, 0.5)
     dense_units: tuple[int, ...] = (64,)
@@ -453,6 +461,7 @@ class SearchSpace(_Config):
         _check_choices("heads", self.heads, HEADS)
         _check_choices("optimizers", self.optimizers, OPTIMIZERS)
         _check_choices("kernel_sizes", self.kernel_sizes, (1, 3, 5, 7))
+        _check_choices("conv_layers", self.conv_layers, (1, 2, 3))
         _check(bool(self.dropouts) and all(0 <= d < 1 for d in self.dropouts), "dropouts must be in [0, 1).")
         _check(bool(self.dense_units) and all(u >= 0 for u in self.dense_units), "dense_units must be >= 0.")
         _check(

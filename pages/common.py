@@ -250,11 +250,19 @@ SHOWN = {  # how `config.Choice.shown` asks a value to be written
 }
 
 
+def slots(columns: list, count: int, width: int) -> list:
+    """`count` places for widgets: the free `columns` of a row already drawn, then new rows of `width` columns."""
+    columns = list(columns)
+    while len(columns) < count:
+        columns += st.columns(width)
+    return columns[:count]
+
+
 def choice_widgets(space: SearchSpace, columns: list, busy: bool) -> dict[str, tuple]:
-    """One multiselect per categorical hyperparameter (`config.CHOICES`), in `columns` in turn, starting from
-    `space`; returns the chosen values as SearchSpace fields (the Tune page's ranges)."""
+    """One multiselect per categorical hyperparameter (`config.CHOICES`), in `columns` then rows of three,
+    starting from `space`; returns the chosen values as SearchSpace fields (the Tune page's ranges)."""
     chosen = {}
-    for choice, column in zip(CHOICES, columns, strict=False):
+    for choice, column in zip(CHOICES, slots(columns, len(CHOICES), 3), strict=True):
         values = column.multiselect(
             choice.label,
             list(choice.offered),
@@ -267,11 +275,11 @@ def choice_widgets(space: SearchSpace, columns: list, busy: bool) -> dict[str, t
 
 
 def value_widgets(params: ModelParams, columns: list, busy: bool) -> dict[str, Any]:
-    """One selectbox per categorical hyperparameter (`config.CHOICES`), in `columns` in turn, starting from
-    `params`; returns the chosen values as ModelParams fields (the Train page's single model). A value outside the
-    offered ones (a search's, or a preset's such as the plain CNN's dropout 0.3) is offered too."""
+    """One selectbox per categorical hyperparameter (`config.CHOICES`), in `columns` then rows of four, starting
+    from `params`; returns the chosen values as ModelParams fields (the Train page's single model). A value outside
+    the offered ones (a search's, or a preset's such as the plain CNN's dropout 0.3) is offered too."""
     chosen = {}
-    for choice, column in zip(CHOICES, columns, strict=False):
+    for choice, column in zip(CHOICES, slots(columns, len(CHOICES), 4), strict=True):
         current = getattr(params, choice.name)
         options = list(choice.offered) + ([] if current in choice.offered else [current])
         chosen[choice.name] = column.selectbox(

@@ -109,7 +109,7 @@ else:
     learning_rate = c2.number_input(
         "Learning rate", 1e-6, 0.5, format="%.5f", **common.kept("tr_lr", params.learning_rate, busy), disabled=busy
     )
-    chosen = common.value_widgets(params, [c3, c4, *st.columns(4), *st.columns(4), *st.columns(4)], busy)
+    chosen = common.value_widgets(params, [c3, c4], busy)
     try:
         filters = tuple(int(x) for x in filters_text.replace(" ", "").split(",") if x)
         params = params.replace(

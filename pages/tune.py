@@ -118,7 +118,7 @@ else:
             disabled=busy,
             **common.kept("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16, busy),
         )
-        chosen = common.choice_widgets(space, [c5, c6, *st.columns(3), *st.columns(3), *st.columns(3)], busy)
+        chosen = common.choice_widgets(space, [c5, c6], busy)
         c16, c17, c18 = st.columns(3)
         networks = c16.multiselect(
             "Networks",

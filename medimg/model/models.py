@@ -39,17 +39,21 @@ def network(params: ModelParams, inputs: keras.KerasTensor, num_classes: int, pr
     regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2) if (params.l1 or params.l2) else None
     x = keras.layers.Rescaling(1.0 / 255, name=f"{prefix}rescale")(inputs)
     for block, filters in enumerate(params.filters):
-        x = keras.layers.Conv2D(
-            int(filters),
-            params.kernel_size,
-            padding="same",
-            use_bias=not params.batch_norm,
-            kernel_regularizer=regularizer,
-            name=f"{prefix}conv{block}",
-        )(x)
-        if params.batch_norm:
-            x = keras.layers.BatchNormalization(name=f"{prefix}bn{block}")(x)
-        x = keras.layers.Activation(params.activation, name=f"{prefix}act{block}")(x)
+        for layer in range(params.conv_layers):
+            # The first convolution of a block keeps the name it had before blocks could stack several, so saved
+            # models and their Grad-CAM layer names read the same.
+            suffix = f"{block}" if layer == 0 else f"{block}_{layer}"
+            x = keras.layers.Conv2D(
+                int(filters),
+                params.kernel_size,
+                padding="same",
+                use_bias=not params.batch_norm,
+                kernel_regularizer=regularizer,
+                name=f"{prefix}conv{suffix}",
+            )(x)
+            if params.batch_norm:
+                x = keras.layers.BatchNormalization(name=f"{prefix}bn{suffix}")(x)
+            x = keras.layers.Activation(params.activation, name=f"{prefix}act{suffix}")(x)
         last = block == len(params.filters) - 1
         # Global average pooling follows the last block directly: a max pool before it only discards positions.
         if min(x.shape[1], x.shape[2]) >= 2 and not (last and params.head == "global_average"):

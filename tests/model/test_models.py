@@ -91,6 +91,18 @@ def test_options_are_honoured(keras) -> None:
     assert len(model.losses) == 4  # an L1L2 penalty per conv block (3) and one for the dense layer
 
 
+def test_stacked_convolutions_per_block(keras) -> None:
+    model = models.build_model(ModelParams(filters=(4, 8), conv_layers=2, dense_units=0), (16, 16, 1), 2)
+    convs = [layer.name for layer in model.layers if type(layer).__name__ == "Conv2D"]
+    assert convs == ["conv0", "conv0_1", "conv1", "conv1_1"]  # the first of each block keeps its old name
+    assert layer_types(model).count("MaxPooling2D") == 1  # pooling between blocks, not between stacked convs
+    assert model.get_layer("conv0_1").input.shape[-1] == 4 and model.get_layer("conv1_1").filters == 8
+    single = models.build_model(ModelParams(filters=(4, 8), dense_units=0), (16, 16, 1), 2)
+    assert model.count_params() - single.count_params() == (3 * 3 * 4 * 4 + 2 * 4) + (3 * 3 * 8 * 8 + 2 * 8) + (
+        2 * 4 + 2 * 8  # and the BatchNorm moving statistics
+    )
+
+
 def test_no_regulariser_when_l1_and_l2_are_zero(keras) -> None:
     model = models.build_model(SMALL.replace(l2=0.0), (16, 16, 1), 2)
     assert model.get_layer("conv0").kernel_regularizer is None

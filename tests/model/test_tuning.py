@@ -67,6 +67,18 @@ def test_params_from_hp_stay_within_the_space(space: SearchSpace) -> None:
         assert params.dense_units in space.dense_units
         assert params.head in space.heads and params.optimizer in space.optimizers
         assert params.batch_size in space.batch_sizes
+        assert params.conv_layers in space.conv_layers
+
+
+def test_every_choice_is_drawn_from_its_space_field() -> None:
+    """Each `config.CHOICES` row becomes one KerasTuner Choice over its SearchSpace field and one ModelParams value:
+    a space offering two values of every row draws both of each over a few trials."""
+    from medimg.config import CHOICES
+
+    space = SearchSpace(**{c.space_field: c.offered[:2] for c in CHOICES})
+    drawn = [sampled_params(space, seed) for seed in range(40)]
+    for choice in CHOICES:
+        assert {getattr(p, choice.name) for p in drawn} == set(choice.offered[:2]), choice.name
 
 
 def test_single_valued_choices_are_fixed_not_searched() -> None:
