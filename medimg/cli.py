@@ -102,6 +102,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"])
     tune.add_argument("--objective", choices=["val_auc", "val_accuracy", "val_loss"])
     tune.add_argument("--executions-per-trial", type=int)
+    tune.add_argument(
+        "--cv-folds",
+        type=int,
+        help="score each trial by k-fold cross-validation on the training split (2..10; 0 = off)",
+    )
     tune.add_argument("--resume", metavar="RUN", help="continue this search (completed trials are kept)")
     tune.add_argument("--run-name", help="fixed run folder name, shared by the chief and workers of one search")
     role = tune.add_mutually_exclusive_group()
@@ -279,6 +284,7 @@ SPEC_FLAGS: tuple[tuple[str, tuple[str, ...], str, str, Any], ...] = (
     ("tuner", ("tune",), "tune", "tuner", None),
     ("objective", ("tune",), "tune", "objective", None),
     ("executions_per_trial", ("tune",), "tune", "executions_per_trial", None),
+    ("cv_folds", ("tune",), "tune", "cv_folds", None),
     ("backbone", ("tune",), "search", "backbones", _names),
     ("weights", ("tune",), "search", "weights", None),
     ("fine_tune_blocks", ("tune",), "search", "fine_tune_blocks", _numbers),
@@ -432,7 +438,7 @@ def command_tune(args: argparse.Namespace) -> int:
         if args.data is None:
             spec = spec.replace(dataset=saved.dataset)
         if (
-            not given("max_trials", "max_minutes", "tuner", "objective", "executions_per_trial")
+            not given("max_trials", "max_minutes", "tuner", "objective", "executions_per_trial", "cv_folds")
             and "tune" not in sections
         ):
             spec = spec.replace(tune=saved.tune)

@@ -553,9 +553,17 @@ class TuneConfig(_Config):
     # the trial that won on validation is flattered by having been chosen there, so growing k on validation stops
     # too early.
     ensemble_rule: str = "top"
+    # k ≥ 2: each trial is trained k times, on k - 1 folds of the training split, validated on the fold left out,
+    # and scored by the mean (folds stratified, patient-aware when groups are known). The validation split stays
+    # out of it, for the ensemble, the operating point and early stopping of the final model. 0: off.
+    cv_folds: int = 0
 
     def __post_init__(self) -> None:
         _check(self.first_trial in ("", "plain_cnn"), f"first_trial '{self.first_trial}' must be '' or plain_cnn.")
+        _check(
+            self.cv_folds == 0 or 2 <= self.cv_folds <= 10,
+            f"cv_folds {self.cv_folds} must be 0 (off) or 2..10.",
+        )
         _check(1 <= self.ensemble_size <= 10, f"ensemble_size {self.ensemble_size} must be in 1..10.")
         _check(self.ensemble_rule in ("top", "validation"), "ensemble_rule must be top or validation.")
         _check(self.tuner in TUNERS, f"tuner '{self.tuner}' must be one of {list(TUNERS)}.")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 import pandas as pd
 import streamlit as st
@@ -197,6 +198,16 @@ else:
             "noise, proportionally more time.",
             **common.kept("tn_exec", tune.executions_per_trial, busy),
         )
+        cv_folds = s6.number_input(
+            "Cross-validation folds (0 = off)",
+            0,
+            10,
+            disabled=busy,
+            help="Each trial is trained on k - 1 folds of the training split and scored on the fold left out, k "
+            "times, by the mean (patient-aware when the dataset names patients): a steadier score on a small "
+            "dataset, k times the time. Replaces the repeats. The validation split stays for the final model.",
+            **common.kept("tn_cv_folds", tune.cv_folds, busy),
+        )
 
     try:
         space = SearchSpace(
@@ -217,6 +228,7 @@ else:
             max_trials=int(max_trials),
             executions_per_trial=int(executions),
             max_minutes=float(max_minutes),
+            cv_folds=int(cv_folds),
         )
         train = train.replace(epochs=int(epochs), monitor=objective)
         common.put("search", space)
@@ -319,16 +331,34 @@ STATUS_WORDS = {
 
 def trial_frame(table: list[tuning.TrialRow]) -> pd.DataFrame:
     """The trial table in words: states as optuna-dashboard names them, plain column names, no None or True."""
+    cross_validated = any(r["fold_scores"] for r in table)
     frame = pd.DataFrame(
-        [{"trial": r["trial"], "status": r["status"], "score": r["score"], **r["hyperparameters"]} for r in table]
+        [
+            {
+                "trial": r["trial"],
+                "status": r["status"],
+                "score": r["score"],
+                **({"folds": fold_spread(r["fold_scores"])} if cross_validated else {}),
+                **r["hyperparameters"],
+            }
+            for r in table
+        ]
     )
     frame["status"] = frame["status"].map(lambda s: STATUS_WORDS.get(s, str(s).lower()))
     frame["score"] = frame["score"].map(lambda v: "–" if v is None or v != v else f"{v:.4f}")
-    for column in frame.columns.drop(["trial", "status", "score"]):
+    for column in frame.columns.drop(["trial", "status", "score", *(["folds"] if cross_validated else [])]):
         frame[column] = frame[column].map(plain_value)
     # Text columns throughout: Arrow (which carries the table to the browser) refuses a column mixing numbers
     # and dashes.
     return frame.rename(columns={c: c.replace("_", " ") for c in frame.columns})
+
+
+def fold_spread(scores: list[float]) -> str:
+    """A trial's cross-validation folds in one cell: how many, their standard deviation and range."""
+    if not scores:
+        return "–"
+    spread = f" ± {statistics.stdev(scores):.4f}" if len(scores) > 1 else ""
+    return f"{len(scores)} folds{spread} ({min(scores):.4f}–{max(scores):.4f})"
 
 
 def plain_value(value: object) -> str:

@@ -38,6 +38,13 @@ class CachedArrays:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def subset(self, indices: np.ndarray) -> CachedArrays:
+        """The images, labels and paths at `indices` (a fold of a cross-validation), read into memory."""
+        indices = np.asarray(indices, dtype=np.int64)
+        return CachedArrays(
+            np.asarray(self.images[indices]), self.labels[indices], [self.paths[i] for i in indices], []
+        )
+
 
 def cache_dir() -> Path:
     """Where arrays are cached: $MEDIMG_CACHE_DIR, else ~/.cache/medimg."""

@@ -15,9 +15,12 @@ import dataclasses
 import os
 import re
 import unicodedata
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from pathlib import Path
+
+import numpy as np
 
 from medimg.errors import DatasetError
 from medimg.imaging import images
@@ -397,6 +400,30 @@ def make_splits(
     if not val:
         raise DatasetError("the validation split is empty; use a val_fraction above 0 or add a val/ folder.")
     return splits
+
+
+def cross_validation_folds(
+    labels: np.ndarray, groups: list[str] | None, folds: int, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`folds` (train indices, validation indices) pairs over N cases with N `labels`: stratified by label, and
+    never splitting a group (patient) when `groups` are given (scikit-learn's StratifiedGroupKFold, else
+    StratifiedKFold; shuffled with `seed`). Every case is validated on exactly once.
+
+    Raises DatasetError when there are fewer cases (or groups) than folds."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    labels = np.asarray(labels)
+    units = len(set(groups)) if groups else len(labels)
+    if units < folds:
+        kind = "patients (groups)" if groups else "training images"
+        raise DatasetError(f"{folds}-fold cross-validation needs at least {folds} {kind}; there are {units}.")
+    with warnings.catch_warnings():
+        # A class with fewer cases than folds is still spread as evenly as it can be; scikit-learn warns of it.
+        warnings.filterwarnings("ignore", message="The least populated class")
+        if groups:
+            splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+            return list(splitter.split(labels, labels, groups))
+        return list(StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed).split(labels, labels))
 
 
 def manifest_hint(root: str | Path) -> str:

@@ -52,6 +52,14 @@ class PreparedData:
         split has one class (AUC is undefined there, and accuracy rewards calling everything that class)."""
         return "val_loss" if self.val_one_class and not objective.endswith("loss") else objective
 
+    def groups(self, split: str) -> list[str] | None:
+        """The group (patient) of each decoded image of `split`, in array order; None when the dataset names none."""
+        files = dict(self.splits.items())[split]
+        if not any(f.group for f in files):
+            return None
+        group_of = {f.path: f.group or f.path for f in files}
+        return [group_of.get(path, path) for path in self.arrays[split].paths]
+
     def summary(self) -> dict[str, Any]:
         counts = {
             name: {c: int(np.sum(a.labels == i)) for i, c in enumerate(self.class_names)}

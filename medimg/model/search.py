@@ -43,6 +43,10 @@ class MedimgHyperModel(kt.HyperModel):
         on_collapsed: told (trial id, class name) when a trial collapses to one class, or None.
         objective: the metric trials are ranked by ("val_auc", "val_accuracy" or "val_loss").
         feature_store: the frozen backbones' cached features, or None.
+        folds: cross-validation folds of the training split, (train indices, validation indices) each
+            (`dataset.cross_validation_folds`): the tuner's k executions of a trial fit fold 0, 1, … in turn, each
+            validated on its held-out fold; None: every execution fits train, validated on val.
+        on_fold: told (trial id, fold, the fold's best objective value) after each fold, or None.
     """
 
     def __init__(
@@ -55,12 +59,27 @@ class MedimgHyperModel(kt.HyperModel):
         on_collapsed: Callable[[str, str], None] | None = None,
         objective: str = "val_auc",
         feature_store: FeatureStore | None = None,
+        folds: list[tuple[np.ndarray, np.ndarray]] | None = None,
+        on_fold: Callable[[str, int, float], None] | None = None,
     ) -> None:
         super().__init__(name="medimg_cnn")
         self.space, self.data, self.augment, self.train = space, data, augment, train
         self.extra_callbacks, self.on_collapsed, self.objective = extra_callbacks, on_collapsed, objective
-        self.feature_store = feature_store
+        self.feature_store, self.folds, self.on_fold = feature_store, folds, on_fold
         self.trial_id = ""  # set by the tuner before each trial (`EndingTuner.run_trial`)
+        self.execution = 0  # the trial's fits so far: with folds, the next fold's index
+
+    def begin_trial(self, trial_id: str) -> None:
+        self.trial_id, self.execution = trial_id, 0
+
+    def split(self) -> tuple[Any, Any, int | None]:
+        """(train arrays, validation arrays, fold index or None) for the trial's next fit."""
+        train, val = self.data.arrays["train"], self.data.arrays["val"]
+        if not self.folds:
+            return train, val, None
+        fold = self.execution % len(self.folds)
+        fit_on, held_out = self.folds[fold]
+        return train.subset(fit_on), train.subset(held_out), fold
 
     def build(self, hp: kt.HyperParameters) -> Any:
         return models.build_model(params_from_hp(hp, self.space), self.data.input_shape, self.data.num_classes)
@@ -68,24 +87,27 @@ class MedimgHyperModel(kt.HyperModel):
     def fit(self, hp: kt.HyperParameters, model: Any, *args: Any, **kwargs: Any) -> Any:
         data, train = self.data, self.train
         params = params_from_hp(hp, self.space)
+        fit_on, held_out, fold = self.split()
+        self.execution += 1
         cached = self.feature_store.for_trial(params, model) if self.feature_store else None
         if cached is not None:
-            return self.fit_head(params, model, cached, kwargs)
+            if fold is not None:
+                indices = self.folds[fold]  # type: ignore[index]
+                cached = {"train": cached["train"][indices[0]], "val": cached["train"][indices[1]]}
+            return self.fold_scored(fold, self.fit_head(params, model, cached, kwargs, fit_on, held_out))
         trial_train = pipeline.make_dataset(
-            data.arrays["train"],
+            fit_on,
             params.batch_size,
             data.num_classes,
             training=True,
             augment=self.augment.scaled(params.augment_strength),
             seed=train.seed,
         )
-        trial_val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
+        trial_val = pipeline.make_dataset(held_out, params.batch_size, data.num_classes)
         # Precise BatchNorm statistics first, so the objective and KerasTuner's checkpoint see them.
-        precise = PreciseBatchNorm(data.arrays["train"].images, train.seed)
+        precise = PreciseBatchNorm(fit_on.images, train.seed)
         callbacks = [precise, *kwargs.pop("callbacks", []), *self.extra_callbacks(self.trial_id)]
-        weights = training.class_weights(
-            data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
-        )
+        weights = training.class_weights(fit_on.labels, data.num_classes, params.class_weights or train.class_weights)
         epochs = kwargs.pop("epochs", train.epochs)
         # Two stages as `training.fit_model` (head, then the top blocks); not for a trial Hyperband continues.
         two_stage = training.fine_tunes(params) and epochs >= 2 and not kwargs.get("initial_epoch")
@@ -98,9 +120,20 @@ class MedimgHyperModel(kt.HyperModel):
             training.begin_stage(callbacks, 2, epochs)
             second = model.fit(trial_train, epochs=epochs, initial_epoch=first, shuffle=False, **fit)
             history = training.joined_history(history, second)
-        return self.scored(history, model, data.arrays["val"].images)
+        return self.fold_scored(fold, self.scored(history, model, held_out.images, held_out.labels))
 
-    def fit_head(self, params: ModelParams, model: Any, cached: dict, kwargs: dict) -> Any:
+    def fold_scored(self, fold: int | None, result: Any) -> Any:
+        """`result` unchanged, the fold's best objective value told to `on_fold` first (cross-validation only)."""
+        if fold is None or self.on_fold is None:
+            return result
+        values = result.history.get(self.objective) if hasattr(result, "history") else [result[self.objective]]
+        finite = [float(v) for v in values or [] if v == v]
+        if finite:
+            best = min(finite) if self.objective.endswith("loss") else max(finite)
+            self.on_fold(self.trial_id, fold, best)
+        return result
+
+    def fit_head(self, params: ModelParams, model: Any, cached: dict, kwargs: dict, fit_on: Any, held_out: Any) -> Any:
         """Train `model`'s head on cached N×D features; KerasTuner's callbacks (its best-epoch checkpoint) see the
         full model, whose head is the one trained; the trial's own callbacks see the head model."""
         from medimg.model import features
@@ -111,22 +144,22 @@ class MedimgHyperModel(kt.HyperModel):
         tuner_callbacks = [OnFullModel(c, model) for c in kwargs.pop("callbacks", [])]
         history = head.fit(
             cached["train"],
-            label_array(data.arrays["train"].labels, data.num_classes),
+            label_array(fit_on.labels, data.num_classes),
             batch_size=params.batch_size,
-            validation_data=(cached["val"], label_array(data.arrays["val"].labels, data.num_classes)),
+            validation_data=(cached["val"], label_array(held_out.labels, data.num_classes)),
             epochs=kwargs.pop("epochs", train.epochs),
             callbacks=[*tuner_callbacks, *self.extra_callbacks(self.trial_id)],
             class_weight=training.class_weights(
-                data.arrays["train"].labels, data.num_classes, params.class_weights or train.class_weights
+                fit_on.labels, data.num_classes, params.class_weights or train.class_weights
             ),
             verbose=0,
             shuffle=True,
         )
-        return self.scored(history, head, cached["val"])
+        return self.scored(history, head, cached["val"], held_out.labels)
 
-    def scored(self, history: Any, model: Any, val_inputs: Any) -> Any:
+    def scored(self, history: Any, model: Any, val_inputs: Any, val_labels: Any) -> Any:
         """The fit's history, or the worst score when the model calls every validation input one class."""
-        called = one_class_called(model, val_inputs, self.data.arrays["val"].labels)
+        called = one_class_called(model, val_inputs, val_labels)
         if called is None:
             return history
         if self.on_collapsed:
@@ -186,7 +219,7 @@ class EndingTuner:
             raise SearchEnded(f"the cap of {cap} trial{'s' if cap != 1 else ''} reached")
 
     def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
-        self.hypermodel.trial_id = trial.trial_id
+        self.hypermodel.begin_trial(trial.trial_id)
         return super().run_trial(trial, *args, **kwargs)
 
     def on_trial_begin(self, trial: Any) -> None:

@@ -103,6 +103,7 @@ class TrialRow(TypedDict):
     status: str
     score: float | None
     hyperparameters: dict[str, Any]
+    fold_scores: list[float]  # the objective on each held-out fold, in fold order; [] without cross-validation
 
 
 def read_trials(tuner_dir: Path) -> list[TrialRecord]:
@@ -209,9 +210,15 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
                 "be the best"
             )
 
+    def on_fold(trial_id: str, fold: int, score: float) -> None:
+        run.append_event("trial_fold", trial=trial_id, fold=fold, score=score)
+        if echo:
+            echo(f"trial {trial_number(trial_id)} fold {fold + 1}/{spec.tune.cv_folds}: {objective} = {score:.4f}")
+
     store = feature_cache(run, data, echo, worker)
+    folds = cross_validation(run, data, worker)
     hypermodel = search.MedimgHyperModel(
-        spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective, store
+        spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective, store, folds, on_fold
     )
     first = (
         first_trial_values(ModelParams.plain_cnn(spec.dataset.image_size), spec.search)
@@ -224,7 +231,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
         hypermodel,
         objective,
         spec.tune.max_trials,
-        spec.tune.executions_per_trial,
+        len(folds) if folds else spec.tune.executions_per_trial,  # KerasTuner averages a trial's executions
         run.path,
         TUNER_FOLDER,
         spec.train.epochs,
@@ -264,6 +271,29 @@ def feature_cache(
         if echo:
             echo(record["message"])
     return store
+
+
+def cross_validation(run: Run, data: PreparedData, worker: bool) -> list | None:
+    """The folds of the training split each trial is fitted on in turn (`TuneConfig.cv_folds`), recorded in
+    run.json (`cross_validation`); None when cross-validation is off."""
+    from medimg.datasets.dataset import cross_validation_folds
+
+    spec = run.spec
+    if spec.tune.cv_folds < 2:
+        return None
+    groups = data.groups("train")
+    folds = cross_validation_folds(data.arrays["train"].labels, groups, spec.tune.cv_folds, spec.train.seed)
+    if not worker:
+        run.update(
+            cross_validation={
+                "folds": len(folds),
+                "patient_aware": groups is not None,
+                "held_out_sizes": [len(held_out) for _, held_out in folds],
+                "scored_on": "the held-out fold of the training split, averaged over folds",
+                "validation_split": "kept out of the search: the ensemble, the operating point and calibration",
+            }
+        )
+    return folds
 
 
 def is_distributed_worker() -> bool:
@@ -439,6 +469,9 @@ def trial_table(run: Run) -> list[TrialRow]:
             ),
         )
     collapsed, stopped = collapsed_trials(run), stopped_trials(run)
+    folds: dict[str, dict[int, float]] = {}
+    for event in run.events("trial_fold"):
+        folds.setdefault(event["trial"], {})[int(event["fold"])] = float(event["score"])
     table = []
     for trial_id in sorted(rows):
         trial = rows[trial_id]
@@ -448,7 +481,14 @@ def trial_table(run: Run) -> list[TrialRow]:
         elif trial_id in collapsed:
             status = "COLLAPSED"
         values = {k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")}
+        fold_scores = [score for _, score in sorted(folds.get(trial_id, {}).items())]
         table.append(
-            TrialRow(trial=trial_number(trial_id), status=status, score=trial["score"], hyperparameters=values)
+            TrialRow(
+                trial=trial_number(trial_id),
+                status=status,
+                score=trial["score"],
+                hyperparameters=values,
+                fold_scores=fold_scores,
+            )
         )
     return table

@@ -397,3 +397,21 @@ def test_empty_validation_split_is_a_dataset_error(tmp_path: Path) -> None:
     files = dataset.list_files(make_class_folders(tmp_path / "data", {"a": 5, "b": 5})).files
     with pytest.raises(DatasetError, match="the validation split is empty"):
         dataset.make_splits(files, val_fraction=0.0)
+
+
+def test_cross_validation_folds_validate_each_case_once_stratified_and_by_patient() -> None:
+    import numpy as np
+
+    from medimg.datasets.dataset import cross_validation_folds
+
+    labels = np.array([0] * 30 + [1] * 10)
+    folds = cross_validation_folds(labels, None, 5, seed=0)
+    held_out = np.concatenate([val for _, val in folds])
+    assert sorted(held_out.tolist()) == list(range(40))  # each case validated on exactly once
+    assert all(np.sum(labels[val] == 1) == 2 for _, val in folds)  # stratified: 2 of the 10 positives per fold
+    assert all(set(train).isdisjoint(val) for train, val in folds)
+    groups = [f"patient{i // 4}" for i in range(40)]  # four images per patient
+    for train, val in cross_validation_folds(labels, groups, 5, seed=0):
+        assert {groups[i] for i in train}.isdisjoint({groups[i] for i in val})  # a patient never on both sides
+    with pytest.raises(DatasetError, match="5-fold cross-validation needs at least 5 patients"):
+        cross_validation_folds(labels, [f"p{i % 3}" for i in range(40)], 5, seed=0)

@@ -195,7 +195,7 @@ def test_trial_table_shows_the_running_trial_from_the_events(tmp_path: Path) -> 
     run = runs.create_run(tune_spec(max_trials=3), tmp_path)
     run.append_event("trial_begin", trial="0", hyperparameters={"activation": "relu", "tuner/trial_id": "x"})
     assert tuning.trial_table(run) == [
-        {"trial": 1, "status": "RUNNING", "score": None, "hyperparameters": {"activation": "relu"}}
+        {"trial": 1, "status": "RUNNING", "score": None, "hyperparameters": {"activation": "relu"}, "fold_scores": []}
     ]
 
 
@@ -293,3 +293,24 @@ def test_a_searched_switch_comes_back_as_a_bool_not_as_keras_tuners_integer() ->
     drawn = {sampled_params(space, seed).batch_norm for seed in range(12)}
     assert drawn == {True, False} and all(type(value) is bool for value in drawn)
     assert ModelParams.from_dict(sampled_params(space, 0).to_dict()) == sampled_params(space, 0)
+
+
+@pytest.mark.slow
+def test_cross_validated_trials_are_scored_by_the_mean_of_their_held_out_folds(tmp_path: Path) -> None:
+    spec = tune_spec(max_trials=2)
+    spec = spec.replace(tune=spec.tune.replace(cv_folds=3), train=spec.train.replace(epochs=2))
+    run = runs.create_run(spec, tmp_path)
+    lines: list[str] = []
+    jobs.execute(run, echo=lines.append)
+    record = run.record
+    assert record["status"] == "completed"
+    folds = record["cross_validation"]
+    train_count = sum(record["data"]["split_counts"]["train"].values())
+    assert folds["folds"] == 3 and not folds["patient_aware"] and sum(folds["held_out_sizes"]) == train_count
+    table = tuning.trial_table(run)
+    assert len(table) == 2 and all(len(row["fold_scores"]) == 3 for row in table)
+    for row in table:
+        if row["status"] == "COMPLETED":  # KerasTuner's trial score is the mean over the held-out folds
+            assert row["score"] == pytest.approx(sum(row["fold_scores"]) / 3)
+    assert sum(line.startswith("trial 1 fold ") for line in lines) == 3
+    assert run.model_path.is_file()  # the best fold's model, evaluated on the untouched validation and test splits
