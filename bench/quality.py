@@ -51,9 +51,10 @@ PUBLISHED = {  # MedMNIST v2 benchmark rows, from each dataset's README (test AU
 }
 
 
-def run_auto(data: Path, minutes: float, seed: int, runs: Path) -> tuple[Path, float]:
+def run_auto(data: Path, minutes: float, seed: int, runs: Path, extra: list[str] = ()) -> tuple[Path, float]:
     started = time.time()
     command = [sys.executable, "-m", "medimg", "auto", str(data), "--minutes", str(minutes), "--seed", str(seed)]
+    command += list(extra)
     result = subprocess.run(
         [*command, "--runs", str(runs)], capture_output=True, text=True, cwd=REPO, env={**os.environ}
     )
@@ -242,6 +243,7 @@ def main() -> None:
     parser.add_argument("--seeds", help="comma-separated seeds (default per dataset)")
     parser.add_argument("--minutes", type=float, help="budget (default per dataset)")
     parser.add_argument("--save", action="store_true", help="append the tables to bench/quality-results.md")
+    parser.add_argument("--auto-args", default="", help='more arguments for `auto`, e.g. "--cv-folds 3"')
     parser.add_argument("--speed", action="store_true", help="only time the plain CNN per image (medimg/auto.py)")
     parser.add_argument("--rules", nargs="+", type=Path, help="only compare the final-model rules of these runs")
     parser.add_argument(
@@ -291,7 +293,7 @@ def main() -> None:
         seeds = tuple(int(s) for s in args.seeds.split(",")) if args.seeds else seeds
         rows = []
         for seed in seeds:
-            run_path, wall = run_auto(SHARED / name, minutes, seed, runs_dir)
+            run_path, wall = run_auto(SHARED / name, minutes, seed, runs_dir, args.auto_args.split())
             record = json.loads((run_path / "run.json").read_text())
             data = training.prepare_data(runs_spec_dataset(record))
             auc, accuracy, balanced = (record["metrics"][k] for k in ("auc", "accuracy", "balanced_accuracy"))

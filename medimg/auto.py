@@ -91,12 +91,15 @@ def plan(
     color: str | None = None,
     base: RunSpec | None = None,
     report: Any = None,
+    cv_folds: int | None = None,
 ) -> AutoPlan:
     """Choose every setting of a search for the dataset at `path` within `minutes` of wall time (all stages).
 
     `image_size` and `color` fix those settings instead of choosing them; `base` (a spec file's sections) supplies
     anything else the user set (its dataset fractions, group regex and DICOM window are kept). `report` is a
-    `scanning.ScanReport` of `path` when the caller has one. Raises ConfigError for a budget under one minute and
+    `scanning.ScanReport` of `path` when the caller has one. `cv_folds` (2..10) scores each trial by
+    cross-validation of the training split (`TuneConfig.cv_folds`); not chosen automatically, since no benchmark
+    has shown it paying off within a budget (bench/README.md). Raises ConfigError for a budget under one minute and
     DatasetError when the dataset has fewer than two classes with readable images.
     """
     from medimg.datasets import scanning
@@ -234,8 +237,18 @@ def plan(
             max_minutes=round(search_seconds / 60, 3),
             first_trial="plain_cnn",
             ensemble_size=ENSEMBLE_CANDIDATES,
+            cv_folds=cv_folds or 0,
         ),
     )
+    if cv_folds:
+        choices.append(
+            Choice(
+                "cv_folds",
+                cv_folds,
+                f"{cv_folds}-fold cross-validation of the training split per trial: given ({cv_folds}× the time of a "
+                "trial, a steadier score)",
+            )
+        )
     choices.append(
         Choice(
             "budget",

@@ -131,6 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument("--image-size", type=int, help="square input size in pixels (default: chosen from the data)")
     auto.add_argument("--color", choices=["gray", "rgb"], help="channel mode (default: chosen from the data)")
     auto.add_argument("--spec", help="JSON or TOML spec whose dataset section is kept (fractions, group regex)")
+    auto.add_argument(
+        "--cv-folds", type=int, help="score each trial by k-fold cross-validation of the training split (2..10)"
+    )
     auto.add_argument("--background", action="store_true", help="start the run as its own process and return")
     _add_mlflow_option(auto)
 
@@ -412,7 +415,15 @@ def command_auto(args: argparse.Namespace) -> int:
     base = None
     if args.spec:
         base = RunSpec.from_dict({"dataset": load_spec_file(args.spec).get("dataset", {})})
-    chosen = auto.plan(data, args.minutes, seed=args.seed, image_size=args.image_size, color=args.color, base=base)
+    chosen = auto.plan(
+        data,
+        args.minutes,
+        seed=args.seed,
+        image_size=args.image_size,
+        color=args.color,
+        base=base,
+        cv_folds=args.cv_folds,
+    )
     _err(f"automatic mode, {args.minutes:g} minutes on {data}:")
     for line in chosen.lines():
         _err(f"  {line}")

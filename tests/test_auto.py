@@ -37,6 +37,13 @@ def test_breastmnist_is_used_at_its_own_28_px_in_gray_with_class_weights_searche
     # No ImageNet weights here (the tests' own Keras home is empty): the search stays with the CNN, and says why.
     assert spec.search.backbones == ("cnn",)
     assert why["network"].startswith("the configurable CNN from scratch: no ImageNet weights are on this machine")
+    assert spec.tune.cv_folds == 0 and "cv_folds" not in why  # cross-validation only when asked for
+
+
+def test_cross_validation_when_asked_is_planned_and_said(breastmnist_dir: Path) -> None:
+    chosen = auto.plan(breastmnist_dir, 10, cv_folds=3)
+    assert chosen.spec.tune.cv_folds == 3
+    assert reasons(chosen)["cv_folds"].startswith("3-fold cross-validation of the training split per trial: given")
 
 
 def test_found_imagenet_weights_are_named_but_not_searched_until_measured(
