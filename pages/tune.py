@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import statistics
 
 import pandas as pd
 import streamlit as st
@@ -21,7 +20,7 @@ from medimg.config import (
 from medimg.errors import MedimgError
 from medimg.metrics import importance
 from medimg.model import backbones, tuning
-from medimg.results import charts
+from medimg.results import charts, tables
 from medimg.store import runs
 from pages import common
 
@@ -289,7 +288,7 @@ def show_run(run: runs.Run) -> None:
     if not table:
         return
     st.subheader("Trials")
-    st.dataframe(trial_frame(table), hide_index=True)
+    st.dataframe(pd.DataFrame(tables.trial_rows(table)), hide_index=True)
     completed = [row for row in table if row["status"] == "COMPLETED" and row["score"] is not None]
     if completed:
         left, right = st.columns(2)
@@ -317,56 +316,6 @@ def show_run(run: runs.Run) -> None:
     if current is not None and not finished_run and run.epoch_history(trial=current).get("epoch"):
         st.markdown(f"**Trial {runs.trial_number(current)}: per-epoch curves**")
         common.epoch_curves(run, "trial", trial=current)
-
-
-STATUS_WORDS = {
-    "RUNNING": "running",
-    "COMPLETED": "completed",
-    "STOPPED": "stopped",
-    "FAILED": "failed",
-    "INVALID": "failed",
-    "COLLAPSED": "collapsed (one class)",
-}
-
-
-def trial_frame(table: list[tuning.TrialRow]) -> pd.DataFrame:
-    """The trial table in words: states as optuna-dashboard names them, plain column names, no None or True."""
-    cross_validated = any(r["fold_scores"] for r in table)
-    frame = pd.DataFrame(
-        [
-            {
-                "trial": r["trial"],
-                "status": r["status"],
-                "score": r["score"],
-                **({"folds": fold_spread(r["fold_scores"])} if cross_validated else {}),
-                **r["hyperparameters"],
-            }
-            for r in table
-        ]
-    )
-    frame["status"] = frame["status"].map(lambda s: STATUS_WORDS.get(s, str(s).lower()))
-    frame["score"] = frame["score"].map(lambda v: "–" if v is None or v != v else f"{v:.4f}")
-    for column in frame.columns.drop(["trial", "status", "score", *(["folds"] if cross_validated else [])]):
-        frame[column] = frame[column].map(plain_value)
-    # Text columns throughout: Arrow (which carries the table to the browser) refuses a column mixing numbers
-    # and dashes.
-    return frame.rename(columns={c: c.replace("_", " ") for c in frame.columns})
-
-
-def fold_spread(scores: list[float]) -> str:
-    """A trial's cross-validation folds in one cell: how many, their standard deviation and range."""
-    if not scores:
-        return "–"
-    spread = f" ± {statistics.stdev(scores):.4f}" if len(scores) > 1 else ""
-    return f"{len(scores)} folds{spread} ({min(scores):.4f}–{max(scores):.4f})"
-
-
-def plain_value(value: object) -> str:
-    if value is None or value != value:
-        return "–"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> None:

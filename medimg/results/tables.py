@@ -4,12 +4,16 @@ figure of its own, so a reviewer reading both sees the same numbers to the same 
 
 from __future__ import annotations
 
-from typing import Any
+import statistics
+from typing import TYPE_CHECKING, Any
 
 from medimg.metrics.bootstrap import Intervals, interval_text
 from medimg.metrics.calibration import CalibrationSummary
 from medimg.metrics.clinical import metric_label
 from medimg.results.evaluation import ClinicalSummary
+
+if TYPE_CHECKING:
+    from medimg.model.tuning import TrialRow
 
 MISSING = "–"
 # The figures of a binary task's headline, in the order a reviewer reads them; a multi-class task's headline.
@@ -131,3 +135,50 @@ def leakage_verdict(leakage: dict[str, Any]) -> tuple[bool, str]:
         f"{f' ({conflicts} with different labels)' if conflicts else ''}, "
         f"{len(leakage['group_overlap'])} patient(s) in more than one split. The test metrics may be optimistic."
     )
+
+
+# Trial states as optuna-dashboard names them.
+STATUS_WORDS = {
+    "RUNNING": "running",
+    "COMPLETED": "completed",
+    "STOPPED": "stopped",
+    "FAILED": "failed",
+    "INVALID": "failed",
+    "COLLAPSED": "collapsed (one class)",
+}
+
+
+def trial_rows(table: list[TrialRow]) -> list[dict[str, str | int]]:
+    """The trial table in words (`tuning.trial_table`): states named, scores to four decimals, a "folds" column when
+    trials were cross-validated, one column per hyperparameter ("_" as spaces), no None or True. Text throughout:
+    Arrow (which carries a table to the browser) refuses a column mixing numbers and dashes."""
+    cross_validated = any(row["fold_scores"] for row in table)
+    rows = []
+    for row in table:
+        shown: dict[str, str | int] = {
+            "trial": row["trial"],
+            "status": STATUS_WORDS.get(row["status"], str(row["status"]).lower()),
+            "score": MISSING if row["score"] is None or row["score"] != row["score"] else f"{row['score']:.4f}",
+        }
+        if cross_validated:
+            shown["folds"] = fold_spread(row["fold_scores"])
+        shown.update({name.replace("_", " "): plain_value(v) for name, v in row["hyperparameters"].items()})
+        rows.append(shown)
+    return rows
+
+
+def fold_spread(scores: list[float]) -> str:
+    """A trial's cross-validation folds in one cell: how many, their standard deviation and range."""
+    if not scores:
+        return MISSING
+    spread = f" ± {statistics.stdev(scores):.4f}" if len(scores) > 1 else ""
+    return f"{len(scores)} folds{spread} ({min(scores):.4f}–{max(scores):.4f})"
+
+
+def plain_value(value: object) -> str:
+    """A hyperparameter's value as people read it: 'yes'/'no', 0.0001 as 1e-04, '–' for none."""
+    if value is None or value != value:
+        return MISSING
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return f"{value:g}" if isinstance(value, float) else str(value)

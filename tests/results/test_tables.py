@@ -70,3 +70,36 @@ def test_leakage_verdicts() -> None:
     ok, text = tables.leakage_verdict(failed)
     assert not ok and text.startswith("Leakage check failed: 1 identical image group(s) across splits (1 with")
     assert "2 patient(s) in more than one split" in text
+
+
+def test_trial_rows_in_words_with_the_fold_spread_when_cross_validated() -> None:
+    table = [
+        {
+            "trial": 1,
+            "status": "COMPLETED",
+            "score": 0.8,
+            "hyperparameters": {"batch_norm": True, "l2": 1e-4},
+            "fold_scores": [0.7, 0.8, 0.9],
+        },
+        {
+            "trial": 2,
+            "status": "COLLAPSED",
+            "score": 0.0,
+            "hyperparameters": {"batch_norm": False, "l2": None},
+            "fold_scores": [0.0, 0.0, 0.0],
+        },
+        {"trial": 3, "status": "RUNNING", "score": None, "hyperparameters": {"batch_norm": True}, "fold_scores": []},
+    ]
+    rows = tables.trial_rows(table)
+    assert rows[0] == {
+        "trial": 1,
+        "status": "completed",
+        "score": "0.8000",
+        "folds": "3 folds ± 0.1000 (0.7000–0.9000)",
+        "batch norm": "yes",
+        "l2": "0.0001",
+    }
+    assert rows[1]["status"] == "collapsed (one class)" and rows[1]["l2"] == "–" and rows[1]["batch norm"] == "no"
+    assert rows[2]["score"] == "–" and rows[2]["folds"] == "–"
+    plain = tables.trial_rows([{**table[0], "fold_scores": []}])
+    assert "folds" not in plain[0]  # no column for a search without cross-validation

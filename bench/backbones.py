@@ -1,0 +1,142 @@
+"""Backbones: seconds per training epoch and peak memory of each pretrained backbone at 64, 96 and 128 px, next to
+the default CNN at the same size, on the same real images (issue #14). A benchmark, not a test.
+
+Each measurement runs in its own process (so its peak resident memory is its own): the model is built, fitted one
+warm-up epoch (graph tracing, first allocations), then `--epochs` timed epochs; the median epoch is reported, and
+the ratio to the plain CNN (`ModelParams.plain_cnn`, the automatic mode's first trial) measured in the same
+invocation at the same size. Two ways of training a backbone:
+- frozen: stage 1 of fine-tuning (pretrained weights, backbone frozen with BatchNorm in inference mode, the head
+  trained). The weights are a notop file this script saves under Keras' file name (random weights with BatchNorm
+  statistics from the images: ImageNet weights cannot be downloaded here; the time is the same, the quality means
+  nothing, and none is reported);
+- whole: `weights="none"`, every layer trained (the cost of fine-tuning all blocks).
+Images: the chest X-ray mini set's training split (240 JPEGs, gray, which the backbones turn into three channels
+inside the model), batch 32, no augmentation.
+
+    python bench/backbones.py [--quick] [--sizes 64,96,128] [--epochs 2] [--data DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common
+
+BACKBONES = ("mobilenet_v3_small", "efficientnet_b0", "densenet121", "resnet50_v2")
+
+
+def measure(data: Path, size: int, network: str, mode: str, epochs: int, weights_dir: str) -> dict:
+    """One model's per-epoch seconds, parameter counts and peak memory (this process's)."""
+    import keras
+
+    from medimg.config import DatasetConfig, ModelParams
+    from medimg.datasets import pipeline
+    from medimg.datasets.prepared import prepare_data
+    from medimg.model import models
+
+    common.configure_threads()
+    prepared = prepare_data(DatasetConfig(path=str(data), image_size=size, color="gray", seed=0))
+    train = prepared.arrays["train"]
+    if network == "cnn":
+        params = ModelParams.plain_cnn(size)
+    else:
+        if mode == "frozen":
+            os.environ["MEDIMG_WEIGHTS_DIR"] = weights_dir
+            from medimg.model import backbones
+
+            target = Path(weights_dir) / backbones.get_backbone(network).file_name
+            if not target.exists():
+                save_weights(network, target, train.images)
+        params = ModelParams(backbone=network, weights="imagenet" if mode == "frozen" else "none", dense_units=0)
+    keras.utils.set_random_seed(0)
+    model = models.build_model(params, prepared.input_shape, prepared.num_classes)
+    dataset = pipeline.make_dataset(train, 32, prepared.num_classes, training=True, seed=0)
+    model.fit(dataset, epochs=1, verbose=0)  # warm-up: tracing and first allocations
+    seconds = []
+    for _ in range(epochs):
+        start = time.perf_counter()
+        model.fit(dataset, epochs=1, verbose=0)
+        seconds.append(time.perf_counter() - start)
+    trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
+    return {
+        "epoch_s": statistics.median(seconds),
+        "images": len(train),
+        "params": model.count_params(),
+        "trainable": trainable,
+        "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def save_weights(name: str, path: Path, images) -> None:
+    """Random notop weights in Keras' file format, BatchNorm statistics from `images` (N×H×W×1 uint8, gray)."""
+    import h5py
+    import keras
+    import numpy as np
+    from keras.src.legacy.saving import legacy_h5_format
+
+    from medimg.model import backbones, batchnorm
+
+    rgb = np.repeat(np.asarray(images, np.float32), 3, axis=-1)
+    keras.utils.set_random_seed(1)
+    application = getattr(keras.applications, backbones.get_backbone(name).constructor)(
+        include_top=False, weights=None, input_shape=rgb.shape[1:]
+    )
+    batchnorm.recompute_statistics(application, rgb)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as stream:
+        legacy_h5_format.save_weights_to_hdf5_group(stream, application)
+
+
+def child(args: list[str]) -> dict:
+    command = [sys.executable, __file__, "--child", *args]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ})
+    if result.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="64,96,128", help="comma-separated input sizes in pixels")
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up epoch")
+    parser.add_argument("--child", nargs=5, metavar=("DATA", "SIZE", "NETWORK", "MODE", "WEIGHTS_DIR"))
+    args = parser.parse_args()
+    if args.child:
+        data, size, network, mode, weights_dir = args.child
+        print(json.dumps(measure(Path(data), int(size), network, mode, args.epochs, weights_dir)), flush=True)
+        return
+    sizes = [64] if args.quick else [int(s) for s in args.sizes.split(",")]
+    networks = BACKBONES[:2] if args.quick else BACKBONES
+    print(f"load average at start: {os.getloadavg()[0]:.2f} ({os.cpu_count()} cores); data {args.data}", flush=True)
+    print(
+        "| size | network | training | s / epoch | × CNN | images / s | parameters | trained | peak MB |\n"
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory() as weights_dir:
+        for size in sizes:
+            cnn = None
+            for network in ("cnn", *networks):
+                for mode in ("whole",) if network == "cnn" else ("frozen", "whole"):
+                    row = child([str(args.data), str(size), network, mode, weights_dir])
+                    cnn = cnn or row["epoch_s"]
+                    label = "plain CNN (default)" if network == "cnn" else network
+                    how = "all layers" if network == "cnn" else ("stage 1: frozen" if mode == "frozen" else "all")
+                    print(
+                        f"| {size} | {label} | {how} | {row['epoch_s']:.2f} | {row['epoch_s'] / cnn:.1f} | "
+                        f"{row['images'] / row['epoch_s']:.0f} | {row['params']:,} | {row['trainable']:,} | "
+                        f"{row['peak_mb']:.0f} |",
+                        flush=True,
+                    )
+
+
+if __name__ == "__main__":
+    main()
