@@ -59,11 +59,11 @@ def measure(data: Path, size: int, network: str, mode: str, epochs: int, weights
     keras.utils.set_random_seed(0)
     model = models.build_model(params, prepared.input_shape, prepared.num_classes)
     dataset = pipeline.make_dataset(train, 32, prepared.num_classes, training=True, seed=0)
-    model.fit(dataset, epochs=1, verbose=0)  # warm-up: tracing and first allocations
+    model.fit(dataset, epochs=1, verbose=0, shuffle=False)  # warm-up: tracing and first allocations
     seconds = []
     for _ in range(epochs):
         start = time.perf_counter()
-        model.fit(dataset, epochs=1, verbose=0)
+        model.fit(dataset, epochs=1, verbose=0, shuffle=False)
         seconds.append(time.perf_counter() - start)
     trainable = sum(int(keras.ops.size(w)) for w in model.trainable_weights)
     return {
