@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that train or load a model in this process (the others only read files or start a process).
+TENSORFLOW_COMMANDS = ("auto", "tune", "train", "evaluate", "predict", "report", "export", "resume")
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
@@ -197,6 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "mlflow", None):  # the environment, so a --background run's own process sees it too
         os.environ["MLFLOW_TRACKING_URI"] = args.mlflow
     handler = globals()[f"command_{args.command}"]
+    if args.command in TENSORFLOW_COMMANDS and not getattr(args, "background", False):
+        from medimg.model.runtime import start_tensorflow
+
+        start_tensorflow()
     try:
         return handler(args) or 0
     except MedimgError as error:
