@@ -197,3 +197,13 @@ def test_encrypted_and_corrupt_entries_are_refused_and_leave_nothing(tmp_path: P
     with pytest.raises(DatasetError, match="not a valid zip file"):
         sources.extract_zip(corrupt, parent=tmp_path)
     assert not list(tmp_path.glob(f"{sources.UPLOAD_PREFIX}*"))
+
+
+def test_the_bundled_demo_holds_its_images_and_their_provenance_only() -> None:
+    """Nothing else belongs in the demo folder: a run written there once was committed and shipped with the data."""
+    from medimg.datasets.sources import DEMO_DATASET
+
+    demo = Path(DEMO_DATASET)
+    kinds = sorted({path.suffix for path in demo.rglob("*") if path.is_file()})
+    assert kinds == [".csv", ".jpeg", ".md"]
+    assert not [folder for folder in demo.rglob("*") if folder.is_dir() and folder.name.startswith(("train-", "tune-"))]
