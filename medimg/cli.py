@@ -456,14 +456,17 @@ def command_tune(args: argparse.Namespace) -> int:
             spec = spec.replace(search=saved.search)
         if args.data is None:
             spec = spec.replace(dataset=saved.dataset)
-        if (
-            not given("max_trials", "max_minutes", "tuner", "objective", "executions_per_trial", "cv_folds")
-            and "tune" not in sections
-        ):
-            spec = spec.replace(tune=saved.tune)
+        if "tune" not in sections:  # the flags given change the saved search's settings, not the defaults'
+            changed = {
+                field: convert(getattr(args, flag)) if convert else getattr(args, flag)
+                for flag, kinds, section, field, convert in SPEC_FLAGS
+                if section == "tune" and "tune" in kinds and getattr(args, flag, None) is not None
+            }
+            spec = spec.replace(tune=saved.tune.replace(**changed))
         if not given("epochs", "seed") and "train" not in sections:
             spec = spec.replace(train=saved.train)
         tuning.check_search_space(run.path / tuning.TUNER_FOLDER, spec.search, record=False)
+        tuning.check_scoring(run.path / tuning.TUNER_FOLDER, spec.tune.cv_folds, record=False)
         run.update(spec=spec.to_dict())
         return _execute_existing(run)
     if args.chief or args.worker:

@@ -554,8 +554,9 @@ class TuneConfig(_Config):
     # too early.
     ensemble_rule: str = "top"
     # k ≥ 2: each trial is trained k times, on k - 1 folds of the training split, validated on the fold left out,
-    # and scored by the mean (folds stratified, patient-aware when groups are known). The validation split stays
-    # out of it, for the ensemble, the operating point and early stopping of the final model. 0: off.
+    # and scored by the mean (folds stratified, patient-aware when groups are known). A trial's saved model is its
+    # best fold's (KerasTuner keeps one checkpoint per trial). The validation split stays out of the search: it
+    # chooses the ensemble and the operating point. 0: off.
     cv_folds: int = 0
 
     def __post_init__(self) -> None:
@@ -563,6 +564,16 @@ class TuneConfig(_Config):
         _check(
             self.cv_folds == 0 or 2 <= self.cv_folds <= 10,
             f"cv_folds {self.cv_folds} must be 0 (off) or 2..10.",
+        )
+        # Hyperband continues a trial from its previous checkpoint, which was fitted on other folds: it has seen
+        # the fold it would be scored on.
+        _check(
+            not (self.cv_folds and self.tuner == "hyperband"),
+            "cross-validated trials (cv_folds) cannot use the hyperband tuner; use random or bayesian.",
+        )
+        _check(
+            not (self.cv_folds and self.executions_per_trial > 1),
+            "cv_folds and executions_per_trial both repeat a trial; use one of them.",
         )
         _check(1 <= self.ensemble_size <= 10, f"ensemble_size {self.ensemble_size} must be in 1..10.")
         _check(self.ensemble_rule in ("top", "validation"), "ensemble_rule must be top or validation.")

@@ -409,14 +409,20 @@ def cross_validation_folds(
     never splitting a group (patient) when `groups` are given (scikit-learn's StratifiedGroupKFold, else
     StratifiedKFold; shuffled with `seed`). Every case is validated on exactly once.
 
-    Raises DatasetError when there are fewer cases (or groups) than folds."""
+    Raises DatasetError when a class has fewer cases (or patients) than folds: some held-out fold would lack it,
+    and a validation AUC without one class is undefined (Keras reports it as 0)."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     labels = np.asarray(labels)
-    units = len(set(groups)) if groups else len(labels)
-    if units < folds:
-        kind = "patients (groups)" if groups else "training images"
-        raise DatasetError(f"{folds}-fold cross-validation needs at least {folds} {kind}; there are {units}.")
+    kind = "patients (groups)" if groups else "training images"
+    for value in np.unique(labels):
+        members = np.flatnonzero(labels == value)
+        units = len({groups[i] for i in members}) if groups else len(members)
+        if units < folds:
+            raise DatasetError(
+                f"{folds}-fold cross-validation needs at least {folds} {kind} of every class; class {value} has "
+                f"{units}. Use fewer folds (or none)."
+            )
     with warnings.catch_warnings():
         # A class with fewer cases than folds is still spread as evenly as it can be; scikit-learn warns of it.
         warnings.filterwarnings("ignore", message="The least populated class")

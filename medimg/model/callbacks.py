@@ -50,6 +50,7 @@ class ProgressEvents(keras.callbacks.Callback):
         self.stopped_by_request = False
         self.stage: int | None = None  # 1 or 2 when `fit_model` fine-tunes a backbone in two stages
         self.planned_epochs: int | None = None
+        self.fold: int | None = None  # the cross-validation fold a trial's fit is on (`search.MedimgHyperModel`)
 
     def begin_stage(self, stage: int, epochs: int) -> None:
         """Called by `fit_model` before each fine-tuning stage: events carry the stage, and "epoch k of N" counts
@@ -87,6 +88,8 @@ class ProgressEvents(keras.callbacks.Callback):
         seconds = round(time.time() - self.epoch_start, 3)
         if self.run is not None:
             staged = {"stage": self.stage} if self.stage else {}
+            if self.fold is not None:
+                staged["fold"] = self.fold
             self.run.append_event(
                 "epoch", trial=self.trial, epoch=epoch, epochs=self.epochs, logs=values, seconds=seconds, **staged
             )
@@ -94,6 +97,7 @@ class ProgressEvents(keras.callbacks.Callback):
             shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "learning_rate")
             shown += "".join(f"  {k} undefined (one class)" for k in self.undefined if k in (logs or {}))
             prefix = f"trial {trial_number(self.trial)} " if self.trial else ""
+            prefix += f"fold {self.fold + 1} " if self.fold is not None else ""
             self.echo(f"{prefix}epoch {epoch + 1}/{self.epochs} ({seconds:.1f}s)  {shown}")
         if any(math.isnan(v) for v in values.values()):
             self.model.stop_training = True

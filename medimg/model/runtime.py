@@ -12,41 +12,72 @@ from __future__ import annotations
 import os
 import re
 import sys
-import tempfile
+import threading
 
 # absl's own line format: severity letter, MMDD, time (seconds unbounded before absl is set up), thread id,
-# file:line]. Informational lines go, and the start-up error that only says there is no GPU; every other warning or
-# error is kept.
+# file:line]. Informational lines go; every warning and error is kept, except "failed call to cuInit" on a machine
+# without an NVIDIA driver (`NO_GPU_NOISE`), where it only says there is no GPU.
 START_UP_NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|I\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*"
-    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ cuda_\w+\.cc:\d+\] failed call to cuInit.*"
     r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)$"
 )
+NO_GPU_NOISE = re.compile(r"^E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ cuda_\w+\.cc:\d+\] failed call to cuInit.*$")
+NVIDIA_DRIVER = "/proc/driver/nvidia"  # present when the NVIDIA kernel driver is loaded (Linux)
+
+
+def is_noise(line: str, gpu_driver: bool | None = None) -> bool:
+    """Whether a line TensorFlow writes while starting says nothing a user needs (`START_UP_NOISE`, and the
+    cuInit error without a GPU driver)."""
+    if START_UP_NOISE.match(line):
+        return True
+    driver = os.path.exists(NVIDIA_DRIVER) if gpu_driver is None else gpu_driver
+    return not driver and bool(NO_GPU_NOISE.match(line))
 
 
 def start_tensorflow() -> None:
-    """Import TensorFlow and Keras and list the devices (where the no-GPU errors are written), with their start-up
-    lines filtered out of standard error (`START_UP_NOISE`); anything else they write is passed on. A no-op once
-    TensorFlow is imported."""
+    """Import TensorFlow and Keras and list the devices (where the no-GPU error is written), with their start-up
+    lines filtered out of standard error as they arrive (a pipe read by a thread, so a crash during the import still
+    shows what was written before it); every other line is passed on.
+
+    Not filtered when the user set TF_CPP_MIN_LOG_LEVEL below 3 (they asked for TensorFlow's messages), or when
+    standard error is not a file descriptor this process can redirect. A no-op once TensorFlow is imported."""
     if "tensorflow" in sys.modules:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as caught:
-        os.dup2(caught.fileno(), 2)
-        try:
-            import keras  # noqa: F401
-            import tensorflow as tf
+    if os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3") != "3" or sys.stderr is None:
+        _import()
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        read_end, write_end = os.pipe()
+    except (OSError, ValueError):
+        _import()
+        return
+    driver = os.path.exists(NVIDIA_DRIVER)
 
-            tf.config.list_physical_devices()
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            caught.seek(0)
-            lines = caught.read().decode(errors="replace").splitlines()
-            kept = [line for line in lines if line.strip() and not START_UP_NOISE.match(line)]
-            if kept:
-                sys.stderr.write("\n".join(kept) + "\n")
+    def forward() -> None:
+        with os.fdopen(read_end, "rb") as lines:
+            for raw in lines:
+                line = raw.decode(errors="replace")
+                if line.strip() and not is_noise(line.rstrip("\n"), driver):
+                    os.write(saved, raw)
+
+    reader = threading.Thread(target=forward, name="tensorflow-start-up-lines", daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        _import()
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)  # the pipe's last writer closes: the reader sees its end
+        reader.join(timeout=5)
+        os.close(saved)
+
+
+def _import() -> None:
+    import keras  # noqa: F401
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()

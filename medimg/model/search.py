@@ -17,6 +17,7 @@ from medimg.datasets import pipeline
 from medimg.model import models, training
 from medimg.model.callbacks import OnFullModel, PreciseBatchNorm
 from medimg.model.hyperparameters import params_from_hp
+from medimg.store.runs import trial_number
 
 if TYPE_CHECKING:
     from medimg.datasets.prepared import PreparedData
@@ -68,18 +69,40 @@ class MedimgHyperModel(kt.HyperModel):
         self.feature_store, self.folds, self.on_fold = feature_store, folds, on_fold
         self.trial_id = ""  # set by the tuner before each trial (`EndingTuner.run_trial`)
         self.execution = 0  # the trial's fits so far: with folds, the next fold's index
+        self.should_end: Callable[[], str | None] = lambda: None
 
-    def begin_trial(self, trial_id: str) -> None:
+    def begin_trial(self, trial_id: str, should_end: Callable[[], str | None] | None = None) -> None:
+        """Called before each trial: its id, and what ends the search (checked before every fold after the first)."""
         self.trial_id, self.execution = trial_id, 0
+        self.should_end = should_end or (lambda: None)
 
-    def split(self) -> tuple[Any, Any, int | None]:
-        """(train arrays, validation arrays, fold index or None) for the trial's next fit."""
-        train, val = self.data.arrays["train"], self.data.arrays["val"]
+    def next_fold(self) -> int | None:
+        """The fold the trial's next fit is on (counting its fits), or None without cross-validation. Raises
+        SearchEnded before a later fold when the search is over (a stop request, the time budget): a trial whose
+        folds did not all run has no score, and is run again from its first fold when the search resumes."""
         if not self.folds:
-            return train, val, None
+            return None
         fold = self.execution % len(self.folds)
-        fit_on, held_out = self.folds[fold]
-        return train.subset(fit_on), train.subset(held_out), fold
+        reason = self.should_end() if fold else None
+        if reason:
+            raise SearchEnded(f"{reason} (trial {trial_number(self.trial_id)} cut before its fold {fold + 1})")
+        self.execution += 1
+        return fold
+
+    def split(self, fold: int | None) -> tuple[Any, Any]:
+        """(train arrays, validation arrays) of a fit: the fold's parts of the training split (read into memory),
+        or the training and validation splits without cross-validation."""
+        train, val = self.data.arrays["train"], self.data.arrays["val"]
+        if fold is None:
+            return train, val
+        fit_on, held_out = self.folds[fold]  # type: ignore[index]
+        return train.subset(fit_on), train.subset(held_out)
+
+    def _with_fold(self, callbacks: list, fold: int | None) -> list:
+        for callback in callbacks:
+            if hasattr(callback, "fold"):  # `ProgressEvents`: its epoch events say which fold they are of
+                callback.fold = fold
+        return callbacks
 
     def build(self, hp: kt.HyperParameters) -> Any:
         return models.build_model(params_from_hp(hp, self.space), self.data.input_shape, self.data.num_classes)
@@ -87,14 +110,16 @@ class MedimgHyperModel(kt.HyperModel):
     def fit(self, hp: kt.HyperParameters, model: Any, *args: Any, **kwargs: Any) -> Any:
         data, train = self.data, self.train
         params = params_from_hp(hp, self.space)
-        fit_on, held_out, fold = self.split()
-        self.execution += 1
+        fold = self.next_fold()
         cached = self.feature_store.for_trial(params, model) if self.feature_store else None
         if cached is not None:
+            labels = (data.arrays["train"].labels, data.arrays["val"].labels)
             if fold is not None:
-                indices = self.folds[fold]  # type: ignore[index]
-                cached = {"train": cached["train"][indices[0]], "val": cached["train"][indices[1]]}
-            return self.fold_scored(fold, self.fit_head(params, model, cached, kwargs, fit_on, held_out))
+                fit_on, held_out = self.folds[fold]  # type: ignore[index]
+                cached = {"train": cached["train"][fit_on], "val": cached["train"][held_out]}
+                labels = (data.arrays["train"].labels[fit_on], data.arrays["train"].labels[held_out])
+            return self.fold_scored(fold, self.fit_head(params, model, cached, kwargs, *labels, fold=fold))
+        fit_on, held_out = self.split(fold)
         trial_train = pipeline.make_dataset(
             fit_on,
             params.batch_size,
@@ -106,7 +131,7 @@ class MedimgHyperModel(kt.HyperModel):
         trial_val = pipeline.make_dataset(held_out, params.batch_size, data.num_classes)
         # Precise BatchNorm statistics first, so the objective and KerasTuner's checkpoint see them.
         precise = PreciseBatchNorm(fit_on.images, train.seed)
-        callbacks = [precise, *kwargs.pop("callbacks", []), *self.extra_callbacks(self.trial_id)]
+        callbacks = [precise, *kwargs.pop("callbacks", []), *self._with_fold(self.extra_callbacks(self.trial_id), fold)]
         weights = training.class_weights(fit_on.labels, data.num_classes, params.class_weights or train.class_weights)
         epochs = kwargs.pop("epochs", train.epochs)
         # Two stages as `training.fit_model` (head, then the top blocks); not for a trial Hyperband continues.
@@ -133,7 +158,16 @@ class MedimgHyperModel(kt.HyperModel):
             self.on_fold(self.trial_id, fold, best)
         return result
 
-    def fit_head(self, params: ModelParams, model: Any, cached: dict, kwargs: dict, fit_on: Any, held_out: Any) -> Any:
+    def fit_head(
+        self,
+        params: ModelParams,
+        model: Any,
+        cached: dict,
+        kwargs: dict,
+        train_labels: Any,
+        val_labels: Any,
+        fold: int | None = None,
+    ) -> Any:
         """Train `model`'s head on cached N×D features; KerasTuner's callbacks (its best-epoch checkpoint) see the
         full model, whose head is the one trained; the trial's own callbacks see the head model."""
         from medimg.model import features
@@ -144,18 +178,18 @@ class MedimgHyperModel(kt.HyperModel):
         tuner_callbacks = [OnFullModel(c, model) for c in kwargs.pop("callbacks", [])]
         history = head.fit(
             cached["train"],
-            label_array(fit_on.labels, data.num_classes),
+            label_array(train_labels, data.num_classes),
             batch_size=params.batch_size,
-            validation_data=(cached["val"], label_array(held_out.labels, data.num_classes)),
+            validation_data=(cached["val"], label_array(val_labels, data.num_classes)),
             epochs=kwargs.pop("epochs", train.epochs),
-            callbacks=[*tuner_callbacks, *self.extra_callbacks(self.trial_id)],
+            callbacks=[*tuner_callbacks, *self._with_fold(self.extra_callbacks(self.trial_id), fold)],
             class_weight=training.class_weights(
-                fit_on.labels, data.num_classes, params.class_weights or train.class_weights
+                train_labels, data.num_classes, params.class_weights or train.class_weights
             ),
             verbose=0,
             shuffle=True,
         )
-        return self.scored(history, head, cached["val"], held_out.labels)
+        return self.scored(history, head, cached["val"], val_labels)
 
     def scored(self, history: Any, model: Any, val_inputs: Any, val_labels: Any) -> Any:
         """The fit's history, or the worst score when the model calls every validation input one class."""
@@ -183,8 +217,10 @@ def one_class_called(model: Any, images: Any, labels: Any) -> int | None:
     return int(called[0]) if len(called) == 1 else None
 
 
-class SearchEnded(Exception):
-    """Raised before a new trial when the stop request or the time budget says the search is over."""
+class SearchEnded(kt.errors.FatalError):
+    """Raised before a new trial (or a cross-validated trial's next fold) when the stop request or the time budget
+    says the search is over. A KerasTuner FatalError, so a trial it interrupts is left unfinished (run again on
+    resume) instead of being recorded as failed."""
 
 
 class EndingTuner:
@@ -219,7 +255,7 @@ class EndingTuner:
             raise SearchEnded(f"the cap of {cap} trial{'s' if cap != 1 else ''} reached")
 
     def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
-        self.hypermodel.begin_trial(trial.trial_id)
+        self.hypermodel.begin_trial(trial.trial_id, self.should_end)
         return super().run_trial(trial, *args, **kwargs)
 
     def on_trial_begin(self, trial: Any) -> None:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 TUNER_FOLDER = "tuner"
 SPACE_FILE = "medimg_search_space.json"
+SCORING_FILE = "medimg_scoring.json"  # how trials are scored: {"cv_folds": k}, 0 without cross-validation
 
 
 def hyperband_schedule(max_epochs: int, factor: int = HYPERBAND_FACTOR) -> list[tuple[int, int, int, int]]:
@@ -80,6 +81,26 @@ def check_search_space(tuner_dir: Path, space: SearchSpace, record: bool = True)
     if record:
         tuner_dir.mkdir(parents=True, exist_ok=True)
         path.write_text(space.to_json())
+
+
+def check_scoring(tuner_dir: Path, cv_folds: int, record: bool = True) -> None:
+    """Refuse to resume a search whose trials were scored otherwise (with or without cross-validation, or with
+    another number of folds): one oracle would rank scores that are not comparable. Record the scoring otherwise."""
+    path = tuner_dir / SCORING_FILE
+    started = path.exists() or any(tuner_dir.glob("trial_*"))
+    saved = json.loads(path.read_text()).get("cv_folds", 0) if path.exists() else 0
+    if started and saved != cv_folds:
+
+        def said(folds: int) -> str:
+            return f"{folds}-fold cross-validation" if folds else "no cross-validation"
+
+        raise SearchSpaceMismatchError(
+            f"the search in {tuner_dir} scored its trials with {said(saved)}; it cannot go on with {said(cv_folds)}. "
+            "Resume it as it was started, or start a new run."
+        )
+    if record:
+        tuner_dir.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"cv_folds": cv_folds}))
 
 
 class TrialRecord(TypedDict):
@@ -161,6 +182,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
                 echo(notice)
     tuner_dir = run.path / TUNER_FOLDER
     check_search_space(tuner_dir, spec.search, record=not worker)
+    check_scoring(tuner_dir, spec.tune.cv_folds, record=not worker)
     deadline = started + spec.tune.max_minutes * 60 if spec.tune.max_minutes else None
     if deadline and not worker:
         run.update(search_deadline=round(deadline, 3))  # no trial starts after it; a running one stops at a batch
@@ -247,6 +269,8 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
         tuner.search(epochs=spec.train.epochs, verbose=0)
     except search.SearchEnded as reason:
         ended = str(reason)
+        if 0 < hypermodel.execution < len(folds or ()):  # a cross-validated trial cut between its folds
+            run.append_event("trial_stopped", trial=hypermodel.trial_id, folds_done=hypermodel.execution)
     if worker:
         return None
     return _finish_search(run, tuner, data, ended)

@@ -238,17 +238,22 @@ class Run:
         return {trial: history for trial, history in self._histories().items() if trial is not None}
 
     def _histories(self) -> dict[str | None, dict[str, list[float]]]:
-        # One pass over the log; a resumed epoch's later event replaces its earlier one.
-        by_trial: dict[str | None, dict[int, dict[str, float]]] = {}
+        # One pass over the log; a resumed epoch's later event replaces its earlier one. A cross-validated trial's
+        # epochs (events with a `fold`) are the mean over the folds that reached them.
+        by_trial: dict[str | None, dict[int, dict[Any, dict[str, float]]]] = {}
         for event in self.events("epoch"):
-            by_trial.setdefault(event.get("trial"), {})[int(event["epoch"])] = event["logs"]
+            by_trial.setdefault(event.get("trial"), {}).setdefault(int(event["epoch"]), {})[event.get("fold")] = event[
+                "logs"
+            ]
         histories = {}
         for trial, by_epoch in by_trial.items():
             history: dict[str, list[float]] = {"epoch": []}
             for epoch in sorted(by_epoch):
+                folds = list(by_epoch[epoch].values())
                 history["epoch"].append(epoch + 1)
-                for name, value in by_epoch[epoch].items():
-                    history.setdefault(name, []).append(value)
+                for name in folds[0]:
+                    values = [logs[name] for logs in folds if name in logs]
+                    history.setdefault(name, []).append(sum(values) / len(values))
             histories[trial] = history
         return histories
 
