@@ -275,20 +275,35 @@ def choice_widgets(space: SearchSpace, columns: list, busy: bool) -> dict[str, t
 
 
 def value_widgets(params: ModelParams, columns: list, busy: bool) -> dict[str, Any]:
-    """One selectbox per categorical hyperparameter (`config.CHOICES`), in `columns` then rows of four, starting
-    from `params`; returns the chosen values as ModelParams fields (the Train page's single model). A value outside
-    the offered ones (a search's, or a preset's such as the plain CNN's dropout 0.3) is offered too."""
+    """One widget per categorical hyperparameter (`config.CHOICES`), in `columns` then rows of four, starting from
+    `params`; returns the chosen values as ModelParams fields (the Train page's single model). A number is typed
+    in (the values a search offers in its help; ModelParams checks it), a name or a yes / no is picked from the
+    offered ones (a value outside them, a search's, is offered too)."""
     chosen = {}
     for choice, column in zip(CHOICES, slots(columns, len(CHOICES), 4), strict=True):
         current = getattr(params, choice.name)
-        options = list(choice.offered) + ([] if current in choice.offered else [current])
-        chosen[choice.name] = column.selectbox(
-            choice.label,
-            options,
-            format_func=SHOWN[choice.shown],
-            disabled=busy,
-            **kept(f"tr_{choice.name}", current, busy),
-        )
+        kind = type(choice.offered[0])
+        if kind in (int, float):  # bool is its own type here
+            offered = ", ".join(SHOWN[choice.shown](v) for v in choice.offered)
+            smallest = min((v for v in choice.offered if v > 0), default=1)
+            chosen[choice.name] = column.number_input(
+                choice.label,
+                min_value=kind(0),
+                step=kind(1) if kind is int else float(smallest),
+                format="%d" if kind is int else "%g",
+                disabled=busy,
+                help=f"A search offers {offered}.",
+                **kept(f"tr_{choice.name}", kind(current), busy),
+            )
+        else:
+            options = list(choice.offered) + ([] if current in choice.offered else [current])
+            chosen[choice.name] = column.selectbox(
+                choice.label,
+                options,
+                format_func=SHOWN[choice.shown],
+                disabled=busy,
+                **kept(f"tr_{choice.name}", current, busy),
+            )
     return chosen
 
 

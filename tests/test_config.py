@@ -251,3 +251,17 @@ def test_parameters_are_described_in_plain_words_and_units() -> None:
     assert rows["Learning rate"] == "1.0e-03" and rows["Dropout"] == "0.3" and rows["Dense layer"] == "none"
     assert rows["Class weights"] == "none" and rows["Augmentation strength"] == "1× the chosen augmentation"
     assert not [value for value in rows.values() if value in ("None", "True", "False")]
+
+
+def test_cross_validation_refuses_what_would_break_its_scores() -> None:
+    from medimg.config import TuneConfig
+    from medimg.errors import ConfigError
+
+    assert TuneConfig(cv_folds=5).cv_folds == 5 and TuneConfig().cv_folds == 0
+    with pytest.raises(ConfigError, match="cannot use the hyperband tuner"):
+        TuneConfig(cv_folds=3, tuner="hyperband")
+    with pytest.raises(ConfigError, match="cv_folds and executions_per_trial both repeat a trial"):
+        TuneConfig(cv_folds=3, executions_per_trial=2)
+    with pytest.raises(ConfigError, match=r"must be 0 \(off\) or 2\.\.10"):
+        TuneConfig(cv_folds=1)
+    assert TuneConfig.from_json(TuneConfig(cv_folds=4).to_json()).cv_folds == 4

@@ -84,7 +84,7 @@ def test_manual_choices_become_the_parameters_of_the_next_run(runs_dir: Path) ->
     at = open_page("train")
     at.text_input(key="tr_filters").input("16, 32, 64")
     at.selectbox(key="tr_activation").set_value("gelu")
-    at.selectbox(key="tr_dropout").set_value(0.1)
+    at.number_input(key="tr_dropout").set_value(0.1)
     at.number_input(key="tr_epochs").set_value(3).run()
     no_exception(at)
     assert at.session_state["params"] == ModelParams(filters=(16, 32, 64), activation="gelu", dropout=0.1)
@@ -244,6 +244,19 @@ def test_a_value_the_widgets_do_not_offer_is_kept_not_replaced(runs_dir: Path) -
     plain = ModelParams.plain_cnn(28)  # dropout 0.3: not among the offered 0, 0.1, 0.25, 0.5
     at = open_page("train", params=plain)
     no_exception(at)
-    assert at.selectbox(key="tr_dropout").value == 0.3 and "0.3" in at.selectbox(key="tr_dropout").options
+    assert at.number_input(key="tr_dropout").value == 0.3
     at.number_input(key="tr_epochs").set_value(2).run()
     assert at.session_state["params"] == plain
+
+
+def test_numbers_are_typed_in_and_a_refused_one_is_explained(runs_dir: Path) -> None:
+    at = open_page("train")
+    at.number_input(key="tr_dropout").set_value(0.4).run()  # not among the values a search offers
+    at.number_input(key="tr_dense_units").set_value(100).run()
+    no_exception(at)
+    assert at.session_state["params"].dropout == 0.4 and at.session_state["params"].dense_units == 100
+    assert at.number_input(key="tr_dropout").help == "A search offers 0.0, 0.1, 0.25, 0.5."
+    at.number_input(key="tr_kernel_size").set_value(4).run()  # ModelParams refuses it, with its own words
+    no_exception(at)
+    assert [e.value for e in at.error] == ["kernel_size 4 must be 1, 3, 5 or 7."]
+    assert "Start training" not in [button.label for button in at.button]

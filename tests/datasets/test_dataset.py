@@ -410,8 +410,11 @@ def test_cross_validation_folds_validate_each_case_once_stratified_and_by_patien
     assert sorted(held_out.tolist()) == list(range(40))  # each case validated on exactly once
     assert all(np.sum(labels[val] == 1) == 2 for _, val in folds)  # stratified: 2 of the 10 positives per fold
     assert all(set(train).isdisjoint(val) for train, val in folds)
-    groups = [f"patient{i // 4}" for i in range(40)]  # four images per patient
+    groups = [f"patient{i // 2}" for i in range(40)]  # two images per patient: 15 and 5 patients per class
     for train, val in cross_validation_folds(labels, groups, 5, seed=0):
         assert {groups[i] for i in train}.isdisjoint({groups[i] for i in val})  # a patient never on both sides
-    with pytest.raises(DatasetError, match="5-fold cross-validation needs at least 5 patients"):
+    with pytest.raises(DatasetError, match="needs at least 5 patients \\(groups\\) of every class; class 0 has 3"):
         cross_validation_folds(labels, [f"p{i % 3}" for i in range(40)], 5, seed=0)
+    # 3 positives cannot be spread over 5 held-out folds: two folds would score an AUC without a positive.
+    with pytest.raises(DatasetError, match="needs at least 5 training images of every class; class 1 has 3"):
+        cross_validation_folds(np.array([0] * 20 + [1] * 3), None, 5, seed=0)

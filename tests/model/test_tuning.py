@@ -309,8 +309,47 @@ def test_cross_validated_trials_are_scored_by_the_mean_of_their_held_out_folds(t
     assert folds["folds"] == 3 and not folds["patient_aware"] and sum(folds["held_out_sizes"]) == train_count
     table = tuning.trial_table(run)
     assert len(table) == 2 and all(len(row["fold_scores"]) == 3 for row in table)
-    for row in table:
-        if row["status"] == "COMPLETED":  # KerasTuner's trial score is the mean over the held-out folds
-            assert row["score"] == pytest.approx(sum(row["fold_scores"]) / 3)
-    assert sum(line.startswith("trial 1 fold ") for line in lines) == 3
+    for row in table:  # KerasTuner's trial score is the mean over the held-out folds (a collapsed fold counts 0)
+        assert row["score"] == pytest.approx(sum(row["fold_scores"]) / 3)
+    folds_seen = {(e["trial"], e.get("fold")) for e in run.events("epoch")}
+    assert folds_seen == {(trial, fold) for trial in ("0", "1") for fold in range(3)}  # epochs say their fold
+    assert [line.split(":")[0] for line in lines if line.startswith("trial 1 fold ") and "/3:" in line] == [
+        "trial 1 fold 1/3",
+        "trial 1 fold 2/3",
+        "trial 1 fold 3/3",
+    ]
+    assert any(line.startswith("trial 1 fold 2 epoch 1/2") for line in lines)
     assert run.model_path.is_file()  # the best fold's model, evaluated on the untouched validation and test splits
+
+
+def test_a_search_keeps_the_scoring_it_was_started_with(tmp_path: Path) -> None:
+    tuning.check_scoring(tmp_path, 3)
+    tuning.check_scoring(tmp_path, 3, record=False)  # the same scoring resumes
+    with pytest.raises(SearchSpaceMismatchError, match="scored its trials with 3-fold cross-validation; it cannot go"):
+        tuning.check_scoring(tmp_path, 0, record=False)
+    older = tmp_path / "older"  # a search from before the scoring was recorded: its trials had no folds
+    (older / "trial_0").mkdir(parents=True)
+    with pytest.raises(SearchSpaceMismatchError, match="with no cross-validation; it cannot go on with 5-fold"):
+        tuning.check_scoring(older, 5)
+    tuning.check_scoring(tmp_path / "new", 5)  # a new search records its own
+
+
+def test_folds_cycle_per_trial_and_a_later_fold_waits_for_no_end() -> None:
+    import numpy as np
+
+    from medimg.model import search
+
+    folds = [(np.array([1, 2]), np.array([0])), (np.array([0, 2]), np.array([1])), (np.array([0, 1]), np.array([2]))]
+    hypermodel = search.MedimgHyperModel(TINY_SPACE, None, None, None, lambda trial: [], folds=folds)  # type: ignore[arg-type]
+    hypermodel.begin_trial("4", lambda: None)
+    assert [hypermodel.next_fold() for _ in range(3)] == [0, 1, 2]
+    ended: list[str | None] = [None]
+    hypermodel.begin_trial("5", lambda: ended[0])
+    assert hypermodel.next_fold() == 0
+    ended[0] = "time budget of 5 minutes used"
+    with pytest.raises(search.SearchEnded, match="time budget of 5 minutes used \\(trial 6 cut before its fold 2\\)"):
+        hypermodel.next_fold()
+    assert hypermodel.execution == 1  # one fold ran; the search records the trial as stopped
+    hypermodel.begin_trial("6", lambda: "stopped on request")
+    assert hypermodel.next_fold() == 0  # a trial's first fold is its start: the tuner decides before it
+    assert search.MedimgHyperModel(TINY_SPACE, None, None, None, lambda trial: []).next_fold() is None  # type: ignore[arg-type]

@@ -316,3 +316,15 @@ def test_progress_of_a_search_counts_finished_trials(tmp_path: Path) -> None:
     run.append_event("epoch", trial="2", epoch=0, epochs=2, logs={"val_auc": 0.5})
     assert runs.progress(run)["fraction"] == pytest.approx(2.5 / 4)
     assert runs.progress(run)["eta_s"] is not None
+
+
+def test_a_cross_validated_trials_curve_is_the_mean_over_its_folds(tmp_path: Path) -> None:
+    run = runs.create_run(RunSpec(kind="tune"), tmp_path)
+    for fold, losses in enumerate(([0.9, 0.7], [0.5, 0.3], [0.4])):
+        for epoch, loss in enumerate(losses):
+            run.append_event("epoch", trial="0", epoch=epoch, fold=fold, logs={"loss": loss})
+    run.append_event("epoch", trial="1", epoch=0, logs={"loss": 0.2})  # no folds: as it is
+    histories = run.trial_histories()
+    assert histories["0"]["epoch"] == [1, 2]
+    assert histories["0"]["loss"] == pytest.approx([(0.9 + 0.5 + 0.4) / 3, (0.7 + 0.3) / 2])  # folds that got there
+    assert histories["1"]["loss"] == [0.2]
