@@ -179,6 +179,8 @@ def plan(
         class_weights=weights,
     )
     per_trial = n_train * epochs * seconds_per_image_epoch(image_size, color)
+    if cv_folds:  # k fits, each on (k - 1) / k of the training split
+        per_trial *= cv_folds - 1
     expected = max(1, int(search_seconds / max(per_trial * 0.6, 1e-3)))  # early stopping ends most trials sooner
     choices.append(
         Choice(

@@ -145,7 +145,6 @@ if test.binary:
         key="score_histogram",
     )
 summary = summarize(str(run.path), stamp, float(threshold), positive)
-intervals = summary["intervals"]["metrics"]
 called_one_class = evaluation.one_class_at_threshold(summary)
 if called_one_class:
     st.warning(called_one_class, icon=":material/warning:")

@@ -204,7 +204,8 @@ else:
             disabled=busy,
             help="Each trial is trained on k - 1 folds of the training split and scored on the fold left out, k "
             "times, by the mean (patient-aware when the dataset names patients): a steadier score on a small "
-            "dataset, k times the time. Replaces the repeats. The validation split stays for the final model.",
+            "dataset, k times the time (not with repeats or Hyperband). A trial's saved model is its best fold's. The "
+            "validation split stays out of the search: it chooses the ensemble and the operating point.",
             **common.kept("tn_cv_folds", tune.cv_folds, busy),
         )
 

@@ -115,11 +115,12 @@ def cell_indices(
 # ------------------------------------------------------------------------------------------ rates from confusion counts
 # The one implementation of every count-based figure: `OperatingPoint`, the bootstrap's resamples (arrays of counts,
 # one per resample) and the per-class table of `results.evaluation` all call these two functions.
-def binary_rates(tp: Any, fp: Any, tn: Any, fn: Any) -> dict[str, np.ndarray]:
+def binary_rates(tp: Any, fp: Any, tn: Any, fn: Any) -> dict[str, Any]:
     """Sensitivity, specificity, PPV, NPV, F1, accuracy and balanced accuracy from confusion counts.
 
     Counts are scalars or arrays of one shape (for example one entry per bootstrap resample, weighted counts
-    allowed); every rate has that shape, NaN where its denominator is zero (a rate of no cases is undefined, not 0).
+    allowed); every rate has that shape (a NumPy scalar for scalar counts), NaN where its denominator is zero (a
+    rate of no cases is undefined, not 0).
     Definitions: Altman & Bland, "Diagnostic tests 1 and 2", BMJ 1994; F1 = 2TP / (2TP + FP + FN)."""
     tp, fp, tn, fn = (np.asarray(count, dtype=np.float64) for count in (tp, fp, tn, fn))
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -314,6 +314,8 @@ def cross_validation(run: Run, data: PreparedData, worker: bool) -> list | None:
                 "patient_aware": groups is not None,
                 "held_out_sizes": [len(held_out) for _, held_out in folds],
                 "scored_on": "the held-out fold of the training split, averaged over folds",
+                "models": "each trial's saved model is its best fold's (KerasTuner keeps one checkpoint per trial): "
+                "trained on k - 1 folds of the training split",
                 "validation_split": "kept out of the search: the ensemble, the operating point and calibration",
             }
         )

@@ -35,7 +35,7 @@ class ClinicalSummary(TypedDict):
     positive_class: str | None
     threshold: float | None
     operating_point: OperatingPointRecord | None
-    presets: dict[str, float | None]
+    presets: dict[str, float]
     presets_split: str | None
     presets_reason: str | None
     preset_points: dict[str, OperatingPointRecord]
