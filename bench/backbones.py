@@ -45,16 +45,15 @@ def measure(data: Path, size: int, network: str, mode: str, epochs: int, weights
     common.configure_threads()
     prepared = prepare_data(DatasetConfig(path=str(data), image_size=size, color="gray", seed=0))
     train = prepared.arrays["train"]
+    if mode == "prepare":  # the weights file, in a process of its own so no measurement carries its memory
+        from medimg.model import backbones
+
+        save_weights(network, Path(weights_dir) / backbones.get_backbone(network).file_name, train.images)
+        return {}
     if network == "cnn":
         params = ModelParams.plain_cnn(size)
     else:
-        if mode == "frozen":
-            os.environ["MEDIMG_WEIGHTS_DIR"] = weights_dir
-            from medimg.model import backbones
-
-            target = Path(weights_dir) / backbones.get_backbone(network).file_name
-            if not target.exists():
-                save_weights(network, target, train.images)
+        os.environ["MEDIMG_WEIGHTS_DIR"] = weights_dir
         params = ModelParams(backbone=network, weights="imagenet" if mode == "frozen" else "none", dense_units=0)
     keras.utils.set_random_seed(0)
     model = models.build_model(params, prepared.input_shape, prepared.num_classes)
@@ -122,6 +121,8 @@ def main() -> None:
         flush=True,
     )
     with tempfile.TemporaryDirectory() as weights_dir:
+        for network in networks:
+            child([str(args.data), str(sizes[0]), network, "prepare", weights_dir])
         for size in sizes:
             cnn = None
             for network in ("cnn", *networks):
