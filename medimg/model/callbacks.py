@@ -178,19 +178,51 @@ HOOKS = tuple(
 class OnFullModel(keras.callbacks.Callback):
     """`inner` seeing `model` (the full image model) while a head model trains on cached features: every hook is
     passed on, but `set_model` gives it `model`, so KerasTuner's best-epoch checkpoint saves the full model's
-    weights."""
+    weights.
+
+    A checkpoint callback (KerasTuner's `SaveBestEpoch`: `_save_model` writing to `filepath`) is given a stand-in
+    whose `save_weights` keeps the head's weights in memory instead; the full model is written once, with the best
+    of them, when training ends. Writing a frozen ResNet50V2's 23 M weights at every improving epoch was most of a
+    cached trial's time (`bench/features.py`); only the head changes between epochs."""
 
     def __init__(self, inner: keras.callbacks.Callback, model: keras.Model) -> None:
         super().__init__()
         self.inner, self.full_model = inner, model
+        self.deferred = hasattr(inner, "_save_model") and hasattr(inner, "filepath")
+        self.best_head: list | None = None
 
     def set_model(self, trained: keras.Model) -> None:
         super().set_model(trained)
-        self.inner.set_model(self.full_model)
+        self.inner.set_model(_KeptInMemory(self) if self.deferred else self.full_model)
 
     def set_params(self, params: dict) -> None:
         super().set_params(params)
         self.inner.set_params(params)
+
+    def keep(self) -> None:
+        self.best_head = self.model.get_weights()
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.deferred and self.best_head is not None:
+            last = self.model.get_weights()
+            self.model.set_weights(self.best_head)  # the head's layers are the full model's: it holds them now
+            self.full_model.save_weights(self.inner.filepath)
+            self.model.set_weights(last)
+        self.inner.on_train_end(logs)
+
+
+class _KeptInMemory:
+    """What a deferred checkpoint callback sees as its model (`OnFullModel`): saving keeps the head's weights."""
+
+    def __init__(self, owner: OnFullModel) -> None:
+        self.owner = owner
+
+    @property
+    def distribute_strategy(self) -> Any:
+        return self.owner.full_model.distribute_strategy
+
+    def save_weights(self, *args: Any, **kwargs: Any) -> None:
+        self.owner.keep()
 
 
 def _forward(hook: str) -> Callable:
@@ -202,4 +234,5 @@ def _forward(hook: str) -> Callable:
 
 
 for _hook in HOOKS:
-    setattr(OnFullModel, _hook, _forward(_hook))
+    if _hook != "on_train_end":  # OnFullModel's own writes the deferred checkpoint first
+        setattr(OnFullModel, _hook, _forward(_hook))
