@@ -33,6 +33,42 @@ def thumbnail(path: str) -> bytes | None:
     return encoded.tobytes() if ok else None
 
 
+def split_and_input_widgets(split_folders: bool = False, test_folder: bool = False) -> tuple:
+    """The splits and model-input settings (validation and test fractions, seed, image size, channel mode), drawn on
+    every run of the page, whichever source is chosen: a widget Streamlit does not draw on a run can come back at
+    its minimum (seen in the browser test: seed 0 after a visit to another source), so these never go away.
+    `split_folders` / `test_folder`: the dataset brings its own split folders, so the fractions do not apply."""
+    st.subheader("Splits and model input")
+    c1, c2, c3 = st.columns(3)
+    sizes = [16, 28, 32, 48, 64, 96, 128, 160, 224, 256]
+    val_fraction = c1.slider(
+        "Validation fraction",
+        0.05,
+        0.4,
+        step=0.05,
+        disabled=split_folders,
+        **common.kept("ds_val", float(config.val_fraction)),
+    )
+    test_fraction = c2.slider(
+        "Test fraction",
+        0.0,
+        0.4,
+        step=0.05,
+        disabled=test_folder,
+        **common.kept("ds_test", float(config.test_fraction)),
+    )
+    seed = c3.number_input("Seed", 0, 2**31 - 1, **common.kept("ds_seed", int(config.seed)))
+    c4, c5 = st.columns(2)
+    image_size = c4.select_slider(
+        "Image size (pixels, square)",
+        sizes,
+        **common.kept("ds_size", config.image_size if config.image_size in sizes else 64),
+        help="Small sizes train fast on a CPU: 64 px is a good start for X-rays.",
+    )
+    color = c5.radio("Channel mode", ["gray", "rgb"], horizontal=True, **common.kept("ds_color", config.color))
+    return val_fraction, test_fraction, seed, image_size, color
+
+
 uploaded = sources.is_kept_upload(config.path, common.runs_root())
 source = st.radio(
     "Source",
@@ -55,6 +91,7 @@ elif source == "Folder on the server":
             "No data roots are configured. Set `MEDIMG_DATA_ROOTS` (folders separated by `:`) or `data_roots` "
             "in `.streamlit/secrets.toml`; only folders inside them can be opened."
         )
+        split_and_input_widgets()
         st.stop()
     folders = [str(p) for p in sources.list_dataset_folders(roots)]
     # A key, not `index=`: an index that follows the chosen dataset would change the widget's identity on the run
@@ -67,11 +104,13 @@ elif source == "Folder on the server":
         **common.kept("ds_folder", path if path in folders else None),
     )
     if not typed:
+        split_and_input_widgets()
         st.stop()
     try:
         path = str(sources.resolve_in_roots(typed, roots))
     except MedimgError as error:
         common.show_error(error)
+        split_and_input_widgets()
         st.stop()
 else:
     upload = st.file_uploader("Zip of class folders (or train/val/test folders)", type=["zip"])
@@ -79,6 +118,7 @@ else:
         st.session_state["uploaded_dataset"] = config.path  # kept from an earlier visit, tab or launch
     if upload is None and not st.session_state.get("uploaded_dataset"):
         st.info("Upload a zip to continue.")
+        split_and_input_widgets()
         st.stop()
     if upload is not None and st.session_state.get("uploaded_name") != upload.file_id:
         try:
@@ -87,6 +127,7 @@ else:
             st.session_state["uploaded_name"] = upload.file_id
         except MedimgError as error:
             common.show_error(error)
+            split_and_input_widgets()
             st.stop()
     path = st.session_state["uploaded_dataset"]
     st.caption(f"Uploaded dataset kept at `{path}` (beside the runs, so runs trained on it can be re-evaluated).")
@@ -113,6 +154,7 @@ try:
     report = scan_cached(path, group_regex, merge_label_case)
 except MedimgError as error:
     common.show_error(error)
+    split_and_input_widgets()
     st.stop()
 
 cols = st.columns(4)
@@ -160,35 +202,9 @@ if report.duplicates:
     with st.expander(f"Exact duplicates ({len(report.duplicates)} groups)"):
         st.dataframe(pd.DataFrame({"identical files": [" == ".join(g) for g in report.duplicates]}), hide_index=True)
 
-st.subheader("Splits and model input")
 has_split_folders = bool(report.splits) and set(report.splits) >= {"train", "val"}
-c1, c2, c3 = st.columns(3)
-sizes = [16, 28, 32, 48, 64, 96, 128, 160, 224, 256]
-val_fraction = c1.slider(
-    "Validation fraction",
-    0.05,
-    0.4,
-    step=0.05,
-    disabled=has_split_folders,
-    **common.kept("ds_val", float(config.val_fraction)),
-)
-test_fraction = c2.slider(
-    "Test fraction",
-    0.0,
-    0.4,
-    step=0.05,
-    disabled=has_split_folders and "test" in report.splits,
-    **common.kept("ds_test", float(config.test_fraction)),
-)
-seed = c3.number_input("Seed", 0, 2**31 - 1, **common.kept("ds_seed", int(config.seed)))
-c4, c5 = st.columns(2)
-image_size = c4.select_slider(
-    "Image size (pixels, square)",
-    sizes,
-    **common.kept("ds_size", config.image_size if config.image_size in sizes else 64),
-    help="Small sizes train fast on a CPU: 64 px is a good start for X-rays.",
-)
-color = c5.radio("Channel mode", ["gray", "rgb"], horizontal=True, **common.kept("ds_color", config.color))
+split_settings = split_and_input_widgets(has_split_folders, has_split_folders and "test" in report.splits)
+val_fraction, test_fraction, seed, image_size, color = split_settings
 window_center, window_width = 0.0, 0.0
 if any(mode.startswith("dicom") for mode in report.modes):
     presets = {"each file's own (header)": None, **{name: (w.center, w.width) for name, w in dicom.CT_WINDOWS.items()}}
