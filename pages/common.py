@@ -289,6 +289,7 @@ def value_widgets(params: ModelParams, columns: list, busy: bool) -> dict[str, A
             chosen[choice.name] = column.number_input(
                 choice.label,
                 min_value=kind(0),
+                max_value=kind(10 * max(choice.offered)),  # a typo's extra zeros stop here; ModelParams checks the rest
                 step=kind(1) if kind is int else float(smallest),
                 format="%d" if kind is int else "%g",
                 disabled=busy,

@@ -33,6 +33,16 @@ def thumbnail(path: str) -> bytes | None:
     return encoded.tobytes() if ok else None
 
 
+def group_widget() -> str:
+    """The patient-ID pattern; drawn on every run, as the settings below (an empty pattern would mix patients)."""
+    return st.text_input(
+        "Patient ID pattern (optional regex with one group, over file names)",
+        **common.kept("ds_group", config.group_regex),
+        placeholder=r"^(person\d+|IM-\d+)",
+        help="Images with the same patient ID are kept in the same split.",
+    )
+
+
 def split_and_input_widgets(split_folders: bool = False, test_folder: bool = False) -> tuple:
     """The splits and model-input settings (validation and test fractions, seed, image size, channel mode), drawn on
     every run of the page, whichever source is chosen: a widget Streamlit does not draw on a run can come back at
@@ -91,6 +101,7 @@ elif source == "Folder on the server":
             "No data roots are configured. Set `MEDIMG_DATA_ROOTS` (folders separated by `:`) or `data_roots` "
             "in `.streamlit/secrets.toml`; only folders inside them can be opened."
         )
+        group_widget()
         split_and_input_widgets()
         st.stop()
     folders = [str(p) for p in sources.list_dataset_folders(roots)]
@@ -104,12 +115,14 @@ elif source == "Folder on the server":
         **common.kept("ds_folder", path if path in folders else None),
     )
     if not typed:
+        group_widget()
         split_and_input_widgets()
         st.stop()
     try:
         path = str(sources.resolve_in_roots(typed, roots))
     except MedimgError as error:
         common.show_error(error)
+        group_widget()
         split_and_input_widgets()
         st.stop()
 else:
@@ -118,6 +131,7 @@ else:
         st.session_state["uploaded_dataset"] = config.path  # kept from an earlier visit, tab or launch
     if upload is None and not st.session_state.get("uploaded_dataset"):
         st.info("Upload a zip to continue.")
+        group_widget()
         split_and_input_widgets()
         st.stop()
     if upload is not None and st.session_state.get("uploaded_name") != upload.file_id:
@@ -127,17 +141,13 @@ else:
             st.session_state["uploaded_name"] = upload.file_id
         except MedimgError as error:
             common.show_error(error)
+            group_widget()
             split_and_input_widgets()
             st.stop()
     path = st.session_state["uploaded_dataset"]
     st.caption(f"Uploaded dataset kept at `{path}` (beside the runs, so runs trained on it can be re-evaluated).")
 
-group_regex = st.text_input(
-    "Patient ID pattern (optional regex with one group, over file names)",
-    **common.kept("ds_group", config.group_regex),
-    placeholder=r"^(person\d+|IM-\d+)",
-    help="Images with the same patient ID are kept in the same split.",
-)
+group_regex = group_widget()
 if st.button("Rescan", help="Read the folder again (after adding or changing files)."):
     scan_cached.clear()
 try:

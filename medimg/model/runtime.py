@@ -57,12 +57,19 @@ def start_tensorflow() -> None:
     driver = os.path.exists(NVIDIA_DRIVER)
 
     def forward() -> None:
+        # The reader owns `saved` and closes it at the pipe's end; a line it cannot write is dropped, but the pipe
+        # is always drained, so TensorFlow never blocks on a full pipe.
         with os.fdopen(read_end, "rb") as lines:
             for raw in lines:
                 line = raw.decode(errors="replace")
                 if line.strip() and not is_noise(line.rstrip("\n"), driver):
-                    os.write(saved, raw)
+                    try:
+                        os.write(saved, raw)
+                    except OSError:
+                        pass
+        os.close(saved)
 
+    restored = os.dup(saved)
     reader = threading.Thread(target=forward, name="tensorflow-start-up-lines", daemon=True)
     reader.start()
     os.dup2(write_end, 2)
@@ -71,9 +78,9 @@ def start_tensorflow() -> None:
         _import()
     finally:
         sys.stderr.flush()
-        os.dup2(saved, 2)  # the pipe's last writer closes: the reader sees its end
+        os.dup2(restored, 2)  # the pipe's last writer closes: the reader sees its end
+        os.close(restored)
         reader.join(timeout=5)
-        os.close(saved)
 
 
 def _import() -> None:
