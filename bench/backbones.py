@@ -46,9 +46,13 @@ def measure(data: Path, size: int, network: str, mode: str, epochs: int, weights
     prepared = prepare_data(DatasetConfig(path=str(data), image_size=size, color="gray", seed=0))
     train = prepared.arrays["train"]
     if mode == "prepare":  # the weights file, in a process of its own so no measurement carries its memory
+        import numpy as np
+        from features import save_weights  # bench/features.py's: random notop weights, BatchNorm from the images
+
         from medimg.model import backbones
 
-        save_weights(network, Path(weights_dir) / backbones.get_backbone(network).file_name, train.images)
+        rgb = np.repeat(np.asarray(train.images), 3, axis=-1)  # the gray images as the backbone sees them
+        save_weights(network, Path(weights_dir) / backbones.get_backbone(network).file_name, rgb)
         return {}
     if network == "cnn":
         params = ModelParams.plain_cnn(size)
@@ -72,26 +76,6 @@ def measure(data: Path, size: int, network: str, mode: str, epochs: int, weights
         "trainable": trainable,
         "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-def save_weights(name: str, path: Path, images) -> None:
-    """Random notop weights in Keras' file format, BatchNorm statistics from `images` (N×H×W×1 uint8, gray)."""
-    import h5py
-    import keras
-    import numpy as np
-    from keras.src.legacy.saving import legacy_h5_format
-
-    from medimg.model import backbones, batchnorm
-
-    rgb = np.repeat(np.asarray(images, np.float32), 3, axis=-1)
-    keras.utils.set_random_seed(1)
-    application = getattr(keras.applications, backbones.get_backbone(name).constructor)(
-        include_top=False, weights=None, input_shape=rgb.shape[1:]
-    )
-    batchnorm.recompute_statistics(application, rgb)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as stream:
-        legacy_h5_format.save_weights_to_hdf5_group(stream, application)
 
 
 def child(args: list[str]) -> dict:

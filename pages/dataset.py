@@ -79,6 +79,14 @@ def split_and_input_widgets(split_folders: bool = False, test_folder: bool = Fal
     return val_fraction, test_fraction, seed, image_size, color
 
 
+def stop_keeping_settings(group_drawn: bool = False) -> None:
+    """End this run of the page (no dataset to show yet, or an error said above) with the settings still drawn."""
+    if not group_drawn:
+        group_widget()
+    split_and_input_widgets()
+    st.stop()
+
+
 uploaded = sources.is_kept_upload(config.path, common.runs_root())
 source = st.radio(
     "Source",
@@ -101,9 +109,7 @@ elif source == "Folder on the server":
             "No data roots are configured. Set `MEDIMG_DATA_ROOTS` (folders separated by `:`) or `data_roots` "
             "in `.streamlit/secrets.toml`; only folders inside them can be opened."
         )
-        group_widget()
-        split_and_input_widgets()
-        st.stop()
+        stop_keeping_settings()
     folders = [str(p) for p in sources.list_dataset_folders(roots)]
     # A key, not `index=`: an index that follows the chosen dataset would change the widget's identity on the run
     # after a choice, so a second choice in a row was dropped and the first one came back.
@@ -115,25 +121,19 @@ elif source == "Folder on the server":
         **common.kept("ds_folder", path if path in folders else None),
     )
     if not typed:
-        group_widget()
-        split_and_input_widgets()
-        st.stop()
+        stop_keeping_settings()
     try:
         path = str(sources.resolve_in_roots(typed, roots))
     except MedimgError as error:
         common.show_error(error)
-        group_widget()
-        split_and_input_widgets()
-        st.stop()
+        stop_keeping_settings()
 else:
     upload = st.file_uploader("Zip of class folders (or train/val/test folders)", type=["zip"])
     if uploaded and "uploaded_dataset" not in st.session_state:
         st.session_state["uploaded_dataset"] = config.path  # kept from an earlier visit, tab or launch
     if upload is None and not st.session_state.get("uploaded_dataset"):
         st.info("Upload a zip to continue.")
-        group_widget()
-        split_and_input_widgets()
-        st.stop()
+        stop_keeping_settings()
     if upload is not None and st.session_state.get("uploaded_name") != upload.file_id:
         try:
             kept = sources.keep_upload(upload.getvalue(), upload.name, common.runs_root())
@@ -141,9 +141,7 @@ else:
             st.session_state["uploaded_name"] = upload.file_id
         except MedimgError as error:
             common.show_error(error)
-            group_widget()
-            split_and_input_widgets()
-            st.stop()
+            stop_keeping_settings()
     path = st.session_state["uploaded_dataset"]
     st.caption(f"Uploaded dataset kept at `{path}` (beside the runs, so runs trained on it can be re-evaluated).")
 
@@ -164,8 +162,7 @@ try:
     report = scan_cached(path, group_regex, merge_label_case)
 except MedimgError as error:
     common.show_error(error)
-    split_and_input_widgets()
-    st.stop()
+    stop_keeping_settings(group_drawn=True)
 
 cols = st.columns(4)
 cols[0].metric("Readable images", report.image_count)
