@@ -150,8 +150,8 @@ def report(args, per_trial: dict, totals: dict, once: float, shape: tuple, recor
     speedup = common.median(per_trial["pixels"]) / common.median(per_trial["features"])
     print(f"\nfeatures computed once (train + val, cache miss): {once:.1f} s")
     print(f"per-trial speed-up, pixels / features: {speedup:.1f}×")
-    # Issue #14 asks for "seconds per trial" over the head; what is left per cached trial is a fixed cost (building
-    # the full model KerasTuner checkpoints, compiling the head's fit, saving the full weights at each best epoch).
+    # Issue #14 asks for "seconds per trial" over the head; what is left per cached trial is a fixed cost (tracing
+    # the head's train and test steps, Keras' per-epoch machinery, KerasTuner's bookkeeping).
     print(f"median seconds per cached trial: {common.median(per_trial['features']):.1f}")
     print(f"run.json feature_cache: {record}")
 

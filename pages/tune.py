@@ -322,7 +322,10 @@ def show_run(run: runs.Run) -> None:
 def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> None:
     """The result first: the best trial's settings, the saved model's test figures, the next step."""
     st.success(f"Best trial {best}: {objective_name} = {record.get('best_score'):.4f}")
-    members = (record.get("ensemble") or {}).get("members") or []
+    ensemble = record.get("ensemble") or {}
+    members = ensemble.get("members") or []
+    if ensemble.get("note"):
+        st.caption(f"The saved model is {ensemble['note']}.")
     if len(members) > 1:
         st.info(
             f"The saved model is the mean of trials {', '.join(str(runs.trial_number(m)) for m in members)}, the "

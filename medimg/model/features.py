@@ -5,8 +5,9 @@ dropout, learning rate, weight decay) trains a small head model on N×D features
 A trial qualifies (`unused_reason` is None) when its backbone has pretrained weights, stays frozen for the whole
 fit (`fine_tune_blocks == 0`) and sees no augmentation (augmented training needs pixels). The key extends the image
 cache's (`cache.cache_key`: paths, sizes, modification times), so a changed file makes new features exactly as it
-makes a new image entry. The head model reuses the full model's head layers (shared weights, same names), so what
-the head learns is the full image model's head: KerasTuner's checkpoint of the full model needs no copying.
+makes a new image entry. A cached trial builds and trains only the head (`head_model`: the full model's head layers,
+same names) and KerasTuner checkpoints that small model; the image model is built once a trial's model is wanted
+(`full_model`: backbone from its weights file, the head's weights copied in by name).
 """
 
 from __future__ import annotations
@@ -172,23 +173,45 @@ def _read_entry(meta_path: Path, array_path: Path, count: int) -> np.ndarray:
 
 
 # -------------------------------------------------------------------------------------------------- the head model
-def head_model(model: keras.Model, params: ModelParams, num_classes: int) -> keras.Model:
-    """A compiled model from N×D features to the probabilities, made of `model`'s own head layers (everything after
-    `models.HEAD_START`: dropout, optional dense, output), so training it trains `model`'s head: same layers, same
-    names, same weights. Compiled like `model` (`models.compile_model`: loss, metrics, optimizer and rate)."""
+HEAD_MODEL_SUFFIX = "_head"
+# A head's training step on N×D features is microseconds of arithmetic; Keras' per-call overhead (a Python round
+# trip and the callbacks' batch hooks) was most of a cached trial's fit (`bench/features.py`).
+HEAD_STEPS_PER_EXECUTION = 32
+
+
+def head_model(params: ModelParams, width: int, num_classes: int) -> keras.Model:
+    """A compiled model from N×`width` pooled backbone features to the probabilities: `models.backbone_head`'s
+    layers (the full model's head, same names), compiled like the full model (`models.compile_model`). A search's
+    cached trial builds, trains and checkpoints only this; `full_model` puts its weights into the image model."""
     import keras
 
     from medimg.model import models
 
-    names = [layer.name for layer in model.layers]
-    start = names.index(models.HEAD_START)
-    inputs = keras.Input(shape=model.get_layer(models.HEAD_START).output.shape[1:], name="features")
-    x = inputs
-    for layer in model.layers[start + 1 :]:  # the head is a chain: each layer feeds the next
-        x = layer(x)
-    head = keras.Model(inputs, x, name=f"{model.name}_head")
-    models.compile_model(head, params, num_classes)
+    inputs = keras.Input(shape=(width,), name="features")
+    head = keras.Model(
+        inputs, models.backbone_head(params, inputs, num_classes), name=f"medimg_{params.backbone}{HEAD_MODEL_SUFFIX}"
+    )
+    models.compile_model(head, params, num_classes, steps_per_execution=HEAD_STEPS_PER_EXECUTION)
     return head
+
+
+def is_head_model(model: keras.Model) -> bool:
+    """True for a `head_model` (features in), False for an image model."""
+    return model.name.endswith(HEAD_MODEL_SUFFIX) and len(model.input.shape) == 2
+
+
+def full_model(
+    head: keras.Model, params: ModelParams, input_shape: tuple[int, int, int], num_classes: int
+) -> keras.Model:
+    """The image model of `params` (`models.build_model`, backbone weights from their file) with `head`'s trained
+    weights copied into its head layers by name. Raises ConfigError when the backbone's weights are missing."""
+    from medimg.model import models
+
+    model = models.build_model(params, input_shape, num_classes)
+    for layer in head.layers:
+        if layer.weights:
+            model.get_layer(layer.name).set_weights(layer.get_weights())
+    return model
 
 
 # ---------------------------------------------------------------------------------------------------- for a search
@@ -204,7 +227,7 @@ class FeatureStore:
         self.data, self.augment = data, augment
         self.loaded: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
-    def for_trial(self, params: ModelParams, model: keras.Model | None = None) -> dict[str, np.ndarray] | None:
+    def for_trial(self, params: ModelParams) -> dict[str, np.ndarray] | None:
         """{"train": N×D, "val": M×D} float32 features for a qualifying trial (computed on the first call per
         backbone and weights, then read from the cache), or None when the trial must train on pixels."""
         if unused_reason(params, self.augment):
@@ -212,8 +235,7 @@ class FeatureStore:
         key = (params.backbone, params.weights)
         if key not in self.loaded:
             self.loaded[key] = {
-                split: backbone_features(self.data.arrays[split], params, self.data, model=model)
-                for split in ("train", "val")
+                split: backbone_features(self.data.arrays[split], params, self.data) for split in ("train", "val")
             }
         return self.loaded[key]
 

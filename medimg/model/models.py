@@ -96,10 +96,25 @@ def build_backbone_model(params: ModelParams, input_shape: tuple[int, int, int],
 
     backbones.check_input_size(params.backbone, input_shape)
     weights_path, _ = backbones.resolve_weights(params.backbone, params.weights)
-    regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2) if (params.l1 or params.l2) else None
     inputs = keras.Input(shape=input_shape, name="image")
     features = backbones.build_backbone(params.backbone, inputs, weights_path)
     x = keras.layers.GlobalAveragePooling2D(name=HEAD_START)(features)
+    outputs = backbone_head(params, x, num_classes)
+    model = keras.Model(inputs, outputs, name=f"medimg_{params.backbone}")
+    if weights_path is not None:
+        backbones.set_trainable_blocks(params.backbone, backbone_layers(model), 0)
+    compile_model(model, params, num_classes)
+    return model
+
+
+def backbone_head(params: ModelParams, features: keras.KerasTensor, num_classes: int) -> keras.KerasTensor:
+    """The head of a backbone model applied to its pooled features (N×D): dropout → optional dense → the output
+    layer. The layers' names are fixed ("head_dropout", "head_dense", "probabilities"), so a head built alone on
+    cached features (`features.head_model`) carries its weights into the full model by name."""
+    import keras
+
+    regularizer = keras.regularizers.L1L2(l1=params.l1, l2=params.l2) if (params.l1 or params.l2) else None
+    x = features
     if params.dropout:
         x = keras.layers.Dropout(params.dropout, name="head_dropout")(x)
     if params.dense_units:
@@ -107,17 +122,12 @@ def build_backbone_model(params: ModelParams, input_shape: tuple[int, int, int],
             params.dense_units, activation=params.activation, kernel_regularizer=regularizer, name="head_dense"
         )(x)
     binary = num_classes == 2
-    outputs = keras.layers.Dense(
+    return keras.layers.Dense(
         1 if binary else num_classes,
         activation="sigmoid" if binary else "softmax",
         dtype="float32",
         name="probabilities",
     )(x)
-    model = keras.Model(inputs, outputs, name=f"medimg_{params.backbone}")
-    if weights_path is not None:
-        backbones.set_trainable_blocks(params.backbone, backbone_layers(model), 0)
-    compile_model(model, params, num_classes)
-    return model
 
 
 def backbone_layers(model: keras.Model) -> list:
@@ -161,7 +171,10 @@ def build_ensemble(
     return model
 
 
-def compile_model(model: keras.Model, params: ModelParams, num_classes: int) -> None:
+def compile_model(model: keras.Model, params: ModelParams, num_classes: int, steps_per_execution: int = 1) -> None:
+    """Compile `model` with `params`' optimizer and learning rate, the loss for `num_classes` and the accuracy and
+    AUC metrics. `steps_per_execution`: batches per call of Keras' compiled train step (Keras' own option; more
+    than one only where a step is so small that the per-call overhead dominates, e.g. a head on cached features)."""
     import keras
 
     from medimg.model.auc import SparseAUC
@@ -180,7 +193,7 @@ def compile_model(model: keras.Model, params: ModelParams, num_classes: int) -> 
         loss = keras.losses.SparseCategoricalCrossentropy()
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), SparseAUC(num_classes, name="auc")]
     # Keyword arguments only: Keras 3 changed compile()'s positional order.
-    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics, steps_per_execution=steps_per_execution)
 
 
 def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:

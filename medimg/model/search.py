@@ -15,7 +15,7 @@ import numpy as np
 from medimg.config import HYPERBAND_FACTOR, AugmentConfig, ModelParams, SearchSpace, TrainConfig
 from medimg.datasets import pipeline
 from medimg.model import models, training
-from medimg.model.callbacks import OnFullModel, PreciseBatchNorm
+from medimg.model.callbacks import PreciseBatchNorm
 from medimg.model.hyperparameters import params_from_hp
 from medimg.store.runs import trial_number
 
@@ -32,8 +32,8 @@ class MedimgHyperModel(kt.HyperModel):
     class is reported to `on_collapsed(trial_id, class_name)` and scored as the worst possible, so it never wins.
 
     With a `feature_store`, a trial whose backbone stays frozen and sees no augmentation (`features.unused_reason`)
-    trains only the head, on cached backbone features; the model KerasTuner checkpoints is still the full image
-    model (`features.head_model` shares its head layers).
+    builds and trains only the head, on cached backbone features (`features.head_model`): KerasTuner checkpoints
+    the head, and `EndingTuner.load_model` gives the image model with that head (`full_model`).
 
     Args:
         space: the ranges trials are drawn from.
@@ -105,13 +105,28 @@ class MedimgHyperModel(kt.HyperModel):
         return callbacks
 
     def build(self, hp: kt.HyperParameters) -> Any:
-        return models.build_model(params_from_hp(hp, self.space), self.data.input_shape, self.data.num_classes)
+        params = params_from_hp(hp, self.space)
+        cached = self.feature_store.for_trial(params) if self.feature_store else None
+        if cached is not None:  # building the image model (the backbone read from its file) is most of the trial
+            from medimg.model import features
+
+            return features.head_model(params, cached["train"].shape[1], self.data.num_classes)
+        return models.build_model(params, self.data.input_shape, self.data.num_classes)
+
+    def full_model(self, hp: kt.HyperParameters, model: Any) -> Any:
+        """The image model of a trial's `model`: `model` itself, or for a head trained on cached features the full
+        model with that head (`features.full_model`)."""
+        from medimg.model import features
+
+        if not features.is_head_model(model):
+            return model
+        return features.full_model(model, params_from_hp(hp, self.space), self.data.input_shape, self.data.num_classes)
 
     def fit(self, hp: kt.HyperParameters, model: Any, *args: Any, **kwargs: Any) -> Any:
         data, train = self.data, self.train
         params = params_from_hp(hp, self.space)
         fold = self.next_fold()
-        cached = self.feature_store.for_trial(params, model) if self.feature_store else None
+        cached = self.feature_store.for_trial(params) if self.feature_store else None
         if cached is not None:
             labels = (data.arrays["train"].labels, data.arrays["val"].labels)
             if fold is not None:
@@ -161,33 +176,36 @@ class MedimgHyperModel(kt.HyperModel):
     def fit_head(
         self,
         params: ModelParams,
-        model: Any,
+        head: Any,
         cached: dict,
         kwargs: dict,
         train_labels: Any,
         val_labels: Any,
         fold: int | None = None,
     ) -> Any:
-        """Train `model`'s head on cached N×D features; KerasTuner's callbacks (its best-epoch checkpoint) see the
-        full model, whose head is the one trained; the trial's own callbacks see the head model."""
-        from medimg.model import features
+        """Train `head` (a `features.head_model`, built by `build`) on cached N×D features."""
+        import tensorflow as tf
 
         data, train = self.data, self.train
-        with model.distribute_strategy.scope():
-            head = features.head_model(model, params, data.num_classes)
-        tuner_callbacks = [OnFullModel(c, model) for c in kwargs.pop("callbacks", [])]
+        x = np.asarray(cached["train"])
+        fit_on = (
+            tf.data.Dataset.from_tensor_slices((x, label_array(train_labels, data.num_classes)))
+            .shuffle(len(x), seed=train.seed, reshuffle_each_iteration=True)
+            .batch(params.batch_size)
+        )
+        held_out = tf.data.Dataset.from_tensor_slices(
+            (np.asarray(cached["val"]), label_array(val_labels, data.num_classes))
+        ).batch(params.batch_size)
         history = head.fit(
-            cached["train"],
-            label_array(train_labels, data.num_classes),
-            batch_size=params.batch_size,
-            validation_data=(cached["val"], label_array(val_labels, data.num_classes)),
+            fit_on,
+            validation_data=held_out,
             epochs=kwargs.pop("epochs", train.epochs),
-            callbacks=[*tuner_callbacks, *self._with_fold(self.extra_callbacks(self.trial_id), fold)],
+            callbacks=[*kwargs.pop("callbacks", []), *self._with_fold(self.extra_callbacks(self.trial_id), fold)],
             class_weight=training.class_weights(
                 train_labels, data.num_classes, params.class_weights or train.class_weights
             ),
             verbose=0,
-            shuffle=True,
+            shuffle=False,  # the dataset reshuffles itself each epoch
         )
         return self.scored(history, head, cached["val"], val_labels)
 
@@ -257,6 +275,11 @@ class EndingTuner:
     def run_trial(self, trial: Any, *args: Any, **kwargs: Any) -> Any:
         self.hypermodel.begin_trial(trial.trial_id, self.should_end)
         return super().run_trial(trial, *args, **kwargs)
+
+    def load_model(self, trial: Any) -> Any:
+        """The trial's best checkpoint in its image model (a head trained on cached features is put on its
+        backbone: `MedimgHyperModel.full_model`)."""
+        return self.hypermodel.full_model(trial.hyperparameters, super().load_model(trial))
 
     def on_trial_begin(self, trial: Any) -> None:
         super().on_trial_begin(trial)

@@ -415,7 +415,8 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
 
     `TuneConfig.ensemble_rule` "top": every trial in `ranked`; "validation": k grows only while the validation
     objective improves. Validation, never test, chooses; the members and every k's validation score go into
-    run.json under `ensemble`.
+    run.json under `ensemble`. Only configurable CNNs are averaged (`models.build_ensemble`): when the best trial
+    has a pretrained backbone it is the model alone, else the backbone trials are passed over.
     """
     import warnings
 
@@ -425,12 +426,23 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
     from medimg.model.models import predict_arrays
 
     spec = run.spec
+    backbone = [params_from_values(t.hyperparameters.values, spec.search).backbone != "cnn" for t in ranked]
+    note = None
+    if len(ranked) > 1 and any(backbone):
+        ranked = ranked[:1] if backbone[0] else [t for t, b in zip(ranked, backbone, strict=True) if not b]
+        note = (
+            "the best trial alone: its pretrained backbone cannot be averaged with other trials"
+            if backbone[0]
+            else "the best CNN trials only: trials with a pretrained backbone cannot be averaged"
+        )
     objective = data.usable_objective(spec.tune.objective)
     with warnings.catch_warnings():
         # A trial's checkpoint holds its optimizer's state; a model kept for prediction does not need it.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         members = [tuner.load_model(trial) for trial in ranked]
     if len(members) == 1:
+        if note:
+            run.update(ensemble={"members": [ranked[0].trial_id], "candidates": [ranked[0].trial_id], "note": note})
         return members[0]
     val = data.arrays["val"]
     probs = [predict_arrays(member, val.images) for member in members]
@@ -451,6 +463,7 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
             "rule": spec.tune.ensemble_rule,
             "chosen_on": "val",
             "gradcam": "of the best trial's network (the first member)" if chosen > 1 else "of the model",
+            **({"note": note} if note else {}),
         }
     )
     if chosen == 1:

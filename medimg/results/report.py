@@ -237,6 +237,8 @@ def _training(run: Run, record: dict[str, Any]) -> list[Any]:
         model = f"The model is the search's best trial (trial {trial_number(best)}, by validation {monitor}). "
     else:
         model = ""
+    if search and ensemble.get("note"):
+        model += f"The final model is {ensemble['note']}. "
     parts: list[Any] = [
         htmldoc.paragraph(
             f"{model}Epochs run{' by the best trial' if search else ''}: {epochs} of {train.get('epochs')} "

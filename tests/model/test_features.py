@@ -1,6 +1,6 @@
 """The backbone feature cache: computed once and then read from the memory map, invalidated by a changed file;
-a frozen-backbone search trains its heads on features and checkpoints full image models; augmentation keeps a
-search on pixels and says so.
+a frozen-backbone search builds, trains and checkpoints only heads on features, and its models come out as full image
+models; augmentation keeps a search on pixels and says so.
 
 Runs eagerly like tests/test_backbones.py (tracing MobileNetV3 costs more than running it on 32 px images)."""
 
@@ -139,11 +139,14 @@ def frozen_search(tmp_path: Path, augment: AugmentConfig, trials: int, epochs: i
     return run
 
 
-def test_a_frozen_backbone_search_trains_heads_on_features_and_checkpoints_full_models(
-    tmp_path: Path, computed: list[int]
+def test_a_frozen_backbone_search_trains_heads_on_features_and_keeps_full_models(
+    tmp_path: Path, computed: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from sklearn.metrics import log_loss
 
+    built: list[str] = []
+    build = models.build_model
+    monkeypatch.setattr(models, "build_model", lambda *a: built.append("image model") or build(*a))
     run = frozen_search(tmp_path, AugmentConfig(), trials=2, epochs=2)
     record = run.record
     assert record["status"] == "completed" and record["trials_completed"] == 2
@@ -151,24 +154,28 @@ def test_a_frozen_backbone_search_trains_heads_on_features_and_checkpoints_full_
     assert cache_use["used"] and cache_use["backbone"] == NAME and cache_use["width"] == 576
     assert any(line.startswith(f"backbone features cached for {NAME}: trials over the head") for line in run.lines)
     assert len(computed) <= 2  # train and val once for the whole search (none when an earlier test cached them)
+    # The image model (its backbone read from the weights file) is built for the final model only, not per trial
+    # (plus once per split to compute features when an earlier test has not cached them).
+    assert len(built) == 1 + len(computed)
 
-    # The best trial's checkpoint in a freshly built full model: its predictions on images are the head's on the
-    # features, and its validation loss is the score KerasTuner recorded for the trial (its best epoch's).
+    # The best trial's checkpoint is its head's: in a head model its predictions on features, and in the run's
+    # model (the image model with that head) the same predictions on the images. Its validation loss is the score
+    # KerasTuner recorded for the trial (its best epoch's).
     data = training.prepare_data(run.spec.dataset)
     trial = next(t for t in tuning.read_trials(run.path / tuning.TUNER_FOLDER) if t["trial_id"] == record["best_trial"])
     params = hyperparameters.params_from_values(trial["hyperparameters"], run.spec.search)
-    model = models.build_model(params, data.input_shape, data.num_classes)
+    head = features.head_model(params, 576, data.num_classes)
     (checkpoint,) = (run.path / tuning.TUNER_FOLDER / f"trial_{trial['trial_id']}").glob("checkpoint*.h5")
-    model.load_weights(checkpoint)
+    head.load_weights(checkpoint)
     val = data.arrays["val"]
-    from_images = models.probabilities(model, np.asarray(val.images, np.float32))
-    head = features.head_model(model, params, data.num_classes)
     from_features = models.probabilities(head, features.backbone_features(val, params, data))
+    model = models.load_run_model(run)
+    assert model.name == f"medimg_{NAME}" and model.input.shape[1:] == data.input_shape
+    from_images = models.probabilities(model, np.asarray(val.images, np.float32))
     np.testing.assert_allclose(from_images, from_features, atol=1e-5)
     weight_decay = sum(float(loss) for loss in model.losses)  # Keras adds the head's L1/L2 terms to val_loss
     loss = log_loss(val.labels, from_images, labels=[0, 1]) + weight_decay
     assert loss == pytest.approx(trial["score"], abs=1e-4)
-    assert (run.path / "model.keras").exists()
 
 
 def test_an_augmented_search_says_the_cache_is_not_used_and_trains_on_pixels(
@@ -207,3 +214,39 @@ def test_a_fine_tuning_search_trial_runs_both_stages(tmp_path: Path) -> None:
     stages = [(e["epoch"], e["stage"], e["epochs"]) for e in run.events("epoch") if e.get("trial") == trial]
     assert stages == [(0, 1, 2), (1, 2, 2)]
     assert run.stage_starts(trial) == [2]
+
+
+def test_a_search_mixing_backbones_and_cnns_averages_only_cnns(tmp_path: Path) -> None:
+    """An ensemble is built from configurable CNNs only (`models.build_ensemble`): a search over both kinds with
+    ensemble_size 3 ends with a model all the same, and says which rule made it."""
+    spec = RunSpec(
+        kind="tune",
+        dataset=DatasetConfig(path=str(DEMO), image_size=SIZE, color="gray", seed=3),
+        search=SearchSpace(
+            backbones=("cnn", NAME),
+            weights="imagenet",
+            fine_tune_blocks=(0,),
+            conv_blocks=(2,),
+            filters_min=8,
+            filters_max=8,
+            dense_units=(0,),
+            batch_sizes=(16,),
+        ),
+        tune=TuneConfig(tuner="random", max_trials=4, objective="val_loss", ensemble_size=3),
+        train=TrainConfig(epochs=1, early_stopping_patience=0, reduce_lr_patience=0, seed=3),
+    )
+    run = runs.create_run(spec, tmp_path / "runs")
+    jobs.execute(run)
+    record = run.record
+    assert record["status"] == "completed"
+    trials = {t["trial_id"]: t for t in tuning.read_trials(run.path / tuning.TUNER_FOLDER)}
+    kinds = {i: t["hyperparameters"]["backbone"] for i, t in trials.items()}
+    assert set(kinds.values()) == {"cnn", NAME}  # the seed draws both kinds; otherwise this test proves nothing
+    ensemble = record["ensemble"]
+    model = models.load_run_model(run)
+    if kinds[record["best_trial"]] == NAME:
+        assert ensemble["members"] == [record["best_trial"]] and "best trial alone" in ensemble["note"]
+        assert model.name == f"medimg_{NAME}"
+    else:
+        assert all(kinds[m] == "cnn" for m in ensemble["members"]) and "CNN trials only" in ensemble["note"]
+        assert not any(layer.name.startswith(("m0_expanded", "expanded")) for layer in model.layers)
