@@ -13,7 +13,13 @@ invocation at the same size. Two ways of training a backbone:
 Images: the chest X-ray mini set's training split (240 JPEGs, gray, which the backbones turn into three channels
 inside the model), batch 32, no augmentation.
 
-    python bench/backbones.py [--quick] [--sizes 64,96,128] [--epochs 2] [--data DIR]
+Quality, only where real ImageNet weights are present (the offline lookup: `$MEDIMG_WEIGHTS_DIR`, then the Keras
+cache; `python -m medimg weights list`): for each backbone found, `python -m medimg train DATA --backbone NAME
+--weights imagenet --fine-tune-blocks 2` against the default CNN (`train DATA`), both at `--quality-size` px with
+the same seed and epochs, test AUC and accuracy from `evaluate RUN --json`. Without weights it says so and reports
+no quality (none is measured on these machines).
+
+    python bench/backbones.py [--quick] [--sizes 64,96,128] [--epochs 2] [--data DIR] [--quality-size 128]
 """
 
 from __future__ import annotations
@@ -86,15 +92,74 @@ def child(args: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def quality(data: Path, size: int, epochs: int) -> None:
+    """Test AUC and accuracy of each backbone whose ImageNet weights the offline lookup finds, fine-tuned by
+    `train`, against the default CNN trained the same way; nothing but a sentence when no weights are found."""
+    from medimg.model import backbones
+
+    found = [row for row in backbones.weights_status() if row["found"]]
+    if not found:
+        print(
+            "\nquality: no ImageNet weights found (`python -m medimg weights list`); backbone quality is not measured",
+            flush=True,
+        )
+        return
+    runs = Path(tempfile.mkdtemp(prefix="backbone-quality-", dir=common.bench_home()))
+    common_args = ["--image-size", str(size), "--epochs", str(epochs), "--seed", "0", "--runs", str(runs)]
+    print(f"\nquality at {size} px, {epochs} epochs, seed 0 ({data}):\n")
+    print("| network | weights file | test AUC | test accuracy | minutes |\n|---|---|---:|---:|---:|", flush=True)
+    for name, extra, weights in [
+        ("plain CNN (default)", [], ""),
+        *[
+            (
+                row["backbone"],
+                ["--backbone", row["backbone"], "--weights", "imagenet", "--fine-tune-blocks", "2"],
+                row["found"],
+            )
+            for row in found
+        ],
+    ]:
+        started = time.time()
+        trained = subprocess.run(
+            [sys.executable, "-m", "medimg", "train", str(data), *common_args, *extra],
+            capture_output=True,
+            text=True,
+            cwd=common.REPO,
+        )
+        if trained.returncode:
+            print(f"| {name} | {weights} | failed: {trained.stderr.strip().splitlines()[-1:]} | | |", flush=True)
+            continue
+        run = trained.stdout.strip().splitlines()[-1]
+        shown = subprocess.run(
+            [sys.executable, "-m", "medimg", "evaluate", run, "--json"],
+            capture_output=True,
+            text=True,
+            cwd=common.REPO,
+            check=True,
+        )
+        metrics = json.loads(shown.stdout)
+        print(
+            f"| {name} | {Path(weights).name if weights else ''} | {metrics['auc']:.3f} | {metrics['accuracy']:.3f} | "
+            f"{(time.time() - started) / 60:.1f} |",
+            flush=True,
+        )
+
+
 def main() -> None:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="64,96,128", help="comma-separated input sizes in pixels")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after the warm-up epoch")
     parser.add_argument("--child", nargs=5, metavar=("DATA", "SIZE", "NETWORK", "MODE", "WEIGHTS_DIR"))
+    parser.add_argument("--quality-size", type=int, default=128, help="image size of the quality comparison")
+    parser.add_argument("--quality-epochs", type=int, default=20, help="epochs of each quality comparison fit")
+    parser.add_argument("--only-quality", action="store_true", help="skip the timing, run the quality comparison")
     args = parser.parse_args()
     if args.child:
         data, size, network, mode, weights_dir = args.child
         print(json.dumps(measure(Path(data), int(size), network, mode, args.epochs, weights_dir)), flush=True)
+        return
+    if args.only_quality:
+        quality(args.data, args.quality_size, args.quality_epochs)
         return
     sizes = [64] if args.quick else [int(s) for s in args.sizes.split(",")]
     networks = BACKBONES[:2] if args.quick else BACKBONES
@@ -121,6 +186,7 @@ def main() -> None:
                         f"{row['peak_mb']:.0f} |",
                         flush=True,
                     )
+    quality(args.data, args.quality_size, args.quality_epochs)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,11 @@ def plan(
         augment_strengths=(0.0, 1.0, 2.0),
         class_weights=weights,
     )
+    networks, network_reason = _networks(image_size)
+    if len(networks) > 1:
+        space = space.replace(
+            backbones=networks, weights="imagenet", fine_tune_blocks=(0,), backbone_augment_strengths=(0.0,)
+        )
     per_trial = n_train * epochs * seconds_per_image_epoch(image_size, color)
     if cv_folds:  # k fits, each on (k - 1) / k of the training split
         per_trial *= cv_folds - 1
@@ -192,7 +197,7 @@ def plan(
             "model of this space (KerasTuner starts one after 3 random trials per dimension)",
         )
     )
-    choices.append(Choice("network", "cnn", _network_reason()))
+    choices.append(Choice("network", list(networks) if len(networks) > 1 else "cnn", network_reason))
     choices.append(
         Choice(
             "first_trial",
@@ -319,21 +324,37 @@ def _epochs(n_train: int) -> tuple[int, int, str]:
     )
 
 
-def _network_reason() -> str:
-    """Why the automatic search trains the CNN from scratch and leaves pretrained backbones to the Train and Tune
-    pages: their quality here is unmeasured (bench/ cannot download ImageNet weights), and a default is only what
-    bench/ has measured."""
+def _networks(image_size: int) -> tuple[tuple[str, ...], str]:
+    """The networks the automatic search draws from, and why: the configurable CNN, plus each pretrained backbone
+    whose ImageNet weights are on this machine (`backbones.weights_status`) when the images are large enough for it.
+    A backbone trial stays frozen and unaugmented, so it trains a head on features computed once (about one CNN
+    epoch's time at 64-128 px, bench/README.md) and costs seconds; validation decides whether it beats the CNN."""
+    from medimg.errors import ConfigError
     from medimg.model import backbones
 
     found = [row["backbone"] for row in backbones.weights_status() if row["found"]]
-    where = (
-        f"ImageNet weights are here for {', '.join(found)}, but"
-        if found
-        else "no ImageNet weights are on this machine (`python -m medimg weights list`), and"
-    )
-    return (
-        f"the configurable CNN from scratch: {where} pretrained backbones are not in the automatic search until the "
-        "benchmarks measure them; choose one on the Train page or with `tune --backbone`"
+    if not found:
+        return ("cnn",), (
+            "the configurable CNN from scratch: no ImageNet weights are on this machine (`python -m medimg weights "
+            "list`; `weights fetch` or `weights import` adds them, and the search then tries their frozen backbones "
+            "too)"
+        )
+    usable = []
+    for name in found:
+        try:
+            backbones.check_input_size(name, (image_size, image_size, 3))
+        except ConfigError:
+            continue
+        usable.append(name)
+    if not usable:
+        return ("cnn",), (
+            f"the configurable CNN from scratch: ImageNet weights are here for {', '.join(found)}, but "
+            f"{image_size} px images are below the {backbones.MIN_SIZE} px a backbone needs (never upsampled)"
+        )
+    return ("cnn", *usable), (
+        f"the configurable CNN or a frozen pretrained {', '.join(usable)} (ImageNet weights found) with a searched "
+        "head: the backbone's features are computed once and its trials train only the head on them (seconds "
+        "each); validation decides. Their benefit is not measured in bench/ (no ImageNet weights there)"
     )
 
 

@@ -439,6 +439,9 @@ class SearchSpace(_Config):
     backbones: tuple[str, ...] = ("cnn",)
     weights: str = "imagenet"
     fine_tune_blocks: tuple[int, ...] = (0,)
+    # The augmentation strengths a backbone trial draws from; empty: `augment_strengths`, as the CNN's. (0.0,) keeps
+    # every frozen backbone trial on cached features (`medimg.model.features`), as the automatic mode does.
+    backbone_augment_strengths: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         _check_choices("class_weights", self.class_weights, ("", *CLASS_WEIGHTS))
@@ -473,6 +476,9 @@ class SearchSpace(_Config):
         _check(
             bool(self.augment_strengths) and all(0 <= s <= 3 for s in self.augment_strengths),
             "augment_strengths must be in [0, 3].",
+        )
+        _check(
+            all(0 <= s <= 3 for s in self.backbone_augment_strengths), "backbone_augment_strengths must be in [0, 3]."
         )
 
     @classmethod

@@ -46,18 +46,30 @@ def test_cross_validation_when_asked_is_planned_and_said(breastmnist_dir: Path) 
     assert reasons(chosen)["cv_folds"].startswith("3-fold cross-validation of the training split per trial: given")
 
 
-def test_found_imagenet_weights_are_named_but_not_searched_until_measured(
+def test_found_imagenet_weights_put_their_frozen_backbones_in_the_search_when_the_images_are_large_enough(
     breastmnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from medimg.model import backbones
 
     monkeypatch.setenv("MEDIMG_WEIGHTS_DIR", str(tmp_path))
     (tmp_path / backbones.get_backbone("mobilenet_v3_small").file_name).write_bytes(b"weights")
-    chosen = auto.plan(breastmnist_dir, 10)
+    chosen = auto.plan(breastmnist_dir, 10)  # 28 px: below what a backbone takes, and never upsampled
     assert chosen.spec.search.backbones == ("cnn",)
-    assert reasons(chosen)["network"].startswith(
-        "the configurable CNN from scratch: ImageNet weights are here for mobilenet_v3_small, but pretrained"
+    assert reasons(chosen)["network"] == (
+        "the configurable CNN from scratch: ImageNet weights are here for mobilenet_v3_small, but 28 px images are "
+        "below the 32 px a backbone needs (never upsampled)"
     )
+    chosen = auto.plan(DEMO, 10)
+    space = chosen.spec.search
+    assert chosen.spec.dataset.image_size >= 32
+    assert space.backbones == ("cnn", "mobilenet_v3_small") and space.weights == "imagenet"
+    # Frozen and unaugmented, so every backbone trial can train its head on cached features.
+    assert space.fine_tune_blocks == (0,) and space.backbone_augment_strengths == (0.0,)
+    assert space.augment_strengths == (0.0, 1.0, 2.0)  # the CNN's trials keep their augmentation
+    assert reasons(chosen)["network"].startswith(
+        "the configurable CNN or a frozen pretrained mobilenet_v3_small (ImageNet weights found) with a searched head"
+    )
+    assert chosen.spec.tune.first_trial == "plain_cnn"
 
 
 def test_gray_pictures_stored_as_rgb_stay_gray_and_large_images_shrink_with_the_budget() -> None:

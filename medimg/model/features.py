@@ -3,7 +3,9 @@ size, colour, backbone, weights hash) into a memory-mapped float32 array, so a s
 dropout, learning rate, weight decay) trains a small head model on N×D features instead of the backbone on pixels.
 
 A trial qualifies (`unused_reason` is None) when its backbone has pretrained weights, stays frozen for the whole
-fit (`fine_tune_blocks == 0`) and sees no augmentation (augmented training needs pixels). The key extends the image
+fit (`fine_tune_blocks == 0`) and its augmentation is at most flips: the features of each flipped view of the
+training images are computed once too (`views`), and each epoch draws one view per image, as Keras' RandomFlip
+draws each flip with probability ½. Any other augmentation needs pixels. The key extends the image
 cache's (`cache.cache_key`: paths, sizes, modification times), so a changed file makes new features exactly as it
 makes a new image entry. A cached trial builds and trains only the head (`head_model`: the full model's head layers,
 same names) and KerasTuner checkpoints that small model; the image model is built once a trial's model is wanted
@@ -48,9 +50,21 @@ def unused_reason(params: ModelParams, augment: AugmentConfig) -> str | None:
         return "weights 'none': the whole backbone trains"
     if params.fine_tune_blocks > 0:
         return "fine_tune_blocks > 0: the top blocks train"
-    if not augment.scaled(params.augment_strength).is_identity:
-        return "augmentation needs pixels"
+    if not augment.scaled(params.augment_strength).replace(flip_horizontal=False, flip_vertical=False).is_identity:
+        return "augmentation other than flips needs pixels"
     return None
+
+
+View = tuple[bool, bool]  # (horizontal flip, vertical flip) of an image
+ORIGINAL: View = (False, False)
+
+
+def views(augment: AugmentConfig) -> tuple[View, ...]:
+    """The flipped views of a training image that `augment`'s flips produce, each equally likely (Keras' RandomFlip
+    flips each axis with probability ½): the original first."""
+    horizontal = (False, True) if augment.flip_horizontal else (False,)
+    vertical = (False, True) if augment.flip_vertical else (False,)
+    return tuple((h, v) for h in horizontal for v in vertical)
 
 
 def search_reasons(space: SearchSpace, augment: AugmentConfig) -> dict[str, str | None]:
@@ -65,16 +79,19 @@ def search_reasons(space: SearchSpace, augment: AugmentConfig) -> dict[str, str 
                 ModelParams(backbone=name, weights=space.weights, fine_tune_blocks=b, augment_strength=s), augment
             )
             for b in (space.fine_tune_blocks if space.weights != "none" else (0,))
-            for s in space.augment_strengths
+            for s in (space.backbone_augment_strengths or space.augment_strengths)
         ]
         reasons[name] = None if None in found else sorted(str(r) for r in found)[0]
     return reasons
 
 
 # ----------------------------------------------------------------------------------------------------- the cache
-def feature_key(arrays: CachedArrays, params: ModelParams, sha256: str, contract: InputContract) -> str:
+def feature_key(
+    arrays: CachedArrays, params: ModelParams, sha256: str, contract: InputContract, view: View = ORIGINAL
+) -> str:
     """The cache key of `arrays`' features: the image cache's key for its files (which covers each file's path,
-    size and modification time), the image shape, the backbone, the weights' SHA-256 and FEATURE_CACHE_VERSION.
+    size and modification time), the image shape, the backbone, the weights' SHA-256, the view (flips) and
+    FEATURE_CACHE_VERSION.
     Arrays whose rows no longer match their paths (a subset taken in memory) are keyed by their pixels instead.
     `contract`: how the arrays were decoded (`PreparedData.contract`)."""
     if len(arrays.paths) == len(arrays.images):
@@ -82,6 +99,8 @@ def feature_key(arrays: CachedArrays, params: ModelParams, sha256: str, contract
     else:
         files = hashlib.sha256(np.ascontiguousarray(arrays.images).tobytes()).hexdigest()
     stamp = f"features|v{FEATURE_CACHE_VERSION}|{files}|{arrays.images.shape}|{params.backbone}|{sha256}"
+    if view != ORIGINAL:  # the original view keeps the key it had before views existed
+        stamp += f"|flip{int(view[0])}{int(view[1])}"
     return "features_" + hashlib.sha256(stamp.encode()).hexdigest()[:32]
 
 
@@ -93,13 +112,15 @@ def backbone_features(
     directory: Path | None = None,
     model: keras.Model | None = None,
     on_progress: ProgressCallback | None = None,
+    view: View = ORIGINAL,
 ) -> np.ndarray:
     """The frozen backbone's pooled features of every image in `arrays` (N×H×W×C, 0-255): N×D float32, D the
     backbone's channel count (the tensor the head starts from, `models.HEAD_START`), memory-mapped from the cache
     (`cache.cache_dir()` unless `directory`) or computed now in inference mode and cached.
 
     `data`: the run's prepared data (input shape, class count; its contract's DICOM window is part of the image
-    key); `model`: a built full model of `params` to take the backbone from (else one is built). Raises ConfigError
+    key); `model`: a built full model of `params` to take the backbone from (else one is built); `view`: the images
+    flipped (horizontally, vertically) before the backbone sees them (`views`). Raises ConfigError
     when `params` cannot use features (`unused_reason` for the identity augmentation) or its weights are missing.
     """
     from medimg.errors import ConfigError
@@ -109,7 +130,7 @@ def backbone_features(
         raise ConfigError(f"backbone features cannot be cached for this model: {reason}.")
     _, sha256 = backbones.resolve_weights(params.backbone, params.weights)
     directory = Path(directory or cache.cache_dir())
-    key = feature_key(arrays, params, str(sha256), data.contract)
+    key = feature_key(arrays, params, str(sha256), data.contract, view)
     meta_path, array_path = directory / f"{key}.json", directory / f"{key}.npy"
     if meta_path.exists() and array_path.exists():
         try:
@@ -118,7 +139,7 @@ def backbone_features(
             pass  # a damaged entry is computed again below
     directory.mkdir(parents=True, exist_ok=True)
     extractor = feature_extractor(model if model is not None else _build(params, data))
-    features = _compute_features(extractor, arrays.images, on_progress)
+    features = _compute_features(extractor, arrays.images, on_progress, view)
     _write_entry(meta_path, array_path, features, {"backbone": params.backbone, "weights_sha256": sha256})
     return _read_entry(meta_path, array_path, len(arrays.images))
 
@@ -138,12 +159,18 @@ def feature_extractor(model: keras.Model) -> keras.Model:
     return keras.Model(model.input, model.get_layer(models.HEAD_START).output, name="feature_extractor")
 
 
-def _compute_features(extractor: keras.Model, images: np.ndarray, on_progress: ProgressCallback | None) -> np.ndarray:
-    """N×D float32 features of `images`, BATCH images per forward pass in inference mode (BatchNorm statistics
-    and dropout as at prediction)."""
+def _compute_features(
+    extractor: keras.Model, images: np.ndarray, on_progress: ProgressCallback | None, view: View = ORIGINAL
+) -> np.ndarray:
+    """N×D float32 features of `images` (N×H×W×C) seen in `view`, BATCH images per forward pass in inference mode
+    (BatchNorm statistics and dropout as at prediction)."""
     chunks = []
     for start in range(0, len(images), BATCH):
         batch = np.asarray(images[start : start + BATCH], dtype=np.float32)
+        if view[0]:
+            batch = batch[:, :, ::-1]
+        if view[1]:
+            batch = batch[:, ::-1]
         chunks.append(np.asarray(extractor(batch, training=False), dtype=np.float32))
         if on_progress:
             on_progress(min(start + BATCH, len(images)), len(images), "computing backbone features")
@@ -214,6 +241,24 @@ def full_model(
     return model
 
 
+def training_dataset(train_views: tuple[np.ndarray, ...], labels: np.ndarray, batch_size: int, seed: int) -> Any:
+    """A `tf.data.Dataset` of (batch × D features, labels) batches that, each time it is iterated (each epoch),
+    gives every training image once in shuffled order, in one of its views (`train_views`: N×D arrays, one per
+    flipped view) drawn uniformly at random. `labels`: N labels, as the head's loss takes them."""
+    import tensorflow as tf
+
+    stacked = np.stack([np.asarray(view, dtype=np.float32) for view in train_views], axis=1)  # N × views × D
+    count = stacked.shape[1]
+    dataset = tf.data.Dataset.from_tensor_slices((stacked, labels)).shuffle(
+        len(stacked), seed=seed, reshuffle_each_iteration=True
+    )
+    if count == 1:
+        dataset = dataset.map(lambda x, y: (x[0], y))
+    else:
+        dataset = dataset.map(lambda x, y: (x[tf.random.uniform((), 0, count, tf.int32, seed=seed)], y))
+    return dataset.batch(batch_size)
+
+
 # ---------------------------------------------------------------------------------------------------- for a search
 class FeatureStore:
     """The features of a run's train and validation images, per backbone, for the trials that can use them.
@@ -227,17 +272,29 @@ class FeatureStore:
         self.data, self.augment = data, augment
         self.loaded: dict[tuple[str, str], dict[str, np.ndarray]] = {}
 
-    def for_trial(self, params: ModelParams) -> dict[str, np.ndarray] | None:
-        """{"train": N×D, "val": M×D} float32 features for a qualifying trial (computed on the first call per
-        backbone and weights, then read from the cache), or None when the trial must train on pixels."""
+    def for_trial(self, params: ModelParams) -> dict[str, Any] | None:
+        """{"train": N×D, "val": M×D, "train_views": (N×D, …)} float32 features for a qualifying trial (computed on
+        the first call per backbone and weights, then read from the cache), or None when the trial must train on
+        pixels. "train_views" holds the training images' features in each of `views(augment)`, the original first;
+        a trial whose augmentation has no flips gets the original alone."""
         if unused_reason(params, self.augment):
             return None
         key = (params.backbone, params.weights)
         if key not in self.loaded:
-            self.loaded[key] = {
-                split: backbone_features(self.data.arrays[split], params, self.data) for split in ("train", "val")
-            }
-        return self.loaded[key]
+            self.loaded[key] = self._compute(params)
+        found = self.loaded[key]
+        if not self.augment.scaled(params.augment_strength).is_identity:
+            return found
+        return {**found, "train_views": found["train_views"][:1]}
+
+    def _compute(self, params: ModelParams, on_progress: ProgressCallback | None = None) -> dict[str, Any]:
+        data = self.data
+        train_views = tuple(
+            backbone_features(data.arrays["train"], params, data, on_progress=on_progress, view=view)
+            for view in views(self.augment)
+        )
+        val = backbone_features(data.arrays["val"], params, data, on_progress=on_progress)
+        return {"train": train_views[0], "val": val, "train_views": train_views}
 
     def prepare(self, space: SearchSpace, on_progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
         """Compute (or read) the features every qualifying backbone of `space` needs, before the first trial, and
@@ -250,15 +307,18 @@ class FeatureStore:
                 records.append({"backbone": name, "used": False, "reason": reason, "message": message})
                 continue
             params = ModelParams(backbone=name, weights=space.weights)
-            found = {
-                split: backbone_features(self.data.arrays[split], params, self.data, on_progress=on_progress)
-                for split in ("train", "val")
-            }
+            found = self._compute(params, on_progress)
             self.loaded[(name, space.weights)] = found
             rows, width = len(found["train"]), found["train"].shape[1]
+            flipped = len(found["train_views"]) - 1
             message = (
-                f"backbone features cached for {name}: trials over the head train on {rows:,} × {width} features "
-                "(trials that fine-tune or augment train on pixels)"
+                f"backbone features cached for {name}: trials over the head train on {rows:,} × {width} features"
+                + (
+                    f" (and {flipped} flipped view{'s' if flipped > 1 else ''} of each training image)"
+                    if flipped
+                    else ""
+                )
+                + " (trials that fine-tune or augment beyond flips train on pixels)"
             )
             records.append(
                 {
@@ -267,6 +327,7 @@ class FeatureStore:
                     "train": rows,
                     "val": len(found["val"]),
                     "width": int(width),
+                    "flipped_views": flipped,
                     "message": message,
                 }
             )

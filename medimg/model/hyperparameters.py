@@ -38,14 +38,11 @@ def params_from_hp(hp: kt.HyperParameters, space: SearchSpace) -> ModelParams:
         if space.learning_rate_min < space.learning_rate_max
         else hp.Fixed("learning_rate", space.learning_rate_min)
     )
-    return ModelParams(
-        filters=filters,
-        learning_rate=learning_rate,
-        **{c.name: _drawn(c, choice(c.name, getattr(space, c.space_field))) for c in CHOICES},
-        # Declared only when searched, so searches that leave it to the training settings keep their trial tables.
-        class_weights=choice("class_weights", space.class_weights) if space.class_weights != ("",) else "",
-        **_backbone_values(hp, space, choice),
-    )
+    values = {c.name: _drawn(c, choice(c.name, getattr(space, c.space_field))) for c in CHOICES}
+    # Declared only when searched, so searches that leave it to the training settings keep their trial tables.
+    values["class_weights"] = choice("class_weights", space.class_weights) if space.class_weights != ("",) else ""
+    values.update(_backbone_values(hp, space, choice))
+    return ModelParams(filters=filters, learning_rate=learning_rate, **values)
 
 
 def _backbone_values(hp: kt.HyperParameters, space: SearchSpace, choice: Callable) -> dict[str, Any]:
@@ -57,7 +54,10 @@ def _backbone_values(hp: kt.HyperParameters, space: SearchSpace, choice: Callabl
     if backbone == "cnn":
         return {"backbone": "cnn"}
     blocks = choice("fine_tune_blocks", space.fine_tune_blocks) if space.weights != "none" else 0
-    return {"backbone": backbone, "weights": space.weights, "fine_tune_blocks": blocks}
+    values = {"backbone": backbone, "weights": space.weights, "fine_tune_blocks": blocks}
+    if space.backbone_augment_strengths:  # a backbone trial's own strengths (e.g. none, to train on cached features)
+        values["augment_strength"] = choice("backbone_augment_strength", space.backbone_augment_strengths)
+    return values
 
 
 def params_from_values(values: dict[str, Any], space: SearchSpace) -> ModelParams:

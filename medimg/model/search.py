@@ -131,7 +131,10 @@ class MedimgHyperModel(kt.HyperModel):
             labels = (data.arrays["train"].labels, data.arrays["val"].labels)
             if fold is not None:
                 fit_on, held_out = self.folds[fold]  # type: ignore[index]
-                cached = {"train": cached["train"][fit_on], "val": cached["train"][held_out]}
+                cached = {
+                    "train_views": tuple(view[fit_on] for view in cached["train_views"]),
+                    "val": cached["train"][held_out],
+                }
                 labels = (data.arrays["train"].labels[fit_on], data.arrays["train"].labels[held_out])
             return self.fold_scored(fold, self.fit_head(params, model, cached, kwargs, *labels, fold=fold))
         fit_on, held_out = self.split(fold)
@@ -183,16 +186,16 @@ class MedimgHyperModel(kt.HyperModel):
         val_labels: Any,
         fold: int | None = None,
     ) -> Any:
-        """Train `head` (a `features.head_model`, built by `build`) on cached N×D features."""
+        """Train `head` (a `features.head_model`, built by `build`) on cached N×D features: each epoch sees every
+        training image once, in one of its cached views (`FeatureStore.for_trial`'s "train_views": flips) drawn
+        uniformly, as Keras' RandomFlip would have flipped the pixels."""
         import tensorflow as tf
 
+        from medimg.model import features
+
         data, train = self.data, self.train
-        x = np.asarray(cached["train"])
-        fit_on = (
-            tf.data.Dataset.from_tensor_slices((x, label_array(train_labels, data.num_classes)))
-            .shuffle(len(x), seed=train.seed, reshuffle_each_iteration=True)
-            .batch(params.batch_size)
-        )
+        labels = label_array(train_labels, data.num_classes)
+        fit_on = features.training_dataset(cached["train_views"], labels, params.batch_size, train.seed)
         held_out = tf.data.Dataset.from_tensor_slices(
             (np.asarray(cached["val"]), label_array(val_labels, data.num_classes))
         ).batch(params.batch_size)

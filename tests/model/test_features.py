@@ -66,9 +66,9 @@ def computed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     compute = features._compute_features
 
-    def counting(extractor, images, on_progress):
+    def counting(extractor, images, on_progress, view=features.ORIGINAL):
         calls.append(len(images))
-        return compute(extractor, images, on_progress)
+        return compute(extractor, images, on_progress, view)
 
     monkeypatch.setattr(features, "_compute_features", counting)
     return calls
@@ -77,7 +77,18 @@ def computed(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 def test_which_trials_can_use_cached_features() -> None:
     assert features.unused_reason(PARAMS, AugmentConfig()) is None
     assert features.unused_reason(PARAMS.replace(augment_strength=0.0), AugmentConfig(rotation=0.1)) is None
-    assert features.unused_reason(PARAMS, AugmentConfig(flip_horizontal=True)) == "augmentation needs pixels"
+    assert features.unused_reason(PARAMS, AugmentConfig(flip_horizontal=True, flip_vertical=True)) is None
+    assert (
+        features.unused_reason(PARAMS, AugmentConfig(flip_horizontal=True, zoom=0.1))
+        == "augmentation other than flips needs pixels"
+    )
+    assert features.views(AugmentConfig()) == ((False, False),)
+    assert features.views(AugmentConfig(flip_horizontal=True, flip_vertical=True)) == (
+        (False, False),
+        (False, True),
+        (True, False),
+        (True, True),
+    )
     assert "fine_tune_blocks > 0" in features.unused_reason(PARAMS.replace(fine_tune_blocks=2), AugmentConfig())
     assert "weights 'none'" in features.unused_reason(PARAMS.replace(weights="none"), AugmentConfig())
     assert "no frozen backbone" in features.unused_reason(ModelParams(), AugmentConfig())
@@ -139,6 +150,34 @@ def frozen_search(tmp_path: Path, augment: AugmentConfig, trials: int, epochs: i
     return run
 
 
+def test_flipped_views_are_the_backbone_on_flipped_images_and_each_epoch_draws_one_per_image(
+    computed: list[int],
+) -> None:
+    data = training.prepare_data(DatasetConfig(path=str(DEMO), image_size=SIZE, color="gray"))
+    val = data.arrays["val"]
+    mirrored = features.backbone_features(val, PARAMS, data, view=(True, False))
+    model = models.build_model(PARAMS, data.input_shape, data.num_classes)
+    flipped = np.asarray(val.images[:4], np.float32)[:, :, ::-1]
+    expected = features.feature_extractor(model)(flipped, training=False)
+    np.testing.assert_allclose(mirrored[:4], np.asarray(expected), atol=1e-5)
+    original = features.backbone_features(val, PARAMS, data)
+    assert not np.allclose(original, mirrored)  # a distinct cache entry, not the original's
+
+    # Three images, two views told apart by their sign: every epoch has each image once, in either view.
+    views = (np.arange(1, 4, dtype=np.float32)[:, None], -np.arange(1, 4, dtype=np.float32)[:, None])
+    dataset = features.training_dataset(views, np.array([0, 1, 2], np.int32), batch_size=2, seed=3)
+    drawn = []
+    for _ in range(40):
+        batches = [(x.numpy()[:, 0], y.numpy()) for x, y in dataset]
+        rows = np.concatenate([x for x, _ in batches])
+        labels = np.concatenate([y for _, y in batches])
+        assert sorted(np.abs(rows)) == [1.0, 2.0, 3.0]
+        np.testing.assert_array_equal(np.abs(rows) - 1, labels)  # each view keeps its image's label
+        drawn.append(rows)
+    flipped_share = np.mean(np.concatenate(drawn) < 0)
+    assert 0.3 < flipped_share < 0.7  # about half the draws are the flipped view
+
+
 def test_a_frozen_backbone_search_trains_heads_on_features_and_keeps_full_models(
     tmp_path: Path, computed: list[int], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -183,17 +222,18 @@ def test_an_augmented_search_says_the_cache_is_not_used_and_trains_on_pixels(
 ) -> None:
     heads: list[str] = []
     monkeypatch.setattr(features, "head_model", lambda *args: heads.append("head") or pytest.fail("a head model"))
-    run = frozen_search(tmp_path, AugmentConfig(flip_horizontal=True), trials=1, epochs=1)
+    run = frozen_search(tmp_path, AugmentConfig(flip_horizontal=True, rotation=0.1), trials=1, epochs=1)
     assert run.record["status"] == "completed"
+    reason = "augmentation other than flips needs pixels"
     assert run.record["feature_cache"] == [
         {
             "backbone": NAME,
             "used": False,
-            "reason": "augmentation needs pixels",
-            "message": f"backbone feature cache not used for {NAME}: augmentation needs pixels",
+            "reason": reason,
+            "message": f"backbone feature cache not used for {NAME}: {reason}",
         }
     ]
-    assert f"backbone feature cache not used for {NAME}: augmentation needs pixels" in run.lines
+    assert f"backbone feature cache not used for {NAME}: {reason}" in run.lines
     assert computed == [] and heads == []
 
 
@@ -250,3 +290,28 @@ def test_a_search_mixing_backbones_and_cnns_averages_only_cnns(tmp_path: Path) -
     else:
         assert all(kinds[m] == "cnn" for m in ensemble["members"]) and "CNN trials only" in ensemble["note"]
         assert not any(layer.name.startswith(("m0_expanded", "expanded")) for layer in model.layers)
+
+
+def test_the_automatic_search_tries_found_backbones_on_cached_features(tmp_path: Path) -> None:
+    """With a weights file found, `auto.plan` adds the frozen backbone; its trials draw no augmentation, so they
+    train heads on cached features while the CNN's trials keep theirs."""
+    from medimg import auto
+
+    chosen = auto.plan(DEMO, 2, image_size=SIZE, color="gray", seed=3)
+    spec = chosen.spec.replace(
+        train=chosen.spec.train.replace(epochs=1, early_stopping_patience=0),
+        tune=chosen.spec.tune.replace(max_trials=4, max_minutes=0.0, ensemble_size=1),
+    )
+    run = runs.create_run(spec, tmp_path / "runs")
+    jobs.execute(run)
+    assert run.record["status"] == "completed"
+    (cache_use,) = run.record["feature_cache"]
+    assert cache_use["used"] and cache_use["backbone"] == NAME
+    assert cache_use["flipped_views"] == 1  # the automatic augmentation's horizontal flip, served from the cache
+    drawn = [t["hyperparameters"] for t in tuning.read_trials(run.path / tuning.TUNER_FOLDER)]
+    kinds = [values["backbone"] for values in drawn]
+    assert "cnn" in kinds and NAME in kinds  # the seed draws both kinds; otherwise this test proves nothing
+    for values in drawn:
+        params = hyperparameters.params_from_values(values, spec.search)
+        if params.backbone == NAME:
+            assert params.augment_strength == 0.0 and features.unused_reason(params, spec.augment) is None
