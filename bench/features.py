@@ -77,7 +77,7 @@ def search(args, work: Path, on_pixels: bool) -> tuple[list[float], float, dict]
     keras.backend.clear_session()
     original = features.FeatureStore.for_trial
     if on_pixels:
-        features.FeatureStore.for_trial = lambda self, params, model=None: None
+        features.FeatureStore.for_trial = lambda self, params: None
     try:
         run = runs.create_run(spec(args), work / "runs")
         start = time.perf_counter()

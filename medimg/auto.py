@@ -43,6 +43,11 @@ ENSEMBLE_CANDIDATES = 5
 # Unlimited in practice: the budget, not a trial count, ends an automatic search.
 BUDGET_MAX_TRIALS = BUDGET_ONLY_TRIALS
 COLOUR_SAMPLE = 48
+# A frozen backbone's epoch took at most 1.5× the plain CNN's at 64 px (ResNet50V2; 0.1-1.0× at 96-128 px) in
+# `python bench/backbones.py` (bench/README.md); computing features is its forward pass alone, so this is an upper
+# bound per image. Features may take this share of an automatic search.
+FEATURE_COST_VS_CNN_EPOCH = 1.5
+FEATURE_BUDGET_SHARE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,7 +183,10 @@ def plan(
         augment_strengths=(0.0, 1.0, 2.0),
         class_weights=weights,
     )
-    networks, network_reason = _networks(image_size)
+    n_total = sum(report.classes.values())
+    # Features of the training images in both views of the horizontal flip, and of the rest (validation at most).
+    feature_images = 2 * n_train + max(0, n_total - n_train)
+    networks, network_reason = _networks(image_size, feature_images, search_seconds)
     if len(networks) > 1:
         space = space.replace(
             backbones=networks, weights="imagenet", fine_tune_blocks=(0,), backbone_augment_strengths=(0.0,)
@@ -211,7 +219,12 @@ def plan(
             "final_model",
             f"mean of the {ENSEMBLE_CANDIDATES} best trials",
             f"the mean of the {ENSEMBLE_CANDIDATES} best trials' models (fewer if fewer trials finish), the "
-            "rule that scored best in the benchmarks (bench/README.md)",
+            "rule that scored best in the benchmarks (bench/README.md)"
+            + (
+                "; a backbone trial that ranks first stands alone (backbones are not averaged)"
+                if len(networks) > 1
+                else ""
+            ),
         )
     )
     augment = AugmentConfig(flip_horizontal=True, rotation=0.05)
@@ -219,7 +232,10 @@ def plan(
         Choice(
             "augmentation",
             augment.to_dict(),
-            "horizontal flips and rotations up to ±18° (strength 0, 1 or 2× searched)",
+            "horizontal flips and rotations up to ±18° (strength 0, 1 or 2× searched; flips only for a frozen "
+            "backbone, whose features are cached)"
+            if len(networks) > 1
+            else "horizontal flips and rotations up to ±18° (strength 0, 1 or 2× searched)",
         )
     )
     dataset = base_dataset.replace(path=str(Path(path).resolve()), image_size=image_size, color=color, seed=seed)
@@ -324,11 +340,15 @@ def _epochs(n_train: int) -> tuple[int, int, str]:
     )
 
 
-def _networks(image_size: int) -> tuple[tuple[str, ...], str]:
+def _networks(image_size: int, feature_images: int, search_seconds: float) -> tuple[tuple[str, ...], str]:
     """The networks the automatic search draws from, and why: the configurable CNN, plus each pretrained backbone
-    whose ImageNet weights are on this machine (`backbones.weights_status`) when the images are large enough for it.
-    A backbone trial stays frozen and unaugmented, so it trains a head on features computed once (about one CNN
-    epoch's time at 64-128 px, bench/README.md) and costs seconds; validation decides whether it beats the CNN."""
+    whose ImageNet weights are on this machine (`backbones.weights_status`) when the images are large enough for it
+    and its features fit the budget. A backbone trial stays frozen and draws augmentation strength 0 (flips only,
+    which the feature cache serves), so it trains a head on features computed once and costs seconds; validation
+    decides whether it beats the CNN. `feature_images`: images whose features are computed (views included);
+    `search_seconds`: the search's share of the budget. The features of each backbone are estimated at
+    FEATURE_COST_VS_CNN_EPOCH × the plain CNN's per-image epoch cost, and all of them must fit in
+    FEATURE_BUDGET_SHARE of the search."""
     from medimg.errors import ConfigError
     from medimg.model import backbones
 
@@ -351,6 +371,16 @@ def _networks(image_size: int) -> tuple[tuple[str, ...], str]:
             f"the configurable CNN from scratch: ImageNet weights are here for {', '.join(found)}, but "
             f"{image_size} px images are below the {backbones.MIN_SIZE} px a backbone needs (never upsampled)"
         )
+    each = feature_images * seconds_per_image_epoch(image_size, "gray") * FEATURE_COST_VS_CNN_EPOCH
+    affordable = max(0, int(search_seconds * FEATURE_BUDGET_SHARE // max(each, 1e-9)))
+    if affordable < len(usable):
+        if not affordable:
+            return ("cnn",), (
+                f"the configurable CNN from scratch: ImageNet weights are here for {', '.join(usable)}, but their "
+                f"features ({feature_images:,} images, about {each:.0f} s a backbone) would take more than "
+                f"{FEATURE_BUDGET_SHARE:.0%} of the search's {search_seconds / 60:.1f} minutes"
+            )
+        usable = usable[:affordable]
     return ("cnn", *usable), (
         f"the configurable CNN or a frozen pretrained {', '.join(usable)} (ImageNet weights found) with a searched "
         "head: the backbone's features are computed once and its trials train only the head on them (seconds "

@@ -456,6 +456,8 @@ def command_tune(args: argparse.Namespace) -> int:
             spec = spec.replace(search=saved.search)
         if args.data is None:
             spec = spec.replace(dataset=saved.dataset)
+        if args.augment is None and "augment" not in sections:  # what a trial trains on (pixels, cached features)
+            spec = spec.replace(augment=saved.augment)
         if "tune" not in sections:  # the flags given change the saved search's settings, not the defaults'
             changed = {
                 field: convert(getattr(args, flag)) if convert else getattr(args, flag)
@@ -466,7 +468,7 @@ def command_tune(args: argparse.Namespace) -> int:
         if not given("epochs", "seed") and "train" not in sections:
             spec = spec.replace(train=saved.train)
         tuning.check_search_space(run.path / tuning.TUNER_FOLDER, spec.search, record=False)
-        tuning.check_scoring(run.path / tuning.TUNER_FOLDER, spec.tune.cv_folds, record=False)
+        tuning.check_scoring(run.path / tuning.TUNER_FOLDER, spec.tune.cv_folds, spec.search, record=False)
         run.update(spec=spec.to_dict())
         return _execute_existing(run)
     if args.chief or args.worker:

@@ -63,13 +63,16 @@ def test_found_imagenet_weights_put_their_frozen_backbones_in_the_search_when_th
     space = chosen.spec.search
     assert chosen.spec.dataset.image_size >= 32
     assert space.backbones == ("cnn", "mobilenet_v3_small") and space.weights == "imagenet"
-    # Frozen and unaugmented, so every backbone trial can train its head on cached features.
+    # Frozen, and strength 0 (flips only), so every backbone trial can train its head on cached features.
     assert space.fine_tune_blocks == (0,) and space.backbone_augment_strengths == (0.0,)
     assert space.augment_strengths == (0.0, 1.0, 2.0)  # the CNN's trials keep their augmentation
     assert reasons(chosen)["network"].startswith(
         "the configurable CNN or a frozen pretrained mobilenet_v3_small (ImageNet weights found) with a searched head"
     )
     assert chosen.spec.tune.first_trial == "plain_cnn"
+    # Their features must fit a tenth of the search: a million images in a one-minute search do not.
+    networks, why = auto._networks(64, 1_000_000, 60.0)
+    assert networks == ("cnn",) and "would take more than 10% of the search's 1.0 minutes" in why
 
 
 def test_gray_pictures_stored_as_rgb_stay_gray_and_large_images_shrink_with_the_budget() -> None:

@@ -181,13 +181,14 @@ def test_flags_override_the_spec_file_which_overrides_the_preset(tmp_path: Path)
 
 
 def test_tune_resume_keeps_the_searchs_own_settings(tmp_path: Path) -> None:
-    from medimg.config import DatasetConfig, RunSpec, SearchSpace, TrainConfig, TuneConfig
+    from medimg.config import AugmentConfig, DatasetConfig, RunSpec, SearchSpace, TrainConfig, TuneConfig
     from medimg.store import runs
 
     small = SearchSpace(conv_blocks=(1,), filters_min=4, filters_max=4, activations=("relu",), dropouts=(0.0,))
     spec = RunSpec(
         kind="tune",
         dataset=DatasetConfig(path=str(DEMO), image_size=16),
+        augment=AugmentConfig(flip_horizontal=True, rotation=0.05),  # decides what a trial trains on: kept too
         search=small,
         tune=TuneConfig(max_trials=1),
         train=TrainConfig(epochs=1, early_stopping_patience=0, reduce_lr_patience=0),

@@ -186,8 +186,10 @@ def _write_entry(meta_path: Path, array_path: Path, features: np.ndarray, about:
         np.save(stream, features)
     os.replace(temporary, array_path)
     meta = {"count": len(features), "width": int(features.shape[1]), **about}
-    temporary_meta = meta_path.with_suffix(".json.tmp")
-    temporary_meta.write_text(json.dumps(meta))
+    # A name of its own, like the array's: distributed workers on one machine may write the same entry at once.
+    handle, temporary_meta = tempfile.mkstemp(dir=meta_path.parent, suffix=".json.tmp")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(json.dumps(meta))
     os.replace(temporary_meta, meta_path)
 
 
@@ -299,7 +301,8 @@ class FeatureStore:
     def prepare(self, space: SearchSpace, on_progress: ProgressCallback | None = None) -> list[dict[str, Any]]:
         """Compute (or read) the features every qualifying backbone of `space` needs, before the first trial, and
         say for each backbone whether its trials use them: [{"backbone", "used", "reason" | "train", "val",
-        "width", "message"}]."""
+        "width", "flipped_views", "message"}] ("flipped_views": the training images' flipped views cached besides
+        the original)."""
         records = []
         for name, reason in search_reasons(space, self.augment).items():
             if reason:

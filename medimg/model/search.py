@@ -31,7 +31,8 @@ class MedimgHyperModel(kt.HyperModel):
     """A HyperModel drawing `ModelParams` from `space`; a trial whose best model calls every validation image one
     class is reported to `on_collapsed(trial_id, class_name)` and scored as the worst possible, so it never wins.
 
-    With a `feature_store`, a trial whose backbone stays frozen and sees no augmentation (`features.unused_reason`)
+    With a `feature_store`, a trial whose backbone stays frozen and whose augmentation is at most flips
+    (`features.unused_reason`)
     builds and trains only the head, on cached backbone features (`features.head_model`): KerasTuner checkpoints
     the head, and `EndingTuner.load_model` gives the image model with that head (`full_model`).
 
@@ -282,7 +283,11 @@ class EndingTuner:
     def load_model(self, trial: Any) -> Any:
         """The trial's best checkpoint in its image model (a head trained on cached features is put on its
         backbone: `MedimgHyperModel.full_model`)."""
-        return self.hypermodel.full_model(trial.hyperparameters, super().load_model(trial))
+        from keras_tuner.src.engine.tuner import maybe_distribute
+
+        model = super().load_model(trial)
+        with maybe_distribute(self.distribution_strategy):  # where KerasTuner builds a trial's model
+            return self.hypermodel.full_model(trial.hyperparameters, model)
 
     def on_trial_begin(self, trial: Any) -> None:
         super().on_trial_begin(trial)

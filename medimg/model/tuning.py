@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 
 TUNER_FOLDER = "tuner"
 SPACE_FILE = "medimg_search_space.json"
-SCORING_FILE = "medimg_scoring.json"  # how trials are scored: {"cv_folds": k}, 0 without cross-validation
+# How trials are scored and saved: {"cv_folds": k (0 without cross-validation), "checkpoints": CHECKPOINTS}.
+SCORING_FILE = "medimg_scoring.json"
+CHECKPOINTS = "head"  # a frozen-backbone trial on cached features checkpoints its head alone
 
 
 def hyperband_schedule(max_epochs: int, factor: int = HYPERBAND_FACTOR) -> list[tuple[int, int, int, int]]:
@@ -83,24 +85,32 @@ def check_search_space(tuner_dir: Path, space: SearchSpace, record: bool = True)
         path.write_text(space.to_json())
 
 
-def check_scoring(tuner_dir: Path, cv_folds: int, record: bool = True) -> None:
+def check_scoring(tuner_dir: Path, cv_folds: int, space: SearchSpace, record: bool = True) -> None:
     """Refuse to resume a search whose trials were scored otherwise (with or without cross-validation, or with
-    another number of folds): one oracle would rank scores that are not comparable. Record the scoring otherwise."""
+    another number of folds): one oracle would rank scores that are not comparable. Refuse too a search over frozen
+    backbones started before their cached trials checkpointed heads only (`features.head_model`, 30 Nov 2026):
+    its checkpoints would not load into what a trial builds now. Record the scoring otherwise."""
     path = tuner_dir / SCORING_FILE
     started = path.exists() or any(tuner_dir.glob("trial_*"))
-    saved = json.loads(path.read_text()).get("cv_folds", 0) if path.exists() else 0
-    if started and saved != cv_folds:
+    saved = json.loads(path.read_text()) if path.exists() else {}
+    if started and saved.get("cv_folds", 0) != cv_folds:
 
         def said(folds: int) -> str:
             return f"{folds}-fold cross-validation" if folds else "no cross-validation"
 
         raise SearchSpaceMismatchError(
-            f"the search in {tuner_dir} scored its trials with {said(saved)}; it cannot go on with {said(cv_folds)}. "
-            "Resume it as it was started, or start a new run."
+            f"the search in {tuner_dir} scored its trials with {said(saved.get('cv_folds', 0))}; it cannot go on "
+            f"with {said(cv_folds)}. Resume it as it was started, or start a new run."
+        )
+    pretrained = space.weights != "none" and any(b != "cnn" for b in space.backbones)
+    if started and pretrained and saved.get("checkpoints") != CHECKPOINTS:
+        raise SearchSpaceMismatchError(
+            f"the search in {tuner_dir} was started by an older medimg, whose frozen-backbone trials saved whole "
+            "models; this one saves their heads, so it cannot go on with that search. Start a new run."
         )
     if record:
         tuner_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"cv_folds": cv_folds}))
+        path.write_text(json.dumps({"cv_folds": cv_folds, "checkpoints": CHECKPOINTS}))
 
 
 class TrialRecord(TypedDict):
@@ -182,7 +192,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
                 echo(notice)
     tuner_dir = run.path / TUNER_FOLDER
     check_search_space(tuner_dir, spec.search, record=not worker)
-    check_scoring(tuner_dir, spec.tune.cv_folds, record=not worker)
+    check_scoring(tuner_dir, spec.tune.cv_folds, spec.search, record=not worker)
     deadline = started + spec.tune.max_minutes * 60 if spec.tune.max_minutes else None
     if deadline and not worker:
         run.update(search_deadline=round(deadline, 3))  # no trial starts after it; a running one stops at a batch
@@ -392,7 +402,7 @@ def _finish_search(run: Run, tuner: Any, data: PreparedData, ended: str) -> Fitt
     )
     if warning:
         run.append_event("warning", message=warning)
-    model = final_model(run, tuner, ranked[: spec.tune.ensemble_size], data)
+    model = final_model(run, tuner, ranked, data)
     run.save_model(model)
     from medimg.model.training import Fitted
 
@@ -411,12 +421,13 @@ def collapsed_trials(run: Run) -> set[str]:
 
 
 def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
-    """The best trial's model, or the mean of the best k trials' models (`ranked`: best first).
+    """The best trial's model, or the mean of the best k trials' models (`ranked`: every usable trial, best first;
+    the candidates are the first `TuneConfig.ensemble_size`).
 
-    `TuneConfig.ensemble_rule` "top": every trial in `ranked`; "validation": k grows only while the validation
-    objective improves. Validation, never test, chooses; the members and every k's validation score go into
-    run.json under `ensemble`. Only configurable CNNs are averaged (`models.build_ensemble`): when the best trial
-    has a pretrained backbone it is the model alone, else the backbone trials are passed over.
+    `TuneConfig.ensemble_rule` "top": every candidate; "validation": k grows only while the validation objective
+    improves. Validation, never test, chooses; the members and every k's validation score go into run.json under
+    `ensemble`. Only configurable CNNs are averaged (`models.build_ensemble`): when the best trial has a pretrained
+    backbone it is the model alone, else the candidates are the best CNN trials, backbone trials passed over.
     """
     import warnings
 
@@ -427,14 +438,8 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
 
     spec = run.spec
     backbone = [params_from_values(t.hyperparameters.values, spec.search).backbone != "cnn" for t in ranked]
-    note = None
-    if len(ranked) > 1 and any(backbone):
-        ranked = ranked[:1] if backbone[0] else [t for t, b in zip(ranked, backbone, strict=True) if not b]
-        note = (
-            "the best trial alone: its pretrained backbone cannot be averaged with other trials"
-            if backbone[0]
-            else "the best CNN trials only: trials with a pretrained backbone cannot be averaged"
-        )
+    chosen_rows, note = ensemble_candidates(backbone, spec.tune.ensemble_size)
+    ranked = [ranked[i] for i in chosen_rows]
     objective = data.usable_objective(spec.tune.objective)
     with warnings.catch_warnings():
         # A trial's checkpoint holds its optimizer's state; a model kept for prediction does not need it.
@@ -471,6 +476,20 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
     return models.build_ensemble(members[:chosen], params, data.input_shape, data.num_classes)
 
 
+def ensemble_candidates(backbone: list[bool], size: int) -> tuple[list[int], str | None]:
+    """Which of the ranked trials (best first; `backbone[i]`: trial i has a pretrained backbone) are the final
+    model's candidates, at most `size`, and a note when backbone trials changed that (`models.build_ensemble`
+    averages configurable CNNs only): a backbone best trial stands alone; otherwise the backbone trials are passed
+    over and the next CNN trials take their places."""
+    rows = list(range(len(backbone)))
+    if size <= 1 or not any(backbone[:size]):
+        return rows[:size], None
+    if backbone[0]:
+        return [0], "the best trial alone: its pretrained backbone cannot be averaged with other trials"
+    cnn = [i for i in rows if not backbone[i]]
+    return cnn[:size], "the best CNN trials only: trials with a pretrained backbone cannot be averaged"
+
+
 def validation_score(objective: str, labels: Any, probs: Any) -> float:
     """The search objective computed on validation predictions (N × K probabilities) with scikit-learn."""
     import numpy as np
@@ -490,6 +509,18 @@ def validation_score(objective: str, labels: Any, probs: Any) -> float:
 
 def better(objective: str, value: float, than: float) -> bool:
     return value < than if objective.endswith("loss") else value > than
+
+
+def used_values(values: dict[str, Any]) -> dict[str, Any]:
+    """A trial's drawn hyperparameters as it used them. KerasTuner's random search draws every name declared so far
+    in every trial, so a CNN trial carries the backbone-only values (left out here) and a backbone trial the CNN's
+    augmentation strength where its own `backbone_augment_strength` applies (shown as its augment_strength)."""
+    if values.get("backbone", "cnn") == "cnn":
+        return {k: v for k, v in values.items() if k not in ("fine_tune_blocks", "backbone_augment_strength")}
+    shown = dict(values)
+    if "backbone_augment_strength" in shown:
+        shown["augment_strength"] = shown.pop("backbone_augment_strength")
+    return shown
 
 
 def trial_table(run: Run) -> list[TrialRow]:
@@ -519,7 +550,7 @@ def trial_table(run: Run) -> list[TrialRow]:
             status = "STOPPED"
         elif trial_id in collapsed:
             status = "COLLAPSED"
-        values = {k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")}
+        values = used_values({k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")})
         fold_scores = [score for _, score in sorted(folds.get(trial_id, {}).items())]
         table.append(
             TrialRow(

@@ -293,8 +293,9 @@ def test_a_search_mixing_backbones_and_cnns_averages_only_cnns(tmp_path: Path) -
 
 
 def test_the_automatic_search_tries_found_backbones_on_cached_features(tmp_path: Path) -> None:
-    """With a weights file found, `auto.plan` adds the frozen backbone; its trials draw no augmentation, so they
-    train heads on cached features while the CNN's trials keep theirs."""
+    """With a weights file found, `auto.plan` adds the frozen backbone; its trials draw augmentation strength 0
+    (flips only, which the cache serves as flipped views), so they train heads on cached features while the CNN's
+    trials keep their rotations."""
     from medimg import auto
 
     chosen = auto.plan(DEMO, 2, image_size=SIZE, color="gray", seed=3)

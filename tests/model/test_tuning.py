@@ -323,15 +323,47 @@ def test_cross_validated_trials_are_scored_by_the_mean_of_their_held_out_folds(t
 
 
 def test_a_search_keeps_the_scoring_it_was_started_with(tmp_path: Path) -> None:
-    tuning.check_scoring(tmp_path, 3)
-    tuning.check_scoring(tmp_path, 3, record=False)  # the same scoring resumes
+    cnn = SearchSpace()
+    tuning.check_scoring(tmp_path, 3, cnn)
+    tuning.check_scoring(tmp_path, 3, cnn, record=False)  # the same scoring resumes
     with pytest.raises(SearchSpaceMismatchError, match="scored its trials with 3-fold cross-validation; it cannot go"):
-        tuning.check_scoring(tmp_path, 0, record=False)
+        tuning.check_scoring(tmp_path, 0, cnn, record=False)
     older = tmp_path / "older"  # a search from before the scoring was recorded: its trials had no folds
     (older / "trial_0").mkdir(parents=True)
     with pytest.raises(SearchSpaceMismatchError, match="with no cross-validation; it cannot go on with 5-fold"):
-        tuning.check_scoring(older, 5)
-    tuning.check_scoring(tmp_path / "new", 5)  # a new search records its own
+        tuning.check_scoring(older, 5, cnn)
+    tuning.check_scoring(tmp_path / "new", 5, cnn)  # a new search records its own
+
+    # A frozen-backbone search from before its cached trials checkpointed heads only cannot go on; a CNN search or
+    # one whose backbones train from scratch (no cached features) can.
+    tuning.check_scoring(older, 0, cnn, record=False)
+    tuning.check_scoring(older, 0, SearchSpace(backbones=("cnn", "mobilenet_v3_small"), weights="none"), record=False)
+    frozen = SearchSpace(backbones=("cnn", "mobilenet_v3_small"))
+    with pytest.raises(SearchSpaceMismatchError, match="started by an older medimg, whose frozen-backbone trials"):
+        tuning.check_scoring(older, 0, frozen, record=False)
+    tuning.check_scoring(tmp_path / "frozen", 0, frozen)
+    tuning.check_scoring(tmp_path / "frozen", 0, frozen, record=False)  # a search of this medimg resumes
+
+
+def test_backbone_trials_give_their_ensemble_places_to_the_next_cnn_trials() -> None:
+    # Ranked best first; True: a pretrained backbone. Size 3: the three best CNN trials, not the CNNs of the top 3.
+    assert tuning.ensemble_candidates([False, True, True, False, False], 3) == (
+        [0, 3, 4],
+        "the best CNN trials only: trials with a pretrained backbone cannot be averaged",
+    )
+    assert tuning.ensemble_candidates([True, False, False], 3)[0] == [0]  # a backbone best trial stands alone
+    assert tuning.ensemble_candidates([False, False, False, True], 3) == ([0, 1, 2], None)  # none in the top 3
+    assert tuning.ensemble_candidates([False, True], 1) == ([0], None)
+    assert tuning.ensemble_candidates([False, True, False], 5)[0] == [0, 2]
+
+
+def test_the_trial_table_shows_the_values_a_trial_used() -> None:
+    drawn = {"backbone": "cnn", "augment_strength": 2.0, "fine_tune_blocks": 0, "backbone_augment_strength": 0.0}
+    assert tuning.used_values(drawn) == {"backbone": "cnn", "augment_strength": 2.0}
+    drawn["backbone"] = "mobilenet_v3_small"
+    used = {"backbone": "mobilenet_v3_small", "augment_strength": 0.0, "fine_tune_blocks": 0}
+    assert tuning.used_values(drawn) == used
+    assert tuning.used_values({"dropout": 0.5}) == {"dropout": 0.5}  # a CNN-only search declares no backbone
 
 
 def test_folds_cycle_per_trial_and_a_later_fold_waits_for_no_end() -> None:

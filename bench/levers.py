@@ -1,0 +1,133 @@
+"""Quality levers, one at a time, on the plain CNN (issue #11's floor, `quality.plain_cnn`): test AUC and accuracy
+over several seeds on one dataset, each variant beside the unchanged CNN in the same invocation. A benchmark, not a
+test: it answers "would this setting, added to the automatic search, move the figures?" before the slow
+`quality.py` runs are spent on it.
+
+    python bench/levers.py [--data ../shared/datasets/retinamnist] [--seeds 0,1,2] [--only base,smoothing]
+
+Variants (each changes one thing of the plain CNN: Rescaling → flip → rotation 0.05 → Conv-BN-ReLU blocks 32/64/128
+→ global average pooling → dropout 0.3 → softmax; Adam 1e-3, batch 32, ≤ 30 epochs, early stopping on validation
+loss with patience 5, best weights restored):
+- base: unchanged;
+- val_auc: early stopping on validation AUC (patience 7, ≤ 45 epochs), as the automatic mode's trials do;
+- smoothing: label smoothing 0.1 (Szegedy et al. 2016, arXiv:1512.00567);
+- adamw_cosine: AdamW, weight decay 1e-4, cosine decay of the rate to 0 (Loshchilov & Hutter 2019,
+  arXiv:1711.05101);
+- wider: blocks of 64/128/256 filters;
+- flips_zoom: vertical flips too, and zoom up to 10 %.
+The image size and colour are the dataset's own (28 px RGB for RetinaMNIST).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import common
+import numpy as np
+from quality import scores
+
+VARIANTS = {
+    "base": {},
+    "val_auc": {"monitor": "val_auc", "epochs": 45},
+    "smoothing": {"smoothing": 0.1},
+    "adamw_cosine": {"weight_decay": 1e-4, "cosine": True},
+    "wider": {"widths": (64, 128, 256)},
+    "flips_zoom": {"vertical": True, "zoom": 0.1},
+}
+
+
+def fit(
+    data,
+    seed: int,
+    *,
+    smoothing: float = 0.0,
+    weight_decay: float = 0.0,
+    cosine: bool = False,
+    widths: tuple[int, ...] = (32, 64, 128),
+    vertical: bool = False,
+    zoom: float = 0.0,
+    monitor: str = "val_loss",
+    epochs: int = 30,
+) -> tuple[float, float, float]:
+    """Test (AUC, accuracy, balanced accuracy) of the plain CNN with one lever changed, trained with `seed`."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    train, val, test = (data.arrays[s] for s in ("train", "val", "test"))
+    size, channels, classes = data.input_shape[0], data.input_shape[2], data.num_classes
+    inputs = keras.Input((size, size, channels))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.RandomFlip("horizontal_and_vertical" if vertical else "horizontal")(x)
+    x = keras.layers.RandomRotation(0.05)(x)
+    if zoom:
+        x = keras.layers.RandomZoom(zoom)(x)
+    for i, width in enumerate(widths):
+        if i:
+            x = keras.layers.MaxPooling2D()(x)
+        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = keras.layers.BatchNormalization()(x)
+        x = keras.layers.ReLU()(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dropout(0.3)(x)
+    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+    steps = int(np.ceil(len(train.labels) / 32)) * epochs
+    rate = keras.optimizers.schedules.CosineDecay(1e-3, steps) if cosine else 1e-3
+    optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay) if weight_decay else keras.optimizers.Adam(rate)
+    # One-hot labels: Keras 3's sparse cross-entropy has no label smoothing.
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=smoothing),
+        metrics=[keras.metrics.AUC(name="auc", multi_label=True, num_labels=classes)] if monitor == "val_auc" else [],
+    )
+    stop = keras.callbacks.EarlyStopping(
+        monitor=monitor,
+        mode="max" if monitor == "val_auc" else "min",
+        patience=7 if monitor == "val_auc" else 5,
+        restore_best_weights=True,
+    )
+    model.fit(
+        np.asarray(train.images, np.float32),
+        keras.utils.to_categorical(train.labels, classes),
+        validation_data=(np.asarray(val.images, np.float32), keras.utils.to_categorical(val.labels, classes)),
+        batch_size=32,
+        epochs=epochs,
+        callbacks=[stop],
+        verbose=0,
+    )
+    return scores(test.labels, model.predict(np.asarray(test.images, np.float32), verbose=0))
+
+
+def main() -> None:
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.set_defaults(data=common.REPO.parent / "shared" / "datasets" / "retinamnist")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
+    args = parser.parse_args()
+    common.configure_threads(args.intra, args.inter)
+    from medimg.config import DatasetConfig
+    from medimg.datasets import prepared, scanning
+
+    report = scanning.scan(str(args.data))
+    color = "rgb" if any("RGB" in mode for mode in report.modes) else "gray"
+    side = min(int(v) for v in next(iter(report.sizes)).split("x"))
+    data = prepared.prepare_data(DatasetConfig(path=str(args.data), image_size=side, color=color))
+    seeds = [int(s) for s in args.seeds.split(",")]
+    print(f"# levers: {args.data} at {side} px {color}, seeds {seeds}, load average {os.getloadavg()[0]:.1f}")
+    print("| variant | test AUC (mean) | per seed | Δ AUC vs base | accuracy (mean) | Δ acc | seconds |")
+    print("|---|---:|---|---:|---:|---:|---:|", flush=True)
+    base = None
+    for name in args.only.split(","):
+        started = time.time()
+        results = np.array([fit(data, seed, **VARIANTS[name]) for seed in seeds])
+        auc, accuracy = results[:, 0].mean(), results[:, 1].mean()
+        base = base if base is not None else (auc, accuracy)
+        print(
+            f"| {name} | {auc:.3f} | {' '.join(f'{a:.3f}' for a in results[:, 0])} | {auc - base[0]:+.3f} | "
+            f"{accuracy:.3f} | {accuracy - base[1]:+.3f} | {time.time() - started:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
