@@ -367,12 +367,25 @@ def test_dataset_settings_survive_switching_sources_and_back(server: dict, page)
         page.get_by_text(shown).first.wait_for()
         wait_idle(page)
         # The settings stay on the page whichever source is chosen (a widget not drawn could come back at 0).
-        assert page.get_by_label("Seed", exact=True).input_value() == "7", source
+        assert settled_value(page, "Seed") == "7", source
     page.get_by_text(re.compile(r"Runs will use .* at 64 px, gray")).wait_for()
     page.get_by_text("rgb", exact=True).click()  # the next click keeps every other choice
     wait_idle(page)
     page.get_by_text(re.compile(r"Runs will use .* at 64 px, rgb")).wait_for()
-    assert page.get_by_label("Seed", exact=True).input_value() == "7"
+    assert settled_value(page, "Seed") == "7"
+
+
+def settled_value(page, label: str) -> str:
+    """The value of the one input labelled `label` once the run drawing the page has ended. While a rerun redraws a
+    widget at a new place (the layout above it changed), Streamlit keeps the old element on the page, marked
+    data-stale, until the run ends: CI once saw two "Seed" inputs at once (both 7), and before that read a 0, maybe
+    from such an element. Call it after something the new run draws has appeared, so the run has begun."""
+    from playwright.sync_api import expect
+
+    page.wait_for_function("() => !document.querySelector('[data-stale=\"true\"]')", timeout=60_000)
+    field = page.get_by_label(label, exact=True)
+    expect(field).to_have_count(1, timeout=30_000)
+    return field.input_value()
 
 
 @pytest.mark.parametrize("path", ["evaluate", "runs"])
