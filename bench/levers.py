@@ -25,7 +25,7 @@ import time
 
 import common
 import numpy as np
-from quality import scores
+from quality import plain_cnn_network, scores
 
 VARIANTS = {
     "base": {},
@@ -55,22 +55,8 @@ def fit(
 
     keras.utils.set_random_seed(seed)
     train, val, test = (data.arrays[s] for s in ("train", "val", "test"))
-    size, channels, classes = data.input_shape[0], data.input_shape[2], data.num_classes
-    inputs = keras.Input((size, size, channels))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.RandomFlip("horizontal_and_vertical" if vertical else "horizontal")(x)
-    x = keras.layers.RandomRotation(0.05)(x)
-    if zoom:
-        x = keras.layers.RandomZoom(zoom)(x)
-    for i, width in enumerate(widths):
-        if i:
-            x = keras.layers.MaxPooling2D()(x)
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.3)(x)
-    model = keras.Model(inputs, keras.layers.Dense(classes, activation="softmax")(x))
+    classes = data.num_classes
+    model = plain_cnn_network(data.input_shape, classes, "softmax", widths=widths, vertical_flip=vertical, zoom=zoom)
     steps = int(np.ceil(len(train.labels) / 32)) * epochs
     rate = keras.optimizers.schedules.CosineDecay(1e-3, steps) if cosine else 1e-3
     optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay) if weight_decay else keras.optimizers.Adam(rate)

@@ -77,18 +77,28 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> tuple[float, float, float]:
     )
 
 
-def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
+def plain_cnn_network(
+    input_shape: tuple[int, int, int],
+    units: int,
+    activation: str,
+    *,
+    widths: tuple[int, ...] | None = None,
+    vertical_flip: bool = False,
+    zoom: float = 0.0,
+):
+    """The plain CNN's layers (module docstring), uncompiled, with `units` outputs of `activation`. `widths`: the
+    blocks' filters (default 32-64-128, a fourth 128 at ≥ 64 px); `vertical_flip`, `zoom`: more augmentation
+    (`levers.py`)."""
     import keras
 
-    keras.utils.set_random_seed(seed)
-    train, val, test = (data.arrays[s] for s in ("train", "val", "test"))
-    size, channels = data.input_shape[0], data.input_shape[2]
-    binary = data.num_classes == 2
-    inputs = keras.Input((size, size, channels))
+    size = input_shape[0]
+    inputs = keras.Input(input_shape)
     x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.RandomFlip("horizontal")(x)
+    x = keras.layers.RandomFlip("horizontal_and_vertical" if vertical_flip else "horizontal")(x)
     x = keras.layers.RandomRotation(0.05)(x)
-    widths = (32, 64, 128, 128) if size >= 64 else (32, 64, 128)
+    if zoom:
+        x = keras.layers.RandomZoom(zoom)(x)
+    widths = widths or ((32, 64, 128, 128) if size >= 64 else (32, 64, 128))
     for i, width in enumerate(widths):
         if i:
             x = keras.layers.MaxPooling2D()(x)
@@ -97,8 +107,16 @@ def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
         x = keras.layers.ReLU()(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.3)(x)
-    outputs = keras.layers.Dense(1 if binary else data.num_classes, activation="sigmoid" if binary else "softmax")(x)
-    model = keras.Model(inputs, outputs)
+    return keras.Model(inputs, keras.layers.Dense(units, activation=activation)(x))
+
+
+def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    train, val, test = (data.arrays[s] for s in ("train", "val", "test"))
+    binary = data.num_classes == 2
+    model = plain_cnn_network(data.input_shape, 1 if binary else data.num_classes, "sigmoid" if binary else "softmax")
     model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss="binary_crossentropy" if binary else "sparse_categorical_crossentropy",
