@@ -200,6 +200,9 @@ class ModelParams(_Config):
     weights: str = "imagenet"
     fine_tune_blocks: int = 0
     fine_tune_learning_rate: float = 1e-5
+    # Polyak averaging of the weights: the optimizer keeps their exponential moving average with this momentum, and
+    # that average is what each epoch validates, keeps and finally returns (0: off; Keras' `use_ema`).
+    ema_momentum: float = 0.0
 
     def __post_init__(self) -> None:
         _check(
@@ -239,6 +242,7 @@ class ModelParams(_Config):
         _check(0 < self.learning_rate < 1, f"learning_rate {self.learning_rate} must be in (0, 1).")
         _check(1 <= self.batch_size <= 1024, f"batch_size {self.batch_size} must be in 1..1024.")
         _check(0 <= self.augment_strength <= 3, f"augment_strength {self.augment_strength} must be in [0, 3].")
+        _check(0 <= self.ema_momentum < 1, f"ema_momentum {self.ema_momentum} must be in [0, 1) (0: no averaging).")
 
     @classmethod
     def plain_cnn(cls, image_size: int) -> ModelParams:
@@ -355,6 +359,10 @@ def describe_params(params: ModelParams) -> list[tuple[str, str]]:
         "optimizer": ("Optimizer", params.optimizer),
         "batch_size": ("Batch size", str(params.batch_size)),
         "augment_strength": ("Augmentation strength", f"{params.augment_strength:g}× the chosen augmentation"),
+        "ema_momentum": (
+            "Weight averaging",
+            f"moving average, momentum {params.ema_momentum:g}" if params.ema_momentum else "none",
+        ),
     }
     return [
         ("Conv blocks (filters each)", " → ".join(str(int(f)) for f in params.filters)),
@@ -404,6 +412,7 @@ CHOICES = (
         (0.0, 0.5, 1.0, 1.5, 2.0),
     ),
     Choice("conv_layers", "conv_layers", "Conv layers per block", (1, 2)),
+    Choice("ema_momentum", "ema_momenta", "Weight averaging (EMA momentum, 0 = none)", (0.0, 0.99, 0.999)),
 )
 
 
@@ -433,6 +442,7 @@ class SearchSpace(_Config):
     batch_sizes: tuple[int, ...] = (32,)
     augment_strengths: tuple[float, ...] = (1.0,)
     class_weights: tuple[str, ...] = ("",)
+    ema_momenta: tuple[float, ...] = (0.0,)
     # Networks the trials choose from ("cnn": the configurable CNN above; others: `medimg.model.backbones`), the weights
     # every backbone starts from ("imagenet" looked up offline, or "none"), and how many top blocks a backbone
     # unfreezes in its second stage. For a backbone trial the conv settings above are not used.
@@ -480,6 +490,7 @@ class SearchSpace(_Config):
         _check(
             all(0 <= s <= 3 for s in self.backbone_augment_strengths), "backbone_augment_strengths must be in [0, 3]."
         )
+        _check(bool(self.ema_momenta) and all(0 <= m < 1 for m in self.ema_momenta), "ema_momenta must be in [0, 1).")
 
     @classmethod
     def quick(cls) -> SearchSpace:

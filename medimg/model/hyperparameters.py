@@ -70,6 +70,13 @@ def params_from_values(values: dict[str, Any], space: SearchSpace) -> ModelParam
     return params_from_hp(hp, space)
 
 
+def plain_cnn_trial(image_size: int, space: SearchSpace) -> ModelParams:
+    """The plain CNN (`ModelParams.plain_cnn`, `image_size` pixels) as a trial of `space`: with the weight averaging
+    the space fixes, since that is a way of training the network, not part of it."""
+    plain = ModelParams.plain_cnn(image_size)
+    return plain.replace(ema_momentum=space.ema_momenta[0]) if len(space.ema_momenta) == 1 else plain
+
+
 def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any]:
     """The hyperparameter values (KerasTuner names) that make one trial exactly `params`.
 
@@ -93,6 +100,8 @@ def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any
             for f in widths
         )
         and space.learning_rate_min <= params.learning_rate <= space.learning_rate_max
+        # KerasTuner hands back a stored value for a name declared Fixed, whatever the space holds.
+        and all(getattr(params, c.name) in getattr(space, c.space_field) for c in CHOICES)
     )
     drawn = params_from_values(values, space) if inside else None
     if drawn != params:

@@ -174,7 +174,9 @@ def build_ensemble(
 def compile_model(model: keras.Model, params: ModelParams, num_classes: int, steps_per_execution: int = 1) -> None:
     """Compile `model` with `params`' optimizer and learning rate, the loss for `num_classes` and the accuracy and
     AUC metrics. `steps_per_execution`: batches per call of Keras' compiled train step (Keras' own option; more
-    than one only where a step is so small that the per-call overhead dominates, e.g. a head on cached features)."""
+    than one only where a step is so small that the per-call overhead dominates, e.g. a head on cached features).
+    With `params.ema_momentum` the optimizer also keeps the weights' moving average (Keras' `use_ema`); a fit
+    validates and returns that average only with `training.weight_averaging`'s callback in front."""
     import keras
 
     from medimg.model.auc import SparseAUC
@@ -185,7 +187,8 @@ def compile_model(model: keras.Model, params: ModelParams, num_classes: int, ste
         "rmsprop": keras.optimizers.RMSprop,
         "adamw": keras.optimizers.AdamW,
     }
-    optimizer = optimizers[params.optimizer](learning_rate=params.learning_rate)
+    averaging = {"use_ema": True, "ema_momentum": params.ema_momentum} if params.ema_momentum else {}
+    optimizer = optimizers[params.optimizer](learning_rate=params.learning_rate, **averaging)
     if num_classes == 2:
         loss = keras.losses.BinaryCrossentropy()
         metrics = [keras.metrics.BinaryAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")]

@@ -150,19 +150,24 @@ class MedimgHyperModel(kt.HyperModel):
         trial_val = pipeline.make_dataset(held_out, params.batch_size, data.num_classes)
         # Precise BatchNorm statistics first, so the objective and KerasTuner's checkpoint see them.
         precise = PreciseBatchNorm(fit_on.images, train.seed)
-        callbacks = [precise, *kwargs.pop("callbacks", []), *self._with_fold(self.extra_callbacks(self.trial_id), fold)]
+        given = [*kwargs.pop("callbacks", []), *self._with_fold(self.extra_callbacks(self.trial_id), fold)]
+        callbacks = training.ordered_callbacks(params, precise, given)
         weights = training.class_weights(fit_on.labels, data.num_classes, params.class_weights or train.class_weights)
         epochs = kwargs.pop("epochs", train.epochs)
         # Two stages as `training.fit_model` (head, then the top blocks); not for a trial Hyperband continues.
         two_stage = training.fine_tunes(params) and epochs >= 2 and not kwargs.get("initial_epoch")
         training.begin_stage(callbacks, 1 if two_stage else None, epochs)
-        fit = {"validation_data": trial_val, "callbacks": callbacks, "class_weight": weights, "verbose": 0}
-        history = model.fit(trial_train, epochs=epochs // 2 if two_stage else epochs, shuffle=False, **fit)
+        fit = {"validation_data": trial_val, "class_weight": weights, "verbose": 0}
+        history = model.fit(
+            trial_train, epochs=epochs // 2 if two_stage else epochs, shuffle=False, callbacks=callbacks, **fit
+        )
         if two_stage and training.stage_one_finished(model, callbacks, history):
             first = history.epoch[-1] + 1 if history.epoch else epochs // 2
             training.unfreeze_top_blocks(model, params, data.num_classes)
             training.begin_stage(callbacks, 2, epochs)
-            second = model.fit(trial_train, epochs=epochs, initial_epoch=first, shuffle=False, **fit)
+            # A fresh averaging callback: stage 2's optimizer is new (and so is its average).
+            again = training.ordered_callbacks(params, precise, given)
+            second = model.fit(trial_train, epochs=epochs, initial_epoch=first, shuffle=False, callbacks=again, **fit)
             history = training.joined_history(history, second)
         return self.fold_scored(fold, self.scored(history, model, held_out.images, held_out.labels))
 
@@ -200,11 +205,12 @@ class MedimgHyperModel(kt.HyperModel):
         held_out = tf.data.Dataset.from_tensor_slices(
             (np.asarray(cached["val"]), label_array(val_labels, data.num_classes))
         ).batch(params.batch_size)
+        given = [*kwargs.pop("callbacks", []), *self._with_fold(self.extra_callbacks(self.trial_id), fold)]
         history = head.fit(
             fit_on,
             validation_data=held_out,
             epochs=kwargs.pop("epochs", train.epochs),
-            callbacks=[*kwargs.pop("callbacks", []), *self._with_fold(self.extra_callbacks(self.trial_id), fold)],
+            callbacks=training.ordered_callbacks(params, None, given),
             class_weight=training.class_weights(
                 train_labels, data.num_classes, params.class_weights or train.class_weights
             ),

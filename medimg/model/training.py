@@ -60,6 +60,28 @@ def fit_callbacks(config: TrainConfig, monitor: str, mode: str) -> list:
     return callbacks
 
 
+def weight_averaging(params: ModelParams) -> list:
+    """The callback a fit needs when `params.ema_momentum` averages the weights, else nothing: Keras'
+    `SwapEMAWeights`, which puts the moving average in the model for every validation and at every epoch's end, so
+    the objective, early stopping, best-weight keepers and checkpoints all see the averaged weights (Polyak &
+    Juditsky 1992; measured in bench/README.md, "Levers"). It must come before `PreciseBatchNorm` (the statistics
+    are recomputed for the averaged weights) and after any `BackupAndRestore` (the backup keeps the raw weights and
+    their average in their own places). A new one per `fit`: it holds which weights are in the model."""
+    import keras
+
+    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if params.ema_momentum else []
+
+
+def ordered_callbacks(params: ModelParams, precise: Any, callbacks: list) -> list:
+    """`callbacks` of one fit with weight averaging (`weight_averaging`) and then `precise` (a `PreciseBatchNorm`,
+    or None) inserted after the last `BackupAndRestore` (at the front when there is none), so that at an epoch's
+    end the backup keeps the raw weights and everything after it sees the averaged ones with their statistics."""
+    import keras
+
+    cut = max((i + 1 for i, c in enumerate(callbacks) if isinstance(c, keras.callbacks.BackupAndRestore)), default=0)
+    return [*callbacks[:cut], *weight_averaging(params), *([precise] if precise is not None else []), *callbacks[cut:]]
+
+
 def monitor_mode(monitor: str) -> str:
     return "min" if monitor.endswith("loss") else "max"
 
@@ -116,8 +138,8 @@ def fit_model(
         train,
         validation_data=val,
         epochs=total // 2 if two_stage else total,
-        # First, so validation, early stopping and best-weight keepers all see precise BatchNorm statistics.
-        callbacks=[PreciseBatchNorm(data.arrays["train"].images, config.seed), *callbacks],
+        # Precise BatchNorm statistics before validation, early stopping and best-weight keepers see the weights.
+        callbacks=ordered_callbacks(params, PreciseBatchNorm(data.arrays["train"].images, config.seed), callbacks),
         class_weight=weights,
         verbose=0,
         shuffle=False,
@@ -131,10 +153,9 @@ def fit_model(
             validation_data=val,
             epochs=total,
             initial_epoch=first,
-            callbacks=[
-                PreciseBatchNorm(data.arrays["train"].images, config.seed),
-                *stage_two_callbacks(callbacks),
-            ],
+            callbacks=ordered_callbacks(
+                params, PreciseBatchNorm(data.arrays["train"].images, config.seed), stage_two_callbacks(callbacks)
+            ),
             class_weight=weights,
             verbose=0,
             shuffle=False,
@@ -248,11 +269,11 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
     progress = ProgressEvents(run, echo=echo, undefined=data.undefined_metrics)
     best = BestWeights(monitor, monitor_mode(monitor))
     callbacks = [
-        progress,
-        best,
-        *fit_callbacks(spec.train, monitor, monitor_mode(monitor)),
+        progress,  # before the backup: an epoch is backed up only once its event is written
         # Kept after a stop so `resume` continues from the last epoch; removed below once the run completes.
         AtomicBackupAndRestore(run.path / "backup"),
+        best,
+        *fit_callbacks(spec.train, monitor, monitor_mode(monitor)),
         keras.callbacks.TensorBoard(str(run.path / "logs"), profile_batch=0, write_graph=False),
     ]
     model, _ = fit_model(spec.params, data, spec.augment, spec.train, callbacks, distribution=spec.distribution)

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from medimg.config import HYPERBAND_FACTOR, ModelParams, SearchSpace, TuneConfig
+from medimg.config import HYPERBAND_FACTOR, SearchSpace, TuneConfig
 from medimg.errors import ConfigError, SearchSpaceMismatchError
 from medimg.imaging.contract import InputContract
-from medimg.model.hyperparameters import first_trial_values, params_from_values
+from medimg.model.hyperparameters import first_trial_values, params_from_values, plain_cnn_trial
 from medimg.store.runs import Run, trial_number
 
 if TYPE_CHECKING:
@@ -253,7 +253,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
         spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective, store, folds, on_fold
     )
     first = (
-        first_trial_values(ModelParams.plain_cnn(spec.dataset.image_size), spec.search)
+        first_trial_values(plain_cnn_trial(spec.dataset.image_size, spec.search), spec.search)
         if spec.tune.first_trial == "plain_cnn" and spec.tune.tuner != "hyperband"
         else None
     )

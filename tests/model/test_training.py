@@ -187,6 +187,65 @@ def test_fit_is_reproducible_from_the_seed(demo_data: training.PreparedData) -> 
     assert same < 0.01 and changed > 0.05, (same, changed)
 
 
+def test_weight_averaging_validates_keeps_and_returns_the_moving_average(demo_data: training.PreparedData) -> None:
+    import keras
+
+    momentum = 0.9
+    params = PARAMS.replace(ema_momentum=momentum)
+    config = TrainConfig(epochs=4, early_stopping_patience=10, reduce_lr_patience=0, monitor="val_loss", seed=3)
+
+    class Recorder(keras.callbacks.Callback):
+        """The raw weights after every step, and at every epoch's end the weights in the model and the val loss."""
+
+        def __init__(self):
+            super().__init__()
+            self.steps: list = []
+            self.kept: list = []
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.append([np.array(v) for v in self.model.trainable_weights])
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.kept.append(([np.array(v) for v in self.model.trainable_weights], logs["val_loss"]))
+
+    recorder = Recorder()
+    model, history = training.fit_model(
+        params, demo_data, AugmentConfig(), config, [*training.fit_callbacks(config, "val_loss", "min"), recorder]
+    )
+    assert model.optimizer.use_ema
+    # The moving average by its definition (Keras: the first step copies the weights, then m·avg + (1 − m)·w).
+    average = recorder.steps[0]
+    per_epoch = len(recorder.steps) // 4
+    for k, step in enumerate(recorder.steps[1:], 2):
+        average = [momentum * a + (1 - momentum) * w for a, w in zip(average, step, strict=True)]
+        if k % per_epoch == 0:
+            kept, _ = recorder.kept[k // per_epoch - 1]
+            assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(average, kept, strict=True))
+    raw, kept = recorder.steps[-1], recorder.kept[-1][0]
+    assert max(float(np.abs(a - b).max()) for a, b in zip(raw, kept, strict=True)) > 1e-3  # not the raw weights
+    # What was validated is what is returned: the best epoch's averaged weights score its logged val loss.
+    best = int(np.argmin(history.history["val_loss"]))
+    returned = [np.array(v) for v in model.trainable_weights]
+    assert all(np.array_equal(a, b) for a, b in zip(returned, recorder.kept[best][0], strict=True))
+    from medimg.datasets import pipeline
+
+    val = pipeline.make_dataset(demo_data.arrays["val"], PARAMS.batch_size, demo_data.num_classes)
+    assert model.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(
+        history.history["val_loss"][best], rel=1e-4
+    )
+
+
+def test_weight_averaging_goes_after_the_backup_and_before_batchnorm_statistics() -> None:
+    import keras
+
+    progress, backup, best = keras.callbacks.Callback(), keras.callbacks.BackupAndRestore("/tmp/x"), object()
+    precise = callbacks.PreciseBatchNorm(np.zeros((1, 4, 4, 1)))
+    ordered = training.ordered_callbacks(PARAMS.replace(ema_momentum=0.99), precise, [progress, backup, best])
+    assert ordered[:2] == [progress, backup] and ordered[3:] == [precise, best]
+    assert isinstance(ordered[2], keras.callbacks.SwapEMAWeights) and ordered[2].swap_on_epoch
+    assert training.ordered_callbacks(PARAMS, precise, [progress, best]) == [precise, progress, best]
+
+
 # ---------------------------------------------------------------- execute_train through jobs.execute
 
 

@@ -385,3 +385,51 @@ def test_folds_cycle_per_trial_and_a_later_fold_waits_for_no_end() -> None:
     hypermodel.begin_trial("6", lambda: "stopped on request")
     assert hypermodel.next_fold() == 0  # a trial's first fold is its start: the tuner decides before it
     assert search.MedimgHyperModel(TINY_SPACE, None, None, None, lambda trial: []).next_fold() is None  # type: ignore[arg-type]
+
+
+def test_the_plain_cnn_trial_takes_the_weight_averaging_its_space_fixes() -> None:
+    around_plain = SearchSpace(
+        conv_blocks=(3,),
+        filters_min=16,
+        filters_max=64,
+        filters_step=16,
+        filters_growth="double",
+        activations=("relu",),
+        dropouts=(0.3,),
+        dense_units=(0,),
+        l2=(0.0,),
+        class_weights=("none",),
+        ema_momenta=(0.99,),
+    )
+    plain = hyperparameters.plain_cnn_trial(16, around_plain)
+    assert plain == ModelParams.plain_cnn(16).replace(ema_momentum=0.99)
+    values = hyperparameters.first_trial_values(plain, around_plain)
+    assert values["ema_momentum"] == 0.99 and hyperparameters.params_from_values(values, around_plain) == plain
+    # A value its space does not hold is refused, though KerasTuner would hand the stored value back for a Fixed.
+    with pytest.raises(ConfigError, match="not a point of the search space"):
+        hyperparameters.first_trial_values(ModelParams.plain_cnn(16), around_plain)
+    searched = around_plain.replace(ema_momenta=(0.0, 0.99))
+    assert hyperparameters.plain_cnn_trial(16, searched) == ModelParams.plain_cnn(16)
+
+
+@pytest.mark.slow
+def test_a_trial_with_weight_averaging_keeps_the_weights_it_was_scored_on(tmp_path: Path) -> None:
+    import keras
+    import numpy as np
+
+    from medimg.datasets import prepared
+    from medimg.model import models
+
+    spec = tune_spec(max_trials=1)
+    spec = spec.replace(search=TINY_SPACE.replace(ema_momenta=(0.8,)), train=spec.train.replace(epochs=6))
+    run = runs.create_run(spec, tmp_path)
+    jobs.execute(run)
+    record = run.record
+    assert record["status"] == "completed" and record["best_params"]["ema_momentum"] == 0.8
+    data = prepared.prepare_data(spec.dataset)
+    val = data.arrays["val"]
+    model = keras.models.load_model(run.model_path, compile=False)
+    auc = keras.metrics.AUC()
+    auc.update_state(np.asarray(val.labels, np.float32), models.predict_arrays(model, val.images)[:, 1])
+    # KerasTuner's checkpoint of the best epoch holds the averaged weights the objective was computed on.
+    assert float(auc.result()) == pytest.approx(record["best_score"], abs=1e-3)
