@@ -19,7 +19,9 @@ loss with patience 5, best weights restored):
   kept and tested (Keras' `use_ema` with `keras.callbacks.SwapEMAWeights`);
 - mixup: mixup of image pairs and their labels, α = 0.2 (Zhang et al. 2018, arXiv:1710.09412; `keras.layers.MixUp`);
 - smoothing_cosine: label smoothing 0.1 together with AdamW and cosine decay;
-- val_auc_ema: early stopping on validation AUC as in val_auc, scored on the averaged weights as in ema.
+- val_auc_ema: early stopping on validation AUC as in val_auc, scored on the averaged weights as in ema;
+- average_max: global average and global max pooling concatenated before the classifier (small findings);
+- standardize: each image to zero mean, unit variance (per image) instead of the 1/255 scale.
 The image size and colour are the dataset's own (28 px RGB for RetinaMNIST).
 """
 
@@ -43,6 +45,8 @@ VARIANTS = {
     "mixup": {"mixup": 0.2},
     "smoothing_cosine": {"smoothing": 0.1, "weight_decay": 1e-4, "cosine": True},
     "val_auc_ema": {"monitor": "val_auc", "epochs": 45, "ema": True},
+    "average_max": {"pooling": "average_max"},
+    "standardize": {"standardize": True},
 }
 
 
@@ -60,6 +64,8 @@ def fit(
     epochs: int = 30,
     ema: bool = False,
     mixup: float = 0.0,
+    pooling: str = "average",
+    standardize: bool = False,
 ) -> tuple[float, float, float]:
     """Test (AUC, accuracy, balanced accuracy) of the plain CNN with one lever changed, trained with `seed`."""
     import keras
@@ -67,7 +73,16 @@ def fit(
     keras.utils.set_random_seed(seed)
     train, val, test = (data.arrays[s] for s in ("train", "val", "test"))
     classes = data.num_classes
-    model = plain_cnn_network(data.input_shape, classes, "softmax", widths=widths, vertical_flip=vertical, zoom=zoom)
+    model = plain_cnn_network(
+        data.input_shape,
+        classes,
+        "softmax",
+        widths=widths,
+        vertical_flip=vertical,
+        zoom=zoom,
+        pooling=pooling,
+        standardize=standardize,
+    )
     steps = int(np.ceil(len(train.labels) / 32)) * epochs
     rate = keras.optimizers.schedules.CosineDecay(1e-3, steps) if cosine else 1e-3
     if weight_decay:

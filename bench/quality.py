@@ -85,15 +85,26 @@ def plain_cnn_network(
     widths: tuple[int, ...] | None = None,
     vertical_flip: bool = False,
     zoom: float = 0.0,
+    pooling: str = "average",
+    standardize: bool = False,
 ):
     """The plain CNN's layers (module docstring), uncompiled, with `units` outputs of `activation`. `widths`: the
-    blocks' filters (default 32-64-128, a fourth 128 at ≥ 64 px); `vertical_flip`, `zoom`: more augmentation
-    (`levers.py`)."""
+    blocks' filters (default 32-64-128, a fourth 128 at ≥ 64 px); `vertical_flip`, `zoom`: more augmentation;
+    `pooling` "average_max": global average and global max pooling side by side; `standardize`: each image to zero
+    mean and unit variance instead of the 1/255 scale (`levers.py`)."""
     import keras
 
     size = input_shape[0]
     inputs = keras.Input(input_shape)
-    x = keras.layers.Rescaling(1 / 255)(inputs)
+    if standardize:  # per image, over its pixels and channels (tf.image.per_image_standardization's rule)
+        x = keras.layers.Lambda(
+            lambda t: (
+                (t - keras.ops.mean(t, axis=(1, 2, 3), keepdims=True))
+                / keras.ops.maximum(keras.ops.std(t, axis=(1, 2, 3), keepdims=True), 1.0)
+            )
+        )(inputs)
+    else:
+        x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.RandomFlip("horizontal_and_vertical" if vertical_flip else "horizontal")(x)
     x = keras.layers.RandomRotation(0.05)(x)
     if zoom:
@@ -105,7 +116,10 @@ def plain_cnn_network(
         x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
         x = keras.layers.BatchNormalization()(x)
         x = keras.layers.ReLU()(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
+    if pooling == "average_max":
+        x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)])
+    else:
+        x = keras.layers.GlobalAveragePooling2D()(x)
     x = keras.layers.Dropout(0.3)(x)
     return keras.Model(inputs, keras.layers.Dense(units, activation=activation)(x))
 
