@@ -379,7 +379,8 @@ HYPERBAND_FACTOR = 3  # KerasTuner's default and the paper's (Li et al. 2018, "H
 class Choice:
     """A categorical hyperparameter: `ModelParams.<name>` is one of `SearchSpace.<space_field>` (KerasTuner's
     `hp.Choice(name, ...)`, or `hp.Fixed` when the space holds one value); the Tune page offers `offered` under
-    `label`, shown as `shown` says ("" as it is, "rate": 1e-04 and 0 as none, "with": with / without)."""
+    `label`, shown as `shown` says ("" as it is, "rate": 1e-04 and 0 as none, "with": with / without, "momentum":
+    0.99 and 0 as none)."""
 
     name: str
     space_field: str
@@ -387,6 +388,9 @@ class Choice:
     offered: tuple
     shown: str = ""
     cast: type | None = None  # KerasTuner gives a Choice of booleans back as 1 / 0
+    # The Train page picks a number from `offered` instead of typing it (values near 1, where a typing step of the
+    # smallest offered value makes no sense).
+    picked: bool = False
 
 
 # The categorical hyperparameters, in the order KerasTuner declares them (a resumed search keeps its vector order).
@@ -412,7 +416,9 @@ CHOICES = (
         (0.0, 0.5, 1.0, 1.5, 2.0),
     ),
     Choice("conv_layers", "conv_layers", "Conv layers per block", (1, 2)),
-    Choice("ema_momentum", "ema_momenta", "Weight averaging (EMA momentum, 0 = none)", (0.0, 0.99, 0.999)),
+    Choice(
+        "ema_momentum", "ema_momenta", "Weight averaging (EMA momentum)", (0.0, 0.99, 0.999), "momentum", picked=True
+    ),
 )
 
 

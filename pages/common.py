@@ -247,6 +247,7 @@ SHOWN = {  # how `config.Choice.shown` asks a value to be written
     "": str,
     "rate": lambda v: f"{v:.0e}" if v else "none",
     "with": lambda on: "with" if on else "without",
+    "momentum": lambda v: f"{v:g}" if v else "none",
 }
 
 
@@ -283,7 +284,7 @@ def value_widgets(params: ModelParams, columns: list, busy: bool) -> dict[str, A
     for choice, column in zip(CHOICES, slots(columns, len(CHOICES), 4), strict=True):
         current = getattr(params, choice.name)
         kind = type(choice.offered[0])
-        if kind in (int, float):  # bool is its own type here
+        if kind in (int, float) and not choice.picked:  # bool is its own type here
             offered = ", ".join(SHOWN[choice.shown](v) for v in choice.offered)
             smallest = min((v for v in choice.offered if v > 0), default=1)
             chosen[choice.name] = column.number_input(

@@ -67,8 +67,13 @@ def test_search_killed_mid_trial_keeps_completed_trials_and_reruns_the_interrupt
     begun = [e["trial"] for e in run.events("trial_begin")]
     assert sorted(ended) == ["0", "1", "2"]  # trial 0 was kept, not run again
     assert begun.count("0") == 1 and begun.count("1") == 2 and begun.count("2") == 1  # 1 re-run exactly once
-    # A 16 px trial may call every validation image one class: it is then recorded as collapsed, not completed.
-    assert run.record["trials_completed"] + len(run.record["trials_collapsed"]) == 3
+    # A 16 px trial may call every validation image one class: it is then recorded as collapsed, not completed;
+    # when all three did, the least bad is kept under a warning and they count as the completed ones.
+    record = run.record
+    if record["search_warning"]:
+        assert record["trials_collapsed"] == ["0", "1", "2"] and record["trials_completed"] == 3
+    else:
+        assert record["trials_completed"] + len(record["trials_collapsed"]) == 3
 
 
 def test_nan_loss_fails_the_run_with_a_message_and_no_traceback(tmp_path: Path) -> None:

@@ -166,3 +166,22 @@ class PreciseBatchNorm(keras.callbacks.Callback):
         from medimg.model.batchnorm import recompute_statistics
 
         recompute_statistics(self.model, self.images, self.seed)
+
+
+class KeepAverageOnStop(keras.callbacks.Callback):
+    """Ends a fit that stops early (a stop request, the deadline, early stopping) on the averaged weights.
+
+    Keras' `SwapEMAWeights(swap_on_epoch=True)` (`swap`) leaves the average in the model at each epoch's end and
+    the raw weights in the optimizer's average slots; `fit` then copies those slots into the model
+    (`optimizer.finalize_variable_values`) before `on_train_end`. The callback re-synchronises the slots only after
+    the planned last epoch, so an earlier stop would return the raw weights. Placed last, after every callback that
+    may set `stop_training`, this does the same synchronisation (the callback's own `_finalize_ema_values`) whenever
+    the fit is about to end."""
+
+    def __init__(self, swap: keras.callbacks.SwapEMAWeights) -> None:
+        super().__init__()
+        self.swap = swap
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.model.stop_training:
+            self.swap._finalize_ema_values()

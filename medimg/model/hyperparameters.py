@@ -71,10 +71,11 @@ def params_from_values(values: dict[str, Any], space: SearchSpace) -> ModelParam
 
 
 def plain_cnn_trial(image_size: int, space: SearchSpace) -> ModelParams:
-    """The plain CNN (`ModelParams.plain_cnn`, `image_size` pixels) as a trial of `space`: with the weight averaging
-    the space fixes, since that is a way of training the network, not part of it."""
+    """The plain CNN (`ModelParams.plain_cnn`, `image_size` pixels) as a trial of `space`: without weight averaging
+    when the space offers none, else with the space's first momentum, since averaging is a way of training the
+    network, not part of it."""
     plain = ModelParams.plain_cnn(image_size)
-    return plain.replace(ema_momentum=space.ema_momenta[0]) if len(space.ema_momenta) == 1 else plain
+    return plain if plain.ema_momentum in space.ema_momenta else plain.replace(ema_momentum=space.ema_momenta[0])
 
 
 def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any]:

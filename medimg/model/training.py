@@ -60,16 +60,23 @@ def fit_callbacks(config: TrainConfig, monitor: str, mode: str) -> list:
     return callbacks
 
 
-def weight_averaging(params: ModelParams) -> list:
-    """The callback a fit needs when `params.ema_momentum` averages the weights, else nothing: Keras'
-    `SwapEMAWeights`, which puts the moving average in the model for every validation and at every epoch's end, so
-    the objective, early stopping, best-weight keepers and checkpoints all see the averaged weights (Polyak &
-    Juditsky 1992; measured in bench/README.md, "Levers"). It must come before `PreciseBatchNorm` (the statistics
-    are recomputed for the averaged weights) and after any `BackupAndRestore` (the backup keeps the raw weights and
-    their average in their own places). A new one per `fit`: it holds which weights are in the model."""
+def weight_averaging(params: ModelParams) -> tuple[list, list]:
+    """The callbacks a fit needs when `params.ema_momentum` averages the weights, as (front, last); empty otherwise.
+
+    Front: Keras' `SwapEMAWeights`, which puts the moving average in the model for every validation and at every
+    epoch's end, so the objective, early stopping, best-weight keepers and checkpoints all see the averaged weights
+    (Polyak & Juditsky 1992; measured in bench/README.md, "Levers"). It must come before `PreciseBatchNorm` (the
+    statistics are recomputed for the averaged weights) and after any `BackupAndRestore` (the backup keeps the raw
+    weights and their average in their own places). Last: `KeepAverageOnStop`, so a fit that stops early still
+    returns the average. New ones per `fit`: they hold which weights are in the model."""
     import keras
 
-    return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if params.ema_momentum else []
+    from medimg.model.callbacks import KeepAverageOnStop
+
+    if not params.ema_momentum:
+        return [], []
+    swap = keras.callbacks.SwapEMAWeights(swap_on_epoch=True)
+    return [swap], [KeepAverageOnStop(swap)]
 
 
 def ordered_callbacks(params: ModelParams, precise: Any, callbacks: list) -> list:
@@ -78,8 +85,9 @@ def ordered_callbacks(params: ModelParams, precise: Any, callbacks: list) -> lis
     end the backup keeps the raw weights and everything after it sees the averaged ones with their statistics."""
     import keras
 
+    front, last = weight_averaging(params)
     cut = max((i + 1 for i, c in enumerate(callbacks) if isinstance(c, keras.callbacks.BackupAndRestore)), default=0)
-    return [*callbacks[:cut], *weight_averaging(params), *([precise] if precise is not None else []), *callbacks[cut:]]
+    return [*callbacks[:cut], *front, *([precise] if precise is not None else []), *callbacks[cut:], *last]
 
 
 def monitor_mode(monitor: str) -> str:
@@ -247,10 +255,9 @@ class Fitted:
 def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
     """A train run from its record: prepare, fit (resumable), save the model. Evaluation is the caller's
     (`workflows.execute_train`), so this layer never imports the one above it."""
-    import keras
 
     from medimg.model import backbones
-    from medimg.model.callbacks import AtomicBackupAndRestore, BestWeights, ProgressEvents
+    from medimg.model.callbacks import BestWeights, ProgressEvents
 
     spec = run.spec
     weights = backbones.weights_record(spec.params.backbone, spec.params.weights)  # a missing file stops here
@@ -268,14 +275,7 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
     run.update(monitor=monitor)  # what early stopping followed, when the data made it differ from the spec's
     progress = ProgressEvents(run, echo=echo, undefined=data.undefined_metrics)
     best = BestWeights(monitor, monitor_mode(monitor))
-    callbacks = [
-        progress,  # before the backup: an epoch is backed up only once its event is written
-        # Kept after a stop so `resume` continues from the last epoch; removed below once the run completes.
-        AtomicBackupAndRestore(run.path / "backup"),
-        best,
-        *fit_callbacks(spec.train, monitor, monitor_mode(monitor)),
-        keras.callbacks.TensorBoard(str(run.path / "logs"), profile_batch=0, write_graph=False),
-    ]
+    callbacks = train_run_callbacks(run, progress, best, fit_callbacks(spec.train, monitor, monitor_mode(monitor)))
     model, _ = fit_model(spec.params, data, spec.augment, spec.train, callbacks, distribution=spec.distribution)
     history = run.epoch_history()
     run.write_json("history.json", history)
@@ -301,6 +301,26 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
         )
         return Fitted(model, data, stopped=stopped)
     return Fitted(model, data, backup=run.path / "backup")
+
+
+def train_run_callbacks(run: Run, progress: Any, best: Any, schedule: list) -> list:
+    """A train run's callbacks in the order their epoch ends need: `progress` (the epoch's event), the learning-rate
+    reduction of `schedule` (`fit_callbacks`), then the backup `resume` continues from (kept after a stop, removed
+    once the run completes), so a backed-up epoch has its event written and its learning rate set; then `best`,
+    the rest of `schedule` and TensorBoard. `ordered_callbacks` adds weight averaging right after the backup."""
+    import keras
+
+    from medimg.model.callbacks import AtomicBackupAndRestore
+
+    rate = [c for c in schedule if isinstance(c, keras.callbacks.ReduceLROnPlateau)]
+    return [
+        progress,
+        *rate,
+        AtomicBackupAndRestore(run.path / "backup"),
+        best,
+        *(c for c in schedule if c not in rate),
+        keras.callbacks.TensorBoard(str(run.path / "logs"), profile_batch=0, write_graph=False),
+    ]
 
 
 def say_warnings(warnings: list[str], echo: Echo | None) -> None:

@@ -260,3 +260,12 @@ def test_numbers_are_typed_in_and_a_refused_one_is_explained(runs_dir: Path) -> 
     no_exception(at)
     assert [e.value for e in at.error] == ["kernel_size 4 must be 1, 3, 5 or 7."]
     assert "Start training" not in [button.label for button in at.button]
+
+
+def test_weight_averaging_is_picked_from_its_momenta_and_reaches_the_model(runs_dir: Path) -> None:
+    at = open_page("train")
+    averaging = at.selectbox(key="tr_ema_momentum")
+    assert averaging.options == ["none", "0.99", "0.999"] and averaging.value == 0.0
+    averaging.set_value(0.99).run()
+    no_exception(at)
+    assert at.session_state["params"].ema_momentum == 0.99

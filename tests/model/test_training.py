@@ -235,13 +235,52 @@ def test_weight_averaging_validates_keeps_and_returns_the_moving_average(demo_da
     )
 
 
+def test_a_fit_stopped_early_without_early_stopping_ends_on_the_averaged_weights(
+    demo_data: training.PreparedData,
+) -> None:
+    import keras
+
+    params = PARAMS.replace(ema_momentum=0.9)
+    config = TrainConfig(epochs=6, early_stopping_patience=0, reduce_lr_patience=0, seed=3)
+
+    class StopAfterTwo(keras.callbacks.Callback):  # as a stop request or the deadline would, at epoch 2's end
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.stop_training = epoch == 1
+            self.kept = [np.array(v) for v in self.model.trainable_weights]
+
+    stop = StopAfterTwo()
+    model, history = training.fit_model(params, demo_data, AugmentConfig(), config, [stop])
+    assert len(history.epoch) == 2
+    returned = [np.array(v) for v in model.trainable_weights]
+    # The weights epoch 2 validated (the average), not the last step's raw ones Keras' finalisation would copy in.
+    assert all(np.array_equal(a, b) for a, b in zip(returned, stop.kept, strict=True))
+
+
+def test_a_train_run_backs_up_after_the_learning_rate_is_set_and_before_early_stopping(tmp_path: Path) -> None:
+    import keras
+
+    run = runs.create_run(train_spec(epochs=2), tmp_path)
+    schedule = training.fit_callbacks(TrainConfig(reduce_lr_patience=3), "val_auc", "max")
+    progress, best = callbacks.BestWeights("val_auc", "max"), callbacks.BestWeights("val_auc", "max")
+    ordered = training.train_run_callbacks(run, progress, best, schedule)
+    kinds = [type(c).__name__ for c in ordered]
+    # A learning-rate reduction at an epoch's end is in that epoch's backup, so a resumed run keeps it.
+    assert kinds.index("ReduceLROnPlateau") < kinds.index("AtomicBackupAndRestore") < kinds.index("EarlyStopping")
+    assert ordered[0] is progress and ordered.index(best) > kinds.index("AtomicBackupAndRestore")
+    averaged = training.ordered_callbacks(PARAMS.replace(ema_momentum=0.99), None, ordered)
+    swap = next(i for i, c in enumerate(averaged) if isinstance(c, keras.callbacks.SwapEMAWeights))
+    assert swap == kinds.index("AtomicBackupAndRestore") + 1
+    assert isinstance(averaged[-1], callbacks.KeepAverageOnStop)
+
+
 def test_weight_averaging_goes_after_the_backup_and_before_batchnorm_statistics() -> None:
     import keras
 
     progress, backup, best = keras.callbacks.Callback(), keras.callbacks.BackupAndRestore("/tmp/x"), object()
     precise = callbacks.PreciseBatchNorm(np.zeros((1, 4, 4, 1)))
     ordered = training.ordered_callbacks(PARAMS.replace(ema_momentum=0.99), precise, [progress, backup, best])
-    assert ordered[:2] == [progress, backup] and ordered[3:] == [precise, best]
+    assert ordered[:2] == [progress, backup] and ordered[3:5] == [precise, best]
+    assert isinstance(ordered[5], callbacks.KeepAverageOnStop) and ordered[5].swap is ordered[2]
     assert isinstance(ordered[2], keras.callbacks.SwapEMAWeights) and ordered[2].swap_on_epoch
     assert training.ordered_callbacks(PARAMS, precise, [progress, best]) == [precise, progress, best]
 

@@ -410,6 +410,9 @@ def test_the_plain_cnn_trial_takes_the_weight_averaging_its_space_fixes() -> Non
         hyperparameters.first_trial_values(ModelParams.plain_cnn(16), around_plain)
     searched = around_plain.replace(ema_momenta=(0.0, 0.99))
     assert hyperparameters.plain_cnn_trial(16, searched) == ModelParams.plain_cnn(16)
+    always = around_plain.replace(ema_momenta=(0.999, 0.99))  # every trial averages: the plain CNN too
+    plain = hyperparameters.plain_cnn_trial(16, always)
+    assert plain.ema_momentum == 0.999 and hyperparameters.first_trial_values(plain, always)["ema_momentum"] == 0.999
 
 
 @pytest.mark.slow
