@@ -391,6 +391,7 @@ class Choice:
     # The Train page picks a number from `offered` instead of typing it (values near 1, where a typing step of the
     # smallest offered value makes no sense).
     picked: bool = False
+    help: str = ""  # what the setting does, for the widgets' help (a typed number's adds the offered values)
 
 
 # The categorical hyperparameters, in the order KerasTuner declares them (a resumed search keeps its vector order).
@@ -417,7 +418,14 @@ CHOICES = (
     ),
     Choice("conv_layers", "conv_layers", "Conv layers per block", (1, 2)),
     Choice(
-        "ema_momentum", "ema_momenta", "Weight averaging (EMA momentum)", (0.0, 0.99, 0.999), "momentum", picked=True
+        "ema_momentum",
+        "ema_momenta",
+        "Weight averaging (EMA momentum)",
+        (0.0, 0.99, 0.999),
+        "momentum",
+        picked=True,
+        help="The optimizer keeps an exponential moving average of the weights (0.99: about the last 100 steps); "
+        "each epoch validates and keeps that average, and the fit returns it. none: the weights as trained.",
     ),
 )
 

@@ -268,6 +268,7 @@ def choice_widgets(space: SearchSpace, columns: list, busy: bool) -> dict[str, t
             choice.label,
             list(choice.offered),
             format_func=SHOWN[choice.shown],
+            help=choice.help or None,
             disabled=busy,
             **kept(f"tn_{choice.name}", list(getattr(space, choice.space_field)), busy),
         )
@@ -294,7 +295,7 @@ def value_widgets(params: ModelParams, columns: list, busy: bool) -> dict[str, A
                 step=kind(1) if kind is int else float(smallest),
                 format="%d" if kind is int else "%g",
                 disabled=busy,
-                help=f"A search offers {offered}.",
+                help=" ".join(filter(None, (choice.help, f"A search offers {offered}."))),
                 **kept(f"tr_{choice.name}", kind(current), busy),
             )
         else:
@@ -303,6 +304,7 @@ def value_widgets(params: ModelParams, columns: list, busy: bool) -> dict[str, A
                 choice.label,
                 options,
                 format_func=SHOWN[choice.shown],
+                help=choice.help or None,
                 disabled=busy,
                 **kept(f"tr_{choice.name}", current, busy),
             )

@@ -266,6 +266,7 @@ def test_weight_averaging_is_picked_from_its_momenta_and_reaches_the_model(runs_
     at = open_page("train")
     averaging = at.selectbox(key="tr_ema_momentum")
     assert averaging.options == ["none", "0.99", "0.999"] and averaging.value == 0.0
+    assert "moving average of the weights" in averaging.help
     averaging.set_value(0.99).run()
     no_exception(at)
     assert at.session_state["params"].ema_momentum == 0.99
