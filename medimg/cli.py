@@ -134,6 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
     auto.add_argument(
         "--cv-folds", type=int, help="score each trial by k-fold cross-validation of the training split (2..10)"
     )
+    auto.add_argument(
+        "--soft-labels",
+        choices=["none", "smoothing", "ordinal"],
+        help="training targets (default: ordinal when the class names are numbered grades, else none)",
+    )
     auto.add_argument("--background", action="store_true", help="start the run as its own process and return")
     _add_mlflow_option(auto)
 
@@ -431,6 +436,7 @@ def command_auto(args: argparse.Namespace) -> int:
         color=args.color,
         base=base,
         cv_folds=args.cv_folds,
+        soft_labels=args.soft_labels,
     )
     _err(f"automatic mode, {args.minutes:g} minutes on {data}:")
     for line in chosen.lines():

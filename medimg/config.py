@@ -18,6 +18,9 @@ TUNERS = ("random", "bayesian", "hyperband")
 # "" (in ModelParams and SearchSpace): the run's TrainConfig.class_weights decides.
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 OBJECTIVES = ("val_auc", "val_accuracy", "val_loss")
+# Training targets (`medimg.model.losses.soft_targets`): one-hot; label smoothing; soft ordinal labels for graded
+# classes, whose class index order is the grade order.
+SOFT_LABELS = ("none", "smoothing", "ordinal")
 
 T = TypeVar("T", bound="_Config")
 
@@ -203,6 +206,8 @@ class ModelParams(_Config):
     # Polyak averaging of the weights: the optimizer keeps their exponential moving average with this momentum, and
     # that average is what each epoch validates, keeps and finally returns (0: off; Keras' `use_ema`).
     ema_momentum: float = 0.0
+    # The targets the loss compares with: "none" (one-hot), "smoothing" or "ordinal" (`losses.soft_targets`).
+    soft_labels: str = "none"
 
     def __post_init__(self) -> None:
         _check(
@@ -243,6 +248,7 @@ class ModelParams(_Config):
         _check(1 <= self.batch_size <= 1024, f"batch_size {self.batch_size} must be in 1..1024.")
         _check(0 <= self.augment_strength <= 3, f"augment_strength {self.augment_strength} must be in [0, 3].")
         _check(0 <= self.ema_momentum < 1, f"ema_momentum {self.ema_momentum} must be in [0, 1) (0: no averaging).")
+        _check(self.soft_labels in SOFT_LABELS, f"soft_labels '{self.soft_labels}' must be one of {list(SOFT_LABELS)}.")
 
     @classmethod
     def plain_cnn(cls, image_size: int) -> ModelParams:
@@ -363,6 +369,14 @@ def describe_params(params: ModelParams) -> list[tuple[str, str]]:
             "Weight averaging",
             f"moving average, momentum {params.ema_momentum:g}" if params.ema_momentum else "none",
         ),
+        "soft_labels": (
+            "Training targets",
+            {
+                "none": "one-hot",
+                "smoothing": "label smoothing 0.1",
+                "ordinal": "soft ordinal labels (classes are ordered grades)",
+            }[params.soft_labels],
+        ),
     }
     return [
         ("Conv blocks (filters each)", " → ".join(str(int(f)) for f in params.filters)),
@@ -427,6 +441,15 @@ CHOICES = (
         help="The optimizer keeps an exponential moving average of the weights (0.99: about the last 100 steps); "
         "each epoch validates and keeps that average, and the fit returns it. none: the weights as trained.",
     ),
+    Choice(
+        "soft_labels",
+        "soft_labels",
+        "Training targets (soft labels)",
+        SOFT_LABELS,
+        help="What the loss compares the predictions with. none: one-hot (the true class 1, the others 0). "
+        "smoothing: 0.1 of the target spread over all classes. ordinal: for ordered grades (class index order, e.g. "
+        "0_no_dr … 4_proliferative_dr), the target spread over neighbouring grades, less the further away.",
+    ),
 )
 
 
@@ -457,6 +480,7 @@ class SearchSpace(_Config):
     augment_strengths: tuple[float, ...] = (1.0,)
     class_weights: tuple[str, ...] = ("",)
     ema_momenta: tuple[float, ...] = (0.0,)
+    soft_labels: tuple[str, ...] = ("none",)
     # Networks the trials choose from ("cnn": the configurable CNN above; others: `medimg.model.backbones`), the weights
     # every backbone starts from ("imagenet" looked up offline, or "none"), and how many top blocks a backbone
     # unfreezes in its second stage. For a backbone trial the conv settings above are not used.
@@ -505,6 +529,7 @@ class SearchSpace(_Config):
             all(0 <= s <= 3 for s in self.backbone_augment_strengths), "backbone_augment_strengths must be in [0, 3]."
         )
         _check(bool(self.ema_momenta) and all(0 <= m < 1 for m in self.ema_momenta), "ema_momenta must be in [0, 1).")
+        _check_choices("soft_labels", self.soft_labels, SOFT_LABELS)
 
     @classmethod
     def quick(cls) -> SearchSpace:

@@ -14,7 +14,7 @@ from medimg.config import ModelParams, SearchSpace
 from medimg.errors import ConfigError
 from medimg.model import hyperparameters
 from medimg.store import runs
-from tests.conftest import DEMO
+from tests.conftest import BREASTMNIST, DEMO
 from tests.test_cli import medimg
 
 
@@ -99,6 +99,47 @@ def test_colour_images_are_used_in_rgb(tmp_path: Path) -> None:
     assert chosen.spec.dataset.image_size == 20
 
 
+def graded_folders(root: Path, names: list[str]) -> Path:
+    """Class folders called `names`, each holding a few real BreastMNIST images (only the names matter here)."""
+    import shutil
+
+    images = sorted((BREASTMNIST / "train" / "malignant").glob("*.png"))
+    for i, name in enumerate(names):
+        (root / name).mkdir(parents=True)
+        for image in images[3 * i : 3 * i + 3]:
+            shutil.copy(image, root / name / image.name)
+    return root
+
+
+def test_numbered_grades_train_on_soft_ordinal_labels_and_other_classes_on_one_hot(tmp_path: Path) -> None:
+    grades = ["0_no_dr", "1_mild_npdr", "2_moderate_npdr", "3_severe_npdr", "4_proliferative_dr"]
+    chosen = auto.plan(graded_folders(tmp_path / "grades", grades), 5)
+    assert chosen.spec.search.soft_labels == ("ordinal",)
+    assert reasons(chosen)["soft_labels"].startswith("ordinal: the 5 class names are numbered 0_no_dr … 4_prolif")
+    # The search's first trial is the plain CNN trained on the same targets.
+    plain = hyperparameters.plain_cnn_trial(28, chosen.spec.search)
+    assert plain == ModelParams.plain_cnn(28).replace(soft_labels="ordinal")
+    assert (
+        hyperparameters.params_from_values(
+            hyperparameters.first_trial_values(plain, chosen.spec.search), chosen.spec.search
+        )
+        == plain
+    )
+    given = auto.plan(tmp_path / "grades", 5, soft_labels="none")
+    assert given.spec.search.soft_labels == ("none",) and reasons(given)["soft_labels"] == "none: given"
+    # Numbers that are not one run 0..K-1 or 1..K in index order (sorted names) do not give an order.
+    for name, names in (
+        ("words", ["glioma", "meningioma", "pituitary"]),
+        ("gap", ["0_a", "1_b", "3_c"]),
+        ("ten", ["1_a", "10_j", "2_b"]),  # sorted as text, 10 comes before 2
+        ("part", ["0_a", "1_b", "c"]),
+    ):
+        chosen = auto.plan(graded_folders(tmp_path / name, names), 5)
+        assert chosen.spec.search.soft_labels == ("none",), name
+        assert reasons(chosen)["soft_labels"] == "none (one-hot targets): the class names are not numbered grades"
+    assert reasons(auto.plan(BREASTMNIST, 5))["soft_labels"] == "none (one-hot targets): two classes"
+
+
 def test_a_budget_under_a_minute_is_refused(breastmnist_dir: Path) -> None:
     with pytest.raises(ConfigError, match="at least 1 minute"):
         auto.plan(breastmnist_dir, 0.5)
@@ -175,12 +216,17 @@ def test_a_trial_that_calls_every_validation_image_one_class_scores_worst(breast
 
 @pytest.mark.slow
 def test_auto_on_the_demo_keeps_starting_trials_until_the_budget_and_records_its_reasons(tmp_path: Path) -> None:
-    result = medimg("auto", str(DEMO), "--minutes", "1", "--image-size", "16", "--runs", str(tmp_path), "--seed", "1")
+    # Label smoothing given: two classes train on soft targets through a sigmoid unit, trials and final model.
+    result = medimg(
+        "auto", str(DEMO), "--minutes", "1", "--image-size", "16", "--runs", str(tmp_path), "--seed", "1",
+        "--soft-labels", "smoothing",
+    )  # fmt: skip
     run = runs.Run(result.stdout.strip().splitlines()[-1])
     record = run.record
     assert record["status"] == "completed"
     assert {c["setting"] for c in record["auto"]["choices"]} >= {"color", "image_size", "epochs", "class_weights"}
-    assert next(c for c in record["auto"]["choices"] if c["setting"] == "image_size")["reason"] == "16 px: given"
+    chosen = {c["setting"]: c["reason"] for c in record["auto"]["choices"]}
+    assert chosen["image_size"] == "16 px: given" and chosen["soft_labels"] == "smoothing: given"
     begins = run.events("trial_begin")
     epochs = run.events("epoch")
     deadline = record["search_deadline"]
@@ -192,7 +238,9 @@ def test_auto_on_the_demo_keeps_starting_trials_until_the_budget_and_records_its
     assert epochs[-1]["t"] >= deadline - longest_epoch - 1.0  # still training when the budget ran out
     # Trial 0 is the plain CNN.
     first = next(event for event in begins if event["trial"] == "000")
-    plain = hyperparameters.first_trial_values(ModelParams.plain_cnn(16), run.spec.search)
+    plain = hyperparameters.first_trial_values(
+        ModelParams.plain_cnn(16).replace(soft_labels="smoothing"), run.spec.search
+    )
     assert {k: first["hyperparameters"][k] for k in plain} == plain
     assert "test (threshold 0.5 / arg-max)" in result.stderr
     evaluated = json.loads(medimg("evaluate", str(run.path), "--json").stdout)

@@ -71,11 +71,16 @@ def params_from_values(values: dict[str, Any], space: SearchSpace) -> ModelParam
 
 
 def plain_cnn_trial(image_size: int, space: SearchSpace) -> ModelParams:
-    """The plain CNN (`ModelParams.plain_cnn`, `image_size` pixels) as a trial of `space`: without weight averaging
-    when the space offers none, else with the space's first momentum, since averaging is a way of training the
-    network, not part of it."""
+    """The plain CNN (`ModelParams.plain_cnn`, `image_size` pixels) as a trial of `space`: its weight averaging and
+    training targets are the plain CNN's (none, one-hot) when the space offers them, else the space's first, since
+    both are ways of training the network, not part of it."""
     plain = ModelParams.plain_cnn(image_size)
-    return plain if plain.ema_momentum in space.ema_momenta else plain.replace(ema_momentum=space.ema_momenta[0])
+    training = {
+        name: offered[0]
+        for name, offered in (("ema_momentum", space.ema_momenta), ("soft_labels", space.soft_labels))
+        if getattr(plain, name) not in offered
+    }
+    return plain.replace(**training)
 
 
 def first_trial_values(params: ModelParams, space: SearchSpace) -> dict[str, Any]:

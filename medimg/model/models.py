@@ -176,10 +176,12 @@ def compile_model(model: keras.Model, params: ModelParams, num_classes: int, ste
     AUC metrics. `steps_per_execution`: batches per call of Keras' compiled train step (Keras' own option; more
     than one only where a step is so small that the per-call overhead dominates, e.g. a head on cached features).
     With `params.ema_momentum` the optimizer also keeps the weights' moving average (Keras' `use_ema`); a fit
-    validates and returns that average only with `training.weight_averaging`'s callback in front."""
+    validates and returns that average only with `training.weight_averaging`'s callback in front. With
+    `params.soft_labels` other than "none" the loss compares with soft targets (`losses.soft_targets`)."""
     import keras
 
     from medimg.model.auc import SparseAUC
+    from medimg.model.losses import SoftTargetCrossentropy, soft_targets
 
     optimizers = {
         "adam": keras.optimizers.Adam,
@@ -195,6 +197,8 @@ def compile_model(model: keras.Model, params: ModelParams, num_classes: int, ste
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy"), SparseAUC(num_classes, name="auc")]
+    if params.soft_labels != "none":
+        loss = SoftTargetCrossentropy(soft_targets(params.soft_labels, num_classes))
     # Keyword arguments only: Keras 3 changed compile()'s positional order.
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, steps_per_execution=steps_per_execution)
 

@@ -270,3 +270,13 @@ def test_weight_averaging_is_picked_from_its_momenta_and_reaches_the_model(runs_
     averaging.set_value(0.99).run()
     no_exception(at)
     assert at.session_state["params"].ema_momentum == 0.99
+
+
+def test_training_targets_are_picked_by_name_and_reach_the_model(runs_dir: Path) -> None:
+    at = open_page("train")
+    targets = at.selectbox(key="tr_soft_labels")
+    assert targets.options == ["none", "smoothing", "ordinal"] and targets.value == "none"
+    assert "ordered grades" in targets.help
+    targets.set_value("ordinal").run()
+    no_exception(at)
+    assert at.session_state["params"].soft_labels == "ordinal"
