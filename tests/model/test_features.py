@@ -298,7 +298,9 @@ def test_the_automatic_search_tries_found_backbones_on_cached_features(tmp_path:
     trials keep their rotations."""
     from medimg import auto
 
-    chosen = auto.plan(DEMO, 2, image_size=SIZE, color="gray", seed=3)
+    # Seed 2 draws both kinds in trials 2-4. KerasTuner's random draws advance one seed per declared hyperparameter,
+    # so a new hyperparameter changes what a seed draws: the assertion on `kinds` below catches that.
+    chosen = auto.plan(DEMO, 2, image_size=SIZE, color="gray", seed=2)
     spec = chosen.spec.replace(
         train=chosen.spec.train.replace(epochs=1, early_stopping_patience=0),
         tune=chosen.spec.tune.replace(max_trials=4, max_minutes=0.0, ensemble_size=1),
