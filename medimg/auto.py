@@ -168,7 +168,13 @@ def plan(
         soft_labels, reason = _choose_targets(report.class_names)
         choices.append(Choice("soft_labels", soft_labels, reason))
     else:
-        choices.append(Choice("soft_labels", soft_labels, f"{soft_labels}: given"))
+        graded = _choose_targets(report.class_names)[0] == "ordinal"
+        caveat = (
+            " (the class names, sorted, are not numbered grades: their sorted order is taken as the grade order)"
+            if soft_labels == "ordinal" and not graded
+            else ""
+        )
+        choices.append(Choice("soft_labels", soft_labels, f"{soft_labels}: given{caveat}"))
     blocks = (3, 4, 5) if image_size >= 64 else (2, 3, 4)
     space = SearchSpace(
         learning_rate_min=3e-4,
@@ -415,9 +421,10 @@ def _choose_targets(class_names: list[str]) -> tuple[str, str]:
         return "ordinal", (
             f"ordinal: the {len(class_names)} class names are numbered {class_names[0]} … {class_names[-1]}, read as "
             "ordered grades; each image's target also gives its neighbouring grades a share (soft ordinal labels), "
-            "so a near miss costs less than a distant one (--soft-labels none if the numbers are not an order)"
+            "so a near miss costs less than a distant one (set the training targets to none if the numbers are not "
+            "an order)"
         )
-    why = "two classes" if len(class_names) == 2 else "the class names are not numbered grades"
+    why = "two classes" if len(class_names) == 2 else "the class names, sorted, are not numbered 0, 1, 2 … or 1, 2, 3 …"
     return "none", f"none (one-hot targets): {why}"
 
 

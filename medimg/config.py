@@ -696,6 +696,13 @@ class RunSpec(_Config):
             ("tune", TuneConfig),
         ):
             object.__setattr__(self, name, _nested(cls, getattr(self, name)))
+        # The loss is measured against each trial's own training targets (`losses.SoftTargetCrossentropy`), whose
+        # entropy sets its floor: losses of trials with different targets do not compare.
+        _check(
+            self.kind != "tune" or len(set(self.search.soft_labels)) == 1 or "loss" not in self.tune.objective,
+            "a search over training targets cannot rank its trials by validation loss (each kind of target has its "
+            "own loss floor); rank by validation AUC or accuracy, or search one kind of training targets.",
+        )
 
 
 def load_spec_file(path: str | Path) -> dict[str, Any]:

@@ -9,7 +9,9 @@ import streamlit as st
 
 from medimg import auto
 from medimg.config import (
+    CHOICES,
     PRESETS,
+    SOFT_LABELS,
     ModelParams,
     RunSpec,
     SearchSpace,
@@ -33,6 +35,7 @@ def nearest_rate(value: float) -> float:
 
 
 MODES = ("Automatic", "Advanced")
+AUTO_TARGETS = ("chosen from the class names", *SOFT_LABELS)
 st.title("Tune")
 space: SearchSpace = common.get("search")
 tune: TuneConfig = common.get("tune")
@@ -67,8 +70,18 @@ if mode == MODES[0]:
         ),
         help="Every stage counts: decoding the images, the search, the final model and its evaluation.",
     )
+    targets = st.selectbox(
+        "Training targets",
+        AUTO_TARGETS,
+        disabled=busy,
+        help="Chosen from the class names: soft ordinal labels when three or more classes are numbered grades "
+        "(0_no_dr … 4_proliferative_dr), one-hot otherwise. "
+        + next(c.help for c in CHOICES if c.name == "soft_labels"),
+        **common.kept("tn_auto_targets", AUTO_TARGETS[0], busy),
+    )
     st.caption(
-        f"Dataset: {data.path}. Image size, colour, epochs, batch size, class weights and the search ranges are "
+        f"Dataset: {data.path}. Image size, colour, epochs, batch size, class weights, training targets and the "
+        "search ranges are "
         "chosen from the data and the budget, starting from a plain CNN that the search can only improve on. "
         "Augmentation: horizontal flips and rotations up to ±18°, their strength searched (the Augment page's "
         "settings apply under Advanced)."
@@ -76,7 +89,13 @@ if mode == MODES[0]:
     label = f"Find a good model in {minutes:g} minute{'s' if minutes != 1 else ''}"
     if st.button(label, type="primary", disabled=busy):
         try:
-            chosen = auto.plan(data.path, minutes, seed=data.seed, base=RunSpec(dataset=data))
+            chosen = auto.plan(
+                data.path,
+                minutes,
+                seed=data.seed,
+                base=RunSpec(dataset=data),
+                soft_labels=None if targets == AUTO_TARGETS[0] else targets,
+            )
         except MedimgError as error:
             common.show_error(error)
         else:

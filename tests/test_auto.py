@@ -131,13 +131,15 @@ def test_numbered_grades_train_on_soft_ordinal_labels_and_other_classes_on_one_h
     for name, names in (
         ("words", ["glioma", "meningioma", "pituitary"]),
         ("gap", ["0_a", "1_b", "3_c"]),
-        ("ten", ["1_a", "10_j", "2_b"]),  # sorted as text, 10 comes before 2
+        ("ten", [str(n) for n in range(1, 11)]),  # sorted as text, 10 comes before 2: index order is not grade order
         ("part", ["0_a", "1_b", "c"]),
     ):
         chosen = auto.plan(graded_folders(tmp_path / name, names), 5)
         assert chosen.spec.search.soft_labels == ("none",), name
-        assert reasons(chosen)["soft_labels"] == "none (one-hot targets): the class names are not numbered grades"
+        assert reasons(chosen)["soft_labels"].startswith("none (one-hot targets): the class names, sorted, are not")
     assert reasons(auto.plan(BREASTMNIST, 5))["soft_labels"] == "none (one-hot targets): two classes"
+    given = reasons(auto.plan(tmp_path / "words", 5, soft_labels="ordinal"))["soft_labels"]
+    assert given.startswith("ordinal: given (the class names, sorted, are not numbered grades")
 
 
 def test_a_budget_under_a_minute_is_refused(breastmnist_dir: Path) -> None:

@@ -265,3 +265,12 @@ def test_cross_validation_refuses_what_would_break_its_scores() -> None:
     with pytest.raises(ConfigError, match=r"must be 0 \(off\) or 2\.\.10"):
         TuneConfig(cv_folds=1)
     assert TuneConfig.from_json(TuneConfig(cv_folds=4).to_json()).cv_folds == 4
+
+
+def test_a_search_over_training_targets_is_not_ranked_by_validation_loss() -> None:
+    both = SearchSpace(soft_labels=("none", "ordinal"))
+    with pytest.raises(ConfigError, match="cannot rank its trials by validation loss"):
+        RunSpec(kind="tune", search=both, tune=TuneConfig(objective="val_loss"))
+    assert RunSpec(kind="tune", search=both, tune=TuneConfig(objective="val_auc")).search == both
+    one = SearchSpace(soft_labels=("ordinal",))  # every trial's loss against the same targets: comparable
+    assert RunSpec(kind="tune", search=one, tune=TuneConfig(objective="val_loss")).tune.objective == "val_loss"

@@ -22,7 +22,9 @@ def hyperparameter_importance(trials: list[Any], seed: int = 0) -> list[tuple[st
 
     done = [t for t in trials if t.get("score") is not None]
     names = sorted({k for t in done for k in t["hyperparameters"]})
-    names = [n for n in names if len({repr(t["hyperparameters"].get(n)) for t in done}) > 1]
+    # A name some trials lack (declared after they ran, or conditional on another choice) varies only if the trials
+    # that have it differ: its absence is not a value of its own.
+    names = [n for n in names if len({repr(t["hyperparameters"][n]) for t in done if n in t["hyperparameters"]}) > 1]
     scores = np.array([float(t["score"]) for t in done])
     if len(done) < MIN_TRIALS or not names or np.ptp(scores) == 0:
         return []

@@ -118,8 +118,8 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
     dimensions = []
     for name in names:
         values = [t["hyperparameters"].get(name) for t in done]
-        if len({str(v) for v in values}) < 2 and len(done) > 1:
-            continue  # a fixed parameter only adds an axis with one tick
+        if len({str(v) for v in values if v is not None}) < 2 and len(done) > 1:
+            continue  # a fixed parameter (or one some trials lack, as older trials a new one) adds one tick
         numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values if v is not None)
         if numeric and name == "learning_rate":
             exponents = [math.log10(v) for v in values]

@@ -221,6 +221,9 @@ def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_wh
     assert "Start search" not in [button.label for button in at.button]  # the ranges are under Advanced
     assert values(at.info) == ["No search yet: give a time budget and press Find a good model."]
     at.number_input(key="tn_auto_minutes").set_value(1.0).run()
+    targets = at.selectbox(key="tn_auto_targets")
+    assert targets.value == "chosen from the class names" and "numbered grades" in targets.help
+    targets.set_value("smoothing").run()  # the user's word over the plan's
     by_label(at.button, "Find a good model in 1 minute").click().run()
     no_exception(at)
     run = runs.Run(runs_dir / at.query_params["run"])
@@ -228,6 +231,8 @@ def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_wh
     # Chosen from the demo's images, not from the Dataset page's 16 px: 224 px JPEGs holding gray pictures.
     assert run.spec.dataset.color == "gray" and run.spec.dataset.path == TINY_DATASET["path"]
     assert run.spec.tune.first_trial == "plain_cnn" and record["auto"]["minutes"] == 1.0
+    assert run.spec.search.soft_labels == ("smoothing",)
+    assert {"setting": "soft_labels", "value": "smoothing", "reason": "smoothing: given"} in record["auto"]["choices"]
     assert runs.pid_alive(run.pid)
     watcher = open_page("tune", run=run.id)
     no_exception(watcher)

@@ -42,3 +42,13 @@ def test_too_few_or_uninformative_trials_give_nothing() -> None:
     assert hyperparameter_importance(flat) == []
     unfinished = [{**row, "score": None} for row in trials(20)]
     assert hyperparameter_importance(unfinished) == []
+
+
+def test_a_hyperparameter_older_trials_lack_does_not_vary_by_its_absence() -> None:
+    # A search resumed across a release that declared a new fixed hyperparameter: half its trials lack it.
+    rows = trials(30)
+    for row in rows[15:]:
+        row["hyperparameters"]["soft_labels"] = "none"
+    assert "soft_labels" not in {name for name, _ in hyperparameter_importance(rows)}
+    rows[-1]["hyperparameters"]["soft_labels"] = "ordinal"  # two values among the trials that have it: it varies
+    assert "soft_labels" in {name for name, _ in hyperparameter_importance(rows)}

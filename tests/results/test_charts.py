@@ -123,6 +123,10 @@ def test_parallel_coordinates_numbers_categories_and_fixed_values() -> None:
     dimensions = {d.label: d for d in trace.dimensions}
     # tuner/* bookkeeping and dense_units (the same in every trial) add no information: no axis for them.
     assert list(dimensions) == ["activation", "batch_norm", "filters_0", "learning rate", "val_auc"]
+    trials[1]["hyperparameters"]["soft_labels"] = "none"  # declared after trial 0 ran: one value, no axis
+    assert [d.label for d in charts.parallel_coordinates_figure(trials, "val_auc").data[0].dimensions] == list(
+        dimensions
+    )
     rate = dimensions["learning rate"]
     assert list(rate.values) == pytest.approx([-2.0, -3.0])  # log scale, labelled as rates
     assert list(rate.ticktext) == ["1e-3", "1e-2"] and list(rate.tickvals) == [-3, -2]
