@@ -156,9 +156,9 @@ def _probabilities(
 
     images, targets = pixels(train), keras.utils.to_categorical(train.labels, classes)
     if ordinal:
-        grades = np.arange(classes)
-        soft = np.exp(-ordinal * (grades[:, None] - grades[None, :]) ** 2)
-        targets = (soft / soft.sum(axis=1, keepdims=True))[np.asarray(train.labels)].astype(np.float32)
+        from medimg.model.losses import soft_targets
+
+        targets = soft_targets("ordinal", classes, scale=ordinal)[np.asarray(train.labels)]
     if mixup:
         import tensorflow as tf
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from medimg.config import BACKBONE_NAMES, DEFAULT_PRESET, PRESETS
+from medimg.config import BACKBONE_NAMES, DEFAULT_PRESET, PRESETS, SOFT_LABELS
 from medimg.datasets.sources import DEMO_DATASET
 from medimg.errors import ConfigError, MedimgError, RunError
 
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     auto.add_argument(
         "--soft-labels",
-        choices=["none", "smoothing", "ordinal"],
+        choices=list(SOFT_LABELS),
         help="training targets (default: ordinal when the class names are numbered grades, else none)",
     )
     auto.add_argument("--background", action="store_true", help="start the run as its own process and return")

@@ -14,12 +14,13 @@ LABEL_SMOOTHING = 0.1
 ORDINAL_SCALE = 2.0
 
 
-def soft_targets(kind: str, num_classes: int) -> np.ndarray:
+def soft_targets(kind: str, num_classes: int, scale: float = ORDINAL_SCALE) -> np.ndarray:
     """The K×K float32 matrix whose row t is the training target for an image of class t (rows sum to 1).
 
     "none": the identity (one-hot). "smoothing": (1 − ε)·one-hot + ε/K with ε = `LABEL_SMOOTHING`.
     "ordinal": soft ordinal labels (SORD; Díaz & Marathe 2019, "Soft Labels for Ordinal Regression", CVPR, eq. 2):
-    row t ∝ exp(−α·(t − i)²) over classes i, α = `ORDINAL_SCALE`, the class index order taken as the grade order.
+    row t ∝ exp(−α·(t − i)²) over classes i, α = `scale` (default `ORDINAL_SCALE`), the class index order taken as
+    the grade order.
     Raises ValueError for another `kind` or fewer than two classes."""
     if num_classes < 2:
         raise ValueError(f"soft targets need at least two classes, not {num_classes}.")
@@ -30,7 +31,7 @@ def soft_targets(kind: str, num_classes: int) -> np.ndarray:
         return (1 - LABEL_SMOOTHING) * eye + LABEL_SMOOTHING / num_classes
     if kind == "ordinal":
         grades = np.arange(num_classes, dtype=np.float64)
-        weights = np.exp(-ORDINAL_SCALE * (grades[:, None] - grades[None, :]) ** 2)
+        weights = np.exp(-scale * (grades[:, None] - grades[None, :]) ** 2)
         return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
     raise ValueError(f"soft labels '{kind}' must be none, smoothing or ordinal.")
 
