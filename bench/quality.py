@@ -154,7 +154,7 @@ def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
 
 def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     """Test AUC of: the best trial alone, the mean of the top-5 candidates, and the k chosen on validation."""
-    from medimg.model import hyperparameters, models, tuning
+    from medimg.model import hyperparameters, models, training, tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -169,6 +169,7 @@ def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
         params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
         model = models.build_model(params, data.input_shape, data.num_classes)
         model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+        training.restore_class_prior(model, params, run.spec.train, data)  # as the product keeps it
         probs.append(predict_arrays(model, test.images))
     chosen = len(ensemble.get("members") or [candidates[0]])
     return {
@@ -211,11 +212,13 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+        training.restore_class_prior(model, params, run.spec.train, data)  # as the product keeps it
         kept.append(predict_arrays(model, test.images))
         curve = histories.get(trial_id, {}).get(objective) or []
         best = (int(np.argmin(curve) if objective.endswith("loss") else np.argmax(curve)) + 1) if curve else None
         config = run.spec.train.replace(early_stopping_patience=0, reduce_lr_patience=0)
         model, _ = training.fit_model(params, data_joined, run.spec.augment, config, [], epochs=best)
+        training.restore_class_prior(model, params, run.spec.train, data_joined)
         retrained.append(predict_arrays(model, test.images))
     return (
         scores(test.labels, np.mean(kept, axis=0)),
@@ -229,7 +232,7 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     a larger ensemble help, or do the members plateau together?"""
     import warnings
 
-    from medimg.model import hyperparameters, models, tuning
+    from medimg.model import hyperparameters, models, training, tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -249,6 +252,7 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
             model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial['trial_id']}" / "checkpoint.weights.h5")
+        training.restore_class_prior(model, params, run.spec.train, data)  # as the product keeps it
         probs.append(predict_arrays(model, test.images))
     return [scores(test.labels, np.mean(probs[:k], axis=0)) for k in range(1, len(probs) + 1)]
 

@@ -158,7 +158,8 @@ def plan(
             list(weights),
             (
                 f"searched (none or balanced): the largest class is {ratio:.1f}× the smallest in training; "
-                "weights are kept only if they win on validation"
+                "weights are kept only if they win on validation, and a weighted model's outputs are shifted back to "
+                "the training class frequencies, so its probabilities and arg-max mean what an unweighted model's do"
                 if len(weights) > 1
                 else f"none: classes within 1.5× of each other ({ratio:.1f}×)"
             ),

@@ -145,7 +145,11 @@ weights = t3.selectbox(
     ["auto", "balanced", "none"],
     disabled=busy,
     **common.kept(f"{prefix}weights", schedule.class_weights, busy),
-    help="auto: balanced weights when the classes differ by more than 1.5×.",
+    help=(
+        "auto: balanced weights when the classes differ by more than 1.5×. Weights change what the network learns; "
+        "the saved model's outputs are shifted back to the training class frequencies, so its probabilities mean "
+        "what an unweighted model's do (choose the operating point to favour a class)."
+    ),
 )
 schedule = schedule.replace(epochs=int(epochs), early_stopping_patience=int(patience), class_weights=weights)
 if base is None:

@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from medimg.store.runs import Run
 
 
+OUTPUT_LAYER = "probabilities"  # the output Dense of every network built here (`network`, `backbone_head`)
+
+
 def build_model(params: ModelParams, input_shape: tuple[int, int, int], num_classes: int) -> keras.Model:
     """A compiled functional CNN: Rescaling → conv blocks → head → output right for the task.
 
@@ -73,7 +76,7 @@ def network(params: ModelParams, inputs: keras.KerasTensor, num_classes: int, pr
         1 if binary else num_classes,
         activation="sigmoid" if binary else "softmax",
         dtype="float32",
-        name=f"{prefix}probabilities",
+        name=f"{prefix}{OUTPUT_LAYER}",
     )(x)
 
 
@@ -126,7 +129,7 @@ def backbone_head(params: ModelParams, features: keras.KerasTensor, num_classes:
         1 if binary else num_classes,
         activation="sigmoid" if binary else "softmax",
         dtype="float32",
-        name="probabilities",
+        name=OUTPUT_LAYER,
     )(x)
 
 
@@ -169,6 +172,31 @@ def build_ensemble(
                 model.get_layer(prefix + layer.name).set_weights(layer.get_weights())
     compile_model(model, params[0], num_classes)
     return model
+
+
+def undo_class_weights(model: keras.Model, weights: dict[int, float] | None) -> bool:
+    """Shift the output layer's bias so that a model trained with class weights w_k reports probabilities under
+    the class frequencies of its training data again. Returns whether anything changed (False for no weights).
+
+    A cross-entropy weighted by w_k is minimised by p_w(k | x) ∝ w_k · p(k | x), so p(k | x) ∝ p_w(k | x) / w_k:
+    the correction of Saerens, Latinne & Decaestecker (2002, Neural Computation 14(1), "Adjusting the outputs of a
+    classifier to new a priori probabilities"), applied to the logits as in Menon et al. (2021, ICLR, "Long-tail
+    learning via logit adjustment"). Softmax output: b_k −= log w_k; one sigmoid unit (two classes):
+    b −= log(w_1 / w_0). Exact for one-hot targets at the loss's minimum, approximate for soft targets. So class
+    weights change what the network learns, not the meaning of its probabilities: members trained with and without
+    weights can be averaged, and the arg-max (0.5 for two classes) is the most probable class again. Raises
+    ValueError when the model has no output layer named `OUTPUT_LAYER`; returns False for equal weights, which
+    change nothing the loss is minimised by."""
+    if not weights or len(set(weights.values())) == 1:
+        return False
+    layer = next((layer for layer in model.layers if layer.name == OUTPUT_LAYER), None)
+    if layer is None:
+        raise ValueError(f"model {model.name!r} has no layer {OUTPUT_LAYER!r} to shift")
+    kernel, bias = layer.get_weights()
+    log_weights = np.log([weights[k] for k in sorted(weights)])
+    shift = log_weights[1:] - log_weights[0] if bias.shape[0] == 1 else log_weights
+    layer.set_weights([kernel, (bias - shift).astype(bias.dtype)])
+    return True
 
 
 def compile_model(model: keras.Model, params: ModelParams, num_classes: int, steps_per_execution: int = 1) -> None:

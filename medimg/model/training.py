@@ -40,6 +40,17 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> dict[int, 
     return {i: float(w) for i, w in enumerate(weights)}
 
 
+def restore_class_prior(model: Any, params: ModelParams, config: TrainConfig, data: PreparedData) -> dict | None:
+    """Undo the class weights `params` (or, when it leaves them to the run, `config`) trained `model` with, in place
+    (`models.undo_class_weights`): the model a run keeps reports probabilities under its training split's class
+    frequencies, whatever weights helped it learn. Returns the weights undone ({class index: weight}), None when
+    it trained without (or with equal ones). Call it once, on the model about to be kept, after training."""
+    from medimg.model import models
+
+    weights = class_weights(data.arrays["train"].labels, data.num_classes, params.class_weights or config.class_weights)
+    return weights if models.undo_class_weights(model, weights) else None
+
+
 def fit_callbacks(config: TrainConfig, monitor: str, mode: str) -> list:
     """Early stopping with best weights restored, learning-rate reduction on plateau, NaN guard."""
     import keras
@@ -287,12 +298,14 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
             raise _nan_error(len(losses))
         # Keep what was learnt before the loss diverged: the best epoch's weights become the run's model.
         model.set_weights(best.weights)
+        _keep_class_prior(run, model, data)
         run.save_model(model)
         error = _nan_error(
             len(losses),
             kept=f"the best model so far (epoch {best.epoch + 1}, {monitor} {best.value:.4f}) was saved and evaluated",
         )
         return Fitted(model, data, error=error)
+    _keep_class_prior(run, model, data)
     run.save_model(model)
     if progress.stopped_by_request:
         stopped = (
@@ -301,6 +314,13 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
         )
         return Fitted(model, data, stopped=stopped)
     return Fitted(model, data, backup=run.path / "backup")
+
+
+def _keep_class_prior(run: Run, model: Any, data: PreparedData) -> None:
+    """`restore_class_prior` on a train run's model, the weights undone recorded in run.json."""
+    weights = restore_class_prior(model, run.spec.params, run.spec.train, data)
+    if weights:
+        run.update(class_weights_undone={str(k): round(w, 6) for k, w in weights.items()})
 
 
 def train_run_callbacks(run: Run, progress: Any, best: Any, schedule: list) -> list:

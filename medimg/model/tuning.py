@@ -433,7 +433,7 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
 
     import numpy as np
 
-    from medimg.model import models
+    from medimg.model import models, training
     from medimg.model.models import predict_arrays
 
     spec = run.spec
@@ -445,6 +445,17 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
         # A trial's checkpoint holds its optimizer's state; a model kept for prediction does not need it.
         warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
         members = [tuner.load_model(trial) for trial in ranked]
+    # Trials drawn with and without class weights estimate different things until the weights are undone; only
+    # then is their mean a probability (measured in bench/README.md, "Class weights undone").
+    undone = [
+        trial.trial_id
+        for trial, member in zip(ranked, members, strict=True)
+        if training.restore_class_prior(
+            member, params_from_values(trial.hyperparameters.values, spec.search), spec.train, data
+        )
+    ]
+    if undone:
+        run.update(class_weights_undone_in=undone)
     if len(members) == 1:
         if note:
             run.update(ensemble={"members": [ranked[0].trial_id], "candidates": [ranked[0].trial_id], "note": note})

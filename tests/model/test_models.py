@@ -161,3 +161,28 @@ def test_model_saves_and_loads_as_keras_file(keras, tmp_path: Path, num_classes:
     batch = np.random.default_rng(4).uniform(0, 255, (3, 16, 16, 1)).astype("float32")
     np.testing.assert_allclose(models.probabilities(loaded, batch), models.probabilities(model, batch), rtol=1e-5)
     assert loaded.get_layer("rescale").scale == pytest.approx(1 / 255)
+
+
+@pytest.mark.parametrize("num_classes", [2, 3])
+def test_undoing_class_weights_divides_the_probabilities_by_the_weights(keras, num_classes: int) -> None:
+    model = models.build_model(SMALL, (16, 16, 1), num_classes)
+    output = model.get_layer(models.OUTPUT_LAYER)
+    kernel, bias = output.get_weights()
+    output.set_weights([kernel, np.linspace(-0.5, 0.5, bias.shape[0]).astype(bias.dtype)])
+    batch = np.random.default_rng(2).uniform(0, 255, (6, 16, 16, 1)).astype("float32")
+    before = models.probabilities(model, batch)
+    weights = {0: 0.7, 1: 2.6, 2: 1.3} if num_classes == 3 else {0: 0.68, 1: 1.86}
+    assert models.undo_class_weights(model, weights)
+    expected = before / np.array([weights[k] for k in range(num_classes)])
+    expected /= expected.sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(models.probabilities(model, batch), expected, rtol=1e-4)
+    assert not models.undo_class_weights(model, None)  # trained without weights: nothing to undo
+    assert not models.undo_class_weights(model, dict.fromkeys(range(num_classes), 0.9))  # equal: nothing either
+    np.testing.assert_allclose(models.probabilities(model, batch), expected, rtol=1e-4)
+
+
+def test_undoing_class_weights_needs_the_output_layer(keras) -> None:
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", name="scores")(inputs))
+    with pytest.raises(ValueError, match="no layer 'probabilities'"):
+        models.undo_class_weights(model, {0: 1.0, 1: 2.0})

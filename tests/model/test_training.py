@@ -16,7 +16,7 @@ from medimg.config import AugmentConfig, DatasetConfig, ModelParams, RunSpec, Tr
 from medimg.errors import DatasetError
 from medimg.model import callbacks, training
 from medimg.store import runs
-from tests.conftest import DEMO
+from tests.conftest import BREASTMNIST, DEMO
 
 PARAMS = ModelParams(filters=(4, 8), dense_units=8, batch_size=16)
 DATASET = DatasetConfig(path=str(DEMO), image_size=16, color="gray")
@@ -305,6 +305,32 @@ def test_execute_train_records_everything(tmp_path: Path) -> None:
     assert any(line.startswith("epoch 2/2") for line in lines)
     assert (run.path / "logs").is_dir()  # TensorBoard
     assert not (run.path / "backup").exists()  # the resume backup is removed once training finished
+
+
+def test_a_model_trained_with_class_weights_is_kept_with_the_training_class_frequencies(tmp_path: Path) -> None:
+    """Balanced weights make a network call malignant about as often as benign; the run keeps it with the weights
+    undone (`training.restore_class_prior`), so its mean probability of malignant on the training images moves to
+    the training split's share (147 of 546 real BreastMNIST images)."""
+    from medimg.model import models
+
+    dataset = DatasetConfig(path=str(BREASTMNIST), image_size=28, color="gray")
+    config = TrainConfig(epochs=3, early_stopping_patience=0, reduce_lr_patience=0, class_weights="balanced", seed=0)
+    run = runs.create_run(RunSpec(kind="train", dataset=dataset, params=PARAMS, train=config), tmp_path)
+    jobs.execute(run)
+    data = training.prepare_data(dataset)
+    labels = data.arrays["train"].labels
+    malignant = data.class_names.index("malignant")
+    share = np.mean(labels == malignant)
+    assert share == pytest.approx(147 / 546)
+    weights = training.class_weights(labels, 2, "balanced")
+    assert run.record["class_weights_undone"] == {str(k): pytest.approx(w, abs=1e-6) for k, w in weights.items()}
+    kept = models.load_run_model(run)
+    images = np.asarray(data.arrays["train"].images, np.float32)
+    kept_mean = models.probabilities(kept, images)[:, malignant].mean()
+    models.undo_class_weights(kept, {k: 1 / w for k, w in weights.items()})  # the network as it was trained
+    trained_mean = models.probabilities(kept, images)[:, malignant].mean()
+    assert trained_mean > share + 0.1, "balanced weights should push the trained network towards malignant"
+    assert abs(kept_mean - share) < abs(trained_mean - share)
 
 
 def test_stop_file_during_execute_records_fewer_epochs(tmp_path: Path) -> None:

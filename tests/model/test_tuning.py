@@ -436,3 +436,43 @@ def test_a_trial_with_weight_averaging_keeps_the_weights_it_was_scored_on(tmp_pa
     auc.update_state(np.asarray(val.labels, np.float32), models.predict_arrays(model, val.images)[:, 1])
     # KerasTuner's checkpoint of the best epoch holds the averaged weights the objective was computed on.
     assert float(auc.result()) == pytest.approx(record["best_score"], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_the_kept_ensemble_is_the_mean_of_its_trials_with_their_class_weights_undone(tmp_path: Path) -> None:
+    """Trials drawn with balanced class weights on real, imbalanced BreastMNIST: the run's model is the mean of
+    the trials' checkpoints each shifted back to the training class frequencies (`training.restore_class_prior`)."""
+    import numpy as np
+
+    from medimg.datasets.prepared import prepare_data
+    from medimg.model import models, training
+    from tests.conftest import BREASTMNIST
+
+    dataset = DatasetConfig(path=str(BREASTMNIST), image_size=28, color="gray", seed=1)
+    space = TINY_SPACE.replace(conv_blocks=(2,), activations=("relu",), class_weights=("balanced",))
+    spec = RunSpec(
+        kind="tune",
+        dataset=dataset,
+        search=space,
+        tune=TuneConfig(tuner="random", max_trials=2, ensemble_size=2),
+        train=TrainConfig(epochs=3, early_stopping_patience=0, reduce_lr_patience=0, seed=1),
+    )
+    run = runs.create_run(spec, tmp_path)
+    jobs.execute(run)
+    record = run.record
+    members = (record.get("ensemble") or {}).get("members") or [record["best_trial"]]
+    assert record["class_weights_undone_in"] == members
+    data = prepare_data(dataset)
+    images = np.asarray(data.arrays["val"].images, np.float32)
+    trials = {t["trial_id"]: t for t in tuning.read_trials(run.path / tuning.TUNER_FOLDER)}
+    shifted, raw = [], []
+    for trial_id in members:
+        params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], space)
+        model = models.build_model(params, data.input_shape, data.num_classes)
+        model.load_weights(run.path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+        raw.append(models.predict_arrays(model, images))
+        assert training.restore_class_prior(model, params, spec.train, data)
+        shifted.append(models.predict_arrays(model, images))
+    kept = models.predict_arrays(models.load_run_model(run), images)
+    np.testing.assert_allclose(kept, np.mean(shifted, axis=0), atol=1e-5)
+    assert np.abs(kept - np.mean(raw, axis=0)).max() > 0.01  # the shift is there to see
