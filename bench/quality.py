@@ -10,6 +10,7 @@ budget, trials, wall time, test AUC / accuracy / balanced accuracy of the automa
 classes), and the plain CNN's. For the final-model rule it also prints, per run, the test AUC and accuracy of the
 best trial alone, of the mean of the top 5 trials, and of the k chosen on validation — measured here on test only
 to compare the rules; the product never looks at test to choose. `--rules RUN...` prints just that for saved runs.
+`--rules RUN... --undo` compares the final model's members with their class weights as trained and undone.
 
 The plain CNN (issue #11's floor): Rescaling(1/255) → RandomFlip(horizontal) → RandomRotation(0.05) → Conv2D 3×3
 blocks (32, 64, 128; a fourth of 128 at ≥ 64 px) without bias + BatchNormalization + ReLU, max pooling between
@@ -257,6 +258,48 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     return [scores(test.labels, np.mean(probs[:k], axis=0)) for k in range(1, len(probs) + 1)]
 
 
+def undo_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
+    """The final model's members (the run's ensemble candidates) averaged with their class weights as trained and
+    undone (`training.restore_class_prior`): validation log loss and accuracy, test AUC, accuracy, balanced
+    accuracy and log loss of each. The product keeps the undone one; validation is what argues for it."""
+    import warnings
+
+    from sklearn.metrics import log_loss
+
+    from medimg.model import hyperparameters, models, training, tuning
+    from medimg.model.models import predict_arrays
+    from medimg.store import runs
+
+    run = runs.Run(run_path)
+    record = run.record
+    candidates = (record.get("ensemble") or {}).get("candidates") or [record["best_trial"]]
+    trials = {t["trial_id"]: t for t in tuning.read_trials(run_path / tuning.TUNER_FOLDER)}
+    splits = {s: data.arrays[s] for s in ("val", "test")}
+    probs: dict[str, dict[str, list]] = {"trained": {"val": [], "test": []}, "undone": {"val": [], "test": []}}
+    for trial_id in candidates:
+        params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
+        model = models.build_model(params, data.input_shape, data.num_classes)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+        for split, arrays in splits.items():
+            probs["trained"][split].append(predict_arrays(model, arrays.images))
+        training.restore_class_prior(model, params, run.spec.train, data)
+        for split, arrays in splits.items():
+            probs["undone"][split].append(predict_arrays(model, arrays.images))
+    result = {}
+    classes = list(range(data.num_classes))
+    for name, by_split in probs.items():
+        val, test = (np.mean(by_split[s], axis=0) for s in ("val", "test"))
+        result[name] = (
+            log_loss(splits["val"].labels, np.clip(val, 1e-7, 1), labels=classes),
+            scores(splits["val"].labels, val)[1],
+            *scores(splits["test"].labels, test),
+            log_loss(splits["test"].labels, np.clip(test, 1e-7, 1), labels=classes),
+        )
+    return result
+
+
 def speed() -> None:
     """Seconds per training image per epoch of the plain CNN at a few sizes (the constants in medimg/auto.py)."""
     from medimg.config import ModelParams
@@ -286,6 +329,11 @@ def main() -> None:
         "--every-k", action="store_true", help="with --rules: test AUC/acc of the mean of the top k, for every k"
     )
     parser.add_argument(
+        "--undo",
+        action="store_true",
+        help="with --rules: the final model's members with their class weights as trained vs undone",
+    )
+    parser.add_argument(
         "--train-val",
         action="store_true",
         help="with --rules: the ensemble's members retrained on train + val for their best epoch count, vs as is",
@@ -310,6 +358,14 @@ def main() -> None:
                     f"{retrained[0]:.3f} acc {retrained[1]:.3f}; all of them: AUC {both[0]:.3f} acc {both[1]:.3f}",
                     flush=True,
                 )
+            if args.undo:
+                data = training.prepare_data(runs_spec_dataset(record))
+                for name, row in undo_rule(run_path, data).items():
+                    print(
+                        f"  {name:>7}: val log loss {row[0]:.3f} acc {row[1]:.3f}; test AUC {row[2]:.3f} acc "
+                        f"{row[3]:.3f} bal. acc {row[4]:.3f} log loss {row[5]:.3f}",
+                        flush=True,
+                    )
             if args.every_k:
                 for k, (auc, accuracy, _) in enumerate(
                     every_k(run_path, training.prepare_data(runs_spec_dataset(record))), 1

@@ -352,7 +352,12 @@ def describe_params(params: ModelParams) -> list[tuple[str, str]]:
     """(setting, value) rows in plain words and units for people: filters per block, learning rate as 1e-3, dropout
     and weight decay as numbers, class weights and augmentation strength named; a categorical hyperparameter with
     no wording of its own here (`CHOICES`) under its label, as it is."""
-    weights = {"": "as the training settings say", "none": "none", "balanced": "balanced", "auto": "auto"}
+    weights = {
+        "": "as the training settings say",
+        "none": "none",
+        "balanced": "balanced in training; the kept model's outputs are shifted back to the class frequencies",
+        "auto": "balanced in training when the classes differ by more than 1.5×, undone in the kept model's outputs",
+    }
     worded = {
         "kernel_size": ("Kernel size", f"{params.kernel_size}×{params.kernel_size}"),
         "activation": ("Activation", params.activation),

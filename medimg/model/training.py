@@ -317,10 +317,9 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
 
 
 def _keep_class_prior(run: Run, model: Any, data: PreparedData) -> None:
-    """`restore_class_prior` on a train run's model, the weights undone recorded in run.json."""
+    """`restore_class_prior` on a train run's model, the weights undone recorded in run.json ({} for none)."""
     weights = restore_class_prior(model, run.spec.params, run.spec.train, data)
-    if weights:
-        run.update(class_weights_undone={str(k): round(w, 6) for k, w in weights.items()})
+    run.update(class_weights_undone={str(k): round(w, 6) for k, w in (weights or {}).items()})
 
 
 def train_run_callbacks(run: Run, progress: Any, best: Any, schedule: list) -> list:

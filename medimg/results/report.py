@@ -407,7 +407,10 @@ def _limitations(summary: evaluation.ClinicalSummary, metrics: dict[str, Any], r
             )
         notes.append(f"Expected calibration error {before:.3f}: the probabilities are not risks; {remedy}.")
     weighting = record.get("spec", {}).get("train", {}).get("class_weights", "none")
-    if weighting != "none" and before > 0.05:
+    # Runs since 30 Nov 2026 record the weights undone in the kept model (`training.restore_class_prior`); the
+    # shift this note explains remains only in a model saved before.
+    undone = "class_weights_undone" in record or "class_weights_undone_in" in record
+    if weighting != "none" and not undone and before > 0.05:
         notes.append(
             f"Trained with class weights ({weighting}): weighting shifts the probabilities towards the rarer class, "
             "a shift that temperature scaling (one scale factor) cannot remove."

@@ -295,6 +295,7 @@ def test_execute_train_records_everything(tmp_path: Path) -> None:
     record = run.record
     assert record["status"] == "completed" and "finished" in record
     assert record["class_names"] == ["NORMAL", "PNEUMONIA"]
+    assert record["class_weights_undone"] == {}  # "auto" weights none on the even demo: nothing to undo
     assert record["input"] == {"image_size": 16, "color": "gray", "channels": 1, "dicom_window": None}
     history = run.read_json("history.json")
     assert history["epoch"] == [1, 2] and len(history["val_auc"]) == 2

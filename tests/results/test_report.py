@@ -272,3 +272,16 @@ def test_a_search_runs_model_card_describes_its_trials_not_the_default_parameter
     epochs = len(run.epoch_history(trial=record["best_trial"])["loss"])
     assert f"Epochs run by the best trial: {epochs} of 2" in text and epochs > 0
     assert "fine_tune_learning_rate" not in text  # a CNN's card lists no backbone settings
+
+
+def test_the_class_weight_note_is_for_models_saved_before_the_weights_were_undone(trained_run: runs.Run) -> None:
+    """A model saved with class weights in its outputs gets the note that temperature scaling cannot remove their
+    shift; a run that records the weights undone (`training.restore_class_prior`) does not."""
+    scored = evaluation.load_scored(trained_run)
+    summary = evaluation.clinical_summary(scored["test"], scored.get("val"), 0.5, None, 100, 0)
+    summary["calibration"]["before"]["ece"] = 0.2  # a miscalibrated model, whatever this tiny one's is
+    old = {"spec": {"train": {"class_weights": "balanced"}}}
+    note = "weighting shifts the probabilities towards the rarer class"
+    assert note in " ".join(report._limitations(summary, {}, old))
+    for undone in ({"class_weights_undone": {"0": 0.7, "1": 1.8}}, {"class_weights_undone_in": ["3"]}):
+        assert note not in " ".join(report._limitations(summary, {}, {**old, **undone}))
