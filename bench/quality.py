@@ -153,9 +153,27 @@ def plain_cnn(data, seed: int) -> tuple[float, float, float, float]:
     return (*scores(test.labels, probs), seconds)
 
 
+def trial_model(run, values: dict, trial_id: str, data, undo: bool = True):
+    """A saved trial's network from its checkpoint, as (model, params); with `undo`, its class weights undone as the
+    product keeps it (`training.restore_class_prior`). `values`: the trial's hyperparameters."""
+    import warnings
+
+    from medimg.model import hyperparameters, models, training, tuning
+
+    params = hyperparameters.params_from_values(values, run.spec.search)
+    model = models.build_model(params, data.input_shape, data.num_classes)
+    with warnings.catch_warnings():
+        # A trial's checkpoint holds its optimizer's state; prediction does not need it.
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        model.load_weights(run.path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+    if undo:
+        training.restore_class_prior(model, params, run.spec.train, data)
+    return model, params
+
+
 def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     """Test AUC of: the best trial alone, the mean of the top-5 candidates, and the k chosen on validation."""
-    from medimg.model import hyperparameters, models, training, tuning
+    from medimg.model import tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -167,10 +185,7 @@ def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     test = data.arrays["test"]
     probs = []
     for trial_id in candidates:
-        params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
-        model = models.build_model(params, data.input_shape, data.num_classes)
-        model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
-        training.restore_class_prior(model, params, run.spec.train, data)  # as the product keeps it
+        model, _ = trial_model(run, trials[trial_id]["hyperparameters"], trial_id, data)
         probs.append(predict_arrays(model, test.images))
     chosen = len(ensemble.get("members") or [candidates[0]])
     return {
@@ -186,10 +201,9 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
     for the number of epochs its trial peaked at (no validation left to stop on), averaged. Returns test scores of
     the members as searched, of the retrained ones, and of all of them together."""
     import dataclasses
-    import warnings
 
     from medimg.datasets.cache import CachedArrays
-    from medimg.model import hyperparameters, models, training, tuning
+    from medimg.model import training, tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -208,12 +222,7 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
     objective = run.record.get("objective") or run.spec.tune.objective
     kept, retrained = [], []
     for trial_id in members:
-        params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
-        model = models.build_model(params, data.input_shape, data.num_classes)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
-        training.restore_class_prior(model, params, run.spec.train, data)  # as the product keeps it
+        model, params = trial_model(run, trials[trial_id]["hyperparameters"], trial_id, data)
         kept.append(predict_arrays(model, test.images))
         curve = histories.get(trial_id, {}).get(objective) or []
         best = (int(np.argmin(curve) if objective.endswith("loss") else np.argmax(curve)) + 1) if curve else None
@@ -231,9 +240,8 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
 def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     """Test scores of the mean of the top k completed trials (ranked by their validation score), for every k: does
     a larger ensemble help, or do the members plateau together?"""
-    import warnings
 
-    from medimg.model import hyperparameters, models, training, tuning
+    from medimg.model import tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -248,12 +256,7 @@ def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     test = data.arrays["test"]
     probs = []
     for trial in trials:
-        params = hyperparameters.params_from_values(trial["hyperparameters"], run.spec.search)
-        model = models.build_model(params, data.input_shape, data.num_classes)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial['trial_id']}" / "checkpoint.weights.h5")
-        training.restore_class_prior(model, params, run.spec.train, data)  # as the product keeps it
+        model, _ = trial_model(run, trial["hyperparameters"], trial["trial_id"], data)
         probs.append(predict_arrays(model, test.images))
     return [scores(test.labels, np.mean(probs[:k], axis=0)) for k in range(1, len(probs) + 1)]
 
@@ -262,11 +265,10 @@ def undo_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
     """The final model's members (the run's ensemble candidates) averaged with their class weights as trained and
     undone (`training.restore_class_prior`): validation log loss and accuracy, test AUC, accuracy, balanced
     accuracy and log loss of each. The product keeps the undone one; validation is what argues for it."""
-    import warnings
 
     from sklearn.metrics import log_loss
 
-    from medimg.model import hyperparameters, models, training, tuning
+    from medimg.model import training, tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
 
@@ -277,11 +279,7 @@ def undo_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
     splits = {s: data.arrays[s] for s in ("val", "test")}
     probs: dict[str, dict[str, list]] = {"trained": {"val": [], "test": []}, "undone": {"val": [], "test": []}}
     for trial_id in candidates:
-        params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], run.spec.search)
-        model = models.build_model(params, data.input_shape, data.num_classes)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            model.load_weights(run_path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+        model, params = trial_model(run, trials[trial_id]["hyperparameters"], trial_id, data, undo=False)
         for split, arrays in splits.items():
             probs["trained"][split].append(predict_arrays(model, arrays.images))
         training.restore_class_prior(model, params, run.spec.train, data)
