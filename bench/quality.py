@@ -10,7 +10,8 @@ budget, trials, wall time, test AUC / accuracy / balanced accuracy of the automa
 classes), and the plain CNN's. For the final-model rule it also prints, per run, the test AUC and accuracy of the
 best trial alone, of the mean of the top 5 trials, and of the k chosen on validation — measured here on test only
 to compare the rules; the product never looks at test to choose. `--rules RUN...` prints just that for saved runs.
-`--rules RUN... --undo` compares the final model's members with their class weights as trained and undone.
+`--rules RUN... --undo` compares the final model's members with their class weights as trained and undone;
+`--rules RUN... --rerank` ranks the trials by the validation AUC of each model as kept (weights undone) instead.
 
 The plain CNN (issue #11's floor): Rescaling(1/255) → RandomFlip(horizontal) → RandomRotation(0.05) → Conv2D 3×3
 blocks (32, 64, 128; a fourth of 128 at ≥ 64 px) without bias + BatchNormalization + ReLU, max pooling between
@@ -298,6 +299,38 @@ def undo_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
     return result
 
 
+def rerank_rule(run_path: Path, data) -> dict[str, tuple[list[str], float]]:
+    """Would ranking trials by the validation AUC of the model as kept (class weights undone) choose a better top
+    5 than the score the search recorded (the network as trained)? Returns, for each ranking, the top-5 trial ids
+    and the test AUC of their mean (members undone, as the product keeps them). The validation AUC is the
+    package's `roc_auc` (macro one-vs-rest); for two classes the shift keeps the order, so only multi-class runs
+    can differ."""
+    from medimg import auto
+    from medimg.metrics.clinical import roc_auc
+    from medimg.model import training, tuning
+    from medimg.model.models import predict_arrays
+    from medimg.store import runs
+
+    run = runs.Run(run_path)
+    trials = [
+        t
+        for t in tuning.read_trials(run_path / tuning.TUNER_FOLDER)
+        if t["status"] == "COMPLETED" and t.get("score") is not None
+    ]
+    val, test = data.arrays["val"], data.arrays["test"]
+    rows = []
+    for trial in trials:
+        model, params = trial_model(run, trial["hyperparameters"], trial["trial_id"], data, undo=False)
+        training.restore_class_prior(model, params, run.spec.train, data)
+        kept_val = roc_auc(val.labels, predict_arrays(model, val.images))
+        rows.append((trial["trial_id"], trial["score"], kept_val, predict_arrays(model, test.images)))
+    result = {}
+    for name, column in (("recorded score", 1), ("AUC as kept", 2)):
+        top = sorted(rows, key=lambda row: row[column], reverse=True)[: auto.ENSEMBLE_CANDIDATES]
+        result[name] = ([row[0] for row in top], roc_auc(test.labels, np.mean([row[3] for row in top], axis=0)))
+    return result
+
+
 def speed() -> None:
     """Seconds per training image per epoch of the plain CNN at a few sizes (the constants in medimg/auto.py)."""
     from medimg.config import ModelParams
@@ -332,6 +365,11 @@ def main() -> None:
         help="with --rules: the final model's members with their class weights as trained vs undone",
     )
     parser.add_argument(
+        "--rerank",
+        action="store_true",
+        help="with --rules: the top 5 ranked by the recorded trial score vs by the validation AUC as kept",
+    )
+    parser.add_argument(
         "--train-val",
         action="store_true",
         help="with --rules: the ensemble's members retrained on train + val for their best epoch count, vs as is",
@@ -364,6 +402,10 @@ def main() -> None:
                         f"{row[3]:.3f} bal. acc {row[4]:.3f} log loss {row[5]:.3f}",
                         flush=True,
                     )
+            if args.rerank:
+                data = training.prepare_data(runs_spec_dataset(record))
+                for name, (ids, auc) in rerank_rule(run_path, data).items():
+                    print(f"  top 5 by {name}: {', '.join(ids)}; test AUC {auc:.3f}", flush=True)
             if args.every_k:
                 for k, (auc, accuracy, _) in enumerate(
                     every_k(run_path, training.prepare_data(runs_spec_dataset(record))), 1
