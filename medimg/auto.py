@@ -293,7 +293,7 @@ def plan(
         Choice(
             "budget",
             minutes,
-            f"{minutes:g} minutes: {search_seconds / 60:.1f} for decoding and the search, "
+            f"{minutes:g} minute{'' if minutes == 1 else 's'}: {search_seconds / 60:.1f} for decoding and the search, "
             f"{reserve:.0f} s kept for the final model and its evaluation",
         )
     )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medimg.config import BACKBONE_NAMES, DEFAULT_PRESET, PRESETS, SOFT_LABELS
-from medimg.datasets.sources import DEMO_DATASET
+from medimg.datasets.sources import DEMO_DATASET, default_group_regex
 from medimg.errors import ConfigError, MedimgError, RunError
 
 
@@ -223,8 +223,12 @@ def main(argv: list[str] | None = None) -> int:
 def command_scan(args: argparse.Namespace) -> int:
     from medimg.datasets import scanning
 
+    data = args.data or DEMO_DATASET
     report = scanning.scan(
-        args.data or DEMO_DATASET, args.group_regex, on_progress=ProgressBar(), merge_label_case=args.merge_label_case
+        data,
+        args.group_regex or ("" if args.data else default_group_regex(DEMO_DATASET)),
+        on_progress=ProgressBar(),
+        merge_label_case=args.merge_label_case,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -339,7 +343,10 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
         value = getattr(args, flag, None)
         if kind in kinds and value is not None and value is not False:
             spec[section][field] = convert(value) if convert else value
-    spec["dataset"]["path"] = str(Path(spec["dataset"].get("path") or DEMO_DATASET).resolve())
+    if not spec["dataset"].get("path"):  # the bundled demo, with the patient IDs it brings unless a pattern is given
+        spec["dataset"]["path"] = str(DEMO_DATASET)
+        spec["dataset"]["group_regex"] = spec["dataset"].get("group_regex") or default_group_regex(DEMO_DATASET)
+    spec["dataset"]["path"] = str(Path(spec["dataset"]["path"]).resolve())
     if kind == "tune":
         spec["train"].setdefault("monitor", spec["tune"].get("objective", "val_auc"))
     return RunSpec.from_dict(spec)
@@ -425,9 +432,10 @@ def command_auto(args: argparse.Namespace) -> int:
     from medimg.config import RunSpec, load_spec_file
 
     data = args.data or DEMO_DATASET
-    base = None
-    if args.spec:
-        base = RunSpec.from_dict({"dataset": load_spec_file(args.spec).get("dataset", {})})
+    dataset = load_spec_file(args.spec).get("dataset", {}) if args.spec else {}
+    if not args.data:  # the bundled demo brings its patient IDs
+        dataset["group_regex"] = dataset.get("group_regex") or default_group_regex(DEMO_DATASET)
+    base = RunSpec.from_dict({"dataset": dataset})
     chosen = auto.plan(
         data,
         args.minutes,
@@ -438,7 +446,7 @@ def command_auto(args: argparse.Namespace) -> int:
         cv_folds=args.cv_folds,
         soft_labels=args.soft_labels,
     )
-    _err(f"automatic mode, {args.minutes:g} minutes on {data}:")
+    _err(f"automatic mode, {args.minutes:g} minute{'' if args.minutes == 1 else 's'} on {data}:")
     for line in chosen.lines():
         _err(f"  {line}")
     return _run_and_report(chosen.spec, args, extra={"auto": chosen.record()})

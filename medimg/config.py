@@ -348,6 +348,22 @@ def describe_augment(config: AugmentConfig) -> str:
     return ", ".join(parts) or "none"
 
 
+def describe_run_augment(spec: RunSpec, best: ModelParams | None = None) -> str:
+    """The augmentation a run's models trained with, in words: a train run's `augment` scaled by its
+    `params.augment_strength`; a search's, with the strengths its trials drew from and, given the `best` trial's
+    parameters, the one that trial used ("horizontal flip, rotation ±18° at a searched strength (0×/1×/2×); the
+    best trial's: horizontal flip"). Strength 0 keeps the flips (`AugmentConfig.scaled`)."""
+    if spec.kind != "tune":
+        return describe_augment(spec.augment.scaled(spec.params.augment_strength))
+    strengths = tuple(spec.search.augment_strengths)
+    if set(strengths) <= {1.0}:
+        return describe_augment(spec.augment)
+    text = f"{describe_augment(spec.augment)} at a searched strength ({'/'.join(f'{s:g}×' for s in strengths)})"
+    if best is not None:
+        text += f"; the best trial's: {describe_augment(spec.augment.scaled(best.augment_strength))}"
+    return text
+
+
 def describe_params(params: ModelParams) -> list[tuple[str, str]]:
     """(setting, value) rows in plain words and units for people: filters per block, learning rate as 1e-3, dropout
     and weight decay as numbers, class weights and augmentation strength named; a categorical hyperparameter with

@@ -22,7 +22,7 @@ from medimg.config import (
     SearchSpace,
     TrainConfig,
     TuneConfig,
-    describe_augment,
+    describe_run_augment,
 )
 from medimg.datasets import sources
 from medimg.errors import MedimgError
@@ -55,7 +55,7 @@ FOLLOW_KEY = "follow_run"  # the run this session launched last, until a run pic
 # Choices live in plain session-state keys (not widget keys), so they survive moving between pages, and in
 # medimg.store.choices' file, so they survive a reload, a second tab and a second launch.
 DEFAULTS: dict[str, Any] = {
-    "dataset": DatasetConfig(path=str(sources.DEMO_DATASET)),
+    "dataset": DatasetConfig(path=str(sources.DEMO_DATASET), group_regex=sources.DEMO_GROUP_REGEX),
     "augment": AugmentConfig(),
     "search": PRESETS[DEFAULT_PRESET].search,
     "tune": TuneConfig(max_trials=PRESETS[DEFAULT_PRESET].max_trials),
@@ -181,10 +181,14 @@ def progress_header(progress: runs.Progress) -> None:
     status = progress["status"]
     cols = st.columns(4)
     cols[0].metric("Status", status)
+    collapsed = f" ({progress['trials_collapsed']} collapsed)" if progress["trials_collapsed"] else ""
+    other = collapsed + "".join(f", {count} {status}" for status, count in progress["trials_other"].items())
     if progress["kind"] == "tune" and progress["max_trials"] is None:  # the time budget ends this search
-        cols[1].metric("Trials", f"{progress['trials_done']} done", help="Trials start until the time budget is spent.")
+        cols[1].metric(
+            "Trials", f"{progress['trials_done']} done{other}", help="Trials start until the time budget is spent."
+        )
     elif progress["kind"] == "tune":
-        cols[1].metric("Trials", f"{progress['trials_done']} of {progress['max_trials']}")
+        cols[1].metric("Trials", f"{progress['trials_done']} of {progress['max_trials']}{other}")
     else:
         cols[1].metric(
             "Epoch",
@@ -328,9 +332,9 @@ def run_settings_caption(run: runs.Run) -> None:
     """What this run was given, from its own run.json (not from the current choices, which may have moved on)."""
     spec = run.spec
     data = spec.dataset
-    st.caption(
-        f"This run: {data.path} · {data.image_size} px {data.color} · augmentation: {describe_augment(spec.augment)}"
-    )
+    best = run.record.get("best_params")
+    augment = describe_run_augment(spec, ModelParams.from_dict(best) if best else None)
+    st.caption(f"This run: {data.path} · {data.image_size} px {data.color} · augmentation: {augment}")
 
 
 def show_test_metrics(run: runs.Run) -> None:

@@ -33,13 +33,17 @@ def thumbnail(path: str) -> bytes | None:
     return encoded.tobytes() if ok else None
 
 
-def group_widget() -> str:
-    """The patient-ID pattern; drawn on every run, as the settings below (an empty pattern would mix patients)."""
+def group_widget(path: str) -> str:
+    """The patient-ID pattern of the dataset at `path`; drawn on every run, as the settings below (an empty pattern
+    would mix patients). One field per dataset, starting from the pattern kept for it or the one it brings (the
+    demo's), so switching datasets neither carries a pattern over nor shows an example that is not applied."""
+    kept = config.group_regex if config.path == path else ""
     return st.text_input(
         "Patient ID pattern (optional regex with one group, over file names)",
-        **common.kept("ds_group", config.group_regex),
-        placeholder=r"^(person\d+|IM-\d+)",
-        help="Images with the same patient ID are kept in the same split.",
+        **common.kept(f"ds_group:{path}", kept or sources.default_group_regex(path)),
+        placeholder="empty: each image counts as its own patient",
+        help="Images with the same patient ID are kept in the same split, and the leakage check looks for a patient "
+        r"in two splits. Example: ^(person\d+)_ for person1_virus_6.jpeg.",
     )
 
 
@@ -82,7 +86,7 @@ def split_and_input_widgets(split_folders: bool = False, test_folder: bool = Fal
 def stop_keeping_settings(group_drawn: bool = False) -> None:
     """End this run of the page (no dataset to show yet, or an error said above) with the settings still drawn."""
     if not group_drawn:
-        group_widget()
+        group_widget(path)
     split_and_input_widgets()
     st.stop()
 
@@ -145,7 +149,7 @@ else:
     path = st.session_state["uploaded_dataset"]
     st.caption(f"Uploaded dataset kept at `{path}` (beside the runs, so runs trained on it can be re-evaluated).")
 
-group_regex = group_widget()
+group_regex = group_widget(path)
 if st.button("Rescan", help="Read the folder again (after adding or changing files)."):
     scan_cached.clear()
 try:

@@ -38,13 +38,19 @@ st.caption(
 
 st.subheader("Compare")
 ids = [run.id for run in all_runs]
-with_curves = [run.id for run in all_runs if (run.path / "history.json").is_file()]
+with_curves = [
+    run.id for run in all_runs if (run.path / "history.json").is_file() or (run.path / "trials.json").is_file()
+]
 chosen = st.multiselect("Runs to compare", ids, default=(with_curves or ids)[:2])
 if chosen:
     selected = [all_runs[ids.index(run_id)] for run_id in chosen]
     metric = st.radio("Metric", ["auc", "accuracy", "loss"], horizontal=True)
-    histories = {run.id: run.epoch_history() for run in selected}
-    st.plotly_chart(charts.runs_comparison_figure(histories, metric), key="compare")
+    histories = dict(run.comparison_curve() for run in selected)
+    if any(history["epoch"] for history in histories.values()):
+        st.plotly_chart(charts.runs_comparison_figure(histories, metric), key="compare")
+        st.caption("A search is drawn by its best trial's curve: its final model is its trials', not a fit of its own.")
+    else:
+        st.info("None of these runs has finished an epoch yet, so there is no curve to compare.")
     st.dataframe(pd.DataFrame([row for row in rows if row["run"] in chosen]).set_index("run"))
 
 st.subheader("Delete")

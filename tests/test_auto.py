@@ -145,6 +145,9 @@ def test_numbered_grades_train_on_soft_ordinal_labels_and_other_classes_on_one_h
 def test_a_budget_under_a_minute_is_refused(breastmnist_dir: Path) -> None:
     with pytest.raises(ConfigError, match="at least 1 minute"):
         auto.plan(breastmnist_dir, 0.5)
+    # The shortest budget allowed reads as English ("1 minute", not "1 minutes").
+    assert reasons(auto.plan(breastmnist_dir, 1))["budget"].startswith("1 minute: ")
+    assert reasons(auto.plan(breastmnist_dir, 2))["budget"].startswith("2 minutes: ")
 
 
 @pytest.mark.parametrize("size", [28, 64])

@@ -276,3 +276,20 @@ def test_a_search_over_training_targets_is_not_ranked_by_validation_loss() -> No
     assert RunSpec(kind="tune", search=both, tune=TuneConfig(objective="val_auc")).search == both
     one = SearchSpace(soft_labels=("ordinal",))  # every trial's loss against the same targets: comparable
     assert RunSpec(kind="tune", search=one, tune=TuneConfig(objective="val_loss")).tune.objective == "val_loss"
+
+
+def test_a_run_says_which_augmentation_its_models_trained_with() -> None:
+    from medimg.config import describe_run_augment
+
+    augment = AugmentConfig(flip_horizontal=True, rotation=0.05)
+    search = SearchSpace(augment_strengths=(0.0, 1.0, 2.0))
+    tune = RunSpec(kind="tune", augment=augment, search=search)
+    # Seen on the Tune page: the run's augmentation shown plainly while its best trial trained at strength 0.
+    assert describe_run_augment(tune, ModelParams(augment_strength=0.0)) == (
+        "horizontal flip, rotation ±18° at a searched strength (0×/1×/2×); the best trial's: horizontal flip"
+    )
+    assert describe_run_augment(tune).endswith("at a searched strength (0×/1×/2×)")  # no best trial yet
+    fixed = RunSpec(kind="tune", augment=augment, search=SearchSpace(augment_strengths=(1.0,)))
+    assert describe_run_augment(fixed) == "horizontal flip, rotation ±18°"
+    train = RunSpec(kind="train", augment=augment, params=ModelParams(augment_strength=2.0))
+    assert describe_run_augment(train) == "horizontal flip, rotation ±36°"

@@ -31,12 +31,24 @@ from pathlib import Path
 from medimg.errors import DatasetError
 
 DEMO_DATASET = Path(__file__).parents[1] / "demo" / "chest_xray_mini"
+# The demo's patient ID is the file name's `personNNN` / `IM-NNNN` prefix (its README and manifest.csv): one image
+# per patient, so the leakage check can confirm the splits are patient-disjoint instead of saying it cannot tell.
+DEMO_GROUP_REGEX = r"^(person\d+|IM-\d+)"
 UTF8_NAME_FLAG = 0x800  # general purpose bit 11 (APPNOTE 4.4.4)
 ENCRYPTED_FLAG = 0x1  # general purpose bit 0
 LEGACY_NAME_ENCODING = "cp850"
 MACOS_CLUTTER = ("__MACOSX", ".DS_Store")
 UPLOAD_PREFIX = "medimg-upload-"
 UPLOADS_FOLDER = "uploads"  # under the runs folder: uploaded datasets last as long as the runs trained on them
+
+
+def default_group_regex(path: str | Path) -> str:
+    """The patient-ID pattern a dataset brings with it: the bundled demo's (`DEMO_GROUP_REGEX`), else "" (unknown;
+    the user gives one). `path`: the dataset folder, compared after resolving symlinks."""
+    try:
+        return DEMO_GROUP_REGEX if Path(path).resolve() == DEMO_DATASET.resolve() else ""
+    except OSError:
+        return ""
 
 
 def data_roots(extra: list[str] | tuple[str, ...] = ()) -> list[Path]:

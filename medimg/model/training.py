@@ -307,6 +307,8 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
         return Fitted(model, data, error=error)
     _keep_class_prior(run, model, data)
     run.save_model(model)
+    if not progress.stopped_by_request:
+        _record_early_stop(run, history, monitor, spec.train)
     if progress.stopped_by_request:
         stopped = (
             f"stopped on request after {len(losses)} epochs; model saved; "
@@ -314,6 +316,27 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
         )
         return Fitted(model, data, stopped=stopped)
     return Fitted(model, data, backup=run.path / "backup")
+
+
+def _record_early_stop(run: Run, history: dict[str, list[float]], monitor: str, config: TrainConfig) -> None:
+    """When early stopping ended the fit before its last epoch, record where, and which epoch's weights were kept
+    (Keras' EarlyStopping with restore_best_weights: the first epoch with the best `monitor`), so a watcher does not
+    read "epoch 46 of 120" as a fit cut short. `history`: the run's epoch history (epochs numbered from 1)."""
+    values = history.get(monitor) or []
+    if not config.early_stopping_patience or not values or len(values) >= config.epochs:
+        return
+    finite = [v if math.isfinite(v) else math.nan for v in values]
+    best = int(np.nanargmin(finite) if monitor_mode(monitor) == "min" else np.nanargmax(finite))
+    run.update(
+        early_stopping={
+            "epochs_run": len(values),
+            "epochs": config.epochs,
+            "best_epoch": best + 1,
+            "monitor": monitor,
+            "best_value": float(values[best]),
+            "patience": config.early_stopping_patience,
+        }
+    )
 
 
 def _keep_class_prior(run: Run, model: Any, data: PreparedData) -> None:

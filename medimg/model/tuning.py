@@ -216,7 +216,7 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
         if run.stop_requested():
             return "stopped on request"
         if deadline and time.time() > deadline:
-            return f"time budget of {spec.tune.max_minutes:g} minutes used"
+            return f"time budget of {spec.tune.max_minutes:g} minute{'' if spec.tune.max_minutes == 1 else 's'} used"
         return None
 
     def on_trial(kind: str, trial: kt.engine.trial.Trial) -> None:
@@ -406,7 +406,14 @@ def _finish_search(run: Run, tuner: Any, data: PreparedData, ended: str) -> Fitt
     run.save_model(model)
     from medimg.model.training import Fitted
 
-    stopped = f"{ended} after {len(completed)} completed trials" if ended.startswith("stopped") else ""
+    # Counted as the Tune page counts them (`runs.progress`): a collapsed trial completed; a cut one did not.
+    finished = completed | collapsed
+    stopped = (
+        f"{ended} after {len(finished)} completed trials"
+        + (f" ({len(collapsed)} collapsed to one class)" if collapsed else "")
+        if ended.startswith("stopped")
+        else ""
+    )
     return Fitted(model, data, stopped=stopped)
 
 

@@ -21,6 +21,23 @@ def _layout(fig: go.Figure, title: str, **extra: Any) -> go.Figure:
     return fig
 
 
+# Scores closer than this are drawn on an axis at least this tall: Plotly stretches any spread to the full height,
+# so two trials that differ in the 8th decimal looked far apart.
+MIN_SCORE_SPAN = 0.02
+
+
+def score_range(values: list[float], min_span: float = MIN_SCORE_SPAN) -> list[float] | None:
+    """An axis range [low, high] of at least `min_span` centred on `values` when they span less, else None (let
+    Plotly fit the axis). Scores are the objective's own units (AUC, accuracy: fractions; loss: nats)."""
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    if high - low >= min_span:
+        return None
+    middle = (low + high) / 2
+    return [middle - min_span / 2, middle + min_span / 2]
+
+
 def class_counts_figure(
     counts: dict[str, int] | dict[str, dict[str, int]], title: str = "Images per class"
 ) -> go.Figure:
@@ -65,7 +82,11 @@ def trials_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
     fig = go.Figure()
     fig.add_scatter(x=xs, y=ys, mode="markers", name="trial", marker={"size": 10})
     fig.add_scatter(x=xs, y=best_line, mode="lines", name="best so far", line={"shape": "hv"})
-    return _layout(fig, f"{objective} by trial", xaxis_title="trial", yaxis_title=objective)
+    fig = _layout(fig, f"{objective} by trial", xaxis_title="trial", yaxis_title=objective)
+    span = score_range(ys)
+    if span:
+        fig.update_yaxes(range=span)
+    return fig
 
 
 def trial_curves_figure(
@@ -145,10 +166,12 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
                 }
             )
     scores = [float(t["score"]) for t in done]
-    dimensions.append({"label": objective, "values": scores})
+    span = score_range(scores)
+    dimensions.append({"label": objective, "values": scores, **({"range": span} if span else {})})
+    colour_span = {"cmin": span[0], "cmax": span[1]} if span else {}
     fig.add_trace(
         go.Parcoords(
-            line={"color": scores, "colorscale": "Viridis", "showscale": True},
+            line={"color": scores, "colorscale": "Viridis", "showscale": True, **colour_span},
             dimensions=dimensions,
             labelangle=-25,  # level labels overlapped once a search varied more than five hyperparameters
             labelside="bottom",

@@ -38,7 +38,9 @@ class Progress(TypedDict):
 
     status: str
     kind: str  # "tune" or "train"
-    trials_done: int
+    trials_done: int  # trials that completed (collapsed ones included), not cut short by Stop
+    trials_collapsed: int  # of those, the ones that called every validation image one class
+    trials_other: dict[str, int]  # the other ended trials by lower-case status: {"stopped": 1, "failed": 2}
     max_trials: int | None  # None for a training, or a search that only a time budget ends
     trial: str | None  # the KerasTuner id of the running (or last) trial
     epoch: int | None
@@ -221,6 +223,24 @@ class Run:
     def epoch_history(self, trial: str | None = None) -> dict[str, list[float]]:
         """Per-epoch metrics from the event log (continues across a resume), for the final fit or one trial."""
         return self._histories().get(trial, {"epoch": []})
+
+    def comparison_curve(self) -> tuple[str, dict[str, list[float]]]:
+        """(label, per-epoch history) that stands for this run when runs are compared: its own fit's epochs, else, for
+        a search whose final model is its trials' (no fit of its own), its best trial's, labelled so. The history
+        has an empty "epoch" list when the run has no epoch yet.
+
+        Also the test of whether a run has a curve to compare; a damaged run.json counts as no best trial."""
+        histories = self._histories()
+        own = histories.get(None)
+        if own and own.get("epoch"):
+            return self.id, own
+        try:
+            best = self.record.get("best_trial")
+        except RunError:  # a damaged run.json: its own epochs (above) are all there is
+            best = None
+        if best in histories:
+            return f"{self.id} (best trial {trial_number(best)})", histories[best]
+        return self.id, {"epoch": []}
 
     def stage_starts(self, trial: str | None = None) -> list[int]:
         """Epochs (numbered from 1, as in `epoch_history`) at which a later fine-tuning stage began, from the epoch
@@ -428,7 +448,17 @@ def progress(run: Run) -> Progress:
     record = run.record
     spec = record.get("spec", {})
     events = run.events()
-    trials_done = sum(1 for e in events if e["type"] == "trial_end")
+    trial_ends = [e for e in events if e["type"] == "trial_end"]
+    # KerasTuner ends a trial that Stop cut short, or that called every validation image one class, as COMPLETED;
+    # medimg's own events say which (as the trial table does). An event without a status is a completed trial's.
+    stopped = {e.get("trial") for e in events if e["type"] == "trial_stopped"}
+    collapsed = {e.get("trial") for e in events if e["type"] == "trial_collapsed"} - stopped
+    statuses = [
+        "stopped" if e.get("trial") in stopped else str(e.get("status") or "COMPLETED").lower() for e in trial_ends
+    ]
+    trials_done = statuses.count("completed")
+    trials_other = {status: statuses.count(status) for status in sorted(set(statuses) - {"completed"})}
+    trials_collapsed = len({e.get("trial") for e in trial_ends} & collapsed)
     batches = [e for e in events if e["type"] == "batch"]
     epochs = [e for e in events if e["type"] == "epoch"]
     last = (batches or epochs or [{}])[-1]
@@ -446,11 +476,12 @@ def progress(run: Run) -> Progress:
         if record.get("status") == "running" and last.get("trial") not in ended and last.get("epochs"):
             done_epochs = sum(1 for e in epochs if e.get("trial") == last["trial"])
             running_trial = min(1.0, done_epochs / last["epochs"])
-        fraction = (trials_done + running_trial) / total_trials if total_trials else 0.0
+        fraction = (len(trial_ends) + running_trial) / total_trials if total_trials else 0.0
     else:
         total_epochs = spec.get("train", {}).get("epochs") or 1
         done_epochs = len({e["epoch"] for e in epochs if e.get("trial") is None})
-        fraction = done_epochs / total_epochs
+        # Early stopping ends a fit before its last epoch; the run is then done, not 38 % done.
+        fraction = 1.0 if record.get("status") == "completed" else done_epochs / total_epochs
     running = record.get("status") == "running"
     eta = elapsed / fraction * (1 - fraction) if 0 < fraction < 1 and running else None
     # A search with a time budget ends with the budget: its progress is the time spent, and its trial count is a
@@ -460,7 +491,7 @@ def progress(run: Run) -> Progress:
     if kind == "tune" and budget_s:
         if total_trials and total_trials >= BUDGET_ONLY_TRIALS:
             total_trials = None
-        spent = max(trials_done / total_trials if total_trials else 0.0, min(1.0, elapsed / budget_s))
+        spent = max(len(trial_ends) / total_trials if total_trials else 0.0, min(1.0, elapsed / budget_s))
         if running:
             fraction, eta = min(0.99, spent), max(0.0, budget_s - elapsed)
         else:
@@ -469,6 +500,8 @@ def progress(run: Run) -> Progress:
         "status": run.status,
         "kind": kind,
         "trials_done": trials_done,
+        "trials_collapsed": trials_collapsed,
+        "trials_other": trials_other,
         "max_trials": total_trials,
         "trial": last.get("trial"),
         "epoch": last.get("epoch"),
@@ -479,7 +512,7 @@ def progress(run: Run) -> Progress:
         "eta_s": eta,
         "fraction": min(1.0, fraction),
         "error": record.get("error"),
-        "message": _last_message(events),
+        "message": _last_message(events) or _early_stop_message(record),
         "warnings": list(record.get("warnings") or []),  # the dataset's, said when the run started (datachecks)
     }
 
@@ -494,6 +527,18 @@ def _note(status: str, record: dict[str, Any]) -> str:
         return ""
     line = str(text).splitlines()[0] if text else ""
     return line if len(line) <= 100 else line[:99] + "…"
+
+
+def _early_stop_message(record: dict[str, Any]) -> str:
+    """What `training` recorded when early stopping ended a completed fit before its last epoch, in a sentence."""
+    stop = record.get("early_stopping")
+    if record.get("status") != "completed" or not stop:
+        return ""
+    return (
+        f"Early stopping ended the fit after epoch {stop['epochs_run']} of {stop['epochs']}: {stop['monitor']} had not "
+        f"improved for {stop['patience']} epochs. The model kept has the weights of epoch {stop['best_epoch']} "
+        f"({stop['monitor']} {stop['best_value']:.4f})."
+    )
 
 
 def _last_message(events: list[dict[str, Any]]) -> str:

@@ -23,12 +23,14 @@ from streamlit.testing.v1 import AppTest
 from streamlit.testing.v1.util import patch_config_options
 
 from medimg.config import SearchSpace
+from medimg.datasets.sources import DEMO_GROUP_REGEX
 from tests.conftest import DEMO, PROJECT
 
 APP = PROJECT / "app.py"
 # Pages that load TensorFlow or a model need more than AppTest's default 3 s on 2 cores.
 TIMEOUT = 90
-TINY_DATASET = {"path": str(DEMO), "image_size": 16}
+# The demo as the Dataset page sets it (app.py opens that page first): with the patient IDs it brings.
+TINY_DATASET = {"path": str(DEMO), "image_size": 16, "group_regex": DEMO_GROUP_REGEX}
 TINY_SEARCH = SearchSpace(
     conv_blocks=(1,),
     filters_min=8,

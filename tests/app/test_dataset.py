@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from medimg.config import DatasetConfig
+from medimg.datasets.sources import DEMO_GROUP_REGEX
 
 from .conftest import DEMO, PROJECT, by_label, no_exception, open_page, values
 
@@ -64,7 +65,7 @@ def test_bundled_demo_is_scanned_and_becomes_the_dataset_of_the_runs() -> None:
     assert at.slider(key="ds_val").disabled and at.slider(key="ds_test").disabled
     assert "Split: the dataset's own folders" in " ".join(values(at.caption))
     assert values(at.success) == [f"Runs will use {DEMO} at 64 px, gray."]
-    assert at.session_state["dataset"] == DatasetConfig(path=str(DEMO))
+    assert at.session_state["dataset"] == DatasetConfig(path=str(DEMO), group_regex=DEMO_GROUP_REGEX)
     # The first-time path says what comes next.
     assert [link.label for link in at.get("page_link")] == [
         "Next: find a good model on the Tune page (automatic mode: just a time budget)"
@@ -77,7 +78,9 @@ def test_image_size_and_channel_mode_are_kept_for_the_runs() -> None:
     at.radio(key="ds_color").set_value("rgb").run()
     no_exception(at)
     assert values(at.success) == [f"Runs will use {DEMO} at 16 px, rgb."]
-    assert at.session_state["dataset"] == DatasetConfig(path=str(DEMO), image_size=16, color="rgb")
+    assert at.session_state["dataset"] == DatasetConfig(
+        path=str(DEMO), image_size=16, color="rgb", group_regex=DEMO_GROUP_REGEX
+    )
     at.switch_page("pages/augment.py").run()
     at.switch_page("pages/dataset.py").run()
     assert at.select_slider(key="ds_size").value == 16, "the choice must survive a visit to another page"
@@ -92,18 +95,27 @@ def test_image_size_and_channel_mode_are_kept_for_the_runs() -> None:
 )
 def test_a_bad_patient_id_pattern_is_explained(pattern: str, message: str) -> None:
     at = open_page("dataset")
-    at.text_input(key="ds_group").input(pattern).run()
+    at.text_input(key=f"ds_group:{DEMO}").input(pattern).run()
     no_exception(at)
     assert len(at.error) == 1 and at.error[0].value.startswith(message)
     assert not at.success
 
 
-def test_patient_id_pattern_groups_images_by_patient() -> None:
+def test_the_demo_brings_its_patient_id_pattern_and_another_dataset_does_not_inherit_it(tmp_path: Path) -> None:
     at = open_page("dataset")
-    at.text_input(key="ds_group").input(r"^(person\d+|IM-\d+)").run()
-    no_exception(at)
-    assert at.session_state["dataset"].group_regex == r"^(person\d+|IM-\d+)"
+    field = at.text_input(key=f"ds_group:{DEMO}")
+    # Applied, not a grey example: the demo's README gives the personNNN / IM-NNNN prefix as the patient ID.
+    assert field.value == DEMO_GROUP_REGEX and field.placeholder.startswith("empty")
+    assert at.session_state["dataset"].group_regex == DEMO_GROUP_REGEX
     assert not at.warning, "the demo is patient-disjoint: no patient may appear in two splits"
+    root = tmp_path / "roots"
+    shutil.copytree(DEMO / "train", root / "xrays")
+    at.secrets["data_roots"] = [str(root)]
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    at.selectbox(key="ds_folder").set_value(str(root / "xrays")).run()
+    no_exception(at)
+    assert at.text_input(key=f"ds_group:{root / 'xrays'}").value == ""
+    assert at.session_state["dataset"].group_regex == "", "another dataset must not inherit the demo's pattern"
 
 
 def test_server_folders_need_configured_data_roots() -> None:

@@ -59,10 +59,16 @@ def test_lists_every_run_with_its_kind_status_and_metrics(finished_runs: Finishe
 def test_compare_draws_the_chosen_metric_per_run(finished_runs: FinishedRuns) -> None:
     at = open_page("runs")
     compare = by_label(at.multiselect, "Runs to compare")
-    assert compare.value == [finished_runs.train_id]  # runs with training curves are preselected
+    assert set(compare.value) == {finished_runs.train_id, finished_runs.tune_id}  # runs with curves are preselected
     figure = charts(at)["compare"]
-    # Only the train run has a final fit; a search's epochs belong to its trials.
-    assert [trace["name"] for trace in figure["data"]] == [finished_runs.train_id]
+    # A search has no fit of its own: its best trial's curve stands for it, and says so (not an empty chart).
+    tune = runs.Run(finished_runs.root / finished_runs.tune_id)
+    best = tune.record["best_trial"]
+    traces = {trace["name"]: trace for trace in figure["data"]}
+    assert set(traces) == {finished_runs.train_id, f"{tune.id} (best trial {runs.trial_number(best)})"}
+    assert traces[f"{tune.id} (best trial {runs.trial_number(best)})"]["y"] == pytest.approx(
+        tune.trial_histories()[best]["val_auc"]
+    )
     assert figure["layout"]["yaxis"]["title"]["text"] == "auc"
 
     by_label(at.radio, "Metric").set_value("loss").run()
@@ -70,7 +76,17 @@ def test_compare_draws_the_chosen_metric_per_run(finished_runs: FinishedRuns) ->
     figure = charts(at)["compare"]
     assert figure["layout"]["yaxis"]["title"]["text"] == "loss"
     history = runs.Run(finished_runs.root / finished_runs.train_id).epoch_history()
-    assert figure["data"][0]["y"] == pytest.approx(history["val_loss"])
+    traces = {trace["name"]: trace for trace in figure["data"]}
+    assert traces[finished_runs.train_id]["y"] == pytest.approx(history["val_loss"])
+
+
+def test_compare_says_so_when_no_chosen_run_has_an_epoch(runs_dir: Path) -> None:
+    queued = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(**TINY_DATASET)), runs_dir)
+    at = open_page("runs")
+    no_exception(at)
+    assert by_label(at.multiselect, "Runs to compare").value == [queued.id]
+    assert "compare" not in charts(at)
+    assert values(at.info) == ["None of these runs has finished an epoch yet, so there is no curve to compare."]
 
 
 def test_delete_needs_a_choice_and_a_confirmation_then_removes_the_folder(finished_runs: FinishedRuns) -> None:

@@ -149,7 +149,10 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     wait_for(lambda: len(run.events("trial_end")) > done, 60, "another trial to finish")
     watcher.run()  # the fragment's timer does not fire in AppTest: redraw by hand
     no_exception(watcher)
-    assert int(shown_metrics(watcher)["Trials"].split(" of ")[0]) > done
+    # "N of 20[ (C collapsed)][, S stopped]": every trial that ended is counted, as done or as what it was.
+    done_part, _, others = shown_metrics(watcher)["Trials"].partition(" of ")
+    ended_shown = int(done_part) + sum(int(part.split()[0]) for part in others.split(", ")[1:])
+    assert ended_shown > done
     watcher.button(key=f"stop_{run_id}").click().run()
     no_exception(watcher)
     assert run.stop_requested()
@@ -170,6 +173,11 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     stopped = set(table.loc[table["status"] == "stopped", "trial"])
     assert stopped == {runs.trial_number(t) for t in cut}, table[["trial", "status"]].to_dict()
     assert run.record["trials_stopped"] == sorted(cut) and run.record["best_trial"] not in cut
+    # The count above the table agrees with the message and the table: a cut trial is not "done".
+    completed = int(values(ended.info)[0].split(" after ")[1].split()[0])
+    shown = shown_metrics(ended)["Trials"]
+    assert shown.startswith(f"{completed} of "), (shown, values(ended.info))
+    assert (f", {len(cut)} stopped" in shown) == bool(cut), shown
     assert not by_label(ended.button, "Start search").disabled
     assert "Stop" not in [button.label for button in ended.button]
 

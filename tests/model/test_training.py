@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -306,6 +307,24 @@ def test_execute_train_records_everything(tmp_path: Path) -> None:
     assert any(line.startswith("epoch 2/2") for line in lines)
     assert (run.path / "logs").is_dir()  # TensorBoard
     assert not (run.path / "backup").exists()  # the resume backup is removed once training finished
+
+
+def test_a_fit_ended_by_early_stopping_says_where_and_which_epoch_it_kept(tmp_path: Path) -> None:
+    # A learning rate of 1e-12 leaves the network as initialised: validation AUC cannot improve after epoch 1, so
+    # early stopping (patience 1) ends the fit at epoch 2 of 8 and keeps epoch 1.
+    params = dataclasses.replace(PARAMS, learning_rate=1e-12)
+    config = TrainConfig(epochs=8, early_stopping_patience=1, reduce_lr_patience=0, monitor="val_auc")
+    run = runs.create_run(RunSpec(kind="train", dataset=DATASET, params=params, train=config), tmp_path)
+    jobs.execute(run)
+    stop = run.record["early_stopping"]
+    history = run.read_json("history.json")
+    assert stop["epochs_run"] == len(history["epoch"]) < 8 and stop["epochs"] == 8
+    assert stop["best_epoch"] == int(np.argmax(history["val_auc"])) + 1
+    assert stop["best_value"] == pytest.approx(max(history["val_auc"]))
+    state = runs.progress(run)
+    assert state["status"] == "completed" and state["fraction"] == 1.0
+    assert state["message"].startswith(f"Early stopping ended the fit after epoch {stop['epochs_run']} of 8: val_auc")
+    assert f"weights of epoch {stop['best_epoch']} " in state["message"]
 
 
 def test_a_model_trained_with_class_weights_is_kept_with_the_training_class_frequencies(tmp_path: Path) -> None:

@@ -72,6 +72,20 @@ def test_trials_best_so_far_when_maximising_and_minimising() -> None:
     assert losses.layout.title.text == "val_loss by trial"
 
 
+def test_trials_that_score_alike_are_not_drawn_far_apart() -> None:
+    # Seen on the Tune page: 0.9911111 and 0.99111116 drawn at the top and bottom of an axis 1e-7 tall.
+    alike = [{"trial": 1, "score": 0.9911111, "hyperparameters": {"dropout": 0.0}}]
+    alike.append({"trial": 2, "score": 0.99111116, "hyperparameters": {"dropout": 0.3}})
+    low, high = charts.trials_figure(alike, "val_auc").layout.yaxis.range
+    assert high - low == pytest.approx(charts.MIN_SCORE_SPAN) and low < 0.9911111 < 0.99111116 < high
+    objective = charts.parallel_coordinates_figure(alike, "val_auc").data[0].dimensions[-1]
+    assert objective.label == "val_auc" and objective.range[1] - objective.range[0] == pytest.approx(0.02)
+    # Scores that do differ keep Plotly's own fit.
+    apart = [{**alike[0], "score": 0.7}, {**alike[1], "score": 0.9}]
+    assert charts.trials_figure(apart, "val_auc").layout.yaxis.range is None
+    assert charts.parallel_coordinates_figure(apart, "val_auc").data[0].dimensions[-1].range is None
+
+
 def test_trial_curves_overlay_every_trial_and_mark_the_best() -> None:
     histories = {
         1: {"epoch": [1, 2, 3], "val_auc": [0.6, 0.7, 0.72]},

@@ -317,6 +317,17 @@ def test_leakage_check_reports_a_patient_in_two_splits(tmp_path: Path) -> None:
     assert leakage["passed"] is False and leakage["cross_split_duplicates"] == []
 
 
+def test_the_demo_is_checked_patient_disjoint_with_its_own_patient_ids() -> None:
+    from medimg.datasets.sources import default_group_regex
+
+    data = training.prepare_data(DatasetConfig(path=str(DEMO), image_size=16, group_regex=default_group_regex(DEMO)))
+    leakage = evaluation.leakage_check(data)
+    # Every demo file name starts with its patient ID, and the README says no patient spans two splits.
+    assert all(f.group for _, files in data.splits.items() for f in files)
+    assert leakage["groups_known"] is True and leakage["group_overlap"] == []
+    assert default_group_regex(DEMO / "train") == ""  # a folder inside the demo is another dataset
+
+
 def data_probs(run) -> list:
     from medimg.results.evaluation import load_scored
 

@@ -316,6 +316,15 @@ def test_progress_of_a_search_counts_finished_trials(tmp_path: Path) -> None:
     run.append_event("epoch", trial="2", epoch=0, epochs=2, logs={"val_auc": 0.5})
     assert runs.progress(run)["fraction"] == pytest.approx(2.5 / 4)
     assert runs.progress(run)["eta_s"] is not None
+    # A trial cut short by a stop ends, but is not done: the count must agree with the run's "after 2 completed
+    # trials" message.
+    # KerasTuner ends it COMPLETED; medimg's trial_stopped event says what it was (as a collapsed trial's does).
+    run.append_event("trial_stopped", trial="2", epoch=0, epochs=2)
+    run.append_event("trial_end", trial="2", status="COMPLETED")
+    run.append_event("trial_collapsed", trial="1", called="NORMAL")
+    state = runs.progress(run)
+    assert (state["trials_done"], state["trials_collapsed"], state["trials_other"]) == (2, 1, {"stopped": 1})
+    assert state["fraction"] == pytest.approx(3 / 4)
 
 
 def test_a_cross_validated_trials_curve_is_the_mean_over_its_folds(tmp_path: Path) -> None:
