@@ -50,8 +50,14 @@ def load_model(run_path: str, model_hash: str):
     return load_run_model(Run(run_path))
 
 
-def set_threshold(key: str, value: float) -> None:
+def set_threshold(key: str, value: float, preset: str) -> None:
     st.session_state[key] = round(float(value), 3)
+    # The preset pressed, kept: two rules often give one threshold, and the value alone cannot say which was meant.
+    st.session_state[f"{key}_preset"] = preset
+
+
+def forget_preset(key: str) -> None:
+    st.session_state.pop(f"{key}_preset", None)
 
 
 st.title("Evaluate")
@@ -88,7 +94,7 @@ if "val" not in scored or metrics.get("evaluation_version", 0) < evaluation.EVAL
             common.show_error(error)
 
 # ------------------------------------------------------------------------------------------- operating point
-threshold, positive = 0.5, None
+threshold, positive, preset = 0.5, None, None
 if test.binary:
     left, middle, right = st.columns([2, 1, 3])
     positive = left.selectbox(
@@ -111,13 +117,16 @@ if test.binary:
     # One slider per run and positive class, starting at the operating point chosen on validation: a threshold
     # carried over from another run, or 0.5 left standing, is a threshold nobody chose for this model.
     threshold_key = f"evaluate_threshold_{run.id}_{positive}"
+    start = evaluation.default_threshold(test, scored.get("val"), positive)
+    if threshold_key not in st.session_state and chosen_on == "val":
+        st.session_state[f"{threshold_key}_preset"] = "youden"  # what `default_threshold` starts from
     for column, (name, label) in zip(buttons, PRESET_LABELS.items(), strict=True):
         value = choices.get(name)
         column.button(
             label,
             key=f"preset_{name}",
             on_click=set_threshold,
-            args=(threshold_key, value),
+            args=(threshold_key, value, name),
             disabled=value is None,
             help=None if value is None else f"threshold {value:.3f}",
             width="stretch",
@@ -128,9 +137,12 @@ if test.binary:
         1.0,
         step=0.001,
         format="%.3f",
-        **common.kept(threshold_key, evaluation.default_threshold(test, scored.get("val"), positive)),
+        on_change=forget_preset,
+        args=(threshold_key,),
+        **common.kept(threshold_key, start),
     )
-    origin, chosen_on_data = evaluation.threshold_origin(float(threshold), choices, chosen_on)
+    preset = st.session_state.get(f"{threshold_key}_preset")
+    origin, chosen_on_data = evaluation.threshold_origin(float(threshold), choices, chosen_on, preset)
     (st.caption if chosen_on_data else st.warning)(
         f"Threshold {float(threshold):.3f}: {origin}."
         + ("" if chosen_on_data else " Pick a preset to use an operating point chosen on validation.")
@@ -148,6 +160,11 @@ summary = summarize(str(run.path), stamp, float(threshold), positive)
 called_one_class = evaluation.one_class_at_threshold(summary)
 if called_one_class:
     st.warning(called_one_class, icon=":material/warning:")
+if test.binary:
+    for rule in evaluation.matching_presets(float(threshold), choices):
+        missed = evaluation.missed_target(summary["operating_point"], rule, target)
+        if missed:
+            st.warning(missed, icon=":material/warning:")
 
 tiles = tables.headline(summary)
 cols = st.columns(len(tiles) + 1)
@@ -246,8 +263,7 @@ def cell_label(option: str) -> str:
 st.selectbox("Cell (or click one in the confusion matrix)", options, key=cell_key, format_func=cell_label)
 true, called = chosen
 members = clinical.cell_indices(test, true, called, float(threshold), positive)
-where = f" at threshold {float(threshold):.3f}" if test.binary else ""
-st.caption(f"{len(members)} test image(s) in this cell{where}, the most confident call first.")
+st.caption(tables.cell_note(names, called, len(members), float(threshold), positive))
 if len(members) == 0:
     st.info("No test images in this cell.")
 else:
@@ -269,7 +285,7 @@ else:
 
     grid = st.columns(3)
     for position, (i, pixels) in enumerate(loaded):
-        caption = f"{Path(test.paths[i]).name}: p({names[called]}) = {test.probs[i, called]:.2f}"
+        caption = f"{Path(test.paths[i]).name}: {tables.call_probability(test, i, float(threshold), positive)}"
         with grid[position % 3]:
             if heatmaps is not None:
                 st.image(side_by_side(pixels, heatmaps[position]), caption=f"{caption} · Grad-CAM for {names[called]}")
@@ -282,7 +298,7 @@ else:
 st.subheader("Export")
 exports_ready = True
 if test.binary:
-    origin, chosen_on_data = evaluation.threshold_origin(float(threshold), choices, chosen_on)
+    origin, chosen_on_data = evaluation.threshold_origin(float(threshold), choices, chosen_on, preset)
     st.markdown(
         f"The report and the model bundle embed the decision rule **call {positive} when p({positive}) ≥ "
         f"{float(threshold):.3f}** ({origin})."
@@ -298,13 +314,13 @@ left, right = st.columns(2)
 def report_bytes() -> bytes:
     from medimg.results import report
 
-    return report.build_report(run, float(threshold), positive).encode("utf-8")
+    return report.build_report(run, float(threshold), positive, preset=preset).encode("utf-8")
 
 
 def bundle_bytes() -> bytes:
     from medimg.results import bundle
 
-    return bundle.model_bundle(run, float(threshold), positive)
+    return bundle.model_bundle(run, float(threshold), positive, preset=preset)
 
 
 left.download_button(

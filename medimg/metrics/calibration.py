@@ -21,6 +21,8 @@ TEMPERATURE_RANGE = (0.05, 20.0)
 # span tell a reader nothing per image: a temperature near the upper bound squeezes them all towards 1 / K.
 UNINFORMATIVE_SPREAD = 0.1
 CENTRAL = (5.0, 95.0)  # percentiles: a few images scored exactly 0 or 1 keep extreme logits at any temperature
+# Half the last digit the page and the report show: a change smaller than this reads "0.060 → 0.060", no gain.
+ERROR_TOLERANCE = 5e-4
 
 
 def _confidence_and_outcome(scored: Scored, positive: str | int | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -139,7 +141,10 @@ def fit_temperature(labels: np.ndarray, probs: np.ndarray) -> float:
 def calibration_summary(
     test: Scored, val: Scored | None, positive: str | int | None = None, bins: int = 10
 ) -> CalibrationSummary:
-    """Reliability on test before and after a temperature fitted on validation (after is None without val)."""
+    """Reliability on test before and after a temperature fitted on validation (after is None without val).
+
+    `warning` (see `CalibrationSummary`): `no_gain_warning` when the scaling does not lower the test ECE, else
+    `temperature_warning` when its fit should not be trusted, else None."""
     summary = CalibrationSummary(before=reliability(test, positive, bins), temperature=None, after=None)
     if val is None or len(val) == 0:
         summary["skipped"] = "no validation predictions to fit a temperature on"
@@ -161,17 +166,53 @@ def calibration_summary(
         test_nll_before=negative_log_likelihood(test.labels, test.probs),
         test_nll_after=negative_log_likelihood(test.labels, test.probs, temperature),
     )
-    summary["warning"] = temperature_warning(temperature, scaled_test, positive)
+    no_gain = no_gain_warning(temperature, summary["before"], summary["after"])
+    if no_gain:
+        # Worse (or no better) on test is the verdict; a failed fit is then the reason, not a caution about a lower
+        # ECE, which `temperature_warning`'s wording assumes.
+        failures = fit_failures(temperature, scaled_test, positive)
+        summary["warning"] = no_gain + (f" The fit failed: {'; '.join(failures)}." if failures else "")
+    else:
+        summary["warning"] = temperature_warning(temperature, scaled_test, positive)
     return summary
 
 
-def temperature_warning(temperature: float, scaled_test: Scored, positive: str | int | None = None) -> str | None:
-    """Why a fitted temperature should not be read as a calibration success, or None.
+def no_gain_warning(temperature: float, before: Reliability, after: Reliability | None) -> str | None:
+    """A warning when temperature scaling (fitted on validation) does not lower the test ECE, else None.
 
-    Two failures look like a lower ECE but are not: the fit stopped at a bound of `TEMPERATURE_RANGE` (the
-    likelihood wanted a larger or smaller T than allowed), or the central 90 % of the scaled test probabilities sit
-    within `UNINFORMATIVE_SPREAD` of each other (T so large every image gets about 1 / K, so ECE is small by
-    construction: it then measures the class balance, not the model)."""
+    Args:
+        temperature: the temperature fitted on validation.
+        before, after: `reliability` of the test probabilities without and with it.
+
+    Returns:
+        None when the test ECE fell by more than `ERROR_TOLERANCE`; otherwise a sentence with both ECEs, whether
+        the maximum calibration error (MCE) rose as well, and that the unscaled probabilities are the ones to use.
+        The temperature stays fitted on validation: refitting it on test would only hide the failure.
+    """
+    if after is None or after["ece"] < before["ece"] - ERROR_TOLERANCE:
+        return None
+    rose = after["ece"] > before["ece"] + ERROR_TOLERANCE
+    change = (
+        f"the expected calibration error (ECE) rose from {before['ece']:.3f} to {after['ece']:.3f}"
+        if rose
+        else f"the expected calibration error (ECE) stayed at {before['ece']:.3f}"
+    )
+    if after["mce"] > before["mce"] + ERROR_TOLERANCE:
+        change += f", and the maximum calibration error rose from {before['mce']:.3f} to {after['mce']:.3f}"
+    verdict = (
+        "the unscaled probabilities (before) are the better-calibrated ones here"
+        if rose
+        else "the unscaled probabilities (before) are as well calibrated, so use them"
+    )
+    return (
+        f"Temperature scaling fitted on validation (T = {temperature:.3f}) did not help on test: {change}. "
+        f"{verdict[0].upper()}{verdict[1:]}."
+    )
+
+
+def fit_failures(temperature: float, scaled_test: Scored, positive: str | int | None = None) -> list[str]:
+    """Why a fitted temperature should not be trusted, one clause per reason ([] when none; see
+    `temperature_warning`)."""
     low, high = TEMPERATURE_RANGE
     reasons = []
     if temperature >= high * 0.99 or temperature <= low * 1.01:
@@ -181,6 +222,17 @@ def temperature_warning(temperature: float, scaled_test: Scored, positive: str |
         low_p, high_p = np.percentile(confidence, CENTRAL)
         if high_p - low_p < UNINFORMATIVE_SPREAD:
             reasons.append(f"after scaling 90% of the test probabilities lie between {low_p:.3f} and {high_p:.3f}")
+    return reasons
+
+
+def temperature_warning(temperature: float, scaled_test: Scored, positive: str | int | None = None) -> str | None:
+    """Why a fitted temperature should not be read as a calibration success, or None.
+
+    Two failures look like a lower ECE but are not: the fit stopped at a bound of `TEMPERATURE_RANGE` (the
+    likelihood wanted a larger or smaller T than allowed), or the central 90 % of the scaled test probabilities sit
+    within `UNINFORMATIVE_SPREAD` of each other (T so large every image gets about 1 / K, so ECE is small by
+    construction: it then measures the class balance, not the model)."""
+    reasons = fit_failures(temperature, scaled_test, positive)
     if not reasons:
         return None
     return (

@@ -106,9 +106,17 @@ def confusion_matrix(scored: Scored, threshold: float = 0.5, positive: str | int
 def cell_indices(
     scored: Scored, true: int, called: int, threshold: float = 0.5, positive: str | int | None = None
 ) -> np.ndarray:
-    """Indices of the images in one confusion-matrix cell, the most confident call first."""
+    """Indices of the images in one confusion-matrix cell, the most confident call first.
+
+    Two classes: by p(positive), the number the threshold is applied to: highest first in a column called
+    positive, lowest first in one called negative (not by p(called), which a sigmoid model's saved columns need
+    not make exactly 1 - p(positive)). More classes: by the called class's probability, the arg-max."""
     predicted = predicted_labels(scored, threshold, positive)
     members = np.flatnonzero((scored.labels == true) & (predicted == called))
+    if scored.binary:
+        index = positive_index(scored.class_names, positive)
+        scores = scored.probs[members, index]
+        return members[np.argsort(-scores if called == index else scores, kind="stable")]
     return members[np.argsort(-scored.probs[members, called], kind="stable")]
 
 

@@ -14,8 +14,12 @@ from medimg.results.report import NOT_FOR_CLINICAL_USE
 from medimg.store.runs import Run
 
 
-def contract(run: Run, threshold: float = 0.5, positive: str | int | None = None) -> dict[str, Any]:
-    """The preprocessing and decision contract that goes with model.keras: what goes in, what comes out."""
+def contract(
+    run: Run, threshold: float = 0.5, positive: str | int | None = None, preset: str | None = None
+) -> dict[str, Any]:
+    """The preprocessing and decision contract that goes with model.keras: what goes in, what comes out.
+
+    `preset`: the preset rule that chose `threshold`, when known (see `evaluation.threshold_origin`)."""
     record = run.record
     if "class_names" not in record:
         raise RunError(f"run {run.id} has no input contract yet; it has not trained a model.")
@@ -50,13 +54,13 @@ def contract(run: Run, threshold: float = 0.5, positive: str | int | None = None
         result.update(
             positive_class=names[index],
             threshold=float(threshold),
-            threshold_chosen_by=_threshold_origin(run, float(threshold), index),
+            threshold_chosen_by=_threshold_origin(run, float(threshold), index, preset),
             decision_rule=f"call {names[index]} when p({names[index]}) >= {float(threshold):.4f}",
         )
     return result
 
 
-def _threshold_origin(run: Run, threshold: float, positive: int) -> str:
+def _threshold_origin(run: Run, threshold: float, positive: int, preset: str | None) -> str:
     from medimg.errors import MedimgError
     from medimg.results import evaluation
 
@@ -65,14 +69,17 @@ def _threshold_origin(run: Run, threshold: float, positive: int) -> str:
     except MedimgError:
         return "unknown: the run has no saved predictions to compare it with"
     presets, split = evaluation.preset_thresholds(scored["test"], scored.get("val"), positive)
-    return evaluation.threshold_origin(threshold, presets, split)[0]
+    return evaluation.threshold_origin(threshold, presets, split, preset)[0]
 
 
-def model_bundle(run: Run, threshold: float = 0.5, positive: str | int | None = None) -> bytes:
-    """A zip of model.keras and contract.json (image size, channel mode, class names, threshold)."""
+def model_bundle(
+    run: Run, threshold: float = 0.5, positive: str | int | None = None, preset: str | None = None
+) -> bytes:
+    """A zip of model.keras and contract.json (image size, channel mode, class names, threshold; `preset` as
+    `contract`)."""
     if not run.model_path.is_file():
         raise RunError(f"run {run.id} has no model.keras; train it first.")
-    terms = contract(run, threshold, positive)
+    terms = contract(run, threshold, positive, preset)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.write(run.model_path, "model.keras")

@@ -244,21 +244,79 @@ PRESET_NAMES = {
     "sensitivity": "the sensitivity target",
     "specificity": "the specificity target",
 }
+TARGET_PRESETS = ("sensitivity", "specificity")  # the presets that promise a figure, checked on test
 THRESHOLD_TOLERANCE = 5e-4  # the slider's 0.001 step, halved: a preset moved onto the slider still counts as it
+HALF_RULE = "0.5, the arg-max"
+HALF = f"{HALF_RULE}: not chosen on any split"
 
 
-def threshold_origin(threshold: float, presets: dict[str, float | None], split: str | None) -> tuple[str, bool]:
+def matching_presets(threshold: float, presets: dict[str, float | None]) -> list[str]:
+    """The presets chosen on data (`PRESET_NAMES` order) that give `threshold`, within `THRESHOLD_TOLERANCE`.
+
+    Two rules often give one threshold on a small validation split (seen: Youden's J and specificity ≥ 0.95 both
+    0.554), so the value alone cannot say which rule was picked."""
+    found = []
+    for name in PRESET_NAMES:
+        value = presets.get(name)
+        if value is not None and abs(float(value) - threshold) <= THRESHOLD_TOLERANCE:
+            found.append(name)
+    return found
+
+
+def threshold_origin(
+    threshold: float, presets: dict[str, float | None], split: str | None, chosen: str | None = None
+) -> tuple[str, bool]:
     """Where a two-class threshold came from, in words, and whether it was chosen on data.
 
-    `presets`/`split` as `preset_thresholds` returns them. ("Youden's J on the validation split", True) for a
-    preset; ("0.5, the arg-max: not chosen on any split", False) and ("set by hand", False) otherwise."""
-    for name, label in PRESET_NAMES.items():
-        value = presets.get(name)
-        if value is not None and abs(value - threshold) <= THRESHOLD_TOLERANCE:
-            return f"{label} on the {'validation' if split == 'val' else split} split", True
-    if abs(threshold - 0.5) <= THRESHOLD_TOLERANCE:
-        return "0.5, the arg-max: not chosen on any split", False
-    return "set by hand", False
+    Args:
+        threshold: the threshold on p(positive class).
+        presets, split: as `preset_thresholds` returns them.
+        chosen: the preset the user picked ('default', 'youden', 'sensitivity', 'specificity'), when known. It
+            names the rule; other presets that give the same threshold are said to coincide with it. Without it
+            (or when the threshold has moved off it) every preset giving this threshold is named.
+
+    Returns:
+        ("the specificity target on the validation split (coincides with Youden's J)", True) for a preset;
+        ("0.5, the arg-max: not chosen on any split", False) and ("set by hand", False) otherwise.
+    """
+    rules = matching_presets(threshold, presets)
+    where = f"on the {'validation' if split == 'val' else split} split"
+    half_picked = chosen == "default" and abs(threshold - 0.5) <= THRESHOLD_TOLERANCE
+    if half_picked or (not rules and abs(threshold - 0.5) <= THRESHOLD_TOLERANCE):
+        if rules:
+            return f"{HALF_RULE} (coincides with {_joined(rules)} {where})", True
+        return HALF, False
+    if not rules:
+        return "set by hand", False
+    if chosen in rules:
+        others = [name for name in rules if name != chosen]
+        coincide = f" (coincides with {_joined(others)})" if others else ""
+        return f"{PRESET_NAMES[chosen]} {where}{coincide}", True
+    same = " (the same threshold)" if len(rules) > 1 else ""
+    return f"{_joined(rules)} {where}{same}", True
+
+
+def _joined(names: list[str]) -> str:
+    return " and ".join(PRESET_NAMES[name] for name in names)
+
+
+def missed_target(point: OperatingPointRecord, preset: str, target: float) -> str | None:
+    """A plain note when a target preset's figure on test falls short of its target, else None.
+
+    Args:
+        point: the test operating point at the threshold the preset chose on validation.
+        preset: 'sensitivity' or 'specificity' (any other rule promises no figure: None).
+        target: the target as a fraction, e.g. 0.95.
+
+    The threshold stays the one chosen on validation: a target met on validation and missed on test is a finding
+    about the model, and choosing the threshold again on test would hide it."""
+    value = point.get(preset) if preset in TARGET_PRESETS else None
+    if value is None or value >= target - 1e-12:
+        return None
+    return (
+        f"{preset.capitalize()} on test {value:.3f} is below the {target:g} target chosen on validation (the "
+        "threshold was chosen on validation; test is where it is checked)."
+    )
 
 
 def default_threshold(test: Scored, val: Scored | None, positive: str | int | None = None) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 
 from medimg import __version__
 from medimg.metrics import clinical, subgroups
-from medimg.metrics.calibration import CalibrationSummary
+from medimg.metrics.calibration import ERROR_TOLERANCE, CalibrationSummary
 from medimg.model.models import load_run_model
 from medimg.results import charts, evaluation, htmldoc, tables
 from medimg.store.runs import Run, trial_number
@@ -29,6 +29,7 @@ NOT_FOR_CLINICAL_USE = (
     "device, have not been validated for diagnosis, triage, screening or treatment decisions, and must not be used "
     "for patient care."
 )
+TARGET = 0.95  # the sensitivity / specificity target of the presets the report lists (`preset_thresholds`' default)
 PACKAGES = (
     "tensorflow",
     "keras",
@@ -73,10 +74,12 @@ def write_report(
     positive: str | int | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
+    preset: str | None = None,
 ) -> Path:
-    """Write the run's report to `path` (one HTML file) and return the path. `threshold`: as `build_report`."""
+    """Write the run's report to `path` (one HTML file) and return the path. `threshold`, `preset`: as
+    `build_report`."""
     path = Path(path)
-    text = build_report(run, threshold, positive, n_resamples, seed)
+    text = build_report(run, threshold, positive, n_resamples, seed, preset)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
@@ -89,18 +92,22 @@ def build_report(
     positive: str | int | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
+    preset: str | None = None,
 ) -> str:
     """The report as one self-contained HTML document, at `threshold` for two classes: by default the operating
-    point chosen on validation (`evaluation.default_threshold`: Youden's J, else 0.5), the one Predict calls at."""
+    point chosen on validation (`evaluation.default_threshold`: Youden's J, else 0.5), the one Predict calls at.
+    `preset`: the preset rule that chose `threshold` ('youden', 'sensitivity', 'specificity', 'default'), when
+    known: the card names it (see `evaluation.threshold_origin`); presets are chosen at the 0.95 targets."""
     metrics = ensure_evaluated(run)
     scored = evaluation.load_scored(run)
     if threshold is None:  # several classes: the arg-max, and the threshold is not used
         binary = scored["test"].binary
         threshold = evaluation.default_threshold(scored["test"], scored.get("val"), positive) if binary else 0.5
+        preset = preset or ("youden" if binary else None)  # what `default_threshold` starts from
     summary = evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive, n_resamples, seed)
     record = run.record
     parts = [
-        _header(run, summary, metrics),
+        _header(run, summary, metrics, preset),
         htmldoc.section("Intended use", _intended_use(record)),
         htmldoc.section("Dataset and splits", _dataset(record)),
         htmldoc.section("Leakage check", _leakage(metrics.get("leakage") or {})),
@@ -119,11 +126,13 @@ def build_report(
     return htmldoc.document(f"medimg report · {run.id}", "\n".join(htmldoc.embed_figures(parts)), NOT_FOR_CLINICAL_USE)
 
 
-def _header(run: Run, summary: evaluation.ClinicalSummary, metrics: dict[str, Any] | None = None) -> str:
+def _header(
+    run: Run, summary: evaluation.ClinicalSummary, metrics: dict[str, Any] | None = None, preset: str | None = None
+) -> str:
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     point = (
         f"operating point: p({summary['positive_class']}) ≥ {summary['threshold']:.3f} ("
-        + evaluation.threshold_origin(summary["threshold"], summary["presets"], summary["presets_split"])[0]
+        + evaluation.threshold_origin(summary["threshold"], summary["presets"], summary["presets_split"], preset)[0]
         + ")"
         if summary["positive_class"]
         else "multi-class, arg-max decision"
@@ -285,8 +294,8 @@ def _presets(summary: evaluation.ClinicalSummary) -> str:
     labels = {
         "default": "default 0.5",
         "youden": "Youden's J",
-        "sensitivity": "sensitivity ≥ 0.95",
-        "specificity": "specificity ≥ 0.95",
+        "sensitivity": f"sensitivity ≥ {TARGET:g}",
+        "specificity": f"specificity ≥ {TARGET:g}",
     }
     rows = [
         [
@@ -296,15 +305,24 @@ def _presets(summary: evaluation.ClinicalSummary) -> str:
         for name, p in summary["preset_points"].items()
     ]
     note = htmldoc.paragraph("Other operating points: thresholds chosen on the validation split, measured on test.")
-    return note + htmldoc.table(["preset", "threshold", "sensitivity", "specificity", "PPV", "NPV"], rows)
+    missed = [
+        evaluation.missed_target(summary["preset_points"][name], name, TARGET)
+        for name in evaluation.TARGET_PRESETS
+        if name in summary["preset_points"]
+    ]
+    notes = "".join(_warning(text) for text in missed if text)
+    return note + htmldoc.table(["preset", "threshold", "sensitivity", "specificity", "PPV", "NPV"], rows) + notes
 
 
 def _calibration(calibration: CalibrationSummary) -> list[Any]:
     text, warning = tables.calibration_note(calibration)
     rows = tables.calibration_rows(calibration)
     before = calibration["before"]
+    # The warning as the page shows it, in a warning box: a reader of either sees the same verdict. The sentence
+    # before it stays, as the card's record of the temperature fitted.
     return [
-        htmldoc.paragraph(f"{before['kind']}, {before['bins']} equal-width bins. {text} {warning or ''}".strip()),
+        htmldoc.paragraph(f"{before['kind']}, {before['bins']} equal-width bins. {text}"),
+        *([_warning(warning)] if warning else []),
         htmldoc.table(list(rows[0]), [list(row.values()) for row in rows]),
         htmldoc.Figure(charts.reliability_figure(before, calibration["after"])),
     ]
@@ -338,11 +356,10 @@ def _gradcams(run: Run, test: clinical.Scored, summary: evaluation.ClinicalSumma
     names = test.class_names
     cards = []
     for k, i in enumerate(chosen):
-        probability = test.probs[i, predicted[i]]
         caption = (
             f"{_cell_name(summary, int(test.labels[i]), int(predicted[i]))}{Path(test.paths[i]).name}: "
             f"true {names[test.labels[i]]}, called {names[predicted[i]]} "
-            f"(p = {probability:.2f}); Grad-CAM for {names[predicted[i]]}"
+            f"({tables.call_probability(test, i, threshold, positive)}); Grad-CAM for {names[predicted[i]]}"
         )
         blended = overlay(pixels[k], heatmaps[k])
         images_html = f"<img src='{htmldoc.png_uri(pixels[k])}' alt='input'>"
@@ -356,6 +373,10 @@ def _gradcams(run: Run, test: clinical.Scored, summary: evaluation.ClinicalSumma
         "<div class='gallery'>" + "".join(cards) + "</div>",
         *([htmldoc.paragraph("Not shown (could not be read again): " + "; ".join(skipped))] if skipped else []),
     ]
+
+
+def _warning(text: str) -> str:
+    return f"<div class='warning'><strong>{html.escape(text)}</strong></div>"
 
 
 def _cell_name(summary: evaluation.ClinicalSummary, true: int, called: int) -> str:
@@ -396,6 +417,8 @@ def _limitations(summary: evaluation.ClinicalSummary, metrics: dict[str, Any], r
     if before > 0.05:
         if after is None:
             remedy = summary["calibration"].get("skipped") or "there are no validation predictions to recalibrate with"
+        elif after["ece"] >= before - ERROR_TOLERANCE:
+            remedy = f"temperature scaling does not lower it on test ({after['ece']:.3f} after; see Calibration)"
         elif summary["calibration"].get("warning"):
             remedy = "temperature scaling failed on it (see Calibration)"
         elif after["ece"] < before / 2:

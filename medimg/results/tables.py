@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from medimg.metrics.bootstrap import Intervals, interval_text
 from medimg.metrics.calibration import CalibrationSummary
-from medimg.metrics.clinical import metric_label
+from medimg.metrics.clinical import Scored, metric_label, positive_index
 from medimg.results.evaluation import ClinicalSummary
 
 if TYPE_CHECKING:
@@ -78,6 +78,54 @@ def decision_note(summary: ClinicalSummary) -> str | None:
         f"Positive class: {positive}. Decision: positive when p({positive}) ≥ {point['threshold']:.3f}. "
         f"Test images: {summary['count']} ({point['tp'] + point['fn']} positive). TP {point['tp']}, "
         f"FN {point['fn']}, FP {point['fp']}, TN {point['tn']}."
+    )
+
+
+def call_probability(scored: Scored, index: int, threshold: float = 0.5, positive: str | int | None = None) -> str:
+    """The probability one image's call rests on, for a caption.
+
+    Two classes: p(positive) against the threshold, the number and the rule that made the call, e.g.
+    "p(PNEUMONIA) = 0.720 < threshold 0.740" for an image called the other class (its p(NORMAL) = 0.28 would read
+    as a weak NORMAL call made for no visible reason). More classes: the called class's probability, the arg-max,
+    e.g. "p(VIRUS) = 0.55, the arg-max".
+
+    Args:
+        scored: the split's predictions; `index` the image's row in it.
+        threshold, positive: the two-class decision rule (ignored for more classes).
+    """
+    names = scored.class_names
+    if not scored.binary:
+        called = int(scored.probs[index].argmax())
+        return f"p({names[called]}) = {scored.probs[index, called]:.2f}, the arg-max"
+    column = positive_index(names, positive)
+    value = float(scored.probs[index, column])
+    shown, limit = _apart(value, threshold)
+    return f"p({names[column]}) = {shown} {'≥' if value >= threshold else '<'} threshold {limit}"
+
+
+def _apart(value: float, threshold: float) -> tuple[str, str]:
+    # Three decimals, as the slider shows the threshold; more where rounding would print "0.740 < threshold 0.740".
+    for digits in range(3, 7):
+        shown, limit = f"{value:.{digits}f}", f"{threshold:.{digits}f}"
+        if (shown == limit) == (value == threshold):
+            break
+    return shown, limit
+
+
+def cell_note(
+    class_names: list[str], called: int, count: int, threshold: float = 0.5, positive: str | int | None = None
+) -> str:
+    """How many test images one confusion-matrix cell holds and the order `clinical.cell_indices` shows them in."""
+    if len(class_names) != 2:
+        return (
+            f"{count} test image(s) in this cell, the most confident call first: by p({class_names[called]}), the "
+            "called class's probability (the arg-max)."
+        )
+    column = positive_index(class_names, positive)
+    order = "highest" if called == column else "lowest"
+    return (
+        f"{count} test image(s) in this cell at threshold {threshold:.3f}, by p({class_names[column]}), {order} "
+        f"first: the most confident {class_names[called]} call first."
     )
 
 

@@ -89,20 +89,69 @@ def test_reliability_figure_before_and_after() -> None:
     assert len(charts.reliability_figure(summary["before"]).data) == 2
 
 
+def backwards(count: int, seed: int) -> Scored:
+    """Scores that rank the classes backwards: the likelihood wants T → ∞, so a fit stops at the upper bound."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, count)
+    return binary(labels, np.where(labels == 1, 0.2, 0.8) + rng.uniform(-0.05, 0.05, count))
+
+
 def test_a_temperature_at_its_bound_is_a_warning_not_a_success() -> None:
-    # Validation scores that rank the classes backwards: the likelihood wants T → ∞, the fit stops at 20 and every
-    # scaled probability sits near 0.5: an ECE that only restates the class balance.
-    rng = np.random.default_rng(0)
-    val_labels = rng.integers(0, 2, 200)
-    val = binary(val_labels, np.where(val_labels == 1, 0.2, 0.8) + rng.uniform(-0.05, 0.05, 200))
-    test = noisy_binary(200, 3)
-    summary = calibration.calibration_summary(test, val)
+    # Fitted at 20, every scaled probability sits near 0.5: on a balanced test split with the same backward scores
+    # the ECE falls, but it then only restates the class balance.
+    summary = calibration.calibration_summary(backwards(200, 1), backwards(200, 0))
     assert summary["temperature"] == pytest.approx(calibration.TEMPERATURE_RANGE[1], rel=1e-3)
-    scaled = calibration.apply_temperature(test.probs, summary["temperature"])[:, 1]
-    assert np.subtract(*np.percentile(scaled, [95, 5])) < calibration.UNINFORMATIVE_SPREAD
+    assert summary["after"]["ece"] < summary["before"]["ece"]
     assert summary["warning"].startswith("Temperature scaling did not calibrate this model: the fitted temperature")
     assert "at the bound of its range 0.05–20" in summary["warning"]
     assert "after scaling 90% of the test probabilities lie between" in summary["warning"]
+
+
+def test_a_temperature_at_its_bound_that_also_worsens_test_says_both() -> None:
+    summary = calibration.calibration_summary(noisy_binary(200, 3), backwards(200, 0))
+    scaled = calibration.apply_temperature(noisy_binary(200, 3).probs, summary["temperature"])[:, 1]
+    assert np.subtract(*np.percentile(scaled, [95, 5])) < calibration.UNINFORMATIVE_SPREAD
+    before, after = summary["before"], summary["after"]
+    assert after["ece"] > before["ece"]
+    assert summary["warning"].startswith(
+        f"Temperature scaling fitted on validation (T = {summary['temperature']:.3f}) did not help on test: the "
+        f"expected calibration error (ECE) rose from {before['ece']:.3f} to {after['ece']:.3f}"
+    )
+    assert (
+        "The fit failed: the fitted temperature T = 20 is at the bound of its range 0.05–20; after scaling"
+        in (summary["warning"])
+    )
+
+
+def test_a_temperature_that_worsens_test_calibration_is_a_warning() -> None:
+    # Validation over-confident (sharpened by 3), test calibrated: T ≈ 3 fitted on validation softens test
+    # probabilities that needed nothing, and both calibration errors on test rise.
+    val, test = overconfident(3000, 3.0, seed=0), overconfident(3000, 1.0, seed=1)
+    summary = calibration.calibration_summary(test, val)
+    assert summary["temperature"] == pytest.approx(calibration.fit_temperature(val.labels, val.probs))  # on val
+    before, after = summary["before"], summary["after"]
+    assert after["ece"] > before["ece"] + 0.05 and after["mce"] > before["mce"]
+    assert summary["warning"] == (
+        f"Temperature scaling fitted on validation (T = {summary['temperature']:.3f}) did not help on test: the "
+        f"expected calibration error (ECE) rose from {before['ece']:.3f} to {after['ece']:.3f}, and the maximum "
+        f"calibration error rose from {before['mce']:.3f} to {after['mce']:.3f}. The unscaled probabilities "
+        "(before) are the better-calibrated ones here."
+    )
+
+
+def test_no_gain_at_the_digits_shown_is_said_and_a_real_gain_is_not_warned() -> None:
+    def errors(ece: float, mce: float) -> calibration.Reliability:
+        return calibration.Reliability(
+            kind="", bins=10, low=[], high=[], confidence=[], frequency=[], count=[], ece=ece, mce=mce
+        )
+
+    # 0.0600 → 0.0603 prints as 0.060 → 0.060: no gain, and nothing rose that shows.
+    assert calibration.no_gain_warning(0.9, errors(0.0600, 0.2), errors(0.0603, 0.1)) == (
+        "Temperature scaling fitted on validation (T = 0.900) did not help on test: the expected calibration error "
+        "(ECE) stayed at 0.060. The unscaled probabilities (before) are as well calibrated, so use them."
+    )
+    assert calibration.no_gain_warning(0.9, errors(0.0600, 0.2), errors(0.0590, 0.3)) is None  # ECE fell
+    assert calibration.no_gain_warning(0.9, errors(0.0600, 0.2), None) is None  # nothing fitted
 
 
 def test_a_useful_temperature_has_no_warning() -> None:

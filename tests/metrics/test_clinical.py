@@ -127,6 +127,21 @@ def test_cell_indices_most_confident_first() -> None:
     assert clinical.cell_indices(scored, 0, 1, 0.5).tolist() == [3]
 
 
+def test_two_class_cells_are_ordered_by_the_positive_probability_the_threshold_is_applied_to() -> None:
+    # The review's cell: true disease called normal at threshold 0.740, p(disease) 0.19, 0.35 and 0.72. The saved
+    # columns of a sigmoid model are rounded separately, so p(normal) is not exactly 1 - p(disease): row 1's
+    # p(normal) 0.281 would put it before row 2 (0.280) if cells were sorted by the called class's column, and the
+    # captions would read p(disease) 0.720 then 0.7199, against "lowest first".
+    probs = np.array([[0.81, 0.19], [0.281, 0.72], [0.280, 0.7199], [0.65, 0.35], [0.1, 0.9]])
+    scored = Scored(np.array([1, 1, 1, 1, 1]), probs, ["normal", "disease"])
+    assert clinical.cell_indices(scored, 1, 0, 0.74).tolist() == [0, 3, 2, 1]  # p(disease) lowest first
+    assert clinical.cell_indices(scored, 1, 1, 0.3).tolist() == [4, 1, 2, 3]  # highest first
+    # Positive class normal: its column decides, highest first where normal is called.
+    assert clinical.cell_indices(scored, 1, 0, 0.5, "normal").tolist() == [0, 3]
+    three = Scored(np.array([0, 0]), np.array([[0.5, 0.3, 0.2], [0.7, 0.2, 0.1]]), ["a", "b", "c"])
+    assert clinical.cell_indices(three, 0, 0).tolist() == [1, 0]  # more classes: the called class's probability
+
+
 # ---------------------------------------------------------------------------------------------------- thresholds
 def brute_force(scored: Scored) -> list[clinical.OperatingPoint]:
     scores = np.unique(scored.probs[:, 1])

@@ -354,6 +354,71 @@ def test_threshold_origin_names_the_preset_the_half_or_a_hand_set_value() -> Non
     assert evaluation.threshold_origin(0.2, presets, "test")[0] == "the sensitivity target on the test split"
 
 
+def test_threshold_origin_names_the_preset_pressed_when_two_give_one_threshold() -> None:
+    # Seen on the demo: "Spec ≥ target" gave 0.554, as Youden's J did, and the caption named Youden's J.
+    presets = {"default": 0.5, "youden": 0.554, "sensitivity": 0.313, "specificity": 0.554}
+    origin = evaluation.threshold_origin
+    assert origin(0.554, presets, "val", "specificity") == (
+        "the specificity target on the validation split (coincides with Youden's J)",
+        True,
+    )
+    assert origin(0.554, presets, "val", "youden") == (
+        "Youden's J on the validation split (coincides with the specificity target)",
+        True,
+    )
+    # Not known who chose it (the command line's --threshold): both rules, neither first by accident.
+    assert origin(0.554, presets, "val") == (
+        "Youden's J and the specificity target on the validation split (the same threshold)",
+        True,
+    )
+    # A preset pressed, then the slider moved to another preset's value: the value decides.
+    assert origin(0.313, presets, "val", "specificity") == ("the sensitivity target on the validation split", True)
+    assert origin(0.4, presets, "val", "specificity") == ("set by hand", False)
+    half = {"default": 0.5, "youden": 0.5, "sensitivity": 0.2, "specificity": 0.9}
+    assert origin(0.5, half, "val", "default") == (
+        "0.5, the arg-max (coincides with Youden's J on the validation split)",
+        True,
+    )
+
+
+def test_a_target_missed_on_test_is_a_note_and_the_threshold_stays_the_validation_one() -> None:
+    from tests.metrics.test_clinical import noisy_binary
+
+    point = {"threshold": 0.313, "sensitivity": 0.9333, "specificity": 0.71}
+    assert evaluation.missed_target(point, "sensitivity", 0.95) == (
+        "Sensitivity on test 0.933 is below the 0.95 target chosen on validation (the threshold was chosen on "
+        "validation; test is where it is checked)."
+    )
+    assert evaluation.missed_target(point, "specificity", 0.7) is None  # met
+    assert evaluation.missed_target(point, "youden", 0.95) is None  # Youden's J promises no figure
+    assert evaluation.missed_target({**point, "specificity": None}, "specificity", 0.9) is None  # undefined
+
+    # Real thresholds: chosen on validation, checked on test.
+    val, test = noisy_binary(300, 4), noisy_binary(300, 5)
+    presets, split = evaluation.preset_thresholds(test, val, "disease", 0.95, 0.95)
+    assert split == "val"
+    chosen = presets["sensitivity"]
+    assert chosen == clinical.threshold_for_sensitivity(val.labels == 1, val.probs[:, 1], 0.95)
+    assert chosen != clinical.threshold_for_sensitivity(test.labels == 1, test.probs[:, 1], 0.95)
+    on_test = clinical.operating_point(test, chosen, "disease")
+    assert on_test.sensitivity < 0.95  # these seeds: reached on validation, missed on test
+    assert evaluation.missed_target(on_test.to_dict(), "sensitivity", 0.95) == (
+        f"Sensitivity on test {on_test.sensitivity:.3f} is below the 0.95 target chosen on validation (the "
+        "threshold was chosen on validation; test is where it is checked)."
+    )
+    specificity = clinical.operating_point(test, presets["specificity"], "disease")
+    assert specificity.specificity < 0.95  # 0.943 on these seeds
+    assert evaluation.missed_target(specificity.to_dict(), "specificity", 0.95).startswith(
+        f"Specificity on test {specificity.specificity:.3f} is below the 0.95 target chosen on validation"
+    )
+    # Seeds 1 and 2: both targets reached on validation hold on test, and nothing is said.
+    val, test = noisy_binary(300, 1), noisy_binary(300, 2)
+    presets, _ = evaluation.preset_thresholds(test, val, "disease", 0.95, 0.95)
+    for rule in evaluation.TARGET_PRESETS:
+        point = clinical.operating_point(test, presets[rule], "disease").to_dict()
+        assert point[rule] >= 0.95 and evaluation.missed_target(point, rule, 0.95) is None
+
+
 def test_never_predicted_lists_classes_the_arg_max_never_calls() -> None:
     probs = one_hot_probs([0, 0, 2, 2], 3)
     scored = clinical.Scored(np.array([0, 1, 2, 1]), probs, ["a", "b", "c"])

@@ -8,6 +8,7 @@ import io
 import json
 import re
 import zipfile
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ from medimg import cli, jobs
 from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
 from medimg.errors import RunError
 from medimg.metrics import bootstrap, clinical, subgroups
-from medimg.results import bundle, evaluation, report
+from medimg.results import bundle, evaluation, report, tables
 from medimg.results.predict import Predictor
 from medimg.store import runs
 from tests.conftest import DEMO, train_demo_run
@@ -117,6 +118,20 @@ def test_report_metrics_are_those_at_the_chosen_threshold(report_html: tuple[Pat
     examples = int(np.minimum(matrix, 2).sum())
     assert html.count("<figure>") == examples and len(re.findall(r"<img src=", html)) == 2 * examples
     assert text.count("Grad-CAM for") == examples
+    # Each example gives p(PNEUMONIA), the number the threshold is applied to, against the threshold.
+    called = re.findall(r"called (\w+) \(p\(PNEUMONIA\) = ([\d.]+) (≥|<) threshold 0\.400\)", text)
+    assert len(called) == examples and "(p = " not in text
+    assert all((name == "PNEUMONIA") == (sign == "≥") == (float(p) >= 0.4) for name, p, sign in called)
+    # Calibration says what the page says, its warning (when there is one) in a warning box.
+    note, warning = tables.calibration_note(summary["calibration"])
+    assert note in text
+    assert not warning or f"<div class='warning'><strong>{html_escape(warning)}</strong></div>" in html
+    for rule in evaluation.TARGET_PRESETS:  # a 0.95 target missed on test is flagged under the presets table
+        missed = evaluation.missed_target(summary["preset_points"][rule], rule, 0.95)
+        if missed:
+            assert missed in text
+        else:
+            assert f"{rule.capitalize()} on test" not in text
 
 
 def test_an_old_evaluation_is_redone_before_reporting(trained_run: runs.Run, tmp_path: Path) -> None:
@@ -285,3 +300,32 @@ def test_the_class_weight_note_is_for_models_saved_before_the_weights_were_undon
     assert note in " ".join(report._limitations(summary, {}, old))
     for undone in ({"class_weights_undone": {"0": 0.7, "1": 1.8}}, {"class_weights_undone_in": ["3"]}):
         assert note not in " ".join(report._limitations(summary, {}, {**old, **undone}))
+
+
+def test_the_report_names_the_preset_pressed_and_flags_what_test_does_not_bear_out(trained_run: runs.Run) -> None:
+    from tests.metrics.test_calibration import overconfident
+    from tests.metrics.test_clinical import noisy_binary
+
+    scored = evaluation.load_scored(trained_run)
+    test, val = scored["test"], scored["val"]
+    plain = evaluation.clinical_summary(test, val, 0.5, "PNEUMONIA", n_resamples=100)
+    chosen = plain["presets"]["specificity"]
+    summary = evaluation.clinical_summary(test, val, chosen, "PNEUMONIA", n_resamples=100)
+    header = report._header(trained_run, summary, None, "specificity")
+    assert f"operating point: p(PNEUMONIA) ≥ {chosen:.3f} (the specificity target on the validation split" in header
+    # Targets missed on test (seeds 4 and 5: both 0.95 targets reached on validation, neither on test).
+    missed = evaluation.clinical_summary(noisy_binary(300, 5), noisy_binary(300, 4), n_resamples=100)
+    table = report._presets(missed)
+    for rule in evaluation.TARGET_PRESETS:
+        figure = missed["preset_points"][rule][rule]
+        assert figure < 0.95
+        assert f"{rule.capitalize()} on test {figure:.3f} is below the 0.95 target chosen on validation" in table
+    # A temperature fitted on validation (over-confident there) that makes an under-confident test split worse:
+    # the report warns, as the page does, and its limitations say the scaling does not lower the error.
+    worse = evaluation.clinical_summary(overconfident(600, 0.5, 1), overconfident(600, 3.0, 0), n_resamples=100)
+    calibration = worse["calibration"]
+    assert calibration["after"]["ece"] > calibration["before"]["ece"] > 0.05
+    shown = "".join(part for part in report._calibration(calibration) if isinstance(part, str))
+    assert f"<div class='warning'><strong>{html_escape(calibration['warning'])}</strong></div>" in shown
+    assert "did not help on test" in calibration["warning"]
+    assert "temperature scaling does not lower it on test" in report._limitations(worse, {}, {})[0]

@@ -103,3 +103,39 @@ def test_trial_rows_in_words_with_the_fold_spread_when_cross_validated() -> None
     assert rows[2]["score"] == "–" and rows[2]["folds"] == "–"
     plain = tables.trial_rows([{**table[0], "fold_scores": []}])
     assert "folds" not in plain[0]  # no column for a search without cross-validation
+
+
+def test_a_cell_caption_gives_the_probability_the_call_was_made_on() -> None:
+    # The review's image: true PNEUMONIA called NORMAL because p(PNEUMONIA) 0.72 is below the threshold 0.740;
+    # its p(NORMAL) = 0.28 read as a weak NORMAL call with no reason given.
+    cell = scored([1, 1, 1, 0], [0.72, 0.7399, 0.74, 0.2])
+    assert tables.call_probability(cell, 0, 0.74, "PNEUMONIA") == "p(PNEUMONIA) = 0.720 < threshold 0.740"
+    assert tables.call_probability(cell, 1, 0.74) == "p(PNEUMONIA) = 0.7399 < threshold 0.7400"  # not 0.740 < 0.740
+    assert tables.call_probability(cell, 2, 0.74) == "p(PNEUMONIA) = 0.740 ≥ threshold 0.740"
+    assert tables.call_probability(cell, 3, 0.5, "NORMAL") == "p(NORMAL) = 0.800 ≥ threshold 0.500"
+    three = Scored(np.array([2]), np.array([[0.3, 0.15, 0.55]]), ["BACTERIA", "NORMAL", "VIRUS"])
+    assert tables.call_probability(three, 0) == "p(VIRUS) = 0.55, the arg-max"
+
+
+def test_a_cell_note_states_the_order_the_images_are_shown_in() -> None:
+    names = ["NORMAL", "PNEUMONIA"]
+    assert tables.cell_note(names, 0, 3, 0.74, "PNEUMONIA") == (
+        "3 test image(s) in this cell at threshold 0.740, by p(PNEUMONIA), lowest first: the most confident NORMAL "
+        "call first."
+    )
+    assert tables.cell_note(names, 1, 2, 0.74).startswith("2 test image(s) in this cell at threshold 0.740, by p(")
+    assert "by p(PNEUMONIA), highest first: the most confident PNEUMONIA call first." in tables.cell_note(names, 1, 2)
+    assert tables.cell_note(["a", "b", "c"], 2, 4) == (
+        "4 test image(s) in this cell, the most confident call first: by p(c), the called class's probability "
+        "(the arg-max)."
+    )
+
+
+def test_calibration_note_passes_on_a_scaling_that_made_test_worse() -> None:
+    from tests.metrics.test_calibration import overconfident
+
+    summary = evaluation.clinical_summary(overconfident(600, 1.0, 1), overconfident(600, 3.0, 0), n_resamples=100)
+    calibration = summary["calibration"]
+    text, warning = tables.calibration_note(calibration)
+    assert text.startswith(f"Temperature scaling fitted on validation: T = {calibration['temperature']:.3f}")
+    assert warning == calibration["warning"] and "did not help on test" in warning
