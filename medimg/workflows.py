@@ -15,6 +15,7 @@ from medimg.errors import RunError
 from medimg.store.runs import Run
 
 if TYPE_CHECKING:
+    from medimg.datasets.prepared import PreparedData
     from medimg.model.training import Fitted
 
 Echo = Callable[[str], None]
@@ -40,10 +41,11 @@ def execute_tune(run: Run, echo: Echo | None = None) -> dict[str, Any]:
 
 
 def evaluate_fitted(run: Run, fitted: Fitted) -> dict[str, Any]:
-    """Test a run's saved model (`evaluation.evaluate_run`), then end as fitting said: stopped with its message,
-    the deferred error raised, or the resume backup removed."""
+    """Profile the training images (`save_image_profile`), test a run's saved model (`evaluation.evaluate_run`),
+    then end as fitting said: stopped with its message, the deferred error raised, or the resume backup removed."""
     from medimg.results import evaluation
 
+    save_image_profile(run, fitted.data)
     metrics = evaluation.evaluate_run(run, fitted.data, fitted.model)
     if fitted.error is not None:
         raise fitted.error
@@ -52,6 +54,17 @@ def evaluate_fitted(run: Run, fitted: Fitted) -> dict[str, Any]:
     elif fitted.backup is not None:
         shutil.rmtree(fitted.backup, ignore_errors=True)
     return metrics
+
+
+def save_image_profile(run: Run, data: PreparedData) -> None:
+    """Write `novelty.PROFILE_FILE` in the run: the training split's image profile, its threshold set on the
+    validation split, which Predict uses to say an upload is unlike the training images. Every run that keeps a
+    model passes here (train, tune and automatic runs, a resumed one), so the profile is there with model.keras;
+    runs saved before it have none and get no such note. Takes a second or two (thumbnails of the cached arrays)."""
+    from medimg.datasets import novelty
+
+    profile = novelty.fit_profile(data.arrays["train"].images, data.arrays["val"].images, run.spec.dataset.seed)
+    run.write_json(novelty.PROFILE_FILE, profile.to_dict())
 
 
 def train_spec_from_search(

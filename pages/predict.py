@@ -85,18 +85,6 @@ def window_inputs() -> dicom.DicomWindow | None:
     return dicom.DicomWindow(center, width)
 
 
-def header_text(summary: dicom.DicomSummary) -> str:
-    window = (
-        f"header window centre {summary.window.center:g} / width {summary.window.width:g}"
-        if summary.window
-        else "no window in the header (full range shown)"
-    )
-    return (
-        f"DICOM {summary.modality or '?'} · {summary.columns}×{summary.rows} · {summary.photometric} · "
-        f"{summary.bits_stored}-bit · {window}"
-    )
-
-
 sources = [(upload.name, upload.getvalue()) for upload in uploads]
 dicoms = {index: describe(data) for index, (_, data) in enumerate(sources)}
 dicoms = {index: summary for index, summary in dicoms.items() if summary is not None}
@@ -106,7 +94,8 @@ if dicoms:
         window = window_inputs()
         for index, summary in dicoms.items():
             name = sources[index][0]
-            st.caption(f"{name}: {header_text(summary)}")
+            # What is applied instead of the header's VOI: the window chosen above, else the one training used.
+            st.caption(f"{name}: {summary.caption(window or predictor.window)}")
             if summary.frames > 1:
                 frames[index] = st.number_input(
                     f"Frame of {name} (0–{summary.frames - 1})",

@@ -151,8 +151,12 @@ class DicomSummary:
     columns: int
     frames: int
     photometric: str
-    bits_stored: int
-    window: DicomWindow | None
+    bit_depth: int | None  # Bits Stored; 32 / 64 for (Double) Float Pixel Data; None when the header gives none
+    sample_format: str  # "uint", "int" (Pixel Representation 1) or "float" (the float pixel data elements)
+    bits_allocated: int | None
+    window: DicomWindow | None  # the header's first window (Window Center / Width)
+    windows: int  # how many windows the header lists; the decoder uses the first, as viewers do by default
+    voi_lut: str | None  # the VOI LUT the decoder applies: its LUT Explanation ("" when none); None: no usable LUT
     rescale_slope: float
     rescale_intercept: float
 
@@ -160,25 +164,99 @@ class DicomSummary:
     def monochrome(self) -> bool:
         return self.photometric.startswith("MONOCHROME")
 
+    @property
+    def depth_text(self) -> str:
+        """The stored sample type in words: "12-bit", "16-bit signed", "32-bit float" or "bit depth not given"."""
+        if self.sample_format == "float":
+            return f"{self.bit_depth}-bit float"
+        if self.bit_depth is None:  # Bits Stored is type 1 (PS3.3 C.7.6.3), but files lack it: never guess one
+            return "bit depth not given"
+        return f"{self.bit_depth}-bit" + (" signed" if self.sample_format == "int" else "")
+
+    def display_text(self, window: DicomWindow | None = None) -> str:
+        """How the decoder turns this file's values into gray levels (`decode_dicom`), in words.
+
+        Args:
+            window: the window that replaces the header's (chosen on the page, or the one the model was trained
+                with); None when the header's VOI LUT or window applies.
+        """
+        if not self.monochrome:
+            return "palette colour through its table" if self.photometric == "PALETTE COLOR" else "colour, no window"
+        header = "VOI LUT" if self.voi_lut is not None else "window" if self.window else ""
+        inverted = ", inverted (MONOCHROME1)" if self.photometric == "MONOCHROME1" else ""
+        if window is not None:
+            instead = f" instead of the header's {header}" if header else ""
+            return f"window centre {window.center:g} / width {window.width:g} applied{instead}{inverted}"
+        if self.voi_lut is not None:  # it wins over a window, as in `_voi_lut`
+            explained = f" ({self.voi_lut})" if self.voi_lut else ""
+            ignored = ", not its window" if self.window else ""
+            return f"header VOI LUT applied{explained}{ignored}{inverted}"
+        if self.window:
+            first = f" (the first of {self.windows})" if self.windows > 1 else ""
+            return f"header window centre {self.window.center:g} / width {self.window.width:g} applied{first}{inverted}"
+        return f"no VOI LUT or window in the header: {self._unwindowed()}{inverted}"
+
+    def _unwindowed(self) -> str:
+        # What `_monochrome_display` and `images.to_uint8` do without a VOI transform.
+        identity = (self.rescale_slope, self.rescale_intercept) == (1.0, 0.0)
+        if self.sample_format == "uint" and self.bits_allocated == 8 and identity:
+            narrow = self.bit_depth is not None and self.bit_depth < 8
+            return f"its 0–{2**self.bit_depth - 1} range shown as 0–255" if narrow else "shown as stored (0–255)"
+        return "stretched from the image's own minimum to maximum"
+
+    def caption(self, window: DicomWindow | None = None) -> str:
+        """One line for the Predict page: modality, size, photometric, depth, then `display_text(window)`."""
+        return (
+            f"DICOM {self.modality or '?'} · {self.columns}×{self.rows} · {self.photometric} · {self.depth_text} · "
+            f"{self.display_text(window)}"
+        )
+
 
 def dicom_summary(data: bytes) -> DicomSummary:
-    """Frames, size, photometric interpretation, the header's first window and the rescale of DICOM bytes."""
+    """Frames, size, photometric interpretation, sample type, the header's VOI transform and rescale of DICOM bytes.
+
+    Raises:
+        ImageReadError: the bytes are not a readable DICOM data set (`read_dicom_dataset`).
+    """
     dataset = read_dicom_dataset(data)
-    window = None
+    window, windows = None, 0
     if "WindowCenter" in dataset and "WindowWidth" in dataset:
         center, width = (_first_value(dataset[name].value) for name in ("WindowCenter", "WindowWidth"))
         window = DicomWindow(center, width) if width > 1 else None
+        windows = _value_count(dataset["WindowCenter"].value)
+    lut = _voi_lut(dataset)
+    bit_depth, sample_format = _sample_type(dataset)
     return DicomSummary(
         modality=str(dataset.get("Modality", "") or ""),
         rows=int(dataset.get("Rows", 0) or 0),
         columns=int(dataset.get("Columns", 0) or 0),
         frames=int(dataset.get("NumberOfFrames", 1) or 1),
         photometric=str(dataset.get("PhotometricInterpretation", "MONOCHROME2")),
-        bits_stored=int(dataset.get("BitsStored", 8) or 8),
+        bit_depth=bit_depth,
+        sample_format=sample_format,
+        bits_allocated=int(dataset.BitsAllocated) if dataset.get("BitsAllocated") else None,
         window=window,
+        windows=windows,
+        voi_lut=None if lut is None else str(lut.get("LUTExplanation", "") or "").strip(),
         rescale_slope=float(dataset.get("RescaleSlope", 1) or 1),
         rescale_intercept=float(dataset.get("RescaleIntercept", 0) or 0),
     )
+
+
+def _sample_type(dataset: pydicom.Dataset) -> tuple[int | None, str]:
+    """(bits per sample, "uint" / "int" / "float"): Float Pixel Data is 32-bit and Double Float Pixel Data 64-bit
+    IEEE floats whatever Bits Allocated says (PS3.3 C.7.6.24); integer data has the depth of Bits Stored, or None
+    when the header has none (not a guess)."""
+    if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
+        return (32 if "FloatPixelData" in dataset else 64), "float"
+    bits = int(dataset.BitsStored) if dataset.get("BitsStored") else None
+    return bits, "int" if int(dataset.get("PixelRepresentation", 0) or 0) == 1 else "uint"
+
+
+def _value_count(value: object) -> int:
+    from pydicom.multival import MultiValue
+
+    return len(value) if isinstance(value, MultiValue | list | tuple) else 1
 
 
 def _first_value(value: object) -> float:
@@ -382,9 +460,7 @@ def _range_to_uint8(pixels: np.ndarray, low: float, high: float) -> np.ndarray:
 def _image_info(dataset: pydicom.Dataset, pixels: np.ndarray, notes: list[str]) -> ImageInfo:
     rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
     channels = 1 if pixels.ndim == 2 else pixels.shape[-1]
-    if "FloatPixelData" in dataset or "DoubleFloatPixelData" in dataset:
-        bits = 32 if "FloatPixelData" in dataset else 64
-        return ImageInfo("dicom", columns, rows, channels, bits, "; ".join(notes), sample_format="float")
-    bits = int(dataset.get("BitsStored", 8) or 8)
-    signed = int(dataset.get("PixelRepresentation", 0) or 0) == 1
-    return ImageInfo("dicom", columns, rows, channels, bits, "; ".join(notes), "int" if signed else "uint")
+    bits, sample_format = _sample_type(dataset)
+    if bits is None:  # the scan's table needs a number: the container the samples came in
+        bits = int(dataset.get("BitsAllocated", 8) or 8)
+    return ImageInfo("dicom", columns, rows, channels, bits, "; ".join(notes), sample_format)

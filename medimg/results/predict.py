@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from medimg.errors import RunError, file_reason
+from medimg.datasets import novelty
+from medimg.errors import ConfigError, RunError, file_reason
 from medimg.imaging import dicom, images
 from medimg.model.models import load_run_model
 from medimg.store.runs import Run
@@ -40,6 +41,7 @@ class Predictor:
         self.window = self.contract.window  # the one training used
         self.class_names = list(record["class_names"])
         self.positive, self.threshold = decision_threshold(record)
+        self.profile = image_profile(run)
         self.model = load_run_model(run)
 
     @property
@@ -66,10 +68,22 @@ class Predictor:
         """One file as model input (S×S×C uint8) through the run's contract; `window` overrides the trained one."""
         return self.contract.load(source, frame=frame, window=window)
 
-    def input_note(self, source: str | Path | bytes) -> str:
-        """Why this input is unlike what the model was trained on, or "": colour given to a model trained on gray
-        images (it sees the colour converted to gray) or gray to one trained on colour. A probability is still
-        given; the note says not to trust it as much (`images.carries_colour`)."""
+    def input_note(self, source: str | Path | bytes, pixels: np.ndarray | None = None) -> str:
+        """Why this input is unlike what the model was trained on, or "". A probability is still given; the note
+        says not to trust it as much. Two checks, joined by "; " when both apply:
+
+        - colour given to a model trained on gray images (it sees the colour converted to gray) or gray to one
+          trained on colour (`images.carries_colour` on the file);
+        - `pixels` (the model input, S×S×C uint8) beyond the run's image profile (`novelty.ImageProfile.note`:
+          the distance to the training images against the most any validation image had). Runs saved before
+          profiles were written (`novelty.PROFILE_FILE`) have none and never get this note.
+        """
+        notes = [self._colour_note(source)]
+        if pixels is not None and self.profile is not None:
+            notes.append(self.profile.note(pixels))
+        return "; ".join(note for note in notes if note)
+
+    def _colour_note(self, source: str | Path | bytes) -> str:
         try:
             colour = images.carries_colour(source)
         except Exception:  # read already by `prepare`; a second failure only means no note
@@ -114,7 +128,7 @@ class Predictor:
                 data = source if isinstance(source, bytes) else images.read_bytes(source)  # once, for both uses
                 pixels = self.prepare(data, (frames or {}).get(position, 0), window)
                 ready.append((len(results), pixels))
-                results.append(Prediction(name, {}, image=pixels, note=self.input_note(data)))
+                results.append(Prediction(name, {}, image=pixels, note=self.input_note(data, pixels)))
             except Exception as error:  # one file's decoder failure is that file's row; the others are predicted
                 results.append(Prediction(name, {}, error=file_reason(error)))
         if ready:
@@ -129,6 +143,18 @@ class Predictor:
 
         heatmap, _ = gradcam_heatmap(self.model, pixels, class_index)
         return heatmap
+
+
+def image_profile(run: Run) -> novelty.ImageProfile | None:
+    """The run's profile of its training images (`workflows.save_image_profile`), or None for a run saved before
+    profiles were written (or whose profile file is unreadable: no note rather than no prediction)."""
+    data = run.read_json(novelty.PROFILE_FILE)
+    if data is None:
+        return None
+    try:
+        return novelty.ImageProfile.from_dict(data)
+    except ConfigError:
+        return None
 
 
 def decision_threshold(record: dict) -> tuple[str | None, float]:

@@ -196,9 +196,10 @@ def test_dicom_upload_defaults_to_the_header_window_and_takes_ct_presets(finishe
     assert window.value == "As in training"  # this run trained on each file's header window
     assert window.options == ["As in training", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
     assert window.help.startswith("'As in training' applies the window the model was trained with: each file's own")
-    assert "scan.dcm: DICOM CT · 128×128 · MONOCHROME2 · 16-bit · no window in the header (full range shown)" in values(
-        at.caption
-    )
+    assert (
+        "scan.dcm: DICOM CT · 128×128 · MONOCHROME2 · 16-bit signed · no VOI LUT or window in the header: stretched "
+        "from the image's own minimum to maximum"
+    ) in values(at.caption)
     header = probabilities_shown(at, 0, "scan.dcm")
     assert header == pytest.approx(expected_probabilities(run_path, data), abs=1e-5)
 
@@ -207,6 +208,9 @@ def test_dicom_upload_defaults_to_the_header_window_and_takes_ct_presets(finishe
     lung = probabilities_shown(at, 0, "scan.dcm")
     assert lung == pytest.approx(expected_probabilities(run_path, data, window=dicom.CT_WINDOWS["lung"]), abs=1e-5)
     assert lung != pytest.approx(header, abs=1e-4)  # the window changed what the model saw
+    assert "scan.dcm: DICOM CT · 128×128 · MONOCHROME2 · 16-bit signed · window centre -600 / width 1500 applied" in (
+        values(at.caption)
+    )
 
     by_label(at.selectbox, "Window (monochrome DICOM)").set_value("Custom").run()
     by_label(at.number_input, "Window centre").set_value(400.0).run()
@@ -249,3 +253,22 @@ def test_patient_identifiers_never_reach_the_page(finished_runs: FinishedRuns) -
     # pydicom's CT_small.dcm carries its own identifiers too: its patient name is CompressedSamples^CT1.
     for value in [*IDENTIFIERS.values(), "Quixotic", "Zebulon", "CompressedSamples"]:
         assert value.lower() not in text, value
+
+
+CASES = Path(__file__).parents[1] / "data" / "cases"
+
+
+@pytest.mark.parametrize("kind", ["train", "tune"])
+def test_images_unlike_the_training_ones_are_cautioned_and_xrays_are_not(
+    finished_runs: FinishedRuns, kind: str
+) -> None:
+    # Both runs (a train run and a search's kept model) profiled their training X-rays when they were evaluated.
+    at = open_page("predict", run=finished_runs.train_id if kind == "train" else finished_runs.tune_id)
+    mr = (CASES / "dicom-odd-headers" / "mr" / "float_pixels.dcm").read_bytes()
+    upload(at, jpeg(XRAY), ("float_pixels.dcm", mr, "application/dicom"))
+    no_exception(at)
+    # One caution, for the MR image; the X-ray from the same dataset's test split gets none.
+    (warning,) = [text for text in values(at.warning) if text.startswith("Outside what the model was trained on")]
+    assert warning.startswith("Outside what the model was trained on: unlike the training images (distance ")
+    assert warning.endswith("for the validation images): the call may mean nothing.")
+    assert any(": DICOM MR · 64×64 · MONOCHROME2 · 32-bit float · " in text for text in values(at.caption))

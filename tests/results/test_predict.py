@@ -174,6 +174,48 @@ def test_a_colour_image_given_to_a_gray_model_is_predicted_with_a_note(predictor
     results = predictor.predict([(str(f), f) for f in [*colour, gray_as_rgb]])
     assert predictor.color == "gray" and all(r.predicted for r in results)
     note = "a colour image, and this model was trained on gray images: it sees it converted to gray"
-    assert [r.note for r in results] == [note, note, ""]
+    # The ultrasound is also unlike the training X-rays (the image profile); both notes, joined.
+    assert results[0].note.startswith(f"{note}; unlike the training images (distance ")
+    assert [r.note for r in results[1:]] == [note, ""]
     rows = list(csv.DictReader(io.StringIO(predictions_csv(results, predictor.class_names))))
-    assert [row["note"] for row in rows] == [note, note, ""]
+    assert [row["note"] for row in rows] == [results[0].note, note, ""]
+
+
+CASES = Path(__file__).parents[1] / "data" / "cases"
+MR_FLOAT = CASES / "dicom-odd-headers" / "mr" / "float_pixels.dcm"
+TEST_PATTERN = CASES / "dicom-odd-headers" / "mr" / "deflated.dcm"
+
+
+def test_a_trained_run_keeps_a_profile_of_its_training_images(trained_run: runs.Run, predictor: Predictor) -> None:
+    from medimg.datasets import novelty
+    from medimg.datasets.prepared import prepare_data
+
+    assert (trained_run.path / novelty.PROFILE_FILE).is_file() and predictor.profile is not None
+    data = prepare_data(trained_run.spec.dataset)  # the cached arrays the run trained on
+    validation = predictor.profile.distances(data.arrays["val"].images)
+    assert predictor.profile.validation_max == pytest.approx(float(validation.max()))  # set on validation
+    assert predictor.profile.counts == {"train": 80, "val": 30}
+
+
+def test_uploads_unlike_the_training_images_get_a_note_in_the_csv(predictor: Predictor) -> None:
+    results = predictor.predict([(p.name, p) for p in TEST_IMAGES] + [("mr.dcm", MR_FLOAT), ("pattern", TEST_PATTERN)])
+    assert [r.note for r in results[:6]] == [""] * 6  # held-out X-rays of the training dataset
+    for result in results[6:]:
+        assert result.predicted and result.note.startswith("unlike the training images (distance ")
+        assert result.note.endswith("for the validation images): the call may mean nothing")
+    rows = list(csv.DictReader(io.StringIO(predictions_csv(results, predictor.class_names))))
+    assert [row["note"] for row in rows] == [r.note for r in results]
+
+
+def test_a_run_saved_before_profiles_gets_no_such_note(trained_run: runs.Run, tmp_path: Path) -> None:
+    import shutil
+
+    from medimg.datasets import novelty
+
+    copy = tmp_path / trained_run.path.name
+    shutil.copytree(trained_run.path, copy)
+    (copy / novelty.PROFILE_FILE).unlink()
+    older = Predictor(runs.Run(copy))
+    assert older.profile is None
+    (result,) = older.predict([("mr.dcm", MR_FLOAT)])
+    assert result.error == "" and result.note == ""

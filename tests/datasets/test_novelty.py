@@ -1,0 +1,81 @@
+"""The image profile (`novelty`) on real images: fitted on the demo's training X-rays, its threshold set on the
+validation split, it cautions other kinds of image (MR, a test pattern, a VOI LUT gradient, breast ultrasound) and
+none of the demo's held-out test X-rays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medimg.config import DatasetConfig
+from medimg.datasets import novelty
+from medimg.datasets.prepared import PreparedData, prepare_data
+from medimg.errors import ConfigError
+from medimg.imaging.contract import InputContract
+from tests.conftest import BREASTMNIST, DEMO, PROJECT
+
+CASES = PROJECT / "tests" / "data" / "cases"
+OTHER_KINDS = [
+    CASES / "dicom-odd-headers" / "mr" / "float_pixels.dcm",  # MR, float pixel data
+    CASES / "dicom-odd-headers" / "mr" / "deflated.dcm",  # a test pattern
+    CASES / "dicom-voi-lut-sequence" / "normal" / "cr_voi_lut.dcm",  # a 128×128 gradient through a VOI LUT
+    CASES / "exif-orientation" / "films" / "film.png",
+    *sorted((BREASTMNIST / "test" / "malignant").glob("*.png"))[:10],  # breast ultrasound
+]
+
+
+@pytest.fixture(scope="module")
+def demo() -> PreparedData:
+    return prepare_data(DatasetConfig(path=str(DEMO), image_size=16, color="gray"))
+
+
+@pytest.fixture(scope="module")
+def profile(demo: PreparedData) -> novelty.ImageProfile:
+    return novelty.fit_profile(demo.arrays["train"].images, demo.arrays["val"].images)
+
+
+def test_the_threshold_comes_from_the_validation_split_not_test(
+    demo: PreparedData, profile: novelty.ImageProfile
+) -> None:
+    validation = profile.distances(demo.arrays["val"].images)
+    test = profile.distances(demo.arrays["test"].images)
+    assert profile.validation_max == pytest.approx(float(validation.max()))
+    assert profile.threshold == pytest.approx(novelty.MARGIN * float(validation.max()))
+    assert profile.validation_max != pytest.approx(float(test.max()))
+    assert profile.counts == {"train": 80, "val": 30}
+
+
+def test_held_out_xrays_get_no_note(demo: PreparedData, profile: novelty.ImageProfile) -> None:
+    assert len(demo.arrays["test"]) == 30
+    assert [profile.note(image) for image in demo.arrays["test"].images] == [""] * 30
+
+
+@pytest.mark.parametrize("path", OTHER_KINDS, ids=lambda path: path.name)
+def test_other_kinds_of_image_are_cautioned(profile: novelty.ImageProfile, path) -> None:
+    image = InputContract(16, "gray").load(path)
+    note = profile.note(image)
+    distance = float(profile.distances(image)[0])
+    assert distance > profile.threshold
+    assert note == (
+        f"unlike the training images (distance {distance:.1f} vs at most {profile.validation_max:.1f} for the "
+        "validation images): the call may mean nothing"
+    )
+
+
+def test_a_profile_round_trips_through_json_and_rgb_inputs_are_seen_in_gray(
+    demo: PreparedData, profile: novelty.ImageProfile
+) -> None:
+    import json
+
+    again = novelty.ImageProfile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    images = demo.arrays["test"].images
+    np.testing.assert_allclose(again.distances(images), profile.distances(images), rtol=1e-4)
+    rgb = np.repeat(images, 3, axis=-1)  # the same gray pictures as a colour model's input
+    np.testing.assert_allclose(profile.distances(rgb), profile.distances(images), atol=0.6)
+
+
+def test_bad_inputs_are_refused_with_what_to_do(demo: PreparedData) -> None:
+    with pytest.raises(ConfigError, match="needs 2 or more training images and a validation image; got 1 and 30"):
+        novelty.fit_profile(demo.arrays["train"].images[:1], demo.arrays["val"].images)
+    with pytest.raises(ConfigError, match=r"image profile is malformed .* retrain the run"):
+        novelty.ImageProfile.from_dict({"thumbnail_size": 16, "mean": [0.0] * 3})
