@@ -62,8 +62,13 @@ def save_image_profile(run: Run, data: PreparedData) -> None:
     model passes here (train, tune and automatic runs, a resumed one), so the profile is there with model.keras;
     runs saved before it have none and get no such note. Takes a second or two (thumbnails of the cached arrays)."""
     from medimg.datasets import novelty
+    from medimg.errors import ConfigError
 
-    profile = novelty.fit_profile(data.arrays["train"].images, data.arrays["val"].images, run.spec.dataset.seed)
+    try:
+        profile = novelty.fit_profile(data.arrays["train"].images, data.arrays["val"].images, run.spec.dataset.seed)
+    except ConfigError as error:  # too few images to profile: the model is still kept, only the caution is missing
+        run.append_event("warning", message=f"no image profile for Predict's caution: {error}")
+        return
     run.write_json(novelty.PROFILE_FILE, profile.to_dict())
 
 
