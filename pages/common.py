@@ -176,8 +176,9 @@ def attached_run(kind: str) -> runs.Run | None:
     return candidates[0] if candidates else None
 
 
-def progress_header(progress: runs.Progress) -> None:
-    """Status line, progress bar (per trial or per epoch, with the batch inside the epoch) and timing."""
+def progress_header(progress: runs.Progress, run_id: str = "") -> None:
+    """Status line, progress bar (per trial or per epoch, with the batch inside the epoch) and timing. `run_id`
+    names the run in a failure's message: a page opens on the newest run, which may be an old one."""
     status = progress["status"]
     cols = st.columns(4)
     cols[0].metric("Status", status)
@@ -206,7 +207,7 @@ def progress_header(progress: runs.Progress) -> None:
     for warning in progress.get("warnings", []):
         st.warning(warning, icon=":material/warning:")
     if status == "failed" and progress.get("error"):
-        st.error(progress["error"])
+        st.error(f"Run {run_id} failed: {progress['error']}" if run_id else progress["error"])
     elif progress.get("message") and status in ("stopped", "completed"):
         st.info(progress["message"])
 
@@ -365,7 +366,7 @@ def live_run_header(run: runs.Run, stopping: str) -> runs.Progress:
     `stopping` says what happens). Returns the run's progress (`runs.progress`)."""
     progress = runs.progress(run)
     run_settings_caption(run)
-    progress_header(progress)
+    progress_header(progress, run.id)
     if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
         jobs.stop(run)
         st.toast(stopping)
@@ -387,8 +388,9 @@ def epoch_curves(run: runs.Run, key: str, trial: str | None = None) -> None:
 def follow_live(run: runs.Run, body: Any) -> None:
     """Draw `body(run)` now and, while the run is active, again every POLL_SECONDS (a fragment, so the rest of the
     page stays put); a MedimgError is shown as its message; the page redraws once when the run ends (enabling the
-    controls again)."""
-    active = run.status in runs.ACTIVE_STATUSES
+    controls again) and once when it goes from queued to running (the run picker's label)."""
+    drawn = run.status
+    active = drawn in runs.ACTIVE_STATUSES
 
     @st.fragment(run_every=POLL_SECONDS if active else None)
     def live() -> None:
@@ -396,7 +398,9 @@ def follow_live(run: runs.Run, body: Any) -> None:
             body(run)
         except MedimgError as error:
             show_error(error)
-        if active and run.status not in runs.ACTIVE_STATUSES:
+        # Queued → running → ended: the run picker, outside this fragment, labels runs by status (it said
+        # "· queued" while the run trained), and the controls follow the status too.
+        if active and run.status != drawn:
             st.rerun()
 
     live()

@@ -288,12 +288,11 @@ def show_run(run: runs.Run) -> None:
     record = run.record
     if record.get("auto"):
         with st.expander("What the automatic mode chose, and why", expanded=progress["status"] in runs.ACTIVE_STATUSES):
-            st.dataframe(
+            # A static table: its cells wrap, where a data grid cut the longer reasons off mid-sentence.
+            st.table(
                 pd.DataFrame(
                     [{"Setting": c["setting"].replace("_", " "), "Why": c["reason"]} for c in record["auto"]["choices"]]
-                ),
-                hide_index=True,
-                width="stretch",
+                ).set_index("Setting")
             )
     if record.get("tuner_notice"):
         st.info(record["tuner_notice"], icon=":material/info:")

@@ -280,3 +280,14 @@ def test_training_targets_are_picked_by_name_and_reach_the_model(runs_dir: Path)
     targets.set_value("ordinal").run()
     no_exception(at)
     assert at.session_state["params"].soft_labels == "ordinal"
+
+
+def test_a_failed_run_shown_on_opening_is_named_with_its_error(runs_dir: Path) -> None:
+    # A page opens on the newest run of its kind, perhaps an old one on another dataset: its error says whose it is.
+    failed = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(**TINY_DATASET), params=TINY_PARAMS), runs_dir)
+    failed.set_status("failed", error="/data/scans.zip is a file; give a folder of class folders or a CSV manifest.")
+    at = open_page("train")
+    no_exception(at)
+    assert values(at.error) == [
+        f"Run {failed.id} failed: /data/scans.zip is a file; give a folder of class folders or a CSV manifest."
+    ]

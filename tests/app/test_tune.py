@@ -245,8 +245,9 @@ def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_wh
     watcher = open_page("tune", run=run.id)
     no_exception(watcher)
     assert watcher.radio(key="tn_mode").value == "Automatic" and watcher.radio(key="tn_mode").disabled
-    chose = watcher.dataframe[0].value
-    assert list(chose.columns) == ["Setting", "Why"]
+    # Every reason in full, in a table whose cells wrap (a data grid cut the long ones off).
+    chose = watcher.table[0].value
+    assert list(chose.columns) == ["Why"] and chose.index.name == "Setting"
     assert chose["Why"].tolist() == [c["reason"] for c in record["auto"]["choices"]]
     assert shown_metrics(watcher)["Trials"].endswith(" done")  # the budget, not a trial count, ends it
     run.request_stop()
