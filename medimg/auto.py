@@ -300,6 +300,29 @@ def plan(
     return AutoPlan(spec=spec, choices=tuple(choices), minutes=float(minutes))
 
 
+@dataclasses.dataclass(frozen=True)
+class InputSuggestion:
+    """Model-input settings the images themselves suggest, for a user choosing by hand (the Dataset page): the
+    size and channel mode, the images' own size, and the colour reason (`_choose_color`'s)."""
+
+    image_size: int  # pixels, one of the caller's sizes
+    color: str  # "gray" or "rgb"
+    native: int  # median shorter side of the readable images, pixels
+    color_reason: str
+
+
+def suggest_input(report: Any, sizes: tuple[int, ...] | list[int], seed: int = 42) -> InputSuggestion:
+    """The image size and channel mode a dataset's images suggest, without a budget: the images' own size when at
+    most SMALL_NATIVE px (the largest of `sizes` not above it: never upsampled), else SMALL_NATIVE px; RGB when most
+    sampled images carry colour (as `plan` chooses). `report`: a `scanning.ScanReport`; `sizes`: the sizes a
+    widget offers, ascending, pixels."""
+    native = _native_size(report)
+    target = min(native, SMALL_NATIVE)
+    fitting = [size for size in sizes if size <= target]
+    color, reason = _choose_color(report, seed)
+    return InputSuggestion(max(fitting) if fitting else min(sizes), color, native, reason)
+
+
 def final_stage_seconds(minutes: float) -> float:
     """Seconds kept after the search for loading the best trials, the ensemble choice and the evaluation."""
     return min(60.0, max(20.0, 0.08 * minutes * 60))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from medimg import auto
 from medimg.config import DatasetConfig
 from medimg.datasets import dataset, scanning, sources
 from medimg.errors import ConfigError, MedimgError
@@ -13,6 +14,7 @@ from medimg.results import charts
 from pages import common
 
 st.title("Dataset")
+SIZES = (16, 28, 32, 48, 64, 96, 128, 160, 224, 256)  # the image sizes offered, pixels
 config: DatasetConfig = common.get("dataset")
 
 
@@ -54,7 +56,7 @@ def split_and_input_widgets(split_folders: bool = False, test_folder: bool = Fal
     `split_folders` / `test_folder`: the dataset brings its own split folders, so the fractions do not apply."""
     st.subheader("Splits and model input")
     c1, c2, c3 = st.columns(3)
-    sizes = [16, 28, 32, 48, 64, 96, 128, 160, 224, 256]
+    sizes = list(SIZES)
     val_fraction = c1.slider(
         "Validation fraction",
         0.05,
@@ -77,7 +79,8 @@ def split_and_input_widgets(split_folders: bool = False, test_folder: bool = Fal
         "Image size (pixels, square)",
         sizes,
         **common.kept("ds_size", config.image_size if config.image_size in sizes else 64),
-        help="Small sizes train fast on a CPU: 64 px is a good start for X-rays.",
+        help="Small sizes train fast on a CPU: 64 px is a good start for X-rays; above the images' own size "
+        "nothing is gained.",
     )
     color = c5.radio("Channel mode", ["gray", "rgb"], horizontal=True, **common.kept("ds_color", config.color))
     return val_fraction, test_fraction, seed, image_size, color
@@ -214,8 +217,23 @@ if report.duplicates:
         st.dataframe(pd.DataFrame({"identical files": [" == ".join(g) for g in report.duplicates]}), hide_index=True)
 
 has_split_folders = bool(report.splits) and set(report.splits) >= {"train", "val"}
+suggested = auto.suggest_input(report, SIZES, int(config.seed))
+if path != config.path:  # a dataset chosen just now starts from what its images suggest, not the last one's
+    st.session_state["ds_size"], st.session_state["ds_color"] = suggested.image_size, suggested.color
 split_settings = split_and_input_widgets(has_split_folders, has_split_folders and "test" in report.splits)
 val_fraction, test_fraction, seed, image_size, color = split_settings
+if image_size > suggested.native:
+    st.warning(
+        f"The images are {suggested.native} px: {image_size} px enlarges them {image_size / suggested.native:.1f}× "
+        f"(no detail is added, training is slower); {suggested.image_size} px keeps their own size.",
+        icon=":material/warning:",
+    )
+if color != suggested.color:
+    st.warning(
+        f"Channel mode {color}, but the images suggest {suggested.color} ({suggested.color_reason})"
+        + ("; gray drops the colour." if color == "gray" else "; rgb triples the input without adding anything."),
+        icon=":material/warning:",
+    )
 window_center, window_width = 0.0, 0.0
 if any(mode.startswith("dicom") for mode in report.modes):
     presets = {"each file's own (header)": None, **{name: (w.center, w.width) for name, w in dicom.CT_WINDOWS.items()}}

@@ -345,12 +345,7 @@ def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> No
     if ensemble.get("note"):
         st.caption(f"The saved model is {ensemble['note']}.")
     if len(members) > 1:
-        st.info(
-            f"The saved model is the mean of trials {', '.join(str(runs.trial_number(m)) for m in members)}, the "
-            f"best {len(members)} on validation: averaging them scored better on test than the best trial alone in "
-            "the benchmarks (bench/quality.py). Grad-CAM shows the best trial's network.",
-            icon=":material/join:",
-        )
+        st.info(tuning.describe_ensemble(record), icon=":material/join:")
     st.table(
         pd.DataFrame(
             describe_params(ModelParams.from_dict(record["best_params"])), columns=["Setting", "Value"]

@@ -250,3 +250,16 @@ def test_auto_on_the_demo_keeps_starting_trials_until_the_budget_and_records_its
     assert "test (threshold 0.5 / arg-max)" in result.stderr
     evaluated = json.loads(medimg("evaluate", str(run.path), "--json").stdout)
     assert evaluated["count"] == 30 and evaluated["validation_operating_point"]["chosen_on"] == "val"
+
+
+def test_the_images_suggest_their_own_size_up_to_64_px_and_their_channel_mode(breastmnist_dir: Path) -> None:
+    from medimg.datasets import scanning
+
+    sizes = (16, 28, 32, 48, 64, 96, 128)
+    small = auto.suggest_input(scanning.scan(str(breastmnist_dir)), sizes)
+    assert (small.image_size, small.color, small.native) == (28, "gray", 28)  # never upsampled
+    demo = auto.suggest_input(scanning.scan(str(DEMO)), sizes)
+    # 224 px gray pictures stored as RGB JPEGs: 64 px, gray, as the automatic mode chooses too.
+    assert (demo.image_size, demo.color, demo.native) == (64, "gray", 224)
+    assert demo.color_reason.startswith("gray: 0 of ")
+    assert auto.suggest_input(scanning.scan(str(breastmnist_dir)), (16, 32, 64)).image_size == 16  # none above 28

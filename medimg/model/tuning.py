@@ -497,6 +497,37 @@ def final_model(run: Run, tuner: Any, ranked: list, data: Any) -> Any:
     return models.build_ensemble(members[:chosen], params, data.input_shape, data.num_classes)
 
 
+def describe_ensemble(record: dict) -> str | None:
+    """What a search's saved model is, in a sentence, from its run.json (`ensemble`, `trials_completed`), or None
+    when it is one trial's model. Says when the mean holds every trial there was, and when on validation it scored
+    below the best trial alone: the mean of the top five is the default because it won on test across the
+    benchmarks (bench/README.md, "Is the ensemble the lever?"), not because it won on this validation split."""
+    ensemble = record.get("ensemble") or {}
+    members = ensemble.get("members") or []
+    if len(members) < 2:
+        return None
+    numbers = ", ".join(str(trial_number(m)) for m in members)
+    completed = record.get("trials_completed")
+    which = (
+        f"all {len(members)} trials that completed"
+        if completed is not None and len(members) >= completed
+        else f"the best {len(members)} on validation"
+    )
+    text = f"The saved model is the mean of trials {numbers}, {which}"
+    scores = ensemble.get("validation_scores") or {}
+    first, kept = scores.get("1"), scores.get(str(len(members)))
+    objective = ensemble.get("objective") or "the objective"
+    if first is not None and kept is not None and not better(objective, kept, first) and kept != first:
+        text += (
+            f". On validation the mean scored {objective} {kept:.4f} against {first:.4f} for the best trial alone; it "
+            "is kept because the mean of the top five scored better on test than the best trial alone across the "
+            "benchmarks (bench/README.md)"
+        )
+    else:
+        text += ": averaging the top five scored better on test than the best trial alone in the benchmarks"
+    return text + ". Grad-CAM shows the best trial's network."
+
+
 def ensemble_candidates(backbone: list[bool], size: int) -> tuple[list[int], str | None]:
     """Which of the ranked trials (best first; `backbone[i]`: trial i has a pretrained backbone) are the final
     model's candidates, at most `size`, and a note when backbone trials changed that (`models.build_ensemble`

@@ -12,6 +12,7 @@ import pytest
 
 from medimg.config import DatasetConfig
 from medimg.datasets.sources import DEMO_GROUP_REGEX
+from tests.conftest import BREASTMNIST
 
 from .conftest import DEMO, PROJECT, by_label, no_exception, open_page, values
 
@@ -135,6 +136,32 @@ def choose_folder(at, folder: str) -> None:
     if folder not in box.options:
         box.options.append(folder)  # typed by the user: the selectbox accepts new options
     box.set_value(folder).run()
+
+
+def test_a_new_dataset_starts_from_its_own_size_and_colour_and_a_choice_against_them_is_warned(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Seen: 28 px images shown as "Runs will use … at 64 px, gray", carried over from the demo, with no warning.
+    monkeypatch.setenv("MEDIMG_DATA_ROOTS", str(BREASTMNIST.parent))
+    at = open_page("dataset")
+    assert (at.select_slider(key="ds_size").value, at.radio(key="ds_color").value) == (64, "gray")  # the demo's
+    at.radio(key="dataset_source").set_value(SERVER).run()
+    choose_folder(at, str(BREASTMNIST))
+    no_exception(at)
+    assert (at.select_slider(key="ds_size").value, at.radio(key="ds_color").value) == (28, "gray")
+    assert at.session_state["dataset"].image_size == 28
+    scan_warnings = values(at.warning)  # the real set's own: a duplicate across splits with two labels
+    assert not [w for w in scan_warnings if "px" in w or "Channel mode" in w]
+    at.select_slider(key="ds_size").set_value(64).run()
+    assert [w for w in values(at.warning) if w not in scan_warnings] == [
+        "The images are 28 px: 64 px enlarges them 2.3× (no detail is added, training is slower); 28 px keeps their "
+        "own size."
+    ]
+    assert at.session_state["dataset"].image_size == 64, "a warning, not a refusal: the user may have a reason"
+    at.select_slider(key="ds_size").set_value(28)
+    at.radio(key="ds_color").set_value("rgb").run()
+    (warning,) = [w for w in values(at.warning) if w not in scan_warnings]
+    assert warning.startswith("Channel mode rgb, but the images suggest gray (gray: every image is single-channel)")
 
 
 def test_a_folder_inside_the_data_roots_is_scanned(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -478,3 +478,28 @@ def test_the_kept_ensemble_is_the_mean_of_its_trials_with_their_class_weights_un
     kept = models.predict_arrays(models.load_run_model(run), images)
     np.testing.assert_allclose(kept, np.mean(shifted, axis=0), atol=1e-5)
     assert np.abs(kept - np.mean(raw, axis=0)).max() > 0.01  # the shift is there to see
+
+
+def test_the_saved_mean_is_described_as_what_it_is() -> None:
+    # Seen: "the mean of trials 2, 1, 3, the best 3 on validation" when 3 trials had run and the mean scored below
+    # the best trial on validation.
+    record = {
+        "trials_completed": 3,
+        "ensemble": {
+            "members": ["01", "00", "02"],
+            "objective": "val_auc",
+            "validation_scores": {"1": 0.840, "2": 0.835, "3": 0.830},
+        },
+    }
+    text = tuning.describe_ensemble(record)
+    assert text.startswith("The saved model is the mean of trials 2, 1, 3, all 3 trials that completed. ")
+    assert "On validation the mean scored val_auc 0.8300 against 0.8400 for the best trial alone" in text
+    record = {
+        "trials_completed": 12,
+        "ensemble": {"members": ["04", "08"], "objective": "val_loss", "validation_scores": {"1": 0.31, "2": 0.29}},
+    }
+    assert tuning.describe_ensemble(record) == (
+        "The saved model is the mean of trials 5, 9, the best 2 on validation: averaging the top five scored better "
+        "on test than the best trial alone in the benchmarks. Grad-CAM shows the best trial's network."
+    )
+    assert tuning.describe_ensemble({"ensemble": {"members": ["00"]}}) is None
