@@ -308,7 +308,7 @@ def show_run(run: runs.Run) -> None:
         return
     st.subheader("Trials")
     st.dataframe(pd.DataFrame(tables.trial_rows(table)), hide_index=True)
-    completed = [row for row in table if row["status"] == "COMPLETED" and row["score"] is not None]
+    completed = [row for row in table if row["status"] in tuning.COMPETING and row["score"] is not None]
     if completed:
         left, right = st.columns(2)
         left.plotly_chart(charts.trials_figure(completed, objective_name), key=f"trials_{run.id}")

@@ -241,6 +241,17 @@ def test_auto_on_the_demo_keeps_starting_trials_until_the_budget_and_records_its
     longest_epoch = max(event["seconds"] for event in epochs)
     assert epochs[-1]["t"] <= deadline + longest_epoch + 1.0
     assert epochs[-1]["t"] >= deadline - longest_epoch - 1.0  # still training when the budget ran out
+    # The trial the budget cut short (if it was mid-epoch then) says so in the table and in the CLI's line for it.
+    from medimg.model import tuning
+
+    cut = run.events("trial_cut_by_budget")
+    assert len(cut) <= 1 and all(event["trial"] == begins[-1]["trial"] for event in cut)
+    rows = {row["trial"]: row["status"] for row in tuning.trial_table(run)}
+    for event in cut:
+        status = rows[runs.trial_number(event["trial"])]
+        assert status in ("CUT_BY_BUDGET", "COLLAPSED"), status
+        if status == "CUT_BY_BUDGET":
+            assert f"(cut by the time budget in epoch {event['epoch'] + 1} of " in result.stderr
     # Trial 0 is the plain CNN.
     first = next(event for event in begins if event["trial"] == "000")
     plain = hyperparameters.first_trial_values(

@@ -81,6 +81,9 @@ class ProgressEvents(keras.callbacks.Callback):
                 "batch", trial=trial, epoch=self.epoch, batch=batch + 1, steps=self.steps, epochs=self.epochs
             )
         if self.deadline and now > self.deadline:
+            if run is not None and trial is not None and not self.model.stop_training:
+                # KerasTuner ends such a trial COMPLETED; it ran fewer epochs than planned, with its best epoch kept.
+                run.append_event("trial_cut_by_budget", trial=trial, epoch=self.epoch, epochs=self.epochs)
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

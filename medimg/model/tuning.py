@@ -127,7 +127,8 @@ class TrialRecord(TypedDict):
 
 class TrialRow(TypedDict):
     """One row of the trial table people see: `trial` numbered from 1, `status` KerasTuner's or ours ("STOPPED": cut
-    short by Stop; "COLLAPSED": called every validation image one class, never the best), `score` the objective
+    short by Stop; "COLLAPSED": called every validation image one class, never the best; "CUT_BY_BUDGET": completed
+    with fewer epochs than planned, the time budget ran out, its best epoch kept), `score` the objective
     (None while running), `hyperparameters` the values drawn, without KerasTuner's "tuner/…" bookkeeping."""
 
     trial: int
@@ -232,6 +233,9 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
         )
         if echo and kind == "trial_end":
             score = "reported to the chief" if trial.score is None else f"{objective} = {trial.score:.4f}"
+            cut = budget_cut_trials(run).get(trial.trial_id)
+            if cut and str(trial.status) == "COMPLETED":
+                score += f" (cut by the time budget in epoch {cut['epoch'] + 1} of {cut['epochs']}; best epoch kept)"
             echo(f"trial {trial_number(trial.trial_id)} {trial.status}: {score}")
 
     def on_collapsed(trial_id: str, class_name: str) -> None:
@@ -417,6 +421,16 @@ def _finish_search(run: Run, tuner: Any, data: PreparedData, ended: str) -> Fitt
     return Fitted(model, data, stopped=stopped)
 
 
+# Trial-table statuses of trials that compete for the best and are charted: finished, or cut by the time budget.
+COMPETING = ("COMPLETED", "CUT_BY_BUDGET")
+
+
+def budget_cut_trials(run: Run) -> dict[str, dict]:
+    """The trials the time budget ended before their last epoch, by id: their `trial_cut_by_budget` event (epoch
+    counted from 0, planned epochs). KerasTuner records them COMPLETED, with their best epoch so far."""
+    return {event["trial"]: event for event in run.events("trial_cut_by_budget")}
+
+
 def stopped_trials(run: Run) -> set[str]:
     """IDs of the trials that Stop cut short (KerasTuner records them as completed)."""
     return {event["trial"] for event in run.events("trial_stopped")}
@@ -590,7 +604,7 @@ def trial_table(run: Run) -> list[TrialRow]:
                 best_step=None,
             ),
         )
-    collapsed, stopped = collapsed_trials(run), stopped_trials(run)
+    collapsed, stopped, cut = collapsed_trials(run), stopped_trials(run), budget_cut_trials(run)
     folds: dict[str, dict[int, float]] = {}
     for event in run.events("trial_fold"):
         folds.setdefault(event["trial"], {})[int(event["fold"])] = float(event["score"])
@@ -602,6 +616,8 @@ def trial_table(run: Run) -> list[TrialRow]:
             status = "STOPPED"
         elif trial_id in collapsed:
             status = "COLLAPSED"
+        elif trial_id in cut and status == "COMPLETED":
+            status = "CUT_BY_BUDGET"
         values = used_values({k: v for k, v in trial["hyperparameters"].items() if not k.startswith("tuner/")})
         fold_scores = [score for _, score in sorted(folds.get(trial_id, {}).items())]
         table.append(

@@ -193,6 +193,7 @@ STATUS_WORDS = {
     "FAILED": "failed",
     "INVALID": "failed",
     "COLLAPSED": "collapsed (one class)",
+    "CUT_BY_BUDGET": "completed (cut by the time budget)",
 }
 
 

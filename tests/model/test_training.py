@@ -157,6 +157,21 @@ def test_deadline_ends_fit_without_a_run(demo_data: training.PreparedData) -> No
     assert not progress.stopped_by_request  # it was the time budget, not the user
 
 
+def test_a_trial_the_deadline_ends_is_recorded_as_cut_by_the_budget(
+    tmp_path: Path, demo_data: training.PreparedData
+) -> None:
+    run = runs.create_run(train_spec(epochs=4), tmp_path)
+    progress = callbacks.ProgressEvents(run, trial="003", deadline=time.time() - 1)
+    counter = BatchCounter()
+    training.fit_model(PARAMS, demo_data, AugmentConfig(), TrainConfig(epochs=4), [progress, counter])
+    # KerasTuner would call this trial COMPLETED; the event says it ran short of its plan, once.
+    assert [(e["trial"], e["epoch"], e["epochs"]) for e in run.events("trial_cut_by_budget")] == [("003", 0, 4)]
+    assert counter.batches == 1
+    from medimg.model import tuning
+
+    assert tuning.budget_cut_trials(run)["003"]["epoch"] == 0
+
+
 def test_nan_in_epoch_logs_stops_training() -> None:
     import keras
 
