@@ -194,7 +194,8 @@ with right:
 
 st.subheader("Samples")
 for name in report.class_names:
-    files = [f for f in report.files if f.label == name][:8]
+    # Training images first: the split a model learns from (a folder's listing put test_*.png first).
+    files = sorted((f for f in report.files if f.label == name), key=lambda f: f.split != "train")[:8]
     st.markdown(f"**{name}** ({report.classes[name]} images)")
     thumbs = st.columns(8)
     for column, file in zip(thumbs, files, strict=False):

@@ -85,7 +85,11 @@ def resolve_in_roots(user_path: str, roots: list[Path]) -> Path:
 
 def list_dataset_folders(roots: list[Path], depth: int = 2) -> list[Path]:
     """Folders under the roots (to `depth` levels) that hold sub-folders, and the CSV manifests beside them:
-    candidates to pick from (a manifest is a dataset too, and typing its path was the only way to open one)."""
+    candidates to pick from (a manifest is a dataset too, and typing its path was the only way to open one). The
+    split folders of a dataset laid out as train/ + val/ or test/ are not offered on their own: picking
+    `retinamnist/test` for `retinamnist` was an easy slip, and a split alone is rarely what anyone means."""
+    from medimg.datasets.dataset import SPLIT_ALIASES
+
     found: list[Path] = []
     for root in roots:
         for current, dirs, files in os.walk(root, followlinks=False):
@@ -95,7 +99,8 @@ def list_dataset_folders(roots: list[Path], depth: int = 2) -> list[Path]:
                 found.append(Path(current))
             if level <= depth:
                 found += [Path(current) / f for f in sorted(files) if f.lower().endswith(".csv") and f[0] != "."]
-            if level >= depth:
+            splits = {SPLIT_ALIASES.get(d.lower()) for d in dirs}
+            if level >= depth or ("train" in splits and splits & {"val", "test"}):
                 dirs[:] = []
     return found
 

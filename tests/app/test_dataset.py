@@ -61,7 +61,9 @@ def test_bundled_demo_is_scanned_and_becomes_the_dataset_of_the_runs() -> None:
     assert [markdown for markdown in values(at.markdown) if markdown.startswith("**NORMAL")] == [
         "**NORMAL** (70 images)"
     ]
-    assert len([caption for image in at.image for caption in image.captions]) == 16  # 8 samples per class
+    captions = [caption for image in at.image for caption in image.captions]
+    assert len(captions) == 16  # 8 samples per class, from the training split
+    assert set(captions) <= {path.name[:22] for path in (DEMO / "train").glob("*/*")}
     # The demo has its own train/val/test folders, so the fractions do not apply.
     assert at.slider(key="ds_val").disabled and at.slider(key="ds_test").disabled
     assert "Split: the dataset's own folders" in " ".join(values(at.caption))
@@ -170,7 +172,8 @@ def test_a_folder_inside_the_data_roots_is_scanned(monkeypatch: pytest.MonkeyPat
     at.radio(key="dataset_source").set_value(SERVER).run()
     no_exception(at)
     box = by_label(at.selectbox, "Folder")
-    assert str(DEMO) in box.options and str(DEMO / "train") in box.options
+    # The demo is offered whole; its split folders are not listed on their own (an easy slip), but can be typed.
+    assert str(DEMO) in box.options and str(DEMO / "train") not in box.options
     assert box.value == str(DEMO), "the dataset already chosen is preselected"
     assert metrics(at)["Readable images"] == "140"
     choose_folder(at, str(DEMO / "train"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import stat
 import zipfile
 from pathlib import Path
@@ -55,6 +56,16 @@ def test_paths_inside_a_root_resolve_and_everything_else_is_refused(root: Path) 
         sources.resolve_in_roots("study", [])
     with pytest.raises(DatasetError, match="does not exist"):
         sources.resolve_in_roots("nothing-here", roots)
+
+
+def test_a_split_dataset_is_offered_whole_not_split_by_split(tmp_path: Path) -> None:
+    for split in ("train", "val", "test"):
+        shutil.copytree(DEMO / "train" / "NORMAL", tmp_path / "retina" / split / "0_no_dr")
+    shutil.copytree(DEMO / "train", tmp_path / "flat")
+    found = sources.list_dataset_folders([tmp_path.resolve()])
+    names = [str(p.relative_to(tmp_path.resolve())) for p in found]
+    assert "retina" in names and "flat" in names
+    assert not [name for name in names if name.startswith("retina/")], names  # retina/test was offered before
 
 
 def test_dataset_folders_are_listed_only_under_the_roots(root: Path) -> None:
