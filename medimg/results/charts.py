@@ -377,8 +377,13 @@ def reliability_figure(before: dict[str, Any], after: dict[str, Any] | None = No
 
 
 def probabilities_figure(probabilities: dict[str, float], top_k: int = 5) -> go.Figure:
-    """Horizontal bars of the top-k class probabilities."""
-    ranked = sorted(probabilities.items(), key=lambda item: item[1])[-top_k:]
+    """Horizontal bars of the class probabilities (fractions): every class in the model's class order, top to
+    bottom, when there are at most `top_k` (the same place for each class on every image, and graded classes in
+    grade order); else the `top_k` largest, largest on top."""
+    if len(probabilities) <= top_k:
+        ranked = list(probabilities.items())[::-1]  # Plotly draws the first bar at the bottom
+    else:
+        ranked = sorted(probabilities.items(), key=lambda item: item[1])[-top_k:]
     fig = go.Figure(
         go.Bar(
             x=[p for _, p in ranked],

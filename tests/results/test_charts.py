@@ -232,3 +232,11 @@ def test_score_histogram_overlays_each_true_class_and_marks_the_threshold() -> N
     (line,) = fig.layout.shapes
     assert line.x0 == line.x1 == 0.42
     assert fig.layout.xaxis.title.text == "p(malignant)" and fig.layout.barmode == "overlay"
+
+
+def test_a_few_classes_keep_their_own_order_on_every_image() -> None:
+    # Seen on Predict with five grades: bars re-sorted per image (3, 2, 0, 1, 4 then 3, 2, 4, 1, 0).
+    grades = {"0_no_dr": 0.1, "1_mild": 0.05, "2_moderate": 0.3, "3_severe": 0.5, "4_proliferative": 0.05}
+    (bar,) = charts.probabilities_figure(grades).data
+    assert list(bar.y) == list(grades)[::-1]  # 0_no_dr on top, the grades downwards
+    assert list(bar.x) == list(grades.values())[::-1]
