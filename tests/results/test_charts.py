@@ -232,3 +232,15 @@ def test_score_histogram_overlays_each_true_class_and_marks_the_threshold() -> N
     (line,) = fig.layout.shapes
     assert line.x0 == line.x1 == 0.42
     assert fig.layout.xaxis.title.text == "p(malignant)" and fig.layout.barmode == "overlay"
+
+
+def test_a_class_has_one_colour_in_the_roc_and_precision_recall_charts(never_calling_run) -> None:
+    from medimg.metrics import clinical
+    from medimg.results import evaluation
+
+    curves = clinical.curves(evaluation.load_scored(never_calling_run)["test"])
+    roc, pr = charts.roc_figure(curves["roc"]), charts.precision_recall_figure(curves["pr"])
+    roc_colours = {trace.name.split(" (")[0]: trace.line.color for trace in roc.data if trace.name != "chance"}
+    pr_colours = {trace.name.split(" (")[0]: trace.line.color for trace in pr.data if " (AP " in trace.name}
+    assert list(roc_colours) == ["BACTERIA", "NORMAL", "VIRUS"]
+    assert roc_colours == pr_colours and len(set(roc_colours.values())) == 3
