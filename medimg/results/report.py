@@ -449,7 +449,11 @@ def _limitations(summary: evaluation.ClinicalSummary, metrics: dict[str, Any], r
         )
     never = _never_predicted(summary, metrics)
     if never:
-        notes.append(f"{never} Their intervals are degenerate (0 and 1 in every resample), not precise.")
+        names = ", ".join(metrics["never_predicted"])
+        notes.append(
+            f"{never} The sensitivity and specificity intervals of {names} are degenerate (0 and 1 in every "
+            "resample), not precise."
+        )
     if summary.get("presets_reason"):
         notes.append(f"No operating point was chosen: {summary['presets_reason']}.")
     if summary["calibration"].get("skipped"):

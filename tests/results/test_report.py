@@ -343,6 +343,9 @@ def test_a_class_never_called_is_warned_of_and_its_intervals_noted_in_the_report
     warning = evaluation.never_predicted_warning(["VIRUS"], 3)
     header, limitations = text.split("Intended use")[0], text.split("Limitations")[-1]
     assert warning in header and warning in limitations
+    assert (
+        "The sensitivity and specificity intervals of VIRUS are degenerate (0 and 1 in every resample)" in limitations
+    )
     assert "Sensitivity (recall) · VIRUS 0.000 0.000–0.000 never predicted: 0 by construction; the interval is " in text
     assert "Specificity · VIRUS 1.000 1.000–1.000 never predicted: 1 by construction" in text
     auc = evaluation.load_scored(never_calling_run)["test"]
