@@ -388,11 +388,16 @@ def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] |
 
 
 def format_test_metrics(metrics: dict[str, Any]) -> list[str]:
-    """The test figures a run ends with: at the arg-max (0.5), at the validation-chosen operating point, and a
-    loud line when the model calls every test image one class."""
+    """The test figures a run ends with (`evaluation.evaluate_run`'s answer): at the arg-max (0.5 for two classes;
+    the macro one-vs-rest AUC for more), at the validation-chosen operating point, and a loud line when the model
+    calls every test image one class or never calls some class."""
+    from medimg.results.evaluation import never_predicted_warning
+
     auc = "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
+    count = len(metrics.get("class_names") or [])
+    decision = f"arg-max over {count} classes): macro AUC" if count > 2 else "threshold 0.5 / arg-max): AUC"
     lines = [
-        f"test (threshold 0.5 / arg-max): AUC {auc}  accuracy {metrics['accuracy']:.4f}  "
+        f"test ({decision} {auc}  accuracy {metrics['accuracy']:.4f}  "
         f"balanced accuracy {metrics['balanced_accuracy']:.4f}"
     ]
     point = metrics.get("validation_operating_point")
@@ -407,6 +412,9 @@ def format_test_metrics(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"no operating point chosen: {metrics['clinical']['presets_reason']}")
     if metrics.get("one_class"):
         lines.append(f"WARNING: {metrics['one_class']}")
+    never = never_predicted_warning(metrics.get("never_predicted") or [], count)
+    if never:
+        lines.append(f"WARNING: {never}")
     return lines
 
 

@@ -340,17 +340,29 @@ def run_settings_caption(run: runs.Run) -> None:
 
 def show_test_metrics(run: runs.Run) -> None:
     """A finished run's test figures (arg-max, and at the operating point chosen on validation), a loud error when
-    the model calls every test image one class, and the link to the Evaluate page."""
+    the model calls every test image one class, a warning naming the classes it never calls, and the link to the
+    Evaluate page."""
     record = run.record
     metrics = record.get("metrics")
     if not metrics or run.status in runs.ACTIVE_STATUSES:
         return
+    # Imported here: this function is the only part of the shared page helpers that needs them.
+    from medimg.results import evaluation, tables
+
     if record.get("one_class"):
         st.error(f"Degenerate model: {record['one_class']}.", icon=":material/error:")
+    class_count = len(record.get("class_names") or [])
+    never = evaluation.never_predicted_warning(metrics.get("never_predicted") or [], class_count)
+    if never:
+        st.warning(never, icon=":material/warning:")
     m1, m2, m3 = st.columns(3)
     m1.metric("Test accuracy", f"{metrics['accuracy']:.3f}", help="At the arg-max (threshold 0.5 for two classes).")
     m2.metric("Test balanced accuracy", f"{metrics['balanced_accuracy']:.3f}")
-    m3.metric("Test AUC", "–" if metrics["auc"] is None else f"{metrics['auc']:.3f}")
+    auc = "–" if metrics["auc"] is None else f"{metrics['auc']:.3f}"
+    if class_count > 2:
+        m3.metric("Test macro AUC", auc, help=f"{tables.MACRO_AUC_NOTE[0].upper()}{tables.MACRO_AUC_NOTE[1:]}.")
+    else:
+        m3.metric("Test AUC", auc)
     point = metrics.get("operating_point")
     if point:
         st.caption(

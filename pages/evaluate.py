@@ -80,7 +80,7 @@ names = test.class_names
 if metrics.get("one_class"):
     st.error(f"Degenerate model: {metrics['one_class']}.", icon=":material/error:")
 
-if "val" not in scored or metrics.get("evaluation_version", 0) < evaluation.EVALUATION_VERSION:
+if "val" not in scored or metrics.get("evaluation_version", 0) < evaluation.VALIDATION_SCORED_VERSION:
     st.info(
         "This run was evaluated by an older medimg: without validation predictions there is no temperature scaling "
         "and no operating point chosen on validation. Re-evaluating keeps the model and rescores both splits."
@@ -226,13 +226,12 @@ if not test.binary:
         per_class.style.format({c: "{:.3f}" for c in ("sensitivity", "specificity", "precision", "F1")}),
         key="per_class",
     )
-    never = evaluation.never_predicted(test)
-    if never:
-        st.warning(
-            f"The model never calls {', '.join(never)} on the test split: their sensitivity is 0 by construction "
-            "and their precision undefined (shown as 0).",
-            icon=":material/warning:",
-        )
+    # metrics.json's list, the one the Tune and Train summaries, the report and the CLI read; an evaluation from
+    # before it was stored is read from the same predictions.
+    never = metrics.get("never_predicted", evaluation.never_predicted(test))
+    never_warning = evaluation.never_predicted_warning(never, len(names))
+    if never_warning:
+        st.warning(never_warning, icon=":material/warning:")
 
 # ---------------------------------------------------------------------------------------- subgroups, leakage
 attributes = subgroups.manifest_attributes(run.spec.dataset.path)

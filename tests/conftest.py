@@ -80,3 +80,68 @@ def train_demo_run(folder: Path, params: dict | None = None, color: str = "gray"
         (run.path / "log.txt").read_text()[-2000:] if (run.path / "log.txt").exists() else run.record
     )
     return run
+
+
+def three_class_manifest(folder: Path) -> Path:
+    """The demo's X-rays as three classes, NORMAL, BACTERIA and VIRUS (the pneumonia files name their cause), copied
+    under `folder` with a manifest.csv (path, label, split) that keeps the demo's splits. Returns the manifest."""
+    import csv
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "manifest.csv").open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "split"])
+        for path in sorted(DEMO.rglob("*.jpeg")):
+            label = "NORMAL" if path.parent.name == "NORMAL" else path.name.split("_")[1].upper()
+            writer.writerow([str(path.relative_to(DEMO)), label, path.parts[-3]])
+            target = folder / path.relative_to(DEMO)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target)
+    return folder / "manifest.csv"
+
+
+def never_calling(run, class_name: str) -> dict:
+    """Make `run`'s model never call `class_name` at the arg-max, and re-evaluate the run; returns the evaluation.
+
+    The output bias of `class_name` is lowered by 50 and the two other classes' biases are evened so that the test
+    images split between them (the median of their log-probability difference moves to 0): the arg-max then calls
+    two classes, never the third, whatever one epoch of training learnt. The shift is `models.undo_class_weights`'
+    (b_k -= log w_k); the model is kept with `Run.save_model`, so its hash is recorded and it loads as any other."""
+    import numpy as np
+
+    from medimg.model import models
+    from medimg.results import evaluation
+
+    scored = evaluation.load_scored(run)["test"]
+    silenced = scored.class_names.index(class_name)
+    first, second = [k for k in range(len(scored.class_names)) if k != silenced]
+    log_probs = np.log(np.clip(scored.probs, 1e-12, None))
+    shifts = {k: 0.0 for k in range(len(scored.class_names))}
+    shifts[silenced] = 50.0
+    shifts[first] = float(np.median(log_probs[:, first] - log_probs[:, second]))
+    model = models.load_run_model(run)
+    models.undo_class_weights(model, {k: float(np.exp(shift)) for k, shift in shifts.items()})
+    run.save_model(model)
+    return evaluation.evaluate_run(run)
+
+
+@pytest.fixture(scope="session")
+def never_calling_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path):
+    """A completed three-class train run (`three_class_manifest`, 16 px, one epoch) whose model never calls VIRUS
+    on test and calls both other classes (`never_calling`): RetinaMNIST's runs never called grade 4 so."""
+    from medimg import jobs
+    from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+    from medimg.store import runs
+
+    manifest = three_class_manifest(tmp_path_factory.mktemp("three-classes"))
+    spec = RunSpec(
+        kind="train",
+        dataset=DatasetConfig(path=str(manifest), image_size=16),
+        params=ModelParams(filters=(8,), dense_units=8),
+        train=TrainConfig(epochs=1),
+    )
+    run = runs.create_run(spec, tmp_path_factory.mktemp("three-class-runs"))
+    jobs.execute(run)
+    never_calling(run, "VIRUS")
+    return run

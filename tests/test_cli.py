@@ -207,3 +207,21 @@ def test_tune_resume_keeps_the_searchs_own_settings(tmp_path: Path) -> None:
     assert run.record["status"] == "completed"
     assert run.spec == spec  # not the default preset's 4 trials of 10 epochs
     assert len(run.read_json("trials.json")) == 1
+
+
+def test_evaluate_words_a_multi_class_run_and_warns_of_a_class_never_called(
+    never_calling_run, capsys: pytest.CaptureFixture
+) -> None:
+    """RetinaMNIST's runs ended with "test (threshold 0.5 / arg-max): AUC …" and no word on grade 4, never called."""
+    from medimg import cli
+
+    assert cli.main(["evaluate", str(never_calling_run.path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    metrics = never_calling_run.read_json("metrics.json")
+    assert lines[1].startswith(f"test (arg-max over 3 classes): macro AUC {metrics['auc']:.4f}  accuracy ")
+    warning = "WARNING: The model never calls VIRUS on the test split: its sensitivity is 0 by construction"
+    assert any(line.startswith(warning) for line in lines)
+    # The lines after `auto`, `tune` and `train` are the same function's, on the same metrics.
+    assert cli.format_test_metrics(metrics) == lines[1 : 1 + len(cli.format_test_metrics(metrics))]
+    assert cli.main(["evaluate", str(never_calling_run.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["never_predicted"] == ["VIRUS"]

@@ -21,7 +21,8 @@ BOOTSTRAP_CHUNK = 4_000_000
 
 class Interval(TypedDict):
     """One metric's point estimate and interval bounds, fractions (None where undefined); `interval` says when the
-    bounds are not the percentile bootstrap's (a Wilson interval, or a collapsed one)."""
+    bounds are not the percentile bootstrap's (a Wilson interval, a collapsed one, or one of a class the arg-max
+    never calls)."""
 
     estimate: float | None
     low: float | None
@@ -151,6 +152,9 @@ def bootstrap_intervals(
         metrics[name] = Interval(estimate=_number(point[0]), low=_number(low), high=_number(high))
     if scored.binary:
         _wilson_where_collapsed(metrics, scored, threshold, positive, confidence)
+    else:
+        _note_never_predicted(metrics, scored)
+    _note_collapsed(metrics)
     return Intervals(
         method="stratified percentile bootstrap",
         resamples=n_resamples,
@@ -188,6 +192,23 @@ def _wilson_where_collapsed(
             continue
         interval = binomtest(successes, trials).proportion_ci(confidence_level=confidence, method="wilson")
         metric.update(low=float(interval.low), high=float(interval.high), interval=f"Wilson ({successes}/{trials})")
+
+
+def _note_never_predicted(metrics: dict[str, Interval], scored: Scored) -> None:
+    """Say, in a class's sensitivity and specificity `interval`, that the arg-max never calls it: every resample
+    then gives 0 and 1, an interval of zero width that would read as a precise figure (seen on RetinaMNIST: grade 4
+    "Sensitivity 0.000, 0.000–0.000", "Specificity 1.000, 1.000–1.000" with nothing beside them)."""
+    called = set(np.unique(scored.probs.argmax(axis=1)).tolist())
+    for k, name in enumerate(scored.class_names):
+        if k in called:
+            continue
+        for metric, value in (("sensitivity", 0), ("specificity", 1)):
+            entry = metrics.get(f"{metric}:{name}")
+            if entry is not None and entry["estimate"] is not None:
+                entry["interval"] = f"never predicted: {value} by construction; the interval is degenerate, not precise"
+
+
+def _note_collapsed(metrics: dict[str, Interval]) -> None:
     for metric in metrics.values():  # AUC, F1, balanced accuracy: no count to fall back on; said, not hidden
         if metric["low"] is not None and metric["low"] == metric["high"] and "interval" not in metric:
             metric["interval"] = "collapsed: every resample gave the same value, which is not certainty"

@@ -268,14 +268,27 @@ def selected_cell(points: list[dict[str, Any]], class_names: list[str]) -> tuple
     return None
 
 
+def curve_color(index: int) -> str:
+    """The colour of the `index`-th class of a curves dict (`clinical.curves`): its ROC and precision-recall dicts
+    hold the same classes in the same order, so one class has one colour in both charts (ROC used Plotly's default
+    colours, precision-recall this palette, and a class changed colour between them)."""
+    return PALETTE[index % len(PALETTE)]
+
+
 def roc_figure(
     curves: dict[str, dict[str, list]], operating_point: dict[str, Any] | None = None, title: str = "ROC curve"
 ) -> go.Figure:
     """ROC curve per class with its AUC, and the chance diagonal; `operating_point` (sensitivity, specificity,
-    threshold) is marked on the curve."""
+    threshold) is marked on the curve. Colours: `curve_color`, as the precision-recall chart gives them."""
     fig = go.Figure()
-    for name, curve in curves.items():
-        fig.add_scatter(x=curve["fpr"], y=curve["tpr"], mode="lines", name=f"{name} (AUC {curve['auc']:.3f})")
+    for index, (name, curve) in enumerate(curves.items()):
+        fig.add_scatter(
+            x=curve["fpr"],
+            y=curve["tpr"],
+            mode="lines",
+            name=f"{name} (AUC {curve['auc']:.3f})",
+            line={"color": curve_color(index)},
+        )
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="chance", line={"dash": "dot", "color": "grey"})
     if (
         operating_point
@@ -315,10 +328,10 @@ def precision_recall_figure(
     curves: dict[str, dict[str, Any]], operating_point: dict[str, Any] | None = None
 ) -> go.Figure:
     """Precision-recall curve per class with its average precision and prevalence line; the operating point
-    (sensitivity = recall, PPV = precision) marked."""
+    (sensitivity = recall, PPV = precision) marked. Colours: `curve_color`, as the ROC chart gives them."""
     fig = go.Figure()
     for index, (name, curve) in enumerate(curves.items()):
-        color = PALETTE[index % len(PALETTE)]
+        color = curve_color(index)
         fig.add_scatter(
             x=curve["recall"],
             y=curve["precision"],

@@ -19,7 +19,9 @@ from medimg.store.runs import Run
 
 SPLITS = ("val", "test")
 # 2: predictions.csv holds val and test (a `split` column), metrics.json the clinical summary and leakage check.
-EVALUATION_VERSION = 2
+# 3: metrics.json and run.json's headline metrics list the classes the arg-max never calls on test.
+EVALUATION_VERSION = 3
+VALIDATION_SCORED_VERSION = 2  # the first version with validation predictions (temperature, operating point)
 
 
 class ClinicalSummary(TypedDict):
@@ -133,10 +135,12 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
             **summary["preset_points"]["youden"],
         }
     result["one_class"] = one_class_warning(scored["test"])
+    result["never_predicted"] = never_predicted(scored["test"])
     result["evaluation_version"] = EVALUATION_VERSION
     run.write_json("metrics.json", result)
     _write_predictions(run, scored)
-    headline = {k: result[k] for k in ("accuracy", "balanced_accuracy", "auc")}
+    # The finished-run summaries of Tune and Train read run.json alone: they get the same list metrics.json holds.
+    headline = {k: result[k] for k in ("accuracy", "balanced_accuracy", "auc", "never_predicted")}
     point = result.get("validation_operating_point")
     if point:
         headline["operating_point"] = {
@@ -180,6 +184,21 @@ def never_predicted(scored: Scored) -> list[str]:
     """Classes the arg-max never calls on this split (their sensitivity is 0 by construction), in class order."""
     called = set(np.unique(scored.probs.argmax(axis=1)).tolist()) if len(scored) else set()
     return [name for i, name in enumerate(scored.class_names) if i not in called]
+
+
+def never_predicted_warning(never: list[str], class_count: int) -> str | None:
+    """The warning for classes the arg-max never calls on test (`never_predicted`, as metrics.json stores it under
+    `never_predicted`), worded once for the Evaluate page, the Tune and Train summaries, the report and the CLI.
+
+    None when no class is missing, and when all but one are: every image is then called one class, which
+    `one_class_warning` already says louder."""
+    if not never or len(never) >= class_count - 1:
+        return None
+    return (
+        f"The model never calls {', '.join(never)} on the test split: "
+        f"{'their' if len(never) > 1 else 'its'} sensitivity is 0 by construction and "
+        f"{'their' if len(never) > 1 else 'its'} precision undefined (shown as 0)."
+    )
 
 
 def clinical_summary(

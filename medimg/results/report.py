@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from medimg import __version__
+from medimg.config import ModelParams, describe_run_augment
 from medimg.metrics import clinical, subgroups
 from medimg.metrics.calibration import ERROR_TOLERANCE, CalibrationSummary
 from medimg.model.models import load_run_model
@@ -145,11 +146,16 @@ def _header(
             f"<div class='warning'><strong>{html.escape(text)}</strong></div>"
             for text in (
                 f"Degenerate model: {(metrics or {}).get('one_class')}." if (metrics or {}).get("one_class") else "",
+                _never_predicted(summary, metrics or {}) or "",
                 evaluation.one_class_at_threshold(summary) or "",
             )
             if text
         )
     )
+
+
+def _never_predicted(summary: evaluation.ClinicalSummary, metrics: dict[str, Any]) -> str | None:
+    return evaluation.never_predicted_warning(metrics.get("never_predicted") or [], len(summary["class_names"]))
 
 
 def _intended_use(record: dict[str, Any]) -> list[str]:
@@ -221,18 +227,21 @@ def _leakage(leakage: dict[str, Any]) -> list[str]:
 
 def _training(run: Run, record: dict[str, Any]) -> list[Any]:
     spec = record.get("spec", {})
-    train, augment = spec.get("train", {}), spec.get("augment", {})
+    train = spec.get("train", {})
     search = spec.get("kind") == "tune"
     # A search's model is its best trial (or the mean of its best trials): its settings and curves, not the spec's
     # default parameters and an empty final-fit history.
     params = dict(record.get("best_params") or {}) if search else dict(spec.get("params", {}))
+    # The augmentation as the Tune page words it: scaled by the strength trained with (the spec's own settings are
+    # strength 1; a best trial at strength 0 flipped only).
+    best = ModelParams.from_dict(record["best_params"]) if search and record.get("best_params") else None
+    augmentation = describe_run_augment(run.spec, best)
     if params.get("backbone", "cnn") == "cnn":  # backbone settings mean nothing for the configurable CNN
         for name in ("backbone", "weights", "fine_tune_blocks", "fine_tune_learning_rate"):
             params.pop(name, None)
     best = record.get("best_trial")
     history = run.epoch_history(trial=best) if search and best else run.read_json("history.json") or run.epoch_history()
     epochs = len(history.get("loss", []))
-    active = {k: v for k, v in augment.items() if v}
     monitor = record.get("objective") or record.get("monitor") or train.get("monitor")
     ensemble = record.get("ensemble") or {}
     members = ensemble.get("members") or []
@@ -253,7 +262,7 @@ def _training(run: Run, record: dict[str, Any]) -> list[Any]:
             f"{model}Epochs run{' by the best trial' if search else ''}: {epochs} of {train.get('epochs')} "
             f"(early-stopping patience {train.get('early_stopping_patience')}, "
             f"monitor {monitor}); class weights: {train.get('class_weights')}; seed {train.get('seed')}; "
-            f"augmentation: {', '.join(f'{k}={v}' for k, v in active.items()) or 'none'}; "
+            f"augmentation: {augmentation}; "
             f"distribution: {spec.get('distribution', 'none')}; model SHA-256 {record.get('model_sha256', '?')}."
         ),
         htmldoc.table(["hyperparameter", "value"], [[k, v] for k, v in params.items()]),
@@ -437,6 +446,13 @@ def _limitations(summary: evaluation.ClinicalSummary, metrics: dict[str, Any], r
         notes.append(
             f"Trained with class weights ({weighting}): weighting shifts the probabilities towards the rarer class, "
             "a shift that temperature scaling (one scale factor) cannot remove."
+        )
+    never = _never_predicted(summary, metrics)
+    if never:
+        names = ", ".join(metrics["never_predicted"])
+        notes.append(
+            f"{never} The sensitivity and specificity intervals of {names} are degenerate (0 and 1 in every "
+            "resample), not precise."
         )
     if summary.get("presets_reason"):
         notes.append(f"No operating point was chosen: {summary['presets_reason']}.")

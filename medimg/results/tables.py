@@ -21,6 +21,10 @@ BINARY_HEADLINE = ("sensitivity", "specificity", "ppv", "npv", "auc")
 MULTICLASS_HEADLINE = ("accuracy", "balanced_accuracy", "auc")
 SHORT_LABELS = {"ppv": "PPV", "npv": "NPV", "auc": "ROC AUC", "balanced_accuracy": "Balanced accuracy"}
 SUBGROUP_METRICS = ("auc", "sensitivity", "specificity", "accuracy")
+# More than two classes: the headline AUC is scikit-learn's roc_auc_score(multi_class="ovr", average="macro")
+# (`clinical.roc_auc`), an unweighted mean over classes, not the AUC of any one class.
+MACRO_AUC_LABEL = "Macro ROC AUC"
+MACRO_AUC_NOTE = "macro average: the unweighted mean of the one-vs-rest ROC AUCs of the classes"
 
 
 def number(value: float | None) -> str:
@@ -35,29 +39,38 @@ def confidence_label(intervals: Intervals) -> str:
 
 def headline(summary: ClinicalSummary) -> list[tuple[str, str, str | None]]:
     """(label, estimate, interval) per headline figure: sensitivity, specificity, PPV, NPV and AUC for two classes,
-    accuracy, balanced accuracy and macro AUC otherwise; the interval None where there is none."""
+    accuracy, balanced accuracy and macro AUC otherwise (labelled `MACRO_AUC_LABEL`, its interval followed by
+    `MACRO_AUC_NOTE`); the interval None where there is none."""
     intervals = summary["intervals"]
-    names = BINARY_HEADLINE if summary["positive_class"] else MULTICLASS_HEADLINE
+    binary = bool(summary["positive_class"])
     tiles = []
-    for name in names:
+    for name in BINARY_HEADLINE if binary else MULTICLASS_HEADLINE:
         value = intervals["metrics"][name]
         interval = None if value["low"] is None else f"{confidence_label(intervals)} {interval_text(value, False)}"
-        tiles.append((SHORT_LABELS.get(name, name.capitalize()), number(value["estimate"]), interval))
+        label = SHORT_LABELS.get(name, name.capitalize())
+        if name == "auc" and not binary:
+            label, interval = MACRO_AUC_LABEL, "; ".join(text for text in (interval, MACRO_AUC_NOTE) if text)
+        tiles.append((label, number(value["estimate"]), interval))
     return tiles
 
 
 def metric_rows(intervals: Intervals) -> list[dict[str, str]]:
     """One row per metric: its name for people, the estimate, the interval, and a note where the interval is not
-    the percentile bootstrap's (Wilson where the bootstrap collapsed, or that it collapsed)."""
-    return [
-        {
-            "metric": metric_label(name),
-            "estimate": number(value["estimate"]),
-            confidence_label(intervals): interval_text(value, False),
-            "note": value.get("interval", ""),
-        }
-        for name, value in intervals["metrics"].items()
-    ]
+    the percentile bootstrap's (Wilson where the bootstrap collapsed, that it collapsed, or that the arg-max never
+    calls the class). More than two classes (`intervals["threshold"]` None): AUC is `MACRO_AUC_LABEL`, noted."""
+    multiclass = intervals["threshold"] is None
+    rows = []
+    for name, value in intervals["metrics"].items():
+        macro = multiclass and name == "auc"
+        rows.append(
+            {
+                "metric": MACRO_AUC_LABEL if macro else metric_label(name),
+                "estimate": number(value["estimate"]),
+                confidence_label(intervals): interval_text(value, False),
+                "note": value.get("interval") or (MACRO_AUC_NOTE if macro else ""),
+            }
+        )
+    return rows
 
 
 def intervals_note(intervals: Intervals) -> str:

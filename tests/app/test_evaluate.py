@@ -413,7 +413,8 @@ def test_multi_class_run_with_subgroups(three_class_manifest_run: runs.Run, runs
     no_exception(at)
     # No threshold for three classes: arg-max, macro one-vs-rest AUC, per-class intervals.
     assert not [slider for slider in at.slider if str(slider.key).startswith("evaluate_threshold")]
-    assert [m.label for m in at.metric] == ["Accuracy", "Balanced accuracy", "ROC AUC", "Test images"]
+    assert [m.label for m in at.metric] == ["Accuracy", "Balanced accuracy", "Macro ROC AUC", "Test images"]
+    assert at.metric[2].help.endswith("the unweighted mean of the one-vs-rest ROC AUCs of the classes")
     index = list(at.table[0].value.index)
     assert "Sensitivity (recall) · VIRUS" in index and "Specificity · BACTERIA" in index
     assert [trace["name"].split(" (")[0] for trace in charts(at)["roc"]["data"][:3]] == ["BACTERIA", "NORMAL", "VIRUS"]
@@ -422,8 +423,7 @@ def test_multi_class_run_with_subgroups(three_class_manifest_run: runs.Run, runs
     assert per_class["test images"].dtype.kind == "i"  # counts, not 174.000000
     never = evaluation.never_predicted(evaluation.load_scored(run)["test"])
     flagged = [w for w in values(at.warning) if w.startswith("The model never calls")]
-    assert len(flagged) == (1 if never else 0)
-    assert all(text.startswith(f"The model never calls {', '.join(never)} on the test split:") for text in flagged)
+    assert flagged == [w for w in [evaluation.never_predicted_warning(never, 3)] if w]
 
     assert "Subgroups" in values(at.subheader)
     assert by_label(at.selectbox, "Manifest column").options == ["site"]
@@ -482,3 +482,31 @@ def test_a_one_class_validation_split_is_explained_not_shown_as_figures(
     assert all(button.disabled for button in at.button if str(button.key).startswith("preset_"))
     assert one_class_val_run.record["monitor"] == "val_loss"
     assert "val_auc" not in one_class_val_run.read_json("history.json")  # undefined, so not charted as 0.0
+
+
+def test_a_class_never_called_is_warned_of_and_noted_beside_its_intervals(
+    never_calling_run: runs.Run, runs_dir: Path
+) -> None:
+    shutil.copytree(never_calling_run.path, runs_dir / never_calling_run.id)
+    at = open_page("evaluate", run=never_calling_run.id)
+    no_exception(at)
+    assert evaluation.never_predicted_warning(["VIRUS"], 3) in values(at.warning)
+    table = at.table[0].value
+    assert table.loc["Sensitivity (recall) · VIRUS", "note"].startswith("never predicted: 0 by construction")
+    assert table.loc["Specificity · VIRUS", "note"].startswith("never predicted: 1 by construction")
+    assert table.loc["Macro ROC AUC", "note"].startswith("macro average")
+    figures = charts(at)
+    roc = {t["name"].split(" (")[0]: t["line"]["color"] for t in figures["roc"]["data"] if t["name"] != "chance"}
+    pr = {t["name"].split(" (")[0]: t["line"]["color"] for t in figures["pr"]["data"] if " (AP " in t["name"]}
+    assert list(roc) == ["BACTERIA", "NORMAL", "VIRUS"] and roc == pr
+
+    # Evaluated before the list was stored (version 2, validation scored): the same warning from the same
+    # predictions, and no offer to re-evaluate for what version 2 already holds.
+    copied = runs.Run(runs_dir / never_calling_run.id)
+    metrics = copied.read_json("metrics.json")
+    del metrics["never_predicted"]
+    copied.write_json("metrics.json", {**metrics, "evaluation_version": 2})
+    older = open_page("evaluate", run=never_calling_run.id)
+    no_exception(older)
+    assert evaluation.never_predicted_warning(["VIRUS"], 3) in values(older.warning)
+    assert not [text for text in values(older.info) if text.startswith("This run was evaluated by an older")]

@@ -125,6 +125,24 @@ def test_a_finished_training_run_shows_curves_and_test_metrics(finished_runs: Fi
     assert [link.label for link in at.get("page_link")] == ["Evaluate this model"]
 
 
+def test_a_finished_run_that_never_calls_a_class_says_so_with_its_macro_auc(
+    never_calling_run: runs.Run, runs_dir: Path
+) -> None:
+    """The Tune and Train summaries (`common.show_test_metrics`) warned of nothing; RetinaMNIST's runs never called
+    grade 4, and only the Evaluate page said so."""
+    import shutil
+
+    from medimg.results import evaluation
+
+    shutil.copytree(never_calling_run.path, runs_dir / never_calling_run.id)
+    at = open_page("train", run=never_calling_run.id)
+    no_exception(at)
+    assert evaluation.never_predicted_warning(["VIRUS"], 3) in values(at.warning)
+    auc = [metric for metric in at.metric if metric.label == "Test macro AUC"]
+    assert len(auc) == 1 and auc[0].value == f"{never_calling_run.record['metrics']['auc']:.3f}"
+    assert auc[0].help.startswith("Macro average: the unweighted mean of the one-vs-rest ROC AUCs")
+
+
 def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_dir: Path) -> None:
     state = {"dataset": DatasetConfig(**TINY_DATASET), "params": TINY_PARAMS}
     at = open_page("train", **state)

@@ -176,3 +176,19 @@ def test_an_interval_reads_the_same_on_the_page_and_in_the_report() -> None:
     assert interval_text(value) == "0.833 (0.714–0.952)" and interval_text(value, False) == "0.714–0.952"
     assert interval_text({"estimate": 0.5, "low": None, "high": None}) == "0.500"
     assert interval_text({"estimate": None, "low": None, "high": None}) == "–"
+
+
+def test_a_class_never_called_has_its_degenerate_intervals_said(never_calling_run) -> None:
+    """RetinaMNIST's grade 4 read "Sensitivity 0.000, 0.000–0.000" and "Specificity 1.000, 1.000–1.000" with an
+    empty note, as if those were precise figures."""
+    from medimg.results import evaluation
+
+    test = evaluation.load_scored(never_calling_run)["test"]
+    found = bootstrap.bootstrap_intervals(test, n_resamples=200)["metrics"]
+    sensitivity, specificity = found["sensitivity:VIRUS"], found["specificity:VIRUS"]
+    assert sensitivity["estimate"] == sensitivity["low"] == sensitivity["high"] == 0.0
+    assert specificity["estimate"] == specificity["low"] == specificity["high"] == 1.0
+    assert sensitivity["interval"] == "never predicted: 0 by construction; the interval is degenerate, not precise"
+    assert specificity["interval"] == "never predicted: 1 by construction; the interval is degenerate, not precise"
+    called = [found[f"{metric}:{name}"] for metric in ("sensitivity", "specificity") for name in ("BACTERIA", "NORMAL")]
+    assert not any(value.get("interval", "").startswith("never predicted") for value in called)

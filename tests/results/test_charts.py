@@ -240,3 +240,15 @@ def test_a_few_classes_keep_their_own_order_on_every_image() -> None:
     (bar,) = charts.probabilities_figure(grades).data
     assert list(bar.y) == list(grades)[::-1]  # 0_no_dr on top, the grades downwards
     assert list(bar.x) == list(grades.values())[::-1]
+
+
+def test_a_class_has_one_colour_in_the_roc_and_precision_recall_charts(never_calling_run) -> None:
+    from medimg.metrics import clinical
+    from medimg.results import evaluation
+
+    curves = clinical.curves(evaluation.load_scored(never_calling_run)["test"])
+    roc, pr = charts.roc_figure(curves["roc"]), charts.precision_recall_figure(curves["pr"])
+    roc_colours = {trace.name.split(" (")[0]: trace.line.color for trace in roc.data if trace.name != "chance"}
+    pr_colours = {trace.name.split(" (")[0]: trace.line.color for trace in pr.data if " (AP " in trace.name}
+    assert list(roc_colours) == ["BACTERIA", "NORMAL", "VIRUS"]
+    assert roc_colours == pr_colours and len(set(roc_colours.values())) == 3

@@ -425,3 +425,19 @@ def test_never_predicted_lists_classes_the_arg_max_never_calls() -> None:
     assert evaluation.never_predicted(scored) == ["b"]
     every = clinical.Scored(np.array([0, 1, 2]), one_hot_probs([0, 1, 2], 3), list("abc"))
     assert evaluation.never_predicted(every) == []
+
+
+def test_a_class_never_called_is_stored_once_where_the_metrics_are_computed(never_calling_run: runs.Run) -> None:
+    """metrics.json and run.json's headline metrics hold the one list every reader words the same way."""
+    test = evaluation.load_scored(never_calling_run)["test"]
+    assert set(test.probs.argmax(axis=1).tolist()) == {0, 1}  # BACTERIA and NORMAL called, VIRUS never
+    assert never_calling_run.read_json("metrics.json")["never_predicted"] == ["VIRUS"]
+    assert never_calling_run.record["metrics"]["never_predicted"] == ["VIRUS"]
+    assert evaluation.never_predicted_warning(["VIRUS"], 3) == (
+        "The model never calls VIRUS on the test split: its sensitivity is 0 by construction and its precision "
+        "undefined (shown as 0)."
+    )
+    assert evaluation.never_predicted_warning(["a", "c"], 4).startswith("The model never calls a, c on the test")
+    # Nothing missing; or every image called one class, which `one_class` already says.
+    assert evaluation.never_predicted_warning([], 3) is None
+    assert evaluation.never_predicted_warning(["NORMAL"], 2) is None

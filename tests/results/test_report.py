@@ -264,12 +264,15 @@ def test_by_default_the_report_is_at_the_validation_operating_point(trained_run:
 
 def test_a_search_runs_model_card_describes_its_trials_not_the_default_parameters(tmp_path: Path) -> None:
     from medimg import jobs
-    from medimg.config import SearchSpace, TrainConfig, TuneConfig
+    from medimg.config import AugmentConfig, SearchSpace, TrainConfig, TuneConfig
 
     spec = RunSpec(
         kind="tune",
         dataset=DatasetConfig(path=str(DEMO), image_size=16, color="gray"),
-        search=SearchSpace.quick().replace(conv_blocks=(1,), filters_min=4, filters_max=8, filters_step=4),
+        augment=AugmentConfig(flip_horizontal=True, rotation=0.05),
+        search=SearchSpace.quick().replace(
+            conv_blocks=(1,), filters_min=4, filters_max=8, filters_step=4, augment_strengths=(0.0,)
+        ),
         tune=TuneConfig(max_trials=2, ensemble_size=2),
         train=TrainConfig(epochs=2, early_stopping_patience=0, reduce_lr_patience=0),
     )
@@ -287,6 +290,10 @@ def test_a_search_runs_model_card_describes_its_trials_not_the_default_parameter
     epochs = len(run.epoch_history(trial=record["best_trial"])["loss"])
     assert f"Epochs run by the best trial: {epochs} of 2" in text and epochs > 0
     assert "fine_tune_learning_rate" not in text  # a CNN's card lists no backbone settings
+    # The augmentation the best trial trained with, as the Tune page says it; not the spec's unscaled settings.
+    shown = "horizontal flip, rotation ±18° at a searched strength (0×); the best trial's: horizontal flip"
+    assert f"augmentation: {html_escape(shown)};" in text
+    assert "flip_horizontal=" not in text
 
 
 def test_the_class_weight_note_is_for_models_saved_before_the_weights_were_undone(trained_run: runs.Run) -> None:
@@ -329,3 +336,18 @@ def test_the_report_names_the_preset_pressed_and_flags_what_test_does_not_bear_o
     assert f"<div class='warning'><strong>{html_escape(calibration['warning'])}</strong></div>" in shown
     assert "did not help on test" in calibration["warning"]
     assert "temperature scaling does not lower it on test" in report._limitations(worse, {}, {})[0]
+
+
+def test_a_class_never_called_is_warned_of_and_its_intervals_noted_in_the_report(never_calling_run: runs.Run) -> None:
+    text = text_of(report.build_report(never_calling_run, n_resamples=200))
+    warning = evaluation.never_predicted_warning(["VIRUS"], 3)
+    header, limitations = text.split("Intended use")[0], text.split("Limitations")[-1]
+    assert warning in header and warning in limitations
+    assert (
+        "The sensitivity and specificity intervals of VIRUS are degenerate (0 and 1 in every resample)" in limitations
+    )
+    assert "Sensitivity (recall) · VIRUS 0.000 0.000–0.000 never predicted: 0 by construction; the interval is " in text
+    assert "Specificity · VIRUS 1.000 1.000–1.000 never predicted: 1 by construction" in text
+    auc = evaluation.load_scored(never_calling_run)["test"]
+    macro = bootstrap.bootstrap_intervals(auc, n_resamples=200)["metrics"]["auc"]["estimate"]
+    assert f"Macro ROC AUC {macro:.3f}" in text and tables.MACRO_AUC_NOTE in text

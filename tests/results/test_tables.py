@@ -47,7 +47,14 @@ def test_undefined_figures_are_a_dash_and_multi_class_has_no_decision_rule() -> 
     three = Scored(np.array([0, 1, 2, 2]), np.eye(3)[[0, 1, 2, 1]] * 0.8 + 0.2 / 3, ["a", "b", "c"])
     summary = evaluation.clinical_summary(three, None, n_resamples=200)
     assert tables.decision_note(summary) is None
-    assert [label for label, _, _ in tables.headline(summary)] == ["Accuracy", "Balanced accuracy", "ROC AUC"]
+    # More than two classes: the AUC is a macro one-vs-rest mean, and says so (two classes keep "ROC AUC").
+    headline = tables.headline(summary)
+    assert [label for label, _, _ in headline] == ["Accuracy", "Balanced accuracy", "Macro ROC AUC"]
+    assert headline[2][2].endswith(f"; {tables.MACRO_AUC_NOTE}")
+    rows = {row["metric"]: row for row in tables.metric_rows(summary["intervals"])}
+    assert "ROC AUC" not in rows and rows["Macro ROC AUC"]["note"] == tables.MACRO_AUC_NOTE
+    # a collapsed multi-class interval is said too, as a binary one is (1 of 1 a called a in every resample)
+    assert rows["Sensitivity (recall) · a"]["note"].startswith("collapsed: every resample gave the same value")
     text, warning = tables.calibration_note(summary["calibration"])
     assert text.endswith("no validation predictions to fit a temperature on.") and warning is None
     rows = tables.calibration_rows(summary["calibration"])
