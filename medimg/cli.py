@@ -391,6 +391,7 @@ def format_test_metrics(metrics: dict[str, Any]) -> list[str]:
     """The test figures a run ends with (`evaluation.evaluate_run`'s answer): at the arg-max (0.5 for two classes;
     the macro one-vs-rest AUC for more), at the validation-chosen operating point, and a loud line when the model
     calls every test image one class or never calls some class."""
+    from medimg.metrics import ordinal
     from medimg.results.evaluation import never_predicted_warning
 
     auc = "n/a" if metrics.get("auc") is None else f"{metrics['auc']:.4f}"
@@ -412,6 +413,8 @@ def format_test_metrics(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"no operating point chosen: {metrics['clinical']['presets_reason']}")
     if metrics.get("one_class"):
         lines.append(f"WARNING: {metrics['one_class']}")
+    if metrics.get("ordinal"):
+        lines.append(ordinal.describe(metrics["ordinal"]))
     never = never_predicted_warning(metrics.get("never_predicted") or [], count)
     if never:
         lines.append(f"WARNING: {never}")

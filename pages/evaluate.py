@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from medimg.errors import MedimgError
-from medimg.metrics import clinical, subgroups
+from medimg.metrics import clinical, ordinal, subgroups
 from medimg.model.models import load_run_model
 from medimg.results import charts, evaluation, tables
 from pages import common
@@ -228,6 +228,14 @@ if not test.binary:
     )
     # metrics.json's list, the one the Tune and Train summaries, the report and the CLI read; an evaluation from
     # before it was stored is read from the same predictions.
+    if ordinal.numbered_grades(names):  # from the predictions shown, so an older evaluation gets them too
+        by_split = {split: ordinal.ordinal_summary(s.labels, s.probs) for split, s in scored.items() if len(s)}
+        st.markdown(ordinal.describe(by_split))
+        st.caption(
+            "For ordered grades a near miss is not a distant one: quadratic weighted kappa (Cohen 1968; 1 = every "
+            "call right, 0 = no better than chance, distant misses cost more), the mean distance of a call from the "
+            "true grade, and the share of calls at most one grade off."
+        )
     never = metrics.get("never_predicted", evaluation.never_predicted(test))
     never_warning = evaluation.never_predicted_warning(never, len(names))
     if never_warning:

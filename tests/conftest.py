@@ -82,9 +82,11 @@ def train_demo_run(folder: Path, params: dict | None = None, color: str = "gray"
     return run
 
 
-def three_class_manifest(folder: Path) -> Path:
+def three_class_manifest(folder: Path, numbered: bool = False) -> Path:
     """The demo's X-rays as three classes, NORMAL, BACTERIA and VIRUS (the pneumonia files name their cause), copied
-    under `folder` with a manifest.csv (path, label, split) that keeps the demo's splits. Returns the manifest."""
+    under `folder` with a manifest.csv (path, label, split) that keeps the demo's splits. Returns the manifest.
+    `numbered`: labels 0_normal, 1_bacteria, 2_virus, named as graded labels are exported (not a clinical order:
+    a stand-in that exercises the graded-class path on real images)."""
     import csv
     import shutil
 
@@ -94,6 +96,8 @@ def three_class_manifest(folder: Path) -> Path:
         writer.writerow(["path", "label", "split"])
         for path in sorted(DEMO.rglob("*.jpeg")):
             label = "NORMAL" if path.parent.name == "NORMAL" else path.name.split("_")[1].upper()
+            if numbered:
+                label = f"{('NORMAL', 'BACTERIA', 'VIRUS').index(label)}_{label.lower()}"
             writer.writerow([str(path.relative_to(DEMO)), label, path.parts[-3]])
             target = folder / path.relative_to(DEMO)
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -144,4 +148,23 @@ def never_calling_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache: 
     run = runs.create_run(spec, tmp_path_factory.mktemp("three-class-runs"))
     jobs.execute(run)
     never_calling(run, "VIRUS")
+    return run
+
+
+@pytest.fixture(scope="session")
+def graded_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path):
+    """A completed train run on `three_class_manifest(numbered=True)` (16 px, one epoch): classes named as grades."""
+    from medimg import jobs
+    from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
+    from medimg.store import runs
+
+    manifest = three_class_manifest(tmp_path_factory.mktemp("graded"), numbered=True)
+    spec = RunSpec(
+        kind="train",
+        dataset=DatasetConfig(path=str(manifest), image_size=16),
+        params=ModelParams(filters=(8,), dense_units=8),
+        train=TrainConfig(epochs=1),
+    )
+    run = runs.create_run(spec, tmp_path_factory.mktemp("graded-runs"))
+    jobs.execute(run)
     return run

@@ -69,3 +69,21 @@ def ordinal_summary(labels: np.ndarray, probs: np.ndarray) -> OrdinalSummary:
         within_one_grade=float(np.mean(distance <= 1)),
         count=len(labels),
     )
+
+
+def describe(by_split: dict[str, OrdinalSummary]) -> str:
+    """The ordinal figures in one sentence, test first then validation when present: "Graded classes, test (400
+    images): quadratic weighted kappa 0.412, mean absolute error 0.83 grades, 78.5% within one grade; validation …".
+    `by_split`: split name ("test", "val") → `ordinal_summary`."""
+    parts = []
+    for split, name in (("test", "test"), ("val", "validation")):
+        summary = by_split.get(split)
+        if not summary:
+            continue
+        kappa = summary["quadratic_weighted_kappa"]
+        parts.append(
+            f"{name} ({summary['count']} images): quadratic weighted kappa "
+            f"{'undefined (one grade only)' if kappa is None else f'{kappa:.3f}'}, mean absolute error "
+            f"{summary['mean_absolute_error']:.2f} grades, {summary['within_one_grade']:.1%} within one grade"
+        )
+    return "Graded classes, " + "; ".join(parts) + " (arg-max calls)." if parts else ""

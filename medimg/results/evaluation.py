@@ -10,7 +10,7 @@ import numpy as np
 
 from medimg.datasets import datachecks
 from medimg.errors import RunError
-from medimg.metrics import bootstrap, clinical
+from medimg.metrics import bootstrap, clinical, ordinal
 from medimg.metrics.bootstrap import Intervals
 from medimg.metrics.calibration import CalibrationSummary
 from medimg.metrics.clinical import OperatingPointRecord, Scored, roc_auc
@@ -136,11 +136,15 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
         }
     result["one_class"] = one_class_warning(scored["test"])
     result["never_predicted"] = never_predicted(scored["test"])
+    if ordinal.numbered_grades(list(data.class_names)):  # grades: how far the calls miss, not only whether
+        result["ordinal"] = {split: ordinal.ordinal_summary(s.labels, s.probs) for split, s in scored.items()}
     result["evaluation_version"] = EVALUATION_VERSION
     run.write_json("metrics.json", result)
     _write_predictions(run, scored)
     # The finished-run summaries of Tune and Train read run.json alone: they get the same list metrics.json holds.
     headline = {k: result[k] for k in ("accuracy", "balanced_accuracy", "auc", "never_predicted")}
+    if "ordinal" in result:
+        headline["ordinal"] = result["ordinal"]
     point = result.get("validation_operating_point")
     if point:
         headline["operating_point"] = {

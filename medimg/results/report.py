@@ -19,7 +19,7 @@ import numpy as np
 
 from medimg import __version__
 from medimg.config import ModelParams, describe_run_augment
-from medimg.metrics import clinical, subgroups
+from medimg.metrics import clinical, ordinal, subgroups
 from medimg.metrics.calibration import ERROR_TOLERANCE, CalibrationSummary
 from medimg.model.models import load_run_model
 from medimg.results import charts, evaluation, htmldoc, tables
@@ -114,8 +114,11 @@ def build_report(
         htmldoc.section("Leakage check", _leakage(metrics.get("leakage") or {})),
         htmldoc.section("Training setup", _training(run, record)),
         htmldoc.section("Performance on the test split", _performance(summary)),
-        htmldoc.section("Calibration", _calibration(summary["calibration"])),
     ]
+    if ordinal.numbered_grades(list(scored["test"].class_names)):
+        by_split = {split: ordinal.ordinal_summary(s.labels, s.probs) for split, s in scored.items() if len(s)}
+        parts.append(htmldoc.section("Graded classes", [htmldoc.paragraph(ordinal.describe(by_split))]))
+    parts.append(htmldoc.section("Calibration", _calibration(summary["calibration"])))
     by_subgroup = _subgroups(run, scored["test"], summary)
     if by_subgroup:
         parts.append(htmldoc.section("Subgroups", by_subgroup))

@@ -510,3 +510,12 @@ def test_a_class_never_called_is_warned_of_and_noted_beside_its_intervals(
     no_exception(older)
     assert evaluation.never_predicted_warning(["VIRUS"], 3) in values(older.warning)
     assert not [text for text in values(older.info) if text.startswith("This run was evaluated by an older")]
+
+
+def test_graded_classes_show_how_far_the_calls_miss(graded_run: runs.Run, runs_dir: Path) -> None:
+    from medimg.metrics import ordinal
+
+    shutil.copytree(graded_run.path, runs_dir / graded_run.id)
+    at = open_page("evaluate", run=graded_run.id)
+    no_exception(at)
+    assert ordinal.describe(graded_run.read_json("metrics.json")["ordinal"]) in values(at.markdown)

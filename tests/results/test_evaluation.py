@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import html
 import json
 import shutil
 from itertools import product
@@ -441,3 +442,25 @@ def test_a_class_never_called_is_stored_once_where_the_metrics_are_computed(neve
     # Nothing missing; or every image called one class, which `one_class` already says.
     assert evaluation.never_predicted_warning([], 3) is None
     assert evaluation.never_predicted_warning(["NORMAL"], 2) is None
+
+
+def test_graded_classes_get_ordinal_figures_in_metrics_the_cli_and_the_report(graded_run) -> None:
+    from medimg.cli import format_test_metrics
+    from medimg.metrics import ordinal
+    from medimg.results import report
+
+    metrics = graded_run.read_json("metrics.json")
+    scored = evaluation.load_scored(graded_run)
+    assert scored["test"].class_names == ["0_normal", "1_bacteria", "2_virus"]
+    for split in ("test", "val"):  # the saved figures are those of the saved predictions
+        expected = ordinal.ordinal_summary(scored[split].labels, scored[split].probs)
+        assert metrics["ordinal"][split] == pytest.approx(expected)
+    assert graded_run.record["metrics"]["ordinal"] == metrics["ordinal"]  # the Tune/Train summaries read run.json
+    line = ordinal.describe(metrics["ordinal"])
+    assert line.startswith("Graded classes, test (30 images): quadratic weighted kappa ")
+    assert line in format_test_metrics(metrics)
+    assert html.escape(line) in report.build_report(graded_run, n_resamples=100)
+
+
+def test_classes_that_are_not_grades_get_no_ordinal_figures(never_calling_run) -> None:
+    assert "ordinal" not in never_calling_run.read_json("metrics.json")
