@@ -370,6 +370,10 @@ def show_test_metrics(run: runs.Run) -> None:
             f"sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f}, "
             f"accuracy {point['accuracy']:.3f} on test."
         )
+    if metrics.get("ordinal"):  # numbered grades: how far the calls miss (medimg.metrics.ordinal)
+        from medimg.metrics import ordinal
+
+        st.caption(ordinal.describe(metrics["ordinal"]))
     st.page_link("pages/evaluate.py", label="Evaluate this model", icon=":material/analytics:")
 
 

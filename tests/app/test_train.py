@@ -143,6 +143,17 @@ def test_a_finished_run_that_never_calls_a_class_says_so_with_its_macro_auc(
     assert auc[0].help.startswith("Macro average: the unweighted mean of the one-vs-rest ROC AUCs")
 
 
+def test_a_finished_run_on_graded_classes_says_how_far_its_calls_miss(graded_run: runs.Run, runs_dir: Path) -> None:
+    import shutil
+
+    from medimg.metrics import ordinal
+
+    shutil.copytree(graded_run.path, runs_dir / graded_run.id)
+    at = open_page("train", run=graded_run.id)
+    no_exception(at)
+    assert ordinal.describe(graded_run.record["metrics"]["ordinal"]) in values(at.caption)
+
+
 def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_dir: Path) -> None:
     state = {"dataset": DatasetConfig(**TINY_DATASET), "params": TINY_PARAMS}
     at = open_page("train", **state)
