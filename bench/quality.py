@@ -324,9 +324,11 @@ def rerank_rule(run_path: Path, data) -> dict[str, tuple[list[str], float]]:
         training.restore_class_prior(model, params, run.spec.train, data)
         kept_val = roc_auc(val.labels, predict_arrays(model, val.images))
         rows.append((trial["trial_id"], trial["score"], kept_val, predict_arrays(model, test.images)))
+    objective = run.record.get("objective") or run.spec.tune.objective
+    sign = -1 if objective.endswith("loss") else 1  # a one-class validation split ranks trials by val_loss
     result = {}
-    for name, column in (("recorded score", 1), ("AUC as kept", 2)):
-        top = sorted(rows, key=lambda row: row[column], reverse=True)[: auto.ENSEMBLE_CANDIDATES]
+    for name, column, direction in (("recorded score", 1, sign), ("AUC as kept", 2, 1)):
+        top = sorted(rows, key=lambda row: direction * row[column], reverse=True)[: auto.ENSEMBLE_CANDIDATES]
         result[name] = ([row[0] for row in top], roc_auc(test.labels, np.mean([row[3] for row in top], axis=0)))
     return result
 

@@ -23,6 +23,12 @@ def scan_cached(path: str, group_regex: str, merge_label_case: bool = False) -> 
     return scanning.scan(path, group_regex, merge_label_case=merge_label_case)
 
 
+@st.cache_data(show_spinner=False, max_entries=8, ttl=600)
+def suggest_cached(path: str, group_regex: str, merge_label_case: bool, seed: int) -> auto.InputSuggestion:
+    """`auto.suggest_input` once per dataset: its colour check opens up to 48 files, not on every click."""
+    return auto.suggest_input(scan_cached(path, group_regex, merge_label_case), SIZES, seed)
+
+
 @st.cache_data(max_entries=256)
 def thumbnail(path: str) -> bytes | None:
     import cv2
@@ -218,15 +224,17 @@ if report.duplicates:
         st.dataframe(pd.DataFrame({"identical files": [" == ".join(g) for g in report.duplicates]}), hide_index=True)
 
 has_split_folders = bool(report.splits) and set(report.splits) >= {"train", "val"}
-suggested = auto.suggest_input(report, SIZES, int(config.seed))
+suggested = suggest_cached(path, group_regex, merge_label_case, int(config.seed))
 if path != config.path:  # a dataset chosen just now starts from what its images suggest, not the last one's
     st.session_state["ds_size"], st.session_state["ds_color"] = suggested.image_size, suggested.color
 split_settings = split_and_input_widgets(has_split_folders, has_split_folders and "test" in report.splits)
 val_fraction, test_fraction, seed, image_size, color = split_settings
 if image_size > suggested.native:
+    fitting = [size for size in SIZES if size <= suggested.native]
     st.warning(
         f"The images are {suggested.native} px: {image_size} px enlarges them {image_size / suggested.native:.1f}× "
-        f"(no detail is added, training is slower); {suggested.image_size} px keeps their own size.",
+        "(no detail is added, training is slower)"
+        + (f"; {max(fitting)} px is the largest size offered that does not." if fitting else "."),
         icon=":material/warning:",
     )
 if color != suggested.color:

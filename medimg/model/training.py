@@ -326,7 +326,12 @@ def _record_early_stop(run: Run, history: dict[str, list[float]], monitor: str, 
     if not config.early_stopping_patience or not values or len(values) >= config.epochs:
         return
     finite = [v if math.isfinite(v) else math.nan for v in values]
-    best = int(np.nanargmin(finite) if monitor_mode(monitor) == "min" else np.nanargmax(finite))
+    # Each fine-tuning stage is its own `fit`, and Keras' EarlyStopping starts afresh in each: the weights restored
+    # are the last stage's best. (A resumed fit's EarlyStopping also starts afresh; not told apart here.)
+    starts = run.stage_starts()
+    offset = starts[-1] - 1 if starts else 0
+    stage = finite[offset:]
+    best = offset + int(np.nanargmin(stage) if monitor_mode(monitor) == "min" else np.nanargmax(stage))
     run.update(
         early_stopping={
             "epochs_run": len(values),

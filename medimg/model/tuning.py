@@ -410,8 +410,9 @@ def _finish_search(run: Run, tuner: Any, data: PreparedData, ended: str) -> Fitt
     run.save_model(model)
     from medimg.model.training import Fitted
 
-    # Counted as the Tune page counts them (`runs.progress`): a collapsed trial completed; a cut one did not.
-    finished = completed | collapsed
+    # Counted as the Tune page counts them (`runs.progress`): a collapsed trial completed; a cut one did not (even
+    # when, Stop landing in the first trial, a cut trial is all there is to keep).
+    finished = {t["trial_id"] for t in trials if t["status"] == "COMPLETED" and t["score"] is not None} | collapsed
     stopped = (
         f"{ended} after {len(finished)} completed trials"
         + (f" ({len(collapsed)} collapsed to one class)" if collapsed else "")

@@ -48,11 +48,15 @@ PACKAGES = (
 
 
 def ensure_evaluated(run: Run) -> dict[str, Any]:
-    """The run's metrics.json, re-evaluating first when it predates val predictions and the leakage check."""
+    """The run's metrics.json, re-evaluating first when it predates val predictions and the leakage check (version
+    2). Later versions only add figures the report derives from the saved predictions itself (the classes never
+    called), so a run whose dataset has since moved still gets its report."""
     metrics = run.read_json("metrics.json") or {}
-    current = metrics.get("evaluation_version", 0) >= evaluation.EVALUATION_VERSION
+    current = metrics.get("evaluation_version", 0) >= evaluation.VALIDATION_SCORED_VERSION
     if not current or not evaluation.read_predictions(run, "val"):
         metrics = evaluation.evaluate_run(run)
+    if "never_predicted" not in metrics:  # evaluated at version 2: the same list from the same predictions
+        metrics = {**metrics, "never_predicted": evaluation.never_predicted(evaluation.load_scored(run)["test"])}
     return metrics
 
 

@@ -156,8 +156,8 @@ def test_a_new_dataset_starts_from_its_own_size_and_colour_and_a_choice_against_
     assert not [w for w in scan_warnings if "px" in w or "Channel mode" in w]
     at.select_slider(key="ds_size").set_value(64).run()
     assert [w for w in values(at.warning) if w not in scan_warnings] == [
-        "The images are 28 px: 64 px enlarges them 2.3× (no detail is added, training is slower); 28 px keeps their "
-        "own size."
+        "The images are 28 px: 64 px enlarges them 2.3× (no detail is added, training is slower); 28 px is the "
+        "largest size offered that does not."
     ]
     assert at.session_state["dataset"].image_size == 64, "a warning, not a refusal: the user may have a reason"
     at.select_slider(key="ds_size").set_value(28)

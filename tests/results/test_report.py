@@ -351,3 +351,22 @@ def test_a_class_never_called_is_warned_of_and_its_intervals_noted_in_the_report
     auc = evaluation.load_scored(never_calling_run)["test"]
     macro = bootstrap.bootstrap_intervals(auc, n_resamples=200)["metrics"]["auc"]["estimate"]
     assert f"Macro ROC AUC {macro:.3f}" in text and tables.MACRO_AUC_NOTE in text
+
+
+def test_a_run_evaluated_by_the_previous_version_gets_its_report_without_its_dataset(
+    never_calling_run: runs.Run, tmp_path: Path
+) -> None:
+    # Version 3 only added the classes never called, which the report reads from the saved predictions: an older
+    # run whose dataset has moved (an uploaded zip removed) must still get its report, not a DatasetError.
+    import shutil
+
+    copied = runs.Run(shutil.copytree(never_calling_run.path, tmp_path / never_calling_run.id))
+    metrics = copied.read_json("metrics.json")
+    del metrics["never_predicted"]
+    copied.write_json("metrics.json", {**metrics, "evaluation_version": 2})
+    record = copied.record
+    record["spec"]["dataset"]["path"] = str(tmp_path / "moved-away")
+    runs.write_json_atomic(copied.path / "run.json", record)
+    text = report.build_report(copied, n_resamples=100)
+    assert html_escape(evaluation.never_predicted_warning(["VIRUS"], 3)) in text
+    assert copied.read_json("metrics.json")["evaluation_version"] == 2, "not re-evaluated"
