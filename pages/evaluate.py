@@ -32,9 +32,9 @@ def load_scored(run_path: str, stamp: float) -> dict[str, clinical.Scored]:
 
 
 @st.cache_data(max_entries=32, show_spinner="Bootstrapping intervals…")
-def summarize(run_path: str, stamp: float, threshold: float, positive: str | None) -> dict:
+def summarize(run_path: str, stamp: float, threshold: float, positive: str | None, target: float) -> dict:
     scored = load_scored(run_path, stamp)
-    return evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive, RESAMPLES)
+    return evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive, RESAMPLES, target=target)
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
@@ -94,7 +94,7 @@ if "val" not in scored or metrics.get("evaluation_version", 0) < evaluation.VALI
             common.show_error(error)
 
 # ------------------------------------------------------------------------------------------- operating point
-threshold, positive, preset = 0.5, None, None
+threshold, positive, preset, target = 0.5, None, None, evaluation.DEFAULT_TARGET
 if test.binary:
     left, middle, right = st.columns([2, 1, 3])
     positive = left.selectbox(
@@ -156,7 +156,7 @@ if test.binary:
         ),
         key="score_histogram",
     )
-summary = summarize(str(run.path), stamp, float(threshold), positive)
+summary = summarize(str(run.path), stamp, float(threshold), positive, float(target))
 called_one_class = evaluation.one_class_at_threshold(summary)
 if called_one_class:
     st.warning(called_one_class, icon=":material/warning:")
@@ -321,13 +321,13 @@ left, right = st.columns(2)
 def report_bytes() -> bytes:
     from medimg.results import report
 
-    return report.build_report(run, float(threshold), positive, preset=preset).encode("utf-8")
+    return report.build_report(run, float(threshold), positive, preset=preset, target=float(target)).encode("utf-8")
 
 
 def bundle_bytes() -> bytes:
     from medimg.results import bundle
 
-    return bundle.model_bundle(run, float(threshold), positive, preset=preset)
+    return bundle.model_bundle(run, float(threshold), positive, preset=preset, target=float(target))
 
 
 left.download_button(

@@ -15,11 +15,16 @@ from medimg.store.runs import Run
 
 
 def contract(
-    run: Run, threshold: float = 0.5, positive: str | int | None = None, preset: str | None = None
+    run: Run,
+    threshold: float = 0.5,
+    positive: str | int | None = None,
+    preset: str | None = None,
+    target: float = 0.95,
 ) -> dict[str, Any]:
     """The preprocessing and decision contract that goes with model.keras: what goes in, what comes out.
 
-    `preset`: the preset rule that chose `threshold`, when known (see `evaluation.threshold_origin`)."""
+    `preset`: the preset rule that chose `threshold`, when known (see `evaluation.threshold_origin`); `target`: the
+    sensitivity / specificity target (fraction) its target presets were chosen at."""
     record = run.record
     if "class_names" not in record:
         raise RunError(f"run {run.id} has no input contract yet; it has not trained a model.")
@@ -54,13 +59,13 @@ def contract(
         result.update(
             positive_class=names[index],
             threshold=float(threshold),
-            threshold_chosen_by=_threshold_origin(run, float(threshold), index, preset),
+            threshold_chosen_by=_threshold_origin(run, float(threshold), index, preset, target),
             decision_rule=f"call {names[index]} when p({names[index]}) >= {float(threshold):.4f}",
         )
     return result
 
 
-def _threshold_origin(run: Run, threshold: float, positive: int, preset: str | None) -> str:
+def _threshold_origin(run: Run, threshold: float, positive: int, preset: str | None, target: float) -> str:
     from medimg.errors import MedimgError
     from medimg.results import evaluation
 
@@ -68,18 +73,22 @@ def _threshold_origin(run: Run, threshold: float, positive: int, preset: str | N
         scored = evaluation.load_scored(run)
     except MedimgError:
         return "unknown: the run has no saved predictions to compare it with"
-    presets, split = evaluation.preset_thresholds(scored["test"], scored.get("val"), positive)
+    presets, split = evaluation.preset_thresholds(scored["test"], scored.get("val"), positive, target, target)
     return evaluation.threshold_origin(threshold, presets, split, preset)[0]
 
 
 def model_bundle(
-    run: Run, threshold: float = 0.5, positive: str | int | None = None, preset: str | None = None
+    run: Run,
+    threshold: float = 0.5,
+    positive: str | int | None = None,
+    preset: str | None = None,
+    target: float = 0.95,
 ) -> bytes:
-    """A zip of model.keras and contract.json (image size, channel mode, class names, threshold; `preset` as
-    `contract`)."""
+    """A zip of model.keras and contract.json (image size, channel mode, class names, threshold; `preset` and
+    `target` as `contract`)."""
     if not run.model_path.is_file():
         raise RunError(f"run {run.id} has no model.keras; train it first.")
-    terms = contract(run, threshold, positive, preset)
+    terms = contract(run, threshold, positive, preset, target)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.write(run.model_path, "model.keras")

@@ -18,6 +18,7 @@ from medimg.model.models import load_run_model, predict_arrays
 from medimg.store.runs import Run
 
 SPLITS = ("val", "test")
+DEFAULT_TARGET = 0.95  # the sensitivity / specificity target of the presets unless the user sets another
 # 2: predictions.csv holds val and test (a `split` column), metrics.json the clinical summary and leakage check.
 # 3: metrics.json and run.json's headline metrics list the classes the arg-max never calls on test.
 EVALUATION_VERSION = 3
@@ -30,9 +31,11 @@ class ClinicalSummary(TypedDict):
     Two classes: `threshold` on p(`positive_class`), its `operating_point`, the `presets` thresholds chosen on
     `presets_split` (validation, never test; {} and `presets_reason` saying why when none could be chosen) and the
     test figures at each (`preset_points`). More classes: those are None / empty, decisions are the arg-max.
-    `confusion_matrix`: rows the true class, columns the called one. `curves`: `clinical.curves`."""
+    `confusion_matrix`: rows the true class, columns the called one. `curves`: `clinical.curves`. `target`: the
+    sensitivity / specificity target (fraction) of the target presets."""
 
     class_names: list[str]
+    target: float
     count: int
     positive_class: str | None
     threshold: float | None
@@ -212,16 +215,19 @@ def clinical_summary(
     positive: str | int | None = None,
     n_resamples: int = 2000,
     seed: int = 0,
+    target: float = DEFAULT_TARGET,
 ) -> ClinicalSummary:
     """Everything the Evaluate page and the report show at one operating point, from predictions alone: see
-    `ClinicalSummary`. Bootstrap intervals from `n_resamples` stratified resamples drawn with `seed`."""
+    `ClinicalSummary`. Bootstrap intervals from `n_resamples` stratified resamples drawn with `seed`; the
+    sensitivity and specificity presets at `target` (a fraction, chosen on validation)."""
     from medimg.metrics import calibration
 
     binary = test.binary
     index = clinical.positive_index(test.class_names, positive) if binary else None
-    presets, presets_split = preset_thresholds(test, val, index) if binary else ({}, None)
+    presets, presets_split = preset_thresholds(test, val, index, target, target) if binary else ({}, None)
     return ClinicalSummary(
         class_names=list(test.class_names),
+        target=float(target),
         count=len(test),
         positive_class=test.class_names[index] if binary else None,
         threshold=float(threshold) if binary else None,

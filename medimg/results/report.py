@@ -30,7 +30,6 @@ NOT_FOR_CLINICAL_USE = (
     "device, have not been validated for diagnosis, triage, screening or treatment decisions, and must not be used "
     "for patient care."
 )
-TARGET = 0.95  # the sensitivity / specificity target of the presets the report lists (`preset_thresholds`' default)
 PACKAGES = (
     "tensorflow",
     "keras",
@@ -80,11 +79,12 @@ def write_report(
     n_resamples: int = 2000,
     seed: int = 0,
     preset: str | None = None,
+    target: float = evaluation.DEFAULT_TARGET,
 ) -> Path:
-    """Write the run's report to `path` (one HTML file) and return the path. `threshold`, `preset`: as
+    """Write the run's report to `path` (one HTML file) and return the path. `threshold`, `preset`, `target`: as
     `build_report`."""
     path = Path(path)
-    text = build_report(run, threshold, positive, n_resamples, seed, preset)
+    text = build_report(run, threshold, positive, n_resamples, seed, preset, target)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
@@ -98,18 +98,22 @@ def build_report(
     n_resamples: int = 2000,
     seed: int = 0,
     preset: str | None = None,
+    target: float = evaluation.DEFAULT_TARGET,
 ) -> str:
     """The report as one self-contained HTML document, at `threshold` for two classes: by default the operating
     point chosen on validation (`evaluation.default_threshold`: Youden's J, else 0.5), the one Predict calls at.
     `preset`: the preset rule that chose `threshold` ('youden', 'sensitivity', 'specificity', 'default'), when
-    known: the card names it (see `evaluation.threshold_origin`); presets are chosen at the 0.95 targets."""
+    known: the card names it (see `evaluation.threshold_origin`); the target presets are chosen at `target` (the
+    Evaluate page's "Target"; 0.95 by default), so a threshold one of them chose is named, not "set by hand"."""
     metrics = ensure_evaluated(run)
     scored = evaluation.load_scored(run)
     if threshold is None:  # several classes: the arg-max, and the threshold is not used
         binary = scored["test"].binary
         threshold = evaluation.default_threshold(scored["test"], scored.get("val"), positive) if binary else 0.5
         preset = preset or ("youden" if binary else None)  # what `default_threshold` starts from
-    summary = evaluation.clinical_summary(scored["test"], scored.get("val"), threshold, positive, n_resamples, seed)
+    summary = evaluation.clinical_summary(
+        scored["test"], scored.get("val"), threshold, positive, n_resamples, seed, target
+    )
     record = run.record
     parts = [
         _header(run, summary, metrics, preset),
@@ -310,8 +314,8 @@ def _presets(summary: evaluation.ClinicalSummary) -> str:
     labels = {
         "default": "default 0.5",
         "youden": "Youden's J",
-        "sensitivity": f"sensitivity ≥ {TARGET:g}",
-        "specificity": f"specificity ≥ {TARGET:g}",
+        "sensitivity": f"sensitivity ≥ {summary['target']:g}",
+        "specificity": f"specificity ≥ {summary['target']:g}",
     }
     rows = [
         [
@@ -322,7 +326,7 @@ def _presets(summary: evaluation.ClinicalSummary) -> str:
     ]
     note = htmldoc.paragraph("Other operating points: thresholds chosen on the validation split, measured on test.")
     missed = [
-        evaluation.missed_target(summary["preset_points"][name], name, TARGET)
+        evaluation.missed_target(summary["preset_points"][name], name, summary["target"])
         for name in evaluation.TARGET_PRESETS
         if name in summary["preset_points"]
     ]

@@ -370,3 +370,17 @@ def test_a_run_evaluated_by_the_previous_version_gets_its_report_without_its_dat
     text = report.build_report(copied, n_resamples=100)
     assert html_escape(evaluation.never_predicted_warning(["VIRUS"], 3)) in text
     assert copied.read_json("metrics.json")["evaluation_version"] == 2, "not re-evaluated"
+
+
+def test_a_threshold_chosen_at_another_target_is_named_in_the_report_and_the_bundle(trained_run: runs.Run) -> None:
+    # Seen: Target 0.90 and "Sens ≥ target" on the page; the report and contract.json said "set by hand", since
+    # they chose their presets again at 0.95.
+    scored = evaluation.load_scored(trained_run)
+    presets, split = evaluation.preset_thresholds(scored["test"], scored["val"], "PNEUMONIA", 0.90, 0.90)
+    assert split == "val"
+    chosen = presets["sensitivity"]
+    text = report.build_report(trained_run, chosen, "PNEUMONIA", n_resamples=100, preset="sensitivity", target=0.90)
+    assert f"p(PNEUMONIA) ≥ {chosen:.3f} (the sensitivity target on the validation split" in text
+    assert "sensitivity ≥ 0.9</td>" in text  # the presets table at the page's target
+    terms = bundle.contract(trained_run, chosen, "PNEUMONIA", preset="sensitivity", target=0.90)
+    assert terms["threshold_chosen_by"].startswith("the sensitivity target on the validation split")
