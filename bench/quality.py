@@ -385,11 +385,11 @@ def main() -> None:
 
         for run_path in args.rules:
             record = json.loads((run_path / "run.json").read_text())
-            rules = final_model_rules(run_path, training.prepare_data(runs_spec_dataset(record)))
+            data = training.prepare_data(runs_spec_dataset(record))  # once per run, for every comparison below
+            rules = final_model_rules(run_path, data)
             shown = "  ".join(f"{r}: AUC {rules[r][0]:.3f} acc {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
             print(f"{run_path.name}  {shown}  (k={rules['chosen_k']})", flush=True)
             if args.train_val:
-                data = training.prepare_data(runs_spec_dataset(record))
                 kept, retrained, both = train_val_rule(run_path, data)
                 print(
                     f"  members as searched: AUC {kept[0]:.3f} acc {kept[1]:.3f}; retrained on train + val: AUC "
@@ -397,7 +397,6 @@ def main() -> None:
                     flush=True,
                 )
             if args.undo:
-                data = training.prepare_data(runs_spec_dataset(record))
                 for name, row in undo_rule(run_path, data).items():
                     print(
                         f"  {name:>7}: val log loss {row[0]:.3f} acc {row[1]:.3f}; test AUC {row[2]:.3f} acc "
@@ -405,13 +404,10 @@ def main() -> None:
                         flush=True,
                     )
             if args.rerank:
-                data = training.prepare_data(runs_spec_dataset(record))
                 for name, (ids, auc) in rerank_rule(run_path, data).items():
                     print(f"  top 5 by {name}: {', '.join(ids)}; test AUC {auc:.3f}", flush=True)
             if args.every_k:
-                for k, (auc, accuracy, _) in enumerate(
-                    every_k(run_path, training.prepare_data(runs_spec_dataset(record))), 1
-                ):
+                for k, (auc, accuracy, _) in enumerate(every_k(run_path, data), 1):
                     print(f"  top {k:>2} by validation: AUC {auc:.3f} acc {accuracy:.3f}", flush=True)
         return
     isolate_caches()

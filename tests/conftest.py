@@ -130,41 +130,34 @@ def never_calling(run, class_name: str) -> dict:
     return evaluation.evaluate_run(run)
 
 
-@pytest.fixture(scope="session")
-def never_calling_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path):
-    """A completed three-class train run (`three_class_manifest`, 16 px, one epoch) whose model never calls VIRUS
-    on test and calls both other classes (`never_calling`): RetinaMNIST's runs never called grade 4 so."""
+def three_class_run(tmp_path_factory: pytest.TempPathFactory, name: str, numbered: bool = False):
+    """A completed train run on `three_class_manifest(numbered=...)`: 16 px, an 8-filter CNN, one epoch."""
     from medimg import jobs
     from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
     from medimg.store import runs
 
-    manifest = three_class_manifest(tmp_path_factory.mktemp("three-classes"))
+    manifest = three_class_manifest(tmp_path_factory.mktemp(name), numbered=numbered)
     spec = RunSpec(
         kind="train",
         dataset=DatasetConfig(path=str(manifest), image_size=16),
         params=ModelParams(filters=(8,), dense_units=8),
         train=TrainConfig(epochs=1),
     )
-    run = runs.create_run(spec, tmp_path_factory.mktemp("three-class-runs"))
+    run = runs.create_run(spec, tmp_path_factory.mktemp(f"{name}-runs"))
     jobs.execute(run)
+    return run
+
+
+@pytest.fixture(scope="session")
+def never_calling_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path):
+    """A completed three-class train run (`three_class_run`) whose model never calls VIRUS on test and calls both
+    other classes (`never_calling`): RetinaMNIST's runs never called grade 4 so."""
+    run = three_class_run(tmp_path_factory, "three-classes")
     never_calling(run, "VIRUS")
     return run
 
 
 @pytest.fixture(scope="session")
 def graded_run(tmp_path_factory: pytest.TempPathFactory, isolated_cache: Path):
-    """A completed train run on `three_class_manifest(numbered=True)` (16 px, one epoch): classes named as grades."""
-    from medimg import jobs
-    from medimg.config import DatasetConfig, ModelParams, RunSpec, TrainConfig
-    from medimg.store import runs
-
-    manifest = three_class_manifest(tmp_path_factory.mktemp("graded"), numbered=True)
-    spec = RunSpec(
-        kind="train",
-        dataset=DatasetConfig(path=str(manifest), image_size=16),
-        params=ModelParams(filters=(8,), dense_units=8),
-        train=TrainConfig(epochs=1),
-    )
-    run = runs.create_run(spec, tmp_path_factory.mktemp("graded-runs"))
-    jobs.execute(run)
-    return run
+    """A completed three-class train run whose classes are named as grades (`three_class_run(numbered=True)`)."""
+    return three_class_run(tmp_path_factory, "graded", numbered=True)
