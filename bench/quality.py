@@ -16,8 +16,9 @@ to compare the rules; the product never looks at test to choose. `--rules RUN...
 The plain CNN (issue #11's floor): Rescaling(1/255) → RandomFlip(horizontal) → RandomRotation(0.05) → Conv2D 3×3
 blocks (32, 64, 128; a fourth of 128 at ≥ 64 px) without bias + BatchNormalization + ReLU, max pooling between
 blocks → global average pooling → Dropout 0.3 → sigmoid/softmax; Adam 1e-3, batch 32, up to 30 epochs, early
-stopping on val loss (patience 5, best weights restored), no class weights. Same image size and colour as the
-automatic run chose, same decoded arrays.
+stopping on val loss (patience 5, best weights restored), no class weights. Same files, splits and colour as the
+automatic run; same image size too, except that images larger than 64 px are used at 64 px as in the issue's
+floor, whatever size the automatic run chose ("CNN px").
 """
 
 from __future__ import annotations
@@ -428,14 +429,15 @@ def main() -> None:
             data = training.prepare_data(runs_spec_dataset(record))
             auc, accuracy, balanced = (record["metrics"][k] for k in ("auc", "accuracy", "balanced_accuracy"))
             rules = final_model_rules(run_path, data)
-            cnn = plain_cnn(data, seed)
+            cnn_data = floor_data(data, runs_spec_dataset(record))
+            cnn = plain_cnn(cnn_data, seed)
             chosen = {c["setting"]: c["value"] for c in record["auto"]["choices"]}
             rows.append(
                 f"| {name} | {seed} | {minutes:g} | {chosen['image_size']} {chosen['color']} | "
                 f"{record.get('trials_completed')} ({len(record.get('trials_collapsed') or [])} collapsed) | "
                 f"{wall / 60:.1f} | {auc:.3f} | {accuracy:.3f} | {balanced:.3f} | "
                 f"{'yes' if record.get('one_class') else 'no'} | "
-                f"{cnn[0]:.3f} | {cnn[1]:.3f} | {cnn[2]:.3f} | {cnn[3]:.0f} | "
+                f"{cnn_data.input_shape[0]} | {cnn[0]:.3f} | {cnn[1]:.3f} | {cnn[2]:.3f} | {cnn[3]:.0f} | "
                 + " / ".join(f"{rules[r][0]:.3f}, {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
                 + f" (k={rules['chosen_k']}) |"
             )
@@ -443,9 +445,9 @@ def main() -> None:
         header = (
             f"\n### {name}: `python -m medimg auto DATA --minutes {minutes:g} --seed S` vs the plain CNN\n\n"
             "| dataset | seed | minutes | size colour | trials | wall min | auto AUC | auto acc | auto bal. acc | "
-            "one class | CNN AUC | CNN acc | CNN bal. acc | CNN s | "
+            "one class | CNN px | CNN AUC | CNN acc | CNN bal. acc | CNN s | "
             "test AUC, acc: best trial / top-5 mean / chosen k |\n"
-            "|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"
+            "|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|"
         )
         table = [header, *rows]
         aucs = [float(r.split("|")[7]) for r in rows]
@@ -459,6 +461,20 @@ def main() -> None:
     if args.save:
         with open(Path(__file__).parent / "quality-results.md", "a", encoding="utf-8") as stream:
             stream.write(f"\n## {time.strftime('%Y-%m-%d %H:%M')}\n" + "\n".join(output) + "\n")
+
+
+def floor_data(data, dataset):
+    """The arrays the plain CNN trains on: the run's own, except for images larger than 64 px, which issue #11's
+    floor uses at 64 px whatever size the automatic mode chose (same files and splits, decoded at that size)."""
+    from medimg import auto
+    from medimg.datasets import scanning
+    from medimg.model import training
+
+    native = auto._native_size(scanning.scan(dataset.path))
+    floor = min(auto.SMALL_NATIVE, native)
+    if dataset.image_size == floor:
+        return data
+    return training.prepare_data(dataset.replace(image_size=floor))
 
 
 def runs_spec_dataset(record: dict):

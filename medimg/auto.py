@@ -328,8 +328,13 @@ def final_stage_seconds(minutes: float) -> float:
 
 
 def _train_counts(report: Any, dataset: DatasetConfig) -> dict[str, int]:
+    """Training images per class as `make_splits` will leave them: a dataset's own train/ folder less the test and
+    validation shares it carves from it when those folders are missing, else the seeded split's training share."""
     if report.splits.get("train"):
-        return {name: report.splits["train"].get(name, 0) for name in report.classes}
+        share = (1 - dataset.test_fraction if not report.splits.get("test") else 1.0) * (
+            1 - dataset.val_fraction if not report.splits.get("val") else 1.0
+        )
+        return {name: max(1, int(report.splits["train"].get(name, 0) * share)) for name in report.classes}
     share = 1 - dataset.val_fraction - dataset.test_fraction
     return {name: max(1, int(count * share)) for name, count in report.classes.items()}
 
@@ -347,19 +352,38 @@ def _native_size(report: Any) -> int:
 
 
 def _choose_size(native: int, n_train: int, epochs: int, color: str, search_seconds: float) -> tuple[int, str]:
+    """The input side (pixels): the images' own below SMALL_NATIVE px; above it, the largest of SIZES at which
+    TRIALS_AT_FULL_LENGTH full-length trials fit in the search, but not below SMALL_NATIVE while one does. The
+    search's first trial is the plain CNN at SMALL_NATIVE px (issue #11's floor); a smaller input would make every
+    trial a lower-resolution copy of it, and MedMNIST+ (Doerrich et al. 2024, arXiv:2404.15786) found 64 px beating
+    28 px for most of its models and datasets, so detail is kept before trial count."""
     if native <= SMALL_NATIVE:
         size = max(8, native)
         return size, f"{size} px: the images are {native} px (never upsampled)"
-    affordable = [
-        s
-        for s in SIZES
-        if s <= native
-        and n_train * epochs * seconds_per_image_epoch(s, color) <= search_seconds / TRIALS_AT_FULL_LENGTH
-    ]
+
+    def full_trial(side: int) -> float:
+        return n_train * epochs * seconds_per_image_epoch(side, color)
+
+    affordable = [s for s in SIZES if s <= native and full_trial(s) <= search_seconds / TRIALS_AT_FULL_LENGTH]
     size = max(affordable) if affordable else SIZES[0]
-    seconds = n_train * epochs * seconds_per_image_epoch(size, color)
+    trial = f"({n_train:,} images × {epochs} epochs)"
+    if size < SMALL_NATIVE and full_trial(SMALL_NATIVE) <= search_seconds:
+        seconds = full_trial(SMALL_NATIVE)
+        return SMALL_NATIVE, (
+            f"{SMALL_NATIVE} px: the images are {native} px; at {SMALL_NATIVE} px a full trial {trial} takes about "
+            f"{seconds / 60:.1f} minutes of the search's {search_seconds / 60:.1f}, so fewer trials fit (early "
+            f"stopping ends most sooner), but a smaller size would lose detail the plain CNN uses at "
+            f"{SMALL_NATIVE} px, and it is the search's first trial"
+        )
+    seconds = full_trial(size)
+    if not affordable:
+        return size, (
+            f"{size} px, the smallest offered: the images are {native} px; even at {size} px a full trial {trial} "
+            f"takes about {seconds / 60:.1f} minutes of the search's {search_seconds / 60:.1f}, so few trials fit "
+            "(a longer budget buys more, or a larger size)"
+        )
     return size, (
-        f"{size} px: the images are {native} px; at {size} px a full trial ({n_train:,} images × {epochs} epochs) "
+        f"{size} px: the images are {native} px; at {size} px a full trial {trial} "
         f"takes about {seconds / 60:.1f} minutes of the search's {search_seconds / 60:.1f}, leaving room for "
         f"{TRIALS_AT_FULL_LENGTH} or more trials"
         + (" (a larger size would not)" if size < max(s for s in SIZES if s <= native) else "")

@@ -84,6 +84,33 @@ def test_gray_pictures_stored_as_rgb_stay_gray_and_large_images_shrink_with_the_
     assert "the images are 224 px" in reasons(short)["image_size"]
 
 
+def test_images_larger_than_64_px_keep_64_px_while_one_full_trial_fits_there() -> None:
+    # A 4-class MRI set of issue #11's size (5,712 training images, 512 px) with 12 minutes: four full trials fit
+    # only at 32 px, one at the plain CNN's 64 px; detail is kept, and the reason says what it costs.
+    search = 12 * 60 - auto.final_stage_seconds(12)
+    size, why = auto._choose_size(512, 4855, 20, "gray", search)
+    assert size == 64 and "fewer trials fit" in why and "about 5.0 minutes of the search's 11.0" in why
+    # Where four full trials fit above 64 px, the larger size is taken as before.
+    size, why = auto._choose_size(512, 300, 20, "gray", search)
+    assert size > 64 and "leaving room for 4 or more trials" in why
+    # Where not even one full trial fits at 64 px, the smallest size is taken and no room is claimed.
+    size, why = auto._choose_size(512, 20000, 20, "gray", search)
+    assert size == auto.SIZES[0] and "the smallest offered" in why and "room for" not in why
+
+
+def test_the_training_share_planned_with_leaves_out_the_validation_carved_from_a_train_folder(tmp_path: Path) -> None:
+    import shutil
+
+    for split in ("train", "test"):  # no val/ folder: make_splits carves 15 % of train/ for validation
+        shutil.copytree(BREASTMNIST / split, tmp_path / split)
+    in_train = {c.name: len(list(c.glob("*.png"))) for c in (BREASTMNIST / "train").iterdir()}
+    kept = sum(int(n * 0.85) for n in in_train.values())
+    chosen = auto.plan(tmp_path, 5)
+    assert reasons(chosen)["batch_size"].endswith(
+        f"{kept:,} training images (small: smaller batches give more steps per epoch)"
+    )
+
+
 def test_colour_images_are_used_in_rgb(tmp_path: Path) -> None:
     import cv2
 
