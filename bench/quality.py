@@ -11,7 +11,8 @@ classes), and the plain CNN's. For the final-model rule it also prints, per run,
 best trial alone, of the mean of the top 5 trials, and of the k chosen on validation — measured here on test only
 to compare the rules; the product never looks at test to choose. `--rules RUN...` prints just that for saved runs.
 `--rules RUN... --undo` compares the final model's members with their class weights as trained and undone;
-`--rules RUN... --rerank` ranks the trials by the validation AUC of each model as kept (weights undone) instead.
+`--rules RUN... --rerank` ranks the trials by the validation AUC of each model as kept (weights undone) instead;
+`--rules RUN... --geometric` compares the arithmetic and the normalised geometric mean of the candidates.
 
 The plain CNN (issue #11's floor): Rescaling(1/255) → RandomFlip(horizontal) → RandomRotation(0.05) → Conv2D 3×3
 blocks (32, 64, 128; a fourth of 128 at ≥ 64 px) without bias + BatchNormalization + ReLU, max pooling between
@@ -239,6 +240,44 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
     )
 
 
+def geometric_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
+    """The final model's candidates combined by the arithmetic mean of their probabilities (the product's rule) vs
+    the normalised geometric mean (log-linear pooling: softmax of the mean log-probability, i.e. of the mean logits),
+    as (validation log loss, validation AUC, test AUC, accuracy, balanced accuracy, log loss)."""
+    from sklearn.metrics import log_loss
+
+    from medimg.model import tuning
+    from medimg.model.models import predict_arrays
+    from medimg.store import runs
+
+    run = runs.Run(run_path)
+    record = run.record
+    candidates = (record.get("ensemble") or {}).get("candidates") or [record["best_trial"]]
+    trials = {t["trial_id"]: t for t in tuning.read_trials(run_path / tuning.TUNER_FOLDER)}
+    val, test = data.arrays["val"], data.arrays["test"]
+    on_val, on_test = [], []
+    for trial_id in candidates:
+        model, _ = trial_model(run, trials[trial_id]["hyperparameters"], trial_id, data)
+        on_val.append(predict_arrays(model, val.images))
+        on_test.append(predict_arrays(model, test.images))
+
+    def geometric(probs: list[np.ndarray]) -> np.ndarray:
+        mean_log = np.mean([np.log(np.clip(p, 1e-7, 1.0)) for p in probs], axis=0)
+        pooled = np.exp(mean_log - mean_log.max(axis=1, keepdims=True))
+        return pooled / pooled.sum(axis=1, keepdims=True)
+
+    rows, classes = {}, list(range(data.num_classes))
+    for name, combine in (("arithmetic", lambda probs: np.mean(probs, axis=0)), ("geometric", geometric)):
+        p_val, p_test = combine(on_val), combine(on_test)
+        rows[name] = (
+            log_loss(val.labels, p_val, labels=classes),
+            scores(val.labels, p_val)[0],
+            *scores(test.labels, p_test),
+            log_loss(test.labels, p_test, labels=classes),
+        )
+    return rows
+
+
 def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
     """Test scores of the mean of the top k completed trials (ranked by their validation score), for every k: does
     a larger ensemble help, or do the members plateau together?"""
@@ -373,6 +412,11 @@ def main() -> None:
         help="with --rules: the top 5 ranked by the recorded trial score vs by the validation AUC as kept",
     )
     parser.add_argument(
+        "--geometric",
+        action="store_true",
+        help="with --rules: the candidates' arithmetic vs normalised geometric mean of probabilities",
+    )
+    parser.add_argument(
         "--train-val",
         action="store_true",
         help="with --rules: the ensemble's members retrained on train + val for their best epoch count, vs as is",
@@ -401,6 +445,13 @@ def main() -> None:
                 for name, row in undo_rule(run_path, data).items():
                     print(
                         f"  {name:>7}: val log loss {row[0]:.3f} acc {row[1]:.3f}; test AUC {row[2]:.3f} acc "
+                        f"{row[3]:.3f} bal. acc {row[4]:.3f} log loss {row[5]:.3f}",
+                        flush=True,
+                    )
+            if args.geometric:
+                for name, row in geometric_rule(run_path, data).items():
+                    print(
+                        f"  {name:>10}: val log loss {row[0]:.3f} AUC {row[1]:.3f}; test AUC {row[2]:.3f} acc "
                         f"{row[3]:.3f} bal. acc {row[4]:.3f} log loss {row[5]:.3f}",
                         flush=True,
                     )
