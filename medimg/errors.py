@@ -23,6 +23,14 @@ class RunError(MedimgError):
     """A run directory is missing, unfinished, busy or does not belong to this app."""
 
 
+class RunsBusyError(RunError):
+    """A new run would exceed the concurrency limit; `busy` holds the ids of the runs in progress, oldest last."""
+
+    def __init__(self, message: str, busy: list[str]) -> None:
+        super().__init__(message)
+        self.busy = list(busy)
+
+
 class TrainingError(MedimgError):
     """Fitting or searching ended without a usable model (the loss became NaN, no trial completed)."""
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medimg.config import RunSpec
-from medimg.errors import MedimgError, RunError
+from medimg.errors import MedimgError, RunError, RunsBusyError
 from medimg.store import runs
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ def launch(
 ) -> runs.Run:
     """Start a run as its own process (`python -m medimg resume RUN`), after checking the concurrency limit.
 
-    `extra`: more fields for the run's first run.json (see `runs.create_run`)."""
+    `extra`: more fields for the run's first run.json (see `runs.create_run`). Raises RunsBusyError when
+    `limit` runs are already in progress."""
     from medimg.model import backbones
 
     backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
@@ -89,9 +90,10 @@ def launch(
     with _launch_lock(root):
         busy = active_runs(root)
         if len(busy) >= limit:
-            raise RunError(
+            raise RunsBusyError(
                 f"{len(busy)} run(s) already in progress ({', '.join(r.id for r in busy)}) and the limit is {limit}. "
-                "Wait for it to finish or stop it; the limit is set by MEDIMG_MAX_CONCURRENT_RUNS."
+                "Wait for it to finish or stop it; the limit is set by MEDIMG_MAX_CONCURRENT_RUNS.",
+                [r.id for r in busy],
             )
         run = runs.create_run(spec, root, extra=extra)
         return start_process(run)

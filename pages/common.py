@@ -25,7 +25,7 @@ from medimg.config import (
     describe_run_augment,
 )
 from medimg.datasets import sources
-from medimg.errors import MedimgError
+from medimg.errors import MedimgError, RunsBusyError
 from medimg.results import charts
 from medimg.store import choices, runs
 
@@ -218,6 +218,14 @@ def launch(spec: RunSpec, extra: dict[str, Any] | None = None) -> None:
     `extra`: more fields for the run's first run.json (the automatic mode's choices)."""
     try:
         run = jobs.launch(spec, runs_root(), extra=extra)
+    except RunsBusyError as error:
+        show_error(error)
+        # Show the run that blocked this one (its progress and Stop button), not whatever the page showed before.
+        same_kind = [run_id for run_id in error.busy if run_id.startswith(f"{spec.kind}-")]  # ids: KIND-date-time-tag
+        if same_kind:
+            st.query_params["run"] = same_kind[0]
+            st.session_state[FOLLOW_KEY] = same_kind[0]
+        return
     except MedimgError as error:
         show_error(error)
         return
@@ -323,10 +331,11 @@ NEXT_STEPS = {  # the first-time path: dataset → (augmentation) → automatic 
 }
 
 
-def next_step(page: str) -> None:
-    """The link to the next page of the first-time path; expert pages stay one click away in the sidebar."""
+def next_step(page: str, run_id: str | None = None) -> None:
+    """The link to the next page of the first-time path; expert pages stay one click away in the sidebar. With
+    `run_id` the next page opens on that run (`?run=`), not on the newest."""
     target, label = NEXT_STEPS[page]
-    st.page_link(target, label=label, icon=":material/arrow_forward:")
+    st.page_link(target, label=label, icon=":material/arrow_forward:", query_params={"run": run_id} if run_id else None)
 
 
 def run_settings_caption(run: runs.Run) -> None:
@@ -374,7 +383,9 @@ def show_test_metrics(run: runs.Run) -> None:
         from medimg.metrics import ordinal
 
         st.caption(ordinal.describe(metrics["ordinal"]))
-    st.page_link("pages/evaluate.py", label="Evaluate this model", icon=":material/analytics:")
+    st.page_link(
+        "pages/evaluate.py", label="Evaluate this model", icon=":material/analytics:", query_params={"run": run.id}
+    )
 
 
 def live_run_header(run: runs.Run, stopping: str) -> runs.Progress:

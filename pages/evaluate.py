@@ -393,4 +393,4 @@ if exported and exported[0] == run.id:
         on_click="ignore",
         key="evaluate_export_download",
     )
-common.next_step("evaluate")
+common.next_step("evaluate", run.id)

@@ -131,7 +131,10 @@ def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(fini
     by_label(at.checkbox, "Export with threshold 0.500, which was not chosen on validation").check().run()
     assert not by_label(at.download_button, "Export report (HTML)").disabled
     assert not by_label(at.download_button, "Download model + preprocessing contract (zip)").disabled
-    assert [link.label for link in at.get("page_link")] == ["Next: predict new images with this model"]
+    evaluated = run_picker(at, "evaluate_run").value  # Predict opens on the run evaluated here, not on the newest
+    assert [(link.label, link.proto.query_string) for link in at.get("page_link")] == [
+        ("Next: predict new images with this model", f"run={evaluated}")
+    ]
 
 
 def test_threshold_slider_and_presets_move_the_operating_point(finished_runs: FinishedRuns) -> None:

@@ -122,7 +122,10 @@ def test_a_finished_training_run_shows_curves_and_test_metrics(finished_runs: Fi
     assert shown["Test accuracy"] == f"{metrics['accuracy']:.3f}"
     assert shown["Test AUC"] == f"{metrics['auc']:.3f}"
     assert {f"train_{run.id}_{metric}" for metric in ("loss", "accuracy", "auc")} <= set(charts(at))
-    assert [link.label for link in at.get("page_link")] == ["Evaluate this model"]
+    # The link opens Evaluate on this run (?run=), not on the newest run.
+    assert [(link.label, link.proto.query_string) for link in at.get("page_link")] == [
+        ("Evaluate this model", f"run={run.id}")
+    ]
 
 
 def test_a_finished_run_that_never_calls_a_class_says_so_with_its_macro_auc(

@@ -203,7 +203,9 @@ def test_a_finished_search_shows_trials_and_hands_its_best_to_train(finished_run
     # The search's final model was evaluated on test: its figures and the way to the Evaluate page.
     auc = run.record["metrics"]["auc"]
     assert shown_metrics(at)["Test AUC"] == ("–" if auc is None else f"{auc:.3f}")
-    assert [link.label for link in at.get("page_link")] == ["Evaluate this model"]
+    assert [(link.label, link.proto.query_string) for link in at.get("page_link")] == [
+        ("Evaluate this model", f"run={run.id}")
+    ]
 
     at.button(key=f"train_with_{run.id}").click().run()
     no_exception(at)
@@ -220,6 +222,26 @@ def test_a_new_tab_shows_start_disabled_while_a_search_is_in_progress(runs_dir: 
     assert run_picker(at, "tune_run").value == queued.id
     assert shown_metrics(at)["Status"] == "queued"
     assert by_label(at.button, "Start search").disabled
+
+
+def test_a_search_refused_because_another_tab_started_one_shows_that_run(runs_dir: Path) -> None:
+    import time
+
+    older = runs.create_run(RunSpec(kind="tune", dataset=DatasetConfig(**TINY_DATASET), search=TINY_SEARCH), runs_dir)
+    older.update(status="stopped")
+    at = open_page("tune", dataset=DatasetConfig(**TINY_DATASET))
+    assert run_picker(at, "tune_run").value == older.id
+    time.sleep(1.1)  # run ids carry the second they were made in
+    # Another tab (or a second server on the same runs folder) starts a search while this page is open.
+    busy = runs.create_run(RunSpec(kind="tune", dataset=DatasetConfig(**TINY_DATASET), search=TINY_SEARCH), runs_dir)
+    at.radio(key="tn_mode").set_value("Automatic").run()
+    at.number_input(key="tn_auto_minutes").set_value(1.0).run()
+    by_label(at.button, "Find a good model in 1 minute").click().run()
+    no_exception(at)
+    assert [text for text in values(at.error) if f"already in progress ({busy.id})" in text]
+    # The page now shows the run in progress, with its status, not the stopped one it showed before.
+    assert run_picker(at, "tune_run").value == busy.id and at.query_params["run"] == busy.id
+    assert shown_metrics(at)["Status"] == "queued"
 
 
 def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_why(runs_dir: Path) -> None:
