@@ -1,7 +1,8 @@
 """Predict's "unlike the training images" caution (`medimg.datasets.novelty`) on the shared real datasets: how
 many of a dataset's own test images it cautions (false alarms: the profile's threshold was set on validation, so
-test is where that is checked), and how many of each other dataset's test images (what it is for). A benchmark,
-not a test.
+test is where that is checked), and how many of each other dataset's test images (what it is for): every note
+`ImageProfile.note` gives (distance, flatness or brightness), and how many of them the distance alone gives. A
+benchmark, not a test.
 
     python bench/novelty.py
 
@@ -60,9 +61,10 @@ def main() -> None:
         profile = novelty.fit_profile(prepared.arrays["train"].images, prepared.arrays["val"].images)
         cells = []
         for other in data.values():
-            distances = profile.distances(as_input(np.asarray(other.arrays["test"].images), size, color))
-            flagged = int(np.sum(distances > profile.threshold))
-            cells.append(f"{flagged / len(distances):.1%} ({flagged} of {len(distances)})")
+            images = as_input(np.asarray(other.arrays["test"].images), size, color)
+            by_distance = int(np.sum(profile.distances(images) > profile.threshold))
+            flagged = sum(bool(profile.note(image)) for image in images)  # distance, flatness or brightness
+            cells.append(f"{flagged / len(images):.1%} ({flagged} of {len(images)}; {by_distance} by distance)")
         print(f"| {name} | {profile.validation_max:.1f} | {profile.threshold:.1f} | " + " | ".join(cells) + " |")
 
 

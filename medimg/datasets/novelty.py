@@ -7,7 +7,11 @@ image they cannot reconstruct is of another kind. It looks at the pixels only, s
 keep (a trained CNN, a pretrained backbone, a search's ensemble) alike, and it costs a second or two per run.
 
 It catches gross mismatches (another modality, a test pattern, another body part); it is not a test of subtle
-shift, and a smooth picture that the components happen to reconstruct (a plain gradient) can pass it.
+shift, and a smooth picture that the components happen to reconstruct (a plain gradient) can pass it. Blank and
+flat images are the case the reconstruction error misses most plainly (a black image is the mean minus itself,
+largely inside the components' span), so the profile also keeps the range of the training and validation
+thumbnails' brightness (mean gray level) and their lowest contrast (standard deviation), widened by MARGIN, and an
+image outside them is cautioned for that.
 """
 
 from __future__ import annotations
@@ -42,6 +46,10 @@ class ImageProfile:
     validation_max: float  # the largest distance of a validation image
     threshold: float  # MARGIN × validation_max
     counts: dict[str, int]  # images the profile was fitted on ("train") and calibrated on ("val")
+    # Allowed thumbnail brightness (lowest, highest mean gray level) and lowest contrast (standard deviation, gray
+    # levels); None in profiles written before they were kept, which then skip those checks.
+    brightness: tuple[float, float] | None = None
+    min_contrast: float | None = None
 
     def distances(self, images: np.ndarray) -> np.ndarray:
         """Reconstruction error of each image: the root mean square, in gray levels (0..255), of what the
@@ -60,12 +68,25 @@ class ImageProfile:
     def note(self, image: np.ndarray) -> str:
         """Why one model input (H×W×C uint8) is unlike the training images, or "" when it is within the profile."""
         distance = float(self.distances(image)[0])
-        if distance <= self.threshold:
-            return ""
-        return (
-            f"unlike the training images (distance {distance:.1f} vs at most {self.validation_max:.1f} for the "
-            "validation images): the call may mean nothing"
-        )
+        if distance > self.threshold:
+            return (
+                f"unlike the training images (distance {distance:.1f} vs at most {self.validation_max:.1f} for the "
+                "validation images): the call may mean nothing"
+            )
+        if self.min_contrast is not None:
+            row = thumbnails(image, self.thumbnail_size)[0]
+            if row.std() < self.min_contrast:
+                return (
+                    f"nearly uniform (contrast {row.std():.1f} gray levels; the training and validation images have "
+                    f"at least {self.min_contrast * MARGIN:.1f}): blank or flat, the call may mean nothing"
+                )
+            low, high = self.brightness or (0.0, 255.0)
+            if not low <= row.mean() <= high:
+                return (
+                    f"unlike the training images (mean brightness {row.mean():.0f} of 255, outside the "
+                    f"{low:.0f}–{high:.0f} they span with a margin): the call may mean nothing"
+                )
+        return ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +98,8 @@ class ImageProfile:
             "margin": MARGIN,
             "threshold": self.threshold,
             "counts": dict(self.counts),
+            "brightness": list(self.brightness) if self.brightness else None,
+            "min_contrast": self.min_contrast,
         }
 
     @classmethod
@@ -86,7 +109,18 @@ class ImageProfile:
             size = int(data["thumbnail_size"])
             mean = np.asarray(data["mean"], np.float64).reshape(size * size)
             components = np.asarray(data["components"], np.float64).reshape(-1, size * size)
-            return cls(size, mean, components, float(data["validation_max"]), float(data["threshold"]), data["counts"])
+            brightness = data.get("brightness")
+            contrast = data.get("min_contrast")
+            return cls(
+                size,
+                mean,
+                components,
+                float(data["validation_max"]),
+                float(data["threshold"]),
+                data["counts"],
+                (float(brightness[0]), float(brightness[1])) if brightness else None,
+                float(contrast) if contrast is not None else None,
+            )
         except (KeyError, TypeError, ValueError) as error:
             raise ConfigError(f"image profile is malformed ({error}); retrain the run to write it again.") from error
 
@@ -105,6 +139,9 @@ def thumbnails(images: np.ndarray, size: int) -> np.ndarray:
 
 def fit_profile(train: np.ndarray, validation: np.ndarray, seed: int = 0) -> ImageProfile:
     """Fit the profile on training images and set its threshold on validation images (never on test).
+
+    The brightness range is the training and validation thumbnails' lowest to highest mean gray level, widened on
+    each side by (MARGIN − 1) × its width; the lowest contrast is their smallest standard deviation / MARGIN.
 
     The threshold is MARGIN × the largest validation distance, not a percentile: validation splits here are small
     (tens of images), where a 99th percentile is the maximum or an interpolation next to it, and the maximum means
@@ -133,11 +170,16 @@ def fit_profile(train: np.ndarray, validation: np.ndarray, seed: int = 0) -> Ima
     profile = ImageProfile(size, mean, vectors[:kept], 0.0, 0.0, {"train": len(rows)})
     sampled = _sample(validation, seed)
     validation_max = float(profile.distances(sampled).max())
+    seen = np.concatenate([rows, thumbnails(sampled, size)])
+    means = seen.mean(axis=1)
+    widen = (MARGIN - 1) * float(means.max() - means.min())
     return dataclasses.replace(
         profile,
         validation_max=validation_max,
         threshold=MARGIN * validation_max,
         counts={"train": len(rows), "val": len(sampled)},
+        brightness=(max(0.0, float(means.min()) - widen), min(255.0, float(means.max()) + widen)),
+        min_contrast=float(seen.std(axis=1).min()) / MARGIN,
     )
 
 

@@ -4,6 +4,8 @@ none of the demo's held-out test X-rays."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,40 @@ def test_other_kinds_of_image_are_cautioned(profile: novelty.ImageProfile, path)
         f"unlike the training images (distance {distance:.1f} vs at most {profile.validation_max:.1f} for the "
         "validation images): the call may mean nothing"
     )
+
+
+@pytest.mark.parametrize("level", [0, 128, 255], ids=["black", "mid-gray", "white"])
+def test_blank_images_are_cautioned(profile: novelty.ImageProfile, level: int) -> None:
+    # The field report: with a chest X-ray run's profile, blank PNGs were within the reconstruction threshold
+    # (black 11.8, white 11.7, mid-gray 5.5 against 19.4) and were "called PNEUMONIA" with no note.
+    blank = np.full((16, 16, 1), level, np.uint8)
+    assert profile.note(blank).endswith("the call may mean nothing")
+    if level == 128:  # the reconstruction error misses it: flatness gives it away
+        assert float(profile.distances(blank)[0]) <= profile.threshold
+        assert profile.note(blank).startswith(
+            "nearly uniform (contrast 0.0 gray levels; the training and validation images have at least "
+        )
+    # Where the reconstruction error passes an image, its brightness is checked against the range the training and
+    # validation images span.
+    lenient = dataclasses.replace(profile, threshold=float("inf"), min_contrast=0.0)
+    low, high = profile.brightness
+    inside = low <= level <= high
+    assert lenient.note(blank) == (
+        ""
+        if inside
+        else f"unlike the training images (mean brightness {level} of 255, outside the {low:.0f}–{high:.0f} they "
+        "span with a margin): the call may mean nothing"
+    )
+    assert inside == (level == 128)
+
+
+def test_a_profile_written_before_brightness_and_contrast_were_kept_still_loads_and_skips_them(
+    profile: novelty.ImageProfile,
+) -> None:
+    older = {k: v for k, v in profile.to_dict().items() if k not in ("brightness", "min_contrast")}
+    loaded = novelty.ImageProfile.from_dict(older)
+    assert loaded.brightness is None and loaded.min_contrast is None
+    assert loaded.note(np.full((16, 16, 1), 128, np.uint8)) == ""  # only the distance is checked, as before
 
 
 def test_a_profile_round_trips_through_json_and_rgb_inputs_are_seen_in_gray(
