@@ -225,7 +225,8 @@ def plan(
         Choice(
             "first_trial",
             "plain_cnn",
-            "trial 1 is the plain Keras CNN (32-64-128 conv blocks, BatchNorm, dropout 0.3, Adam 1e-3"
+            f"trial 1 is the plain Keras CNN ({'-'.join(map(str, ModelParams.plain_cnn(image_size).filters))} conv "
+            "blocks, BatchNorm, dropout 0.3, Adam 1e-3"
             + (", with the training targets above" if soft_labels != "none" else "")
             + "), so the search can only improve on it",
         )

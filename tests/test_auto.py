@@ -179,7 +179,10 @@ def test_a_budget_under_a_minute_is_refused(breastmnist_dir: Path) -> None:
 
 @pytest.mark.parametrize("size", [28, 64])
 def test_the_plain_cnn_is_a_point_of_every_automatic_space(breastmnist_dir: Path, size: int) -> None:
-    spec = auto.plan(breastmnist_dir, 10, image_size=size).spec
+    chosen = auto.plan(breastmnist_dir, 10, image_size=size)
+    spec = chosen.spec
+    blocks = {28: "32-64-128 conv blocks", 64: "32-64-128-128 conv blocks"}[size]  # a fourth block from 64 px
+    assert reasons(chosen)["first_trial"].startswith(f"trial 1 is the plain Keras CNN ({blocks}, BatchNorm")
     values = hyperparameters.first_trial_values(ModelParams.plain_cnn(size), spec.search)
     assert hyperparameters.params_from_values(values, spec.search) == ModelParams.plain_cnn(size)
     with pytest.raises(ConfigError, match="not a point of the search space"):

@@ -534,7 +534,8 @@ def describe_ensemble(record: dict) -> str | None:
     objective = ensemble.get("objective") or "the objective"
     if first is not None and kept is not None and not better(objective, kept, first) and kept != first:
         text += (
-            f". On validation the mean scored {objective} {kept:.4f} against {first:.4f} for the best trial alone; it "
+            f". On validation, both scored from the saved models, the mean reached {objective} {kept:.4f} against "
+            f"{first:.4f} for the best trial's model alone (the trial table's scores were taken during training); it "
             "is kept because the mean of the top five scored better on test than the best trial alone across the "
             "benchmarks (bench/README.md)"
         )

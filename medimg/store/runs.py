@@ -226,8 +226,9 @@ class Run:
 
     def comparison_curve(self) -> tuple[str, dict[str, list[float]]]:
         """(label, per-epoch history) that stands for this run when runs are compared: its own fit's epochs, else, for
-        a search whose final model is its trials' (no fit of its own), its best trial's, labelled so. The history
-        has an empty "epoch" list when the run has no epoch yet.
+        a search whose final model is its trials' (no fit of its own), its best trial's, labelled so; before any
+        trial has finished, the trial with the most epochs so far (a search in its first trial still has a curve).
+        The history has an empty "epoch" list when the run has no epoch yet.
 
         Also the test of whether a run has a curve to compare; a damaged run.json counts as no best trial."""
         histories = self._histories()
@@ -240,6 +241,10 @@ class Run:
             best = None
         if best in histories:
             return f"{self.id} (best trial {trial_number(best)})", histories[best]
+        trials = [trial for trial, history in histories.items() if trial is not None and history.get("epoch")]
+        if trials:
+            longest = max(trials, key=lambda trial: len(histories[trial]["epoch"]))
+            return f"{self.id} (trial {trial_number(longest)} so far)", histories[longest]
         return self.id, {"epoch": []}
 
     def stage_starts(self, trial: str | None = None) -> list[int]:

@@ -89,6 +89,18 @@ def test_compare_says_so_when_no_chosen_run_has_an_epoch(runs_dir: Path) -> None
     assert values(at.info) == ["None of these runs has finished an epoch yet, so there is no curve to compare."]
 
 
+def test_compare_draws_a_search_in_its_first_trial_from_that_trial_so_far(runs_dir: Path) -> None:
+    search = runs.create_run(RunSpec(kind="tune", dataset=DatasetConfig(**TINY_DATASET)), runs_dir)
+    search.update(status="running")
+    for epoch, auc in enumerate([0.61, 0.7, 0.74]):  # trial 1 is at its third epoch; no trial has finished
+        search.append_event("epoch", trial="0", epoch=epoch, logs={"val_auc": auc, "val_loss": 1 - auc})
+    at = open_page("runs")
+    no_exception(at)
+    traces = {trace["name"]: trace for trace in charts(at)["compare"]["data"]}
+    name = f"{search.id} (trial {runs.trial_number('0')} so far)"
+    assert list(traces) == [name] and traces[name]["y"] == pytest.approx([0.61, 0.7, 0.74])
+
+
 def test_delete_needs_a_choice_and_a_confirmation_then_removes_the_folder(finished_runs: FinishedRuns) -> None:
     at = open_page("runs")
     delete = by_label(at.button, "Delete")
