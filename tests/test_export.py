@@ -124,6 +124,15 @@ def test_contract_carries_the_runs_input_and_decision_rule(trained_run: runs.Run
     onnx_file = exports[("onnx", None)].path / "model.onnx"
     assert contract["model_sha256"] == hashlib.sha256(onnx_file.read_bytes()).hexdigest()  # the file beside it
     assert contract["source_model_sha256"] == trained_run.record["model_sha256"]
+    # What the temperature is for, and the evaluation's verdict on it, travel with it.
+    calibration = trained_run.read_json("metrics.json")["calibration"]
+    assert contract["temperature"] == calibration.get("temperature")
+    note = contract["temperature_note"]
+    if calibration.get("temperature") is None:
+        assert note.startswith("no temperature was fitted")
+    else:
+        assert note.startswith("The model outputs unscaled probabilities. temperature is T of temperature scaling")
+        assert ("Not recommended here: " + calibration["warning"] in note) == bool(calibration.get("warning"))
 
 
 def test_reference_scripts_predict_a_file_like_the_keras_model(trained_run: runs.Run, exports: dict) -> None:

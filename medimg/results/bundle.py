@@ -42,8 +42,10 @@ def contract(
             "uint8 pixel values 0..255, shape (batch, image_size, image_size, channels); the model rescales to "
             "[0, 1] itself. Images are converted to the channel mode (gray: OpenCV RGB2GRAY) and resized to a square "
             "(OpenCV INTER_AREA when shrinking, INTER_LINEAR when enlarging), without keeping the aspect ratio. "
-            "DICOM: rescale slope/intercept and the window applied (dicom_window [centre, width] when set, else the "
-            "header's first window), MONOCHROME1 inverted."
+            "DICOM (pydicom): the modality LUT (rescale slope/intercept) applied, then the VOI transform: "
+            "dicom_window [centre, width] when set, else the header's first VOI LUT Sequence item or, without one, "
+            "its first Window Center / Width (DICOM PS3.3 C.11.2), else the values stretched from their own minimum "
+            "to maximum; MONOCHROME1 inverted; YBR colour converted to RGB."
         ),
         "output": (
             f"one sigmoid unit: p({names[1]}); p({names[0]}) = 1 - output"
@@ -51,6 +53,7 @@ def contract(
             else f"softmax over {len(names)} classes in class_names order"
         ),
         "temperature": (metrics.get("calibration") or {}).get("temperature"),
+        "temperature_note": _temperature_note(metrics.get("calibration") or {}),
         "medimg_version": __version__,
         "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
     }
@@ -63,6 +66,19 @@ def contract(
             decision_rule=f"call {names[index]} when p({names[index]}) >= {float(threshold):.4f}",
         )
     return result
+
+
+def _temperature_note(calibration: dict) -> str:
+    """What `temperature` in the contract is for, and whether the evaluation found it worth applying."""
+    if calibration.get("temperature") is None:
+        return "no temperature was fitted" + (f": {calibration['skipped']}" if calibration.get("skipped") else "")
+    text = (
+        "The model outputs unscaled probabilities. temperature is T of temperature scaling (Guo et al. 2017), "
+        "fitted on the validation split; applying it means softmax(log(p) / T) (two classes: "
+        "sigmoid(logit(p) / T)). The threshold above is for the unscaled probabilities."
+    )
+    warning = calibration.get("warning")
+    return f"{text} Not recommended here: {warning}" if warning else text
 
 
 def _threshold_origin(run: Run, threshold: float, positive: int, preset: str | None, target: float) -> str:
