@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -281,6 +282,20 @@ if run is None:
     st.stop()
 
 
+@st.cache_data(max_entries=8, show_spinner=False)
+def trial_charts(completed: list[dict], objective_name: str) -> tuple[Any, list, Any, Any]:
+    """The charts drawn from the completed trials, and their importance ranking, computed once per set of completed
+    trials: a live page redraws every POLL_SECONDS, and the importance forest alone took ~0.2 s a time at 11 trials,
+    a large share of one of the two cores the search itself trains on."""
+    ranked = importance.hyperparameter_importance(completed)
+    return (
+        charts.trials_figure(completed, objective_name),
+        ranked,
+        charts.importance_figure(ranked, objective_name) if ranked else None,
+        charts.parallel_coordinates_figure(completed, objective_name),
+    )
+
+
 def show_run(run: runs.Run) -> None:
     progress = common.live_run_header(
         run, "Stop requested: the search ends at the next batch and keeps its completed trials."
@@ -310,25 +325,22 @@ def show_run(run: runs.Run) -> None:
     st.dataframe(pd.DataFrame(tables.trial_rows(table)), hide_index=True)
     completed = [row for row in table if row["status"] in tuning.COMPETING and row["score"] is not None]
     if completed:
+        trials_chart, ranked, importance_chart, parallel_chart = trial_charts(completed, objective_name)
         left, right = st.columns(2)
-        left.plotly_chart(charts.trials_figure(completed, objective_name), key=f"trials_{run.id}")
+        left.plotly_chart(trials_chart, key=f"trials_{run.id}")
         histories = {runs.trial_number(k): v for k, v in run.trial_histories().items()}
         right.plotly_chart(charts.trial_curves_figure(histories, objective_name, best), key=f"trial_curves_{run.id}")
-        ranked = importance.hyperparameter_importance(completed)
         if ranked:
             left, right = st.columns(2)
-            left.plotly_chart(charts.importance_figure(ranked, objective_name), key=f"importance_{run.id}")
+            left.plotly_chart(importance_chart, key=f"importance_{run.id}")
             right.caption(
                 f"Importance from the {len(completed)} completed trials: a random forest's mean decrease in "
                 "impurity (optuna's MeanDecreaseImpurity evaluator). Rough with few trials; a parameter the "
                 "search barely varied cannot show its importance."
             )
         else:
-            st.caption(
-                f"Hyperparameter importance appears from {importance.MIN_TRIALS} completed trials "
-                f"({len(completed)} so far)."
-            )
-        st.plotly_chart(charts.parallel_coordinates_figure(completed, objective_name), key=f"parallel_{run.id}")
+            st.caption(importance.missing_reason(completed, objective_name))
+        st.plotly_chart(parallel_chart, key=f"parallel_{run.id}")
     else:
         st.caption("The charts of the trials appear when the first trial ends; its epochs are drawn below.")
     current = progress.get("trial")

@@ -42,3 +42,20 @@ def hyperparameter_importance(trials: list[Any], seed: int = 0) -> list[tuple[st
     if not shares.sum() > 0:
         return []
     return sorted(zip(names, (float(s) for s in shares / shares.sum()), strict=True), key=lambda item: -item[1])
+
+
+def missing_reason(trials: list[Any], objective: str) -> str:
+    """Why `hyperparameter_importance` of these completed trials is empty, as a sentence for the page ("" when it
+    is not). `objective`: the objective's name, e.g. "val_auc"."""
+    done = [t for t in trials if t.get("score") is not None]
+    if len(done) < MIN_TRIALS:
+        return f"Hyperparameter importance appears from {MIN_TRIALS} completed trials ({len(done)} so far)."
+    if hyperparameter_importance(done):
+        return ""
+    scores = {float(t["score"]) for t in done}
+    if len(scores) == 1:
+        return (
+            f"No hyperparameter importance: all {len(done)} completed trials scored {objective} = "
+            f"{scores.pop():.4f}, so nothing tells their settings apart."
+        )
+    return f"No hyperparameter importance: the {len(done)} completed trials share every searched setting."

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medimg.metrics.importance import MIN_TRIALS, hyperparameter_importance
+from medimg.metrics.importance import MIN_TRIALS, hyperparameter_importance, missing_reason
 
 
 def trials(count: int, seed: int = 0) -> list[dict]:
@@ -52,3 +52,20 @@ def test_a_hyperparameter_older_trials_lack_does_not_vary_by_its_absence() -> No
     assert "soft_labels" not in {name for name, _ in hyperparameter_importance(rows)}
     rows[-1]["hyperparameters"]["soft_labels"] = "ordinal"  # two values among the trials that have it: it varies
     assert "soft_labels" in {name for name, _ in hyperparameter_importance(rows)}
+
+
+def test_the_page_is_told_why_there_is_no_importance() -> None:
+    assert missing_reason(trials(3), "val_auc") == (
+        f"Hyperparameter importance appears from {MIN_TRIALS} completed trials (3 so far)."
+    )
+    assert missing_reason(trials(30), "val_auc") == ""
+    # Eleven trials that all reached 1.0 (a field run on an easy set): "from 8 (11 so far)" was shown before.
+    perfect = [{**row, "score": 1.0} for row in trials(11)]
+    assert missing_reason(perfect, "val_auc") == (
+        "No hyperparameter importance: all 11 completed trials scored val_auc = 1.0000, so nothing tells their "
+        "settings apart."
+    )
+    same = [{**row, "hyperparameters": {"filters": 32}} for row in trials(11)]
+    assert missing_reason(same, "val_auc") == (
+        "No hyperparameter importance: the 11 completed trials share every searched setting."
+    )
