@@ -89,7 +89,7 @@ def test_images_larger_than_64_px_keep_64_px_while_one_full_trial_fits_there() -
     # only at 32 px, one at the plain CNN's 64 px; detail is kept, and the reason says what it costs.
     search = 12 * 60 - auto.final_stage_seconds(12)
     size, why = auto._choose_size(512, 4855, 20, "gray", search)
-    assert size == 64 and "fewer trials fit" in why and "about 5.0 minutes of the search's 11.0" in why
+    assert size == 64 and "fewer trials fit" in why and "about 5.1 minutes of the search's 11.0" in why
     # Where four full trials fit above 64 px, the larger size is taken as before.
     size, why = auto._choose_size(512, 300, 20, "gray", search)
     assert size > 64 and "leaving room for 4 or more trials" in why
