@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan = commands.add_parser("scan", help="what is in a dataset folder")
     scan.add_argument("data", nargs="?")
     scan.add_argument("--json", action="store_true", help="print one JSON object")
-    scan.add_argument("--group-regex", default="")
+    scan.add_argument("--group-regex", help="patient-ID pattern; default: the one the dataset brings, if any")
     scan.add_argument(
         "--merge-label-case", action="store_true", help="CSV manifests: 'Normal' and 'normal' are one class"
     )
@@ -226,7 +226,7 @@ def command_scan(args: argparse.Namespace) -> int:
     data = args.data or DEMO_DATASET
     report = scanning.scan(
         data,
-        args.group_regex or ("" if args.data else default_group_regex(DEMO_DATASET)),
+        args.group_regex if args.group_regex is not None else default_group_regex(data),
         on_progress=ProgressBar(),
         merge_label_case=args.merge_label_case,
     )
@@ -343,9 +343,11 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
         value = getattr(args, flag, None)
         if kind in kinds and value is not None and value is not False:
             spec[section][field] = convert(value) if convert else value
-    if not spec["dataset"].get("path"):  # the bundled demo, with the patient IDs it brings unless a pattern is given
+    if not spec["dataset"].get("path"):  # the bundled demo
         spec["dataset"]["path"] = str(DEMO_DATASET)
-        spec["dataset"]["group_regex"] = spec["dataset"].get("group_regex") or default_group_regex(DEMO_DATASET)
+    if "group_regex" not in spec["dataset"]:  # given by neither the spec file nor a flag ("" is given: none)
+        # The patient IDs the dataset brings: the demo's, or a known naming convention's.
+        spec["dataset"]["group_regex"] = default_group_regex(spec["dataset"]["path"])
     spec["dataset"]["path"] = str(Path(spec["dataset"]["path"]).resolve())
     if kind == "tune":
         spec["train"].setdefault("monitor", spec["tune"].get("objective", "val_auc"))
@@ -444,8 +446,8 @@ def command_auto(args: argparse.Namespace) -> int:
 
     data = args.data or DEMO_DATASET
     dataset = load_spec_file(args.spec).get("dataset", {}) if args.spec else {}
-    if not args.data:  # the bundled demo brings its patient IDs
-        dataset["group_regex"] = dataset.get("group_regex") or default_group_regex(DEMO_DATASET)
+    if "group_regex" not in dataset:  # the patient IDs the dataset brings: the demo's, or a known convention's
+        dataset["group_regex"] = default_group_regex(data)
     base = RunSpec.from_dict({"dataset": dataset})
     chosen = auto.plan(
         data,

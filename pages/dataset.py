@@ -41,14 +41,20 @@ def thumbnail(path: str) -> bytes | None:
     return encoded.tobytes() if ok else None
 
 
+@st.cache_data(max_entries=64, ttl=600, show_spinner=False)
+def brought_group_regex(path: str) -> str:
+    return sources.default_group_regex(path)
+
+
 def group_widget(path: str) -> str:
     """The patient-ID pattern of the dataset at `path`; drawn on every run, as the settings below (an empty pattern
     would mix patients). One field per dataset, starting from the pattern kept for it or the one it brings (the
-    demo's), so switching datasets neither carries a pattern over nor shows an example that is not applied."""
+    demo's, or a known naming convention's), so switching datasets neither carries a pattern over nor shows an
+    example that is not applied."""
     kept = config.group_regex if config.path == path else ""
     return st.text_input(
         "Patient ID pattern (optional regex with one group, over file names)",
-        **common.kept(f"ds_group:{path}", kept or sources.default_group_regex(path)),
+        **common.kept(f"ds_group:{path}", kept or brought_group_regex(path)),
         placeholder="empty: each image counts as its own patient",
         help="Images with the same patient ID are kept in the same split, and the leakage check looks for a patient "
         r"in two splits. Example: ^(person\d+)_ for person1_virus_6.jpeg.",

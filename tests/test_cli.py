@@ -172,11 +172,12 @@ def test_flags_override_the_spec_file_which_overrides_the_preset(tmp_path: Path)
     assert spec.tune.tuner == "bayesian" and spec.search.backbones == ("cnn", "densenet121")
     assert spec.tune.max_trials == TuneConfig().max_trials  # the file's tune section replaces the preset's
     assert build_spec(parse(["tune"]), "tune").tune.max_trials == PRESETS["quick"].max_trials  # no file: the preset
-    # The bundled demo (no dataset given) brings its patient IDs; a folder that is named gets the user's pattern or
-    # none (the app names the demo's folder and passes the pattern the Dataset page shows, even an emptied one).
+    # The bundled demo brings its patient IDs, given or not (its file names follow a known convention); a folder
+    # whose names follow none gets the user's pattern or none, and an emptied pattern is honoured.
     assert build_spec(parse(["tune"]), "tune").dataset.group_regex == DEMO_GROUP_REGEX
     assert build_spec(parse(["train", str(tmp_path)]), "train").dataset.group_regex == ""
-    assert build_spec(parse(["train", str(DEMO)]), "train").dataset.group_regex == ""
+    assert build_spec(parse(["train", str(DEMO)]), "train").dataset.group_regex == DEMO_GROUP_REGEX
+    assert build_spec(parse(["train", str(DEMO), "--group-regex", ""]), "train").dataset.group_regex == ""
     given = build_spec(parse(["train", "--group-regex", "^(p\\d+)_"]), "train").dataset.group_regex
     assert given == "^(p\\d+)_"
     # A time budget without a trial count: the budget ends the search, whatever the preset's trial count.

@@ -31,9 +31,17 @@ from pathlib import Path
 from medimg.errors import DatasetError
 
 DEMO_DATASET = Path(__file__).parents[1] / "demo" / "chest_xray_mini"
-# The demo's patient ID is the file name's `personNNN` / `IM-NNNN` prefix (its README and manifest.csv): one image
-# per patient, so the leakage check can confirm the splits are patient-disjoint instead of saying it cannot tell.
-DEMO_GROUP_REGEX = r"^(person\d+|IM-\d+)"
+# The patient ID in the file names of Kermany et al.'s paediatric chest X-rays (Cell 2018; the Kaggle "Chest X-Ray
+# Images (Pneumonia)" set): `personNNN_bacteria_…`, `IM-NNNN-…` and, for a second batch of normals,
+# `NORMAL2-IM-NNNN-…` (the shared mini set's manifest.csv keeps that prefix as the patient ID). The demo is a subset.
+KERMANY_GROUP_REGEX = r"^((?:NORMAL2-)?IM-\d+|person\d+)"
+# Naming conventions whose patient ID is known, and the share of sampled image names one must match to be assumed.
+KNOWN_GROUP_PATTERNS = (KERMANY_GROUP_REGEX,)
+KNOWN_PATTERN_SHARE = 0.9
+NAME_SAMPLE = 2000  # image names read (os.walk order) to recognise a convention; no image is decoded
+# The demo's patient IDs let the leakage check confirm its splits are patient-disjoint instead of saying it cannot
+# tell (one image per patient).
+DEMO_GROUP_REGEX = KERMANY_GROUP_REGEX
 UTF8_NAME_FLAG = 0x800  # general purpose bit 11 (APPNOTE 4.4.4)
 ENCRYPTED_FLAG = 0x1  # general purpose bit 0
 LEGACY_NAME_ENCODING = "cp850"
@@ -43,12 +51,30 @@ UPLOADS_FOLDER = "uploads"  # under the runs folder: uploaded datasets last as l
 
 
 def default_group_regex(path: str | Path) -> str:
-    """The patient-ID pattern a dataset brings with it: the bundled demo's (`DEMO_GROUP_REGEX`), else "" (unknown;
-    the user gives one). `path`: the dataset folder, compared after resolving symlinks."""
+    """The patient-ID pattern a dataset brings with it: the bundled demo's (`DEMO_GROUP_REGEX`), or a known naming
+    convention's (`KNOWN_GROUP_PATTERNS`) when at least KNOWN_PATTERN_SHARE of up to NAME_SAMPLE image file names
+    under the folder match it; else "" (unknown; the user gives one). `path`: a dataset folder (a CSV manifest
+    carries its own `group` column and gets ""). Reads names only; never raises for an unreadable folder."""
+    from medimg.imaging.images import IMAGE_EXTENSIONS
+
     try:
-        return DEMO_GROUP_REGEX if Path(path).resolve() == DEMO_DATASET.resolve() else ""
+        folder = Path(path).resolve()
+        if folder == DEMO_DATASET.resolve():
+            return DEMO_GROUP_REGEX
+        if not folder.is_dir():
+            return ""
+        names: list[str] = []
+        for _, _, files in os.walk(folder):
+            names += [name for name in files if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+            if len(names) >= NAME_SAMPLE:
+                break
     except OSError:
         return ""
+    for pattern in KNOWN_GROUP_PATTERNS:
+        compiled = re.compile(pattern)
+        if names and sum(bool(compiled.search(name)) for name in names) >= KNOWN_PATTERN_SHARE * len(names):
+            return pattern
+    return ""
 
 
 def data_roots(extra: list[str] | tuple[str, ...] = ()) -> list[Path]:

@@ -112,13 +112,19 @@ def test_the_demo_brings_its_patient_id_pattern_and_another_dataset_does_not_inh
     assert at.session_state["dataset"].group_regex == DEMO_GROUP_REGEX
     assert not at.warning, "the demo is patient-disjoint: no patient may appear in two splits"
     root = tmp_path / "roots"
+    shutil.copytree(BREASTMNIST / "train", root / "ultrasound")
     shutil.copytree(DEMO / "train", root / "xrays")
     at.secrets["data_roots"] = [str(root)]
     at.radio(key="dataset_source").set_value(SERVER).run()
+    at.selectbox(key="ds_folder").set_value(str(root / "ultrasound")).run()
+    no_exception(at)
+    assert at.text_input(key=f"ds_group:{root / 'ultrasound'}").value == ""
+    assert at.session_state["dataset"].group_regex == "", "another dataset must not inherit the demo's pattern"
+    # X-rays named as in Kermany et al.'s dataset bring that convention's patient IDs wherever they are.
     at.selectbox(key="ds_folder").set_value(str(root / "xrays")).run()
     no_exception(at)
-    assert at.text_input(key=f"ds_group:{root / 'xrays'}").value == ""
-    assert at.session_state["dataset"].group_regex == "", "another dataset must not inherit the demo's pattern"
+    assert at.text_input(key=f"ds_group:{root / 'xrays'}").value == DEMO_GROUP_REGEX
+    assert at.session_state["dataset"].group_regex == DEMO_GROUP_REGEX
 
 
 def test_server_folders_need_configured_data_roots() -> None:

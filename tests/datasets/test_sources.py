@@ -14,7 +14,7 @@ import pytest
 
 from medimg.datasets import sources
 from medimg.errors import DatasetError
-from tests.conftest import DEMO
+from tests.conftest import BREASTMNIST, DEMO
 
 
 def make_zip(entries: dict[str, bytes], *, symlink: str | None = None) -> bytes:
@@ -218,3 +218,27 @@ def test_the_bundled_demo_holds_its_images_and_their_provenance_only() -> None:
     kinds = sorted({path.suffix for path in demo.rglob("*") if path.is_file()})
     assert kinds == [".csv", ".jpeg", ".md"]
     assert not [folder for folder in demo.rglob("*") if folder.is_dir() and folder.name.startswith(("train-", "tune-"))]
+
+
+def test_a_known_file_naming_convention_brings_its_patient_ids(tmp_path: Path) -> None:
+    from medimg.datasets.dataset import list_files
+
+    # Real demo X-rays under Kermany et al.'s names, plus the second batch's NORMAL2- prefix, in a folder that is not
+    # the demo: the pattern is recognised from the names, and reads each file's patient ID as the dataset's
+    # manifest gives it.
+    for label in ("NORMAL", "PNEUMONIA"):
+        shutil.copytree(sources.DEMO_DATASET / "train" / label, tmp_path / "kermany" / label)
+    sample = next((tmp_path / "kermany" / "NORMAL").glob("IM-*.jpeg"))
+    shutil.copy(sample, tmp_path / "kermany" / "NORMAL" / "NORMAL2-IM-0394-0001.jpeg")
+    assert sources.default_group_regex(tmp_path / "kermany") == sources.KERMANY_GROUP_REGEX
+    groups = {Path(f.path).name: f.group for f in list_files(tmp_path / "kermany", sources.KERMANY_GROUP_REGEX).files}
+    assert groups["NORMAL2-IM-0394-0001.jpeg"] == "NORMAL2-IM-0394"
+    assert all(groups.values())
+    assert next(g for name, g in groups.items() if name.startswith("person")).startswith("person")
+    # Other names, or too few that match (under 90 %), bring nothing: the user gives a pattern.
+    (tmp_path / "other" / "a").mkdir(parents=True)
+    for i in range(10):
+        shutil.copy(sample, tmp_path / "other" / "a" / (f"IM-{i:04d}-0001.jpeg" if i < 8 else f"scan_{i}.jpeg"))
+    assert sources.default_group_regex(tmp_path / "other") == ""
+    assert sources.default_group_regex(BREASTMNIST) == ""
+    assert sources.default_group_regex(tmp_path / "missing") == ""
