@@ -219,8 +219,9 @@ def plan(
             backbones=networks, weights="imagenet", fine_tune_blocks=(0,), backbone_augment_strengths=(0.0,)
         )
     per_trial = full_trial_seconds(n_train, epochs, image_size, color)
-    if cv_folds:  # k fits, each on (k - 1) / k of the training split
-        per_trial *= cv_folds - 1
+    if cv_folds:  # k fits, each on (k - 1) / k of the training split, each with its own fixed costs
+        fixed = epochs * EPOCH_FIXED_SECONDS + TRIAL_SETUP_SECONDS
+        per_trial = (per_trial - fixed) * (cv_folds - 1) + fixed * cv_folds
     expected = max(1, int(search_seconds / max(per_trial * 0.6, 1e-3)))  # early stopping ends most trials sooner
     choices.append(
         Choice(

@@ -51,10 +51,11 @@ def group_widget(path: str) -> str:
     would mix patients). One field per dataset, starting from the pattern kept for it or the one it brings (the
     demo's, or a known naming convention's), so switching datasets neither carries a pattern over nor shows an
     example that is not applied."""
-    kept = config.group_regex if config.path == path else ""
+    # The pattern kept for this dataset, even an emptied one; a dataset chosen anew starts from the one it brings.
+    start = config.group_regex if config.path == path else brought_group_regex(path)
     return st.text_input(
         "Patient ID pattern (optional regex with one group, over file names)",
-        **common.kept(f"ds_group:{path}", kept or brought_group_regex(path)),
+        **common.kept(f"ds_group:{path}", start),
         placeholder="empty: each image counts as its own patient",
         help="Images with the same patient ID are kept in the same split, and the leakage check looks for a patient "
         r"in two splits. Example: ^(person\d+)_ for person1_virus_6.jpeg.",

@@ -48,7 +48,10 @@ if chosen:
     histories = dict(run.comparison_curve() for run in selected)
     if any(history["epoch"] for history in histories.values()):
         st.plotly_chart(charts.runs_comparison_figure(histories, metric), key="compare")
-        st.caption("A search is drawn by its best trial's curve: its final model is its trials', not a fit of its own.")
+        st.caption(
+            "A search is drawn by its best trial's curve (the best finished so far while it runs): its final model is "
+            "its trials', not a fit of its own."
+        )
     else:
         st.info("None of these runs has finished an epoch yet, so there is no curve to compare.")
     st.dataframe(pd.DataFrame([row for row in rows if row["run"] in chosen]).set_index("run"))

@@ -132,7 +132,8 @@ def test_contract_carries_the_runs_input_and_decision_rule(trained_run: runs.Run
         assert note.startswith("no temperature was fitted")
     else:
         assert note.startswith("The model outputs unscaled probabilities. temperature is T of temperature scaling")
-        assert ("Not recommended here: " + calibration["warning"] in note) == bool(calibration.get("warning"))
+        warning = calibration.get("warning")
+        assert (bool(warning) and f"Not recommended here: {warning}" in note) == bool(warning)
 
 
 def test_reference_scripts_predict_a_file_like_the_keras_model(trained_run: runs.Run, exports: dict) -> None:

@@ -121,7 +121,7 @@ class ImageProfile:
                 (float(brightness[0]), float(brightness[1])) if brightness else None,
                 float(contrast) if contrast is not None else None,
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ConfigError(f"image profile is malformed ({error}); retrain the run to write it again.") from error
 
 

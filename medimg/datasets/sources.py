@@ -52,10 +52,11 @@ UPLOADS_FOLDER = "uploads"  # under the runs folder: uploaded datasets last as l
 
 def default_group_regex(path: str | Path) -> str:
     """The patient-ID pattern a dataset brings with it: the bundled demo's (`DEMO_GROUP_REGEX`), or a known naming
-    convention's (`KNOWN_GROUP_PATTERNS`) when at least KNOWN_PATTERN_SHARE of up to NAME_SAMPLE image file names
-    under the folder match it; else "" (unknown; the user gives one). `path`: a dataset folder (a CSV manifest
+    convention's (`KNOWN_GROUP_PATTERNS`) when at least KNOWN_PATTERN_SHARE of the first NAME_SAMPLE image file names
+    under the folder (hidden files and macOS clutter skipped, as the listing does; at most 10 × NAME_SAMPLE entries
+    visited) match it; else "" (unknown; the user gives one). `path`: a dataset folder (a CSV manifest
     carries its own `group` column and gets ""). Reads names only; never raises for an unreadable folder."""
-    from medimg.imaging.images import IMAGE_EXTENSIONS
+    from medimg.imaging.images import IMAGE_EXTENSIONS, is_ignored
 
     try:
         folder = Path(path).resolve()
@@ -64,10 +65,15 @@ def default_group_regex(path: str | Path) -> str:
         if not folder.is_dir():
             return ""
         names: list[str] = []
-        for _, _, files in os.walk(folder):
-            names += [name for name in files if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
-            if len(names) >= NAME_SAMPLE:
+        visited = 0
+        for _, dirs, files in os.walk(folder):
+            # The listing skips hidden files and macOS clutter (`._IM-0001-0001.jpeg`, `__MACOSX/`); so does this.
+            dirs[:] = [d for d in dirs if not is_ignored(d) and d not in MACOS_CLUTTER]
+            names += [n for n in files if not is_ignored(n) and Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+            visited += len(files) + len(dirs)
+            if len(names) >= NAME_SAMPLE or visited >= 10 * NAME_SAMPLE:
                 break
+        names = names[:NAME_SAMPLE]
     except OSError:
         return ""
     for pattern in KNOWN_GROUP_PATTERNS:

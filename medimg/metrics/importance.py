@@ -58,4 +58,10 @@ def missing_reason(trials: list[Any], objective: str) -> str:
             f"No hyperparameter importance: all {len(done)} completed trials scored {objective} = "
             f"{scores.pop():.4f}, so nothing tells their settings apart."
         )
-    return f"No hyperparameter importance: the {len(done)} completed trials share every searched setting."
+    varied = {k for t in done for k in t["hyperparameters"]}
+    if not any(len({repr(t["hyperparameters"].get(k)) for t in done if k in t["hyperparameters"]}) > 1 for k in varied):
+        return f"No hyperparameter importance: the {len(done)} completed trials share every searched setting."
+    return (
+        f"No hyperparameter importance: the {len(done)} completed trials differ too little for the forest to tell "
+        "their settings apart."
+    )

@@ -53,7 +53,7 @@ def contract(
             else f"softmax over {len(names)} classes in class_names order"
         ),
         "temperature": (metrics.get("calibration") or {}).get("temperature"),
-        "temperature_note": _temperature_note(metrics.get("calibration") or {}),
+        "temperature_note": _temperature_note(metrics.get("calibration") or {}, binary),
         "medimg_version": __version__,
         "not_for_clinical_use": NOT_FOR_CLINICAL_USE,
     }
@@ -68,14 +68,14 @@ def contract(
     return result
 
 
-def _temperature_note(calibration: dict) -> str:
+def _temperature_note(calibration: dict, binary: bool) -> str:
     """What `temperature` in the contract is for, and whether the evaluation found it worth applying."""
     if calibration.get("temperature") is None:
         return "no temperature was fitted" + (f": {calibration['skipped']}" if calibration.get("skipped") else "")
     text = (
         "The model outputs unscaled probabilities. temperature is T of temperature scaling (Guo et al. 2017), "
         "fitted on the validation split; applying it means softmax(log(p) / T) (two classes: "
-        "sigmoid(logit(p) / T)). The threshold above is for the unscaled probabilities."
+        "sigmoid(logit(p) / T))." + (" The contract's threshold is for the unscaled probabilities." if binary else "")
     )
     warning = calibration.get("warning")
     return f"{text} Not recommended here: {warning}" if warning else text

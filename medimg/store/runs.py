@@ -226,9 +226,10 @@ class Run:
 
     def comparison_curve(self) -> tuple[str, dict[str, list[float]]]:
         """(label, per-epoch history) that stands for this run when runs are compared: its own fit's epochs, else, for
-        a search whose final model is its trials' (no fit of its own), its best trial's, labelled so; before any
-        trial has finished, the trial with the most epochs so far (a search in its first trial still has a curve).
-        The history has an empty "epoch" list when the run has no epoch yet.
+        a search whose final model is its trials' (no fit of its own), its best trial's, labelled so; while a search
+        runs (no best recorded yet), its best finished trial so far by the trial's score, and before any trial has
+        finished, the trial with the most epochs (a search in its first trial still has a curve). The history has an
+        empty "epoch" list when the run has no epoch yet.
 
         Also the test of whether a run has a curve to compare; a damaged run.json counts as no best trial."""
         histories = self._histories()
@@ -241,10 +242,20 @@ class Run:
             best = None
         if best in histories:
             return f"{self.id} (best trial {trial_number(best)})", histories[best]
+        scores = {e["trial"]: e["score"] for e in self.events("trial_end") if e.get("score") is not None}
+        scored = [trial for trial in scores if trial in histories]
+        if scored:
+            try:
+                objective = str(self.record.get("objective") or self.spec.tune.objective)
+            except (RunError, KeyError, ValueError, TypeError):
+                objective = ""
+            pick = (min if objective.endswith("loss") else max)(scored, key=scores.__getitem__)
+            return f"{self.id} (best trial {trial_number(pick)} so far)", histories[pick]
         trials = [trial for trial, history in histories.items() if trial is not None and history.get("epoch")]
         if trials:
             longest = max(trials, key=lambda trial: len(histories[trial]["epoch"]))
-            return f"{self.id} (trial {trial_number(longest)} so far)", histories[longest]
+            state = "so far" if self.status in ACTIVE_STATUSES else "unfinished"
+            return f"{self.id} (trial {trial_number(longest)} {state})", histories[longest]
         return self.id, {"epoch": []}
 
     def stage_starts(self, trial: str | None = None) -> list[int]:

@@ -125,6 +125,14 @@ def test_the_demo_brings_its_patient_id_pattern_and_another_dataset_does_not_inh
     no_exception(at)
     assert at.text_input(key=f"ds_group:{root / 'xrays'}").value == DEMO_GROUP_REGEX
     assert at.session_state["dataset"].group_regex == DEMO_GROUP_REGEX
+    # Emptied by the user, it stays empty on this dataset, also in a new session that reopens the saved choice.
+    at.text_input(key=f"ds_group:{root / 'xrays'}").set_value("").run()
+    assert at.session_state["dataset"].group_regex == ""
+    again = open_page("dataset")
+    again.secrets["data_roots"] = [str(root)]
+    again.run()
+    assert again.session_state["dataset"].path == str(root / "xrays")
+    assert again.session_state["dataset"].group_regex == ""
 
 
 def test_server_folders_need_configured_data_roots() -> None:

@@ -99,6 +99,13 @@ def test_compare_draws_a_search_in_its_first_trial_from_that_trial_so_far(runs_d
     traces = {trace["name"]: trace for trace in charts(at)["compare"]["data"]}
     name = f"{search.id} (trial {runs.trial_number('0')} so far)"
     assert list(traces) == [name] and traces[name]["y"] == pytest.approx([0.61, 0.7, 0.74])
+    # Trial 1 ends; trial 2 runs longer but scores lower so far: the search is drawn by its best finished trial.
+    search.append_event("trial_end", trial="0", score=0.74, status="COMPLETED")
+    for epoch, auc in enumerate([0.5, 0.55, 0.6, 0.62]):
+        search.append_event("epoch", trial="1", epoch=epoch, logs={"val_auc": auc, "val_loss": 1 - auc})
+    at = open_page("runs")
+    traces = {trace["name"]: trace for trace in charts(at)["compare"]["data"]}
+    assert list(traces) == [f"{search.id} (best trial {runs.trial_number('0')} so far)"]
 
 
 def test_delete_needs_a_choice_and_a_confirmation_then_removes_the_folder(finished_runs: FinishedRuns) -> None:

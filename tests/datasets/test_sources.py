@@ -230,6 +230,12 @@ def test_a_known_file_naming_convention_brings_its_patient_ids(tmp_path: Path) -
         shutil.copytree(sources.DEMO_DATASET / "train" / label, tmp_path / "kermany" / label)
     sample = next((tmp_path / "kermany" / "NORMAL").glob("IM-*.jpeg"))
     shutil.copy(sample, tmp_path / "kermany" / "NORMAL" / "NORMAL2-IM-0394-0001.jpeg")
+    # macOS copies carry a `._` twin of every file and a __MACOSX folder; the listing skips them, and so does this.
+    clutter = tmp_path / "kermany" / "__MACOSX" / "NORMAL"
+    clutter.mkdir(parents=True)
+    for image in list((tmp_path / "kermany" / "NORMAL").glob("*.jpeg")):
+        (image.parent / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07")
+        (clutter / f"._{image.name}").write_bytes(b"\x00\x05\x16\x07")
     assert sources.default_group_regex(tmp_path / "kermany") == sources.KERMANY_GROUP_REGEX
     groups = {Path(f.path).name: f.group for f in list_files(tmp_path / "kermany", sources.KERMANY_GROUP_REGEX).files}
     assert groups["NORMAL2-IM-0394-0001.jpeg"] == "NORMAL2-IM-0394"

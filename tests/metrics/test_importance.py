@@ -65,6 +65,13 @@ def test_the_page_is_told_why_there_is_no_importance() -> None:
         "No hyperparameter importance: all 11 completed trials scored val_auc = 1.0000, so nothing tells their "
         "settings apart."
     )
+    # One trial of eight differs in one setting and the scores vary: the forest finds no split, and the reason must
+    # not claim that nothing varied.
+    one_off = [{**row, "hyperparameters": {"filters": 64 if i == 0 else 32}} for i, row in enumerate(trials(8))]
+    assert missing_reason(one_off, "val_auc") == (
+        "No hyperparameter importance: the 8 completed trials differ too little for the forest to tell their "
+        "settings apart."
+    )
     same = [{**row, "hyperparameters": {"filters": 32}} for row in trials(11)]
     assert missing_reason(same, "val_auc") == (
         "No hyperparameter importance: the 11 completed trials share every searched setting."
