@@ -242,19 +242,21 @@ class Run:
             best = None
         if best in histories:
             return f"{self.id} (best trial {trial_number(best)})", histories[best]
+        try:
+            active = self.status in ACTIVE_STATUSES
+            objective = str(self.record.get("objective") or self.spec.tune.objective)
+        except (RunError, KeyError, ValueError, TypeError):  # a damaged run.json: read as ended, objective unknown
+            active, objective = False, ""
         scores = {e["trial"]: e["score"] for e in self.events("trial_end") if e.get("score") is not None}
         scored = [trial for trial in scores if trial in histories]
         if scored:
-            try:
-                objective = str(self.record.get("objective") or self.spec.tune.objective)
-            except (RunError, KeyError, ValueError, TypeError):
-                objective = ""
             pick = (min if objective.endswith("loss") else max)(scored, key=scores.__getitem__)
-            return f"{self.id} (best trial {trial_number(pick)} so far)", histories[pick]
+            label = f"best trial {trial_number(pick)} so far" if active else f"best finished trial {trial_number(pick)}"
+            return f"{self.id} ({label})", histories[pick]
         trials = [trial for trial, history in histories.items() if trial is not None and history.get("epoch")]
         if trials:
             longest = max(trials, key=lambda trial: len(histories[trial]["epoch"]))
-            state = "so far" if self.status in ACTIVE_STATUSES else "unfinished"
+            state = "so far" if active else "unfinished"
             return f"{self.id} (trial {trial_number(longest)} {state})", histories[longest]
         return self.id, {"epoch": []}
 

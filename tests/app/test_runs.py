@@ -106,6 +106,10 @@ def test_compare_draws_a_search_in_its_first_trial_from_that_trial_so_far(runs_d
     at = open_page("runs")
     traces = {trace["name"]: trace for trace in charts(at)["compare"]["data"]}
     assert list(traces) == [f"{search.id} (best trial {runs.trial_number('0')} so far)"]
+    # Stopped before it recorded a best trial: the same trial, no longer "so far".
+    search.update(status="stopped")
+    traces = {trace["name"]: trace for trace in charts(open_page("runs"))["compare"]["data"]}
+    assert list(traces) == [f"{search.id} (best finished trial {runs.trial_number('0')})"]
 
 
 def test_delete_needs_a_choice_and_a_confirmation_then_removes_the_folder(finished_runs: FinishedRuns) -> None:
