@@ -50,8 +50,9 @@ def route_through_app() -> None:
 route_through_app()  # on import: every page imports this module before drawing anything
 # A live page redraws this often. Watching a 2-minute BreastMNIST search in Chromium, the Streamlit server and the
 # browser together took 50 and 46 CPU seconds at 1.5 s, 35 and 28 at 3 s (bench/README.md, "Watching a live
-# search"), on the 2 cores the search trains on; an epoch still shows within 3 s of its end.
-POLL_SECONDS = 3.0
+# search"), on the 2 cores the search trains on. Kept at 1.5 s: at 3 s the browser journey's check of a run's own
+# settings after a reload raced the run's end (a 3-epoch run finished before the page showed it running).
+POLL_SECONDS = 1.5
 FOLLOW_KEY = "follow_run"  # the run this session launched last, until a run picker has shown it
 
 
