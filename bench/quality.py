@@ -244,8 +244,6 @@ def geometric_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
     """The final model's candidates combined by the arithmetic mean of their probabilities (the product's rule) vs
     the normalised geometric mean (log-linear pooling: softmax of the mean log-probability, i.e. of the mean logits),
     as (validation log loss, validation AUC, test AUC, accuracy, balanced accuracy, log loss)."""
-    from sklearn.metrics import log_loss
-
     from medimg.model import tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
@@ -266,16 +264,10 @@ def geometric_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
         pooled = np.exp(mean_log - mean_log.max(axis=1, keepdims=True))
         return pooled / pooled.sum(axis=1, keepdims=True)
 
-    rows, classes = {}, list(range(data.num_classes))
-    for name, combine in (("arithmetic", lambda probs: np.mean(probs, axis=0)), ("geometric", geometric)):
-        p_val, p_test = combine(on_val), combine(on_test)
-        rows[name] = (
-            log_loss(val.labels, p_val, labels=classes),
-            scores(val.labels, p_val)[0],
-            *scores(test.labels, p_test),
-            log_loss(test.labels, p_test, labels=classes),
-        )
-    return rows
+    return {
+        name: split_row(data, combine(on_val), combine(on_test), val_score=0)
+        for name, combine in (("arithmetic", lambda probs: np.mean(probs, axis=0)), ("geometric", geometric))
+    }
 
 
 def every_k(run_path: Path, data) -> list[tuple[float, float, float]]:
@@ -307,8 +299,6 @@ def undo_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
     undone (`training.restore_class_prior`): validation log loss and accuracy, test AUC, accuracy, balanced
     accuracy and log loss of each. The product keeps the undone one; validation is what argues for it."""
 
-    from sklearn.metrics import log_loss
-
     from medimg.model import training, tuning
     from medimg.model.models import predict_arrays
     from medimg.store import runs
@@ -326,17 +316,34 @@ def undo_rule(run_path: Path, data) -> dict[str, tuple[float, ...]]:
         training.restore_class_prior(model, params, run.spec.train, data)
         for split, arrays in splits.items():
             probs["undone"][split].append(predict_arrays(model, arrays.images))
-    result = {}
-    classes = list(range(data.num_classes))
-    for name, by_split in probs.items():
-        val, test = (np.mean(by_split[s], axis=0) for s in ("val", "test"))
-        result[name] = (
-            log_loss(splits["val"].labels, np.clip(val, 1e-7, 1), labels=classes),
-            scores(splits["val"].labels, val)[1],
-            *scores(splits["test"].labels, test),
-            log_loss(splits["test"].labels, np.clip(test, 1e-7, 1), labels=classes),
+    return {
+        name: split_row(data, *(np.mean(by_split[s], axis=0) for s in ("val", "test")), val_score=1)
+        for name, by_split in probs.items()
+    }
+
+
+def split_row(data, p_val: np.ndarray, p_test: np.ndarray, val_score: int) -> tuple[float, ...]:
+    """(validation log loss, one validation score, test AUC, accuracy, balanced accuracy, log loss) of N × K
+    probabilities; `val_score` picks the validation figure from `scores` (0 AUC, 1 accuracy)."""
+    from sklearn.metrics import log_loss
+
+    val, test, classes = data.arrays["val"], data.arrays["test"], list(range(data.num_classes))
+    return (
+        log_loss(val.labels, np.clip(p_val, 1e-7, 1), labels=classes),
+        scores(val.labels, p_val)[val_score],
+        *scores(test.labels, p_test),
+        log_loss(test.labels, np.clip(p_test, 1e-7, 1), labels=classes),
+    )
+
+
+def print_rows(rows: dict[str, tuple[float, ...]], width: int, val_name: str) -> None:
+    """One line per combination, as `split_row` orders its figures."""
+    for name, row in rows.items():
+        print(
+            f"  {name:>{width}}: val log loss {row[0]:.3f} {val_name} {row[1]:.3f}; test AUC {row[2]:.3f} acc "
+            f"{row[3]:.3f} bal. acc {row[4]:.3f} log loss {row[5]:.3f}",
+            flush=True,
         )
-    return result
 
 
 def rerank_rule(run_path: Path, data) -> dict[str, tuple[list[str], float]]:
@@ -442,19 +449,9 @@ def main() -> None:
                     flush=True,
                 )
             if args.undo:
-                for name, row in undo_rule(run_path, data).items():
-                    print(
-                        f"  {name:>7}: val log loss {row[0]:.3f} acc {row[1]:.3f}; test AUC {row[2]:.3f} acc "
-                        f"{row[3]:.3f} bal. acc {row[4]:.3f} log loss {row[5]:.3f}",
-                        flush=True,
-                    )
+                print_rows(undo_rule(run_path, data), 7, "acc")
             if args.geometric:
-                for name, row in geometric_rule(run_path, data).items():
-                    print(
-                        f"  {name:>10}: val log loss {row[0]:.3f} AUC {row[1]:.3f}; test AUC {row[2]:.3f} acc "
-                        f"{row[3]:.3f} bal. acc {row[4]:.3f} log loss {row[5]:.3f}",
-                        flush=True,
-                    )
+                print_rows(geometric_rule(run_path, data), 10, "AUC")
             if args.rerank:
                 for name, (ids, auc) in rerank_rule(run_path, data).items():
                     print(f"  top 5 by {name}: {', '.join(ids)}; test AUC {auc:.3f}", flush=True)

@@ -61,20 +61,23 @@ class ImageProfile:
         Returns:
             (N,) float distances (a single image gives shape (1,)).
         """
-        centred = thumbnails(images, self.thumbnail_size) - self.mean
+        return self._residual_rms(thumbnails(images, self.thumbnail_size))
+
+    def _residual_rms(self, rows: np.ndarray) -> np.ndarray:
+        centred = rows - self.mean
         residual = centred - (centred @ self.components.T) @ self.components
         return np.sqrt(np.mean(residual**2, axis=1))
 
     def note(self, image: np.ndarray) -> str:
         """Why one model input (H×W×C uint8) is unlike the training images, or "" when it is within the profile."""
-        distance = float(self.distances(image)[0])
+        row = thumbnails(image, self.thumbnail_size)[0]  # once, for the distance and the contrast / brightness
+        distance = float(self._residual_rms(row[None])[0])
         if distance > self.threshold:
             return (
                 f"unlike the training images (distance {distance:.1f} vs at most {self.validation_max:.1f} for the "
                 "validation images): the call may mean nothing"
             )
         if self.min_contrast is not None:
-            row = thumbnails(image, self.thumbnail_size)[0]
             if row.std() < self.min_contrast:
                 return (
                     f"nearly uniform (contrast {row.std():.1f} gray levels; the training and validation images have "
