@@ -66,18 +66,3 @@ def make_dataset(
         seeds = tf.data.Dataset.from_tensors(tf.constant(0, tf.int64)).repeat()
     dataset = tf.data.Dataset.zip(dataset.batch(batch_size), seeds)
     return dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
-
-
-def repeated(dataset: tf.data.Dataset, examples: int, batch_size: int) -> tuple[tf.data.Dataset, int]:
-    """`dataset` (one epoch per iteration, as `make_dataset` makes it) repeated without end, and the steps that make
-    one epoch: ceil(examples / batch_size) batches, the last one partial, as one iteration of `dataset` yields them.
-
-    Give both to `fit` (`steps_per_epoch`): Keras then keeps one iterator for the whole fit. Given a finite dataset
-    it makes a new iterator every epoch, and on 2 cores that stalled the first batch of some epochs of a 42,000-image
-    search by 14-16 s, against 21-25 s of batches (bench/README.md, "Epochs of large searches"). Each repetition
-    still reshuffles (`reshuffle_each_iteration`), in the order the k-th fresh iterator would serve, and draws new
-    augmentation seeds (`rerandomize_each_iteration`), though not the ones fresh iterators would draw.
-    Raises ValueError when `examples` or `batch_size` is below 1."""
-    if examples < 1 or batch_size < 1:
-        raise ValueError(f"need at least one example and a batch size of at least 1 (got {examples}, {batch_size})")
-    return dataset.repeat(), -(-examples // batch_size)

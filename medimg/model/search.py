@@ -147,7 +147,6 @@ class MedimgHyperModel(kt.HyperModel):
             augment=self.augment.scaled(params.augment_strength),
             seed=train.seed,
         )
-        trial_train, steps = pipeline.repeated(trial_train, len(fit_on.labels), params.batch_size)
         trial_val = pipeline.make_dataset(held_out, params.batch_size, data.num_classes)
         # Precise BatchNorm statistics first, so the objective and KerasTuner's checkpoint see them.
         precise = PreciseBatchNorm(fit_on.images, train.seed)
@@ -158,7 +157,7 @@ class MedimgHyperModel(kt.HyperModel):
         # Two stages as `training.fit_model` (head, then the top blocks); not for a trial Hyperband continues.
         two_stage = training.fine_tunes(params) and epochs >= 2 and not kwargs.get("initial_epoch")
         training.begin_stage(callbacks, 1 if two_stage else None, epochs)
-        fit = {"validation_data": trial_val, "class_weight": weights, "verbose": 0, "steps_per_epoch": steps}
+        fit = {"validation_data": trial_val, "class_weight": weights, "verbose": 0}
         history = model.fit(
             trial_train, epochs=epochs // 2 if two_stage else epochs, shuffle=False, callbacks=callbacks, **fit
         )

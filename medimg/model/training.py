@@ -148,7 +148,6 @@ def fit_model(
         augment=augment.scaled(params.augment_strength),
         seed=config.seed,
     )
-    train, steps = pipeline.repeated(train, len(data.arrays["train"].labels), params.batch_size)
     val = pipeline.make_dataset(data.arrays["val"], params.batch_size, data.num_classes)
     weights = class_weights(data.arrays["train"].labels, data.num_classes, params.class_weights or config.class_weights)
     total = epochs or config.epochs
@@ -158,7 +157,6 @@ def fit_model(
         train,
         validation_data=val,
         epochs=total // 2 if two_stage else total,
-        steps_per_epoch=steps,
         # Precise BatchNorm statistics before validation, early stopping and best-weight keepers see the weights.
         callbacks=ordered_callbacks(params, PreciseBatchNorm(data.arrays["train"].images, config.seed), callbacks),
         class_weight=weights,
@@ -174,7 +172,6 @@ def fit_model(
             validation_data=val,
             epochs=total,
             initial_epoch=first,
-            steps_per_epoch=steps,
             callbacks=ordered_callbacks(
                 params, PreciseBatchNorm(data.arrays["train"].images, config.seed), stage_two_callbacks(callbacks)
             ),

@@ -65,35 +65,6 @@ def test_training_reshuffles_every_epoch_and_is_seeded() -> None:
     assert other != first
 
 
-def test_repeated_serves_whole_epochs_back_to_back_each_reshuffled() -> None:
-    arrays = indexed_arrays(10, 2)
-    fresh = pipeline.make_dataset(arrays, 4, 2, training=True, seed=5)
-    repeated, steps = pipeline.repeated(pipeline.make_dataset(arrays, 4, 2, training=True, seed=5), 10, 4)
-    assert steps == 3  # 4 + 4 + 2: the last batch of every epoch is partial, as one pass of the dataset gives it
-    batches = [x.numpy() for x, _ in repeated.take(3 * steps)]
-    assert [len(x) for x in batches] == [4, 4, 2] * 3
-    epochs = [[int(image[0, 0, 0]) for x in batches[i * steps : (i + 1) * steps] for image in x] for i in range(3)]
-    assert all(sorted(order) == list(range(10)) for order in epochs)  # every image once per epoch
-    assert len({tuple(order) for order in epochs}) == 3  # reshuffled every epoch
-    assert epochs[:2] == [epoch(fresh)[0], epoch(fresh)[0]]  # what a fresh iterator per epoch would have served
-
-
-def test_repeated_draws_new_augmentation_every_epoch() -> None:
-    rng = np.random.default_rng(2)
-    image = rng.integers(0, 256, (12, 12, 1), dtype=np.uint8)
-    arrays = CachedArrays(np.repeat(image[np.newaxis], 8, axis=0), np.array([0, 1] * 4, np.int32), ["x"] * 8, [])
-    config = AugmentConfig(rotation=0.1, zoom=0.1)
-    repeated, steps = pipeline.repeated(pipeline.make_dataset(arrays, 4, 2, training=True, augment=config), 8, 4)
-    served = np.concatenate([x.numpy() for x, _ in repeated.take(2 * steps)])
-    assert not np.allclose(served[:8], served[8:])
-
-
-@pytest.mark.parametrize(("examples", "batch_size"), [(0, 4), (4, 0)])
-def test_repeated_refuses_an_empty_epoch(examples: int, batch_size: int) -> None:
-    with pytest.raises(ValueError, match="at least"):
-        pipeline.repeated(pipeline.make_dataset(indexed_arrays(4, 2), 4, 2), examples, batch_size)
-
-
 def test_validation_is_never_augmented_even_if_asked() -> None:
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (6, 8, 8, 1), dtype=np.uint8)
