@@ -13,8 +13,9 @@ last epoch's end, divided by the epochs it ran; and the epochs whose first batch
 previous epoch ended.
 
 Quality (`--quality SEEDS`): the plain CNN (`ModelParams.plain_cnn`) through `training.fit_model` on RetinaMNIST,
-30 epochs, early stopping on validation AUC (patience 5), the automatic mode's augmentation, once per seed and
-variant in this process; test macro AUC and accuracy per seed.
+30 epochs, early stopping on validation AUC (patience 5, best weights restored; the learning rate halved after 3
+epochs without progress), the automatic mode's augmentation, once per seed and variant in this process; test
+macro AUC and accuracy per seed.
 
     python bench/epochs.py [--quick] [--epochs 8] [--rounds 2] [--synthetic 20000] [--quality 0,1,2,3,4,5]
 """
