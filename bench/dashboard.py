@@ -13,7 +13,6 @@ state from run to run; the CPU seconds are the steadier reading. The page redraw
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -64,9 +63,10 @@ def one_run(root: Path, data: Path, minutes: float, port: int, watch: bool) -> s
     else:
         search.wait()
     server = cpu_seconds(f"server.port {port}") - server_before
-    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip()]
-    record = json.loads((run / "run.json").read_text())
-    epochs = sum(1 for event in events if event.get("type") == "epoch")
+    from medimg.store import runs as run_store
+
+    finished = run_store.Run(run)
+    record, epochs = finished.record, len(finished.events("epoch"))
     return (
         f"| {'watched' if watch else 'not watched'} | {record.get('trials_completed')} | {epochs} | {server:.1f} | "
         f"{browser:.1f} |"

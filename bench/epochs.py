@@ -22,7 +22,6 @@ macro AUC and accuracy per seed.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -70,18 +69,16 @@ def run_tune(data: Path, size: int, color: str, epochs: int, repeated: bool, run
     command += ["tune", str(data), "--max-trials", "1", "--epochs", str(epochs), "--image-size", str(size)]
     command += ["--color", color, "--runs", str(runs), "--augment", AUGMENT]
     done = subprocess.run(command, capture_output=True, text=True, cwd=common.REPO, check=True)
-    run = Path(done.stdout.strip().splitlines()[-1])
-    events = [json.loads(line) for line in (run / "events.jsonl").read_text().splitlines() if line.strip()]
+    from medimg.store import runs as run_store
+
+    run = run_store.Run(done.stdout.strip().splitlines()[-1])
     first_batch: dict[int, float] = {}
-    ends: dict[int, float] = {}
-    for event in events:
-        if event.get("type") == "batch":
-            first_batch.setdefault(event["epoch"], event["t"])
-        elif event.get("type") == "epoch":
-            ends[event["epoch"]] = event["t"]
+    for event in run.events("batch"):
+        first_batch.setdefault(event["epoch"], event["t"])
+    ends = {event["epoch"]: event["t"] for event in run.events("epoch")}
     ran = sorted(ends)
     stalls = sum(first_batch.get(e + 1, ends[e]) - ends[e] > STALL_SECONDS for e in ran[:-1])
-    shutil.rmtree(run, ignore_errors=True)
+    shutil.rmtree(run.path, ignore_errors=True)
     return {"epochs": len(ran), "seconds": ends[ran[-1]] - first_batch[ran[0]], "stalls": stalls}
 
 
@@ -126,7 +123,7 @@ def speed(args) -> None:
 
 def quality(seeds: list[int]) -> None:
     import keras
-    from sklearn.metrics import roc_auc_score
+    from quality import scores as test_scores
 
     from medimg.config import AugmentConfig, DatasetConfig, ModelParams, TrainConfig
     from medimg.datasets.prepared import prepare_data
@@ -148,9 +145,7 @@ def quality(seeds: list[int]) -> None:
             config = TrainConfig(epochs=30, early_stopping_patience=5, seed=seed)
             callbacks = training.fit_callbacks(config, "val_auc", "max")
             model, history = training.fit_model(ModelParams.plain_cnn(28), data, augment, config, callbacks)
-            probs = predict_arrays(model, test.images)
-            auc = roc_auc_score(test.labels, probs, multi_class="ovr", average="macro")
-            accuracy = float((probs.argmax(axis=1) == test.labels).mean())
+            auc, accuracy, _ = test_scores(test.labels, predict_arrays(model, test.images))
             scores[repeated].append((auc, accuracy))
             row += [auc, accuracy, len(history.epoch)]
         rows.append(row)
