@@ -381,12 +381,26 @@ def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] |
         print(run.path)
         raise
     if metrics:
-        for line in format_test_metrics(metrics):
+        for line in [*format_validation(metrics), *format_test_metrics(metrics)]:
             _err(line)
     if run.record.get("search_warning"):
         _err(f"WARNING: {run.record['search_warning']}")
     print(run.path)
     return 0
+
+
+def format_validation(metrics: dict[str, Any]) -> list[str]:
+    """The saved model's own figures on validation (`evaluation.validation_figures`), the split it was chosen on,
+    as one line; none when the run has no validation split. A search's trial table scores one network each,
+    during training; this is the model the run keeps."""
+    figures = metrics.get("validation") or {}
+    if figures.get("accuracy") is None:
+        return []
+    auc = "n/a" if figures.get("auc") is None else f"{figures['auc']:.4f}"
+    return [
+        f"validation, the saved model (the split it was chosen on): AUC {auc}  accuracy {figures['accuracy']:.4f}  "
+        f"log loss {figures['loss']:.4f}"
+    ]
 
 
 def format_test_metrics(metrics: dict[str, Any]) -> list[str]:
@@ -578,7 +592,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=2))
         return 0
     print(f"run {run.id}: test split, {result['count']} images")
-    print("\n".join(format_test_metrics(result)))
+    print("\n".join([*format_validation(result), *format_test_metrics(result)]))
     print(f"{'class':<20}{'sensitivity':>12}{'specificity':>12}{'precision':>11}{'F1':>8}{'n':>6}")
     for name, row in result["per_class"].items():
         print(

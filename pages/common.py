@@ -124,7 +124,8 @@ def run_label(run: runs.Run) -> str:
         return run.id
     # Validation, the split models are chosen on: labelling runs by test scores invites choosing on test.
     score, metric = summary.get("val_score"), str(summary.get("val_metric") or "")
-    name = {"val_auc": "val AUC", "val_accuracy": "val accuracy", "val_loss": "val loss"}.get(metric, metric)
+    name = runs.METRIC_WORDS.get(metric, metric)
+    name = name if metric.startswith("cv_") else f"val {name}"
     extra = f" · {name} {score:.3f}" if isinstance(score, float) else ""
     return f"{run.id} · {summary['status']}{extra}"
 

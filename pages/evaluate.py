@@ -304,11 +304,13 @@ else:
 # --------------------------------------------------------------------------------------------------- exports
 st.subheader("Export")
 exports_ready = True
+export_threshold = float(threshold)
 if test.binary:
+    export_threshold = evaluation.exact_threshold(float(threshold), choices, preset)
     origin, chosen_on_data = evaluation.threshold_origin(float(threshold), choices, chosen_on, preset)
     st.markdown(
         f"The report and the model bundle embed the decision rule **call {positive} when p({positive}) ≥ "
-        f"{float(threshold):.3f}** ({origin})."
+        f"{export_threshold:.4f}** ({origin})."
     )
     if not chosen_on_data:
         exports_ready = st.checkbox(
@@ -321,13 +323,13 @@ left, right = st.columns(2)
 def report_bytes() -> bytes:
     from medimg.results import report
 
-    return report.build_report(run, float(threshold), positive, preset=preset, target=float(target)).encode("utf-8")
+    return report.build_report(run, export_threshold, positive, preset=preset, target=float(target)).encode("utf-8")
 
 
 def bundle_bytes() -> bytes:
     from medimg.results import bundle
 
-    return bundle.model_bundle(run, float(threshold), positive, preset=preset, target=float(target))
+    return bundle.model_bundle(run, export_threshold, positive, preset=preset, target=float(target))
 
 
 left.download_button(
@@ -373,7 +375,7 @@ if button_column.button("Export and check", disabled=not exports_ready, key="eva
     try:
         with st.spinner(f"Exporting to {fmt} and checking it against the Keras model…"):
             result = export.export_run(
-                run, fmt, run.path / "exports", quantize, threshold=float(threshold), positive=positive
+                run, fmt, run.path / "exports", quantize, threshold=export_threshold, positive=positive
             )
         st.session_state["evaluate_export_result"] = (run.id, result, export.export_zip(result))
     except MedimgError as error:

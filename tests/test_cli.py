@@ -219,10 +219,15 @@ def test_evaluate_words_a_multi_class_run_and_warns_of_a_class_never_called(
     assert cli.main(["evaluate", str(never_calling_run.path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     metrics = never_calling_run.read_json("metrics.json")
-    assert lines[1].startswith(f"test (arg-max over 3 classes): macro AUC {metrics['auc']:.4f}  accuracy ")
+    validation = metrics["validation"]
+    assert lines[1] == (
+        f"validation, the saved model (the split it was chosen on): AUC {validation['auc']:.4f}  accuracy "
+        f"{validation['accuracy']:.4f}  log loss {validation['loss']:.4f}"
+    )
+    assert lines[2].startswith(f"test (arg-max over 3 classes): macro AUC {metrics['auc']:.4f}  accuracy ")
     warning = "WARNING: The model never calls VIRUS on the test split: its sensitivity is 0 by construction"
     assert any(line.startswith(warning) for line in lines)
     # The lines after `auto`, `tune` and `train` are the same function's, on the same metrics.
-    assert cli.format_test_metrics(metrics) == lines[1 : 1 + len(cli.format_test_metrics(metrics))]
+    assert cli.format_test_metrics(metrics) == lines[2 : 2 + len(cli.format_test_metrics(metrics))]
     assert cli.main(["evaluate", str(never_calling_run.path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["never_predicted"] == ["VIRUS"]

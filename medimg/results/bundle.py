@@ -39,7 +39,8 @@ def contract(
         **terms,
         "class_names": names,
         "input": (
-            "uint8 pixel values 0..255, shape (batch, image_size, image_size, channels); the model rescales to "
+            "float32 pixel values 0..255 (an 8-bit image's values, cast), shape (batch, image_size, image_size, "
+            "channels); the model rescales to "
             "[0, 1] itself. Images are converted to the channel mode (gray: OpenCV RGB2GRAY) and resized to a square "
             "(OpenCV INTER_AREA when shrinking, INTER_LINEAR when enlarging), without keeping the aspect ratio. "
             "DICOM (pydicom): the modality LUT (rescale slope/intercept) applied, then the VOI transform: "

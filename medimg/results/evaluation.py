@@ -10,7 +10,7 @@ import numpy as np
 
 from medimg.datasets import datachecks
 from medimg.errors import RunError
-from medimg.metrics import bootstrap, clinical, ordinal
+from medimg.metrics import bootstrap, calibration, clinical, ordinal
 from medimg.metrics.bootstrap import Intervals
 from medimg.metrics.calibration import CalibrationSummary
 from medimg.metrics.clinical import OperatingPointRecord, Scored, roc_auc
@@ -83,6 +83,19 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
     }
 
 
+def validation_figures(val: Scored) -> dict[str, float | None]:
+    """The saved model's own figures on the validation split: {"auc", "accuracy", "loss"} (macro one-vs-rest AUC,
+    accuracy at the arg-max, mean negative log-likelihood of the true class in nats). A search's trial scores were
+    taken during training, one network each; the model a run keeps (a mean of trials, class weights undone, a
+    cross-validated trial refitted) can score otherwise, and the run lists show this figure."""
+    labels = np.asarray(val.labels, int)
+    return {
+        "auc": roc_auc(labels, val.probs),
+        "accuracy": float(np.mean(val.probs.argmax(axis=1) == labels)) if len(labels) else None,
+        "loss": calibration.negative_log_likelihood(labels, val.probs) if len(labels) else None,
+    }
+
+
 def roc_curves(y_true: np.ndarray, probs: np.ndarray, class_names: list[str]) -> dict[str, dict[str, list]]:
     """ROC curve per class (one-vs-rest; for two classes just the positive, second class)."""
     from sklearn import metrics
@@ -137,6 +150,8 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
             "chosen_on": summary["presets_split"],
             **summary["preset_points"]["youden"],
         }
+    if "val" in scored:
+        result["validation"] = validation_figures(scored["val"])
     result["one_class"] = one_class_warning(scored["test"])
     result["never_predicted"] = never_predicted(scored["test"])
     if ordinal.numbered_grades(list(data.class_names)):  # grades: how far the calls miss, not only whether
@@ -146,6 +161,8 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
     _write_predictions(run, scored)
     # The finished-run summaries of Tune and Train read run.json alone: they get the same list metrics.json holds.
     headline = {k: result[k] for k in ("accuracy", "balanced_accuracy", "auc", "never_predicted")}
+    if "validation" in result:
+        headline["validation"] = result["validation"]
     if "ordinal" in result:
         headline["ordinal"] = result["ordinal"]
     point = result.get("validation_operating_point")
@@ -220,8 +237,6 @@ def clinical_summary(
     """Everything the Evaluate page and the report show at one operating point, from predictions alone: see
     `ClinicalSummary`. Bootstrap intervals from `n_resamples` stratified resamples drawn with `seed`; the
     sensitivity and specificity presets at `target` (a fraction, chosen on validation)."""
-    from medimg.metrics import calibration
-
     binary = test.binary
     index = clinical.positive_index(test.class_names, positive) if binary else None
     presets, presets_split = preset_thresholds(test, val, index, target, target) if binary else ({}, None)
@@ -290,6 +305,16 @@ def matching_presets(threshold: float, presets: dict[str, float | None]) -> list
         if value is not None and abs(float(value) - threshold) <= THRESHOLD_TOLERANCE:
             found.append(name)
     return found
+
+
+def exact_threshold(threshold: float, presets: dict[str, float | None], chosen: str | None) -> float:
+    """The threshold to write into a report, bundle or export: the picked preset's own value, unrounded, while the
+    slider stands on it (within `THRESHOLD_TOLERANCE`), else `threshold` as set. The slider holds three decimals;
+    a bundle at 0.450 for Youden's 0.4497 and a CLI export at 0.4497 would be two rules for one model."""
+    value = presets.get(chosen) if chosen else None
+    if value is not None and abs(float(value) - threshold) <= THRESHOLD_TOLERANCE:
+        return float(value)
+    return threshold
 
 
 def threshold_origin(

@@ -354,17 +354,29 @@ class Run:
         }
 
     def validation_score(self) -> dict[str, Any]:
-        """The run's score on validation, the split models are chosen on: a search's best trial score, or the best
-        epoch of a training by its monitor. {"val_metric": name, "val_score": value}, values None when unknown."""
+        """The run's score on validation, the split models are chosen on, by the search's objective or the
+        training's monitor: the saved model's own figure once it was evaluated (`metrics.validation`), else a
+        search's best trial score or a training's best epoch. A trial score can differ from the saved model's (a
+        mean of trials, class weights undone), and a cross-validated search's trial score is not on the validation
+        split at all: its metric is then "cv_" + the objective. {"val_metric": name, "val_score": value}, values
+        None when unknown."""
         record = self.record
         spec = record.get("spec", {})
-        if spec.get("kind") == "tune":
-            objective = record.get("objective") or spec.get("tune", {}).get("objective", "val_auc")
-            return {"val_metric": objective, "val_score": record.get("best_score")}
-        monitor = record.get("monitor") or spec.get("train", {}).get("monitor", "val_auc")
-        values = [v for v in ((self.read_json("history.json") or {}).get(monitor) or []) if v == v]
-        best = (min(values) if monitor.endswith("loss") else max(values)) if values else None
-        return {"val_metric": monitor, "val_score": best}
+        tune = spec.get("kind") == "tune"
+        metric = (
+            (record.get("objective") or spec.get("tune", {}).get("objective", "val_auc"))
+            if tune
+            else (record.get("monitor") or spec.get("train", {}).get("monitor", "val_auc"))
+        )
+        model = ((record.get("metrics") or {}).get("validation") or {}).get(metric.removeprefix("val_"))
+        if isinstance(model, float):
+            return {"val_metric": metric, "val_score": model}
+        if tune:
+            cross_validated = bool(spec.get("tune", {}).get("cv_folds"))
+            return {"val_metric": f"cv_{metric}" if cross_validated else metric, "val_score": record.get("best_score")}
+        values = [v for v in ((self.read_json("history.json") or {}).get(metric) or []) if v == v]
+        best = (min(values) if metric.endswith("loss") else max(values)) if values else None
+        return {"val_metric": metric, "val_score": best}
 
 
 def new_run_id(kind: str) -> str:
@@ -418,7 +430,14 @@ def _start_record(path: Path, spec: RunSpec, status: str, extra: dict[str, Any] 
     return run
 
 
-METRIC_WORDS = {"val_auc": "AUC", "val_accuracy": "accuracy", "val_loss": "loss"}  # on validation
+METRIC_WORDS = {  # on validation; "cv_": a cross-validated trial score, on held-out folds of the training split
+    "val_auc": "AUC",
+    "val_accuracy": "accuracy",
+    "val_loss": "loss",
+    "cv_val_auc": "cross-validated AUC",
+    "cv_val_accuracy": "cross-validated accuracy",
+    "cv_val_loss": "cross-validated loss",
+}
 
 
 def trial_number(trial_id: Any) -> Any:

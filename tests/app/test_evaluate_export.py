@@ -29,3 +29,11 @@ def test_an_export_is_checked_and_offered_as_a_zip(finished_runs: FinishedRuns) 
         "predict_litert.py",
     ]
     assert json.loads((folder / "export.json").read_text())["parity"]["max_abs_diff"] <= 1e-4
+    # The slider holds three decimals; the export carries the operating point chosen on validation as `medimg
+    # export` does (to the 6 decimals predictions.csv keeps), so the app and the CLI give one rule for one model.
+    point = json.loads((finished_runs.root / finished_runs.train_id / "metrics.json").read_text())
+    threshold = point["validation_operating_point"]["threshold"]
+    contract = json.loads((folder / "contract.json").read_text())
+    assert contract["threshold"] == pytest.approx(threshold, abs=1e-6) and round(threshold, 3) != threshold
+    assert contract["decision_rule"].endswith(f">= {threshold:.4f}")
+    assert any(f"≥ {threshold:.4f}**" in text for text in values(at.markdown))

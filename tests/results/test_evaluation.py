@@ -221,6 +221,21 @@ def test_val_predictions_are_saved_and_load_back(evaluated) -> None:
         np.testing.assert_allclose(scored[split].probs, models.predict_arrays(model, arrays.images), atol=1e-6)
 
 
+def test_the_saved_models_validation_figures_are_recorded_from_its_val_predictions(evaluated) -> None:
+    from sklearn import metrics
+
+    run, data, model, result = evaluated
+    val = data.arrays["val"]
+    probs = models.predict_arrays(model, val.images)
+    figures = run.record["metrics"]["validation"]
+    assert figures == result["validation"]
+    assert figures["auc"] == pytest.approx(metrics.roc_auc_score(val.labels, probs[:, 1]), abs=1e-6)
+    assert figures["accuracy"] == pytest.approx(metrics.accuracy_score(val.labels, probs.argmax(axis=1)))
+    assert figures["loss"] == pytest.approx(metrics.log_loss(val.labels, probs, labels=[0, 1]), abs=1e-5)
+    # The run lists show this figure, not a trial's or an epoch's score taken during training.
+    assert run.validation_score() == {"val_metric": "val_auc", "val_score": figures["auc"]}
+
+
 def test_metrics_json_holds_the_clinical_summary_at_one_half(evaluated) -> None:
     run, data, model, result = evaluated
     scored = evaluation.load_scored(run)

@@ -238,6 +238,29 @@ def test_summary(tmp_path: Path) -> None:
     assert row["validation"] == "–"  # no history.json: nothing known on validation, shown as a dash, not None
 
 
+def test_a_search_lists_its_saved_models_validation_score_not_its_best_trials(tmp_path: Path) -> None:
+    tune = RunSpec(kind="tune").to_dict()
+    searched = write_run(tmp_path, "tune-20240101-000000-aaaa", best_score=0.990, objective="val_auc")
+    (searched.path / "run.json").write_text(json.dumps({**searched.record, "spec": tune}))
+    # Before evaluation only the best trial's score (taken during training) is known.
+    assert searched.table_row()["validation"] == "AUC 0.990"
+    searched.update(metrics={"auc": 0.91, "validation": {"auc": 0.972, "accuracy": 0.9, "loss": 0.3}})
+    assert searched.validation_score() == {"val_metric": "val_auc", "val_score": 0.972}
+    assert searched.table_row()["validation"] == "AUC 0.972"
+    # A cross-validated search's trial score is on folds of the training split: named so until evaluated.
+    folds = write_run(tmp_path, "tune-20240101-000001-bbbb", best_score=0.746, objective="val_auc")
+    (folds.path / "run.json").write_text(
+        json.dumps({**folds.record, "spec": {**tune, "tune": {**tune["tune"], "cv_folds": 2}}})
+    )
+    assert folds.table_row()["validation"] == "cross-validated AUC 0.746"
+    folds.update(metrics={"validation": {"auc": 0.801, "accuracy": 0.5, "loss": 1.2}})
+    assert folds.table_row()["validation"] == "AUC 0.801"
+    # A training's monitor picks the matching figure: its loss on validation for val_loss.
+    trained = write_run(tmp_path, "train-20240101-000002-cccc", monitor="val_loss")
+    trained.update(metrics={"validation": {"auc": 0.8, "accuracy": 0.7, "loss": 0.45}})
+    assert trained.table_row()["validation"] == "loss 0.450"
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     import keras
