@@ -362,13 +362,16 @@ def _size(path: Path) -> int:
 
 
 def reference_script(fmt: str) -> str:
-    """The `predict_<fmt>.py` written next to an export: one image file in, probabilities JSON out."""
-    return _SCRIPT.format(fmt=fmt, runtime=RUNTIMES[fmt], loader=_SCRIPT_LOADERS[fmt].strip())
+    """The `predict_<fmt>.py` written next to an export: one image file in, probabilities JSON out. Without medimg
+    importable it exits with how to install it from the checkout that exported the model (pyproject.toml)."""
+    source = Path(__file__).resolve().parent.parent
+    return _SCRIPT.format(fmt=fmt, runtime=RUNTIMES[fmt], loader=_SCRIPT_LOADERS[fmt].strip(), source=source)
 
 
 _SCRIPT = '''"""Predict one image with the {fmt} model in this folder:  python predict_{fmt}.py IMAGE
 
-Needs {runtime} and medimg (for its preprocessing, medimg.imaging.images.load_image, the same code training used).
+Needs {runtime} and medimg (for its preprocessing, medimg.imaging.images.load_image, the same code training used):
+pip install {source}  (the medimg checkout this model was exported from).
 Prints one JSON object: the probability of each class and the class called by contract.json's decision rule.
 """
 
@@ -378,8 +381,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medimg.imaging.dicom import DicomWindow
-from medimg.imaging.images import load_image
+try:
+    from medimg.imaging.dicom import DicomWindow
+    from medimg.imaging.images import load_image
+except ImportError as error:
+    sys.exit(
+        f"predict_{fmt}.py needs medimg for its preprocessing ({{error}}). Install it from the checkout this model "
+        "was exported from:  pip install {source}  (or run with that folder on PYTHONPATH)."
+    )
 
 HERE = Path(__file__).resolve().parent
 contract = json.loads((HERE / "contract.json").read_text(encoding="utf-8"))

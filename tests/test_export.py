@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +157,47 @@ def test_reference_scripts_predict_a_file_like_the_keras_model(trained_run: runs
         printed = json.loads(stdout.strip().splitlines()[-1])
         assert printed["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4), fmt
         assert printed["called"] == expected.predicted, fmt
+
+
+def test_a_reference_script_without_medimg_says_how_to_install_it(exports: dict, tmp_path: Path) -> None:
+    """Seen: ModuleNotFoundError for a user who installed requirements.txt and ran the script from its folder."""
+    folder = exports[("keras", None)].path
+    environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    process = subprocess.run(
+        [sys.executable, str(folder / "predict_keras.py"), str(DEMO_IMAGE)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,  # not the checkout, whose folder would make medimg importable
+        env=environment,
+        timeout=120,
+    )
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert f"pip install {PROJECT}" in process.stderr and "needs medimg for its preprocessing" in process.stderr
+    # Installed from that checkout (its pyproject.toml; a copy, so the build leaves nothing in the checkout), the
+    # same script predicts.
+    source, target = tmp_path / "checkout", tmp_path / "site"
+    shutil.copytree(PROJECT / "medimg", source / "medimg", ignore=shutil.ignore_patterns("__pycache__", "demo"))
+    shutil.copy(PROJECT / "pyproject.toml", source)
+    install = ["install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(source)]
+    subprocess.run(
+        [sys.executable, "-m", "pip", *install],
+        check=True,
+        timeout=300,
+    )
+    process = subprocess.run(
+        [sys.executable, str(folder / "predict_keras.py"), str(DEMO_IMAGE)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**environment, "PYTHONPATH": str(target)},
+        timeout=120,
+    )
+    assert process.returncode == 0, process.stderr[-1500:]
+    assert set(json.loads(process.stdout.strip().splitlines()[-1])["probabilities"]) == set(trained_names(folder))
+
+
+def trained_names(folder: Path) -> list[str]:
+    return json.loads((folder / "contract.json").read_text())["class_names"]
 
 
 def test_cli_export_prints_the_folder_last_and_the_parity_figure(
