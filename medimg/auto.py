@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +47,6 @@ TRIALS_AT_FULL_LENGTH = 4  # the plan keeps at least this many full-length trial
 ENSEMBLE_CANDIDATES = 5
 # Unlimited in practice: the budget, not a trial count, ends an automatic search.
 BUDGET_MAX_TRIALS = BUDGET_ONLY_TRIALS
-COLOUR_SAMPLE = 48
 # A frozen backbone's epoch took at most 1.5× the plain CNN's at 64 px (ResNet50V2; 0.1-1.0× at 96-128 px) in
 # `python bench/backbones.py` (bench/README.md); computing features is its forward pass alone, so this is an upper
 # bound per image. Features may take this share of an automatic search.
@@ -496,15 +494,7 @@ def _choose_color(report: Any, seed: int) -> tuple[str, str]:
     total_colour_files = sum(count for mode, count in report.modes.items() if "RGB" in mode)
     if not files or not total_colour_files:
         return "gray", "gray: every image is single-channel"
-    sample = random.Random(seed).sample(files, min(COLOUR_SAMPLE, len(files)))
-    colour = 0
-    read = 0
-    for file in sample:
-        try:
-            colour += images.carries_colour(file.path)
-        except Exception:  # an unreadable file is the scan's business; it just does not vote
-            continue
-        read += 1
+    colour, read = images.count_colour([file.path for file in files], images.COLOUR_SAMPLE, seed)
     if read and colour / read >= 0.5:
         return "rgb", f"rgb: {colour} of {read} sampled images carry colour"
     return "gray", (

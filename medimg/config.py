@@ -364,16 +364,18 @@ def describe_run_augment(spec: RunSpec, best: ModelParams | None = None) -> str:
     return text
 
 
-def describe_params(params: ModelParams) -> list[tuple[str, str]]:
+def describe_params(params: ModelParams, train: TrainConfig | None = None) -> list[tuple[str, str]]:
     """(setting, value) rows in plain words and units for people: filters per block, learning rate as 1e-3, dropout
     and weight decay as numbers, class weights and augmentation strength named; a categorical hyperparameter with
-    no wording of its own here (`CHOICES`) under its label, as it is."""
+    no wording of its own here (`CHOICES`) under its label, as it is. Class weights the parameters leave to the
+    training settings ("") are worded from `train` when given."""
     weights = {
         "": "as the training settings say",
         "none": "none",
         "balanced": "balanced in training; the kept model's outputs are shifted back to the class frequencies",
         "auto": "balanced in training when the classes differ by more than 1.5×, undone in the kept model's outputs",
     }
+    class_weights = params.class_weights or (train.class_weights if train else "")
     worded = {
         "kernel_size": ("Kernel size", f"{params.kernel_size}×{params.kernel_size}"),
         "activation": ("Activation", params.activation),
@@ -403,7 +405,7 @@ def describe_params(params: ModelParams) -> list[tuple[str, str]]:
         ("Conv blocks (filters each)", " → ".join(str(int(f)) for f in params.filters)),
         *(worded.get(c.name, (c.label, str(getattr(params, c.name)))) for c in CHOICES),
         ("Learning rate", f"{params.learning_rate:.1e}"),
-        ("Class weights", weights.get(params.class_weights, params.class_weights)),
+        ("Class weights", weights.get(class_weights, class_weights)),
     ]
 
 

@@ -63,9 +63,12 @@ def save_image_profile(run: Run, data: PreparedData) -> None:
     runs saved before it have none and get no such note. Takes a second or two (thumbnails of the cached arrays)."""
     from medimg.datasets import novelty
     from medimg.errors import ConfigError
+    from medimg.imaging import images
 
+    train, seed = data.arrays["train"], run.spec.dataset.seed
+    colour = images.count_colour(list(train.paths), images.COLOUR_SAMPLE, seed)  # (0, 0) when none is readable
     try:
-        profile = novelty.fit_profile(data.arrays["train"].images, data.arrays["val"].images, run.spec.dataset.seed)
+        profile = novelty.fit_profile(train.images, data.arrays["val"].images, seed, colour if colour[1] else None)
     except ConfigError as error:  # too few images to profile: the model is still kept, only the caution is missing
         run.append_event("warning", message=f"no image profile for Predict's caution: {error}")
         return

@@ -61,8 +61,14 @@ with right:
     except MedimgError as error:
         common.show_error(error)
         st.stop()
+    try:  # augmentation applies to the training split only: preview the images it will change
+        files = dataset.make_splits(files, data.val_fraction, data.test_fraction, data.seed).train
+    except MedimgError:
+        pass  # no usable split yet (e.g. one class): the Dataset page says why; preview any image meanwhile
     names = [f.path for f in files]
-    chosen = st.selectbox("Image", names, format_func=lambda p: "/".join(p.rsplit("/", 3)[-3:]), key="aug_image")
+    chosen = st.selectbox(
+        "Training image", names, format_func=lambda p: "/".join(p.rsplit("/", 3)[-3:]), key="aug_image"
+    )
     try:
         image = InputContract.from_config(data).load(chosen)
     except Exception as error:

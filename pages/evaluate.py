@@ -161,7 +161,7 @@ called_one_class = evaluation.one_class_at_threshold(summary)
 if called_one_class:
     st.warning(called_one_class, icon=":material/warning:")
 if test.binary:
-    for rule in evaluation.matching_presets(float(threshold), choices):
+    for rule in evaluation.answering_presets(float(threshold), choices, preset):
         missed = evaluation.missed_target(summary["operating_point"], rule, target)
         if missed:
             st.warning(missed, icon=":material/warning:")

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from medimg import workflows
-from medimg.config import ModelParams, RunSpec, TrainConfig, describe_params
+from medimg.config import ModelParams, RunSpec, TrainConfig, describe_augment, describe_params
 from medimg.errors import MedimgError
 from medimg.model import backbones
 from medimg.store import runs
@@ -62,7 +62,7 @@ if source == "Best of a search":
         f"{base.train.early_stopping_patience} epochs without progress (the best epoch's weights kept), the "
         "learning rate halved on plateaus."
     )
-    st.table(pd.DataFrame(describe_params(params), columns=["Setting", "Value"]).set_index("Setting"))
+    st.table(pd.DataFrame(describe_params(params, base.train), columns=["Setting", "Value"]).set_index("Setting"))
 else:
     b1, b2, b3 = st.columns(3)
     network = b1.selectbox(
@@ -73,10 +73,14 @@ else:
         disabled=busy,
         help="A keras.applications network with a new head, or medimg's CNN trained from scratch.",
     )
+    found = network == "cnn" or next(r for r in backbones.weights_status() if r["backbone"] == network)["found"]
     start_from = b2.selectbox(
         "Starting weights",
         ["imagenet", "none"],
-        format_func={"imagenet": "ImageNet (found offline)", "none": "none (random)"}.__getitem__,
+        format_func={
+            "imagenet": "ImageNet" if found else "ImageNet (not found offline)",
+            "none": "none (random)",
+        }.__getitem__,
         **common.kept(
             "tr_start_weights", params.weights if params.weights in ("imagenet", "none") else "imagenet", busy
         ),
@@ -91,8 +95,7 @@ else:
         help="Stage 1 trains the head on the frozen backbone; stage 2 unfreezes this many top blocks at a low rate.",
     )
     if network != "cnn":
-        status = next(row for row in backbones.weights_status() if row["backbone"] == network)
-        if start_from == "imagenet" and not status["found"]:
+        if start_from == "imagenet" and not found:
             st.warning(backbones.missing_weights_message(backbones.get_backbone(network)), icon=":material/warning:")
         st.caption(
             f"{network}: ImageNet weights suit {backbones.get_backbone(network).size} px inputs "
@@ -128,6 +131,11 @@ else:
             else MedimgError(f"filters must be whole numbers separated by commas, e.g. 32, 64 ({error}).")
         )
         st.stop()
+    # What Start will train on: the Dataset and Augment pages' choices, said before the run, as Tune does.
+    st.caption(
+        f"Dataset: {dataset_config.path} · {dataset_config.image_size} px {dataset_config.color} · augmentation: "
+        f"{describe_augment(augment.scaled(params.augment_strength))}"
+    )
 
 # A search's schedule is seeded per search run; the manual one is the page's own kept choice.
 prefix = f"tr_{search.id}_" if base else "tr_"

@@ -360,7 +360,7 @@ def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> No
         st.info(tuning.describe_ensemble(record), icon=":material/join:")
     st.table(
         pd.DataFrame(
-            describe_params(ModelParams.from_dict(record["best_params"])), columns=["Setting", "Value"]
+            describe_params(ModelParams.from_dict(record["best_params"]), run.spec.train), columns=["Setting", "Value"]
         ).set_index("Setting")
     )
     common.show_test_metrics(run)  # the search's final model, already evaluated

@@ -253,6 +253,12 @@ def test_parameters_are_described_in_plain_words_and_units() -> None:
     assert not [value for value in rows.values() if value in ("None", "True", "False")]
     weighted = dict(describe_params(ModelParams.plain_cnn(28).replace(class_weights="balanced")))
     assert weighted["Class weights"].startswith("balanced in training;") and "shifted back" in weighted["Class weights"]
+    # Left to the training settings (""): worded from them when given (seen: "as the training settings say" on a
+    # search whose settings said auto).
+    deferred = ModelParams.plain_cnn(28).replace(class_weights="")
+    assert dict(describe_params(deferred))["Class weights"] == "as the training settings say"
+    auto = dict(describe_params(deferred, TrainConfig(class_weights="auto")))["Class weights"]
+    assert auto.startswith("balanced in training when the classes differ by more than 1.5×")
 
 
 def test_cross_validation_refuses_what_would_break_its_scores() -> None:

@@ -10,8 +10,10 @@ It catches gross mismatches (another modality, a test pattern, another body part
 shift, and a smooth picture that the components happen to reconstruct (a plain gradient) can pass it. Blank and
 flat images are the case the reconstruction error misses most plainly (a black image is the mean minus itself,
 largely inside the components' span), so the profile also keeps the range of the training and validation
-thumbnails' brightness (mean gray level) and their lowest contrast (standard deviation), widened by MARGIN, and an
-image outside them is cautioned for that.
+thumbnails' brightness (mean gray level) and the range of their contrast (standard deviation of the gray model
+input at its own resolution: a thumbnail averages a fine pattern such as a checkerboard into flat gray), widened by
+MARGIN, and an image outside them is cautioned for that. It also keeps how many of a sample of the training files
+carry colour, so that a colour picture given to a model trained on gray ones is named as unlike them.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ class ImageProfile:
     # Allowed thumbnail brightness (lowest, highest mean gray level) and lowest contrast (standard deviation, gray
     # levels); None in profiles written before they were kept, which then skip those checks.
     brightness: tuple[float, float] | None = None
-    min_contrast: float | None = None
+    min_contrast: float | None = None  # of the thumbnails: profiles written before `contrast`, checked only there
+    # Allowed contrast of the gray model input at full resolution (lowest, highest standard deviation, gray levels).
+    contrast: tuple[float, float] | None = None
+    # (files carrying colour, files looked at) in a sample of the training files; None when not looked at.
+    colour_files: tuple[int, int] | None = None
 
     def distances(self, images: np.ndarray) -> np.ndarray:
         """Reconstruction error of each image: the root mean square, in gray levels (0..255), of what the
@@ -77,11 +83,20 @@ class ImageProfile:
                 f"unlike the training images (distance {distance:.1f} vs at most {self.validation_max:.1f} for the "
                 "validation images): the call may mean nothing"
             )
-        if self.min_contrast is not None:
-            if row.std() < self.min_contrast:
+        if self.contrast is not None or self.min_contrast is not None:
+            if self.contrast is not None:
+                contrast, (lowest, highest) = float(_gray(image).std()), self.contrast
+            else:
+                contrast, lowest, highest = float(row.std()), float(self.min_contrast or 0.0), float("inf")
+            if contrast < lowest:
                 return (
-                    f"nearly uniform (contrast {row.std():.1f} gray levels; the training and validation images have "
-                    f"at least {self.min_contrast * MARGIN:.1f}): blank or flat, the call may mean nothing"
+                    f"nearly uniform (contrast {contrast:.1f} gray levels; the training and validation images have "
+                    f"at least {lowest * MARGIN:.1f}): blank or flat, the call may mean nothing"
+                )
+            if contrast > highest:
+                return (
+                    f"unlike the training images (contrast {contrast:.1f} gray levels; the training and validation "
+                    f"images have at most {highest / MARGIN:.1f}): the call may mean nothing"
                 )
             low, high = self.brightness or (0.0, 255.0)
             if not low <= row.mean() <= high:
@@ -103,6 +118,8 @@ class ImageProfile:
             "counts": dict(self.counts),
             "brightness": list(self.brightness) if self.brightness else None,
             "min_contrast": self.min_contrast,
+            "contrast": list(self.contrast) if self.contrast else None,
+            "colour_files": list(self.colour_files) if self.colour_files else None,
         }
 
     @classmethod
@@ -114,6 +131,7 @@ class ImageProfile:
             components = np.asarray(data["components"], np.float64).reshape(-1, size * size)
             brightness = data.get("brightness")
             contrast = data.get("min_contrast")
+            full_contrast, colour = data.get("contrast"), data.get("colour_files")
             return cls(
                 size,
                 mean,
@@ -123,9 +141,18 @@ class ImageProfile:
                 data["counts"],
                 (float(brightness[0]), float(brightness[1])) if brightness else None,
                 float(contrast) if contrast is not None else None,
+                (float(full_contrast[0]), float(full_contrast[1])) if full_contrast else None,
+                (int(colour[0]), int(colour[1])) if colour else None,
             )
         except (KeyError, TypeError, ValueError, IndexError) as error:
             raise ConfigError(f"image profile is malformed ({error}); retrain the run to write it again.") from error
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    """H×W×C uint8 (C 1 or 3) → H×W uint8 gray (OpenCV RGB2GRAY)."""
+    import cv2
+
+    return image[..., 0] if image.shape[-1] == 1 else cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
 
 
 def thumbnails(images: np.ndarray, size: int) -> np.ndarray:
@@ -133,18 +160,18 @@ def thumbnails(images: np.ndarray, size: int) -> np.ndarray:
     import cv2
 
     batch = images[None] if images.ndim == 3 else images
-    rows = []
-    for image in batch:
-        gray = image[..., 0] if image.shape[-1] == 1 else cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        rows.append(cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA).reshape(-1))
+    rows = [cv2.resize(_gray(image), (size, size), interpolation=cv2.INTER_AREA).reshape(-1) for image in batch]
     return np.asarray(rows, np.float64).reshape(len(batch), size * size)
 
 
-def fit_profile(train: np.ndarray, validation: np.ndarray, seed: int = 0) -> ImageProfile:
+def fit_profile(
+    train: np.ndarray, validation: np.ndarray, seed: int = 0, colour_files: tuple[int, int] | None = None
+) -> ImageProfile:
     """Fit the profile on training images and set its threshold on validation images (never on test).
 
     The brightness range is the training and validation thumbnails' lowest to highest mean gray level, widened on
-    each side by (MARGIN − 1) × its width; the lowest contrast is their smallest standard deviation / MARGIN.
+    each side by (MARGIN − 1) × its width; the contrast range is their gray model inputs' smallest standard
+    deviation / MARGIN to largest × MARGIN, at full resolution.
 
     The threshold is MARGIN × the largest validation distance, not a percentile: validation splits here are small
     (tens of images), where a 99th percentile is the maximum or an interpolation next to it, and the maximum means
@@ -155,6 +182,7 @@ def fit_profile(train: np.ndarray, validation: np.ndarray, seed: int = 0) -> Ima
         train: N×H×W×C uint8, the training split's cached model inputs (a seeded sample of MAX_IMAGES if more).
         validation: M×H×W×C uint8, the validation split's (likewise sampled).
         seed: the sample's seed.
+        colour_files: (files carrying colour, files looked at) in a sample of the training files, kept as it is.
 
     Raises:
         ConfigError: fewer than 2 training images or no validation image.
@@ -165,7 +193,8 @@ def fit_profile(train: np.ndarray, validation: np.ndarray, seed: int = 0) -> Ima
             f"{len(validation)}."
         )
     size = min(THUMBNAIL_SIZE, int(train.shape[1]))
-    rows = thumbnails(_sample(train, seed), size)
+    train = _sample(train, seed)
+    rows = thumbnails(train, size)
     mean = rows.mean(axis=0)
     _, singular, vectors = np.linalg.svd(rows - mean, full_matrices=False)
     explained = np.cumsum(singular**2) / max(float(np.sum(singular**2)), 1e-12)
@@ -176,13 +205,15 @@ def fit_profile(train: np.ndarray, validation: np.ndarray, seed: int = 0) -> Ima
     seen = np.concatenate([rows, thumbnails(sampled, size)])
     means = seen.mean(axis=1)
     widen = (MARGIN - 1) * float(means.max() - means.min())
+    contrasts = [float(_gray(image).std()) for split in (train, sampled) for image in split]
     return dataclasses.replace(
         profile,
         validation_max=validation_max,
         threshold=MARGIN * validation_max,
         counts={"train": len(rows), "val": len(sampled)},
         brightness=(max(0.0, float(means.min()) - widen), min(255.0, float(means.max()) + widen)),
-        min_contrast=float(seen.std(axis=1).min()) / MARGIN,
+        contrast=(min(contrasts) / MARGIN, max(contrasts) * MARGIN),
+        colour_files=colour_files,
     )
 
 

@@ -475,6 +475,25 @@ def _load_jpeg_scaled(data: bytes, size: int, color: str) -> np.ndarray | None:
 COLOUR_LEVELS = 3.0
 
 
+COLOUR_SAMPLE = 48  # files looked at to judge a dataset's colour: enough for a majority, a second or two to read
+
+
+def count_colour(paths: list[str | Path], sample: int, seed: int) -> tuple[int, int]:
+    """(files that carry colour, files read) in a seeded sample of at most `sample` of `paths`
+    (`carries_colour`); an unreadable file is skipped, not counted."""
+    import random
+
+    chosen = random.Random(seed).sample(list(paths), min(sample, len(paths)))
+    colour = read = 0
+    for path in chosen:
+        try:
+            colour += carries_colour(path)
+        except Exception:  # an unreadable file is the scan's business; it just does not vote
+            continue
+        read += 1
+    return colour, read
+
+
 def carries_colour(source: str | Path | bytes) -> bool:
     """Whether an image file (or its bytes) shows colour, not gray copied into three channels: judged on a 32 px RGB
     version (`load_image`). Raises ImageReadError as `load_image`."""

@@ -307,6 +307,15 @@ def matching_presets(threshold: float, presets: dict[str, float | None]) -> list
     return found
 
 
+def answering_presets(threshold: float, presets: dict[str, float | None], chosen: str | None) -> list[str]:
+    """The presets whose targets a threshold answers for (`missed_target` checks them): the preset picked, while
+    the threshold stands on it; else every preset giving this threshold (`matching_presets`). Seen: with Youden's J,
+    the default, coinciding with the specificity preset, the page warned that specificity missed "the 0.95
+    target", a target nobody had chosen."""
+    rules = matching_presets(threshold, presets)
+    return [chosen] if chosen in rules else rules
+
+
 def exact_threshold(threshold: float, presets: dict[str, float | None], chosen: str | None) -> float:
     """The threshold to write into a report, bundle or export: the picked preset's own value, unrounded, while the
     slider stands on it (within `THRESHOLD_TOLERANCE`), else `threshold` as set. The slider holds three decimals;

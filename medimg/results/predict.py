@@ -72,7 +72,8 @@ class Predictor:
         """Why this input is unlike what the model was trained on, or "". A probability is still given; the note
         says not to trust it as much. Two checks, joined by "; " when both apply:
 
-        - colour given to a model trained on gray images (it sees the colour converted to gray) or gray to one
+        - colour given to a model trained on gray images (it sees the colour converted to gray), named unlike the
+          training images when none of the profile's sampled training files carried colour; or gray given to one
           trained on colour (`images.carries_colour` on the file);
         - `pixels` (the model input, S×S×C uint8) beyond the run's image profile (`novelty.ImageProfile.note`:
           the distance to the training images against the most any validation image had). Runs saved before
@@ -89,6 +90,12 @@ class Predictor:
         except Exception:  # read already by `prepare`; a second failure only means no note
             return ""
         if colour and self.color == "gray":
+            counted = self.profile.colour_files if self.profile else None
+            if counted and counted[0] == 0:
+                return (
+                    f"unlike the training images (a colour image; none of {counted[1]} sampled training files carries "
+                    "colour): the model sees it converted to gray, and the call may mean nothing"
+                )
             return "a colour image, and this model was trained on gray images: it sees it converted to gray"
         if not colour and self.color == "rgb":
             return "a gray image, and this model was trained on colour images"

@@ -149,7 +149,8 @@ def calibration_note(calibration: CalibrationSummary) -> tuple[str, str | None]:
         text = (
             f"Temperature scaling fitted on validation: T = {temperature:.3f} "
             f"({'softens over-confident' if temperature > 1 else 'sharpens under-confident'} probabilities; ranks, "
-            f"hence AUC, unchanged); test ECE {before['ece']:.3f} → {after['ece']:.3f}."
+            f"hence AUC, unchanged); test ECE {before['ece']:.3f} → {after['ece']:.3f}, test negative "
+            f"log-likelihood {calibration['test_nll_before']:.3f} → {calibration['test_nll_after']:.3f}."
         )
     else:
         skipped = calibration.get("skipped") or "no validation predictions to fit a temperature on"

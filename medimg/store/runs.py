@@ -349,7 +349,7 @@ class Run:
             "dataset": summary["dataset"],
             "validation": f"{METRIC_WORDS.get(metric, metric)} {score:.3f}" if isinstance(score, float) else "–",
             "test AUC": f"{auc:.3f}" if isinstance(auc, float) else "–",
-            "test accuracy": f"{accuracy:.3f}" if isinstance(accuracy, float) else "–",
+            "test accuracy (arg-max)": f"{accuracy:.3f}" if isinstance(accuracy, float) else "–",
             "note": _note(summary["status"], record),
         }
 

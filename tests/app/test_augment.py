@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from medimg.config import AugmentConfig, DatasetConfig
+from medimg.datasets import dataset
 
 from .conftest import TINY_DATASET, by_label, no_exception, open_page, values
 
@@ -36,6 +37,13 @@ def test_no_augmentation_shows_identical_copies_and_says_so() -> None:
         assert by_label(at.slider, label).value == 0.0
     assert by_label(at.select_slider, "Preview copies").value == 12
     assert at.selectbox(key="aug_image").value.startswith(str(Path(TINY_DATASET["path"])))
+    # Augmentation applies to the training split only: the images offered are its images (seen: a test image first).
+    config = DatasetConfig(**TINY_DATASET)
+    listing = dataset.list_files(config.path, config.group_regex)
+    train = dataset.make_splits(listing.files, config.val_fraction, config.test_fraction, config.seed).train
+    shown = at.selectbox(key="aug_image").options  # as the page words them: split/class/file
+    assert shown == ["/".join(f.path.rsplit("/", 3)[-3:]) for f in train]
+    assert all(name.startswith("train/") for name in shown)
     captions, urls = preview(at)
     assert captions == ["original", *[f"#{i}" for i in range(1, 13)]]
     assert len(set(urls)) == 1, "without augmentation every copy is the original"

@@ -61,7 +61,8 @@ def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(fini
     assert sorted(option.split(" · ")[:2] for option in picker.options) == sorted(
         [[finished_runs.train_id, "completed"], [finished_runs.tune_id, "completed"]]
     )
-    tune_score = runs.Run(finished_runs.root / finished_runs.tune_id).record["best_score"]
+    # The saved model's own validation AUC (`evaluation.validation_figures`), not its best trial's score.
+    tune_score = runs.Run(finished_runs.root / finished_runs.tune_id).record["metrics"]["validation"]["auc"]
     assert f"{finished_runs.tune_id} · completed · val AUC {tune_score:.3f}" in picker.options
     assert not [option for option in picker.options if "test" in option]
     picker.set_value(finished_runs.train_id).run()

@@ -43,7 +43,7 @@ def test_lists_every_run_with_its_kind_status_and_metrics(finished_runs: Finishe
         "dataset",
         "validation",
         "test AUC",
-        "test accuracy",
+        "test accuracy (arg-max)",
         "note",
     ]
     assert table.loc[finished_runs.train_id, "started"] == time.strftime(

@@ -15,6 +15,7 @@ from medimg.config import (
     SearchSpace,
     TrainConfig,
     TuneConfig,
+    describe_augment,
     describe_params,
 )
 from medimg.store import runs
@@ -53,6 +54,13 @@ def test_without_a_search_the_manual_parameters_are_offered(runs_dir: Path) -> N
     assert at.text_input(key="tr_filters").value == "32, 64"  # ModelParams() defaults
     assert not by_label(at.button, "Start training").disabled
     assert values(at.info) == ["No training run yet: press Start training."]
+    # What Start trains on is said before it (seen: nothing named the dataset chosen on the Dataset page).
+    data, augment, params = (at.session_state[k] for k in ("dataset", "augment", "params"))
+    expected = (
+        f"Dataset: {data.path} · {data.image_size} px {data.color} · augmentation: "
+        f"{describe_augment(augment.scaled(params.augment_strength))}"
+    )
+    assert expected in values(at.caption)
 
 
 def test_best_of_a_search_without_a_finished_search_says_where_to_get_one(runs_dir: Path) -> None:
@@ -98,7 +106,7 @@ def test_a_finished_search_supplies_the_parameters_and_the_dataset(finished_runs
     assert at.radio(key="train_source").value == "Best of a search"
     assert by_label(at.selectbox, "Search run").value == search.id
     shown_params = at.table[0].value["Value"].to_dict()
-    assert shown_params == dict(describe_params(ModelParams.from_dict(search.record["best_params"])))
+    assert shown_params == dict(describe_params(ModelParams.from_dict(search.record["best_params"]), search.spec.train))
     assert f"Dataset and augmentation of {search.id}: {DatasetConfig(**TINY_DATASET).path}, 16 px gray." in values(
         at.caption
     )
@@ -262,6 +270,8 @@ def test_a_backbone_without_its_weights_is_warned_before_start_and_chosen_into_t
     assert at.selectbox(key="tr_start_weights").disabled  # the CNN has no starting weights to choose
     at.selectbox(key="tr_backbone").set_value("efficientnet_b0").run()
     no_exception(at)
+    # Seen: "ImageNet (found offline)" above the warning that the weights are not found.
+    assert at.selectbox(key="tr_start_weights").options == ["ImageNet (not found offline)", "none (random)"]
     warning = " ".join(values(at.warning))
     assert "no file efficientnetb0_notop.h5 (MD5 50bc09e76180e00e4465e1a485ddc09d)" in warning
     assert "python -m medimg weights import FILE" in warning

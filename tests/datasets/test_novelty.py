@@ -77,7 +77,7 @@ def test_blank_images_are_cautioned(profile: novelty.ImageProfile, level: int) -
         )
     # Where the reconstruction error passes an image, its brightness is checked against the range the training and
     # validation images span.
-    lenient = dataclasses.replace(profile, threshold=float("inf"), min_contrast=0.0)
+    lenient = dataclasses.replace(profile, threshold=float("inf"), contrast=(0.0, float("inf")))
     low, high = profile.brightness
     inside = low <= level <= high
     assert lenient.note(blank) == (
@@ -92,10 +92,35 @@ def test_blank_images_are_cautioned(profile: novelty.ImageProfile, level: int) -
 def test_a_profile_written_before_brightness_and_contrast_were_kept_still_loads_and_skips_them(
     profile: novelty.ImageProfile,
 ) -> None:
-    older = {k: v for k, v in profile.to_dict().items() if k not in ("brightness", "min_contrast")}
+    newer = ("brightness", "min_contrast", "contrast", "colour_files")
+    older = {k: v for k, v in profile.to_dict().items() if k not in newer}
     loaded = novelty.ImageProfile.from_dict(older)
-    assert loaded.brightness is None and loaded.min_contrast is None
+    assert loaded.brightness is None and loaded.min_contrast is None and loaded.contrast is None
     assert loaded.note(np.full((16, 16, 1), 128, np.uint8)) == ""  # only the distance is checked, as before
+    # A profile of the next version kept the thumbnails' lowest contrast only: it is still checked, as it was.
+    thumbnail_era = novelty.ImageProfile.from_dict({**older, "brightness": [0, 255], "min_contrast": 4.0})
+    assert thumbnail_era.note(np.full((16, 16, 1), 128, np.uint8)).startswith(
+        "nearly uniform (contrast 0.0 gray levels; the training and validation images have at least 5.0)"
+    )
+
+
+def test_a_fine_high_contrast_pattern_is_cautioned_with_its_own_contrast() -> None:
+    """The field report: a 28×28 black-and-white checkerboard (standard deviation 127.5) given to a BreastMNIST run
+    was called "nearly uniform (contrast 2.5 gray levels …): blank or flat": the 16 px thumbnail averages it to
+    gray. Contrast is measured on the model input, at its own resolution."""
+    breast = prepare_data(DatasetConfig(path=str(BREASTMNIST), image_size=28, color="gray"))
+    profile = novelty.fit_profile(breast.arrays["train"].images, breast.arrays["val"].images)
+    checkerboard = ((np.indices((28, 28)).sum(axis=0) % 2) * 255).astype(np.uint8)[..., None]
+    assert float(novelty.thumbnails(checkerboard, profile.thumbnail_size).std()) < 5  # what the old check saw
+    assert float(profile.distances(checkerboard)[0]) <= profile.threshold  # the distance misses it too
+    highest = profile.contrast[1] / novelty.MARGIN
+    assert highest < 127.5
+    assert profile.note(checkerboard) == (
+        f"unlike the training images (contrast 127.5 gray levels; the training and validation images have at most "
+        f"{highest:.1f}): the call may mean nothing"
+    )
+    # The real test ultrasounds stay within the range.
+    assert [profile.note(image) for image in breast.arrays["test"].images] == [""] * len(breast.arrays["test"])
 
 
 def test_a_profile_round_trips_through_json_and_rgb_inputs_are_seen_in_gray(

@@ -160,3 +160,17 @@ def test_a_useful_temperature_has_no_warning() -> None:
     low, high = calibration.TEMPERATURE_RANGE
     assert low * 1.01 < summary["temperature"] < high * 0.99
     assert summary["warning"] is None
+
+
+def test_a_lower_ece_with_a_worse_test_likelihood_is_said_to_be_no_clear_gain() -> None:
+    """The review's case: ECE 0.072 → 0.062 was shown as a gain while the test log-likelihood rose 0.338 → 0.349."""
+    assert calibration.likelihood_warning(1.3, 0.338, 0.349) == (
+        "Temperature scaling fitted on validation (T = 1.300) did not clearly help on test: the expected calibration "
+        "error fell, but the negative log-likelihood rose from 0.338 to 0.349. The unscaled probabilities (before) "
+        "are as good to use."
+    )
+    assert calibration.likelihood_warning(1.3, 0.338, 0.338 + calibration.NLL_TOLERANCE) is None  # not a loss
+    assert calibration.likelihood_warning(1.3, 0.338, 0.300) is None  # a gain
+    # A useful temperature lowers the test likelihood too, and gets no warning (`calibration_summary`).
+    summary = calibration.calibration_summary(noisy_binary(400, 2), noisy_binary(400, 1))
+    assert summary["test_nll_after"] <= summary["test_nll_before"] and summary["warning"] is None

@@ -318,7 +318,14 @@ def test_execute_train_records_everything(tmp_path: Path) -> None:
     assert [e["epoch"] for e in run.events("epoch")] == [0, 1]
     assert run.model_path.is_file() and record["model_sha256"] == runs.file_sha256(run.model_path)
     assert metrics["count"] == 30
-    assert set(record["metrics"]) == {"accuracy", "balanced_accuracy", "auc", "operating_point", "never_predicted"}
+    assert set(record["metrics"]) == {
+        "accuracy",
+        "balanced_accuracy",
+        "auc",
+        "operating_point",
+        "never_predicted",
+        "validation",
+    }
     assert any(line.startswith("epoch 2/2") for line in lines)
     assert (run.path / "logs").is_dir()  # TensorBoard
     assert not (run.path / "backup").exists()  # the resume backup is removed once training finished

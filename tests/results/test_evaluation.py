@@ -398,6 +398,17 @@ def test_threshold_origin_names_the_preset_pressed_when_two_give_one_threshold()
     )
 
 
+def test_only_the_preset_picked_answers_for_its_target_when_two_give_one_threshold() -> None:
+    presets = {"default": 0.5, "youden": 0.554, "sensitivity": 0.2, "specificity": 0.554}
+    # Youden's J picked (the page's default): the specificity target, which nobody chose, is not checked.
+    assert evaluation.answering_presets(0.554, presets, "youden") == ["youden"]
+    assert evaluation.answering_presets(0.554, presets, "specificity") == ["specificity"]
+    # Moved there by hand, or a preset picked and then moved off: every preset giving the threshold.
+    assert evaluation.answering_presets(0.554, presets, None) == ["youden", "specificity"]
+    assert evaluation.answering_presets(0.554, presets, "sensitivity") == ["youden", "specificity"]
+    assert evaluation.answering_presets(0.3, presets, "youden") == []
+
+
 def test_a_target_missed_on_test_is_a_note_and_the_threshold_stays_the_validation_one() -> None:
     from tests.metrics.test_clinical import noisy_binary
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from pathlib import Path
 
@@ -164,21 +165,36 @@ def test_a_batch_with_undecodable_dicoms_gets_a_row_per_file(predictor: Predicto
     assert all(row["predicted"] in predictor.class_names for row in rows if not row["error"])
 
 
-def test_a_colour_image_given_to_a_gray_model_is_predicted_with_a_note(predictor: Predictor) -> None:
+def test_a_colour_image_given_to_a_gray_model_is_predicted_with_a_note(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cases = Path(__file__).parents[1] / "data" / "cases"
     colour = [
         cases / "dicom-j2k-ybr-rct" / "malignant" / "us_doppler_j2k.dcm",
         cases / "jpeg-variants" / "imgs" / "cmyk.jpg",
     ]
     gray_as_rgb = TEST_IMAGES[0]  # an X-ray JPEG stored with three equal channels: gray, no note
-    results = predictor.predict([(str(f), f) for f in [*colour, gray_as_rgb]])
+    files = [(str(f), f) for f in [*colour, gray_as_rgb]]
+    results = predictor.predict(files)
     assert predictor.color == "gray" and all(r.predicted for r in results)
-    note = "a colour image, and this model was trained on gray images: it sees it converted to gray"
-    # The ultrasound is also unlike the training X-rays (the image profile); both notes, joined.
+    # The demo's training X-rays are JPEGs with three equal channels: none of the sampled files carries colour, so
+    # a colour picture is named unlike them (seen: a colour fundus photo called "malignant" by a breast ultrasound
+    # model with only the conversion note).
+    assert predictor.profile.colour_files == (0, 48)
+    note = (
+        "unlike the training images (a colour image; none of 48 sampled training files carries colour): the model "
+        "sees it converted to gray, and the call may mean nothing"
+    )
+    # The ultrasound is also unlike the training X-rays by the image profile's distance; both notes, joined.
     assert results[0].note.startswith(f"{note}; unlike the training images (distance ")
     assert [r.note for r in results[1:]] == [note, ""]
     rows = list(csv.DictReader(io.StringIO(predictions_csv(results, predictor.class_names))))
     assert [row["note"] for row in rows] == [results[0].note, note, ""]
+    # Where some training files carried colour too (or a profile did not count them), only the conversion is said.
+    for counted in [(3, 48), None]:
+        monkeypatch.setattr(predictor, "profile", dataclasses.replace(predictor.profile, colour_files=counted))
+        plain = "a colour image, and this model was trained on gray images: it sees it converted to gray"
+        assert [r.note for r in predictor.predict(files[1:])] == [plain, ""]
 
 
 CASES = Path(__file__).parents[1] / "data" / "cases"

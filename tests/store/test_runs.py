@@ -234,7 +234,7 @@ def test_summary(tmp_path: Path) -> None:
     row = run.table_row()
     assert row["run"] == "train-20240101-000000-abcd" and row["kind"] == "training"
     assert row["started"] == time.strftime("%Y-%m-%d %H:%M", time.localtime(100.0))
-    assert row["duration"] == "1:00" and (row["test AUC"], row["test accuracy"]) == ("0.910", "0.850")
+    assert row["duration"] == "1:00" and (row["test AUC"], row["test accuracy (arg-max)"]) == ("0.910", "0.850")
     assert row["validation"] == "–"  # no history.json: nothing known on validation, shown as a dash, not None
 
 
