@@ -380,13 +380,19 @@ def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] |
     except MedimgError:
         print(run.path)
         raise
+    _say_results(run, metrics)
+    print(run.path)
+    return 0
+
+
+def _say_results(run: Any, metrics: dict[str, Any]) -> None:
+    """The lines a finished run ends with on standard error: the saved model on validation, then on test, and
+    the search's warning if any (after `auto`, `tune`, `train` and `resume` alike)."""
     if metrics:
         for line in [*format_validation(metrics), *format_test_metrics(metrics)]:
             _err(line)
     if run.record.get("search_warning"):
         _err(f"WARNING: {run.record['search_warning']}")
-    print(run.path)
-    return 0
 
 
 def format_validation(metrics: dict[str, Any]) -> list[str]:
@@ -696,7 +702,7 @@ def command_resume(args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
-    jobs.execute(run, echo=_err)
+    _say_results(run, jobs.execute(run, echo=_err))
     print(run.path)
     return 0
 

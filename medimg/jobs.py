@@ -86,17 +86,33 @@ def launch(
 
     backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
     root = runs.runs_root(root)
-    limit = limit or max_concurrent_runs()
     with _launch_lock(root):
-        busy = active_runs(root)
-        if len(busy) >= limit:
-            raise RunsBusyError(
-                f"{len(busy)} run(s) already in progress ({', '.join(r.id for r in busy)}) and the limit is {limit}. "
-                "Wait for it to finish or stop it; the limit is set by MEDIMG_MAX_CONCURRENT_RUNS.",
-                [r.id for r in busy],
-            )
+        _check_limit(root, limit)
         run = runs.create_run(spec, root, extra=extra)
         return start_process(run)
+
+
+def resume(run: runs.Run, limit: int | None = None) -> runs.Run:
+    """Start a stopped or failed run again in its own process, as `python -m medimg resume RUN` does: a search
+    keeps its completed trials and has the time its budget left (`runs.Run.set_status`), a training continues
+    from its last epoch's backup. Raises RunError for a run that is in progress or completed, RunsBusyError at
+    the concurrency limit."""
+    if run.status in runs.ACTIVE_STATUSES or run.status == "completed":
+        raise RunError(f"run {run.id} is {run.status}; only a stopped or failed run can be resumed.")
+    with _launch_lock(run.path.parent):
+        _check_limit(run.path.parent, limit)
+        return start_process(run)
+
+
+def _check_limit(root: Path, limit: int | None) -> None:
+    limit = limit or max_concurrent_runs()
+    busy = active_runs(root)
+    if len(busy) >= limit:
+        raise RunsBusyError(
+            f"{len(busy)} run(s) already in progress ({', '.join(r.id for r in busy)}) and the limit is {limit}. "
+            "Wait for it to finish or stop it; the limit is set by MEDIMG_MAX_CONCURRENT_RUNS.",
+            [r.id for r in busy],
+        )
 
 
 def start_process(run: runs.Run) -> runs.Run:

@@ -402,6 +402,18 @@ def live_run_header(run: runs.Run, stopping: str) -> runs.Progress:
     if progress["status"] in runs.ACTIVE_STATUSES and st.button("Stop", key=f"stop_{run.id}"):
         jobs.stop(run)
         st.toast(stopping)
+    elif progress["status"] in ("stopped", "failed") and st.button(
+        "Resume",
+        key=f"resume_{run.id}",
+        help="Go on from where it stopped (python -m medimg resume): a search keeps its completed trials and has "
+        "the time its budget left; a training continues from its last epoch.",
+    ):
+        try:
+            jobs.resume(run)
+        except MedimgError as error:
+            show_error(error)
+        else:
+            st.rerun()
     return progress
 
 

@@ -131,7 +131,7 @@ for index, result in enumerate(results):
     left.image(result.image, caption="model input", width="stretch", clamp=True)
     if show_cam:
         try:
-            heatmap = predictor.gradcam(result.image)
+            heatmap = predictor.explain(result)  # of the class called, which the caption names
             middle.image(overlay(result.image, heatmap), caption=f"Grad-CAM for {result.predicted}", width="stretch")
         except MedimgError as error:
             middle.caption(str(error))

@@ -130,6 +130,25 @@ def test_launch_limit_stop_and_a_completed_launch(tmp_path: Path, monkeypatch: p
     assert (short_run.path / "log.txt").is_file()
     assert [run.id for run in runs.list_runs(root)] == [short_run.id, long_run.id]
 
+    # Resumed (the pages' Resume button): it goes on from its last epoch, and its clock counts both stretches, not
+    # the pause between them (seen: "Elapsed -2:40" on a resumed search).
+    first_stretch = record["finished"] - record["started"]
+    with pytest.raises(RunError, match=f"run {short_run.id} is completed; only a stopped or failed run"):
+        jobs.resume(short_run)
+    time.sleep(2)  # a pause the clock must not count
+    jobs.resume(long_run)
+    wait_until(lambda: (long_run.record.get("earlier_seconds") or 0) > 0, what="the resumed run to start")
+    resumed = long_run.record
+    assert resumed["earlier_seconds"] == pytest.approx(first_stretch, abs=0.01) and resumed["finished"] is None
+    assert runs.progress(long_run)["elapsed_s"] >= first_stretch
+    wait_until(lambda: len(long_run.events("epoch")) > epochs, what="an epoch after the resume")
+    jobs.stop(long_run)
+    wait_until(lambda: long_run.status not in runs.ACTIVE_STATUSES, what="the resumed run to stop")
+    again = long_run.record
+    assert len(long_run.read_json("history.json")["epoch"]) > epochs  # continued, not restarted
+    total = first_stretch + again["finished"] - again["started"]
+    assert long_run.summary()["duration_s"] == pytest.approx(total, abs=0.2)
+
 
 def test_after_starting_a_process_the_launcher_never_writes_run_json(tmp_path: Path, monkeypatch) -> None:
     """A child that says "running" before `start_process` returns keeps its word: the launcher marked the run

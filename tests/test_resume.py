@@ -39,7 +39,7 @@ def wait_for_epochs(run: runs.Run, count: int, timeout: float = 240) -> None:
         time.sleep(0.05)
 
 
-def test_stopped_run_resumes_from_its_last_epoch(tmp_path: Path) -> None:
+def test_stopped_run_resumes_from_its_last_epoch(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     run = runs.create_run(spec(epochs=40), tmp_path)
     watcher = threading.Thread(target=lambda: (wait_for_epochs(run, 2), run.request_stop()), daemon=True)
     watcher.start()
@@ -48,8 +48,14 @@ def test_stopped_run_resumes_from_its_last_epoch(tmp_path: Path) -> None:
     first = epoch_events(run)
     assert 2 <= len(first) < 40 and (run.path / "backup").is_dir()
 
-    jobs.execute(run)  # what `python -m medimg resume RUN` does
+    from medimg import cli
+
+    assert cli.main(["resume", str(run.path)]) == 0
     assert run.status == "completed"
+    # It ends as `train` does: the saved model on validation, then on test, and the run folder last.
+    out, err = capsys.readouterr()
+    assert out.strip().splitlines()[-1] == str(run.path)
+    assert "validation, the saved model (the split it was chosen on): AUC " in err and "\ntest (threshold 0.5" in err
     second = epoch_events(run)[len(first) :]
     assert second[0] >= first[-1], "the resumed fit started again from epoch 1"
     history = json.loads((run.path / "history.json").read_text())

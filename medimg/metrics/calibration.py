@@ -254,9 +254,16 @@ def temperature_warning(temperature: float, scaled_test: Scored, positive: str |
     reasons = fit_failures(temperature, scaled_test, positive)
     if not reasons:
         return None
+    # A small T pushes every probability to 0 or 1 (seen at T = 0.05 on a set the model calls all right), a large
+    # one towards 1 / K: the lower ECE then measures the accuracy or the class balance, not the model.
+    meaning = (
+        "probabilities pushed to 0 or 1 match a near-perfect accuracy"
+        if temperature < 1
+        else "near-constant probabilities match the class balance"
+    )
     return (
         "Temperature scaling did not calibrate this model: "
         + "; ".join(reasons)
-        + ". The lower ECE after scaling says only that near-constant probabilities match the class balance; "
-        "the model's own probabilities (before) are the ones to judge."
+        + f". The lower ECE after scaling says only that {meaning}; the model's own probabilities (before) are the "
+        "ones to judge."
     )

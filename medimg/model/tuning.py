@@ -194,7 +194,9 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
     tuner_dir = run.path / TUNER_FOLDER
     check_search_space(tuner_dir, spec.search, record=not worker)
     check_scoring(tuner_dir, spec.tune.cv_folds, spec.search, record=not worker)
-    deadline = started + spec.tune.max_minutes * 60 if spec.tune.max_minutes else None
+    # A resumed search has the budget its earlier stretches left (`runs.Run.set_status`), not a fresh one.
+    spent = float(run.record.get("earlier_seconds") or 0.0)
+    deadline = started + spec.tune.max_minutes * 60 - spent if spec.tune.max_minutes else None
     if deadline and not worker:
         run.update(search_deadline=round(deadline, 3))  # no trial starts after it; a running one stops at a batch
     objective = data.usable_objective(spec.tune.objective)
@@ -414,7 +416,7 @@ def _finish_search(run: Run, tuner: Any, data: PreparedData, ended: str) -> Fitt
     # when, Stop landing in the first trial, a cut trial is all there is to keep).
     finished = {t["trial_id"] for t in trials if t["status"] == "COMPLETED" and t["score"] is not None} | collapsed
     stopped = (
-        f"{ended} after {len(finished)} completed trials"
+        f"{ended} after {len(finished)} completed trial{'' if len(finished) == 1 else 's'}"
         + (f" ({len(collapsed)} collapsed to one class)" if collapsed else "")
         if ended.startswith("stopped")
         else ""

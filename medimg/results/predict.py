@@ -146,10 +146,20 @@ class Predictor:
         return results
 
     def gradcam(self, pixels: np.ndarray, class_index: int | None = None) -> np.ndarray:
+        """Grad-CAM heatmap (H×W in 0..1) of one model input (H×W×C uint8) for `class_index` (default: the arg-max;
+        `explain` gives the called class's)."""
         from medimg.model.explain import gradcam_heatmap
 
         heatmap, _ = gradcam_heatmap(self.model, pixels, class_index)
         return heatmap
+
+    def explain(self, prediction: Prediction) -> np.ndarray:
+        """The Grad-CAM heatmap (H×W in 0..1) of the class a prediction calls, which for two classes at an
+        operating point other than 0.5 need not be the arg-max (seen: "Grad-CAM for malignant" drawn for
+        normal_benign at p(malignant) 0.433 and threshold 0.326). Raises RunError for a skipped file."""
+        if prediction.error or prediction.image is None or not prediction.predicted:
+            raise RunError(f"{prediction.name} was not predicted: {prediction.error or 'no model input'}")
+        return self.gradcam(prediction.image, self.class_names.index(prediction.predicted))
 
 
 def image_profile(run: Run) -> novelty.ImageProfile | None:

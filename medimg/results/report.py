@@ -121,7 +121,7 @@ def build_report(
         htmldoc.section("Dataset and splits", _dataset(record)),
         htmldoc.section("Leakage check", _leakage(metrics.get("leakage") or {})),
         htmldoc.section("Training setup", _training(run, record)),
-        htmldoc.section("Performance on the test split", _performance(summary)),
+        htmldoc.section("Performance on the test split", _performance(summary, metrics.get("per_class") or {})),
     ]
     if ordinal.numbered_grades(list(scored["test"].class_names)):
         by_split = {split: ordinal.ordinal_summary(s.labels, s.probs) for split, s in scored.items() if len(s)}
@@ -291,7 +291,10 @@ def _training(run: Run, record: dict[str, Any]) -> list[Any]:
     return parts
 
 
-def _performance(summary: evaluation.ClinicalSummary) -> list[Any]:
+def _performance(summary: evaluation.ClinicalSummary, per_class: dict[str, dict[str, float]]) -> list[Any]:
+    """The test figures at the report's operating point with their intervals, the presets, then each class's
+    figures at the arg-max (`evaluation.classification_metrics`, as the Evaluate page and `medimg evaluate` list
+    them; an undefined precision is the 0 its warning names), the confusion matrix and the curves."""
     intervals = summary["intervals"]
     parts: list[Any] = []
     decision = tables.decision_note(summary)
@@ -303,6 +306,12 @@ def _performance(summary: evaluation.ClinicalSummary) -> list[Any]:
     if summary["presets"]:
         parts.append(_presets(summary))
     names = summary["class_names"]
+    if per_class:
+        parts.append(htmldoc.paragraph("Each class at the arg-max (0.5 for two classes), one against the rest:"))
+        header = ["class", "sensitivity", "specificity", "precision", "F1", "n"]
+        figures = ("sensitivity", "specificity", "precision", "f1")
+        rows = [[name, *(f"{row[k]:.3f}" for k in figures), row["support"]] for name, row in per_class.items()]
+        parts.append(htmldoc.table(header, rows))
     parts.append(htmldoc.Figure(charts.confusion_matrix_figure(summary["confusion_matrix"], names)))
     point = summary["operating_point"]
     parts.append(htmldoc.Figure(charts.roc_figure(summary["curves"]["roc"], point)))

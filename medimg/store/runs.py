@@ -185,8 +185,18 @@ class Run:
         return record
 
     def set_status(self, status: str, **fields: Any) -> None:
+        """Record a status. "running" (re)starts the clock: a resumed run's earlier running time is kept in
+        `earlier_seconds` and its old `finished` cleared, so elapsed time, durations and a time budget count every
+        stretch the run ran, and never the pause between a stop and its resume."""
         now = time.time()
-        extra = {"started": now} if status == "running" else {}
+        extra: dict[str, Any] = {}
+        if status == "running":
+            record = self.record
+            started, finished = record.get("started"), record.get("finished")
+            earlier = float(record.get("earlier_seconds") or 0.0)
+            if started and finished and finished >= started:
+                earlier += finished - started
+            extra = {"started": now, "finished": None, "earlier_seconds": round(earlier, 3)}
         if status in FINAL_STATUSES:
             extra = {"finished": now}
         self.update(status=status, **extra, **fields)
@@ -316,15 +326,15 @@ class Run:
     def summary(self) -> RunSummary:
         record = self.record
         metrics = record.get("metrics") or {}
-        finished = record.get("finished") or (time.time() if record.get("status") in ACTIVE_STATUSES else None)
-        started = record.get("started") or record.get("created")
+        active = record.get("status") in ACTIVE_STATUSES
+        ran = record.get("started") and (record.get("finished") or active)
         return {
             "id": self.id,
             "kind": record.get("spec", {}).get("kind", "?"),
             "status": self.status,
             "dataset": record.get("spec", {}).get("dataset", {}).get("path", ""),
             "created": record.get("created"),
-            "duration_s": round(finished - started, 1) if finished and started else None,
+            "duration_s": round(running_seconds(record), 1) if ran else None,
             "test_auc": metrics.get("auc"),
             "test_accuracy": metrics.get("accuracy"),
             "best_score": record.get("best_score"),
@@ -377,6 +387,16 @@ class Run:
         values = [v for v in ((self.read_json("history.json") or {}).get(metric) or []) if v == v]
         best = (min(values) if metric.endswith("loss") else max(values)) if values else None
         return {"val_metric": metric, "val_score": best}
+
+
+def running_seconds(record: dict[str, Any]) -> float:
+    """Seconds a run has been running, over every stretch (a resumed run's `earlier_seconds` and the current one,
+    up to now while it runs); 0.0 before it started."""
+    started = record.get("started")
+    if not started:
+        return 0.0
+    end = record.get("finished") or time.time()
+    return float(record.get("earlier_seconds") or 0.0) + max(0.0, end - started)
 
 
 def new_run_id(kind: str) -> str:
@@ -501,9 +521,7 @@ def progress(run: Run) -> Progress:
     last = (batches or epochs or [{}])[-1]
     if epochs and batches and epochs[-1]["t"] >= batches[-1]["t"]:
         last = {**epochs[-1], "batch": batches[-1].get("steps"), "steps": batches[-1].get("steps")}
-    started = record.get("started")
-    end = record.get("finished") or time.time()
-    elapsed = end - started if started else 0.0
+    elapsed = running_seconds(record)
     kind = spec.get("kind", "train")
     total_trials = spec.get("tune", {}).get("max_trials") if kind == "tune" else None
     if kind == "tune":

@@ -68,6 +68,9 @@ def test_bundled_demo_is_scanned_and_becomes_the_dataset_of_the_runs() -> None:
     assert at.slider(key="ds_val").disabled and at.slider(key="ds_test").disabled
     assert "Split: the dataset's own folders" in " ".join(values(at.caption))
     assert values(at.success) == [f"Runs will use {DEMO} at 64 px, gray."]
+    assert any(
+        text.startswith("Tune's Automatic mode chooses the image size and colour itself") for text in values(at.caption)
+    )
     assert at.session_state["dataset"] == DatasetConfig(path=str(DEMO), group_regex=DEMO_GROUP_REGEX)
     # The first-time path says what comes next.
     assert [link.label for link in at.get("page_link")] == [

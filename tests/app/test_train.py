@@ -333,3 +333,14 @@ def test_a_failed_run_shown_on_opening_is_named_with_its_error(runs_dir: Path) -
     assert values(at.error) == [
         f"Run {failed.id} failed: /data/scans.zip is a file; give a folder of class folders or a CSV manifest."
     ]
+    # A stopped or failed run offers Resume on the page (seen: only `python -m medimg resume` could), which starts
+    # its process again; a completed run does not offer it.
+    at.button(key=f"resume_{failed.id}").click().run()
+    no_exception(at)
+    assert failed.status in runs.ACTIVE_STATUSES
+    jobs.stop(failed)  # stopped before it starts again: the test trains nothing
+    wait_for(lambda: failed.status not in runs.ACTIVE_STATUSES, 60, "the resumed run to end")
+    assert failed.record["status"] == "stopped"
+    failed.set_status("completed")
+    at = open_page("train")
+    assert not [button for button in at.button if button.key == f"resume_{failed.id}"]

@@ -105,6 +105,20 @@ def test_a_temperature_at_its_bound_is_a_warning_not_a_success() -> None:
     assert summary["warning"].startswith("Temperature scaling did not calibrate this model: the fitted temperature")
     assert "at the bound of its range 0.05–20" in summary["warning"]
     assert "after scaling 90% of the test probabilities lie between" in summary["warning"]
+    assert "near-constant probabilities match the class balance" in summary["warning"]
+
+
+def test_a_temperature_at_its_lower_bound_is_said_to_push_probabilities_to_0_or_1() -> None:
+    """The review's case: at T = 0.05 the warning said the probabilities "match the class balance"; they were all
+    pushed to 1.0 on a test split the model called entirely right."""
+    labels = np.array([0, 1] * 50)
+    right = binary(labels, np.where(labels == 1, 0.7, 0.3))  # every image right, every probability modest
+    warning = calibration.temperature_warning(
+        0.05, Scored(right.labels, calibration.apply_temperature(right.probs, 0.05), right.class_names), None
+    )
+    assert warning is not None and "at the bound of its range 0.05–20" in warning
+    assert "probabilities pushed to 0 or 1 match a near-perfect accuracy" in warning
+    assert "class balance" not in warning
 
 
 def test_a_temperature_at_its_bound_that_also_worsens_test_says_both() -> None:

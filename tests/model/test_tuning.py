@@ -226,9 +226,29 @@ def test_stop_request_ends_the_search_before_the_next_trial(tmp_path: Path) -> N
     assert record["trials_completed"] == 1 and record["ended"] == "stopped on request"
     # The tiny trial may call every image one class; the message then says so, as the Tune page's count does.
     collapsed = " (1 collapsed to one class)" if record["trials_collapsed"] else ""
-    assert record["message"] == f"stopped on request after 1 completed trials{collapsed}"
+    assert record["message"] == f"stopped on request after 1 completed trial{collapsed}"
     assert len(list((run.path / "tuner").glob("trial_*"))) == 1  # no second trial was created
     assert run.model_path.is_file()
+
+
+@pytest.mark.slow
+def test_a_resumed_search_has_the_time_its_budget_left(tmp_path: Path) -> None:
+    """Seen: a 2-minute search stopped at 1:05 and resumed ran another 1:46, as if its budget were fresh."""
+    spec = tune_spec(max_trials=5)
+    run = runs.create_run(spec.replace(tune=spec.tune.replace(max_minutes=1.0)), tmp_path)
+
+    def echo(line: str) -> None:
+        if line.startswith("trial ") and "COMPLETED" in line:
+            run.request_stop()
+
+    jobs.execute(run, echo=echo)
+    assert run.record["status"] == "stopped" and run.record["trials_completed"] == 1
+    run.update(started=run.record["finished"] - 60)  # as if the first stretch had spent the whole minute
+    jobs.execute(run)
+    record = run.record
+    assert record["status"] == "completed" and record["earlier_seconds"] == pytest.approx(60, abs=0.01)
+    assert record["ended"] == "time budget of 1 minute used" and record["trials_completed"] == 1
+    assert len(list((run.path / "tuner").glob("trial_*"))) == 1  # no trial started on a spent budget
 
 
 @pytest.mark.slow

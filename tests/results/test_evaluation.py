@@ -469,6 +469,17 @@ def test_a_class_never_called_is_stored_once_where_the_metrics_are_computed(neve
     # Nothing missing; or every image called one class, which `one_class` already says.
     assert evaluation.never_predicted_warning([], 3) is None
     assert evaluation.never_predicted_warning(["NORMAL"], 2) is None
+    # The report shows the 0 its warning speaks of: each class's row, as the page and `medimg evaluate` list them.
+    from medimg.results import report
+
+    document = report.build_report(never_calling_run, n_resamples=100)
+    per_class = never_calling_run.read_json("metrics.json")["per_class"]
+    virus = per_class["VIRUS"]
+    row = [f"{virus[k]:.3f}" for k in ("sensitivity", "specificity", "precision", "f1")]
+    assert row[0] == "0.000" and row[2] == "0.000"
+    assert "<td>VIRUS</td>" + "".join(f"<td>{value}</td>" for value in row) + f"<td>{virus['support']}</td>" in (
+        document.replace("\n", "")
+    )
 
 
 def test_graded_classes_get_ordinal_figures_in_metrics_the_cli_and_the_report(graded_run) -> None:

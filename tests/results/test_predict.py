@@ -135,6 +135,26 @@ def test_gradcam_through_the_predictor(predictor: Predictor) -> None:
     assert heatmap.min() >= 0.0 and heatmap.max() <= 1.0
 
 
+def test_the_map_shown_is_of_the_class_called_not_the_arg_max(
+    predictor: Predictor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The review's case: at an operating point below 0.5 the page said "Grad-CAM for malignant" over the map of
+    normal_benign, the arg-max, for an image called malignant at p = 0.433."""
+    (first,) = predictor.predict([("x", TEST_IMAGES[-1])])
+    p = first.probabilities["PNEUMONIA"]
+    # A threshold on the other side of p from 0.5: the class called is then not the arg-max.
+    monkeypatch.setattr(predictor, "threshold", p / 2 if p < 0.5 else (1 + p) / 2)
+    (result,) = predictor.predict([("x", TEST_IMAGES[-1])])
+    argmax = int(np.argmax([result.probabilities[name] for name in predictor.class_names]))
+    called = predictor.class_names.index(result.predicted)
+    assert called != argmax
+    shown = predictor.explain(result)
+    np.testing.assert_array_equal(shown, predictor.gradcam(result.image, called))
+    assert not np.array_equal(shown, predictor.gradcam(result.image, argmax))
+    with pytest.raises(RunError, match="was not predicted"):
+        predictor.explain(Prediction("broken.png", {}, error="not an image"))
+
+
 def test_top_k_orders_by_probability() -> None:
     prediction = Prediction("x", {"a": 0.2, "b": 0.5, "c": 0.05, "d": 0.25})
     assert top_k(prediction, 2) == [("b", 0.5), ("d", 0.25)]

@@ -360,3 +360,17 @@ def test_a_cross_validated_trials_curve_is_the_mean_over_its_folds(tmp_path: Pat
     assert histories["0"]["epoch"] == [1, 2]
     assert histories["0"]["loss"] == pytest.approx([(0.9 + 0.5 + 0.4) / 3, (0.7 + 0.3) / 2])  # folds that got there
     assert histories["1"]["loss"] == [0.2]
+
+
+def test_a_resumed_runs_clock_counts_every_stretch_and_not_the_pause(tmp_path: Path) -> None:
+    """Seen: "Elapsed -2:40" for a resumed search: `finished` kept from the stop, `started` reset at the resume."""
+    run = write_run(tmp_path, "tune-20240101-000000-dddd", started=1000.0, finished=1065.0, status="stopped")
+    run.set_status("running")
+    record = run.record
+    assert record["earlier_seconds"] == 65.0 and record["finished"] is None
+    assert 65.0 <= runs.progress(run)["elapsed_s"] < 65.0 + 60
+    run.update(started=record["started"] - 30)  # 30 s into the second stretch
+    run.set_status("stopped")
+    assert run.summary()["duration_s"] == pytest.approx(95.0, abs=1.0)
+    run.set_status("running")  # a second resume adds the second stretch
+    assert run.record["earlier_seconds"] == pytest.approx(95.0, abs=1.0)
