@@ -86,8 +86,9 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, class_names: l
 def validation_figures(val: Scored) -> dict[str, float | None]:
     """The saved model's own figures on the validation split: {"auc", "accuracy", "loss"} (macro one-vs-rest AUC,
     accuracy at the arg-max, mean negative log-likelihood of the true class in nats). A search's trial scores were
-    taken during training, one network each; the model a run keeps (a mean of trials, class weights undone, a
-    cross-validated trial refitted) can score otherwise, and the run lists show this figure."""
+    taken during training, one network each (or on folds of the training split, for a cross-validated search);
+    the model a run keeps (a mean of trials, class weights undone) can score otherwise, and the run lists show this
+    figure."""
     labels = np.asarray(val.labels, int)
     return {
         "auc": roc_auc(labels, val.probs),
