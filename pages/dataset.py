@@ -13,13 +13,6 @@ from medimg.imaging import dicom, images
 from medimg.results import charts
 from pages import common
 
-# The size and colour above are for Tune's Advanced mode and Train; the automatic mode chooses its own from the
-# images and the budget (seen: "at 32 px" here, then an automatic run at 40 px, the images' own size).
-AUTOMATIC_CHOOSES = (
-    "Tune's Automatic mode chooses the image size and colour itself, from the images and the time budget, and says "
-    "why; the size and colour here are for Advanced searches and Train."
-)
-
 st.title("Dataset")
 SIZES = (16, 28, 32, 48, 64, 96, 128, 160, 224, 256)  # the image sizes offered, pixels
 config: DatasetConfig = common.get("dataset")
@@ -315,6 +308,10 @@ if overlap:
     st.warning(f"{len(overlap)} patient(s) appear in more than one split: {', '.join(sorted(overlap)[:10])}")
 window_text = f", DICOM window {window_center:g}/{window_width:g}" if new_config.window else ""
 st.success(f"Runs will use {new_config.path} at {new_config.image_size} px, {new_config.color}{window_text}.")
-st.caption(AUTOMATIC_CHOOSES)
+# Seen: "at 32 px" here, then an automatic run at 40 px, the images' own size: the automatic mode chooses its own.
+st.caption(
+    "Tune's Automatic mode chooses the image size and colour itself, from the images and the time budget, and says "
+    "why; the size and colour here are for Advanced searches and Train."
+)
 if not empty:
     common.next_step("dataset")

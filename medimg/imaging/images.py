@@ -12,6 +12,7 @@ import functools
 import hashlib
 import io
 import os
+import random
 import stat
 import struct
 from collections.abc import Iterator
@@ -481,8 +482,6 @@ COLOUR_SAMPLE = 48  # files looked at to judge a dataset's colour: enough for a 
 def count_colour(paths: list[str | Path], sample: int, seed: int) -> tuple[int, int]:
     """(files that carry colour, files read) in a seeded sample of at most `sample` of `paths`
     (`carries_colour`); an unreadable file is skipped, not counted."""
-    import random
-
     chosen = random.Random(seed).sample(list(paths), min(sample, len(paths)))
     colour = read = 0
     for path in chosen:
