@@ -159,6 +159,7 @@ class DicomSummary:
     voi_lut: str | None  # the VOI LUT the decoder applies: its LUT Explanation ("" when none); None: no usable LUT
     rescale_slope: float
     rescale_intercept: float
+    photometric_given: bool = True  # False: the header lacks (0028,0004) and `photometric` is the decoder's reading
 
     @property
     def monochrome(self) -> bool:
@@ -205,10 +206,13 @@ class DicomSummary:
         return "stretched from the image's own minimum to maximum"
 
     def caption(self, window: DicomWindow | None = None) -> str:
-        """One line for the Predict page: modality, size, photometric, depth, then `display_text(window)`."""
+        """One line for the Predict page: modality, size, photometric, depth, then `display_text(window)`. A header
+        without Modality or Photometric Interpretation is said to lack it, not shown as "?" or as a value it never
+        gave."""
+        photometric = self.photometric if self.photometric_given else f"{self.photometric} (assumed: not in the header)"
         return (
-            f"DICOM {self.modality or '?'} · {self.columns}×{self.rows} · {self.photometric} · {self.depth_text} · "
-            f"{self.display_text(window)}"
+            f"DICOM {self.modality or 'modality not given'} · {self.columns}×{self.rows} · {photometric} · "
+            f"{self.depth_text} · {self.display_text(window)}"
         )
 
 
@@ -240,6 +244,7 @@ def dicom_summary(data: bytes) -> DicomSummary:
         voi_lut=None if lut is None else str(lut.get("LUTExplanation", "") or "").strip(),
         rescale_slope=float(dataset.get("RescaleSlope", 1) or 1),
         rescale_intercept=float(dataset.get("RescaleIntercept", 0) or 0),
+        photometric_given="PhotometricInterpretation" in dataset,
     )
 
 

@@ -63,6 +63,18 @@ def test_float_pixel_data_is_32_bit_float_not_8_bit() -> None:
     )
 
 
+def test_a_header_without_modality_or_photometric_interpretation_is_captioned_as_lacking_them() -> None:
+    # Field case: a DICOM with no preamble that starts at group 0028 carries no Modality (0008,0060); another lacks
+    # Photometric Interpretation (0028,0004), which the decoder reads as MONOCHROME2.
+    starts_0028 = dicom.dicom_summary((ODD / "no_preamble_starts_0028.dcm").read_bytes())
+    assert "Modality" not in pydicom.dcmread(ODD / "no_preamble_starts_0028.dcm", force=True)
+    assert starts_0028.caption().startswith("DICOM modality not given · 64×64 · MONOCHROME2 · ")
+    missing = dicom.dicom_summary((ODD / "missing_photometric.dcm").read_bytes())
+    assert not missing.photometric_given and missing.monochrome
+    assert " · MONOCHROME2 (assumed: not in the header) · 16-bit signed · " in missing.caption()
+    assert dicom.dicom_summary((ODD / "float_pixels.dcm").read_bytes()).photometric_given
+
+
 def test_double_float_pixel_data_is_64_bit_float() -> None:
     dataset = new_dicom()
     dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
