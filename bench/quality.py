@@ -199,10 +199,12 @@ def final_model_rules(run_path: Path, data) -> dict[str, float | None]:
     }
 
 
-def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
+def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple, list]:
     """Issue #11 item 6's alternative final model: each ensemble member's configuration retrained on train + val
     for the number of epochs its trial peaked at (no validation left to stop on), averaged. Returns test scores of
-    the members as searched, of the retrained ones, and of all of them together."""
+    the members as searched, of the retrained ones, of all of them together, and (AUC, accuracy, seconds of
+    fitting) of the searched members plus the best m retrained, for m = 1 .. k: what a final stage that retrains
+    only as many as its time allows would get."""
     import dataclasses
 
     from medimg.datasets.cache import CachedArrays
@@ -223,20 +225,28 @@ def train_val_rule(run_path: Path, data) -> tuple[tuple, tuple, tuple]:
     )
     data_joined = dataclasses.replace(data, arrays={"train": joined, "val": val, "test": test})
     objective = run.record.get("objective") or run.spec.tune.objective
-    kept, retrained = [], []
+    kept, retrained, seconds = [], [], []
     for trial_id in members:
         model, params = trial_model(run, trials[trial_id]["hyperparameters"], trial_id, data)
         kept.append(predict_arrays(model, test.images))
         curve = histories.get(trial_id, {}).get(objective) or []
         best = (int(np.argmin(curve) if objective.endswith("loss") else np.argmax(curve)) + 1) if curve else None
         config = run.spec.train.replace(early_stopping_patience=0, reduce_lr_patience=0)
+        started = time.time()
         model, _ = training.fit_model(params, data_joined, run.spec.augment, config, [], epochs=best)
+        seconds.append(time.time() - started)
         training.restore_class_prior(model, params, run.spec.train, data_joined)
         retrained.append(predict_arrays(model, test.images))
+    # The searched members plus the best m of them retrained, m = 1 .. k, with the seconds those m fits took.
+    partial = [
+        (*scores(test.labels, np.mean(kept + retrained[:m], axis=0))[:2], sum(seconds[:m]))
+        for m in range(1, len(retrained) + 1)
+    ]
     return (
         scores(test.labels, np.mean(kept, axis=0)),
         scores(test.labels, np.mean(retrained, axis=0)),
         scores(test.labels, np.mean(kept + retrained, axis=0)),
+        partial,
     )
 
 
@@ -442,12 +452,14 @@ def main() -> None:
             shown = "  ".join(f"{r}: AUC {rules[r][0]:.3f} acc {rules[r][1]:.3f}" for r in ("best", "top5", "chosen"))
             print(f"{run_path.name}  {shown}  (k={rules['chosen_k']})", flush=True)
             if args.train_val:
-                kept, retrained, both = train_val_rule(run_path, data)
+                kept, retrained, both, partial = train_val_rule(run_path, data)
                 print(
                     f"  members as searched: AUC {kept[0]:.3f} acc {kept[1]:.3f}; retrained on train + val: AUC "
                     f"{retrained[0]:.3f} acc {retrained[1]:.3f}; all of them: AUC {both[0]:.3f} acc {both[1]:.3f}",
                     flush=True,
                 )
+                for m, (auc, accuracy, spent) in enumerate(partial, 1):
+                    print(f"  searched + best {m} retrained: AUC {auc:.3f} acc {accuracy:.3f} ({spent:.0f} s of fits)")
             if args.undo:
                 print_rows(undo_rule(run_path, data), 7, "acc")
             if args.geometric:

@@ -403,10 +403,12 @@ def format_validation(metrics: dict[str, Any]) -> list[str]:
     if figures.get("accuracy") is None:
         return []
     auc = "n/a" if figures.get("auc") is None else f"{figures['auc']:.4f}"
-    return [
-        f"validation, the saved model (the split it was chosen on): AUC {auc}  accuracy {figures['accuracy']:.4f}  "
-        f"log loss {figures['loss']:.4f}"
-    ]
+    which = (
+        "the saved model's searched members (the split they were chosen on; the retrained members saw it)"
+        if figures.get("judged") == "searched members"
+        else "the saved model (the split it was chosen on)"
+    )
+    return [f"validation, {which}: AUC {auc}  accuracy {figures['accuracy']:.4f}  log loss {figures['loss']:.4f}"]
 
 
 def format_test_metrics(metrics: dict[str, Any]) -> list[str]:

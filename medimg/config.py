@@ -637,9 +637,20 @@ class TuneConfig(_Config):
     # best fold's (KerasTuner keeps one checkpoint per trial). The validation split stays out of the search: it
     # chooses the ensemble and the operating point. 0: off.
     cv_folds: int = 0
+    # n ≥ 1: the best n members of the final mean are also each retrained on train + val for the epochs their trial
+    # peaked at, and added to the mean (the searched members stay; validation figures, the temperature and the
+    # operating point come from them alone, since the retrained ones have seen validation). With a time budget the
+    # search ends early enough for the retraining its best trials need, estimated from their own epochs. 0: off.
+    refit_members: int = 0
 
     def __post_init__(self) -> None:
         _check(self.first_trial in ("", "plain_cnn"), f"first_trial '{self.first_trial}' must be '' or plain_cnn.")
+        _check(0 <= self.refit_members <= 10, f"refit_members {self.refit_members} must be in 0..10.")
+        # A cross-validated trial's model is one fold's; its best epoch count is not one schedule for all the data.
+        _check(
+            not (self.refit_members and self.cv_folds),
+            "refit_members and cv_folds cannot be combined; use one of them.",
+        )
         _check(
             self.cv_folds == 0 or 2 <= self.cv_folds <= 10,
             f"cv_folds {self.cv_folds} must be 0 (off) or 2..10.",

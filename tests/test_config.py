@@ -272,6 +272,11 @@ def test_cross_validation_refuses_what_would_break_its_scores() -> None:
         TuneConfig(cv_folds=3, executions_per_trial=2)
     with pytest.raises(ConfigError, match=r"must be 0 \(off\) or 2\.\.10"):
         TuneConfig(cv_folds=1)
+    with pytest.raises(ConfigError, match="refit_members and cv_folds cannot be combined"):
+        TuneConfig(cv_folds=3, refit_members=5)
+    with pytest.raises(ConfigError, match=r"refit_members 11 must be in 0\.\.10"):
+        TuneConfig(refit_members=11)
+    assert TuneConfig.from_dict(TuneConfig(refit_members=5).to_dict()).refit_members == 5
     assert TuneConfig.from_json(TuneConfig(cv_folds=4).to_json()).cv_folds == 4
 
 

@@ -27,7 +27,9 @@ class ProgressEvents(keras.callbacks.Callback):
         run: the run whose events.jsonl receives the events, or None (console only).
         trial: the KerasTuner trial id the events belong to, or None for a train run.
         echo: where the one-line epoch summaries go (the CLI's standard error), or None.
-        deadline: a `time.time()` after which the fit stops at the next batch, or None.
+        deadline: a `time.time()` after which the fit stops at the next batch, a function returning one (read at
+            each throttled batch: a search moves it earlier as its best trials' retraining needs more time), or
+            None.
         undefined: metrics that mean nothing on this data (`PreparedData.undefined_metrics`: the validation AUC of
             a one-class validation split, which Keras reports as 0.0); left out of the events and charts, and the
             console says "undefined (one class)" instead of a number.
@@ -38,7 +40,7 @@ class ProgressEvents(keras.callbacks.Callback):
         run: Run | None,
         trial: str | None = None,
         echo: Echo | None = None,
-        deadline: float | None = None,
+        deadline: float | Callable[[], float] | None = None,
         undefined: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
@@ -80,7 +82,8 @@ class ProgressEvents(keras.callbacks.Callback):
             run.append_event(
                 "batch", trial=trial, epoch=self.epoch, batch=batch + 1, steps=self.steps, epochs=self.epochs
             )
-        if self.deadline and now > self.deadline:
+        deadline = self.deadline() if callable(self.deadline) else self.deadline
+        if deadline and now > deadline:
             if run is not None and trial is not None and not self.model.stop_training:
                 # KerasTuner ends such a trial COMPLETED; it ran fewer epochs than planned, with its best epoch kept.
                 run.append_event("trial_cut_by_budget", trial=trial, epoch=self.epoch, epochs=self.epochs)

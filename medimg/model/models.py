@@ -231,6 +231,27 @@ def compile_model(model: keras.Model, params: ModelParams, num_classes: int, ste
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics, steps_per_execution=steps_per_execution)
 
 
+def validation_model(model: keras.Model, record: dict) -> keras.Model:
+    """The part of a run's saved model that validation can judge: `model` itself, or, when some members of a
+    search's mean were retrained on train + val (run.json `ensemble.refit`), the mean of the members that were not
+    (the first `validation_members`, as `build_ensemble` ordered them), sharing the loaded layers. Their validation
+    predictions stand in for the whole model's when a temperature or an operating point is chosen, or the model's
+    validation figures are reported.
+    """
+    import keras
+
+    refit = (record.get("ensemble") or {}).get("refit") or {}
+    searched = refit.get("validation_members")
+    if not refit.get("members") or not searched:
+        return model
+    outputs = model.get_layer("mean_probabilities").input
+    if searched >= len(outputs):
+        return model
+    mean = outputs[0] if searched == 1 else keras.layers.Average(name="searched_mean")(outputs[:searched])
+    # One input tensor, not the list: the saved model is called with an array, and a list input makes Keras warn.
+    return keras.Model(model.inputs[0], mean, name="searched_members")
+
+
 def predict_arrays(model: keras.Model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """Class probabilities (N × K) for uint8 images, in batches, calling the model directly."""
     if len(images) == 0:

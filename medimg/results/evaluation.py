@@ -14,7 +14,7 @@ from medimg.metrics import bootstrap, calibration, clinical, ordinal
 from medimg.metrics.bootstrap import Intervals
 from medimg.metrics.calibration import CalibrationSummary
 from medimg.metrics.clinical import OperatingPointRecord, Scored, roc_auc
-from medimg.model.models import load_run_model, predict_arrays
+from medimg.model.models import load_run_model, predict_arrays, validation_model
 from medimg.store.runs import Run
 
 SPLITS = ("val", "test")
@@ -117,7 +117,9 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
 
     Writes predictions.csv (both splits, a `split` column) and metrics.json (test metrics at the arg-max, the
     clinical summary at threshold 0.5 with bootstrap intervals, calibration with a temperature fitted on validation,
-    the leakage check), and the headline metrics in run.json.
+    the leakage check), and the headline metrics in run.json. When members of a search's mean were retrained on
+    train + val, the validation predictions (and so the temperature, the operating point and the validation
+    figures) are those of the members that were not (`models.validation_model`).
     """
     from medimg.datasets.prepared import prepare_data
 
@@ -129,11 +131,13 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
         from medimg.errors import DatasetError
 
         raise DatasetError("the test split is empty; use a test_fraction above 0 or add a test/ folder.")
+    # Members retrained on train + val have seen validation: their searched twins speak for them there.
+    judged = {"val": validation_model(model, run.record), "test": model}
     scored = {}
     for split in SPLITS:
         arrays = data.arrays[split]
         if len(arrays):
-            probs = predict_arrays(model, arrays.images)
+            probs = predict_arrays(judged[split], arrays.images)
             scored[split] = Scored(np.asarray(arrays.labels, int), probs, list(data.class_names), list(arrays.paths))
     result = classification_metrics(scored["test"].labels, scored["test"].probs, data.class_names)
     result["roc"] = roc_curves(scored["test"].labels, scored["test"].probs, data.class_names)
@@ -153,6 +157,8 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
         }
     if "val" in scored:
         result["validation"] = validation_figures(scored["val"])
+        if judged["val"] is not model:
+            result["validation"]["judged"] = "searched members"  # the retrained members saw validation
     result["one_class"] = one_class_warning(scored["test"])
     result["never_predicted"] = never_predicted(scored["test"])
     if ordinal.numbered_grades(list(data.class_names)):  # grades: how far the calls miss, not only whether

@@ -526,3 +526,95 @@ def test_the_saved_mean_is_described_as_what_it_is() -> None:
         "on test than the best trial alone in the benchmarks. Grad-CAM shows the best trial's network."
     )
     assert tuning.describe_ensemble({"ensemble": {"members": ["00"]}}) is None
+
+
+@pytest.mark.slow
+def test_refitted_members_join_the_mean_and_validation_judges_only_the_searched_ones(tmp_path: Path) -> None:
+    """`TuneConfig.refit_members` on real BreastMNIST: the best trials' configurations retrained on train + val for
+    their best epoch counts are added after the searched members; evaluation takes the validation predictions (so
+    the temperature and the operating point) from the searched members alone, which never saw validation."""
+    import numpy as np
+
+    from medimg.datasets.prepared import prepare_data
+    from medimg.model import models, training
+    from medimg.results import evaluation
+    from tests.conftest import BREASTMNIST
+
+    dataset = DatasetConfig(path=str(BREASTMNIST), image_size=28, color="gray", seed=2)
+    space = TINY_SPACE.replace(conv_blocks=(2,), activations=("relu",))
+    spec = RunSpec(
+        kind="tune",
+        dataset=dataset,
+        search=space,
+        tune=TuneConfig(tuner="random", max_trials=2, ensemble_size=2, refit_members=2),
+        train=TrainConfig(epochs=3, early_stopping_patience=0, reduce_lr_patience=0, seed=2),
+    )
+    run = runs.create_run(spec, tmp_path)
+    lines: list[str] = []
+    jobs.execute(run, echo=lines.append)
+    record = run.record
+    members = record["ensemble"]["members"]
+    refit = record["ensemble"]["refit"]
+    assert len(members) == 2 and refit["members"] == members and refit["skipped"] is None
+    assert refit["validation_members"] == 2 and refit["images"] == 546 + 78
+    best_epochs = tuning.trial_epochs(run, "val_auc")
+    assert refit["epochs"] == {trial: best_epochs[trial][0] for trial in members}
+    assert sum(line.startswith("retraining trial ") and "on train + val (624 images" in line for line in lines) == 2
+
+    data = prepare_data(dataset)
+    images = np.asarray(data.arrays["val"].images, np.float32)
+    trials = {t["trial_id"]: t for t in tuning.read_trials(run.path / tuning.TUNER_FOLDER)}
+    searched = []
+    for trial_id in members:
+        params = hyperparameters.params_from_values(trials[trial_id]["hyperparameters"], space)
+        model = models.build_model(params, data.input_shape, data.num_classes)
+        model.load_weights(run.path / tuning.TUNER_FOLDER / f"trial_{trial_id}" / "checkpoint.weights.h5")
+        training.restore_class_prior(model, params, spec.train, data)
+        searched.append(models.predict_arrays(model, images))
+    saved = models.load_run_model(run)
+    judged = models.predict_arrays(models.validation_model(saved, record), images)
+    np.testing.assert_allclose(judged, np.mean(searched, axis=0), atol=1e-5)
+    assert np.abs(models.predict_arrays(saved, images) - judged).max() > 1e-3  # the retrained members count too
+
+    metrics = run.read_json("metrics.json")
+    assert metrics["validation"]["judged"] == "searched members"
+    rows = evaluation.read_predictions(run, "val")
+    positive = data.class_names[1]
+    np.testing.assert_allclose([float(r[f"p_{positive}"]) for r in rows], judged[:, 1], atol=1e-4)
+    assert "joined it retrained on train + val (624 images)" in tuning.describe_ensemble(record)
+
+
+def test_a_trial_peaks_at_its_best_epoch_and_a_rerun_epoch_replaces_the_first(tmp_path: Path) -> None:
+    run = runs.create_run(tune_spec(max_trials=3), tmp_path)
+    for epoch, (auc, loss, seconds) in enumerate([(0.7, 0.9, 2.0), (0.8, 0.6, 1.0), (0.8, 0.7, 1.0), (0.6, 0.5, 3.0)]):
+        run.append_event("epoch", trial="00", epoch=epoch, logs={"val_auc": auc, "val_loss": loss}, seconds=seconds)
+    run.append_event("epoch", trial="00", epoch=3, logs={"val_auc": 0.9, "val_loss": 0.8}, seconds=1.0)  # resumed
+    run.append_event("epoch", trial="01", epoch=0, logs={"val_auc": 0.5}, seconds=4.0, fold=0)  # a fold: left out
+    assert tuning.trial_epochs(run, "val_auc") == {"00": (4, 1.0)}
+    assert tuning.trial_epochs(run, "val_loss") == {"00": (2, 1.0)}  # the first of the lowest losses
+
+
+def test_the_refit_reserve_counts_the_best_trials_that_completed_and_is_skipped_when_time_is_short(
+    tmp_path: Path,
+) -> None:
+    import time
+    from types import SimpleNamespace
+
+    run = runs.create_run(tune_spec(max_trials=3), tmp_path)
+    for trial, (score, best, seconds) in {"00": (0.9, 3, 2.0), "01": (0.7, 5, 1.0), "02": (0.95, 2, 10.0)}.items():
+        for epoch in range(best):
+            logs = {"val_auc": score * (epoch + 1) / best}
+            run.append_event("epoch", trial=trial, epoch=epoch, logs=logs, seconds=seconds)
+        run.append_event("trial_end", trial=trial, score=score, status="COMPLETED")
+    run.append_event("trial_collapsed", trial="02", called="a")
+    arrays = {"train": [0] * 80, "val": [0] * 20}
+    data = SimpleNamespace(arrays=arrays, usable_objective=lambda objective: objective)
+    setup = tuning.REFIT_SETUP_SECONDS
+    # Trial 02 scored best but collapsed; 00 then 01, each epoch count × its seconds × (100 / 80 images).
+    assert tuning.refit_seconds(run, "val_auc", data, 1) == pytest.approx(3 * 2.0 * 1.25 + setup)
+    assert tuning.refit_seconds(run, "val_auc", data, 5) == pytest.approx(3 * 2.0 * 1.25 + 5 * 1.0 * 1.25 + 2 * setup)
+    done, record = tuning.refit_members(
+        run, [SimpleNamespace(trial_id="00")], [ModelParams()], data, time.time() + 1.0
+    )  # about 10 s needed, 1 s left
+    assert done == [] and record["members"] == []
+    assert record["skipped"].startswith("retraining trial 1 (about 10 s) would not have ended within the time budget")
