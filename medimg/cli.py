@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune = commands.add_parser("tune", help="KerasTuner search over the given ranges")
     _add_data_options(tune)
     tune.add_argument("--max-trials", type=int)
-    tune.add_argument("--max-minutes", type=float, help="wall-time budget for the whole search")
+    tune.add_argument(
+        "--max-minutes", type=float, help="wall-time budget for the whole search, in minutes (0: no time limit)"
+    )
     tune.add_argument("--tuner", choices=["random", "bayesian", "hyperband"])
     tune.add_argument("--objective", choices=["val_auc", "val_accuracy", "val_loss"])
     tune.add_argument("--executions-per-trial", type=int)
@@ -356,7 +358,10 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
 
 def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> int:
     from medimg import jobs
+    from medimg.datasets.dataset import check_path
     from medimg.store import runs
+
+    check_path(spec.dataset.path)  # a mistyped path is a message, not a failed run folder
 
     if args.background:
         run = jobs.launch(spec, args.runs, extra=extra)

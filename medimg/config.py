@@ -387,7 +387,11 @@ def describe_params(params: ModelParams, train: TrainConfig | None = None) -> li
         "l1": ("L1 weight decay", f"{params.l1:g}"),
         "optimizer": ("Optimizer", params.optimizer),
         "batch_size": ("Batch size", str(params.batch_size)),
-        "augment_strength": ("Augmentation strength", f"{params.augment_strength:g}× the chosen augmentation"),
+        "augment_strength": (
+            "Augmentation strength",
+            # Flips are on or off, not an amount: a strength of 0 keeps them (seen read as "no augmentation").
+            f"{params.augment_strength:g}× the chosen augmentation's amounts (flips kept as chosen)",
+        ),
         "ema_momentum": (
             "Weight averaging",
             f"moving average, momentum {params.ema_momentum:g}" if params.ema_momentum else "none",

@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -191,7 +192,11 @@ def write_model(
         elif fmt == "saved_model":
             model.export(str(path), format="tf_saved_model", verbose=False, input_signature=signature)
         elif fmt == "onnx":
-            model.export(str(path), format="onnx", verbose=False, input_signature=signature)
+            with warnings.catch_warnings():
+                # tf2onnx's use of deprecated NumPy aliases (a FutureWarning per export): the converter's concern,
+                # not the user's; the parity check below is what tells whether the export is right.
+                warnings.simplefilter("ignore", FutureWarning)
+                model.export(str(path), format="onnx", verbose=False, input_signature=signature)
         else:
             options = litert_options(quantize, representative)
             model.export(str(path), format="litert", verbose=False, input_signature=signature, **options)
@@ -362,17 +367,21 @@ def _size(path: Path) -> int:
 
 
 def reference_script(fmt: str) -> str:
-    """The `predict_<fmt>.py` written next to an export: one image file in, probabilities JSON out. Without medimg
-    importable it exits with how to install it from the checkout that exported the model (pyproject.toml)."""
+    """The `predict_<fmt>.py` written next to an export: image files in, one JSON line of probabilities (or of why
+    the file could not be read) per file out. Without medimg importable it exits with how to install it from the
+    checkout that exported the model (pyproject.toml)."""
     source = Path(__file__).resolve().parent.parent
-    return _SCRIPT.format(fmt=fmt, runtime=RUNTIMES[fmt], loader=_SCRIPT_LOADERS[fmt].strip(), source=source)
+    loader = "\n".join(("    " + line) if line else "" for line in _SCRIPT_LOADERS[fmt].strip().splitlines())
+    return _SCRIPT.format(fmt=fmt, runtime=RUNTIMES[fmt], loader=loader, source=source)
 
 
-_SCRIPT = '''"""Predict one image with the {fmt} model in this folder:  python predict_{fmt}.py IMAGE
+_SCRIPT = '''"""Predict images with the {fmt} model in this folder:  python predict_{fmt}.py IMAGE [IMAGE ...]
 
 Needs {runtime} and medimg (for its preprocessing, medimg.imaging.images.load_image, the same code training used):
 pip install {source}  (the medimg checkout this model was exported from).
-Prints one JSON object: the probability of each class and the class called by contract.json's decision rule.
+Prints one JSON object per image, in the order given: the file, the probability of each class and the class called
+by contract.json's decision rule, or the file and why it could not be read (the other images are still predicted;
+the exit status is then 1).
 """
 
 import json
@@ -382,33 +391,48 @@ from pathlib import Path
 import numpy as np
 
 try:
+    from medimg.errors import MedimgError
     from medimg.imaging.dicom import DicomWindow
     from medimg.imaging.images import load_image
+    from medimg.model.runtime import start_tensorflow  # TensorFlow's start-up lines filtered out of stderr
 except ImportError as error:
     sys.exit(
         f"predict_{fmt}.py needs medimg for its preprocessing ({{error}}). Install it from the checkout this model "
         "was exported from:  pip install {source}  (or run with that folder on PYTHONPATH)."
     )
 
+if len(sys.argv) < 2:
+    sys.exit("usage: python predict_{fmt}.py IMAGE [IMAGE ...]")
 HERE = Path(__file__).resolve().parent
 contract = json.loads((HERE / "contract.json").read_text(encoding="utf-8"))
 window = DicomWindow(*contract["dicom_window"]) if contract["dicom_window"] else None
-pixels = load_image(sys.argv[1], contract["image_size"], contract["color"], window=window)
-batch = pixels[np.newaxis].astype(np.float32)  # 1 x H x W x C, values 0..255: the model rescales itself
+rows, images = [], []
+for name in sys.argv[1:]:
+    try:
+        images.append(load_image(name, contract["image_size"], contract["color"], window=window))
+        rows.append({{"file": name}})
+    except (MedimgError, OSError) as error:  # one unreadable file never stops the others
+        rows.append({{"file": name, "error": str(error)}})
 
+if images:
 {loader}
 
-output = np.asarray(output, np.float32)[0]
+    # One image at a time (1 x H x W x C, values 0..255: the model rescales itself): every format takes that shape.
+    outputs = iter([np.asarray(run_model(image[np.newaxis].astype(np.float32)), np.float32)[0] for image in images])
 names = contract["class_names"]
-probabilities = [1.0 - float(output[0]), float(output[0])] if output.shape[-1] == 1 else output.tolist()
-result = {{"probabilities": dict(zip(names, probabilities))}}
-if "positive_class" in contract:  # two classes: the operating point in contract.json
-    positive = contract["positive_class"]
-    other = names[1 - names.index(positive)]
-    result["called"] = positive if result["probabilities"][positive] >= contract["threshold"] else other
-else:
-    result["called"] = names[int(np.argmax(probabilities))]
-print(json.dumps(result))
+for row in rows:
+    if "error" not in row:
+        output = next(outputs)
+        probabilities = [1.0 - float(output[0]), float(output[0])] if output.shape[-1] == 1 else output.tolist()
+        row["probabilities"] = dict(zip(names, probabilities))
+        if "positive_class" in contract:  # two classes: the operating point in contract.json
+            positive = contract["positive_class"]
+            other = names[1 - names.index(positive)]
+            row["called"] = positive if row["probabilities"][positive] >= contract["threshold"] else other
+        else:
+            row["called"] = names[int(np.argmax(probabilities))]
+    print(json.dumps(row))
+sys.exit(1 if any("error" in row for row in rows) else 0)
 '''
 
 _SCRIPT_LOADERS = {
@@ -416,35 +440,50 @@ _SCRIPT_LOADERS = {
 import onnxruntime
 
 session = onnxruntime.InferenceSession(str(HERE / "model.onnx"), providers=["CPUExecutionProvider"])
-output = session.run(None, {session.get_inputs()[0].name: batch})[0]
+
+
+def run_model(batch):
+    return session.run(None, {session.get_inputs()[0].name: batch})[0]
 """,
     "litert": """
 try:
     from ai_edge_litert.interpreter import Interpreter
 except ImportError:  # older installs: the interpreter bundled with TensorFlow (deprecated there)
+    start_tensorflow()
     import tensorflow as tf
 
     Interpreter = tf.lite.Interpreter
 
 interpreter = Interpreter(model_path=str(HERE / "model.tflite"))
-interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
-interpreter.allocate_tensors()
-interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
-interpreter.invoke()
-output = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+
+
+def run_model(batch):
+    interpreter.resize_tensor_input(interpreter.get_input_details()[0]["index"], batch.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], batch)
+    interpreter.invoke()
+    return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 """,
     "saved_model": """
+start_tensorflow()
 import tensorflow as tf
 
 model = tf.saved_model.load(str(HERE / "saved_model"))
-output = model.serve(tf.constant(batch)).numpy()  # also served as signature "serving_default" (TF Serving)
+
+
+def run_model(batch):
+    return model.serve(tf.constant(batch)).numpy()  # also served as signature "serving_default" (TF Serving)
 """,
     "keras": """
+start_tensorflow()
 import keras
 
 from medimg.model.auc import SparseAUC  # noqa: F401 - registers the metric class the file's config names
 
 model = keras.saving.load_model(HERE / "model.keras", compile=False, safe_mode=True)
-output = model(batch, training=False)
+
+
+def run_model(batch):
+    return model(batch, training=False)
 """,
 }

@@ -159,6 +159,9 @@ def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, k
     widget_key = f"{key}-{hashlib.sha1('|'.join(labels.values()).encode()).hexdigest()[:10]}"
     wanted = st.query_params.get("run")
     index = ids.index(wanted) if wanted in ids else 0
+    notice_key = f"{key}-unavailable"
+    if wanted and wanted not in ids:  # a link or bookmark to a deleted run must not silently show another
+        st.session_state[notice_key] = (unavailable_reason(wanted, kind, needs), ids[0])
     # A run just launched from this session is shown at once: the picker's kept value would otherwise win over
     # `index` and keep showing the previous run.
     follow = st.session_state.get(FOLLOW_KEY)
@@ -166,9 +169,26 @@ def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, k
         st.session_state[widget_key] = follow
         del st.session_state[FOLLOW_KEY]
     chosen = st.selectbox(label, ids, index=index, key=widget_key, format_func=labels.__getitem__)
+    notice = st.session_state.get(notice_key)
+    if notice and notice[1] == chosen:  # said until the user picks another run
+        st.warning(f"{notice[0]}; showing {labels[chosen]} instead.", icon=":material/link_off:")
+    elif notice:
+        del st.session_state[notice_key]
     if chosen and st.query_params.get("run") != chosen:
         st.query_params["run"] = chosen
     return candidates[ids.index(chosen)] if chosen else None
+
+
+def unavailable_reason(run_id: str, kind: str | None = None, needs: str | None = None) -> str:
+    """Why the run a link names (`?run=ID`) is not among a page's choices, in a sentence without a full stop."""
+    path = runs_root() / run_id
+    if not (path / "run.json").is_file():
+        return f"Run {run_id} (from the link) no longer exists: it was deleted or is in another runs folder"
+    if kind and not run_id.startswith(f"{kind}-"):
+        return f"Run {run_id} (from the link) is not a {kind} run"
+    if needs and not (path / needs).exists():
+        return f"Run {run_id} (from the link) has no {needs} yet (not finished?)"
+    return f"Run {run_id} (from the link) cannot be read"
 
 
 def attached_run(kind: str) -> runs.Run | None:
@@ -203,12 +223,14 @@ def progress_header(progress: runs.Progress, run_id: str = "") -> None:
     cols[2].metric("Elapsed", format_seconds(progress["elapsed_s"]))
     cols[3].metric("ETA", format_seconds(progress["eta_s"]))
     st.progress(progress["fraction"], text=f"{progress['fraction']:.0%} of the run")
-    if status == "running" and progress.get("steps"):
+    if status == "running" and progress.get("steps") and not progress.get("stage"):  # not the last trial's, stale
         batch, steps = progress.get("batch") or 0, progress["steps"]
         trial = f"trial {runs.trial_number(progress['trial'])} · " if progress.get("trial") else ""
         st.progress(
             min(1.0, batch / steps), text=f"{trial}epoch {(progress['epoch'] or 0) + 1}: batch {batch} of {steps}"
         )
+    if status == "running" and progress.get("stage"):
+        st.caption(progress["stage"])
     for warning in progress.get("warnings", []):
         st.warning(warning, icon=":material/warning:")
     if status == "failed" and progress.get("error"):

@@ -17,20 +17,20 @@ train: TrainConfig = common.get("final")  # the Tune page's "train" is its per-t
 params: ModelParams = common.get("params")
 attached = common.attached_run("train")
 busy = attached is not None and attached.status in runs.ACTIVE_STATUSES
+searches = [r for r in common.readable_runs("tune") if r.record.get("best_params")]
 if busy:  # show the settings of the run in progress (after a refresh the session has none of its own)
     train, params = attached.spec.train, attached.spec.params
-
-searches = [r for r in common.readable_runs("tune") if r.record.get("best_params")]
-source = st.radio(
-    "Hyperparameters",
-    ["Best of a search", "Manual"],
-    horizontal=True,
-    disabled=busy,
-    index=0 if searches else 1,
-    key="train_source",
-)
+    # Which way it was started decides the view; the session's own choice may be another run's, or none at all
+    # after a page switch (seen: a Manual training shown under "Best of a search" with a search's settings).
+    from_search = attached.record.get("from_search")
+    st.session_state["train_source"] = "Best of a search" if from_search in [r.id for r in searches] else "Manual"
+elif "train_source" not in st.session_state:  # set here, not by `index`: Streamlit warns when both are given
+    st.session_state["train_source"] = "Best of a search" if searches else "Manual"
+source = st.radio("Hyperparameters", ["Best of a search", "Manual"], horizontal=True, disabled=busy, key="train_source")
 dataset_config = common.get("dataset")
 augment = common.get("augment")
+if busy:
+    dataset_config, augment = attached.spec.dataset, attached.spec.augment
 base: RunSpec | None = None  # the final training of a search, as `workflows.train_spec_from_search` makes it
 schedule = train
 if source == "Best of a search":
@@ -39,7 +39,11 @@ if source == "Best of a search":
         st.stop()
     ids = [r.id for r in searches]
     # The search to train from is in the URL (?from=ID) too, so a reload or a second tab names the same one.
-    preferred = st.session_state.get("train_from_run") or st.query_params.get("from")
+    preferred = (
+        attached.record.get("from_search")
+        if busy
+        else st.session_state.get("train_from_run") or st.query_params.get("from")
+    )
     chosen = st.selectbox(
         "Search run",
         ids,
@@ -47,6 +51,9 @@ if source == "Best of a search":
         disabled=busy,
         format_func=lambda i: common.run_label(searches[ids.index(i)]),
     )
+    if preferred and preferred not in ids and chosen == ids[0]:  # a link to a deleted (or unfinished) search
+        reason = common.unavailable_reason(preferred, "tune", "model.keras")
+        st.warning(f"{reason}; showing {common.run_label(searches[0])} instead.", icon=":material/link_off:")
     if chosen and st.query_params.get("from") != chosen:
         st.query_params["from"] = chosen
     search = searches[ids.index(chosen)]
@@ -169,7 +176,7 @@ if st.button("Start training", type="primary", disabled=busy):
         if base
         else RunSpec(kind="train", dataset=dataset_config, augment=augment, train=schedule, params=params)
     )
-    common.launch(spec)
+    common.launch(spec, extra={"from_search": search.id if base else None})
 
 run = common.pick_run("Training run", kind="train", key="train_run")
 if run is None:

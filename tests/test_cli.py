@@ -46,6 +46,15 @@ def test_scan_missing_folder_is_a_message_not_a_traceback(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("command", ["tune", "train"])
+def test_a_run_on_a_missing_folder_is_refused_before_a_run_folder_is_made(tmp_path: Path, command: str) -> None:
+    """Seen: `tune /tmp/nope` printed the error and left a failed run that the Tune page then opened on."""
+    result = medimg(command, str(tmp_path / "nope"), "--runs", str(tmp_path / "runs"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"dataset path {tmp_path / 'nope'} does not exist" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "runs").exists()
+
+
 @pytest.mark.slow
 def test_tune_train_evaluate_predict_end_to_end(tmp_path: Path) -> None:
     runs = str(tmp_path / "runs")

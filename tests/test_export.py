@@ -137,13 +137,19 @@ def test_contract_carries_the_runs_input_and_decision_rule(trained_run: runs.Run
         assert (bool(warning) and f"Not recommended here: {warning}" in note) == bool(warning)
 
 
-def test_reference_scripts_predict_a_file_like_the_keras_model(trained_run: runs.Run, exports: dict) -> None:
+def test_reference_scripts_predict_every_file_like_the_keras_model(
+    trained_run: runs.Run, exports: dict, tmp_path: Path
+) -> None:
+    """Seen: a traceback on an unreadable file, and only the first of several files predicted."""
     from medimg.results.predict import Predictor
 
     expected = Predictor(trained_run).predict([("x", DEMO_IMAGE)])[0]
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("not an image")
+    files = [str(DEMO_IMAGE), str(not_an_image), str(DEMO_IMAGE)]
     processes = {
         fmt: subprocess.Popen(
-            [sys.executable, str(exports[(fmt, None)].path / f"predict_{fmt}.py"), str(DEMO_IMAGE)],
+            [sys.executable, str(exports[(fmt, None)].path / f"predict_{fmt}.py"), *files],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -153,10 +159,13 @@ def test_reference_scripts_predict_a_file_like_the_keras_model(trained_run: runs
     }
     for fmt, process in processes.items():
         stdout, stderr = process.communicate(timeout=120)
-        assert process.returncode == 0, (fmt, stderr[-1500:])
-        printed = json.loads(stdout.strip().splitlines()[-1])
-        assert printed["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4), fmt
-        assert printed["called"] == expected.predicted, fmt
+        assert process.returncode == 1 and "Traceback" not in stderr, (fmt, stderr[-1500:])  # 1: a file failed
+        printed = [json.loads(line) for line in stdout.strip().splitlines()]
+        assert [row["file"] for row in printed] == files, fmt
+        for row in (printed[0], printed[2]):
+            assert row["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4), fmt
+            assert row["called"] == expected.predicted, fmt
+        assert "probabilities" not in printed[1] and printed[1]["error"], fmt
 
 
 def test_a_reference_script_without_medimg_says_how_to_install_it(exports: dict, tmp_path: Path) -> None:

@@ -152,6 +152,15 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return found if "train" in found and len(found) >= 2 else {}
 
 
+def check_path(path: str | Path) -> Path:
+    """`path` with ~ expanded, when it exists. Raises DatasetError when it does not: said before a run is created
+    for it, so a mistyped path leaves no failed run behind."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DatasetError(f"dataset path {path} does not exist; give a folder of class folders or a CSV manifest.")
+    return path
+
+
 def list_files(path: str | Path, group_regex: str = "", merge_label_case: bool = False) -> Listing:
     """List the labelled files of a dataset folder or CSV manifest, without decoding anything.
 
@@ -169,9 +178,7 @@ def list_files(path: str | Path, group_regex: str = "", merge_label_case: bool =
         DatasetError: the path does not exist, is neither a folder nor a .csv, holds no file, or the manifest cannot
             be read (not UTF-8, no 'path'/'label' header, a row without a label, a partly filled split column).
     """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DatasetError(f"dataset path {path} does not exist; give a folder of class folders or a CSV manifest.")
+    path = check_path(path)
     if path.is_file():
         if path.suffix.lower() != ".csv":
             raise DatasetError(f"{path} is a file; give a folder of class folders or a CSV manifest (.csv).")

@@ -660,6 +660,9 @@ def refit_members(
                 "time budget; it and the trials ranked after it were not retrained"
             )
             break
+        run.append_event(
+            "refit", trial=trial.trial_id, number=len(done) + 1, of=len(trials), epochs=epochs, seconds=round(cost, 1)
+        )
         if echo:
             echo(
                 f"retraining trial {trial_number(trial.trial_id)}'s configuration on train + val "

@@ -26,16 +26,22 @@ def _layout(fig: go.Figure, title: str, **extra: Any) -> go.Figure:
 MIN_SCORE_SPAN = 0.02
 
 
-def score_range(values: list[float], min_span: float = MIN_SCORE_SPAN) -> list[float] | None:
+def score_range(values: list[float], min_span: float = MIN_SCORE_SPAN, fraction: bool = False) -> list[float] | None:
     """An axis range [low, high] of at least `min_span` centred on `values` when they span less, else None (let
-    Plotly fit the axis). Scores are the objective's own units (AUC, accuracy: fractions; loss: nats)."""
+    Plotly fit the axis). Scores are the objective's own units (AUC, accuracy: fractions; loss: nats); with
+    `fraction` the range stays inside 0..1 (seen: an AUC axis ticked at 1.002 and 1.004 around a perfect score)."""
     if not values:
         return None
     low, high = min(values), max(values)
     if high - low >= min_span:
         return None
     middle = (low + high) / 2
-    return [middle - min_span / 2, middle + min_span / 2]
+    span = [middle - min_span / 2, middle + min_span / 2]
+    if fraction and span[1] > 1:
+        return [1 - min_span, 1.0]
+    if fraction and span[0] < 0:
+        return [0.0, min_span]
+    return span
 
 
 def class_counts_figure(
@@ -66,7 +72,7 @@ def history_figure(
         if history.get(name):
             label = "validation" if name.startswith("val_") else "train"
             fig.add_scatter(x=epochs, y=history[name], mode="lines+markers", name=label, line={"dash": dash})
-    return _layout(fig, title or metric.replace("_", " "), xaxis_title="epoch", yaxis_title=metric)
+    return _capped(_layout(fig, title or metric.replace("_", " "), xaxis_title="epoch", yaxis_title=metric), metric)
 
 
 def trials_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
@@ -83,9 +89,16 @@ def trials_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
     fig.add_scatter(x=xs, y=ys, mode="markers", name="trial", marker={"size": 10})
     fig.add_scatter(x=xs, y=best_line, mode="lines", name="best so far", line={"shape": "hv"})
     fig = _layout(fig, f"{objective} by trial", xaxis_title="trial", yaxis_title=objective)
-    span = score_range(ys)
+    span = score_range(ys, fraction=maximize)
     if span:
         fig.update_yaxes(range=span)
+    return _capped(fig, objective)
+
+
+def _capped(fig: go.Figure, metric: str) -> go.Figure:
+    """An AUC or accuracy axis never reaches past 1 (or below 0), however Plotly pads its automatic range."""
+    if not metric.endswith("loss"):
+        fig.update_yaxes(autorangeoptions={"minallowed": 0.0, "maxallowed": 1.0})
     return fig
 
 
@@ -108,8 +121,11 @@ def trial_curves_figure(
             line={"width": 4 if chosen else 1.5, "color": PALETTE[1] if chosen else None},
             opacity=1.0 if chosen else 0.6,
         )
-    return _layout(
-        fig, title or f"{metric.replace('_', ' ')} by epoch, every trial", xaxis_title="epoch", yaxis_title=metric
+    return _capped(
+        _layout(
+            fig, title or f"{metric.replace('_', ' ')} by epoch, every trial", xaxis_title="epoch", yaxis_title=metric
+        ),
+        metric,
     )
 
 
@@ -166,7 +182,7 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
                 }
             )
     scores = [float(t["score"]) for t in done]
-    span = score_range(scores)
+    span = score_range(scores, fraction=not objective.endswith("loss"))
     dimensions.append({"label": objective, "values": scores, **({"range": span} if span else {})})
     colour_span = {"cmin": span[0], "cmax": span[1]} if span else {}
     fig.add_trace(

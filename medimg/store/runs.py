@@ -28,6 +28,7 @@ from medimg.errors import RunError
 from medimg.imaging.contract import InputContract
 
 ACTIVE_STATUSES = ("queued", "running")
+DIED_WITHOUT_A_WORD = "its process ended without saying why (killed, or out of memory?); see log.txt"
 FINAL_STATUSES = ("completed", "stopped", "failed")
 QUEUED_GRACE_S = 120.0
 
@@ -53,6 +54,7 @@ class Progress(TypedDict):
     error: str | None
     message: str  # the last status message (a stop, a failure)
     warnings: list[str]  # the dataset's, said when the run started (`datachecks`)
+    stage: str  # after a search's trials, what it is doing ("" otherwise): retraining its best trials
 
 
 class RunSummary(TypedDict):
@@ -156,6 +158,7 @@ class Run:
         record = self.record
         status = record.get("status", "failed")
         if status in ACTIVE_STATUSES and record.get("pid") and not pid_alive(record.get("pid")):
+            self._record_death(record)
             return "failed"
         if status == "queued" and not record.get("pid"):
             launched = self.launched_pid()
@@ -165,6 +168,20 @@ class Run:
             if launched is None and time.time() - queued > QUEUED_GRACE_S:
                 return "failed"  # its process never started; do not let it hold the concurrency limit forever
         return status
+
+    def _record_death(self, record: dict[str, Any]) -> None:
+        """A run whose process died without a word (killed, out of memory, the machine restarted): record it failed,
+        ended at its last sign of life (the newest event, else run.json), with the reason, so its clock stops, the
+        pages say why, and a resume counts the stretch it ran (`set_status`)."""
+        last = record.get("started") or 0.0
+        for name in ("events.jsonl", "run.json"):
+            try:
+                last = max(last, (self.path / name).stat().st_mtime)
+                break
+            except OSError:
+                continue
+        self.update(status="failed", finished=round(last, 3), error=record.get("error") or DIED_WITHOUT_A_WORD)
+        self.append_event("status", status="failed", error=DIED_WITHOUT_A_WORD)
 
     @property
     def pid(self) -> int | None:
@@ -196,7 +213,8 @@ class Run:
             earlier = float(record.get("earlier_seconds") or 0.0)
             if started and finished and finished >= started:
                 earlier += finished - started
-            extra = {"started": now, "finished": None, "earlier_seconds": round(earlier, 3)}
+            # A stop's advice ("continue with: … resume") or a failure's reason belongs to the stretch that ended.
+            extra = {"started": now, "finished": None, "earlier_seconds": round(earlier, 3), "message": None}
         if status in FINAL_STATUSES:
             extra = {"finished": now}
         self.update(status=status, **extra, **fields)
@@ -569,13 +587,14 @@ def progress(run: Run) -> Progress:
         "error": record.get("error"),
         "message": _last_message(events) or _early_stop_message(record),
         "warnings": list(record.get("warnings") or []),  # the dataset's, said when the run started (datachecks)
+        "stage": _stage(events) if running else "",
     }
 
 
 def _note(status: str, record: dict[str, Any]) -> str:
     """A run's failure reason or stop message, on one line of at most 100 characters ("" when neither)."""
     if status == "failed":
-        text = record.get("error") or "its process ended without saying why; see log.txt"
+        text = record.get("error") or DIED_WITHOUT_A_WORD
     elif status == "stopped":
         text = record.get("message") or ""
     else:
@@ -596,8 +615,21 @@ def _early_stop_message(record: dict[str, Any]) -> str:
     )
 
 
+def _stage(events: list[dict[str, Any]]) -> str:
+    """What a search does after its trials, from its latest event: a `refit` event (`tuning.refit_members`) says
+    which trial's configuration is being retrained on train + val."""
+    last = events[-1] if events else {}
+    if last.get("type") != "refit":
+        return ""
+    return (
+        f"Retraining trial {trial_number(last['trial'])}'s configuration on train + val ({last['number']} of "
+        f"{last['of']}, {last['epochs']} epochs, about {last['seconds']:.0f} s) to join the final model"
+    )
+
+
 def _last_message(events: list[dict[str, Any]]) -> str:
+    """The message or error of the latest status event only: a resumed run that completed has no stop advice."""
     for event in reversed(events):
-        if event.get("type") == "status" and (event.get("message") or event.get("error")):
-            return event.get("message") or event.get("error")
+        if event.get("type") == "status":
+            return event.get("message") or event.get("error") or ""
     return ""

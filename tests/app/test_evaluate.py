@@ -523,3 +523,12 @@ def test_graded_classes_show_how_far_the_calls_miss(graded_run: runs.Run, runs_d
     at = open_page("evaluate", run=graded_run.id)
     no_exception(at)
     assert ordinal.describe(graded_run.read_json("metrics.json")["ordinal"]) in values(at.markdown)
+
+
+def test_a_link_to_a_deleted_run_says_so_before_showing_another(finished_runs: FinishedRuns) -> None:
+    """Seen: /evaluate?run=<deleted> rewrote the URL to another run and showed its metrics without a word."""
+    at = open_page("evaluate", run="train-20260101-000000-dead")
+    no_exception(at)
+    (warning,) = [w.value for w in at.warning if "from the link" in w.value]
+    assert warning.startswith("Run train-20260101-000000-dead (from the link) no longer exists")
+    assert finished_runs.train_id in warning or finished_runs.tune_id in warning

@@ -243,6 +243,30 @@ def test_a_new_tab_shows_start_disabled_while_training_is_in_progress(runs_dir: 
     assert by_label(at.button, "Start training").disabled
 
 
+@pytest.mark.parametrize("from_search", [False, True], ids=["manual", "from-search"])
+def test_a_training_in_progress_is_shown_with_its_own_settings(finished_runs: FinishedRuns, from_search: bool) -> None:
+    """Seen: a Manual training shown, after a page switch, under "Best of a search" with a search's dataset and
+    table above it (the radio had fallen back to its default)."""
+    search = runs.Run(finished_runs.root / finished_runs.tune_id)
+    if from_search:
+        spec = workflows.train_spec_from_search(search)
+    else:
+        spec = RunSpec(kind="train", dataset=DatasetConfig(**TINY_DATASET), params=TINY_PARAMS)
+    queued = runs.create_run(spec, finished_runs.root, extra={"from_search": search.id if from_search else None})
+    at = open_page("train", run=queued.id)
+    no_exception(at)
+    assert run_picker(at, "train_run").value == queued.id
+    assert at.radio(key="train_source").value == ("Best of a search" if from_search else "Manual")
+    assert at.radio(key="train_source").disabled
+    captions = values(at.caption)
+    if from_search:
+        assert by_label(at.selectbox, "Search run").value == search.id
+        assert any(text.startswith(f"Dataset and augmentation of {search.id}") for text in captions)
+    else:
+        assert at.text_input(key="tr_filters").value == "8"  # the run's own filters, not the session's
+        assert not any(text.startswith("Dataset and augmentation of") for text in captions)
+
+
 def test_stop_pressed_while_queued_is_honoured(runs_dir: Path) -> None:
     spec = RunSpec(
         kind="train",

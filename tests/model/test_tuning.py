@@ -560,6 +560,7 @@ def test_refitted_members_join_the_mean_and_validation_judges_only_the_searched_
     best_epochs = tuning.trial_epochs(run, "val_auc")
     assert refit["epochs"] == {trial: best_epochs[trial][0] for trial in members}
     assert sum(line.startswith("retraining trial ") and "on train + val (624 images" in line for line in lines) == 2
+    assert [(e["trial"], e["number"], e["of"]) for e in run.events("refit")] == [(members[0], 1, 2), (members[1], 2, 2)]
 
     data = prepare_data(dataset)
     images = np.asarray(data.arrays["val"].images, np.float32)

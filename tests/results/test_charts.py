@@ -86,6 +86,18 @@ def test_trials_that_score_alike_are_not_drawn_far_apart() -> None:
     assert charts.parallel_coordinates_figure(apart, "val_auc").data[0].dimensions[-1].range is None
 
 
+def test_an_auc_axis_stays_inside_zero_to_one_and_a_loss_axis_does_not_need_to() -> None:
+    # Seen on the demo: every trial at validation AUC 1.0, drawn on an axis ticked at 1.002 and 1.004.
+    perfect = [{"trial": 1, "score": 1.0}, {"trial": 2, "score": 1.0}]
+    figure = charts.trials_figure(perfect, "val_auc")
+    assert list(figure.layout.yaxis.range) == [pytest.approx(1 - charts.MIN_SCORE_SPAN), 1.0]
+    assert figure.layout.yaxis.autorangeoptions.maxallowed == 1.0
+    curves = charts.history_figure({"auc": [0.9, 1.0], "val_auc": [0.95, 1.0]}, "auc")
+    assert curves.layout.yaxis.autorangeoptions.maxallowed == 1.0
+    losses = charts.trials_figure([{"trial": 1, "score": 0.001}, {"trial": 2, "score": 0.001}], "val_loss")
+    assert losses.layout.yaxis.range[0] < 0 and losses.layout.yaxis.autorangeoptions.maxallowed is None
+
+
 def test_trial_curves_overlay_every_trial_and_mark_the_best() -> None:
     histories = {
         1: {"epoch": [1, 2, 3], "val_auc": [0.6, 0.7, 0.72]},

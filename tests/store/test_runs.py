@@ -173,6 +173,41 @@ def test_active_status_with_a_dead_process_reads_as_failed(tmp_path: Path) -> No
     assert not run.path.exists()
 
 
+def test_a_killed_run_is_recorded_failed_at_its_last_sign_of_life_and_a_resume_counts_that_stretch(
+    tmp_path: Path,
+) -> None:
+    """Seen: a killed run shown "failed" with its Elapsed and ETA still growing, no reason on the page, and a
+    resume that lost the stretch before the kill."""
+    run = runs.create_run(SPEC, tmp_path)
+    run.set_status("running", pid=dead_pid())
+    run.update(started=time.time() - 100)
+    run.append_event("epoch", epoch=0, logs={"loss": 1.0})
+    last_event = (run.path / "events.jsonl").stat().st_mtime
+    os.utime(run.path / "events.jsonl", (last_event - 40, last_event - 40))  # the process died 40 s ago
+    assert run.status == "failed"
+    record = run.record
+    assert record["status"] == "failed" and record["error"] == runs.DIED_WITHOUT_A_WORD
+    assert record["finished"] == pytest.approx(last_event - 40, abs=0.01)
+    elapsed = runs.running_seconds(record)
+    assert elapsed == pytest.approx(60, abs=1.0)
+    time.sleep(0.05)
+    assert runs.running_seconds(run.record) == elapsed  # the clock has stopped
+    assert runs.progress(run)["error"] == runs.DIED_WITHOUT_A_WORD
+    run.set_status("running", pid=os.getpid(), error=None)  # resumed
+    assert run.record["earlier_seconds"] == pytest.approx(60, abs=1.0)
+
+
+def test_a_run_completed_after_a_resume_shows_no_stop_advice(tmp_path: Path) -> None:
+    """Seen: "completed 40 of 40" under "stopped on request after 26 epochs; … continue with: … resume"."""
+    run = runs.create_run(SPEC, tmp_path)
+    run.set_status("running", pid=os.getpid())
+    run.set_status("stopped", message="stopped on request after 26 epochs; continue with: python -m medimg resume X")
+    assert runs.progress(run)["message"].startswith("stopped on request after 26 epochs")
+    run.set_status("running", pid=os.getpid(), error=None)
+    run.set_status("completed")
+    assert run.record["message"] is None and runs.progress(run)["message"] == ""
+
+
 def test_delete_refuses_an_active_run(tmp_path: Path) -> None:
     run = runs.create_run(SPEC, tmp_path)
     run.update(status="running", pid=os.getpid())
@@ -374,3 +409,16 @@ def test_a_resumed_runs_clock_counts_every_stretch_and_not_the_pause(tmp_path: P
     assert run.summary()["duration_s"] == pytest.approx(95.0, abs=1.0)
     run.set_status("running")  # a second resume adds the second stretch
     assert run.record["earlier_seconds"] == pytest.approx(95.0, abs=1.0)
+
+
+def test_a_search_retraining_its_best_trials_says_so_while_it_runs(tmp_path: Path) -> None:
+    run = runs.create_run(RunSpec(kind="tune"), tmp_path)
+    run.set_status("running", pid=os.getpid())
+    run.append_event("trial_end", trial="02", score=0.8, status="COMPLETED")
+    assert runs.progress(run)["stage"] == ""
+    run.append_event("refit", trial="02", number=1, of=5, epochs=23, seconds=14.2)
+    assert runs.progress(run)["stage"] == (
+        "Retraining trial 3's configuration on train + val (1 of 5, 23 epochs, about 14 s) to join the final model"
+    )
+    run.set_status("completed")
+    assert runs.progress(run)["stage"] == ""
