@@ -242,21 +242,12 @@ def plan(
             + "), so the search can only improve on it",
         )
     )
-    refit = 0 if cv_folds else ENSEMBLE_CANDIDATES
     choices.append(
         Choice(
             "final_model",
-            f"mean of the {ENSEMBLE_CANDIDATES} best trials"
-            + (", and of the same configurations retrained on train + val" if refit else ""),
+            f"mean of the {ENSEMBLE_CANDIDATES} best trials",
             f"the mean of the {ENSEMBLE_CANDIDATES} best trials' models (fewer if fewer trials finish), the "
             "rule that scored best in the benchmarks (bench/README.md)"
-            + (
-                "; each of them is also retrained on train + val for the epochs its trial peaked at and added to the "
-                "mean, as many as the budget allows (the search ends early enough for them); validation figures, "
-                "temperature and operating point come from the searched members, which never saw validation"
-                if refit
-                else ""
-            )
             + (
                 "; a backbone trial that ranks first stands alone (backbones are not averaged)"
                 if len(networks) > 1
@@ -298,7 +289,6 @@ def plan(
             first_trial="plain_cnn",
             ensemble_size=ENSEMBLE_CANDIDATES,
             cv_folds=cv_folds or 0,
-            refit_members=refit,
         ),
     )
     if cv_folds:
@@ -314,9 +304,8 @@ def plan(
         Choice(
             "budget",
             minutes,
-            f"{minutes:g} minute{'' if minutes == 1 else 's'}: {search_seconds / 60:.1f} for decoding"
-            + (", the search and retraining its best trials, " if refit else " and the search, ")
-            + f"{reserve:.0f} s kept for the final model and its evaluation",
+            f"{minutes:g} minute{'' if minutes == 1 else 's'}: {search_seconds / 60:.1f} for decoding and the search, "
+            f"{reserve:.0f} s kept for the final model and its evaluation",
         )
     )
     return AutoPlan(spec=spec, choices=tuple(choices), minutes=float(minutes))

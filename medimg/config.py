@@ -644,7 +644,9 @@ class TuneConfig(_Config):
     # n ≥ 1: the best n members of the final mean are also each retrained on train + val for the epochs their trial
     # peaked at, and added to the mean (the searched members stay; validation figures, the temperature and the
     # operating point come from them alone, since the retrained ones have seen validation). With a time budget the
-    # search ends early enough for the retraining its best trials need, estimated from their own epochs. 0: off.
+    # search ends early enough for the retraining its best trials need, estimated from their own epochs. 0: off, and
+    # the automatic mode's choice: paying for it out of the search did not win end to end (bench/README.md,
+    # "Retrained members"). A spec file's [tune] section turns it on.
     refit_members: int = 0
 
     def __post_init__(self) -> None:

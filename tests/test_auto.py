@@ -38,13 +38,13 @@ def test_breastmnist_is_used_at_its_own_28_px_in_gray_with_class_weights_searche
     assert spec.search.backbones == ("cnn",)
     assert why["network"].startswith("the configurable CNN from scratch: no ImageNet weights are on this machine")
     assert spec.tune.cv_folds == 0 and "cv_folds" not in why  # cross-validation only when asked for
-    assert spec.tune.refit_members == auto.ENSEMBLE_CANDIDATES and "retrained on train + val" in why["final_model"]
+    # Retraining the best trials on train + val did not win end to end (bench/README.md, "Retrained members").
+    assert spec.tune.refit_members == 0
 
 
 def test_cross_validation_when_asked_is_planned_and_said(breastmnist_dir: Path) -> None:
     chosen = auto.plan(breastmnist_dir, 10, cv_folds=3)
-    assert chosen.spec.tune.cv_folds == 3 and chosen.spec.tune.refit_members == 0  # fold models: nothing to refit
-    assert "retrained" not in reasons(chosen)["final_model"]
+    assert chosen.spec.tune.cv_folds == 3
     assert reasons(chosen)["cv_folds"].startswith("3-fold cross-validation of the training split per trial: given")
 
 
@@ -272,13 +272,7 @@ def test_auto_on_the_demo_keeps_starting_trials_until_the_budget_and_records_its
     assert len(begins) >= 2 and all(event["t"] < deadline for event in begins)
     longest_epoch = max(event["seconds"] for event in epochs)
     assert epochs[-1]["t"] <= deadline + longest_epoch + 1.0
-    # The search keeps time to retrain its best trials on train + val, re-estimated as each trial ends.
-    reserve = max(event["seconds"] for event in run.events("refit_reserve"))
-    assert 0 < reserve < 30
-    assert epochs[-1]["t"] >= deadline - reserve - longest_epoch - 1.0  # still training when its share ran out
-    refit = record["ensemble"]["refit"]
-    assert refit["members"] or refit["skipped"].startswith("retraining trial ")
-    assert record["finished"] - record["started"] <= 60 + longest_epoch + 1.0  # the whole run inside its minute
+    assert epochs[-1]["t"] >= deadline - longest_epoch - 1.0  # still training when the budget ran out
     # The trial the budget cut short (if it was mid-epoch then) says so in the table and in the CLI's line for it.
     from medimg.model import tuning
 

@@ -624,9 +624,10 @@ def refit_members(
 
     Why: the final model's members were fitted on the training split only; the same configurations fitted on
     training and validation together learn from 11 % more images (RetinaMNIST) and, averaged with the searched
-    ones, scored higher on test in every saved run measured (bench/README.md, "Retrained members"). Validation
-    cannot judge them (they have seen it), so the validation figures, temperature and operating point of the
-    saved model come from its searched members (`models.validation_model`)."""
+    ones, scored higher on test in every saved run measured when their time was not counted; paid for out of the
+    search's budget they did not win end to end, so the automatic mode leaves them off (bench/README.md,
+    "Retrained members"). Validation cannot judge them (they have seen it), so the validation figures, temperature
+    and operating point of the saved model come from its searched members (`models.validation_model`)."""
     import dataclasses
 
     import numpy as np
@@ -722,6 +723,14 @@ def describe_ensemble(record: dict) -> str | None:
     benchmarks (bench/README.md, "Is the ensemble the lever?"), not because it won on this validation split."""
     ensemble = record.get("ensemble") or {}
     members = ensemble.get("members") or []
+    refit = ensemble.get("refit") or {}
+    if len(members) == 1 and refit.get("members"):
+        return (
+            f"The saved model is the mean of trial {trial_number(members[0])}'s model and of its configuration "
+            f"retrained on train + val ({refit.get('images', 0):,} images); validation figures, the temperature and "
+            "the operating point come from the searched model, which never saw validation. Grad-CAM shows the "
+            "searched model."
+        )
     if len(members) < 2:
         return None
     numbers = ", ".join(str(trial_number(m)) for m in members)
@@ -744,7 +753,6 @@ def describe_ensemble(record: dict) -> str | None:
         )
     else:
         text += ": averaging the top five scored better on test than the best trial alone in the benchmarks"
-    refit = ensemble.get("refit") or {}
     if refit.get("members"):
         retrained = ", ".join(str(trial_number(m)) for m in refit["members"])
         text += (

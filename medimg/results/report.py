@@ -268,6 +268,13 @@ def _training(run: Run, record: dict[str, Any]) -> list[Any]:
         model = ""
     if search and ensemble.get("note"):
         model += f"The final model is {ensemble['note']}. "
+    retrained = (ensemble.get("refit") or {}).get("members") or []
+    if search and retrained:
+        model += (
+            f"The configurations of trials {', '.join(str(trial_number(m)) for m in retrained)} were also retrained "
+            f"on train + val ({ensemble['refit'].get('images', 0):,} images) and joined the mean; validation figures, "
+            "the temperature and the operating point come from the searched members, which never saw validation. "
+        )
     parts: list[Any] = [
         htmldoc.paragraph(
             f"{model}Epochs run{' by the best trial' if search else ''}: {epochs} of {train.get('epochs')} "

@@ -619,3 +619,46 @@ def test_the_refit_reserve_counts_the_best_trials_that_completed_and_is_skipped_
     )  # about 10 s needed, 1 s left
     assert done == [] and record["members"] == []
     assert record["skipped"].startswith("retraining trial 1 (about 10 s) would not have ended within the time budget")
+
+
+def test_retrained_members_are_described_and_so_is_a_retraining_the_budget_left_out() -> None:
+    joined = {"members": ["01"], "images": 624, "skipped": None, "validation_members": 2}
+    record = {"trials_completed": 7, "ensemble": {"members": ["01", "03"], "objective": "val_auc", "refit": joined}}
+    text = tuning.describe_ensemble(record)
+    assert "Trial 2 also joined it retrained on train + val (624 images); validation figures, the temperature" in text
+    skipped = {**joined, "members": [], "skipped": "retraining trial 2 (about 9 s) would not have ended in time"}
+    text = tuning.describe_ensemble({**record, "ensemble": {**record["ensemble"], "refit": skipped}})
+    assert "No member was retrained on train + val: retraining trial 2 (about 9 s) would not have ended" in text
+    single = {"ensemble": {"members": ["01"], "refit": joined}}
+    assert tuning.describe_ensemble(single).startswith(
+        "The saved model is the mean of trial 2's model and of its configuration retrained on train + val (624 images)"
+    )
+
+
+@pytest.mark.slow
+def test_a_budgeted_search_ends_early_enough_to_retrain_its_best_trials(tmp_path: Path) -> None:
+    """With a time budget the search keeps the time its best trials' retraining needs, re-estimated as each trial
+    ends, and the retraining happens inside the budget."""
+    spec = tune_spec(max_trials=200)
+    spec = spec.replace(
+        tune=spec.tune.replace(max_minutes=0.5, ensemble_size=3, refit_members=3),
+        train=spec.train.replace(epochs=4),
+    )
+    run = runs.create_run(spec, tmp_path)
+    lines: list[str] = []
+    jobs.execute(run, echo=lines.append)
+    record = run.record
+    deadline = record["search_deadline"]
+    reserves = [event["seconds"] for event in run.events("refit_reserve")]
+    assert reserves and max(reserves) > 0  # 0 while no trial has completed without collapsing
+    assert record["ended"].startswith("time budget of 0.5 minutes used (") and "kept to retrain" in record["ended"]
+    epochs = run.events("epoch")
+    longest = max(event["seconds"] for event in epochs)
+    assert epochs[-1]["t"] >= deadline - max(reserves) - longest - 2.0  # the search used its share
+    refit = record["ensemble"]["refit"]
+    retrained = run.events("refit")
+    assert len(retrained) == len(refit["members"]) >= 1
+    assert all(event["t"] < deadline for event in retrained)  # each started in time...
+    assert refit["skipped"] is None or refit["skipped"].startswith("retraining trial ")
+    assert any(line.startswith("retraining trial ") for line in lines)
+    assert run.model_path.is_file() and record["status"] == "completed"

@@ -273,7 +273,7 @@ def test_a_search_runs_model_card_describes_its_trials_not_the_default_parameter
         search=SearchSpace.quick().replace(
             conv_blocks=(1,), filters_min=4, filters_max=8, filters_step=4, augment_strengths=(0.0,)
         ),
-        tune=TuneConfig(max_trials=2, ensemble_size=2),
+        tune=TuneConfig(max_trials=2, ensemble_size=2, refit_members=1),
         train=TrainConfig(epochs=2, early_stopping_patience=0, reduce_lr_patience=0),
     )
     run = runs.create_run(spec, tmp_path / "runs")
@@ -287,6 +287,9 @@ def test_a_search_runs_model_card_describes_its_trials_not_the_default_parameter
         assert f"models (trials {numbers} of" in text and f"The model is the mean of {len(members)} trials" in text
     else:
         assert f"best trial (trial {best}, by validation val_auc)" in text  # search's, HTML-escaped
+    # No time budget: the best member's configuration is retrained on train + val, and the card says so.
+    assert record["ensemble"]["refit"]["members"] == [members[0]]
+    assert f"The configurations of trials {runs.trial_number(members[0])} were also retrained on train + val" in text
     epochs = len(run.epoch_history(trial=record["best_trial"])["loss"])
     assert f"Epochs run by the best trial: {epochs} of 2" in text and epochs > 0
     assert "fine_tune_learning_rate" not in text  # a CNN's card lists no backbone settings
