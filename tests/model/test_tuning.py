@@ -657,8 +657,11 @@ def test_a_budgeted_search_ends_early_enough_to_retrain_its_best_trials(tmp_path
     assert epochs[-1]["t"] >= deadline - max(reserves) - longest - 2.0  # the search used its share
     refit = record["ensemble"]["refit"]
     retrained = run.events("refit")
-    assert len(retrained) == len(refit["members"]) >= 1
-    assert all(event["t"] < deadline for event in retrained)  # each started in time...
+    assert len(retrained) == len(refit["members"])
+    assert all(event["t"] < deadline for event in retrained)  # each started in time, estimated to end in time
+    # Loading and scoring the searched members before retraining also takes time (seen on a busy CI machine: none
+    # fitted): a member that would not end in time is left out, and the run says which and why.
+    assert refit["members"] or refit["skipped"].startswith("retraining trial ")
     assert refit["skipped"] is None or refit["skipped"].startswith("retraining trial ")
-    assert any(line.startswith("retraining trial ") for line in lines)
+    assert sum(line.startswith("retraining trial ") for line in lines) == len(refit["members"])
     assert run.model_path.is_file() and record["status"] == "completed"
