@@ -25,6 +25,7 @@ from medimg.config import (
     TuneConfig,
 )
 from medimg.errors import ConfigError, DatasetError
+from medimg.model.tuning import FIT_SETUP_SECONDS
 from medimg.store.runs import BUDGET_ONLY_TRIALS
 
 # Seconds per training image per epoch of the plain CNN, gray, batch 32, measured on the 2-core CPU this project is
@@ -35,11 +36,11 @@ RGB_FACTOR = 2.0
 # Validation and the PreciseBN pass add about a quarter to each epoch.
 EPOCH_OVERHEAD = 1.25
 # Fixed costs the per-image figure misses, which dominate small datasets: per epoch (callbacks, the event log, the
-# checkpoint) and per trial (building and tracing the model). Measured on the chest X-ray mini set at 64 px gray
-# (240 training images), idle 2-core machine: median epoch 0.90 s against 0.74 s per-image estimate, first epoch
-# 3.1 s (`python -m medimg auto DATA --minutes 1.5`, the run's epoch events).
+# checkpoint) and per trial (building and tracing the model, `tuning.FIT_SETUP_SECONDS`). Measured on the chest X-ray
+# mini set at 64 px gray (240 training images), idle 2-core machine: median epoch 0.90 s against 0.74 s per-image
+# estimate (`python -m medimg auto DATA --minutes 1.5`, the run's epoch events).
 EPOCH_FIXED_SECONDS = 0.2
-TRIAL_SETUP_SECONDS = 2.5
+TRIAL_SETUP_SECONDS = FIT_SETUP_SECONDS
 # Largest sizes tried for images above 64 px; never more than the images' own size.
 SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 256)
 SMALL_NATIVE = 64  # at or below this, the images are used at their own size

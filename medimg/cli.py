@@ -358,10 +358,10 @@ def build_spec(args: argparse.Namespace, kind: str) -> Any:
 
 def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] | None = None) -> int:
     from medimg import jobs
-    from medimg.datasets.dataset import check_path
+    from medimg.datasets.dataset import check_classes
     from medimg.store import runs
 
-    check_path(spec.dataset.path)  # a mistyped path is a message, not a failed run folder
+    check_classes(spec.dataset.path)  # a mistyped path or a one-class folder is a message, not a failed run folder
 
     if args.background:
         run = jobs.launch(spec, args.runs, extra=extra)

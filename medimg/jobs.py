@@ -81,9 +81,12 @@ def launch(
     """Start a run as its own process (`python -m medimg resume RUN`), after checking the concurrency limit.
 
     `extra`: more fields for the run's first run.json (see `runs.create_run`). Raises RunsBusyError when
-    `limit` runs are already in progress."""
+    `limit` runs are already in progress, DatasetError when the dataset path is missing or holds one class
+    (`dataset.check_classes`)."""
+    from medimg.datasets.dataset import check_classes
     from medimg.model import backbones
 
+    check_classes(spec.dataset.path)  # a message on the page, not a failed run folder
     backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
     root = runs.runs_root(root)
     with _launch_lock(root):

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,6 +53,17 @@ def test_a_run_on_a_missing_folder_is_refused_before_a_run_folder_is_made(tmp_pa
     result = medimg(command, str(tmp_path / "nope"), "--runs", str(tmp_path / "runs"), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"dataset path {tmp_path / 'nope'} does not exist" in result.stderr
+    assert result.stdout == "" and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["tune", "train"])
+def test_a_run_on_a_one_class_folder_is_refused_before_a_run_folder_is_made(tmp_path: Path, command: str) -> None:
+    """Seen in review: `tune` on a folder with one class folder failed after making a run, left behind."""
+    data = tmp_path / "data"
+    shutil.copytree(DEMO / "train" / "NORMAL", data / "NORMAL")
+    result = medimg(command, str(data), "--runs", str(tmp_path / "runs"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{data} has only the class 'NORMAL'; a classifier needs at least two classes" in result.stderr
     assert result.stdout == "" and not (tmp_path / "runs").exists()
 
 

@@ -184,3 +184,13 @@ def test_a_queued_run_whose_process_died_before_its_first_word_is_failed(tmp_pat
     assert run.record["status"] == "queued" and run.status == "failed"
     (run.path / runs.LAUNCHED_PID).unlink()
     assert run.status == "queued"  # no process yet, within the grace period
+
+
+def test_launch_refuses_a_one_class_folder_before_making_a_run(tmp_path: Path) -> None:
+    """What the Tune and Train pages' Start call: a folder of one class is a message, and no failed run is left
+    for the page to open on."""
+    data = one_class_dataset(tmp_path / "data")
+    spec = demo_spec(1).replace(dataset=DatasetConfig(path=str(data), image_size=16, color="gray"))
+    with pytest.raises(DatasetError, match="has only the class 'only'; a classifier needs at least two classes"):
+        jobs.launch(spec, tmp_path / "runs")
+    assert runs.list_runs(tmp_path / "runs") == []

@@ -161,6 +161,21 @@ def check_path(path: str | Path) -> Path:
     return path
 
 
+def check_classes(path: str | Path) -> Listing:
+    """The listing of `path` (`list_files`, no pixel read) when it names at least two classes. Raises DatasetError
+    when the path does not exist, holds no file (`list_files`' errors) or one class only: said before a run is
+    created for it, so such a folder leaves no failed run behind."""
+    listing = list_files(path)
+    labels = sorted({f.label for f in listing.files})
+    if len(labels) < 2:
+        found = f"only the class '{labels[0]}'" if labels else "no labelled file"
+        raise DatasetError(
+            f"{listing.root} has {found}; a classifier needs at least two classes (a folder of class folders, "
+            "or a CSV manifest with two labels or more)."
+        )
+    return listing
+
+
 def list_files(path: str | Path, group_regex: str = "", merge_label_case: bool = False) -> Listing:
     """List the labelled files of a dataset folder or CSV manifest, without decoding anything.
 

@@ -610,7 +610,7 @@ def test_the_refit_reserve_counts_the_best_trials_that_completed_and_is_skipped_
     run.append_event("trial_collapsed", trial="02", called="a")
     arrays = {"train": [0] * 80, "val": [0] * 20}
     data = SimpleNamespace(arrays=arrays, usable_objective=lambda objective: objective)
-    setup = tuning.REFIT_SETUP_SECONDS
+    setup = tuning.FIT_SETUP_SECONDS
     # Trial 02 scored best but collapsed; 00 then 01, each epoch count × its seconds × (100 / 80 images).
     assert tuning.refit_seconds(run, "val_auc", data, 1) == pytest.approx(3 * 2.0 * 1.25 + setup)
     assert tuning.refit_seconds(run, "val_auc", data, 5) == pytest.approx(3 * 2.0 * 1.25 + 5 * 1.0 * 1.25 + 2 * setup)
