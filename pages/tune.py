@@ -66,8 +66,11 @@ if mode == MODES[0]:
         step=1.0,
         format="%g",
         disabled=busy,
+        # The shown automatic run's budget (a new tab showed 10 above a finished 2-minute run); 10 with none.
         **common.kept(
-            "tn_auto_minutes", float((attached.record.get("auto") or {}).get("minutes", 10.0)) if busy else 10.0, busy
+            "tn_auto_minutes",
+            float(((attached.record.get("auto") or {}) if attached else {}).get("minutes", 10.0)),
+            busy,
         ),
         help="Every stage counts: decoding the images, the search, the final model and its evaluation.",
     )

@@ -274,6 +274,10 @@ def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_wh
     assert shown_metrics(watcher)["Trials"].endswith(" done")  # the budget, not a trial count, ends it
     run.request_stop()
     wait_for(lambda: run.status not in runs.ACTIVE_STATUSES, 120, "the automatic search to stop")
+    reopened = open_page("tune", run=run.id)  # a new tab on the stopped search
+    no_exception(reopened)
+    assert reopened.number_input(key="tn_auto_minutes").value == 1.0, "the default 10 above a 1-minute run"
+    assert not reopened.number_input(key="tn_auto_minutes").disabled
 
 
 def test_start_follows_the_new_search_when_another_run_is_shown(finished_runs: FinishedRuns) -> None:
