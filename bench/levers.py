@@ -29,7 +29,12 @@ loss with patience 5, best weights restored):
 - ordinal2_seeds5: ordinal2's soft labels in seeds5's bag of five;
 - smoothing_seeds5: smoothing's labels in seeds5's bag of five (is it the order of the grades, or softer targets?);
 - seeds5: the mean of five plain CNNs trained with different seeds (the first is base's), a bagging floor for the
-  automatic mode's top-5 ensemble.
+  automatic mode's top-5 ensemble;
+- ordinal1_seeds5: softer ordinal labels (α = 1) in a bag of five;
+- ordinal2_cosine_seeds5, ordinal2_mixup_seeds5: ordinal2_seeds5 with AdamW and cosine decay, or with mixup;
+- ordinal2_pairs_seeds5: ordinal2_seeds5 with two Conv-BN-ReLU per block (VGG's stacked 3×3 convolutions).
+"a+b" in --only is the mean of both variants' models: each model's test probabilities are kept in
+~/.cache/medimg-bench/levers, so such a mix of variants already run costs no training.
 The image size and colour are the dataset's own (28 px RGB for RetinaMNIST).
 """
 
@@ -37,11 +42,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import common
 import numpy as np
 from quality import plain_cnn_network, scores
 
+CACHE = Path.home() / ".cache" / "medimg-bench" / "levers"
 VARIANTS = {
     "base": {},
     "val_auc": {"monitor": "val_auc", "epochs": 45},
@@ -61,6 +68,10 @@ VARIANTS = {
     "graham": {"graham": 2.0},
     "ordinal2_seeds5": {"ordinal": 2.0, "members": 5},
     "smoothing_seeds5": {"smoothing": 0.1, "members": 5},
+    "ordinal1_seeds5": {"ordinal": 1.0, "members": 5},
+    "ordinal2_cosine_seeds5": {"ordinal": 2.0, "weight_decay": 1e-4, "cosine": True, "members": 5},
+    "ordinal2_mixup_seeds5": {"ordinal": 2.0, "mixup": 0.2, "members": 5},
+    "ordinal2_pairs_seeds5": {"ordinal": 2.0, "convs_per_block": 2, "members": 5},
 }
 
 
@@ -82,13 +93,38 @@ def fit(
     standardize: bool = False,
     ordinal: float = 0.0,
     graham: float = 0.0,
+    convs_per_block: int = 1,
     members: int = 1,
-) -> tuple[float, float, float]:
-    """Test (AUC, accuracy, balanced accuracy) of the plain CNN with one lever changed, trained with `seed`."""
+) -> np.ndarray:
+    """Test-split probabilities (N×classes) of the plain CNN with one lever changed, trained with `seed` (the mean
+    of `members` such CNNs, each with its own seed)."""
     settings = {k: v for k, v in locals().items() if k not in ("data", "seed", "members")}
     member_seeds = [seed] + [seed * 1000 + i for i in range(1, members)]
-    probs = np.mean([_probabilities(data, s, **settings) for s in member_seeds], axis=0)
+    return np.mean([_cached(data, s, settings) for s in member_seeds], axis=0)
+
+
+def variant_scores(data, seed: int, name: str) -> tuple[float, float, float]:
+    """Test (AUC, accuracy, balanced accuracy) of a variant, or of the mean of variants joined by "+" (each
+    variant's own bag weighs the same)."""
+    probs = np.mean([fit(data, seed, **VARIANTS[part]) for part in name.split("+")], axis=0)
     return scores(data.arrays["test"].labels, probs)
+
+
+def _cached(data, seed: int, settings: dict) -> np.ndarray:
+    """`_probabilities`, kept on disk per dataset, settings and seed (`CACHE`), so that a bag mixing members of
+    other variants (`--mix`) costs no training."""
+    import hashlib
+    import json
+
+    dataset = [data.class_names, data.input_shape, len(data.arrays["train"].labels)]
+    key = json.dumps({"data": dataset, "seed": seed, **settings}, sort_keys=True, default=str)
+    path = CACHE / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.npy"
+    if path.is_file():
+        return np.load(path)
+    probs = _probabilities(data, seed, **settings)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, probs)
+    return probs
 
 
 def _probabilities(
@@ -109,6 +145,7 @@ def _probabilities(
     standardize: bool,
     ordinal: float,
     graham: float,
+    convs_per_block: int,
 ) -> np.ndarray:
     """Test-split probabilities (N×classes) of one plain CNN fitted with these settings."""
     import keras
@@ -125,6 +162,7 @@ def _probabilities(
         zoom=zoom,
         pooling=pooling,
         standardize=standardize,
+        convs_per_block=convs_per_block,
     )
     steps = int(np.ceil(len(train.labels) / 32)) * epochs
     rate = keras.optimizers.schedules.CosineDecay(1e-3, steps) if cosine else 1e-3
@@ -184,7 +222,9 @@ def main() -> None:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.set_defaults(data=common.REPO.parent / "shared" / "datasets" / "retinamnist")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--only", default=",".join(VARIANTS), help="comma-separated variants")
+    parser.add_argument(
+        "--only", default=",".join(VARIANTS), help="comma-separated variants; a+b: the mean of both variants' models"
+    )
     args = parser.parse_args()
     common.configure_threads(args.intra, args.inter)
     from medimg.config import DatasetConfig
@@ -201,7 +241,7 @@ def main() -> None:
     base = None
     for name in args.only.split(","):
         started = time.time()
-        results = np.array([fit(data, seed, **VARIANTS[name]) for seed in seeds])
+        results = np.array([variant_scores(data, seed, name) for seed in seeds])
         auc, accuracy = results[:, 0].mean(), results[:, 1].mean()
         base = base if base is not None else (auc, accuracy)
         print(

@@ -91,11 +91,13 @@ def plain_cnn_network(
     zoom: float = 0.0,
     pooling: str = "average",
     standardize: bool = False,
+    convs_per_block: int = 1,
 ):
     """The plain CNN's layers (module docstring), uncompiled, with `units` outputs of `activation`. `widths`: the
     blocks' filters (default 32-64-128, a fourth 128 at ≥ 64 px); `vertical_flip`, `zoom`: more augmentation;
     `pooling` "average_max": global average and global max pooling side by side; `standardize`: each image to zero
-    mean and unit variance instead of the 1/255 scale (`levers.py`)."""
+    mean and unit variance instead of the 1/255 scale; `convs_per_block` 2: two Conv-BN-ReLU per block, as VGG's
+    blocks (Simonyan & Zisserman 2015, arXiv:1409.1556) (`levers.py`)."""
     import keras
 
     size = input_shape[0]
@@ -117,9 +119,10 @@ def plain_cnn_network(
     for i, width in enumerate(widths):
         if i:
             x = keras.layers.MaxPooling2D()(x)
-        x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-        x = keras.layers.BatchNormalization()(x)
-        x = keras.layers.ReLU()(x)
+        for _ in range(convs_per_block):
+            x = keras.layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            x = keras.layers.BatchNormalization()(x)
+            x = keras.layers.ReLU()(x)
     if pooling == "average_max":
         x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)])
     else:
