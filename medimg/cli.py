@@ -666,6 +666,13 @@ def command_report(args: argparse.Namespace) -> int:
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold {args.threshold} is not a probability; give a value between 0 and 1.")
     run = runs.find_run(args.run, args.runs)
+    classes = len(run.record.get("class_names") or [])
+    if classes > 2 and (args.threshold is not None or args.positive):
+        given = "--threshold" if args.threshold is not None else "--positive"
+        raise ConfigError(
+            f"{given} applies to a two-class model; run {run.id} has {classes} classes, called by the arg-max "
+            f"(the class of highest probability). Leave {given} out."
+        )
     path = report.write_report(run, args.out or run.path / "report.html", args.threshold, args.positive)
     _err(f"wrote the report of {run.id} ({path.stat().st_size / 2**20:.1f} MB, opens offline)")
     print(path)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from medimg import auto
 from medimg.config import DatasetConfig
-from medimg.datasets import dataset, scanning, sources
+from medimg.datasets import datachecks, dataset, scanning, sources
 from medimg.errors import ConfigError, MedimgError
 from medimg.imaging import dicom, images
 from medimg.results import charts
@@ -303,6 +303,10 @@ if empty:
         "the split folders.",
         icon=":material/error:",
     )
+# The split just drawn, as training will see it (a carved split can miss a class of one or two images).
+for warning in datachecks.split_warnings(splits.counts()):
+    if warning not in report.warnings:
+        st.warning(warning, icon=":material/warning:")
 overlap = splits.group_overlap()
 if overlap:
     st.warning(f"{len(overlap)} patient(s) appear in more than one split: {', '.join(sorted(overlap)[:10])}")

@@ -248,6 +248,13 @@ if attributes:
     column = st.selectbox("Manifest column", list(attributes), key="evaluate_subgroup")
     rows = subgroups.subgroup_metrics(test, attributes[column], float(threshold), positive)
     st.dataframe(pd.DataFrame(tables.subgroup_rows(rows, column)).set_index(column), key="subgroups")
+    if any((row.get("auc") or {}).get("estimate") is None for row in rows):
+        st.caption("AUC –: that subgroup's test images are all of one class, so no ranking can be scored.")
+proxies = subgroups.label_proxies(run.spec.dataset.path)
+if proxies:
+    st.caption(
+        f"Not offered as subgroups: {', '.join(proxies)} (one value per class: its subgroups would be the classes)."
+    )
 
 leakage = metrics.get("leakage")
 if leakage:
@@ -281,11 +288,12 @@ else:
     loaded, failures = run.input_contract.load_many(test.paths, list(members[:shown_count]))
     heatmaps = None
     if show_cam and loaded:
-        from medimg.model.explain import gradcam_heatmaps
+        from medimg.model.explain import gradcam_caption, gradcam_heatmaps
 
         try:
             model = load_model(str(run.path), run.record.get("model_sha256", ""))
             heatmaps, _ = gradcam_heatmaps(model, [pixels for _, pixels in loaded], [called] * len(loaded))
+            st.caption(gradcam_caption(run.record))
         except MedimgError as error:
             common.show_error(error)
     from medimg.model.explain import for_display, side_by_side
@@ -351,6 +359,16 @@ right.download_button(
     disabled=not exports_ready,
     help="model.keras with contract.json: image size, channel mode, class names, positive class and threshold.",
 )
+if (run.path / "predictions.csv").is_file():
+    st.download_button(
+        "Download predictions (CSV)",
+        (run.path / "predictions.csv").read_bytes(),
+        file_name=f"predictions-{run.id}.csv",
+        mime="text/csv",
+        on_click="ignore",
+        help="One row per validation and test image: its path, true and called class, each class's probability "
+        "and its split (the model's own outputs, before any threshold chosen here).",
+    )
 
 EXPORT_CHOICES = {
     "ONNX (onnxruntime)": ("onnx", None),

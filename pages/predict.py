@@ -47,7 +47,7 @@ if len(uploads) > MAX_FILES:
     uploads = uploads[:MAX_FILES]
 
 from medimg.imaging import dicom  # noqa: E402
-from medimg.model.explain import overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
+from medimg.model.explain import gradcam_caption, overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
 from medimg.results.predict import dicom_summary, predictions_csv, summary_line  # noqa: E402
 
 WINDOW_CHOICES = ["As in training", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
@@ -122,6 +122,8 @@ st.download_button(
     mime="text/csv",
 )
 show_cam = st.toggle("Grad-CAM overlay", value=True)
+if show_cam:
+    st.caption(gradcam_caption(run.record))
 for index, result in enumerate(results):
     st.markdown(f"#### {result.name}")
     if result.error:

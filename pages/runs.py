@@ -28,6 +28,9 @@ st.dataframe(
     column_config={
         "dataset": st.column_config.TextColumn(width="medium"),
         "validation": st.column_config.TextColumn(help="Models are chosen on validation; test is kept for the end."),
+        "test AUC": st.column_config.TextColumn(
+            help="Two classes: the ROC AUC of the positive class. More: the mean of the one-vs-rest AUCs (macro)."
+        ),
         "duration": st.column_config.TextColumn(help="minutes:seconds"),
     },
 )

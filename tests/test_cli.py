@@ -252,3 +252,17 @@ def test_evaluate_words_a_multi_class_run_and_warns_of_a_class_never_called(
     assert cli.format_test_metrics(metrics) == lines[2 : 2 + len(cli.format_test_metrics(metrics))]
     assert cli.main(["evaluate", str(never_calling_run.path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["never_predicted"] == ["VIRUS"]
+
+
+@pytest.mark.parametrize("flag", [["--threshold", "0.3"], ["--positive", "b"]])
+def test_report_refuses_a_threshold_for_a_model_of_more_than_two_classes(tmp_path: Path, flag: list[str]) -> None:
+    """Seen in review: `report RUN --threshold 0.3` on a five-class run wrote the same report as without it."""
+    from medimg.config import DatasetConfig, RunSpec
+    from medimg.store import runs
+
+    run = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(path=str(DEMO))), tmp_path / "runs")
+    run.update(status="completed", class_names=["a", "b", "c"])
+    result = medimg("report", str(run.path), *flag, "--out", str(tmp_path / "r.html"), check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{flag[0]} applies to a two-class model; run {run.id} has 3 classes, called by the arg-max" in result.stderr
+    assert not (tmp_path / "r.html").exists()

@@ -54,13 +54,40 @@ def split_warnings(splits: Mapping[str, Mapping[str, int]]) -> list[str]:
             "specificity targets and temperature scaling, which need both classes, are skipped. Add images of the "
             "other classes to val/, or drop val/ to let medimg carve a stratified validation split from train/."
         )
+    elif absent_from(splits, "val"):
+        missing = absent_from(splits, "val")
+        those = "that class" if len(missing) == 1 else "those classes"
+        warnings.append(
+            f"The validation split has no {_names(missing)} images: the search's scores, early stopping and the saved "
+            f"model's validation figures never see {those} (macro AUC averages the classes present). Add images of "
+            f"{those} to val/ or, when medimg carves the split, to the dataset: a class of one or two images cannot "
+            "reach every split."
+        )
     test = one_class_reason(splits.get("test", {}))
     if test:
         warnings.append(f"The test split has one class: {test}. Test AUC and specificity are undefined.")
+    elif absent_from(splits, "test"):
+        missing = absent_from(splits, "test")
+        those = "that class" if len(missing) == 1 else "those classes"
+        warnings.append(f"The test split has no {_names(missing)} images: no test figure speaks for {those}.")
     small = small_test_reason(splits.get("test", {}))
     if small:
         warnings.append(small)
     return warnings
+
+
+def _names(names: list[str]) -> str:
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+
+
+def absent_from(splits: Mapping[str, Mapping[str, int]], split: str) -> list[str]:
+    """Classes with training images and none in `split`, sorted; [] when `split` holds no image at all (a split
+    that medimg carves from train/ later is stratified, so it cannot miss a class)."""
+    counts = splits.get(split, {})
+    if not any(counts.values()):
+        return []
+    return sorted(name for name, count in splits.get("train", {}).items() if count and not counts.get(name))
 
 
 # Below this many test images in a class, even a perfect score on it has a 95% interval reaching under about 0.72.

@@ -196,7 +196,12 @@ def list_files(path: str | Path, group_regex: str = "", merge_label_case: bool =
     path = check_path(path)
     if path.is_file():
         if path.suffix.lower() != ".csv":
-            raise DatasetError(f"{path} is a file; give a folder of class folders or a CSV manifest (.csv).")
+            hint = (
+                " Unzip it first (the app's Dataset page also takes a .zip upload)."
+                if path.suffix.lower() == ".zip"
+                else ""
+            )
+            raise DatasetError(f"{path} is a file; give a folder of class folders or a CSV manifest (.csv).{hint}")
         listing = _list_manifest(path, merge_label_case)
     else:
         listing = _list_folders(path)

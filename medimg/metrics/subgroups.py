@@ -16,24 +16,45 @@ def manifest_attributes(path: str | Path, max_values: int = 20) -> dict[str, dic
     """Extra manifest columns usable as subgroups (2..max_values distinct values): column → {image path: value}.
 
     Paths are resolved as the dataset loader resolves them (relative to the manifest's folder), so they match the
-    paths in a run's predictions. A folder dataset has no manifest and gives {}.
+    paths in a run's predictions. A folder dataset has no manifest and gives {}. A column that follows the label
+    (one value per class, e.g. a `label_index`) is left out: its subgroups would be the classes again
+    (`label_proxies` names such columns).
     """
+    return _columns(path, max_values)[0]
+
+
+def label_proxies(path: str | Path, max_values: int = 20) -> list[str]:
+    """The extra manifest columns `manifest_attributes` leaves out because each class has a single value in them:
+    per-subgroup metrics of such a column are per-class figures, with no AUC (one class per subgroup)."""
+    return _columns(path, max_values)[1]
+
+
+def _columns(path: str | Path, max_values: int) -> tuple[dict[str, dict[str, str]], list[str]]:
     path = Path(path)
     if not (path.is_file() and path.suffix.lower() == ".csv"):
-        return {}
+        return {}, []
     with path.open(newline="", encoding="utf-8-sig") as stream:
         rows = list(csv.DictReader(stream))
     if not rows:
-        return {}
-    found = {}
+        return {}, []
+    found, proxies = {}, []
     for column in rows[0]:
         if column is None or column.strip().lower() in ("path", "label", "group", "split"):
             continue
         values = {str(path.parent / (row.get("path") or "").strip()): (row.get(column) or "").strip() for row in rows}
         distinct = {v for v in values.values() if v}
-        if 2 <= len(distinct) <= max_values:
+        if not 2 <= len(distinct) <= max_values:
+            continue
+        per_label: dict[str, set[str]] = {}
+        for row in rows:
+            value = (row.get(column) or "").strip()
+            if value:
+                per_label.setdefault((row.get("label") or "").strip(), set()).add(value)
+        if all(len(seen) == 1 for seen in per_label.values()):
+            proxies.append(column)
+        else:
             found[column] = values
-    return found
+    return found, proxies
 
 
 def subgroup_metrics(

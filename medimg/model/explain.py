@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from medimg.errors import ModelError
+from medimg.store.runs import trial_number
 
 
 def last_conv_layer_name(model: Any) -> str:
@@ -25,6 +26,26 @@ def last_conv_layer_name(model: Any) -> str:
             if shape is not None and len(shape) == 4:
                 return layer.name
     raise ModelError("this model has no convolutional layer, so Grad-CAM cannot be computed.")
+
+
+def gradcam_caption(record: dict[str, Any]) -> str:
+    """What a run's Grad-CAM overlay shows, in sentences for a caption: the method, its colours, and for a saved mean
+    of several trials' networks (`record["ensemble"]`), that the map is the best member's alone
+    (`last_conv_layer_name`).
+
+    Grad-CAM: Selvaraju et al., "Grad-CAM: Visual Explanations from Deep Networks via Gradient-based Localization",
+    ICCV 2017 (arXiv:1610.02391)."""
+    text = (
+        "Grad-CAM: where the last convolutional layer found evidence for the called class, red strongest, blue none "
+        "(jet colours, scaled per image)."
+    )
+    members = (record.get("ensemble") or {}).get("members") or []
+    if len(members) > 1:
+        text += (
+            f" The saved model is the mean of {len(members)} trials' networks; the map is read from the best one's "
+            f"feature maps (trial {trial_number(members[0])}): the evidence the other members add is not shown."
+        )
+    return text
 
 
 def gradcam_heatmap(

@@ -372,11 +372,17 @@ def _subgroups(run: Run, test: clinical.Scored, summary: evaluation.ClinicalSumm
         shown = tables.subgroup_rows(rows, column)
         parts.append(f"<h3>by {html.escape(column)}</h3>")
         parts.append(htmldoc.table(list(shown[0]), [list(row.values()) for row in shown]))
+    proxies = subgroups.label_proxies(run.spec.dataset.path)
+    if proxies:
+        parts.append(
+            f"<p>Not analysed as subgroups: {html.escape(', '.join(proxies))} (one value per class: its subgroups "
+            "would be the classes).</p>"
+        )
     return parts
 
 
 def _gradcams(run: Run, test: clinical.Scored, summary: evaluation.ClinicalSummary, per_cell: int = 2) -> list[str]:
-    from medimg.model.explain import gradcam_heatmaps, overlay
+    from medimg.model.explain import gradcam_caption, gradcam_heatmaps, overlay
 
     threshold, positive = summary["threshold"] or 0.5, summary["positive_class"]
     predicted = clinical.predicted_labels(test, threshold, positive)
@@ -403,8 +409,8 @@ def _gradcams(run: Run, test: clinical.Scored, summary: evaluation.ClinicalSumma
         cards.append(f"<figure>{images_html}<figcaption>{html.escape(caption)}</figcaption></figure>")
     return [
         htmldoc.paragraph(
-            "Up to two test images per confusion-matrix cell, most confident first; the overlay shows where "
-            "the evidence for the called class lies (last convolutional layer, Grad-CAM)."
+            "Up to two test images per confusion-matrix cell, most confident first, each beside its overlay. "
+            + gradcam_caption(run.record)
         ),
         "<div class='gallery'>" + "".join(cards) + "</div>",
         *([htmldoc.paragraph("Not shown (could not be read again): " + "; ".join(skipped))] if skipped else []),

@@ -364,9 +364,12 @@ def test_a_manifest_offers_to_merge_labels_that_differ_only_in_case(monkeypatch:
     no_exception(at)
     assert metrics(at)["Classes"] == "5"
     assert any("differ only in case: kept apart" in w.value for w in at.warning)
+    # Seen in review: the carved validation split held none of the one-image spellings, and nothing said so.
+    assert any(w.value.startswith("The validation split has no 'NORMAL' or 'Normal' images") for w in at.warning)
     # AppTest rebuilds the options from the script's list, which holds folders only; a browser keeps the typed path.
     by_label(at.selectbox, "Folder").options.append(manifest)
     at.checkbox(key="ds_merge_case").check().run()
     no_exception(at)
     assert metrics(at)["Classes"] == "2"
     assert at.session_state["dataset"].merge_label_case is True
+    assert not any(w.value.startswith("The validation split has no") for w in at.warning)

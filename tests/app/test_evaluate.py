@@ -81,6 +81,8 @@ def test_a_finished_run_shows_metrics_with_intervals_curves_and_calibration(fini
     assert [caption for caption in values(at.caption) if caption.startswith(start)]
     assert shown(at) == expected_tiles(run, youden, "PNEUMONIA")
     assert not by_label(at.download_button, "Export report (HTML)").disabled  # a threshold chosen on validation
+    # Seen in review: the page offered the report and the model, not the predictions behind its figures.
+    assert "each class's probability" in by_label(at.download_button, "Download predictions (CSV)").help
     histogram = charts(at)["score_histogram"]["data"]
     assert [trace["name"] for trace in histogram] == [
         f"true {name} ({int((scored['test'].labels == i).sum())})" for i, name in enumerate(["NORMAL", "PNEUMONIA"])

@@ -41,6 +41,19 @@ def test_split_warnings_name_an_untrained_class_and_a_tiny_test_split() -> None:
     )
 
 
+def test_split_warnings_name_classes_a_validation_or_test_split_lacks() -> None:
+    warnings = datachecks.split_warnings(
+        {"train": {"a": 9, "b": 9, "c": 9}, "val": {"a": 3, "b": 3}, "test": {"a": 10, "b": 12, "c": 0}}
+    )
+    assert warnings == [
+        "The validation split has no 'c' images: the search's scores, early stopping and the saved model's validation "
+        "figures never see that class (macro AUC averages the classes present). Add images of that class to val/ or, "
+        "when medimg carves the split, to the dataset: a class of one or two images cannot reach every split.",
+        "The test split has no 'c' images: no test figure speaks for that class.",
+    ]
+    assert datachecks.split_warnings({"train": {"a": 9, "b": 9, "c": 9}, "val": {}}) == []  # carved later, stratified
+
+
 def test_the_scan_warns_about_identical_images_with_different_labels() -> None:
     report = scanning.scan(CASES / "dicom-ybr-jpeg")  # the same coloured bands under colour_a/ and colour_b/
     assert [w for w in report.warnings if "identical images carry different labels" in w] == [

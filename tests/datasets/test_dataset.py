@@ -267,8 +267,13 @@ def test_empty_classes_in_split_folders_are_those_empty_everywhere(tmp_path: Pat
 
 def test_path_that_is_not_a_folder_or_csv(tmp_path: Path) -> None:
     image = write_png(tmp_path / "one.png", 1)
-    with pytest.raises(DatasetError, match="is a file; give a folder of class folders or a CSV manifest"):
+    with pytest.raises(DatasetError, match="is a file; give a folder of class folders or a CSV manifest") as no:
         dataset.list_files(image)
+    assert "Unzip" not in str(no.value)
+    archive = tmp_path / "scans.zip"
+    archive.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip archive
+    with pytest.raises(DatasetError, match=r"Unzip it first \(the app's Dataset page also takes a .zip upload\)"):
+        dataset.list_files(archive)
 
 
 def test_empty_folder_explains_the_expected_layouts(tmp_path: Path) -> None:

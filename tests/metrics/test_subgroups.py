@@ -27,6 +27,20 @@ def test_manifest_attributes_keep_categorical_columns_only(tmp_path: Path) -> No
     assert subgroups.manifest_attributes(tmp_path) == {}
 
 
+def test_a_column_that_follows_the_label_is_no_subgroup(tmp_path: Path) -> None:
+    """Seen in review: RetinaMNIST's manifest has `label_index` beside `label`; its "subgroups" were the five
+    classes, each with AUC "–". A site that holds images of both classes stays a subgroup."""
+    manifest = tmp_path / "data.csv"
+    with manifest.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "label_index", "site"])
+        for i in range(30):
+            label = ["normal", "effusion", "mass"][i % 3]
+            writer.writerow([f"img/{i}.png", label, str(i % 3), "north" if i < 15 else "south"])
+    assert list(subgroups.manifest_attributes(manifest)) == ["site"]
+    assert subgroups.label_proxies(manifest) == ["label_index"]
+
+
 def test_subgroup_metrics_equal_the_metrics_of_each_part() -> None:
     scored = noisy_binary(300, 12)
     scored = Scored(scored.labels, scored.probs, scored.class_names, [f"/data/{i}.png" for i in range(300)])

@@ -139,3 +139,13 @@ def test_display_helpers_scale_to_rgb() -> None:
     assert shown.shape == (16, 16, 3) and (shown[:4, :4] == 0).all() and (shown[12:, 12:] == 15).all()  # blocks
     pair = explain.side_by_side(tiny, np.ones((4, 4), np.float32), size=16, gap=2)
     assert pair.shape == (16, 34, 3) and (pair[:, 16:18] == 255).all()
+
+
+def test_the_caption_says_which_network_a_mean_of_trials_is_explained_by() -> None:
+    """Seen in review: Predict said only "Grad-CAM for 3_severe_npdr" for a mean of five trials, whose map comes from
+    the first member's feature maps (`last_conv_layer_name`), with no word on the colours."""
+    single = explain.gradcam_caption({"kind": "train"})
+    assert "red strongest, blue none" in single and "mean of" not in single
+    mean = explain.gradcam_caption({"ensemble": {"members": ["003", "001", "002", "007", "000"]}})
+    assert mean.startswith(single)
+    assert "the mean of 5 trials' networks; the map is read from the best one's feature maps (trial 4)" in mean

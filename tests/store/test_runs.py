@@ -422,3 +422,18 @@ def test_a_search_retraining_its_best_trials_says_so_while_it_runs(tmp_path: Pat
     )
     run.set_status("completed")
     assert runs.progress(run)["stage"] == ""
+
+
+def test_the_early_stopping_message_gives_the_saved_models_own_score_when_it_differs() -> None:
+    """Seen in review: the Train page said "(val_auc 0.8399)" for a run the run lists show at 0.823: Keras'
+    figure is taken during training, the lists score the saved model again."""
+    stop = {"epochs_run": 20, "epochs": 40, "monitor": "val_auc", "patience": 5, "best_epoch": 15, "best_value": 0.8399}
+    record = {"status": "completed", "early_stopping": stop, "metrics": {"validation": {"auc": 0.8225}}}
+    message = runs._early_stop_message(record)
+    assert "weights of epoch 15 (val_auc 0.8399)." in message
+    assert message.endswith(
+        "Scored again on the saved model, as the run lists show it: val_auc 0.8225 (the figure "
+        "above was taken during training)."
+    )
+    record["metrics"]["validation"]["auc"] = 0.8401  # the same figure, to four places: said once
+    assert "Scored again" not in runs._early_stop_message(record)
