@@ -40,7 +40,6 @@ EPOCH_OVERHEAD = 1.25
 # mini set at 64 px gray (240 training images), idle 2-core machine: median epoch 0.90 s against 0.74 s per-image
 # estimate (`python -m medimg auto DATA --minutes 1.5`, the run's epoch events).
 EPOCH_FIXED_SECONDS = 0.2
-TRIAL_SETUP_SECONDS = FIT_SETUP_SECONDS
 # Largest sizes tried for images above 64 px; never more than the images' own size.
 SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 256)
 SMALL_NATIVE = 64  # at or below this, the images are used at their own size
@@ -95,7 +94,7 @@ def seconds_per_image_epoch(size: int, color: str) -> float:
 def full_trial_seconds(n_train: int, epochs: int, size: int, color: str) -> float:
     """Estimated seconds of one trial that runs all its `epochs` on `n_train` images at `size` px (validation,
     the per-epoch and per-trial fixed costs included; early stopping usually ends a trial sooner)."""
-    return n_train * epochs * seconds_per_image_epoch(size, color) + epochs * EPOCH_FIXED_SECONDS + TRIAL_SETUP_SECONDS
+    return n_train * epochs * seconds_per_image_epoch(size, color) + epochs * EPOCH_FIXED_SECONDS + FIT_SETUP_SECONDS
 
 
 def plan(
@@ -219,7 +218,7 @@ def plan(
         )
     per_trial = full_trial_seconds(n_train, epochs, image_size, color)
     if cv_folds:  # k fits, each on (k - 1) / k of the training split, each with its own fixed costs
-        fixed = epochs * EPOCH_FIXED_SECONDS + TRIAL_SETUP_SECONDS
+        fixed = epochs * EPOCH_FIXED_SECONDS + FIT_SETUP_SECONDS
         per_trial = (per_trial - fixed) * (cv_folds - 1) + fixed * cv_folds
     expected = max(1, int(search_seconds / max(per_trial * 0.6, 1e-3)))  # early stopping ends most trials sooner
     choices.append(

@@ -361,15 +361,14 @@ def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] |
     from medimg.datasets.dataset import check_classes
     from medimg.store import runs
 
-    check_classes(spec.dataset.path)  # a mistyped path or a one-class folder is a message, not a failed run folder
-
-    if args.background:
+    if args.background:  # jobs.launch checks the dataset before it makes a run folder
         run = jobs.launch(spec, args.runs, extra=extra)
         _err(f"started {run.id} in the background (pid {run.pid}); watch it with `python -m medimg runs`")
         print(run.path)
         return 0
     from medimg.model import backbones
 
+    check_classes(spec.dataset.path)  # a mistyped path or a one-class folder is a message, not a failed run folder
     backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
     run = runs.create_run(spec, args.runs, extra=extra)
     _err(f"run {run.id}: {spec.kind} on {spec.dataset.path}")

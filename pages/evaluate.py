@@ -242,7 +242,7 @@ if not test.binary:
         st.warning(never_warning, icon=":material/warning:")
 
 # ---------------------------------------------------------------------------------------- subgroups, leakage
-attributes = subgroups.manifest_attributes(run.spec.dataset.path)
+attributes, proxies = subgroups.manifest_columns(run.spec.dataset.path)
 if attributes:
     st.subheader("Subgroups")
     column = st.selectbox("Manifest column", list(attributes), key="evaluate_subgroup")
@@ -250,7 +250,6 @@ if attributes:
     st.dataframe(pd.DataFrame(tables.subgroup_rows(rows, column)).set_index(column), key="subgroups")
     if any((row.get("auc") or {}).get("estimate") is None for row in rows):
         st.caption("AUC –: that subgroup's test images are all of one class, so no ranking can be scored.")
-proxies = subgroups.label_proxies(run.spec.dataset.path)
 if proxies:
     st.caption(
         f"Not offered as subgroups: {', '.join(proxies)} (one value per class: its subgroups would be the classes)."

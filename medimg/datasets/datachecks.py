@@ -54,8 +54,7 @@ def split_warnings(splits: Mapping[str, Mapping[str, int]]) -> list[str]:
             "specificity targets and temperature scaling, which need both classes, are skipped. Add images of the "
             "other classes to val/, or drop val/ to let medimg carve a stratified validation split from train/."
         )
-    elif absent_from(splits, "val"):
-        missing = absent_from(splits, "val")
+    elif missing := absent_from(splits, "val"):
         those = "that class" if len(missing) == 1 else "those classes"
         warnings.append(
             f"The validation split has no {_names(missing)} images: the search's scores, early stopping and the saved "
@@ -66,8 +65,7 @@ def split_warnings(splits: Mapping[str, Mapping[str, int]]) -> list[str]:
     test = one_class_reason(splits.get("test", {}))
     if test:
         warnings.append(f"The test split has one class: {test}. Test AUC and specificity are undefined.")
-    elif absent_from(splits, "test"):
-        missing = absent_from(splits, "test")
+    elif missing := absent_from(splits, "test"):
         those = "that class" if len(missing) == 1 else "those classes"
         warnings.append(f"The test split has no {_names(missing)} images: no test figure speaks for {those}.")
     small = small_test_reason(splits.get("test", {}))

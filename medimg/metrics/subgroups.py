@@ -18,18 +18,15 @@ def manifest_attributes(path: str | Path, max_values: int = 20) -> dict[str, dic
     Paths are resolved as the dataset loader resolves them (relative to the manifest's folder), so they match the
     paths in a run's predictions. A folder dataset has no manifest and gives {}. A column that follows the label
     (one value per class, e.g. a `label_index`) is left out: its subgroups would be the classes again
-    (`label_proxies` names such columns).
+    (`manifest_columns` names such columns).
     """
-    return _columns(path, max_values)[0]
+    return manifest_columns(path, max_values)[0]
 
 
-def label_proxies(path: str | Path, max_values: int = 20) -> list[str]:
-    """The extra manifest columns `manifest_attributes` leaves out because each class has a single value in them:
-    per-subgroup metrics of such a column are per-class figures, with no AUC (one class per subgroup)."""
-    return _columns(path, max_values)[1]
-
-
-def _columns(path: str | Path, max_values: int) -> tuple[dict[str, dict[str, str]], list[str]]:
+def manifest_columns(path: str | Path, max_values: int = 20) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """(`manifest_attributes`' answer, the columns it leaves out because each class has a single value in them),
+    from one read of the manifest: per-subgroup metrics of such a column would be per-class figures, with no AUC
+    (one class per subgroup)."""
     path = Path(path)
     if not (path.is_file() and path.suffix.lower() == ".csv"):
         return {}, []

@@ -365,14 +365,13 @@ def _calibration(calibration: CalibrationSummary) -> list[Any]:
 
 
 def _subgroups(run: Run, test: clinical.Scored, summary: evaluation.ClinicalSummary) -> list[str]:
-    attributes = subgroups.manifest_attributes(run.spec.dataset.path)
+    attributes, proxies = subgroups.manifest_columns(run.spec.dataset.path)
     parts = []
     for column, values in attributes.items():
         rows = subgroups.subgroup_metrics(test, values, summary["threshold"] or 0.5, summary["positive_class"])
         shown = tables.subgroup_rows(rows, column)
         parts.append(f"<h3>by {html.escape(column)}</h3>")
         parts.append(htmldoc.table(list(shown[0]), [list(row.values()) for row in shown]))
-    proxies = subgroups.label_proxies(run.spec.dataset.path)
     if proxies:
         parts.append(
             f"<p>Not analysed as subgroups: {html.escape(', '.join(proxies))} (one value per class: its subgroups "

@@ -38,7 +38,7 @@ def test_a_column_that_follows_the_label_is_no_subgroup(tmp_path: Path) -> None:
             label = ["normal", "effusion", "mass"][i % 3]
             writer.writerow([f"img/{i}.png", label, str(i % 3), "north" if i < 15 else "south"])
     assert list(subgroups.manifest_attributes(manifest)) == ["site"]
-    assert subgroups.label_proxies(manifest) == ["label_index"]
+    assert subgroups.manifest_columns(manifest)[1] == ["label_index"]
 
 
 def test_subgroup_metrics_equal_the_metrics_of_each_part() -> None:
