@@ -32,7 +32,13 @@ loss with patience 5, best weights restored):
   automatic mode's top-5 ensemble;
 - ordinal1_seeds5: softer ordinal labels (α = 1) in a bag of five;
 - ordinal2_cosine_seeds5, ordinal2_mixup_seeds5: ordinal2_seeds5 with AdamW and cosine decay, or with mixup;
-- ordinal2_pairs_seeds5: ordinal2_seeds5 with two Conv-BN-ReLU per block (VGG's stacked 3×3 convolutions).
+- ordinal2_pairs_seeds5: ordinal2_seeds5 with two Conv-BN-ReLU per block (VGG's stacked 3×3 convolutions);
+- ordinal2_batch16_seeds5, ordinal2_dropout5_seeds5, ordinal2_rate5e-4_seeds5: ordinal2_seeds5 with batches of 16,
+  dropout 0.5, or Adam's rate at 5e-4;
+- ordinal2_turns_seeds5: ordinal2_seeds5 with rotations of up to half a turn either way and vertical flips (a
+  fundus photograph has no upright);
+- ordinal2_deeper_seeds5: ordinal2_seeds5 with a fourth block of 256 filters (28 → 14 → 7 → 3 px);
+- ordinal2_patience10_seeds5: ordinal2_seeds5 with early stopping's patience 10 and up to 60 epochs.
 "a+b" in --only is the mean of both variants' models: each model's test probabilities are kept in
 ~/.cache/medimg-bench/levers, so such a mix of variants already run costs no training.
 The image size and colour are the dataset's own (28 px RGB for RetinaMNIST).
@@ -72,6 +78,12 @@ VARIANTS = {
     "ordinal2_cosine_seeds5": {"ordinal": 2.0, "weight_decay": 1e-4, "cosine": True, "members": 5},
     "ordinal2_mixup_seeds5": {"ordinal": 2.0, "mixup": 0.2, "members": 5},
     "ordinal2_pairs_seeds5": {"ordinal": 2.0, "convs_per_block": 2, "members": 5},
+    "ordinal2_batch16_seeds5": {"ordinal": 2.0, "batch_size": 16, "members": 5},
+    "ordinal2_dropout5_seeds5": {"ordinal": 2.0, "dropout": 0.5, "members": 5},
+    "ordinal2_turns_seeds5": {"ordinal": 2.0, "rotation": 0.5, "vertical": True, "members": 5},
+    "ordinal2_deeper_seeds5": {"ordinal": 2.0, "widths": (32, 64, 128, 256), "members": 5},
+    "ordinal2_rate5e-4_seeds5": {"ordinal": 2.0, "rate": 5e-4, "members": 5},
+    "ordinal2_patience10_seeds5": {"ordinal": 2.0, "patience": 10, "epochs": 60, "members": 5},
 }
 
 
@@ -94,11 +106,19 @@ def fit(
     ordinal: float = 0.0,
     graham: float = 0.0,
     convs_per_block: int = 1,
+    batch_size: int = 32,
+    dropout: float = 0.3,
+    rotation: float = 0.05,
+    rate: float = 1e-3,
+    patience: int = 0,
     members: int = 1,
 ) -> np.ndarray:
     """Test-split probabilities (N×classes) of the plain CNN with one lever changed, trained with `seed` (the mean
     of `members` such CNNs, each with its own seed)."""
     settings = {k: v for k, v in locals().items() if k not in ("data", "seed", "members")}
+    # Settings left at their defaults stay out of the cache key, so models cached before they existed are found.
+    defaults = {"batch_size": 32, "dropout": 0.3, "rotation": 0.05, "rate": 1e-3, "patience": 0}
+    settings = {k: v for k, v in settings.items() if defaults.get(k, object()) != v}
     member_seeds = [seed] + [seed * 1000 + i for i in range(1, members)]
     return np.mean([_cached(data, s, settings) for s in member_seeds], axis=0)
 
@@ -146,6 +166,11 @@ def _probabilities(
     ordinal: float,
     graham: float,
     convs_per_block: int,
+    batch_size: int = 32,
+    dropout: float = 0.3,
+    rotation: float = 0.05,
+    rate: float = 1e-3,
+    patience: int = 0,
 ) -> np.ndarray:
     """Test-split probabilities (N×classes) of one plain CNN fitted with these settings."""
     import keras
@@ -163,9 +188,11 @@ def _probabilities(
         pooling=pooling,
         standardize=standardize,
         convs_per_block=convs_per_block,
+        dropout=dropout,
+        rotation=rotation,
     )
-    steps = int(np.ceil(len(train.labels) / 32)) * epochs
-    rate = keras.optimizers.schedules.CosineDecay(1e-3, steps) if cosine else 1e-3
+    steps = int(np.ceil(len(train.labels) / batch_size)) * epochs
+    rate = keras.optimizers.schedules.CosineDecay(rate, steps) if cosine else rate
     if weight_decay:
         optimizer = keras.optimizers.AdamW(rate, weight_decay=weight_decay, use_ema=ema)
     else:
@@ -179,7 +206,7 @@ def _probabilities(
     stop = keras.callbacks.EarlyStopping(
         monitor=monitor,
         mode="max" if monitor == "val_auc" else "min",
-        patience=7 if monitor == "val_auc" else 5,
+        patience=patience or (7 if monitor == "val_auc" else 5),
         restore_best_weights=True,
     )
 
@@ -201,11 +228,11 @@ def _probabilities(
         import tensorflow as tf
 
         mix = keras.layers.MixUp(alpha=mixup, seed=seed)
-        pairs = tf.data.Dataset.from_tensor_slices((images, targets)).shuffle(len(images), seed=seed).batch(32)
+        pairs = tf.data.Dataset.from_tensor_slices((images, targets)).shuffle(len(images), seed=seed).batch(batch_size)
         training = pairs.map(lambda x, y: tuple(mix({"images": x, "labels": y}, training=True).values()))
         fit_args = {"x": training}
     else:
-        fit_args = {"x": images, "y": targets, "batch_size": 32}
+        fit_args = {"x": images, "y": targets, "batch_size": batch_size}
     # SwapEMAWeights before EarlyStopping: the averaged weights are what each epoch's validation scores and keeps.
     swap = [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if ema else []
     model.fit(

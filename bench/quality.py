@@ -92,12 +92,15 @@ def plain_cnn_network(
     pooling: str = "average",
     standardize: bool = False,
     convs_per_block: int = 1,
+    dropout: float = 0.3,
+    rotation: float = 0.05,
 ):
     """The plain CNN's layers (module docstring), uncompiled, with `units` outputs of `activation`. `widths`: the
     blocks' filters (default 32-64-128, a fourth 128 at ≥ 64 px); `vertical_flip`, `zoom`: more augmentation;
     `pooling` "average_max": global average and global max pooling side by side; `standardize`: each image to zero
     mean and unit variance instead of the 1/255 scale; `convs_per_block` 2: two Conv-BN-ReLU per block, as VGG's
-    blocks (Simonyan & Zisserman 2015, arXiv:1409.1556) (`levers.py`)."""
+    blocks (Simonyan & Zisserman 2015, arXiv:1409.1556); `dropout` before the classifier; `rotation`: the largest
+    random rotation, a fraction of a turn either way (`levers.py`)."""
     import keras
 
     size = input_shape[0]
@@ -112,7 +115,7 @@ def plain_cnn_network(
     else:
         x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.RandomFlip("horizontal_and_vertical" if vertical_flip else "horizontal")(x)
-    x = keras.layers.RandomRotation(0.05)(x)
+    x = keras.layers.RandomRotation(rotation)(x)
     if zoom:
         x = keras.layers.RandomZoom(zoom)(x)
     widths = widths or ((32, 64, 128, 128) if size >= 64 else (32, 64, 128))
@@ -127,7 +130,7 @@ def plain_cnn_network(
         x = keras.layers.Concatenate()([keras.layers.GlobalAveragePooling2D()(x), keras.layers.GlobalMaxPooling2D()(x)])
     else:
         x = keras.layers.GlobalAveragePooling2D()(x)
-    x = keras.layers.Dropout(0.3)(x)
+    x = keras.layers.Dropout(dropout)(x)
     return keras.Model(inputs, keras.layers.Dense(units, activation=activation)(x))
 
 

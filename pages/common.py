@@ -89,6 +89,34 @@ def runs_root() -> Path:
     return runs.runs_root()
 
 
+def is_kept(name: str) -> bool:
+    """Whether the user has made this choice (in this or an earlier session), as opposed to its default."""
+    return name in choices.load(runs_root())
+
+
+@st.cache_data(show_spinner=False, ttl=30)
+def class_names(path: str, group_regex: str = "", merge_label_case: bool = False) -> list[str]:
+    """The dataset's class names, sorted, from its listing (no pixel read); [] when it cannot be listed (the
+    Dataset page says why)."""
+    from medimg.datasets.dataset import list_files
+
+    try:
+        listing = list_files(path, group_regex, merge_label_case)
+    except (MedimgError, OSError):
+        return []
+    return sorted({f.label for f in listing.files})
+
+
+def targets_note(data: DatasetConfig, chosen: tuple[str, ...] | list[str]) -> None:
+    """Under hand-set training targets: a caption when they differ from what the automatic mode would choose for
+    this dataset's classes (`auto.targets_note`)."""
+    from medimg import auto
+
+    note = auto.targets_note(class_names(data.path, data.group_regex, data.merge_label_case), chosen)
+    if note:
+        st.caption(f":material/info: {note}")
+
+
 def allowed_roots() -> list[Path]:
     try:
         extra = list(st.secrets.get("data_roots", []))

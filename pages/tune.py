@@ -141,7 +141,13 @@ else:
             disabled=busy,
             **common.kept("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16, busy),
         )
+        if not busy and not common.is_kept("search"):  # a first visit: graded classes start on ordinal targets
+            data = common.get("dataset")
+            names = common.class_names(data.path, data.group_regex, data.merge_label_case)
+            space = space.replace(soft_labels=(auto.choose_targets(names)[0],) if names else space.soft_labels)
         chosen = common.choice_widgets(space, [c5, c6], busy)
+        if not busy:
+            common.targets_note(common.get("dataset"), chosen["soft_labels"])
         c16, c17, c18 = st.columns(3)
         networks = c16.multiselect(
             "Networks",

@@ -171,6 +171,21 @@ def test_numbered_grades_train_on_soft_ordinal_labels_and_other_classes_on_one_h
     assert given.startswith("ordinal: given (the class names, sorted, are not numbered grades")
 
 
+def test_hand_set_targets_get_a_note_when_they_differ_from_the_automatic_choice() -> None:
+    grades = ["0_no_dr", "1_mild_npdr", "2_moderate_npdr", "3_severe_npdr", "4_proliferative_dr"]
+    note = auto.targets_note(grades, ["none"])
+    assert note is not None and note.startswith("The class names are numbered grades (0_no_dr … 4_proliferative_dr)")
+    assert auto.targets_note(grades, ["none", "ordinal"]) is None  # the search may try both
+    assert auto.targets_note(grades, ("ordinal",)) is None
+    words = ["glioma", "meningioma", "no_tumor", "pituitary", "other"]
+    note = auto.targets_note(words, ["ordinal"])
+    assert note is not None and "(glioma, meningioma, no_tumor, pituitary …)" in note
+    assert auto.targets_note(words, ["none", "smoothing"]) is None
+    # Two classes: ordinal targets are a mild smoothing there, not a wrong order; an unlistable dataset says nothing.
+    assert auto.targets_note(["benign", "malignant"], ["ordinal"]) is None
+    assert auto.targets_note([], ["none"]) is None
+
+
 def test_a_budget_under_a_minute_is_refused(breastmnist_dir: Path) -> None:
     with pytest.raises(ConfigError, match="at least 1 minute"):
         auto.plan(breastmnist_dir, 0.5)

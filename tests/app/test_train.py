@@ -368,3 +368,15 @@ def test_a_failed_run_shown_on_opening_is_named_with_its_error(runs_dir: Path) -
     failed.set_status("completed")
     at = open_page("train")
     assert not [button for button in at.button if button.key == f"resume_{failed.id}"]
+
+
+def test_manual_training_starts_graded_classes_on_ordinal_targets(runs_dir: Path, tmp_path: Path) -> None:
+    from tests.test_auto import graded_folders
+
+    grades = graded_folders(tmp_path / "grades", ["0_none", "1_mild", "2_severe"])
+    at = open_page("train", dataset=DatasetConfig(path=str(grades), image_size=16))
+    no_exception(at)
+    assert at.selectbox(key="tr_soft_labels").value == "ordinal"
+    at.selectbox(key="tr_soft_labels").set_value("none").run()
+    assert any("numbered grades (0_none … 2_severe)" in c for c in values(at.caption))
+    assert at.session_state["params"].soft_labels == "none"
