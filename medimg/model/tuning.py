@@ -806,13 +806,23 @@ def better(objective: str, value: float, than: float) -> bool:
 def used_values(values: dict[str, Any]) -> dict[str, Any]:
     """A trial's drawn hyperparameters as it used them. KerasTuner's random search draws every name declared so far
     in every trial, so a CNN trial carries the backbone-only values (left out here) and a backbone trial the CNN's
-    augmentation strength where its own `backbone_augment_strength` applies (shown as its augment_strength)."""
+    augmentation strength where its own `backbone_augment_strength` applies (shown as its augment_strength). Block
+    widths `filters_i` of blocks the trial did not have (i ≥ its conv_blocks, drawn because an earlier trial had more
+    blocks) are left out too."""
+    blocks = values.get("conv_blocks")
+    if isinstance(blocks, int):
+        values = {k: v for k, v in values.items() if not _block_beyond(k, blocks)}
     if values.get("backbone", "cnn") == "cnn":
         return {k: v for k, v in values.items() if k not in ("fine_tune_blocks", "backbone_augment_strength")}
     shown = dict(values)
     if "backbone_augment_strength" in shown:
         shown["augment_strength"] = shown.pop("backbone_augment_strength")
     return shown
+
+
+def _block_beyond(name: str, blocks: int) -> bool:
+    prefix, _, index = name.rpartition("_")
+    return prefix == "filters" and index.isdigit() and int(index) >= blocks
 
 
 def trial_table(run: Run) -> list[TrialRow]:

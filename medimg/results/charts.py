@@ -145,8 +145,12 @@ def importance_figure(importance: list[tuple[str, float]], objective: str) -> go
     return _layout(fig, "Hyperparameter importance")
 
 
+UNUSED = "not used"
+
+
 def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
-    """Each completed trial as a line through its hyperparameters, coloured by the objective."""
+    """Each completed trial as a line through its hyperparameters, coloured by the objective. A hyperparameter some
+    trials did not use (`tuning.used_values` leaves it out of their rows) gets a level of its own, `UNUSED`."""
     done = [t for t in trials if t.get("score") is not None]
     fig = go.Figure()
     if not done:
@@ -169,14 +173,18 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
                     "ticktext": [f"1e{t}" for t in ticks],
                 }
             )
-        elif numeric:
-            dimensions.append({"label": name, "values": [v if v is not None else 0 for v in values]})
+        elif numeric and None not in values:
+            dimensions.append({"label": name, "values": values})
         else:
-            labels = sorted({str(v) for v in values})
+            # A trial without this name did not use it (a block it did not have): its own level, below the others,
+            # not a value such as 0 that another trial might have drawn.
+            present = {v for v in values if v is not None}
+            ordered = sorted(present) if numeric else sorted(present, key=str)
+            labels = [UNUSED] * (None in values) + [str(v) for v in ordered]
             dimensions.append(
                 {
                     "label": name,
-                    "values": [labels.index(str(v)) for v in values],
+                    "values": [labels.index(UNUSED if v is None else str(v)) for v in values],
                     "tickvals": list(range(len(labels))),
                     "ticktext": labels,
                 }

@@ -386,6 +386,9 @@ def test_the_trial_table_shows_the_values_a_trial_used() -> None:
     used = {"backbone": "mobilenet_v3_small", "augment_strength": 0.0, "fine_tune_blocks": 0}
     assert tuning.used_values(drawn) == used
     assert tuning.used_values({"dropout": 0.5}) == {"dropout": 0.5}  # a CNN-only search declares no backbone
+    # Random search draws filters_2 for a two-block trial once a three-block trial has declared it.
+    two_blocks = {"conv_blocks": 2, "filters_0": 32, "filters_1": 64, "filters_2": 128, "filters": 16}
+    assert tuning.used_values(two_blocks) == {"conv_blocks": 2, "filters_0": 32, "filters_1": 64, "filters": 16}
 
 
 def test_folds_cycle_per_trial_and_a_later_fold_waits_for_no_end() -> None:

@@ -165,6 +165,18 @@ def test_parallel_coordinates_numbers_categories_and_fixed_values() -> None:
     assert list(trace.line.color) == [0.7, 0.9]
 
 
+def test_a_block_width_a_trial_did_not_have_is_not_drawn_as_a_width() -> None:
+    def trial(score: float, **widths: int) -> dict:
+        return {"score": score, "hyperparameters": {"conv_blocks": len(widths), **widths}}
+
+    trials = [trial(0.7, filters_0=32), trial(0.8, filters_0=32, filters_1=128), trial(0.9, filters_0=16, filters_1=64)]
+    dimensions = {d.label: d for d in charts.parallel_coordinates_figure(trials, "val_auc").data[0].dimensions}
+    second = dimensions["filters_1"]
+    assert list(second.ticktext) == [charts.UNUSED, "64", "128"]  # numbers in their order, not as text
+    assert list(second.values) == [0, 2, 1]
+    assert list(dimensions["filters_0"].values) == [32, 32, 16]  # every trial has it: a number axis
+
+
 def test_parallel_coordinates_single_trial_keeps_every_axis() -> None:
     trials = [{"trial_id": "0", "score": 0.5, "hyperparameters": {"dense_units": 64, "activation": "relu"}}]
     fig = charts.parallel_coordinates_figure(trials, "val_loss")
