@@ -612,7 +612,31 @@ def command_evaluate(args: argparse.Namespace) -> int:
             f"{row['f1']:>8.3f}{row['support']:>6}"
         )
     print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
+    print("\n".join(format_subgroups(result.get("subgroups"))))
     return 0
+
+
+def format_subgroups(summary: dict | None) -> list[str]:
+    """`evaluation.subgroup_summary` as text lines, one block per manifest column; [] without subgroups."""
+    from medimg.results import tables
+
+    if not summary:
+        return []
+    threshold = summary["threshold"]
+    decision = f"threshold {threshold} (the operating point chosen on validation)" if threshold else "the arg-max"
+    lines = []
+    for column, rows in summary["columns"].items():
+        lines.append(f"by {column}, test split at {decision}, 95 % bootstrap intervals:")
+        shown = tables.subgroup_rows(rows, column)
+        widths = {key: max(len(key), *(len(str(row[key])) for row in shown)) for key in shown[0]}
+        lines.append("  " + "  ".join(f"{key:<{widths[key]}}" for key in shown[0]))
+        lines += ["  " + "  ".join(f"{row[key]!s:<{widths[key]}}" for key in row) for row in shown]
+    if summary["not_analysed"]:
+        lines.append(
+            f"not analysed as subgroups: {', '.join(summary['not_analysed'])} (one value per class: its subgroups "
+            "would be the classes)"
+        )
+    return lines
 
 
 def command_predict(args: argparse.Namespace) -> int:

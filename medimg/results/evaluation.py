@@ -21,7 +21,8 @@ SPLITS = ("val", "test")
 DEFAULT_TARGET = 0.95  # the sensitivity / specificity target of the presets unless the user sets another
 # 2: predictions.csv holds val and test (a `split` column), metrics.json the clinical summary and leakage check.
 # 3: metrics.json and run.json's headline metrics list the classes the arg-max never calls on test.
-EVALUATION_VERSION = 3
+# 4: metrics.json holds test metrics by subgroup of each manifest attribute column.
+EVALUATION_VERSION = 4
 VALIDATION_SCORED_VERSION = 2  # the first version with validation predictions (temperature, operating point)
 
 
@@ -159,6 +160,9 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
         result["validation"] = validation_figures(scored["val"])
         if judged["val"] is not model:
             result["validation"]["judged"] = "searched members"  # the retrained members saw validation
+    by_subgroup = subgroup_summary(spec.dataset.path, scored["test"], scored.get("val"))
+    if by_subgroup:
+        result["subgroups"] = by_subgroup
     result["one_class"] = one_class_warning(scored["test"])
     result["never_predicted"] = never_predicted(scored["test"])
     if ordinal.numbered_grades(list(data.class_names)):  # grades: how far the calls miss, not only whether
@@ -181,6 +185,25 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
         headline["operating_point"]["positive_class"] = summary["positive_class"]
     run.update(metrics=headline, one_class=result["one_class"])
     return result
+
+
+def subgroup_summary(path: str, test: Scored, val: Scored | None, n_resamples: int = 1000) -> dict[str, Any] | None:
+    """Test metrics by subgroup of each categorical column of a CSV manifest at `path`
+    (`subgroups.manifest_columns`), as the report and the Evaluate page show them: {"threshold": the operating
+    point used (two classes: `default_threshold`, chosen on validation; else None, the arg-max), "columns": {column:
+    `subgroups.subgroup_metrics` rows}, "not_analysed": columns with one value per class}. None when `path` is no
+    manifest or has no such column."""
+    from medimg.metrics import subgroups
+
+    attributes, proxies = subgroups.manifest_columns(path)
+    if not attributes and not proxies:
+        return None
+    threshold = default_threshold(test, val) if test.binary else None
+    columns = {
+        column: subgroups.subgroup_metrics(test, values, threshold or 0.5, n_resamples=n_resamples)
+        for column, values in attributes.items()
+    }
+    return {"threshold": threshold, "columns": columns, "not_analysed": proxies}
 
 
 def one_class_at_threshold(summary: ClinicalSummary) -> str | None:

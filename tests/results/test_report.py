@@ -207,7 +207,9 @@ def test_report_from_the_command_line(trained_run: runs.Run, tmp_path: Path, cap
     assert "positive class 'TUMOUR' is not one of the classes" in capsys.readouterr().err
 
 
-def test_a_three_class_manifest_run_reports_per_class_intervals_and_subgroups(tmp_path: Path) -> None:
+def test_a_three_class_manifest_run_reports_per_class_intervals_and_subgroups(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """NORMAL / BACTERIA / VIRUS X-rays from the demo in a CSV manifest with a `site` column."""
     folder = tmp_path / "data"
     with (tmp_path / "manifest.csv").open("w", newline="") as stream:
@@ -239,6 +241,18 @@ def test_a_three_class_manifest_run_reports_per_class_intervals_and_subgroups(tm
     north = rows[0]
     assert north["value"] == "north"
     assert f"north {north['count']} {north['auc']['estimate']:.3f} (" in text  # no positives column: 3 classes
+    # The same rows in metrics.json and from `evaluate`, headless.
+    assert run.read_json("metrics.json")["subgroups"] == {
+        "threshold": None,
+        "columns": {"site": json.loads(json.dumps(rows))},
+        "not_analysed": [],
+    }
+    assert cli.main(["evaluate", str(run.path)]) == 0
+    printed = capsys.readouterr().out
+    assert "by site, test split at the arg-max, 95 % bootstrap intervals:" in printed
+    assert re.search(rf"\n  north +{north['count']} +{north['auc']['estimate']:.3f} \(", printed)
+    assert cli.main(["evaluate", str(run.path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["subgroups"]["columns"]["site"][0]["value"] == "north"
     matrix = np.array(clinical.confusion_matrix(scored["test"]))
     assert html.count("<figure>") == int(np.minimum(matrix, 2).sum())
 
