@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from medimg import __version__
+from medimg.datasets import novelty
 from medimg.errors import ConfigError, MedimgError
 from medimg.model.models import load_run_model
 from medimg.store.runs import Run
@@ -102,7 +103,8 @@ def export_run(
     positive: str | None = None,
     sample_size: int = PARITY_SAMPLE,
 ) -> ExportResult:
-    """Write `out_dir/<run>-<fmt>[-<quantize>]/` (model, contract.json, export.json, predict_<fmt>.py) and check it.
+    """Write `out_dir/<run>-<fmt>[-<quantize>]/` (model, contract.json, export.json, predict_<fmt>.py, and the run's
+    image_profile.json when it has one) and check it.
 
     Args:
         run: a run with a trained model.keras.
@@ -155,6 +157,8 @@ def export_run(
         )
         _write_text(staging / "contract.json", json.dumps(terms, indent=2))
         _write_text(staging / f"predict_{fmt}.py", reference_script(fmt))
+        if (run.path / novelty.PROFILE_FILE).is_file():  # the script's "unlike the training images" notes
+            shutil.copyfile(run.path / novelty.PROFILE_FILE, staging / novelty.PROFILE_FILE)
         metadata = _metadata(run, fmt, quantize, difference, tolerance, len(sample))
         _write_text(staging / "export.json", json.dumps(metadata, indent=2))
         _replace_folder(staging, final)
@@ -381,7 +385,8 @@ Needs {runtime} and medimg (for its preprocessing, medimg.imaging.images.load_im
 pip install {source}  (the medimg checkout this model was exported from).
 Prints one JSON object per image, in the order given: the file, the probability of each class and the class called
 by contract.json's decision rule, or the file and why it could not be read (the other images are still predicted;
-the exit status is then 1).
+the exit status is then 1). A "note" says why a prediction may not hold: the image is unlike the training images
+(image_profile.json, the run's profile of them) or of the other colour mode, as the app's Predict page says.
 """
 
 import json
@@ -392,6 +397,7 @@ import numpy as np
 
 try:
     from medimg.errors import MedimgError
+    from medimg.datasets.novelty import PROFILE_FILE, ImageProfile, input_note
     from medimg.imaging.dicom import DicomWindow
     from medimg.imaging.images import load_image
     from medimg.model.runtime import start_tensorflow  # TensorFlow's start-up lines filtered out of stderr
@@ -406,11 +412,14 @@ if len(sys.argv) < 2:
 HERE = Path(__file__).resolve().parent
 contract = json.loads((HERE / "contract.json").read_text(encoding="utf-8"))
 window = DicomWindow(*contract["dicom_window"]) if contract["dicom_window"] else None
+has_profile = (HERE / PROFILE_FILE).is_file()
+profile = ImageProfile.from_dict(json.loads((HERE / PROFILE_FILE).read_text(encoding="utf-8"))) if has_profile else None
 rows, images = [], []
 for name in sys.argv[1:]:
     try:
         images.append(load_image(name, contract["image_size"], contract["color"], window=window))
-        rows.append({{"file": name}})
+        note = input_note(name, images[-1], contract["color"], profile)
+        rows.append({{"file": name, **({{"note": note}} if note else {{}})}})
     except (MedimgError, OSError) as error:  # one unreadable file never stops the others
         rows.append({{"file": name, "error": str(error)}})
 

@@ -99,7 +99,7 @@ def test_every_export_agrees_with_keras_in_its_own_runtime(exports: dict, test_i
     assert np.max(np.abs(actual - expected)) <= export.TOLERANCES[quantize]
     assert result.max_abs_diff <= result.tolerance == export.TOLERANCES[quantize]
     assert sorted(p.name for p in result.path.iterdir()) == sorted(
-        ["contract.json", "export.json", f"predict_{fmt}.py", export.MODEL_FILES[fmt]]
+        ["contract.json", "export.json", "image_profile.json", f"predict_{fmt}.py", export.MODEL_FILES[fmt]]
     )
     metadata = json.loads((result.path / "export.json").read_text())
     assert metadata["parity"]["max_abs_diff"] == result.max_abs_diff and metadata["parity"]["images"] == 30
@@ -143,10 +143,12 @@ def test_reference_scripts_predict_every_file_like_the_keras_model(
     """Seen: a traceback on an unreadable file, and only the first of several files predicted."""
     from medimg.results.predict import Predictor
 
-    expected = Predictor(trained_run).predict([("x", DEMO_IMAGE)])[0]
+    colour = PROJECT / "tests" / "data" / "cases" / "jpeg-variants" / "imgs" / "cmyk.jpg"
+    expected, unlike = Predictor(trained_run).predict([("x", DEMO_IMAGE), ("y", colour)])
+    assert unlike.note.startswith("unlike the training images (a colour image")
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("not an image")
-    files = [str(DEMO_IMAGE), str(not_an_image), str(DEMO_IMAGE)]
+    files = [str(DEMO_IMAGE), str(not_an_image), str(DEMO_IMAGE), str(colour)]
     processes = {
         fmt: subprocess.Popen(
             [sys.executable, str(exports[(fmt, None)].path / f"predict_{fmt}.py"), *files],
@@ -166,6 +168,9 @@ def test_reference_scripts_predict_every_file_like_the_keras_model(
             assert row["probabilities"] == pytest.approx(expected.probabilities, abs=1e-4), fmt
             assert row["called"] == expected.predicted, fmt
         assert "probabilities" not in printed[1] and printed[1]["error"], fmt
+        # The Predict page's caution travels with the model: a colour photo unlike the gray training X-rays.
+        assert printed[3]["note"] == unlike.note and "note" not in printed[0], fmt
+        assert printed[3]["probabilities"] == pytest.approx(unlike.probabilities, abs=1e-4), fmt
 
 
 def test_a_reference_script_without_medimg_says_how_to_install_it(exports: dict, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ carry colour, so that a colour picture given to a model trained on gray ones is 
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -222,3 +223,35 @@ def _sample(images: np.ndarray, seed: int) -> np.ndarray:
         return np.asarray(images)
     chosen = np.sort(np.random.default_rng(seed).choice(len(images), MAX_IMAGES, replace=False))
     return np.asarray(images[chosen])  # sorted: a memory map is read forwards
+
+
+def input_note(source: str | Path | bytes, pixels: np.ndarray | None, color: str, profile: ImageProfile | None) -> str:
+    """Why one input is unlike what a model trained on `color` ("gray" or "rgb") images with this image `profile`
+    saw, or "" (`Predictor.input_note` says which checks; the exported prediction scripts call this too).
+
+    `source`: the file as given (path or bytes), read again only to tell whether it carries colour; `pixels`: the
+    model input (S×S×C uint8) or None; `profile`: None for runs saved before profiles were written."""
+    notes = [_colour_note(source, color, profile)]
+    if pixels is not None and profile is not None:
+        notes.append(profile.note(pixels))
+    return "; ".join(note for note in notes if note)
+
+
+def _colour_note(source: str | Path | bytes, color: str, profile: ImageProfile | None) -> str:
+    from medimg.imaging import images
+
+    try:
+        colour = images.carries_colour(source)
+    except Exception:  # read already for the prediction; a second failure only means no note
+        return ""
+    if colour and color == "gray":
+        counted = profile.colour_files if profile else None
+        if counted and counted[0] == 0:
+            return (
+                f"unlike the training images (a colour image; none of {counted[1]} sampled training files carries "
+                "colour): the model sees it converted to gray, and the call may mean nothing"
+            )
+        return "a colour image, and this model was trained on gray images: it sees it converted to gray"
+    if not colour and color == "rgb":
+        return "a gray image, and this model was trained on colour images"
+    return ""

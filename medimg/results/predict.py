@@ -79,27 +79,7 @@ class Predictor:
           the distance to the training images against the most any validation image had). Runs saved before
           profiles were written (`novelty.PROFILE_FILE`) have none and never get this note.
         """
-        notes = [self._colour_note(source)]
-        if pixels is not None and self.profile is not None:
-            notes.append(self.profile.note(pixels))
-        return "; ".join(note for note in notes if note)
-
-    def _colour_note(self, source: str | Path | bytes) -> str:
-        try:
-            colour = images.carries_colour(source)
-        except Exception:  # read already by `prepare`; a second failure only means no note
-            return ""
-        if colour and self.color == "gray":
-            counted = self.profile.colour_files if self.profile else None
-            if counted and counted[0] == 0:
-                return (
-                    f"unlike the training images (a colour image; none of {counted[1]} sampled training files carries "
-                    "colour): the model sees it converted to gray, and the call may mean nothing"
-                )
-            return "a colour image, and this model was trained on gray images: it sees it converted to gray"
-        if not colour and self.color == "rgb":
-            return "a gray image, and this model was trained on colour images"
-        return ""
+        return novelty.input_note(source, pixels, self.color, self.profile)
 
     def predict_images(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities (N × K) through a forward pass traced once (an eager call is ~4× slower)."""
