@@ -45,6 +45,7 @@ SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 256)
 SMALL_NATIVE = 64  # at or below this, the images are used at their own size
 TRIALS_AT_FULL_LENGTH = 4  # the plan keeps at least this many full-length trials inside the search's share
 ENSEMBLE_CANDIDATES = 5
+FORWARD_SHARE = 1 / 3  # of a training step's time per image: prediction has no backward pass
 # Unlimited in practice: the budget, not a trial count, ends an automatic search.
 BUDGET_MAX_TRIALS = BUDGET_ONLY_TRIALS
 # A frozen backbone's epoch took at most 1.5× the plain CNN's at 64 px (ResNet50V2; 0.1-1.0× at 96-128 px) in
@@ -138,7 +139,7 @@ def plan(
     else:
         choices.append(Choice("color", color, f"{color}: given"))
 
-    reserve = final_stage_seconds(minutes)
+    reserve = final_stage_seconds(minutes)  # before the image size is known: the fixed part, for that choice
     search_seconds = minutes * 60 - reserve
     epochs, patience, epochs_reason = _epochs(n_train)
     native = _native_size(report)
@@ -148,6 +149,8 @@ def plan(
     else:
         choices.append(Choice("image_size", image_size, f"{image_size} px: given"))
     choices.append(Choice("epochs", epochs, epochs_reason))
+    reserve = final_stage_seconds(minutes, _predicted_images(report, base_dataset), image_size, color)
+    search_seconds = minutes * 60 - reserve
 
     small = n_train < 1000
     batch_sizes = (16, 32) if small else (32,)
@@ -334,9 +337,27 @@ def suggest_input(report: Any, sizes: tuple[int, ...] | list[int], seed: int = 4
     return InputSuggestion(max(fitting) if fitting else min(sizes), color, native, reason)
 
 
-def final_stage_seconds(minutes: float) -> float:
-    """Seconds kept after the search for loading the best trials, the ensemble choice and the evaluation."""
-    return min(60.0, max(20.0, 0.08 * minutes * 60))
+def final_stage_seconds(minutes: float, predicted_images: int = 0, size: int = 28, color: str = "gray") -> float:
+    """Seconds kept after the search for loading the best trials, the ensemble choice and the evaluation: a fixed
+    part (8 % of the budget, 20 to 60 s: loading, saving, the report figures) and the forward passes, each of the
+    ENSEMBLE_CANDIDATES members predicting `predicted_images` images at `size` px in `color` (the validation split
+    for the ensemble choice, then validation and test again to evaluate: `_predicted_images`). At most half the
+    budget. A forward pass costs about a third of a training step (the backward pass is about twice the forward's
+    arithmetic; Kaplan et al. 2020, arXiv:2001.08361, count 2N and 4N FLOPs)."""
+    fixed = min(60.0, max(20.0, 0.08 * minutes * 60))
+    forward = seconds_per_image_epoch(size, color) / EPOCH_OVERHEAD * FORWARD_SHARE
+    return min(fixed + ENSEMBLE_CANDIDATES * predicted_images * forward, 0.5 * minutes * 60)
+
+
+def _predicted_images(report: Any, dataset: DatasetConfig) -> int:
+    """Images the final stage predicts with every member: validation twice (the ensemble choice, then the
+    evaluation) and test once, as `make_splits` will leave the splits (folders the dataset has, else the shares
+    it carves)."""
+    splits = {name: sum(report.splits.get(name, {}).values()) for name in ("train", "val", "test")}
+    pool = splits["train"] if splits["train"] else sum(report.classes.values())
+    test = splits["test"] or int(pool * dataset.test_fraction)
+    val = splits["val"] or int((pool - (0 if splits["test"] else test)) * dataset.val_fraction)
+    return 2 * val + test
 
 
 def _train_counts(report: Any, dataset: DatasetConfig) -> dict[str, int]:

@@ -32,7 +32,10 @@ def test_breastmnist_is_used_at_its_own_28_px_in_gray_with_class_weights_searche
     # 399 benign vs 147 malignant training images: 2.7×, so weighting is searched, not imposed.
     assert spec.search.class_weights == ("none", "balanced") and "2.7×" in why["class_weights"]
     assert spec.tune.first_trial == "plain_cnn" and spec.tune.max_trials == auto.BUDGET_MAX_TRIALS
-    assert spec.tune.max_minutes == pytest.approx(10 - auto.final_stage_seconds(10) / 60, abs=1e-3)
+    # The final stage predicts validation (78 images) twice and test (156) once with each member.
+    reserve = auto.final_stage_seconds(10, 2 * 78 + 156, 28, "gray")
+    assert spec.tune.max_minutes == pytest.approx(10 - reserve / 60, abs=1e-3)
+    assert why["budget"].endswith(f"{reserve:.0f} s kept for the final model and its evaluation")
     assert json.loads(json.dumps(chosen.record()))["choices"][0]["setting"] == "color"
     # No ImageNet weights here (the tests' own Keras home is empty): the search stays with the CNN, and says why.
     assert spec.search.backbones == ("cnn",)
@@ -321,3 +324,15 @@ def test_the_images_suggest_their_own_size_up_to_64_px_and_their_channel_mode(br
     assert (demo.image_size, demo.color, demo.native) == (64, "gray", 224)
     assert demo.color_reason.startswith("gray: 0 of ")
     assert auto.suggest_input(scanning.scan(str(breastmnist_dir)), (16, 32, 64)).image_size == 16  # none above 28
+
+
+def test_the_final_stage_reserve_grows_with_the_images_it_predicts() -> None:
+    # A few hundred 28 px images cost the members well under a second; tens of thousands at 64 px most of a minute,
+    # which a fixed reserve would leave to overrun the budget.
+    small = auto.final_stage_seconds(10, 312, 28, "gray")
+    assert auto.final_stage_seconds(10) < small < auto.final_stage_seconds(10) + 1
+    large = auto.final_stage_seconds(10, 2 * 4500 + 4500, 64, "gray")
+    assert large - auto.final_stage_seconds(10) == pytest.approx(
+        auto.ENSEMBLE_CANDIDATES * 13500 * auto.SECONDS_PER_IMAGE_EPOCH_64 * auto.FORWARD_SHARE
+    )
+    assert auto.final_stage_seconds(2, 10**6, 224, "rgb") == 60  # never more than half the budget
