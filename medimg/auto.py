@@ -263,10 +263,10 @@ def plan(
         Choice(
             "augmentation",
             augment.to_dict(),
-            "horizontal flips and rotations up to ±18° (strength 0, 1 or 2× searched; flips only for a frozen "
-            "backbone, whose features are cached)"
+            "horizontal flips, and rotations of a searched strength: none, up to ±18° or up to ±36° (flips only "
+            "for a frozen backbone, whose features are cached)"
             if len(networks) > 1
-            else "horizontal flips and rotations up to ±18° (strength 0, 1 or 2× searched)",
+            else "horizontal flips, and rotations of a searched strength: none, up to ±18° or up to ±36°",
         )
     )
     dataset = base_dataset.replace(path=str(Path(path).resolve()), image_size=image_size, color=color, seed=seed)

@@ -145,6 +145,11 @@ def format_seconds(seconds: float | None) -> str:
     )
 
 
+# A launched run is "queued" in run.json until its process takes over; the concurrency limit refuses a run rather
+# than making it wait, so to a user it is starting, not waiting in a queue.
+STATUS_SHOWN = {"queued": "starting"}
+
+
 def run_label(run: runs.Run) -> str:
     try:
         summary = run.summary()
@@ -155,7 +160,7 @@ def run_label(run: runs.Run) -> str:
     name = runs.METRIC_WORDS.get(metric, metric)
     name = name if metric.startswith("cv_") else f"val {name}"
     extra = f" · {name} {score:.3f}" if isinstance(score, float) else ""
-    return f"{run.id} · {summary['status']}{extra}"
+    return f"{run.id} · {STATUS_SHOWN.get(summary['status'], summary['status'])}{extra}"
 
 
 def readable_runs(kind: str | None = None, needs: str | None = None) -> list[runs.Run]:
@@ -174,8 +179,19 @@ def readable_runs(kind: str | None = None, needs: str | None = None) -> list[run
     return found
 
 
-def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, key: str) -> runs.Run | None:
-    """A run selectbox kept in the URL (`?run=ID`), so a refresh or a second tab reattaches to the same run."""
+def default_index(candidates: list[runs.Run]) -> int:
+    """Which of `candidates` (newest first) a page that uses a model opens on: the newest completed run, since a
+    newer stopped or failed one holds a half-trained model (seen: Predict calling a pneumonia X-ray NORMAL with a
+    training stopped after 10 of 30 epochs, a finished search beside it); the newest when none completed."""
+    return next((i for i, run in enumerate(candidates) if run.status == "completed"), 0)
+
+
+def pick_run(
+    label: str, *, kind: str | None = None, needs: str | None = None, key: str, prefer_completed: bool = False
+) -> runs.Run | None:
+    """A run selectbox kept in the URL (`?run=ID`), so a refresh or a second tab reattaches to the same run.
+    Without one in the URL it starts on the newest run, or with `prefer_completed` (pages that use a run's model)
+    on the newest completed one (`default_index`)."""
     candidates = readable_runs(kind, needs)
     if not candidates:
         return None
@@ -186,10 +202,11 @@ def pick_run(label: str, *, kind: str | None = None, needs: str | None = None, k
     # whenever a label changes; the URL (?run=) carries the choice across.
     widget_key = f"{key}-{hashlib.sha1('|'.join(labels.values()).encode()).hexdigest()[:10]}"
     wanted = st.query_params.get("run")
-    index = ids.index(wanted) if wanted in ids else 0
+    fallback = default_index(candidates) if prefer_completed else 0
+    index = ids.index(wanted) if wanted in ids else fallback
     notice_key = f"{key}-unavailable"
     if wanted and wanted not in ids:  # a link or bookmark to a deleted run must not silently show another
-        st.session_state[notice_key] = (unavailable_reason(wanted, kind, needs), ids[0])
+        st.session_state[notice_key] = (unavailable_reason(wanted, kind, needs), ids[fallback])
     # A run just launched from this session is shown at once: the picker's kept value would otherwise win over
     # `index` and keep showing the previous run.
     follow = st.session_state.get(FOLLOW_KEY)
@@ -234,7 +251,7 @@ def progress_header(progress: runs.Progress, run_id: str = "") -> None:
     names the run in a failure's message: a page opens on the newest run, which may be an old one."""
     status = progress["status"]
     cols = st.columns(4)
-    cols[0].metric("Status", status)
+    cols[0].metric("Status", STATUS_SHOWN.get(status, status))
     collapsed = f" ({progress['trials_collapsed']} collapsed)" if progress["trials_collapsed"] else ""
     other = collapsed + "".join(f", {count} {status}" for status, count in progress["trials_other"].items())
     if progress["kind"] == "tune" and progress["max_trials"] is None:  # the time budget ends this search

@@ -127,7 +127,8 @@ elif source == "Folder on the server":
     if not roots:
         st.info(
             "No data roots are configured. Set `MEDIMG_DATA_ROOTS` (folders separated by `:`) or `data_roots` "
-            "in `.streamlit/secrets.toml`; only folders inside them can be opened."
+            "in `.streamlit/secrets.toml`; only folders inside them can be opened. Until then runs use the "
+            f"current dataset, `{config.path}`."
         )
         stop_keeping_settings()
     folders = [str(p) for p in sources.list_dataset_folders(roots)]
@@ -152,7 +153,7 @@ else:
     if uploaded and "uploaded_dataset" not in st.session_state:
         st.session_state["uploaded_dataset"] = config.path  # kept from an earlier visit, tab or launch
     if upload is None and not st.session_state.get("uploaded_dataset"):
-        st.info("Upload a zip to continue.")
+        st.info(f"Upload a zip to continue. Until then runs use the current dataset, `{config.path}`.")
         stop_keeping_settings()
     if upload is not None and st.session_state.get("uploaded_name") != upload.file_id:
         try:

@@ -61,9 +61,9 @@ def forget_preset(key: str) -> None:
 
 
 st.title("Evaluate")
-run = common.pick_run("Run", needs="metrics.json", key="evaluate_run")
+run = common.pick_run("Run", needs="metrics.json", key="evaluate_run", prefer_completed=True)
 if run is None:
-    st.info("No evaluated run yet: train a model on the Train page (or finish a search) first.")
+    st.info("No evaluated run yet: find a model with the Tune page's Automatic mode, or train one on the Train page.")
     st.stop()
 metrics = run.read_json("metrics.json")
 if not metrics:

@@ -11,9 +11,9 @@ from pages import common
 MAX_FILES = 50
 
 st.title("Predict")
-run = common.pick_run("Model (run)", needs="model.keras", key="predict_run")
+run = common.pick_run("Model (run)", needs="model.keras", key="predict_run", prefer_completed=True)
 if run is None:
-    st.info("No trained model yet: train one on the Train page first.")
+    st.info("No trained model yet: find one with the Tune page's Automatic mode, or train one on the Train page.")
     st.stop()
 
 

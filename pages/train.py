@@ -44,16 +44,17 @@ if source == "Best of a search":
         if busy
         else st.session_state.get("train_from_run") or st.query_params.get("from")
     )
+    fallback = common.default_index(searches)
     chosen = st.selectbox(
         "Search run",
         ids,
-        index=ids.index(preferred) if preferred in ids else 0,
+        index=ids.index(preferred) if preferred in ids else fallback,
         disabled=busy,
         format_func=lambda i: common.run_label(searches[ids.index(i)]),
     )
-    if preferred and preferred not in ids and chosen == ids[0]:  # a link to a deleted (or unfinished) search
+    if preferred and preferred not in ids and chosen == ids[fallback]:  # a link to a deleted or unfinished search
         reason = common.unavailable_reason(preferred, "tune", "model.keras")
-        st.warning(f"{reason}; showing {common.run_label(searches[0])} instead.", icon=":material/link_off:")
+        st.warning(f"{reason}; showing {common.run_label(searches[fallback])} instead.", icon=":material/link_off:")
     if chosen and st.query_params.get("from") != chosen:
         st.query_params["from"] = chosen
     search = searches[ids.index(chosen)]

@@ -87,8 +87,8 @@ if mode == MODES[0]:
         f"Dataset: {data.path}. Image size, colour, epochs, batch size, class weights, training targets and the "
         "search ranges are "
         "chosen from the data and the budget, starting from a plain CNN that the search can only improve on. "
-        "Augmentation: horizontal flips and rotations up to ±18°, their strength searched (the Augment page's "
-        "settings apply under Advanced)."
+        "Augmentation: horizontal flips, and rotations of a searched strength (none, up to ±18° or up to ±36°; "
+        "the Augment page's settings apply under Advanced)."
     )
     label = f"Find a good model in {minutes:g} minute{'s' if minutes != 1 else ''}"
     if st.button(label, type="primary", disabled=busy):
@@ -359,14 +359,23 @@ def show_run(run: runs.Run) -> None:
 
 
 def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> None:
-    """The result first: the best trial's settings, the saved model's test figures, the next step."""
-    st.success(f"Best trial {best}: {objective_name} = {record.get('best_score'):.4f}")
+    """The result first: what was saved and its validation score, the best trial's settings, the saved model's
+    test figures, the next step."""
     ensemble = record.get("ensemble") or {}
     members = ensemble.get("members") or []
+    _, kept = tuning.ensemble_scores(record)
+    if len(members) > 1 and kept is not None:  # the headline is the saved model, not a trial it averages
+        st.success(
+            f"Saved model: the mean of {len(members)} trials, {objective_name} = {kept:.4f} on validation "
+            f"(best trial {best} alone: {record.get('best_score'):.4f} during training)"
+        )
+    else:
+        st.success(f"Best trial {best}: {objective_name} = {record.get('best_score'):.4f}")
     if ensemble.get("note"):
         st.caption(f"The saved model is {ensemble['note']}.")
     if len(members) > 1:
         st.info(tuning.describe_ensemble(record), icon=":material/join:")
+        st.caption(f"Settings of trial {best}, the best trial:")
     st.table(
         pd.DataFrame(
             describe_params(ModelParams.from_dict(record["best_params"]), run.spec.train), columns=["Setting", "Value"]

@@ -172,10 +172,24 @@ def _refusal_reason(data: bytes, kind: str) -> str:
     frame = jpeg_frame(data) if kind == "jpeg" else None
     if frame is not None and frame[1] != 8:  # a valid header: the precision, not the file, is the cause
         return f"{frame[1]}-bit JPEG: not supported by the installed decoder; convert it to a 16-bit PNG or TIFF"
+    size = (frame[3], frame[2]) if frame else _png_size(data) if kind == "png" else None
+    if size is not None and size[0] * size[1] <= MAX_IMAGE_PIXELS:  # its header says it is not too large
+        return (
+            f"corrupt or truncated {kind.upper()}: the header promises {size[0]}x{size[1]} pixels, the decoder "
+            "refused the data"
+        )
     return (
         f"corrupt, truncated or too large {kind.upper()} (the decoder refused it; the limit is "
         f"{MAX_IMAGE_PIXELS // 2**20} megapixels)"
     )
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, the first after the signature (PNG spec, section 11.2.2); None if
+    the header is cut short or not there."""
+    if len(data) < 24 or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
 
 
 # Formats that can carry an EXIF orientation (tag 274): JPEG in APP1, PNG in an eXIf chunk, TIFF in its IFD.

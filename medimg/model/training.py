@@ -311,8 +311,8 @@ def fit_train_run(run: Run, echo: Echo | None = None) -> Fitted:
         _record_early_stop(run, history, monitor, spec.train)
     if progress.stopped_by_request:
         stopped = (
-            f"stopped on request after {len(losses)} epochs; model saved; "
-            f"continue with: python -m medimg resume {run.path}"
+            f"stopped on request after {len(losses)} of {spec.train.epochs} epochs; model saved; Resume continues "
+            f"it (CLI: python -m medimg resume {run.path})"
         )
         return Fitted(model, data, stopped=stopped)
     return Fitted(model, data, backup=run.path / "backup")

@@ -736,22 +736,22 @@ def describe_ensemble(record: dict) -> str | None:
         )
     if len(members) < 2:
         return None
-    numbers = ", ".join(str(trial_number(m)) for m in members)
+    numbers = [str(trial_number(m)) for m in members]
+    listed = f"{', '.join(numbers[:-1])} and {numbers[-1]}"
     completed = record.get("trials_completed")
     which = (
-        f"all {len(members)} trials that completed"
+        "every trial that completed"
         if completed is not None and len(members) >= completed
         else f"the best {len(members)} on validation"
     )
-    text = f"The saved model is the mean of trials {numbers}, {which}"
-    scores = ensemble.get("validation_scores") or {}
-    first, kept = scores.get("1"), scores.get(str(len(members)))
+    text = f"The saved model is the mean of trials {listed} ({which})"
+    first, kept = ensemble_scores(record)
     objective = ensemble.get("objective") or "the objective"
     if first is not None and kept is not None and not better(objective, kept, first) and kept != first:
         text += (
-            f". On validation, both scored from the saved models, the mean reached {objective} {kept:.4f} against "
-            f"{first:.4f} for the best trial's model alone (the trial table's scores were taken during training); it "
-            "is kept because the mean of the top five scored better on test than the best trial alone across the "
+            f". On validation the mean scores {objective} {kept:.4f}, the best trial's model alone {first:.4f} (both "
+            "re-scored from the saved models; the trial table's figures were taken during training). The mean is "
+            "kept because averaging the top five scored better on test than the best trial alone across the "
             "benchmarks (bench/README.md)"
         )
     else:
@@ -766,6 +766,14 @@ def describe_ensemble(record: dict) -> str | None:
     elif refit.get("skipped"):
         text += f". No member was retrained on train + val: {refit['skipped']}"
     return text + ". Grad-CAM shows the best trial's network."
+
+
+def ensemble_scores(record: dict) -> tuple[float | None, float | None]:
+    """(the best trial's model alone, the saved mean) on validation, both scored from the saved models when the
+    search kept a mean (run.json `ensemble.validation_scores`); None where not recorded."""
+    ensemble = record.get("ensemble") or {}
+    scores = ensemble.get("validation_scores") or {}
+    return scores.get("1"), scores.get(str(len(ensemble.get("members") or [])))
 
 
 def ensemble_candidates(backbone: list[bool], size: int) -> tuple[list[int], str | None]:

@@ -145,7 +145,8 @@ def test_server_folders_need_configured_data_roots() -> None:
     no_exception(at)
     assert values(at.info) == [
         "No data roots are configured. Set `MEDIMG_DATA_ROOTS` (folders separated by `:`) or `data_roots` "
-        "in `.streamlit/secrets.toml`; only folders inside them can be opened."
+        "in `.streamlit/secrets.toml`; only folders inside them can be opened. Until then runs use the current "
+        f"dataset, `{DEMO}`."
     ]
     assert not at.metric and not at.selectbox
 
@@ -234,7 +235,7 @@ def test_upload_asks_for_a_zip_first() -> None:
     no_exception(at)
     uploader = by_label(at.file_uploader, ZIP_LABEL)
     assert uploader.allowed_type == [".zip"]
-    assert values(at.info) == ["Upload a zip to continue."]
+    assert values(at.info) == [f"Upload a zip to continue. Until then runs use the current dataset, `{DEMO}`."]
 
 
 @pytest.mark.parametrize(

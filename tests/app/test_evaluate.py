@@ -49,7 +49,9 @@ def cell_captions(at: AppTest) -> list[str]:
 def test_empty_runs_folder_asks_for_a_trained_model(runs_dir: Path) -> None:
     at = open_page("evaluate")
     no_exception(at)
-    assert values(at.info) == ["No evaluated run yet: train a model on the Train page (or finish a search) first."]
+    assert values(at.info) == [
+        "No evaluated run yet: find a model with the Tune page's Automatic mode, or train one on the Train page."
+    ]
     assert not at.metric and not at.get("plotly_chart")
 
 

@@ -5,6 +5,7 @@ patient identifier anywhere on the page."""
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,9 @@ def jpeg(path: Path, name: str | None = None) -> tuple[str, bytes, str]:
 def test_empty_runs_folder_asks_for_a_trained_model(runs_dir: Path) -> None:
     at = open_page("predict")
     no_exception(at)
-    assert values(at.info) == ["No trained model yet: train one on the Train page first."]
+    assert values(at.info) == [
+        "No trained model yet: find one with the Tune page's Automatic mode, or train one on the Train page."
+    ]
     assert not at.file_uploader
 
 
@@ -272,3 +275,20 @@ def test_images_unlike_the_training_ones_are_cautioned_and_xrays_are_not(
     assert warning.startswith("Outside what the model was trained on: unlike the training images (distance ")
     assert warning.endswith("for the validation images): the call may mean nothing.")
     assert any(": DICOM MR · 64×64 · MONOCHROME2 · 32-bit float · " in text for text in values(at.caption))
+
+
+def test_a_newer_stopped_run_is_offered_but_the_newest_completed_one_is_shown(finished_runs: FinishedRuns) -> None:
+    """Seen: Predict opened on a training stopped after 10 of 30 epochs and called a pneumonia X-ray NORMAL."""
+    newest = max(finished_runs.train_id, finished_runs.tune_id, key=lambda i: i.split("-", 1)[1])
+    stopped_id = "train-29991231-235959-stop"
+    shutil.copytree(finished_runs.root / finished_runs.train_id, finished_runs.root / stopped_id)
+    stopped = runs.Run(finished_runs.root / stopped_id)
+    stopped.set_status("stopped")
+    for page, key in (("predict", "predict_run"), ("evaluate", "evaluate_run")):
+        at = open_page(page)
+        no_exception(at)
+        picker = run_picker(at, key)
+        assert picker.options[0].startswith(stopped_id) and picker.value == newest, page
+    # A link to the stopped run still opens it.
+    at = open_page("predict", run=stopped_id)
+    assert run_picker(at, "predict_run").value == stopped_id

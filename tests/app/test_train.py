@@ -179,7 +179,7 @@ def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_
     assert spec.train.epochs == 500 and spec.train.early_stopping_patience == 0
     assert runs.pid_alive(run.pid), "training runs in its own process"
     assert run_picker(at, "train_run").value == run_id
-    assert shown_metrics(at)["Status"] in ("queued", "running")
+    assert shown_metrics(at)["Status"] in ("starting", "running")
     assert by_label(at.button, "Start training").disabled and at.get_by_key("tr_epochs").disabled
 
     # Meanwhile a search started from another tab is refused.
@@ -220,7 +220,9 @@ def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_
     epochs = len(run.epoch_history()["epoch"])
     assert 1 <= epochs < 500
     [message] = values(ended.info)
-    assert message.startswith(f"stopped on request after {epochs} epochs; model saved; continue with: ")
+    assert message.startswith(
+        f"stopped on request after {epochs} of {run.spec.train.epochs} epochs; model saved; Resume continues it (CLI: "
+    )
     assert shown["Test accuracy"] == f"{run.record['metrics']['accuracy']:.3f}"
     assert (run.path / "model.keras").is_file()
     assert not by_label(ended.button, "Start training").disabled
@@ -239,7 +241,7 @@ def test_a_new_tab_shows_start_disabled_while_training_is_in_progress(runs_dir: 
     at = open_page("train", dataset=DatasetConfig(**TINY_DATASET), params=TINY_PARAMS)
     no_exception(at)
     assert run_picker(at, "train_run").value == queued.id
-    assert shown_metrics(at)["Status"] == "queued"
+    assert shown_metrics(at)["Status"] == "starting"  # run.json's "queued": its process is starting
     assert by_label(at.button, "Start training").disabled
 
 
@@ -276,7 +278,7 @@ def test_stop_pressed_while_queued_is_honoured(runs_dir: Path) -> None:
     )
     run = runs.create_run(spec, runs_dir)  # what jobs.launch writes before its process starts
     at = open_page("train", run=run.id)
-    assert shown_metrics(at)["Status"] == "queued"
+    assert shown_metrics(at)["Status"] == "starting"
     at.button(key=f"stop_{run.id}").click().run()
     no_exception(at)
     assert run.stop_requested()

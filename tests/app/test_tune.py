@@ -118,7 +118,7 @@ def test_start_search_launches_a_run_that_is_limited_watched_and_stopped(runs_di
     assert run.spec.kind == "tune" and run.spec.search == TINY_SEARCH and run.spec.tune.max_trials == 20
     assert runs.pid_alive(run.pid), "the search runs in its own process"
     assert run_picker(at, "tune_run").value == run_id
-    assert shown_metrics(at)["Status"] in ("queued", "running")
+    assert shown_metrics(at)["Status"] in ("starting", "running")
     assert by_label(at.button, "Start search").disabled, "one search per session while it runs"
     assert at.get_by_key("tn_trials").disabled
 
@@ -220,7 +220,7 @@ def test_a_new_tab_shows_start_disabled_while_a_search_is_in_progress(runs_dir: 
     at = open_page("tune", **tiny_state(1))
     no_exception(at)
     assert run_picker(at, "tune_run").value == queued.id
-    assert shown_metrics(at)["Status"] == "queued"
+    assert shown_metrics(at)["Status"] == "starting"
     assert by_label(at.button, "Start search").disabled
 
 
@@ -241,7 +241,7 @@ def test_a_search_refused_because_another_tab_started_one_shows_that_run(runs_di
     assert [text for text in values(at.error) if f"already in progress ({busy.id})" in text]
     # The page now shows the run in progress, with its status, not the stopped one it showed before.
     assert run_picker(at, "tune_run").value == busy.id and at.query_params["run"] == busy.id
-    assert shown_metrics(at)["Status"] == "queued"
+    assert shown_metrics(at)["Status"] == "starting"
 
 
 def test_automatic_mode_is_the_default_and_its_search_shows_what_it_chose_and_why(runs_dir: Path) -> None:
@@ -289,7 +289,7 @@ def test_start_follows_the_new_search_when_another_run_is_shown(finished_runs: F
     new_id = at.query_params["run"]
     assert new_id != finished_runs.tune_id
     assert run_picker(at, "tune_run").value == new_id, "the page kept showing the old run"
-    assert shown_metrics(at)["Status"] in ("queued", "running")
+    assert shown_metrics(at)["Status"] in ("starting", "running")
     assert by_label(at.button, "Start search").disabled
 
 
@@ -315,3 +315,20 @@ def test_advanced_mode_starts_graded_classes_on_ordinal_targets_and_notes_a_chan
     assert [c for c in values(again.caption) if "numbered grades" in c] == notes
     # The demo's two classes start on one-hot targets, as before.
     assert open_page("tune", tn_mode="Advanced").multiselect(key="tn_soft_labels").value != ["ordinal"]
+
+
+def test_a_saved_mean_is_the_headline_with_its_own_validation_score(finished_runs: FinishedRuns) -> None:
+    """Seen: "Best trial 1: val_auc = 0.9911" above a saved mean of two trials that scored 0.9867."""
+    run = runs.Run(finished_runs.root / finished_runs.tune_id)
+    best = runs.trial_number(run.record["best_trial"])
+    scores = {"1": 0.9911, "2": 0.9867}
+    run.update(
+        ensemble={"members": [run.record["best_trial"], "99"], "objective": "val_auc", "validation_scores": scores}
+    )
+    at = open_page("tune", run=run.id)
+    no_exception(at)
+    assert values(at.success) == [
+        f"Saved model: the mean of 2 trials, val_auc = 0.9867 on validation (best trial {best} alone: "
+        f"{run.record['best_score']:.4f} during training)"
+    ]
+    assert f"Settings of trial {best}, the best trial:" in values(at.caption)

@@ -387,7 +387,9 @@ def test_stop_file_during_execute_records_fewer_epochs(tmp_path: Path) -> None:
     epochs = len(run.read_json("history.json")["epoch"])
     assert record["status"] == "stopped"
     assert 1 <= epochs < 200
-    assert record["message"].startswith(f"stopped on request after {epochs} epochs; model saved; continue with: ")
+    assert record["message"].startswith(
+        f"stopped on request after {epochs} of 200 epochs; model saved; Resume continues it (CLI: "
+    )
     assert run.model_path.is_file() and "metrics" in record
 
 

@@ -515,18 +515,19 @@ def test_the_saved_mean_is_described_as_what_it_is() -> None:
         },
     }
     text = tuning.describe_ensemble(record)
-    assert text.startswith("The saved model is the mean of trials 2, 1, 3, all 3 trials that completed. ")
+    assert text.startswith("The saved model is the mean of trials 2, 1 and 3 (every trial that completed). ")
     assert (
-        "On validation, both scored from the saved models, the mean reached val_auc 0.8300 against 0.8400 for the "
-        "best trial's model alone (the trial table's scores were taken during training)" in text
+        "On validation the mean scores val_auc 0.8300, the best trial's model alone 0.8400 (both re-scored from the "
+        "saved models; the trial table's figures were taken during training)" in text
     )
+    assert tuning.ensemble_scores(record) == (0.840, 0.830)
     record = {
         "trials_completed": 12,
         "ensemble": {"members": ["04", "08"], "objective": "val_loss", "validation_scores": {"1": 0.31, "2": 0.29}},
     }
     assert tuning.describe_ensemble(record) == (
-        "The saved model is the mean of trials 5, 9, the best 2 on validation: averaging the top five scored better "
-        "on test than the best trial alone in the benchmarks. Grad-CAM shows the best trial's network."
+        "The saved model is the mean of trials 5 and 9 (the best 2 on validation): averaging the top five scored "
+        "better on test than the best trial alone in the benchmarks. Grad-CAM shows the best trial's network."
     )
     assert tuning.describe_ensemble({"ensemble": {"members": ["00"]}}) is None
 
