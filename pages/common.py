@@ -437,7 +437,9 @@ def show_test_metrics(run: runs.Run) -> None:
     if never:
         st.warning(never, icon=":material/warning:")
     m1, m2, m3 = st.columns(3)
-    m1.metric("Test accuracy", f"{metrics['accuracy']:.3f}", help="At the arg-max (threshold 0.5 for two classes).")
+    # Two classes: the operating point below is what Predict and Evaluate call at, so this figure says its threshold.
+    label = "Test accuracy at 0.5" if class_count == 2 else "Test accuracy"
+    m1.metric(label, f"{metrics['accuracy']:.3f}", help="At the arg-max (threshold 0.5 for two classes).")
     m2.metric("Test balanced accuracy", f"{metrics['balanced_accuracy']:.3f}")
     auc = "–" if metrics["auc"] is None else f"{metrics['auc']:.3f}"
     if class_count > 2:
@@ -449,7 +451,7 @@ def show_test_metrics(run: runs.Run) -> None:
         st.caption(
             f"At the operating point chosen on validation (Youden's J, threshold {point['threshold']:.3f}): "
             f"sensitivity {point['sensitivity']:.3f}, specificity {point['specificity']:.3f}, "
-            f"accuracy {point['accuracy']:.3f} on test."
+            f"accuracy {point['accuracy']:.3f} on test. Predict and Evaluate call at this threshold."
         )
     if metrics.get("ordinal"):  # numbered grades: how far the calls miss (medimg.metrics.ordinal)
         from medimg.metrics import ordinal

@@ -127,7 +127,13 @@ def test_a_finished_training_run_shows_curves_and_test_metrics(finished_runs: Fi
     metrics = run.record["metrics"]
     shown = shown_metrics(at)
     assert shown["Status"] == "completed" and shown["Epoch"] == "1 of 1"
-    assert shown["Test accuracy"] == f"{metrics['accuracy']:.3f}"
+    assert shown["Test accuracy at 0.5"] == f"{metrics['accuracy']:.3f}"  # two classes: the threshold is said
+    point = metrics["operating_point"]
+    assert any(
+        text.startswith(f"At the operating point chosen on validation (Youden's J, threshold {point['threshold']:.3f})")
+        and text.endswith("Predict and Evaluate call at this threshold.")
+        for text in values(at.caption)
+    )
     assert shown["Test AUC"] == f"{metrics['auc']:.3f}"
     assert {f"train_{run.id}_{metric}" for metric in ("loss", "accuracy", "auc")} <= set(charts(at))
     # The link opens Evaluate on this run (?run=), not on the newest run.
@@ -223,7 +229,7 @@ def test_start_training_launches_a_run_that_is_limited_watched_and_stopped(runs_
     assert message.startswith(
         f"stopped on request after {epochs} of {run.spec.train.epochs} epochs; model saved; Resume continues it (CLI: "
     )
-    assert shown["Test accuracy"] == f"{run.record['metrics']['accuracy']:.3f}"
+    assert shown["Test accuracy at 0.5"] == f"{run.record['metrics']['accuracy']:.3f}"
     assert (run.path / "model.keras").is_file()
     assert not by_label(ended.button, "Start training").disabled
 
