@@ -295,14 +295,15 @@ else:
             st.caption(gradcam_caption(run.record))
         except MedimgError as error:
             common.show_error(error)
-    from medimg.model.explain import for_display, side_by_side
+    from medimg.model.explain import for_display, heatmap_caption, side_by_side
 
     grid = st.columns(3)
     for position, (i, pixels) in enumerate(loaded):
         caption = f"{Path(test.paths[i]).name}: {tables.call_probability(test, i, float(threshold), positive)}"
         with grid[position % 3]:
             if heatmaps is not None:
-                st.image(side_by_side(pixels, heatmaps[position]), caption=f"{caption} · Grad-CAM for {names[called]}")
+                shown = heatmap_caption(heatmaps[position], names[called])
+                st.image(side_by_side(pixels, heatmaps[position]), caption=f"{caption} · {shown}")
             else:
                 st.image(for_display(pixels), caption=caption)
     for failure in failures:

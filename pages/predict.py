@@ -47,7 +47,7 @@ if len(uploads) > MAX_FILES:
     uploads = uploads[:MAX_FILES]
 
 from medimg.imaging import dicom  # noqa: E402
-from medimg.model.explain import gradcam_caption, overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
+from medimg.model.explain import gradcam_caption, heatmap_caption, overlay  # noqa: E402 - TensorFlow-backed, needed only once there is something to predict
 from medimg.results.predict import dicom_summary, predictions_csv, summary_line  # noqa: E402
 
 WINDOW_CHOICES = ["As in training", "Lung", "Mediastinum", "Bone", "Brain", "Custom"]
@@ -134,7 +134,8 @@ for index, result in enumerate(results):
     if show_cam:
         try:
             heatmap = predictor.explain(result)  # of the class called, which the caption names
-            middle.image(overlay(result.image, heatmap), caption=f"Grad-CAM for {result.predicted}", width="stretch")
+            caption = heatmap_caption(heatmap, result.predicted)
+            middle.image(overlay(result.image, heatmap), caption=caption, width="stretch")
         except MedimgError as error:
             middle.caption(str(error))
     right.markdown(f"Called **{result.predicted}**")

@@ -117,6 +117,15 @@ def _gradcam_function(model: Any, layer_name: str) -> Any:
     return compute
 
 
+def heatmap_caption(heatmap: np.ndarray, class_name: str) -> str:
+    """The caption under one overlay (`heatmap`: H×W in 0..1 from `gradcam_heatmaps`). An all-zero map is said to
+    be empty: Grad-CAM keeps only regions whose weighted feature maps raise the class's score (its ReLU), so a
+    uniform blue overlay means no region did, not that every region counted alike."""
+    if not np.any(heatmap > 0):
+        return f"Grad-CAM for {class_name}: empty, no region raises its score (the call rests on other evidence)"
+    return f"Grad-CAM for {class_name}"
+
+
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
     """The heatmap (jet colours) blended over the image: an RGB uint8 image for display."""
     import cv2

@@ -83,6 +83,20 @@ def test_evidence_against_the_class_is_not_highlighted_on_the_square(square_dete
     assert for_normal[inside].mean() < for_disease[inside].mean()
 
 
+def test_a_map_with_no_evidence_is_captioned_empty_not_shown_as_uniform(square_detector) -> None:
+    """Seen: a flat blue overlay on a DICOM with nothing saying that Grad-CAM found no evidence."""
+    model, test_images, _ = square_detector
+    for_disease, _ = explain.gradcam_heatmap(model, test_images[0], class_index=1)
+    for_normal, _ = explain.gradcam_heatmap(model, test_images[0], class_index=0)  # the square argues against it
+    blank, _ = explain.gradcam_heatmap(model, np.zeros_like(test_images[0]), class_index=1)
+    assert explain.heatmap_caption(for_disease, "square") == "Grad-CAM for square"
+    for empty in (for_normal, blank):
+        assert not empty.any()
+        assert explain.heatmap_caption(empty, "none") == (
+            "Grad-CAM for none: empty, no region raises its score (the call rests on other evidence)"
+        )
+
+
 def test_explicit_layer_name_is_used(square_detector) -> None:
     model, test_images, _ = square_detector
     heatmap, _ = explain.gradcam_heatmap(model, test_images[0], layer_name="act0")  # 32×32 map, before pooling
