@@ -43,6 +43,7 @@ EPOCH_FIXED_SECONDS = 0.2
 # Largest sizes tried for images above 64 px; never more than the images' own size.
 SIZES = (32, 48, 64, 96, 128, 160, 192, 224, 256)
 SMALL_NATIVE = 64  # at or below this, the images are used at their own size
+SMALL_DATASET = 1000  # training images; below it batches of 16 are searched too (more steps per epoch)
 TRIALS_AT_FULL_LENGTH = 4  # the plan keeps at least this many full-length trials inside the search's share
 ENSEMBLE_CANDIDATES = 5
 FORWARD_SHARE = 1 / 3  # of a training step's time per image: prediction has no backward pass
@@ -152,7 +153,7 @@ def plan(
     reserve = final_stage_seconds(minutes, _predicted_images(report, base_dataset), image_size, color)
     search_seconds = minutes * 60 - reserve
 
-    small = n_train < 1000
+    small = n_train < SMALL_DATASET
     batch_sizes = (16, 32) if small else (32,)
     choices.append(
         Choice(
@@ -431,7 +432,9 @@ def _epochs(n_train: int) -> tuple[int, int, str]:
     return (
         epochs,
         patience,
-        f"up to {epochs} per trial ({steps} steps of 32 per epoch), stopping after {patience} epochs without a "
+        f"up to {epochs} per trial ({steps} steps per epoch in batches of 32"
+        + (", twice as many in batches of 16" if n_train < SMALL_DATASET else "")
+        + f"), stopping after {patience} epochs without a "
         "better validation AUC, best epoch kept",
     )
 

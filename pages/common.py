@@ -266,7 +266,13 @@ def progress_header(progress: runs.Progress, run_id: str = "") -> None:
             f"{(progress['epoch'] or 0) + 1 if progress['epoch'] is not None else 0} of {progress['epochs'] or '?'}",
         )
     cols[2].metric("Elapsed", format_seconds(progress["elapsed_s"]))
-    cols[3].metric("ETA", format_seconds(progress["eta_s"]))
+    cols[3].metric(
+        "ETA",
+        format_seconds(progress["eta_s"]),
+        help="Counts every remaining epoch: early stopping may end the run sooner."
+        if progress["kind"] != "tune"
+        else None,
+    )
     st.progress(progress["fraction"], text=f"{progress['fraction']:.0%} of the run")
     if status == "running" and progress.get("steps") and not progress.get("stage"):  # not the last trial's, stale
         batch, steps = progress.get("batch") or 0, progress["steps"]

@@ -89,6 +89,8 @@ def trials_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
     fig.add_scatter(x=xs, y=ys, mode="markers", name="trial", marker={"size": 10})
     fig.add_scatter(x=xs, y=best_line, mode="lines", name="best so far", line={"shape": "hv"})
     fig = _layout(fig, f"{objective} by trial", xaxis_title="trial", yaxis_title=objective)
+    # Whole trial numbers only (Plotly ticked 1, 1.5, 2 for two trials), about ten ticks at most.
+    fig.update_xaxes(tick0=1, dtick=max(1, math.ceil(len(xs) / 10)))
     span = score_range(ys, fraction=maximize)
     if span:
         fig.update_yaxes(range=span)
@@ -191,7 +193,8 @@ def parallel_coordinates_figure(trials: list[dict[str, Any]], objective: str) ->
             )
     scores = [float(t["score"]) for t in done]
     span = score_range(scores, fraction=not objective.endswith("loss"))
-    dimensions.append({"label": objective, "values": scores, **({"range": span} if span else {})})
+    # Four decimals, as the trial table gives scores (Plotly's own ticks read 0.996667).
+    dimensions.append({"label": objective, "values": scores, "tickformat": ".4f", **({"range": span} if span else {})})
     colour_span = {"cmin": span[0], "cmax": span[1]} if span else {}
     fig.add_trace(
         go.Parcoords(

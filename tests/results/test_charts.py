@@ -276,3 +276,13 @@ def test_a_class_has_one_colour_in_the_roc_and_precision_recall_charts(never_cal
     pr_colours = {trace.name.split(" (")[0]: trace.line.color for trace in pr.data if " (AP " in trace.name}
     assert list(roc_colours) == ["BACTERIA", "NORMAL", "VIRUS"]
     assert roc_colours == pr_colours and len(set(roc_colours.values())) == 3
+
+
+def test_trial_axes_tick_whole_trials_and_scores_to_four_decimals() -> None:
+    two = [{"trial": 1, "score": 0.99, "hyperparameters": {"dropout": 0.0}}, {"trial": 2, "score": 0.9767}]
+    two[1]["hyperparameters"] = {"dropout": 0.5}
+    assert charts.trials_figure(two, "val_auc").layout.xaxis.dtick == 1  # not 1, 1.5, 2
+    many = [{"trial": n, "score": 0.5} for n in range(1, 26)]
+    assert charts.trials_figure(many, "val_auc").layout.xaxis.dtick == 3
+    objective = charts.parallel_coordinates_figure(two, "val_auc").data[0].dimensions[-1]
+    assert objective.label == "val_auc" and objective.tickformat == ".4f"
