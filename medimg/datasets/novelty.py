@@ -234,7 +234,13 @@ def input_note(source: str | Path | bytes, pixels: np.ndarray | None, color: str
     notes = [_colour_note(source, color, profile)]
     if pixels is not None and profile is not None:
         notes.append(profile.note(pixels))
-    return "; ".join(note for note in notes if note)
+    notes = [note for note in notes if note]
+    # Said once, at the end, when both notes would say it.
+    notes[:-1] = [note.removesuffix(", and" + MEANING).removesuffix(":" + MEANING) for note in notes[:-1]]
+    return "; ".join(notes)
+
+
+MEANING = " the call may mean nothing"
 
 
 def _colour_note(source: str | Path | bytes, color: str, profile: ImageProfile | None) -> str:
