@@ -140,17 +140,20 @@ def plan(
     else:
         choices.append(Choice("color", color, f"{color}: given"))
 
-    reserve = final_stage_seconds(minutes)  # before the image size is known: the fixed part, for that choice
-    search_seconds = minutes * 60 - reserve
     epochs, patience, epochs_reason = _epochs(n_train)
     native = _native_size(report)
+    predicted = _predicted_images(report, base_dataset)
+    reserve = final_stage_seconds(minutes)  # the fixed part: the image size decides the rest
     if image_size is None:
-        image_size, reason = _choose_size(native, n_train, epochs, color, search_seconds)
+        image_size, reason = _choose_size(native, n_train, epochs, color, minutes * 60 - reserve)
+        if final_stage_seconds(minutes, predicted, image_size, color) > reserve:  # chosen again with the rest kept
+            reserve = final_stage_seconds(minutes, predicted, image_size, color)
+            image_size, reason = _choose_size(native, n_train, epochs, color, minutes * 60 - reserve)
         choices.append(Choice("image_size", image_size, reason))
     else:
         choices.append(Choice("image_size", image_size, f"{image_size} px: given"))
     choices.append(Choice("epochs", epochs, epochs_reason))
-    reserve = final_stage_seconds(minutes, _predicted_images(report, base_dataset), image_size, color)
+    reserve = final_stage_seconds(minutes, predicted, image_size, color)
     search_seconds = minutes * 60 - reserve
 
     small = n_train < SMALL_DATASET
@@ -344,7 +347,8 @@ def final_stage_seconds(minutes: float, predicted_images: int = 0, size: int = 2
     ENSEMBLE_CANDIDATES members predicting `predicted_images` images at `size` px in `color` (the validation split
     for the ensemble choice, then validation and test again to evaluate: `_predicted_images`). At most half the
     budget. A forward pass costs about a third of a training step (the backward pass is about twice the forward's
-    arithmetic; Kaplan et al. 2020, arXiv:2001.08361, count 2N and 4N FLOPs)."""
+    arithmetic; Kaplan et al. 2020, arXiv:2001.08361, count 2N and 4N FLOPs). An estimate at the plain CNN's cost
+    per image: a frozen pretrained backbone among the members costs more."""
     fixed = min(60.0, max(20.0, 0.08 * minutes * 60))
     forward = seconds_per_image_epoch(size, color) / EPOCH_OVERHEAD * FORWARD_SHARE
     return min(fixed + ENSEMBLE_CANDIDATES * predicted_images * forward, 0.5 * minutes * 60)
@@ -355,9 +359,11 @@ def _predicted_images(report: Any, dataset: DatasetConfig) -> int:
     evaluation) and test once, as `make_splits` will leave the splits (folders the dataset has, else the shares
     it carves)."""
     splits = {name: sum(report.splits.get(name, {}).values()) for name in ("train", "val", "test")}
-    pool = splits["train"] if splits["train"] else sum(report.classes.values())
-    test = splits["test"] or int(pool * dataset.test_fraction)
-    val = splits["val"] or int((pool - (0 if splits["test"] else test)) * dataset.val_fraction)
+    if not splits["train"]:  # no split folders: both shares are of the whole dataset
+        total = sum(report.classes.values())
+        return 2 * int(total * dataset.val_fraction) + int(total * dataset.test_fraction)
+    test = splits["test"] or int(splits["train"] * dataset.test_fraction)
+    val = splits["val"] or int((splits["train"] - (0 if splits["test"] else test)) * dataset.val_fraction)
     return 2 * val + test
 
 
@@ -499,7 +505,7 @@ def targets_note(class_names: list[str], chosen: tuple[str, ...] | list[str]) ->
         return (
             f"The class names are numbered grades ({class_names[0]} … {class_names[-1]}): the automatic mode trains "
             "on soft ordinal labels here (on RetinaMNIST a mean of five CNNs scored test AUC 0.747 with them, 0.739 "
-            "with one-hot targets; bench/README.md). Add ordinal to the training targets unless the numbers are not "
+            "with one-hot targets; bench/README.md). Choose ordinal training targets unless the numbers are not "
             "an order."
         )
     if wanted != "ordinal" and "ordinal" in chosen and len(class_names) > 2:

@@ -612,7 +612,8 @@ def command_evaluate(args: argparse.Namespace) -> int:
             f"{row['f1']:>8.3f}{row['support']:>6}"
         )
     print("confusion matrix (rows true, columns predicted):", result["confusion_matrix"])
-    print("\n".join(format_subgroups(result.get("subgroups"))))
+    for line in format_subgroups(result.get("subgroups")):
+        print(line)
     return 0
 
 
@@ -623,7 +624,12 @@ def format_subgroups(summary: dict | None) -> list[str]:
     if not summary:
         return []
     threshold = summary["threshold"]
-    decision = f"threshold {threshold} (the operating point chosen on validation)" if threshold else "the arg-max"
+    if threshold is None:
+        decision = "the arg-max"
+    elif summary.get("chosen_on") == "val":
+        decision = f"threshold {threshold:.3f} (the operating point chosen on validation)"
+    else:
+        decision = f"threshold {threshold:.3f} (validation could not choose an operating point)"
     lines = []
     for column, rows in summary["columns"].items():
         lines.append(f"by {column}, test split at {decision}, 95 % bootstrap intervals:")

@@ -412,13 +412,16 @@ if len(sys.argv) < 2:
 HERE = Path(__file__).resolve().parent
 contract = json.loads((HERE / "contract.json").read_text(encoding="utf-8"))
 window = DicomWindow(*contract["dicom_window"]) if contract["dicom_window"] else None
-has_profile = (HERE / PROFILE_FILE).is_file()
-profile = ImageProfile.from_dict(json.loads((HERE / PROFILE_FILE).read_text(encoding="utf-8"))) if has_profile else None
+try:  # the notes need it; a missing or damaged profile only means no "unlike the training images" note
+    profile = ImageProfile.from_dict(json.loads((HERE / PROFILE_FILE).read_text(encoding="utf-8")))
+except (OSError, ValueError, MedimgError):
+    profile = None
 rows, images = [], []
 for name in sys.argv[1:]:
     try:
-        images.append(load_image(name, contract["image_size"], contract["color"], window=window))
-        note = input_note(name, images[-1], contract["color"], profile)
+        image = load_image(name, contract["image_size"], contract["color"], window=window)
+        note = input_note(name, image, contract["color"], profile)
+        images.append(image)
         rows.append({{"file": name, **({{"note": note}} if note else {{}})}})
     except (MedimgError, OSError) as error:  # one unreadable file never stops the others
         rows.append({{"file": name, "error": str(error)}})

@@ -107,6 +107,25 @@ def class_names(path: str, group_regex: str = "", merge_label_case: bool = False
     return sorted({f.label for f in listing.files})
 
 
+def start_targets(widget_key: str, kept_name: str, data: DatasetConfig, multiple: bool) -> None:
+    """Before a training-targets widget is drawn: start it on what the automatic mode would choose for this
+    dataset's classes (`auto.choose_targets`: soft ordinal labels for numbered grades) whenever the page meets a
+    dataset it has not shown in this session. A new session keeps the targets kept from an earlier one
+    (`kept_name`, "search" or "params"), where the note under the widget (`targets_note`) says when they differ.
+    `multiple`: the widget holds a list (the Tune page's multiselect) rather than one value."""
+    from medimg import auto
+
+    marker = f"{widget_key}_dataset"
+    previous = st.session_state.get(marker)
+    st.session_state[marker] = data.path
+    if previous == data.path or (previous is None and is_kept(kept_name)):
+        return
+    names = class_names(data.path, data.group_regex, data.merge_label_case)
+    if names:
+        wanted = auto.choose_targets(names)[0]
+        st.session_state[widget_key] = [wanted] if multiple else wanted
+
+
 def targets_note(data: DatasetConfig, chosen: tuple[str, ...] | list[str]) -> None:
     """Under hand-set training targets: a caption when they differ from what the automatic mode would choose for
     this dataset's classes (`auto.targets_note`)."""
@@ -145,11 +164,6 @@ def format_seconds(seconds: float | None) -> str:
     )
 
 
-# A launched run is "queued" in run.json until its process takes over; the concurrency limit refuses a run rather
-# than making it wait, so to a user it is starting, not waiting in a queue.
-STATUS_SHOWN = {"queued": "starting"}
-
-
 def run_label(run: runs.Run) -> str:
     try:
         summary = run.summary()
@@ -160,7 +174,7 @@ def run_label(run: runs.Run) -> str:
     name = runs.METRIC_WORDS.get(metric, metric)
     name = name if metric.startswith("cv_") else f"val {name}"
     extra = f" · {name} {score:.3f}" if isinstance(score, float) else ""
-    return f"{run.id} · {STATUS_SHOWN.get(summary['status'], summary['status'])}{extra}"
+    return f"{run.id} · {runs.shown_status(summary['status'])}{extra}"
 
 
 def readable_runs(kind: str | None = None, needs: str | None = None) -> list[runs.Run]:
@@ -251,7 +265,7 @@ def progress_header(progress: runs.Progress, run_id: str = "") -> None:
     names the run in a failure's message: a page opens on the newest run, which may be an old one."""
     status = progress["status"]
     cols = st.columns(4)
-    cols[0].metric("Status", STATUS_SHOWN.get(status, status))
+    cols[0].metric("Status", runs.shown_status(status))
     collapsed = f" ({progress['trials_collapsed']} collapsed)" if progress["trials_collapsed"] else ""
     other = collapsed + "".join(f", {count} {status}" for status, count in progress["trials_other"].items())
     if progress["kind"] == "tune" and progress["max_trials"] is None:  # the time budget ends this search

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from medimg import auto, workflows
+from medimg import workflows
 from medimg.config import ModelParams, RunSpec, TrainConfig, describe_augment, describe_params
 from medimg.errors import MedimgError
 from medimg.model import backbones
@@ -120,9 +120,8 @@ else:
     learning_rate = c2.number_input(
         "Learning rate", 1e-6, 0.5, format="%.5f", **common.kept("tr_lr", params.learning_rate, busy), disabled=busy
     )
-    if not busy and not common.is_kept("params"):  # a first visit: graded classes start on ordinal targets
-        names = common.class_names(dataset_config.path, dataset_config.group_regex, dataset_config.merge_label_case)
-        params = params.replace(soft_labels=auto.choose_targets(names)[0]) if names else params
+    if not busy:
+        common.start_targets("tr_soft_labels", "params", dataset_config, multiple=False)
     chosen = common.value_widgets(params, [c3, c4], busy)
     if not busy:
         common.targets_note(dataset_config, [chosen["soft_labels"]])

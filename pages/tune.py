@@ -141,10 +141,8 @@ else:
             disabled=busy,
             **common.kept("tn_step", space.filters_step if space.filters_step in (8, 16, 32, 64) else 16, busy),
         )
-        if not busy and not common.is_kept("search"):  # a first visit: graded classes start on ordinal targets
-            data = common.get("dataset")
-            names = common.class_names(data.path, data.group_regex, data.merge_label_case)
-            space = space.replace(soft_labels=(auto.choose_targets(names)[0],) if names else space.soft_labels)
+        if not busy:
+            common.start_targets("tn_soft_labels", "search", common.get("dataset"), multiple=True)
         chosen = common.choice_widgets(space, [c5, c6], busy)
         if not busy:
             common.targets_note(common.get("dataset"), chosen["soft_labels"])
@@ -363,11 +361,11 @@ def show_best(run: runs.Run, record: dict, best: int, objective_name: str) -> No
     test figures, the next step."""
     ensemble = record.get("ensemble") or {}
     members = ensemble.get("members") or []
-    _, kept = tuning.ensemble_scores(record)
-    if len(members) > 1 and kept is not None:  # the headline is the saved model, not a trial it averages
+    first, kept = tuning.ensemble_scores(record)
+    if len(members) > 1 and kept is not None and first is not None:  # the saved model, not a trial it averages
         st.success(
             f"Saved model: the mean of {len(members)} trials, {objective_name} = {kept:.4f} on validation "
-            f"(best trial {best} alone: {record.get('best_score'):.4f} during training)"
+            f"(best trial {best}'s model alone: {first:.4f}, scored the same way)"
         )
     else:
         st.success(f"Best trial {best}: {objective_name} = {record.get('best_score'):.4f}")

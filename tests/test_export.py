@@ -173,6 +173,22 @@ def test_reference_scripts_predict_every_file_like_the_keras_model(
         assert printed[3]["probabilities"] == pytest.approx(unlike.probabilities, abs=1e-4), fmt
 
 
+def test_a_damaged_image_profile_costs_the_script_its_notes_not_its_predictions(exports: dict, tmp_path: Path) -> None:
+    folder = tmp_path / "copy"
+    shutil.copytree(exports[("onnx", None)].path, folder)
+    (folder / "image_profile.json").write_text("{not json")
+    process = subprocess.run(
+        [sys.executable, str(folder / "predict_onnx.py"), str(DEMO_IMAGE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+    )
+    assert process.returncode == 0 and "Traceback" not in process.stderr, process.stderr[-1500:]
+    (row,) = [json.loads(line) for line in process.stdout.strip().splitlines()]
+    assert set(row) == {"file", "probabilities", "called"}
+
+
 def test_a_reference_script_without_medimg_says_how_to_install_it(exports: dict, tmp_path: Path) -> None:
     """Seen: ModuleNotFoundError for a user who installed requirements.txt and ran the script from its folder."""
     folder = exports[("keras", None)].path

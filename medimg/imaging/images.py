@@ -175,8 +175,8 @@ def _refusal_reason(data: bytes, kind: str) -> str:
     size = (frame[3], frame[2]) if frame else _png_size(data) if kind == "png" else None
     if size is not None and size[0] * size[1] <= MAX_IMAGE_PIXELS:  # its header says it is not too large
         return (
-            f"corrupt or truncated {kind.upper()}: the header promises {size[0]}x{size[1]} pixels, the decoder "
-            "refused the data"
+            f"corrupt or truncated {kind.upper()}: the header promises {size[0]}x{size[1]} pixels (within the size "
+            "limit), the decoder refused the data"
         )
     return (
         f"corrupt, truncated or too large {kind.upper()} (the decoder refused it; the limit is "

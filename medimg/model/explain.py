@@ -119,10 +119,14 @@ def _gradcam_function(model: Any, layer_name: str) -> Any:
 
 def heatmap_caption(heatmap: np.ndarray, class_name: str) -> str:
     """The caption under one overlay (`heatmap`: H×W in 0..1 from `gradcam_heatmaps`). An all-zero map is said to
-    be empty: Grad-CAM keeps only regions whose weighted feature maps raise the class's score (its ReLU), so a
-    uniform blue overlay means no region did, not that every region counted alike."""
+    be empty: Grad-CAM keeps only regions whose weighted feature maps raise the class's probability (its ReLU), and
+    a probability saturated at 1 has no gradient at all, so a uniform blue overlay means one of those, not that every
+    region counted alike."""
     if not np.any(heatmap > 0):
-        return f"Grad-CAM for {class_name}: empty, no region raises its score (the call rests on other evidence)"
+        return (
+            f"Grad-CAM for {class_name}: empty (no region raised its probability at this layer, or the call is so "
+            "confident that the gradient vanished): it does not show where the evidence is"
+        )
     return f"Grad-CAM for {class_name}"
 
 

@@ -90,7 +90,7 @@ def trials_figure(trials: list[dict[str, Any]], objective: str) -> go.Figure:
     fig.add_scatter(x=xs, y=best_line, mode="lines", name="best so far", line={"shape": "hv"})
     fig = _layout(fig, f"{objective} by trial", xaxis_title="trial", yaxis_title=objective)
     # Whole trial numbers only (Plotly ticked 1, 1.5, 2 for two trials), about ten ticks at most.
-    fig.update_xaxes(tick0=1, dtick=max(1, math.ceil(len(xs) / 10)))
+    fig.update_xaxes(tick0=1, dtick=max(1, math.ceil((max(xs) - min(xs) + 1) / 10)) if xs else 1)
     span = score_range(ys, fraction=maximize)
     if span:
         fig.update_yaxes(range=span)

@@ -189,21 +189,27 @@ def evaluate_run(run: Run, data: Any = None, model: Any = None) -> dict[str, Any
 
 def subgroup_summary(path: str, test: Scored, val: Scored | None, n_resamples: int = 1000) -> dict[str, Any] | None:
     """Test metrics by subgroup of each categorical column of a CSV manifest at `path`
-    (`subgroups.manifest_columns`), as the report and the Evaluate page show them: {"threshold": the operating
-    point used (two classes: `default_threshold`, chosen on validation; else None, the arg-max), "columns": {column:
-    `subgroups.subgroup_metrics` rows}, "not_analysed": columns with one value per class}. None when `path` is no
-    manifest or has no such column."""
+    (`subgroups.manifest_columns`), as the report and the Evaluate page show them: {"threshold": the two-class
+    threshold used (`default_threshold`; None for more classes, called by the arg-max), "chosen_on": "val" when
+    validation chose it (Youden's J), else None (0.5), "columns": {column: `subgroups.subgroup_metrics` rows},
+    "not_analysed": columns with one value per class}. None when `path` is no manifest or has no such column."""
     from medimg.metrics import subgroups
 
     attributes, proxies = subgroups.manifest_columns(path)
     if not attributes and not proxies:
         return None
-    threshold = default_threshold(test, val) if test.binary else None
+    threshold, chosen_on = None, None
+    if test.binary:
+        threshold = default_threshold(test, val)
+        presets, split = preset_thresholds(test, val)
+        chosen_on = "val" if split == "val" and presets.get("youden") is not None else None
     columns = {
-        column: subgroups.subgroup_metrics(test, values, threshold or 0.5, n_resamples=n_resamples)
+        column: subgroups.subgroup_metrics(
+            test, values, 0.5 if threshold is None else threshold, n_resamples=n_resamples
+        )
         for column, values in attributes.items()
     }
-    return {"threshold": threshold, "columns": columns, "not_analysed": proxies}
+    return {"threshold": threshold, "chosen_on": chosen_on, "columns": columns, "not_analysed": proxies}
 
 
 def one_class_at_threshold(summary: ClinicalSummary) -> str | None:

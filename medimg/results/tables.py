@@ -213,15 +213,15 @@ STATUS_WORDS = {
 
 def trial_rows(table: list[TrialRow]) -> list[dict[str, str | int]]:
     """The trial table in words (`tuning.trial_table`): states named, scores to four decimals (a stopped trial's
-    marked partial: its best epoch before the stop, never ranked), a "folds" column when
+    marked partial: its best epoch before the stop), a "folds" column when
     trials were cross-validated, one column per hyperparameter ("_" as spaces), no None or True. Text throughout:
     Arrow (which carries a table to the browser) refuses a column mixing numbers and dashes."""
     cross_validated = any(row["fold_scores"] for row in table)
     rows = []
     for row in table:
         score = MISSING if row["score"] is None or row["score"] != row["score"] else f"{row['score']:.4f}"
-        if row["status"] == "STOPPED" and score != MISSING:  # its best epoch so far, never ranked
-            score += " (partial, not ranked)"
+        if row["status"] == "STOPPED" and score != MISSING:  # its best epoch before the stop
+            score += " (partial)"
         shown: dict[str, str | int] = {
             "trial": row["trial"],
             "status": STATUS_WORDS.get(row["status"], str(row["status"]).lower()),

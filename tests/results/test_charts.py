@@ -284,5 +284,7 @@ def test_trial_axes_tick_whole_trials_and_scores_to_four_decimals() -> None:
     assert charts.trials_figure(two, "val_auc").layout.xaxis.dtick == 1  # not 1, 1.5, 2
     many = [{"trial": n, "score": 0.5} for n in range(1, 26)]
     assert charts.trials_figure(many, "val_auc").layout.xaxis.dtick == 3
+    sparse = [{"trial": n, "score": 0.5} for n in (1, 10, 20, 30, 40)]  # five scored of forty
+    assert charts.trials_figure(sparse, "val_auc").layout.xaxis.dtick == 4
     objective = charts.parallel_coordinates_figure(two, "val_auc").data[0].dimensions[-1]
     assert objective.label == "val_auc" and objective.tickformat == ".4f"

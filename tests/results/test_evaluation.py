@@ -502,3 +502,39 @@ def test_graded_classes_get_ordinal_figures_in_metrics_the_cli_and_the_report(gr
 
 def test_classes_that_are_not_grades_get_no_ordinal_figures(never_calling_run) -> None:
     assert "ordinal" not in never_calling_run.read_json("metrics.json")
+
+
+def test_two_class_subgroups_say_which_threshold_they_are_at(tmp_path: Path) -> None:
+    """Seen in review: "threshold 0.5 (the operating point chosen on validation)" where validation chose none."""
+    import dataclasses
+
+    from medimg import cli
+    from medimg.metrics import subgroups
+    from tests.metrics.test_clinical import noisy_binary
+
+    test, val = noisy_binary(200, 4), noisy_binary(200, 5)
+    names = [f"img{i}.png" for i in range(len(test))]
+    test = dataclasses.replace(test, paths=[str(tmp_path / name) for name in names])
+    manifest = tmp_path / "manifest.csv"
+    with manifest.open("w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["path", "label", "site"])
+        for i, name in enumerate(names):
+            writer.writerow([name, test.class_names[test.labels[i]], ("north", "south")[i % 2]])
+    chosen = evaluation.subgroup_summary(str(manifest), test, val, n_resamples=200)
+    threshold = evaluation.default_threshold(test, val)
+    assert (chosen["threshold"], chosen["chosen_on"]) == (threshold, "val") and threshold != 0.5
+    expected = subgroups.subgroup_metrics(
+        test, {str(tmp_path / n): ("north", "south")[i % 2] for i, n in enumerate(names)}, threshold, n_resamples=200
+    )
+    assert chosen["columns"]["site"] == expected
+    lines = cli.format_subgroups(chosen)
+    assert lines[0] == (
+        f"by site, test split at threshold {threshold:.3f} (the operating point chosen on validation), 95 % "
+        "bootstrap intervals:"
+    )
+    # Without validation predictions the threshold is 0.5, and said not to be chosen.
+    fallback = evaluation.subgroup_summary(str(manifest), test, None, n_resamples=200)
+    assert (fallback["threshold"], fallback["chosen_on"]) == (0.5, None)
+    assert "threshold 0.500 (validation could not choose an operating point)" in cli.format_subgroups(fallback)[0]
+    assert evaluation.subgroup_summary(str(tmp_path), test, val) is None  # a folder, not a manifest

@@ -244,6 +244,7 @@ def test_a_three_class_manifest_run_reports_per_class_intervals_and_subgroups(
     # The same rows in metrics.json and from `evaluate`, headless.
     assert run.read_json("metrics.json")["subgroups"] == {
         "threshold": None,
+        "chosen_on": None,
         "columns": {"site": json.loads(json.dumps(rows))},
         "not_analysed": [],
     }

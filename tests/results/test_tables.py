@@ -109,7 +109,7 @@ def test_trial_rows_in_words_with_the_fold_spread_when_cross_validated() -> None
     assert rows[1]["status"] == "collapsed (one class)" and rows[1]["l2"] == "–" and rows[1]["batch norm"] == "no"
     assert rows[2]["score"] == "–" and rows[2]["folds"] == "–"
     stopped = tables.trial_rows([{**table[0], "status": "STOPPED", "score": 0.7644}])[0]
-    assert (stopped["status"], stopped["score"]) == ("stopped", "0.7644 (partial, not ranked)")
+    assert (stopped["status"], stopped["score"]) == ("stopped", "0.7644 (partial)")
     plain = tables.trial_rows([{**table[0], "fold_scores": []}])
     assert "folds" not in plain[0]  # no column for a search without cross-validation
 

@@ -215,7 +215,7 @@ def test_delete_refuses_an_active_run(tmp_path: Path) -> None:
         runs.delete_run(run)
     assert run.path.exists()
     queued = runs.create_run(SPEC, tmp_path)  # queued and no process yet: also active
-    with pytest.raises(RunError, match="is still queued"):
+    with pytest.raises(RunError, match="is still starting"):
         runs.delete_run(queued)
     run.set_status("completed")
     runs.delete_run(run)
