@@ -25,6 +25,7 @@ def test_an_export_is_checked_and_offered_as_a_zip(finished_runs: FinishedRuns) 
     assert sorted(p.name for p in folder.iterdir()) == [
         "contract.json",
         "export.json",
+        "image_profile.json",
         "model.tflite",
         "predict_litert.py",
     ]
