@@ -78,8 +78,10 @@ with right:
         st.info("No augmentation is on: training sees the images as they are.")
     from medimg.datasets import augment
 
-    with st.spinner("Augmenting…"):
-        previews = augment.preview(image, config, n=copies, seed=int(st.session_state.get("aug_seed", 0)))
+    previews = []  # nothing on: twelve copies of the original said nothing the note does not
+    if not config.is_identity:
+        with st.spinner("Augmenting…"):
+            previews = augment.preview(image, config, n=copies, seed=int(st.session_state.get("aug_seed", 0)))
     st.image(
         [image, *previews],
         caption=["original", *[f"#{i + 1}" for i in range(len(previews))]],
