@@ -143,12 +143,11 @@ def plan(
     epochs, patience, epochs_reason = _epochs(n_train)
     native = _native_size(report)
     predicted = _predicted_images(report, base_dataset)
-    reserve = final_stage_seconds(minutes)  # the fixed part: the image size decides the rest
     if image_size is None:
-        image_size, reason = _choose_size(native, n_train, epochs, color, minutes * 60 - reserve)
-        if final_stage_seconds(minutes, predicted, image_size, color) > reserve:  # chosen again with the rest kept
-            reserve = final_stage_seconds(minutes, predicted, image_size, color)
-            image_size, reason = _choose_size(native, n_train, epochs, color, minutes * 60 - reserve)
+        # The reserve depends on the size: a first choice with its fixed part, then again with that size's.
+        image_size, _ = _choose_size(native, n_train, epochs, color, minutes * 60 - final_stage_seconds(minutes))
+        kept = final_stage_seconds(minutes, predicted, image_size, color)
+        image_size, reason = _choose_size(native, n_train, epochs, color, minutes * 60 - kept)
         choices.append(Choice("image_size", image_size, reason))
     else:
         choices.append(Choice("image_size", image_size, f"{image_size} px: given"))

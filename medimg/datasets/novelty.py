@@ -36,6 +36,7 @@ MAX_IMAGES = 2000  # per split; enough for 256-value thumbnails, and reading the
 # 1.5–3×.
 MARGIN = 1.25
 PROFILE_FILE = "image_profile.json"  # in the run directory
+MEANING = " the call may mean nothing"  # ends a note that says the probability cannot be trusted
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,9 +241,6 @@ def input_note(source: str | Path | bytes, pixels: np.ndarray | None, color: str
     return "; ".join(notes)
 
 
-MEANING = " the call may mean nothing"
-
-
 def _colour_note(source: str | Path | bytes, color: str, profile: ImageProfile | None) -> str:
     from medimg.imaging import images
 
@@ -255,7 +253,7 @@ def _colour_note(source: str | Path | bytes, color: str, profile: ImageProfile |
         if counted and counted[0] == 0:
             return (
                 f"unlike the training images (a colour image; none of {counted[1]} sampled training files carries "
-                "colour): the model sees it converted to gray, and the call may mean nothing"
+                "colour): the model sees it converted to gray, and" + MEANING
             )
         return "a colour image, and this model was trained on gray images: it sees it converted to gray"
     if not colour and color == "rgb":

@@ -136,9 +136,10 @@ def _library_errors_as_reasons(kind: str) -> Iterator[None]:
 def _decode_opencv(data: bytes, kind: str) -> tuple[np.ndarray, ImageInfo]:
     import cv2
 
-    if kind == "png" and data[12:16] == b"IHDR" and len(data) >= 24:
+    header_size = _png_size(data) if kind == "png" else None
+    if header_size:
         # Checked before decoding: OpenCV fixes its own limit when cv2 is first imported, maybe before this module.
-        _check_pixel_limit(*struct.unpack(">II", data[16:24]), kind)
+        _check_pixel_limit(*header_size, kind)
     buffer = np.frombuffer(data, dtype=np.uint8)
     try:
         # IMREAD_UNCHANGED keeps 16-bit depth and alpha; the EXIF orientation is applied below on our own.

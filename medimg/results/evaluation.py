@@ -200,9 +200,8 @@ def subgroup_summary(path: str, test: Scored, val: Scored | None, n_resamples: i
         return None
     threshold, chosen_on = None, None
     if test.binary:
-        threshold = default_threshold(test, val)
-        presets, split = preset_thresholds(test, val)
-        chosen_on = "val" if split == "val" and presets.get("youden") is not None else None
+        threshold, chosen = chosen_threshold(test, val)
+        chosen_on = "val" if chosen else None
     columns = {
         column: subgroups.subgroup_metrics(
             test, values, 0.5 if threshold is None else threshold, n_resamples=n_resamples
@@ -422,9 +421,15 @@ def default_threshold(test: Scored, val: Scored | None, positive: str | int | No
     """The threshold pages start from: Youden's J chosen on validation (the run's operating point), else 0.5.
 
     Never chosen on test: without validation predictions holding both classes the answer is 0.5."""
+    return chosen_threshold(test, val, positive)[0]
+
+
+def chosen_threshold(test: Scored, val: Scored | None, positive: str | int | None = None) -> tuple[float, bool]:
+    """(`default_threshold`, whether validation chose it): False where it is the 0.5 fallback."""
     presets, split = preset_thresholds(test, val, positive)
     value = presets.get("youden")
-    return round(float(value), 3) if split == "val" and value is not None else 0.5
+    chosen = split == "val" and value is not None
+    return (round(float(value), 3) if chosen else 0.5), chosen
 
 
 def leakage_check(data: Any) -> dict[str, Any]:
