@@ -490,9 +490,10 @@ class SearchSpace(_Config):
     filters_min: int = 32
     filters_max: int = 512
     filters_step: int = 32
-    # "free": every block draws its own width; "double": one base width drawn, doubled per block up to 4× (the
-    # usual CNN shape, and one hyperparameter instead of one per block).
+    # "free": every block draws its own width; "double": one base width drawn, doubled per block up to
+    # `filters_cap` × the base (the usual CNN shape, and one hyperparameter instead of one per block).
     filters_growth: str = "free"
+    filters_cap: int = 4
     kernel_sizes: tuple[int, ...] = (3,)
     conv_layers: tuple[int, ...] = (1,)
     activations: tuple[str, ...] = ("relu", "tanh", "sigmoid")
@@ -535,6 +536,7 @@ class SearchSpace(_Config):
         _check(1 <= self.filters_min <= self.filters_max <= 1024, "filters range must satisfy 1 <= min <= max <= 1024.")
         _check(self.filters_step >= 1, "filters_step must be >= 1.")
         _check(self.filters_growth in ("free", "double"), "filters_growth must be free or double.")
+        _check(self.filters_cap in (1, 2, 4, 8, 16), "filters_cap must be 1, 2, 4, 8 or 16 (a power of two).")
         _check_choices("activations", self.activations, ACTIVATIONS)
         _check_choices("heads", self.heads, HEADS)
         _check_choices("optimizers", self.optimizers, OPTIMIZERS)
@@ -617,6 +619,9 @@ class TrainConfig(_Config):
         )
 
 
+FIRST_TRIALS = ("", "plain_cnn", "plain_cnn_then_deeper")
+
+
 @dataclasses.dataclass(frozen=True)
 class TuneConfig(_Config):
     """The search itself: which tuner, how many trials, what to optimise, how long at most."""
@@ -627,7 +632,8 @@ class TuneConfig(_Config):
     executions_per_trial: int = 1
     max_minutes: float = 0.0
     # Trial 0's values: "" lets the tuner draw it; "plain_cnn" starts from `ModelParams.plain_cnn`, so a search
-    # can only improve on that known configuration.
+    # can only improve on that known configuration; "plain_cnn_then_deeper" makes trial 1 the plain CNN with one
+    # block more (`hyperparameters.deeper_cnn_trial`), a second known configuration.
     first_trial: str = ""
     # The final model averages up to this many of the best trials; 1: the best trial alone.
     ensemble_size: int = 1
@@ -650,7 +656,10 @@ class TuneConfig(_Config):
     refit_members: int = 0
 
     def __post_init__(self) -> None:
-        _check(self.first_trial in ("", "plain_cnn"), f"first_trial '{self.first_trial}' must be '' or plain_cnn.")
+        _check(
+            self.first_trial in FIRST_TRIALS,
+            f"first_trial '{self.first_trial}' must be one of {list(FIRST_TRIALS)} ('' lets the tuner draw it).",
+        )
         _check(0 <= self.refit_members <= 10, f"refit_members {self.refit_members} must be in 0..10.")
         # A cross-validated trial's model is one fold's; its best epoch count is not one schedule for all the data.
         _check(

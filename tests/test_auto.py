@@ -31,7 +31,9 @@ def test_breastmnist_is_used_at_its_own_28_px_in_gray_with_class_weights_searche
     assert why["color"] == "gray: every image is single-channel"
     # 399 benign vs 147 malignant training images: 2.7×, so weighting is searched, not imposed.
     assert spec.search.class_weights == ("none", "balanced") and "2.7×" in why["class_weights"]
-    assert spec.tune.first_trial == "plain_cnn" and spec.tune.max_trials == auto.BUDGET_MAX_TRIALS
+    # Below 64 px the plain CNN is followed by the same network with a fourth block of 256 filters.
+    assert spec.tune.first_trial == "plain_cnn_then_deeper" and spec.tune.max_trials == auto.BUDGET_MAX_TRIALS
+    assert spec.search.filters_cap == 8 and "doubling per block up to 8×" in why["search"]
     # The final stage predicts validation (78 images) twice and test (156) once with each member.
     reserve = auto.final_stage_seconds(10, 2 * 78 + 156, 28, "gray")
     assert spec.tune.max_minutes == pytest.approx(10 - reserve / 60, abs=1e-3)
@@ -202,9 +204,18 @@ def test_the_plain_cnn_is_a_point_of_every_automatic_space(breastmnist_dir: Path
     chosen = auto.plan(breastmnist_dir, 10, image_size=size)
     spec = chosen.spec
     blocks = {28: "32-64-128 conv blocks", 64: "32-64-128-128 conv blocks"}[size]  # a fourth block from 64 px
-    assert reasons(chosen)["first_trial"].startswith(f"trial 1 is the plain Keras CNN ({blocks}, BatchNorm")
+    why = reasons(chosen)["first_trial"]
+    assert why.startswith(f"trial 1 is the plain Keras CNN ({blocks}, BatchNorm")
     values = hyperparameters.first_trial_values(ModelParams.plain_cnn(size), spec.search)
     assert hyperparameters.params_from_values(values, spec.search) == ModelParams.plain_cnn(size)
+    fixed = hyperparameters.first_trials(spec.tune.first_trial, size, spec.search)
+    assert fixed[0] == values
+    if size < 64:  # the deeper second trial, a point of the same space
+        assert len(fixed) == 2 and "trial 2 is the same with a fourth block (32-64-128-256)" in why
+        deeper = hyperparameters.params_from_values(fixed[1], spec.search)
+        assert deeper == ModelParams.plain_cnn(size).replace(filters=(32, 64, 128, 256))
+    else:  # at 64 px and above the plain CNN already has four blocks, and no deeper one was measured
+        assert len(fixed) == 1 and "trial 2" not in why and spec.search.filters_cap == 4
     with pytest.raises(ConfigError, match="not a point of the search space"):
         hyperparameters.first_trial_values(ModelParams.plain_cnn(size), SearchSpace.quick())
 
@@ -308,6 +319,12 @@ def test_auto_on_the_demo_keeps_starting_trials_until_the_budget_and_records_its
         ModelParams.plain_cnn(16).replace(soft_labels="smoothing"), run.spec.search
     )
     assert {k: first["hyperparameters"][k] for k in plain} == plain
+    # Trial 1 is the plain CNN with a fourth block (16 px images: below 64 px).
+    second = next(event for event in begins if event["trial"] == "001")
+    deeper = hyperparameters.first_trial_values(
+        ModelParams.plain_cnn(16).replace(soft_labels="smoothing", filters=(32, 64, 128, 256)), run.spec.search
+    )
+    assert {k: second["hyperparameters"][k] for k in deeper} == deeper
     assert "test (threshold 0.5 / arg-max)" in result.stderr
     evaluated = json.loads(medimg("evaluate", str(run.path), "--json").stdout)
     assert evaluated["count"] == 30 and evaluated["validation_operating_point"]["chosen_on"] == "val"

@@ -332,10 +332,10 @@ def build_tuner(
     should_end: Callable[[], str | None],
     on_trial: Callable[[str, Any], None],
     distribution: Any = None,
-    first_values: dict[str, Any] | None = None,
+    first_values: list[dict[str, Any]] | None = None,
 ) -> EndingTuner:
     """A `TUNERS[kind]` that resumes (overwrite=False) from `directory/project` and ends on request; with
-    `first_values`, its first trial is that point (`start_with`)."""
+    `first_values`, its first trials are those points, in order (`start_with`)."""
     direction = "min" if objective.endswith("loss") else "max"
     arguments: dict[str, Any] = {
         "hypermodel": hypermodel,
@@ -359,17 +359,18 @@ def build_tuner(
     return tuner
 
 
-def start_with(oracle: Any, values: dict[str, Any]) -> None:
-    """Make the oracle's first trial use `values` (later trials are drawn as usual); a resumed search that already
-    has trials is unchanged. KerasTuner calls `populate_space` once per new trial, on the chief in a distributed
-    search, so wrapping it there covers every mode."""
+def start_with(oracle: Any, values: list[dict[str, Any]]) -> None:
+    """Make the oracle's first `len(values)` trials use `values`, in order (later trials are drawn as usual); a
+    resumed search starts with the first of them it has not run yet. KerasTuner calls `populate_space` once per new
+    trial, before it records the trial, on the chief in a distributed search, so wrapping it there covers every
+    mode."""
     from keras_tuner.src.engine import trial as trial_module
 
     populate = oracle.populate_space
 
     def populate_first(trial_id: str) -> dict[str, Any]:
-        if not oracle.trials:
-            return {"status": trial_module.TrialStatus.RUNNING, "values": dict(values)}
+        if len(oracle.trials) < len(values):
+            return {"status": trial_module.TrialStatus.RUNNING, "values": dict(values[len(oracle.trials)])}
         return populate(trial_id)
 
     oracle.populate_space = populate_first

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 from medimg.config import HYPERBAND_FACTOR, SearchSpace, TuneConfig
 from medimg.errors import ConfigError, SearchSpaceMismatchError
 from medimg.imaging.contract import InputContract
-from medimg.model.hyperparameters import first_trial_values, params_from_values, plain_cnn_trial
+from medimg.model.hyperparameters import first_trials, params_from_values
 from medimg.store.runs import Run, trial_number
 
 if TYPE_CHECKING:
@@ -281,10 +281,11 @@ def search_run(run: Run, echo: Callable[[str], None] | None = None) -> Fitted | 
     hypermodel = search.MedimgHyperModel(
         spec.search, data, spec.augment, spec.train, trial_callbacks, on_collapsed, objective, store, folds, on_fold
     )
+    # Hyperband draws its brackets' trials itself.
     first = (
-        first_trial_values(plain_cnn_trial(spec.dataset.image_size, spec.search), spec.search)
-        if spec.tune.first_trial == "plain_cnn" and spec.tune.tuner != "hyperband"
-        else None
+        first_trials(spec.tune.first_trial, spec.dataset.image_size, spec.search)
+        if spec.tune.tuner != "hyperband"
+        else []
     )
     strategy = _strategy(spec.distribution)
     tuner = search.build_tuner(

@@ -440,6 +440,58 @@ def test_the_plain_cnn_trial_takes_the_weight_averaging_its_space_fixes() -> Non
     assert plain.ema_momentum == 0.999 and hyperparameters.first_trial_values(plain, always)["ema_momentum"] == 0.999
 
 
+def test_the_deeper_trial_adds_a_block_of_twice_the_width_as_far_as_the_space_allows() -> None:
+    space = SearchSpace(
+        conv_blocks=(2, 3, 4),
+        filters_min=16,
+        filters_max=64,
+        filters_step=16,
+        filters_growth="double",
+        filters_cap=8,
+        activations=("relu",),
+        dropouts=(0.3,),
+        dense_units=(0,),
+        l2=(0.0,),
+        class_weights=("none",),
+    )
+    deeper = hyperparameters.deeper_cnn_trial(28, space)
+    assert deeper == ModelParams.plain_cnn(28).replace(filters=(32, 64, 128, 256))
+    plain_values, deeper_values = hyperparameters.first_trials("plain_cnn_then_deeper", 28, space)
+    assert hyperparameters.params_from_values(plain_values, space) == ModelParams.plain_cnn(28)
+    assert hyperparameters.params_from_values(deeper_values, space) == deeper
+    assert hyperparameters.first_trials("plain_cnn", 28, space) == [plain_values]
+    assert hyperparameters.first_trials("", 28, space) == []
+    # The usual cap of 4× the base keeps the fourth block at 128 wide; that network is not the deeper trial's.
+    capped = space.replace(filters_cap=4)
+    assert hyperparameters.deeper_cnn_trial(28, capped).filters == (32, 64, 128, 128)
+    with pytest.raises(ConfigError, match="not a point of the search space"):
+        hyperparameters.first_trials("plain_cnn_then_deeper", 28, space.replace(conv_blocks=(2, 3)))
+
+
+def test_the_fixed_first_trials_come_in_order_then_the_tuner_draws_and_a_resume_goes_on(tmp_path: Path) -> None:
+    import keras_tuner as kt
+
+    from medimg.model import search
+
+    def oracle() -> kt.oracles.RandomSearchOracle:
+        made = kt.oracles.RandomSearchOracle(objective=kt.Objective("score", "max"), max_trials=10, seed=1)
+        made._set_project_dir(str(tmp_path), f"search{len(list(tmp_path.iterdir()))}")  # what a tuner does
+        hp = kt.HyperParameters()
+        hp.Int("width", 1, 1000)
+        made.update_space(hp)
+        return made
+
+    fixed = oracle()
+    search.start_with(fixed, [{"width": 7}, {"width": 9}])
+    values = [fixed.create_trial(f"tuner{i}").hyperparameters.values["width"] for i in range(3)]
+    assert values[:2] == [7, 9] and values[2] not in (7, 9)
+    # A resumed search with one trial already run starts from the second fixed point.
+    resumed = oracle()
+    resumed.create_trial("tuner0")
+    search.start_with(resumed, [{"width": 7}, {"width": 9}])
+    assert resumed.create_trial("tuner1").hyperparameters.values["width"] == 9
+
+
 @pytest.mark.slow
 def test_a_trial_with_weight_averaging_keeps_the_weights_it_was_scored_on(tmp_path: Path) -> None:
     import keras
