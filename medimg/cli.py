@@ -197,10 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Commands that train or load a model in this process (the others only read files or start a process).
-TENSORFLOW_COMMANDS = ("auto", "tune", "train", "evaluate", "predict", "report", "export", "resume")
-
-
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     args = build_parser().parse_args(argv)
@@ -208,10 +204,6 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "mlflow", None):  # the environment, so a --background run's own process sees it too
         os.environ["MLFLOW_TRACKING_URI"] = args.mlflow
     handler = globals()[f"command_{args.command}"]
-    if args.command in TENSORFLOW_COMMANDS and not getattr(args, "background", False):
-        from medimg.model.runtime import start_tensorflow
-
-        start_tensorflow()
     try:
         return handler(args) or 0
     except MedimgError as error:
@@ -220,6 +212,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("interrupted")
         return 130
+
+
+def _start_tensorflow() -> None:
+    """Start TensorFlow with its start-up lines filtered (`runtime.start_tensorflow`). Commands call it after their
+    own checks of the paths and flags given, so a mistyped path is answered at once, not after TensorFlow's
+    seconds of start-up."""
+    from medimg.model.runtime import start_tensorflow
+
+    start_tensorflow()
 
 
 def command_scan(args: argparse.Namespace) -> int:
@@ -370,6 +371,7 @@ def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] |
 
     check_classes(spec.dataset.path)  # a mistyped path or a one-class folder is a message, not a failed run folder
     backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
+    _start_tensorflow()
     run = runs.create_run(spec, args.runs, extra=extra)
     _err(f"run {run.id}: {spec.kind} on {spec.dataset.path}")
     echo = _err
@@ -599,6 +601,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
+    _start_tensorflow()
     result = evaluation.evaluate_run(run)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=2))
@@ -649,7 +652,9 @@ def command_predict(args: argparse.Namespace) -> int:
     from medimg.results.predict import Predictor, predictions_csv
     from medimg.store import runs
 
-    predictor = Predictor(runs.find_run(args.run, args.runs))
+    run = runs.find_run(args.run, args.runs)
+    _start_tensorflow()
+    predictor = Predictor(run)
     results = predictor.predict([(path, path) for path in _expand_folders(args.images)])
     text = predictions_csv(results, predictor.class_names)
     _err(f"called: {predictor.decision}")  # so p = 0.69 called NORMAL at a 0.72 operating point is not a surprise
@@ -702,6 +707,7 @@ def command_report(args: argparse.Namespace) -> int:
             f"{given} applies to a two-class model; run {run.id} has {classes} classes, called by the arg-max "
             f"(the class of highest probability). Leave {given} out."
         )
+    _start_tensorflow()
     path = report.write_report(run, args.out or run.path / "report.html", args.threshold, args.positive)
     _err(f"wrote the report of {run.id} ({path.stat().st_size / 2**20:.1f} MB, opens offline)")
     print(path)
@@ -713,7 +719,9 @@ def command_export(args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     export.check_request(args.format, args.quantize)  # a wrong request is told before any model is loaded
-    result = export.export_run(runs.find_run(args.run, args.runs), args.format, args.out, args.quantize)
+    run = runs.find_run(args.run, args.runs)
+    _start_tensorflow()
+    result = export.export_run(run, args.format, args.out, args.quantize)
     _err(
         f"exported {result.model_file.name} ({result.size_bytes / 1024:.0f} KB); parity on {result.sample_size} test "
         f"images: max |p - p_keras| = {result.max_abs_diff:.2e} (tolerance {result.tolerance:g})"
@@ -745,6 +753,7 @@ def command_resume(args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
+    _start_tensorflow()
     _say_results(run, jobs.execute(run, echo=_err))
     print(run.path)
     return 0

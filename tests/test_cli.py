@@ -47,13 +47,21 @@ def test_scan_missing_folder_is_a_message_not_a_traceback(tmp_path: Path) -> Non
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize("command", ["tune", "train"])
+@pytest.mark.parametrize("command", ["auto", "tune", "train"])
 def test_a_run_on_a_missing_folder_is_refused_before_a_run_folder_is_made(tmp_path: Path, command: str) -> None:
     """Seen: `tune /tmp/nope` printed the error and left a failed run that the Tune page then opened on."""
     result = medimg(command, str(tmp_path / "nope"), "--runs", str(tmp_path / "runs"), check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert f"dataset path {tmp_path / 'nope'} does not exist" in result.stderr
     assert result.stdout == "" and not (tmp_path / "runs").exists()
+    # Answered before TensorFlow's seconds of start-up.
+    script = (
+        "import sys\nfrom medimg import cli\n"
+        f"code = cli.main([{command!r}, {str(tmp_path / 'nope')!r}, '--runs', {str(tmp_path / 'runs')!r}])\n"
+        "print(code, 'tensorflow' in sys.modules)\n"
+    )
+    checked = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert checked.stdout.split() == ["2", "False"], checked.stderr
 
 
 @pytest.mark.parametrize("command", ["tune", "train"])
