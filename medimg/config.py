@@ -632,8 +632,8 @@ class TuneConfig(_Config):
     executions_per_trial: int = 1
     max_minutes: float = 0.0
     # Trial 0's values: "" lets the tuner draw it; "plain_cnn" starts from `ModelParams.plain_cnn`, so a search
-    # can only improve on that known configuration; "plain_cnn_then_deeper" makes trial 1 the plain CNN with one
-    # block more (`hyperparameters.deeper_cnn_trial`), a second known configuration.
+    # can only improve on that known configuration; "plain_cnn_then_deeper" makes the second trial (id 1) the plain
+    # CNN with one block more (`hyperparameters.deeper_cnn_trial`), a second known configuration.
     first_trial: str = ""
     # The final model averages up to this many of the best trials; 1: the best trial alone.
     ensemble_size: int = 1
