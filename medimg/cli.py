@@ -19,6 +19,10 @@ from medimg.config import BACKBONE_NAMES, DEFAULT_PRESET, PRESETS, SOFT_LABELS
 from medimg.datasets.sources import DEMO_DATASET, default_group_regex
 from medimg.errors import ConfigError, MedimgError, RunError
 
+# Imports no TensorFlow itself. Commands call it after their own checks of the paths and flags given, so a mistyped
+# path is answered at once, not after TensorFlow's seconds of start-up.
+from medimg.model.runtime import start_tensorflow
+
 
 def _err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
@@ -214,15 +218,6 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _start_tensorflow() -> None:
-    """Start TensorFlow with its start-up lines filtered (`runtime.start_tensorflow`). Commands call it after their
-    own checks of the paths and flags given, so a mistyped path is answered at once, not after TensorFlow's
-    seconds of start-up."""
-    from medimg.model.runtime import start_tensorflow
-
-    start_tensorflow()
-
-
 def command_scan(args: argparse.Namespace) -> int:
     from medimg.datasets import scanning
 
@@ -371,7 +366,7 @@ def _run_and_report(spec: Any, args: argparse.Namespace, extra: dict[str, Any] |
 
     check_classes(spec.dataset.path)  # a mistyped path or a one-class folder is a message, not a failed run folder
     backbones.check_spec_weights(spec)  # a missing weights file is a message, not a failed run folder
-    _start_tensorflow()
+    start_tensorflow()
     run = runs.create_run(spec, args.runs, extra=extra)
     _err(f"run {run.id}: {spec.kind} on {spec.dataset.path}")
     echo = _err
@@ -601,7 +596,7 @@ def command_evaluate(args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
-    _start_tensorflow()
+    start_tensorflow()
     result = evaluation.evaluate_run(run)
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "roc"}, indent=2))
@@ -653,7 +648,7 @@ def command_predict(args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
-    _start_tensorflow()
+    start_tensorflow()
     predictor = Predictor(run)
     results = predictor.predict([(path, path) for path in _expand_folders(args.images)])
     text = predictions_csv(results, predictor.class_names)
@@ -707,7 +702,7 @@ def command_report(args: argparse.Namespace) -> int:
             f"{given} applies to a two-class model; run {run.id} has {classes} classes, called by the arg-max "
             f"(the class of highest probability). Leave {given} out."
         )
-    _start_tensorflow()
+    start_tensorflow()
     path = report.write_report(run, args.out or run.path / "report.html", args.threshold, args.positive)
     _err(f"wrote the report of {run.id} ({path.stat().st_size / 2**20:.1f} MB, opens offline)")
     print(path)
@@ -720,7 +715,7 @@ def command_export(args: argparse.Namespace) -> int:
 
     export.check_request(args.format, args.quantize)  # a wrong request is told before any model is loaded
     run = runs.find_run(args.run, args.runs)
-    _start_tensorflow()
+    start_tensorflow()
     result = export.export_run(run, args.format, args.out, args.quantize)
     _err(
         f"exported {result.model_file.name} ({result.size_bytes / 1024:.0f} KB); parity on {result.sample_size} test "
@@ -753,7 +748,7 @@ def command_resume(args: argparse.Namespace) -> int:
     from medimg.store import runs
 
     run = runs.find_run(args.run, args.runs)
-    _start_tensorflow()
+    start_tensorflow()
     _say_results(run, jobs.execute(run, echo=_err))
     print(run.path)
     return 0
